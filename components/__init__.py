@@ -1,0 +1,1 @@
+"""The parts of the system, one package each; `platform` holds the target adapters."""

@@ -1,0 +1,142 @@
+"""Docker target: services become containers on Docker hosts (the local engine or ssh://).
+
+One provider, private network and image pull per host; named volumes for state; config files
+delivered as uploads, so a changed file replaces exactly the containers that read it.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_docker as docker
+
+from config.model import DockerHost, DockerTarget, StackConfig
+
+from . import placement
+from .spec import Service
+
+NETWORK = "matrix-stack"
+LOG_OPTS = {"max-size": "20m", "max-file": "5"}
+
+
+class DockerPlatform:
+    kind = "docker"
+
+    def __init__(self, cfg: StackConfig):
+        assert isinstance(cfg.target, DockerTarget)
+        self.cfg = cfg
+        self.target = cfg.target
+        self._providers: dict[str, docker.Provider] = {}
+        self._networks: dict[str, docker.Network] = {}
+        self._images: dict[tuple[str, str], docker.RemoteImage] = {}
+        self._volumes: dict[tuple[str, str], docker.Volume] = {}
+        # (service, port) pairs another host dials: published on the owning host's address.
+        self.cross_host_ports: set[tuple[str, int]] = set()
+
+    # ------------------------------------------------------------ per-host resources
+
+    def provider(self, host: DockerHost) -> docker.Provider:
+        if host.name not in self._providers:
+            self._providers[host.name] = docker.Provider(
+                f"docker-{host.name}", host=host.url, ssh_opts=host.ssh_opts or None
+            )
+        return self._providers[host.name]
+
+    def _opts(self, host: DockerHost, parent: pulumi.Resource | None, **extra: object) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(provider=self.provider(host), parent=parent, **extra)  # type: ignore[arg-type]
+
+    def network(self, host: DockerHost) -> docker.Network:
+        if host.name not in self._networks:
+            self._networks[host.name] = docker.Network(
+                f"network-{host.name}", name=NETWORK, driver="bridge", opts=self._opts(host, None)
+            )
+        return self._networks[host.name]
+
+    def image(self, host: DockerHost, ref: str) -> docker.RemoteImage:
+        key = (host.name, ref)
+        if key not in self._images:
+            safe = ref.replace("/", "-").replace(":", "-").replace("@", "-").replace(".", "-")
+            self._images[key] = docker.RemoteImage(
+                f"image-{host.name}-{safe}", name=ref, keep_locally=True, opts=self._opts(host, None)
+            )
+        return self._images[key]
+
+    def volume(self, host: DockerHost, name: str) -> docker.Volume:
+        key = (host.name, name)
+        if key not in self._volumes:
+            self._volumes[key] = docker.Volume(
+                f"volume-{host.name}-{name}",
+                name=f"matrix-stack-{name}",
+                opts=self._opts(host, None, protect=self.cfg.protect, retain_on_delete=self.cfg.protect),
+            )
+        return self._volumes[key]
+
+    # ------------------------------------------------------------ services
+
+    def run(self, services: list[Service], parent: pulumi.Resource) -> list[docker.Container]:
+        return [self._container(service, parent) for service in services]
+
+    def _container(self, service: Service, parent: pulumi.Resource) -> docker.Container:
+        host = placement.host_of(self.cfg, service.name)
+        assert host is not None
+        ports = [
+            docker.ContainerPortArgs(internal=p.port, external=p.host_port or p.port, protocol=p.protocol)
+            for p in service.ports
+            if p.public
+        ]
+        ports += [
+            docker.ContainerPortArgs(internal=p.port, external=p.port, protocol=p.protocol, ip=host.address)
+            for p in service.ports
+            if not p.public and (service.name, p.port) in self.cross_host_ports
+        ]
+        for r in service.port_ranges:
+            ports += [docker.ContainerPortArgs(internal=n, external=n, protocol=r.protocol)
+                      for n in range(r.start, r.end + 1)]
+        uploads = [
+            docker.ContainerUploadArgs(
+                file=f.path,
+                content=pulumi.Output.secret(f.content) if f.secret else f.content,
+                permissions=oct(f.mode)[2:].zfill(4),
+                owner=int(service.user.split(":")[0]) if (f.secret and service.user) else None,
+            )
+            for f in service.files
+        ]
+        envs = [f"{k}={v}" for k, v in sorted(service.env.items())]
+        secret_envs = [pulumi.Output.secret(pulumi.Output.concat(k, "=", v)) for k, v in sorted(service.secret_env.items())]
+        health = service.health
+        return docker.Container(
+            service.name,
+            name=service.name,
+            image=self.image(host, service.image).image_id,
+            entrypoints=list(service.entrypoint) if service.entrypoint else None,
+            command=list(service.args) if service.args else None,
+            envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
+            uploads=uploads,
+            ports=ports,
+            volumes=[
+                docker.ContainerVolumeArgs(
+                    volume_name=self.volume(host, v.name).name, container_path=v.path, read_only=v.read_only
+                )
+                for v in service.volumes
+            ],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self.network(host).name, aliases=[service.name])],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=["CMD", *health.command],
+                interval=f"{health.interval_s}s",
+                timeout=f"{health.timeout_s}s",
+                retries=health.retries,
+                start_period=f"{health.start_period_s}s",
+            ) if health else None,
+            restart="unless-stopped",
+            log_driver="json-file",
+            log_opts=LOG_OPTS,
+            user=service.user,
+            read_only=service.read_only_root,
+            tmpfs={path: "rw,noexec,nosuid,size=256m" for path in service.writable_paths} or None,
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(service.capabilities_add))
+            if service.drop_capabilities else None,
+            security_opts=["no-new-privileges:true"],
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
+                {"matrix-stack.component": service.component, **service.labels}.items())],
+            # Fixed names and host ports cannot exist twice: replace by deleting first.
+            opts=self._opts(host, parent, delete_before_replace=True),
+        )

@@ -1,0 +1,128 @@
+"""The target-neutral description of what runs.
+
+Components describe their services with these types; a platform adapter (docker or kubernetes)
+turns them into resources. Nothing here knows about either target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+
+
+@dataclass(frozen=True)
+class File:
+    """A file a service reads, at an absolute path inside its container."""
+
+    path: str
+    content: pulumi.Input[str]
+    secret: bool = False
+    mode: int = 0o444
+    # Files whose content is the same for several services (the shared homeserver.yaml) carry
+    # one group name, so targets can store them once (one ConfigMap) and roll every reader.
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    port: int
+    protocol: Literal["tcp", "udp"] = "tcp"
+    # public: reachable from outside the private network (published on the Docker host, or a
+    # LoadBalancer on Kubernetes). Only the proxy and media ports are public.
+    public: bool = False
+    # The host port when published; defaults to the container port.
+    host_port: int | None = None
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """A contiguous public range (LiveKit's RTC UDP ports, the TURN relay range)."""
+
+    name: str
+    start: int
+    end: int
+    protocol: Literal["tcp", "udp"] = "udp"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Persistent state. `name` is the logical volume, shared by services that mount it."""
+
+    name: str
+    path: str
+    size: str = "10Gi"
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    command: tuple[str, ...]
+    interval_s: int = 15
+    timeout_s: int = 5
+    retries: int = 5
+    start_period_s: int = 30
+    # Kubernetes probes an HTTP path when given (the image may lack curl for exec probes).
+    http_path: str | None = None
+    http_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_request: str = "100m"
+    memory_request: str = "128Mi"
+    memory_limit: str = "1Gi"
+
+
+@dataclass
+class Service:
+    """One process kind: a container on a Docker host, or a Deployment/StatefulSet on Kubernetes."""
+
+    name: str
+    component: str
+    image: str
+    args: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    secret_env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    files: list[File] = field(default_factory=list)
+    ports: list[Port] = field(default_factory=list)
+    port_ranges: list[PortRange] = field(default_factory=list)
+    volumes: list[Volume] = field(default_factory=list)
+    health: HealthCheck | None = None
+    replicas: int = 1
+    user: str | None = None  # "uid:gid"
+    read_only_root: bool = False
+    writable_paths: tuple[str, ...] = ()  # scratch dirs (tmpfs / emptyDir) when the root is read-only
+    resources: Resources = field(default_factory=Resources)
+    # A one-shot check the target runs before the service (re)starts (Synapse's config check).
+    init_args: tuple[str, ...] | None = None
+    # Roles that scale out get a PodDisruptionBudget on Kubernetes.
+    scalable: bool = False
+    # Who may connect (NetworkPolicy on Kubernetes): None = anyone on the private network.
+    allowed_clients: tuple[str, ...] | None = None
+    metrics_port: int | None = None
+    # Most images run fine with no capabilities; those that start as root and drop privileges
+    # themselves (postgres, nginx) keep the few they need.
+    drop_capabilities: bool = True
+    capabilities_add: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.volumes)
+
+
+@dataclass
+class Site:
+    """A public virtual host the routing proxy serves for a component (call., jwt., ntfy. ...)."""
+
+    hostname: str
+    upstream_service: str
+    upstream_port: int
+    websockets: bool = False
+    max_body: str = "1M"
+    # extra nginx location blocks, rendered as given (e.g. a JSON document to return)
+    static_json: dict[str, str] = field(default_factory=dict)

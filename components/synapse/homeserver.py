@@ -1,0 +1,395 @@
+"""Synapse's files, rendered from the typed config and the worker table. Pure functions.
+
+Every process loads the shared `homeserver.yaml`; a worker also loads its own file. Synapse
+merges config files shallowly (a later file replaces a whole top-level key), so worker files
+hold only `worker_*` keys plus the media override. No file here contains a secret: secrets
+reach Synapse through `*_path` keys pointing at secret files, or through the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from config.model import BundledDatabase, ExternalDatabase, StackConfig
+
+from .workers import GENERIC_APP, STREAMS, Process, Role, Topology, counts_for
+
+CONF_DIR = "/conf"
+SECRETS_DIR = "/secrets"
+MEDIA_STORE = "/media_store"
+DATA_DIR = "/data"
+
+SHARED_CONFIG = f"{CONF_DIR}/homeserver.yaml"
+LOG_CONFIG = f"{CONF_DIR}/log.yaml"
+EMAIL_CONFIG = f"{SECRETS_DIR}/email.yaml"
+
+
+def worker_config_path(process: Process) -> str:
+    return f"{CONF_DIR}/workers/{process.name}.yaml"
+
+
+# Every secret Synapse reads, by file name under SECRETS_DIR.
+SECRET_FILES = {
+    "signing_key": "signing.key",
+    "macaroon": "macaroon_secret_key",
+    "form": "form_secret",
+    "registration": "registration_shared_secret",
+    "replication": "worker_replication_secret",
+    "redis": "redis_password",
+    "ldap_bind": "ldap_bind_password",
+    "turn": "turn_shared_secret",
+}
+
+
+def secret_path(name: str) -> str:
+    return f"{SECRETS_DIR}/{SECRET_FILES[name]}"
+
+
+POSTGRES_SERVICE = "synapse-postgres"
+REDIS_SERVICE = "synapse-redis"
+POSTGRES_PORT = 5432
+REDIS_PORT = 6379
+DATABASE_NAME = "synapse"
+DATABASE_USER = "synapse"
+
+
+def topology(cfg: StackConfig) -> Topology:
+    return Topology.of(counts_for(cfg.synapse.workers.preset, cfg.synapse.workers.counts))
+
+
+def uses_redis(cfg: StackConfig) -> bool:
+    return bool(topology(cfg).workers)
+
+
+def dump(data: dict[str, Any]) -> str:
+    """YAML with stable key order: the order we build dicts in, never sorted by chance."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def _listener(port: int, resources: tuple[str, ...], *, x_forwarded: bool = True) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "port": port,
+        "bind_addresses": ["0.0.0.0"],
+        "tls": False,
+        "x_forwarded": x_forwarded,
+        "resources": [{"names": list(resources), "compress": False}],
+    }
+
+
+def _metrics_listener(port: int) -> dict[str, Any]:
+    return {"type": "metrics", "port": port, "bind_addresses": ["0.0.0.0"]}
+
+
+def main_listeners(cfg: StackConfig, topo: Topology) -> list[dict[str, Any]]:
+    names = ["client"]
+    if cfg.synapse.federation.enabled:
+        names.append("federation")
+    elif cfg.element_call.enabled:
+        names.append("openid")  # lk-jwt-service validates OpenID tokens here
+    if not topo.has("media_repository"):
+        names.append("media")
+    listeners = [_listener(topo.processes[0].port, tuple(names))]
+    if topo.workers:
+        listeners.append(_listener(topo.processes[0].replication_port, ("replication",), x_forwarded=False))
+    if cfg.synapse.metrics:
+        listeners.append(_metrics_listener(topo.processes[0].metrics_port))
+    return listeners
+
+
+def worker_keys(cfg: StackConfig, topo: Topology, address: dict[str, str]) -> dict[str, Any]:
+    """The shared keys that tell each process what every worker does (derived from the table)."""
+    if not topo.workers:
+        return {}
+    keys: dict[str, Any] = {}
+    instance_map: dict[str, Any] = {"main": {"host": address["synapse-main"], "port": topo.processes[0].replication_port}}
+    for process in topo.workers:
+        assert process.role is not None
+        if process.role.writer:
+            instance_map[process.name] = {"host": address[process.name], "port": process.replication_port}
+    keys["instance_map"] = instance_map
+    writers = {stream: [p.name for p in topo.writers(stream)] for stream in STREAMS}
+    keys["stream_writers"] = {stream: names for stream, names in writers.items() if names}
+    duty_roles: dict[str, Role] = {}
+    for process in topo.workers:
+        assert process.role is not None
+        if process.role.duty:
+            duty_roles[process.role.duty] = process.role
+    for duty, role in duty_roles.items():
+        names = [p.name for p in topo.instances(role.name)]
+        keys[duty] = names if role.duty_kind == "list" else names[0]
+    if topo.has("media_repository"):
+        keys["enable_media_repo"] = False
+    keys["worker_replication_secret_path"] = secret_path("replication")
+    keys["redis"] = {
+        "enabled": True,
+        "host": address[REDIS_SERVICE],
+        "port": REDIS_PORT,
+        "password_path": secret_path("redis"),
+    }
+    return keys
+
+
+def database_section(cfg: StackConfig, address: dict[str, str], processes: int) -> dict[str, Any]:
+    db = cfg.synapse.database
+    args: dict[str, Any]
+    if isinstance(db, ExternalDatabase):
+        args = {"user": db.user, "database": db.name, "host": db.host, "port": db.port, "sslmode": db.sslmode}
+    else:
+        args = {"user": DATABASE_USER, "database": DATABASE_NAME, "host": address[POSTGRES_SERVICE],
+                "port": POSTGRES_PORT}
+    # The password comes from PGPASSWORD in each process's environment (libpq reads it), so no
+    # file carries it. Pools stay small per process: they multiply by the process count.
+    args.update({"cp_min": 1, "cp_max": db.cp_max, "keepalives_idle": 10, "keepalives_interval": 10,
+                 "keepalives_count": 3})
+    return {"name": "psycopg2", "allow_unsafe_locale": False, "args": args}
+
+
+def max_connections(cfg: StackConfig) -> int:
+    """Bundled PostgreSQL's max_connections: every process's pool plus room for admin tools."""
+    processes = len(topology(cfg).processes)
+    return max(100, cfg.synapse.database.cp_max * processes + 20)
+
+
+def registration_keys(cfg: StackConfig) -> dict[str, Any]:
+    mode = cfg.synapse.registration.mode
+    keys: dict[str, Any] = {"enable_registration": mode != "closed"}
+    if mode == "token":
+        keys["registration_requires_token"] = True
+    if mode == "email":
+        keys["registrations_require_3pid"] = ["email"]
+    keys["registration_shared_secret_path"] = secret_path("registration")
+    return keys
+
+
+_RATE_LIMIT_KEYS = {
+    "message": "rc_message",
+    "registration": "rc_registration",
+    "login_address": ("rc_login", "address"),
+    "login_account": ("rc_login", "account"),
+    "login_failed_attempts": ("rc_login", "failed_attempts"),
+    "joins_local": ("rc_joins", "local"),
+    "joins_remote": ("rc_joins", "remote"),
+    "invites_per_user": ("rc_invites", "per_user"),
+}
+
+
+def rate_limit_keys(cfg: StackConfig) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    limits = cfg.synapse.rate_limits
+    for field, key in _RATE_LIMIT_KEYS.items():
+        value = getattr(limits, field)
+        if value is None:
+            continue
+        body = {"per_second": value.per_second, "burst_count": value.burst_count}
+        if isinstance(key, tuple):
+            keys.setdefault(key[0], {})[key[1]] = body
+        else:
+            keys[key] = body
+    if limits.federation_window_size:
+        keys["rc_federation"] = {"window_size": limits.federation_window_size}
+    return keys
+
+
+def ldap_module(cfg: StackConfig) -> list[dict[str, Any]]:
+    ldap = cfg.synapse.ldap
+    if ldap is None:
+        return []
+    conf: dict[str, Any] = {
+        "enabled": True,
+        "uri": ldap.uri,
+        "start_tls": ldap.start_tls,
+        "base": ldap.base,
+        "attributes": {"uid": ldap.uid_attribute, "mail": ldap.mail_attribute, "name": ldap.name_attribute},
+    }
+    if ldap.bind_dn:
+        conf["bind_dn"] = ldap.bind_dn
+        conf["bind_password_file"] = secret_path("ldap_bind")
+    return [{"module": "ldap_auth_provider.LdapAuthProviderModule", "config": conf}]
+
+
+# Keys the stack manages: extra_config may not set them (they must agree across processes and
+# with the worker table, the proxy and the secrets).
+def managed_keys(cfg: StackConfig, contributions: dict[str, Any] | None = None) -> set[str]:
+    address = {name: name for name in _all_names(cfg)}
+    return set(shared_config(cfg, address, contributions or {}, with_extra=False))
+
+
+def _all_names(cfg: StackConfig) -> list[str]:
+    return [p.name for p in topology(cfg).processes] + [POSTGRES_SERVICE, REDIS_SERVICE]
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def shared_config(
+    cfg: StackConfig,
+    address: dict[str, str],
+    contributions: dict[str, Any],
+    *,
+    with_extra: bool = True,
+) -> dict[str, Any]:
+    """homeserver.yaml: every key that must be identical in every process.
+
+    `address` maps service names (synapse-main, workers, postgres, redis) to the host other
+    processes dial; `contributions` are keys other components need (Element Call, TURN, ntfy).
+    """
+    syn = cfg.synapse
+    topo = topology(cfg)
+    hs: dict[str, Any] = {
+        "server_name": cfg.server_name,
+        "public_baseurl": cfg.url("matrix") + "/",
+        "report_stats": False,
+        "serve_server_wellknown": False,  # the proxy serves both well-known documents
+        "log_config": LOG_CONFIG,
+        "media_store_path": MEDIA_STORE,
+        "max_upload_size": syn.max_upload_size,
+        "signing_key_path": secret_path("signing_key"),
+        "macaroon_secret_key_path": secret_path("macaroon"),
+        "form_secret_path": secret_path("form"),
+        "trusted_key_servers": [{"server_name": s} for s in syn.federation.trusted_key_servers],
+        "suppress_key_server_warning": True,
+        "enable_metrics": syn.metrics,
+        "listeners": main_listeners(cfg, topo),
+        "database": database_section(cfg, address, len(topo.processes)),
+    }
+    hs.update(registration_keys(cfg))
+    if not syn.federation.enabled:
+        hs["federation_domain_whitelist"] = []
+    elif syn.federation.domain_whitelist is not None:
+        hs["federation_domain_whitelist"] = list(syn.federation.domain_whitelist)
+    hs["url_preview_enabled"] = syn.url_previews.enabled
+    if syn.url_previews.enabled:
+        hs["url_preview_ip_range_blacklist"] = PRIVATE_RANGES + list(syn.url_previews.ip_range_blacklist_extra)
+    modules = ldap_module(cfg)
+    if modules:
+        hs["modules"] = modules
+    hs.update(rate_limit_keys(cfg))
+    hs.update(worker_keys(cfg, topo, address))
+    _merge(hs, contributions)
+    if with_extra:
+        for key, value in syn.extra_config.items():
+            hs.setdefault(key, value)
+    return hs
+
+
+# Never fetch URL previews from, nor push to, private networks (Synapse's documented list).
+PRIVATE_RANGES = [
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24",
+    "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "ff00::/8",
+    "fec0::/10",
+]
+
+
+def email_config(cfg: StackConfig, password_placeholder: str = "") -> dict[str, Any] | None:
+    """The email section. Synapse has no smtp_pass_path, so this whole section is a secret file
+    loaded as one more --config-path; the password is filled in by the component."""
+    smtp = cfg.synapse.smtp
+    if smtp is None:
+        return None
+    section: dict[str, Any] = {
+        "smtp_host": smtp.host,
+        "smtp_port": smtp.port,
+        "require_transport_security": smtp.require_transport_security,
+        "force_tls": smtp.force_tls,
+        "notif_from": smtp.from_address,
+        "app_name": "Matrix",
+        "enable_notifs": True,
+        "client_base_url": cfg.url("app") if cfg.element_web.enabled else cfg.url("matrix"),
+    }
+    if smtp.user:
+        section["smtp_user"] = smtp.user
+        section["smtp_pass"] = password_placeholder
+    return {"email": section}
+
+
+def log_config() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "formatters": {"precise": {"format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "precise"}},
+        "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
+        "root": {"level": "INFO", "handlers": ["console"]},
+        "disable_existing_loggers": False,
+    }
+
+
+def worker_config(process: Process) -> dict[str, Any]:
+    """A worker's own file: only worker_* keys, plus the media override (shallow merge)."""
+    role = process.role
+    assert role is not None
+    conf: dict[str, Any] = {
+        "worker_app": GENERIC_APP,
+        "worker_name": process.name,
+        "worker_listeners": [_listener(process.port, role.listener_resources())],
+        "worker_log_config": LOG_CONFIG,
+    }
+    conf["worker_listeners"].append(_metrics_listener(process.metrics_port))
+    if role.media:
+        conf["enable_media_repo"] = True
+    return conf
+
+
+def config_paths(cfg: StackConfig, process: Process) -> tuple[str, ...]:
+    paths = [SHARED_CONFIG]
+    if cfg.synapse.smtp is not None:
+        paths.append(EMAIL_CONFIG)
+    if not process.is_main:
+        paths.append(worker_config_path(process))
+    return tuple(paths)
+
+
+def command(cfg: StackConfig, process: Process) -> tuple[str, ...]:
+    """How the process starts: the module, then each config file in merge order."""
+    app = "synapse.app.homeserver" if process.is_main else GENERIC_APP
+    args: list[str] = ["python", "-m", app]
+    for path in config_paths(cfg, process):
+        args += ["--config-path", path]
+    return tuple(args)
+
+
+def uses_media_store(cfg: StackConfig, process: Process) -> bool:
+    topo = topology(cfg)
+    if topo.has("media_repository"):
+        return bool(process.role and process.role.media)
+    return process.is_main
+
+
+def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """Topology and extra_config rules that need the worker table."""
+    from .workers import check_counts
+
+    counts = dict(cfg.synapse.workers.counts)
+    problems = check_counts(counts)
+    if problems:
+        return problems
+    topo = topology(cfg)
+    if topo.workers and not isinstance(cfg.synapse.database, (BundledDatabase, ExternalDatabase)):
+        problems.append(("synapse.database.kind", cfg.synapse.database, "workers need PostgreSQL"))
+    managed = managed_keys(cfg)
+    for key in sorted(cfg.synapse.extra_config):
+        if key in managed or key.startswith("worker_") or key in WORKER_TABLE_KEYS:
+            problems.append((f"synapse.extra_config.{key}", None,
+                             "is managed by the stack (worker table, secrets or typed settings); "
+                             "use the typed setting instead"))
+    return problems
+
+
+# Keys derived from the worker table: extra_config may never set them, even when this topology
+# happens not to use them.
+WORKER_TABLE_KEYS = frozenset({
+    "instance_map", "stream_writers", "federation_sender_instances", "pusher_instances",
+    "run_background_tasks_on", "update_user_directory_from_worker", "notify_appservices_from_worker",
+    "media_instance_running_background_jobs", "enable_media_repo", "redis", "worker_replication_secret",
+    "worker_replication_secret_path", "send_federation", "start_pushers", "notify_appservices",
+    "update_user_directory", "outbound_federation_restricted_to", "listeners", "database",
+    "signing_key", "macaroon_secret_key", "form_secret", "registration_shared_secret", "email",
+})

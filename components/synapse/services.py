@@ -1,0 +1,244 @@
+"""The Synapse cluster as target-neutral services: PostgreSQL, Redis, main, every worker, and the
+routing proxy. Derived from the typed config and the worker table; secrets come in as values
+(Pulumi Outputs in a deployment, stand-ins in tests) and only ever land in secret files or env.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+from config.model import BundledDatabase, StackConfig
+from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume
+
+from . import homeserver as hs
+from . import routing
+from .workers import Process
+
+COMPONENT = "synapse"
+SYNAPSE_USER = "991:991"
+PROXY_SERVICE = "synapse-proxy"
+SHARED_GROUP = "synapse-shared"
+POSTGRES_DATA = "/var/lib/postgresql/data"
+REDIS_CONF = "/conf/redis.conf"
+REDIS_ACL = "/secrets/users.acl"
+
+# Secret values the cluster needs, by name (see homeserver.SECRET_FILES).
+SECRET_NAMES = ("signing_key", "macaroon", "form", "registration", "replication", "redis", "postgres")
+
+
+@dataclass
+class Inputs:
+    """What other components hand the Synapse cluster."""
+
+    homeserver: dict[str, Any] = field(default_factory=dict)  # extra shared keys (Element Call, TURN)
+    well_known_client: dict[str, object] = field(default_factory=dict)
+    sites: list[Site] = field(default_factory=list)
+    site_addresses: dict[str, str] = field(default_factory=dict)  # service -> host the proxy dials
+    # secret files other components provide to every Synapse process (path -> value)
+    secret_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+def addresses(cfg: StackConfig) -> dict[str, str]:
+    """Synapse processes, PostgreSQL and Redis share one private network: dial by name."""
+    names = [p.name for p in hs.topology(cfg).processes] + [hs.POSTGRES_SERVICE, hs.REDIS_SERVICE]
+    db = cfg.synapse.database
+    address = {name: name for name in names}
+    if not isinstance(db, BundledDatabase):
+        address[hs.POSTGRES_SERVICE] = db.host
+    return address
+
+
+def shared_files(cfg: StackConfig, inputs: Inputs) -> list[File]:
+    shared = hs.shared_config(cfg, addresses(cfg), inputs.homeserver)
+    return [
+        File(hs.SHARED_CONFIG, hs.dump(shared), group=SHARED_GROUP),
+        File(hs.LOG_CONFIG, hs.dump(hs.log_config()), group=SHARED_GROUP),
+    ]
+
+
+def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inputs: Inputs) -> list[File]:
+    files = [
+        File(hs.secret_path(name), secrets[name], secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets")
+        for name in ("signing_key", "macaroon", "form", "registration")
+    ]
+    if hs.topology(cfg).workers:
+        files += [File(hs.secret_path(name), secrets[name], secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets")
+                  for name in ("replication", "redis")]
+    if cfg.synapse.smtp is not None:
+        email = hs.email_config(cfg, password_placeholder="@@SMTP_PASSWORD@@")
+        text = hs.dump(email or {})
+        content = pulumi.Output.from_input(secrets.get("smtp", "")).apply(
+            lambda pw: text.replace("@@SMTP_PASSWORD@@", pw.replace("'", "''"))
+        ) if "smtp" in secrets else text
+        files.append(File(hs.EMAIL_CONFIG, content, secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets"))
+    if cfg.synapse.ldap and cfg.synapse.ldap.bind_dn and "ldap_bind" in secrets:
+        files.append(File(hs.secret_path("ldap_bind"), secrets["ldap_bind"], secret=True, mode=0o400,
+                          group=f"{SHARED_GROUP}-secrets"))
+    for path, value in sorted(inputs.secret_files.items()):
+        files.append(File(path, value, secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets"))
+    return files
+
+
+def synapse_process(cfg: StackConfig, process: Process, common: list[File],
+                    secrets: Mapping[str, pulumi.Input[str]]) -> Service:
+    files = list(common)
+    if not process.is_main:
+        files.append(File(hs.worker_config_path(process), hs.dump(hs.worker_config(process))))
+    volumes = [Volume("synapse-media", hs.MEDIA_STORE, size=cfg.synapse.media_size)] if hs.uses_media_store(cfg, process) else []
+    role = process.role
+    ports = [Port("http", process.port)]
+    if process.is_main and hs.topology(cfg).workers:
+        ports.append(Port("replication", process.replication_port))
+    command = hs.command(cfg, process)
+    return Service(
+        name=process.name,
+        component=COMPONENT,
+        image=cfg.synapse.image,
+        entrypoint=command[:3],
+        args=command[3:],
+        secret_env={"PGPASSWORD": secrets["postgres"]},
+        env={"SYNAPSE_WORKER": "synapse.app.homeserver" if process.is_main else "synapse.app.generic_worker"},
+        files=files,
+        ports=ports,
+        volumes=volumes,
+        health=HealthCheck(("curl", "-fsS", f"http://localhost:{process.port}/health"),
+                           http_path="/health", http_port=process.port),
+        user=SYNAPSE_USER,
+        read_only_root=True,
+        writable_paths=("/tmp",),
+        resources=Resources(cpu_request="250m" if process.is_main else "100m",
+                            memory_request="512Mi" if process.is_main else "256Mi",
+                            memory_limit="4Gi" if process.is_main else "2Gi"),
+        init_args=("python", "-m", "synapse.config", *command[3:]),
+        scalable=bool(role and not role.single),
+        metrics_port=process.metrics_port if cfg.synapse.metrics else None,
+        labels={"matrix-stack.synapse-role": role.name if role else "main"},
+    )
+
+
+def postgres_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], clients: tuple[str, ...]) -> Service:
+    db = cfg.synapse.database
+    assert isinstance(db, BundledDatabase)
+    return Service(
+        name=hs.POSTGRES_SERVICE,
+        component=COMPONENT,
+        image=db.image,
+        args=("postgres", "-c", f"max_connections={hs.max_connections(cfg)}", "-c", "listen_addresses=*"),
+        env={
+            "POSTGRES_USER": hs.DATABASE_USER,
+            "POSTGRES_DB": hs.DATABASE_NAME,
+            # Synapse refuses databases without C collation and UTF8 (docs/postgres.md).
+            "POSTGRES_INITDB_ARGS": "--encoding=UTF8 --locale=C",
+            "PGDATA": f"{POSTGRES_DATA}/pgdata",
+        },
+        secret_env={"POSTGRES_PASSWORD": secrets["postgres"]},
+        ports=[Port("postgres", hs.POSTGRES_PORT)],
+        volumes=[Volume("synapse-postgres", POSTGRES_DATA, size=db.size)],
+        health=HealthCheck(("pg_isready", "-U", hs.DATABASE_USER, "-d", hs.DATABASE_NAME)),
+        resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
+        drop_capabilities=False,  # the entrypoint chowns PGDATA and drops to the postgres user
+        allowed_clients=clients,
+    )
+
+
+def redis_config() -> str:
+    # Persistence off: Redis only carries replication traffic between Synapse processes.
+    return "\n".join([
+        "port 6379",
+        "bind 0.0.0.0",
+        "protected-mode no",
+        'save ""',
+        "appendonly no",
+        f"aclfile {REDIS_ACL}",
+        "",
+    ])
+
+
+def redis_acl(password: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.from_input(password).apply(lambda pw: f"user default on >{pw} ~* &* +@all\n")
+
+
+def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], clients: tuple[str, ...]) -> Service:
+    return Service(
+        name=hs.REDIS_SERVICE,
+        component=COMPONENT,
+        image=cfg.synapse.redis.image,
+        args=("redis-server", REDIS_CONF),
+        files=[File(REDIS_CONF, redis_config()), File(REDIS_ACL, redis_acl(secrets["redis"]), secret=True, mode=0o400)],
+        ports=[Port("redis", hs.REDIS_PORT)],
+        health=HealthCheck(("sh", "-c", "redis-cli --no-auth-warning -a \"$(sed -n 's/.*>\\([^ ]*\\).*/\\1/p' "
+                            f"{REDIS_ACL})\" ping | grep -q PONG")),
+        user="999:999",
+        read_only_root=True,
+        allowed_clients=clients,
+    )
+
+
+def proxy_service(cfg: StackConfig, inputs: Inputs, tls_files: list[File]) -> Service:
+    topo = hs.topology(cfg)
+    address = {**addresses(cfg), **inputs.site_addresses}
+    conf = routing.render_nginx(cfg, topo, address, sites=inputs.sites,
+                                well_known_client_extra=inputs.well_known_client)
+    ports = [Port("http", routing.PROXY_HTTP_PORT, public=True, host_port=_host_port(cfg, "http"))]
+    if cfg.tls_mode != "none":
+        ports.append(Port("https", routing.PROXY_HTTPS_PORT, public=True, host_port=_host_port(cfg, "https")))
+    ports.append(Port("status", routing.PROXY_STATUS_PORT))
+    return Service(
+        name=PROXY_SERVICE,
+        component=COMPONENT,
+        image=cfg_proxy_image(),
+        args=("nginx", "-c", routing.NGINX_CONF, "-g", "daemon off;"),
+        files=[File(routing.NGINX_CONF, conf), *tls_files],
+        ports=ports,
+        health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"),
+                           http_path="/health", http_port=routing.PROXY_STATUS_PORT),
+        user="101:101",
+        read_only_root=True,
+        writable_paths=("/tmp",),
+        scalable=True,
+        replicas=1,
+    )
+
+
+def cfg_proxy_image() -> str:
+    from config import images
+
+    return images.NGINX
+
+
+def _host_port(cfg: StackConfig, kind: str) -> int | None:
+    target = cfg.target
+    return getattr(target, f"{kind}_port", None)
+
+
+def cluster_services(
+    cfg: StackConfig,
+    secrets: Mapping[str, pulumi.Input[str]],
+    inputs: Inputs,
+    tls_files: list[File] | None = None,
+) -> list[Service]:
+    topo = hs.topology(cfg)
+    common = shared_files(cfg, inputs) + secret_files(cfg, secrets, inputs)
+    processes = [synapse_process(cfg, p, common, secrets) for p in topo.processes]
+    clients = tuple(p.name for p in topo.processes)
+    services: list[Service] = []
+    if isinstance(cfg.synapse.database, BundledDatabase):
+        services.append(postgres_service(cfg, secrets, clients))
+    if topo.workers:
+        services.append(redis_service(cfg, secrets, clients))
+    services += processes
+    services.append(proxy_service(cfg, inputs, tls_files or []))
+    return services
+
+
+def service_names(cfg: StackConfig) -> list[str]:
+    names = [p.name for p in hs.topology(cfg).processes] + [PROXY_SERVICE]
+    if isinstance(cfg.synapse.database, BundledDatabase):
+        names.append(hs.POSTGRES_SERVICE)
+    if hs.topology(cfg).workers:
+        names.append(hs.REDIS_SERVICE)
+    return names

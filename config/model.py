@@ -1,0 +1,431 @@
+"""The typed stack config: one pydantic model for a whole environment.
+
+Each top-level field is one key of the stack's Pulumi config in the `matrix-stack:` namespace
+(`matrix-stack:server_name`, `matrix-stack:synapse`, ...). Every model forbids unknown keys, so a
+misspelt key is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from . import images
+
+_DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+HOSTNAME_RE = re.compile(rf"^({_DNS_LABEL}\.)*{_DNS_LABEL}$")
+SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")
+SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]$")
+DURATION_RE = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d|w|y)$")
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+Hostname = Annotated[str, Field(pattern=HOSTNAME_RE.pattern, max_length=253)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Size = Annotated[str, Field(pattern=SIZE_RE.pattern, description="a size such as 50M or 2G")]
+Duration = Annotated[str, Field(pattern=DURATION_RE.pattern, description="a duration like 24h")]
+
+
+def _pinned(value: str) -> str:
+    """Images must name an exact version: `latest` or a bare name moves under our feet."""
+    if not IMAGE_RE.match(value):
+        raise ValueError("must be an image reference with an explicit tag or digest")
+    tag = value.rsplit(":", 1)[-1]
+    if tag in {"latest", "stable", "main", "master", "develop"}:
+        raise ValueError(f"tag '{tag}' is not pinned: name a version such as v1.2.3")
+    return value
+
+
+Image = Annotated[str, AfterValidator(_pinned)]
+
+
+# ---------------------------------------------------------------- hostnames
+
+
+class Hostnames(Strict):
+    """Public names. Empty fields default to seed 000's layout under the server name."""
+
+    matrix: Hostname | None = Field(None, description="host serving the client and federation API")
+    call: Hostname | None = None
+    jwt: Hostname | None = None
+    livekit: Hostname | None = None
+    app: Hostname | None = None
+    ntfy: Hostname | None = None
+    turn: Hostname | None = None
+
+
+# ---------------------------------------------------------------- targets
+
+
+DOCKER_URL_RE = re.compile(r"^(unix:///[^\s]+|ssh://([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(:[0-9]+)?|tcp://[A-Za-z0-9.-]+:[0-9]+)$")
+
+
+class DockerHost(Strict):
+    name: Annotated[str, Field(pattern=SERVICE_NAME_RE.pattern)]
+    url: str = Field(description="Docker endpoint: unix:///var/run/docker.sock or ssh://user@host")
+    address: str | None = Field(
+        None,
+        description="address other hosts use to reach services published on this host",
+    )
+    services: list[str] = Field(
+        default_factory=list,
+        description="services placed here (names or prefixes ending in '*'); the first host "
+        "takes every service no host names",
+    )
+    ssh_opts: list[str] = Field(default_factory=list)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not DOCKER_URL_RE.match(value):
+            raise ValueError("must be unix:///path, ssh://[user@]host[:port] or tcp://host:port")
+        return value
+
+
+class DockerTarget(Strict):
+    kind: Literal["docker"]
+    hosts: list[DockerHost] = Field(
+        default_factory=lambda: [DockerHost(name="local", url="unix:///var/run/docker.sock")],
+        min_length=1,
+    )
+    http_port: Port = Field(80, description="host port the routing proxy publishes for HTTP")
+    https_port: Port = Field(443, description="host port the routing proxy publishes for HTTPS")
+
+    @model_validator(mode="after")
+    def _hosts(self) -> DockerTarget:
+        names = [h.name for h in self.hosts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)}")
+        if len(self.hosts) > 1:
+            missing = [h.name for h in self.hosts if not h.address]
+            if missing:
+                raise ValueError(
+                    "with several hosts every host needs 'address' so the others can reach it; "
+                    f"missing on: {', '.join(missing)}"
+                )
+        return self
+
+
+class KubernetesTarget(Strict):
+    kind: Literal["kubernetes"]
+    kubeconfig: str | None = Field(None, description="path to a kubeconfig file")
+    context: str | None = None
+    namespace: Annotated[str, Field(pattern=SERVICE_NAME_RE.pattern)] = "matrix"
+    storage_class: str | None = None
+    ingress_class: str = "nginx"
+    cert_manager_issuer: str | None = Field(None, description="cert-manager ClusterIssuer for the Ingress")
+    livekit_exposure: Literal["host_network", "load_balancer"] = "load_balancer"
+    service_monitors: bool = False
+
+
+Target = Annotated[DockerTarget | KubernetesTarget, Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------- synapse
+
+
+WorkerPreset = Literal["monolith", "seed-000"]
+
+
+class Workers(Strict):
+    """Worker counts per role, on top of a preset. Role names are the worker table's."""
+
+    preset: WorkerPreset = "monolith"
+    counts: dict[str, Annotated[int, Field(ge=0, le=64)]] = Field(default_factory=dict)
+
+
+class BundledDatabase(Strict):
+    kind: Literal["bundled"] = "bundled"
+    image: Image = images.POSTGRES
+    size: str = "20Gi"
+    cp_max: Annotated[int, Field(ge=1, le=50)] = 5
+
+
+
+class ExternalDatabase(Strict):
+    kind: Literal["external"]
+    host: str
+    port: Port = 5432
+    name: str = "synapse"
+    user: str = "synapse"
+    sslmode: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
+    cp_max: Annotated[int, Field(ge=1, le=50)] = 5
+
+
+Database = Annotated[BundledDatabase | ExternalDatabase, Field(discriminator="kind")]
+
+
+class Redis(Strict):
+    image: Image = images.REDIS
+
+
+
+class Smtp(Strict):
+    host: Hostname
+    port: Port = 587
+    user: str | None = None
+    from_address: str = Field(..., description='sender, e.g. "Matrix <matrix@example.com>"')
+    require_transport_security: bool = True
+    force_tls: bool = False
+
+
+class Registration(Strict):
+    mode: Literal["closed", "token", "email"] = "closed"
+
+
+class RateLimit(Strict):
+    per_second: Annotated[float, Field(gt=0, le=10000)]
+    burst_count: Annotated[int, Field(ge=1, le=100000)]
+
+
+class RateLimits(Strict):
+    """Synapse's rc_* keys that seed 004 tunes; unset ones keep Synapse's defaults."""
+
+    message: RateLimit | None = None
+    registration: RateLimit | None = None
+    login_address: RateLimit | None = None
+    login_account: RateLimit | None = None
+    login_failed_attempts: RateLimit | None = None
+    joins_local: RateLimit | None = None
+    joins_remote: RateLimit | None = None
+    invites_per_user: RateLimit | None = None
+    federation_window_size: Annotated[int, Field(ge=1)] | None = None
+
+
+class UrlPreviews(Strict):
+    enabled: bool = False
+    ip_range_blacklist_extra: list[str] = Field(default_factory=list)
+
+
+class Federation(Strict):
+    enabled: bool = True
+    domain_whitelist: list[Hostname] | None = Field(
+        None, description="only federate with these servers (Synapse's federation_domain_whitelist)"
+    )
+    deny: list[Hostname] = Field(default_factory=list, description="servers refused at the proxy")
+    trusted_key_servers: list[Hostname] = Field(default_factory=lambda: ["matrix.org"])
+
+
+class Ldap(Strict):
+    uri: str = Field(pattern=r"^ldaps?://")
+    base: str
+    bind_dn: str | None = None
+    uid_attribute: str = "uid"
+    mail_attribute: str = "mail"
+    name_attribute: str = "cn"
+    start_tls: bool = True
+
+
+class Synapse(Strict):
+    image: Image = images.SYNAPSE
+    workers: Workers = Workers()
+    database: Database = BundledDatabase()
+    redis: Redis = Redis()
+    registration: Registration = Registration()
+    smtp: Smtp | None = None
+    max_upload_size: Size = "50M"
+    rate_limits: RateLimits = RateLimits()
+    url_previews: UrlPreviews = UrlPreviews()
+    federation: Federation = Federation()
+    ldap: Ldap | None = None
+    admin_api_allowlist: list[str] = Field(
+        default_factory=list,
+        description="CIDRs allowed to reach /_synapse/admin on the public proxy; empty = nobody",
+    )
+    media_size: str = "50Gi"
+    metrics: bool = True
+    extra_config: dict[str, object] = Field(
+        default_factory=dict,
+        description="extra homeserver.yaml keys; may not touch keys the stack manages",
+    )
+
+
+    @field_validator("admin_api_allowlist")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"'{entry}' is not an IP address or CIDR") from None
+        return value
+
+    @model_validator(mode="after")
+    def _email_needs_smtp(self) -> Synapse:
+        if self.registration.mode == "email" and self.smtp is None:
+            raise ValueError("registration.mode 'email' needs an smtp block to send the mails")
+        return self
+
+
+# ---------------------------------------------------------------- other components
+
+
+class Livekit(Strict):
+    image: Image = images.LIVEKIT
+    rtc_tcp_port: Port = 7881
+    rtc_udp_port_start: Port = 50100
+    rtc_udp_port_end: Port = 50200
+    external_ip: str | None = Field(None, description="public IP to advertise; unset = discover via STUN")
+    turn: bool = Field(False, description="LiveKit's embedded TURN (UDP 3479, TLS 5350)")
+
+
+    @model_validator(mode="after")
+    def _range(self) -> Livekit:
+        if self.rtc_udp_port_end < self.rtc_udp_port_start:
+            raise ValueError("rtc_udp_port_end must not be below rtc_udp_port_start")
+        if self.rtc_udp_port_end - self.rtc_udp_port_start > 10000:
+            raise ValueError("the RTC UDP range may span at most 10000 ports")
+        return self
+
+
+class ElementCall(Strict):
+    enabled: bool = True
+    image: Image = images.ELEMENT_CALL
+    jwt_image: Image = images.LK_JWT_SERVICE
+    livekit: Livekit = Livekit()
+
+
+
+class Ntfy(Strict):
+    enabled: bool = True
+    image: Image = images.NTFY
+    upstream_base_url: str | None = "https://ntfy.sh"
+
+
+
+class Coturn(Strict):
+    enabled: bool = False
+    image: Image = images.COTURN
+    relay_port_start: Port = 49152
+    relay_port_end: Port = 49172
+    external_ip: str | None = None
+
+
+
+class PagesSource(Strict):
+    owner: str
+    repo: str
+    branch: str = "main"
+
+
+class ElementWeb(Strict):
+    enabled: bool = True
+    mode: Literal["container", "pages"] = "container"
+    image: Image = images.ELEMENT_WEB
+    pages_project: str | None = None
+    source: PagesSource | None = None
+    node_version: str = "20"
+    brand: str = "Element"
+
+
+
+class Cloudflare(Strict):
+    enabled: bool = False
+    zone: Hostname | None = None
+    account_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+
+
+class Tls(Strict):
+    mode: Literal["none", "acme", "origin_ca"] | None = Field(
+        None,
+        description="how the proxy gets its certificate; unset = origin_ca behind Cloudflare, "
+        "acme otherwise, none for localhost",
+    )
+    acme_email: str | None = None
+
+
+# ---------------------------------------------------------------- the stack
+
+
+class StackConfig(Strict):
+    server_name: Hostname = Field(..., description="the Matrix server name (the part after ':' in user IDs)")
+    hostnames: Hostnames = Hostnames()
+    target: Target = DockerTarget(kind="docker")
+    synapse: Synapse = Synapse()
+    element_call: ElementCall = ElementCall()
+    ntfy: Ntfy = Ntfy()
+    coturn: Coturn = Coturn()
+    element_web: ElementWeb = ElementWeb()
+    cloudflare: Cloudflare = Cloudflare()
+    tls: Tls = Tls()
+    protect: bool = Field(False, description="protect and retain stateful data (prod)")
+    # Secret inputs: accepted only from `pulumi config set --secret` or ESC (checked by the loader).
+    smtp_password: SecretStr | None = None
+    database_password: SecretStr | None = None
+    cloudflare_api_token: SecretStr | None = None
+    ldap_bind_password: SecretStr | None = None
+
+    # ------------------------------------------------------------ derived facts
+
+    def host(self, name: str) -> str:
+        """The public hostname for `name` (matrix, call, jwt, livekit, app, ntfy, turn)."""
+        explicit = getattr(self.hostnames, name)
+        if explicit:
+            return str(explicit)
+        if name == "matrix":
+            return self.server_name
+        return f"{name}.{self.server_name}"
+
+    @property
+    def local(self) -> bool:
+        """A stack on localhost: plain HTTP, no public DNS."""
+        return self.server_name == "localhost" or self.server_name.endswith(".localhost")
+
+    @property
+    def tls_mode(self) -> str:
+        if self.tls.mode:
+            return self.tls.mode
+        if self.local:
+            return "none"
+        return "origin_ca" if self.cloudflare.enabled else "acme"
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls_mode == "none" else "https"
+
+    def url(self, name: str) -> str:
+        host = self.host(name)
+        if self.local and isinstance(self.target, DockerTarget) and self.target.http_port != 80:
+            return f"{self.scheme}://{host}:{self.target.http_port}"
+        return f"{self.scheme}://{host}"
+
+    def problems(self) -> list[tuple[str, object, str]]:
+        """Rules that span several fields, as (key path, value, what is allowed)."""
+        found: list[tuple[str, object, str]] = []
+        smtp = self.synapse.smtp
+        if smtp and smtp.user and self.smtp_password is None:
+            found.append(("smtp_password", None, "required when synapse.smtp.user is set; set it with --secret"))
+        if isinstance(self.synapse.database, ExternalDatabase) and self.database_password is None:
+            found.append(("database_password", None, "required with an external database; set it with --secret"))
+        if self.cloudflare.enabled and not self.cloudflare.zone:
+            found.append(("cloudflare.zone", None, "required when cloudflare.enabled"))
+        if self.cloudflare.enabled and self.cloudflare_api_token is None:
+            found.append(("cloudflare_api_token", None, "required when cloudflare.enabled; set it with --secret"))
+        if self.synapse.ldap and self.synapse.ldap.bind_dn and self.ldap_bind_password is None:
+            found.append(("ldap_bind_password", None, "required when synapse.ldap.bind_dn is set; set it with --secret"))
+        web = self.element_web
+        if web.enabled and web.mode == "pages":
+            if not self.cloudflare.enabled:
+                found.append(("element_web.mode", web.mode, "'pages' needs cloudflare.enabled: true"))
+            if not self.cloudflare.account_id:
+                found.append(("cloudflare.account_id", None, "required when element_web.mode is 'pages'"))
+            if web.source is None:
+                found.append(("element_web.source", None, "required when element_web.mode is 'pages' (owner, repo)"))
+        if self.tls_mode == "acme" and not self.tls.acme_email and isinstance(self.target, DockerTarget):
+            found.append(("tls.acme_email", None, "required when the proxy gets its certificate from ACME"))
+        if self.cloudflare.enabled and self.cloudflare.zone:
+            zone = self.cloudflare.zone
+            for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy"):
+                host = self.host(name)
+                if host != zone and not host.endswith("." + zone):
+                    found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))
+        return found

@@ -1,0 +1,227 @@
+"""Run the real program in-process under Pulumi's mocks: no CLI, no engine, no credentials.
+
+`run(raw_config)` builds the deployment and returns the resource graph as the engine would have
+received it (type, name, parent, provider, options, inputs) plus every service with its values
+resolved. Generated secrets get deterministic stand-ins of the right form, so rendered files
+can be booted as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+
+PROJECT = "matrix-stack"
+MASK = "[secret]"
+
+
+def stand_in(name: str, length: int, alphabet: str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") -> str:
+    """A deterministic stand-in secret of the requested length, from the resource's name."""
+    out = []
+    counter = 0
+    while len(out) < length:
+        digest = hashlib.sha256(f"{name}:{counter}".encode()).digest()
+        out += [alphabet[b % len(alphabet)] for b in digest]
+        counter += 1
+    return "".join(out[:length])
+
+
+def _unwrap(value: Any) -> Any:
+    if rpc.is_rpc_secret(value):
+        return _unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+def _mask(value: Any) -> Any:
+    if rpc.is_rpc_secret(value):
+        return MASK
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if isinstance(value, (pulumi.Asset, pulumi.Archive)):
+        return repr(value)
+    return value
+
+
+class StackMocks(pulumi.runtime.Mocks):
+    """Provider outputs a real `pulumi up` would compute, made deterministic."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = _unwrap(args.inputs)
+        outputs = dict(inputs)
+        typ = args.typ
+        if typ == "random:index/randomPassword:RandomPassword" or typ == "random:index/randomString:RandomString":
+            alphabet = "abcdefghijklmnopqrstuvwxyz0123456789" if inputs.get("upper") is False else \
+                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+            outputs["result"] = stand_in(args.name, int(inputs.get("length", 32)), alphabet)
+        elif typ == "random:index/randomBytes:RandomBytes":
+            raw = hashlib.sha256(args.name.encode()).digest() * 4
+            data = raw[: int(inputs.get("length", 32))]
+            outputs["base64"] = base64.b64encode(data).decode()
+            outputs["hex"] = data.hex()
+        elif typ == "docker:index/remoteImage:RemoteImage":
+            outputs["imageId"] = inputs.get("name", "")
+            outputs["repoDigest"] = inputs.get("name", "")
+        elif typ == "tls:index/privateKey:PrivateKey":
+            outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{stand_in(args.name, 64)}\n-----END PRIVATE KEY-----\n"
+            outputs["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        if args.token == "cloudflare:index/getZone:getZone":
+            name = (args.args.get("filter") or {}).get("name", "zone")
+            return {"zoneId": hashlib.sha256(name.encode()).hexdigest()[:32], "id": "zone-id", "name": name}, None
+        return {}, None
+
+
+@dataclass(frozen=True)
+class Registered:
+    urn: str
+    type: str
+    name: str
+    parent: str
+    provider: str
+    custom: bool
+    protect: bool
+    retain_on_delete: bool
+    delete_before_replace: bool
+    inputs: Mapping[str, Any]  # secrets still wrapped (see masked())
+
+    def masked(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "name": self.name,
+            "urn": self.urn,
+            "parent": self.parent,
+            "provider": self.provider.split("::")[-1] if self.provider else "",
+            "custom": self.custom,
+            "protect": self.protect,
+            "retainOnDelete": self.retain_on_delete,
+            "deleteBeforeReplace": self.delete_before_replace,
+            "inputs": _mask(dict(self.inputs)),
+        }
+
+    def plain_inputs(self) -> dict[str, Any]:
+        return _unwrap(dict(self.inputs))
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """MockMonitor that also keeps what the engine would see: parent, provider and options."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registered.append(Registered(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                parent=request.parent,
+                provider=request.provider,
+                custom=bool(request.custom),
+                protect=bool(request.protect),
+                retain_on_delete=bool(request.retainOnDelete),
+                delete_before_replace=bool(request.deleteBeforeReplace),
+                inputs=rpc.deserialize_properties(request.object),
+            ))
+        return response
+
+
+@dataclass
+class Run:
+    """The outcome of one in-process program run."""
+
+    cfg: Any
+    deployment: Any
+    resources: list[Registered]
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+    def of_type(self, type_token: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def by_name(self, name: str) -> Registered:
+        matches = [r for r in self.resources if r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name}")
+        return matches[0]
+
+
+async def _resolve(value: Any) -> tuple[Any, bool]:
+    """(value, is_secret) of an Input, awaiting Outputs."""
+    if isinstance(value, pulumi.Output):
+        return await value.future(), bool(await value.is_secret())
+    return value, False
+
+
+async def _resolve_services(services: list[Any]) -> list[dict[str, Any]]:
+    resolved = []
+    for service in services:
+        env: dict[str, tuple[str, bool]] = {}
+        for key, value in service.env.items():
+            env[key] = await _resolve(value)
+        for key, value in service.secret_env.items():
+            env[key] = ((await _resolve(value))[0], True)
+        files = []
+        for f in service.files:
+            content, secret = await _resolve(f.content)
+            files.append({"path": f.path, "content": content, "secret": f.secret or secret,
+                          "mode": f.mode, "group": f.group})
+        resolved.append({"service": service, "env": env, "files": files})
+    return resolved
+
+
+def _config_map(raw: Mapping[str, Any]) -> dict[str, str]:
+    return {f"{PROJECT}:{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in raw.items()}
+
+
+def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, ...] = ()) -> Run:
+    """Validate `raw` (the namespace's keys) and build the deployment under mocks."""
+    import config
+    import stack as program
+
+    cfg = config.parse(raw, secret_keys)  # raises ConfigError before anything is declared
+    mocks = StackMocks()
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_all_config(_config_map(raw), [f"{PROJECT}:{k}" for k in secret_keys])
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    holder: dict[str, Any] = {}
+
+    def program_body() -> pulumi.Output[Any]:
+        holder["deployment"] = program.build(cfg)
+
+        async def collect() -> list[dict[str, Any]]:
+            return await _resolve_services(holder["deployment"].services)
+
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    pulumi.runtime.mocks.test(program_body)()  # type: ignore[no-untyped-call]
+    result = Run(cfg=cfg, deployment=holder["deployment"], resources=sorted(monitor.registered, key=lambda r: r.urn))
+    return result_with_services(result)
+
+
+def result_with_services(result: Run) -> Run:
+    # Resolved values were computed inside the run; resolve again synchronously from the
+    # finished outputs (all futures are done now).
+    loop = asyncio.new_event_loop()
+    try:
+        result.services = loop.run_until_complete(_resolve_services(result.deployment.services))
+    finally:
+        loop.close()
+    return result
