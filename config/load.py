@@ -148,8 +148,9 @@ def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackCo
             problems.append(Problem(path, _message(error), value))
         raise ConfigError(problems) from None
     for check in [StackConfig.problems, *EXTRA_CHECKS]:
-        for path, value, message in check(cfg):
-            problems.append(Problem(path, message, "" if value is None else _show(value, path)))
+        for key_path, bad_value, message in check(cfg):
+            shown = "" if bad_value is None else _show(bad_value, key_path)
+            problems.append(Problem(key_path, message, shown))
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -26,7 +26,7 @@ MASK = "[secret]"
 
 def stand_in(name: str, length: int, alphabet: str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") -> str:
     """A deterministic stand-in secret of the requested length, from the resource's name."""
-    out = []
+    out: list[str] = []
     counter = 0
     while len(out) < length:
         digest = hashlib.sha256(f"{name}:{counter}".encode()).digest()

@@ -96,12 +96,14 @@ class DockerPlatform:
                 file=f.path,
                 content=pulumi.Output.secret(f.content) if f.secret else f.content,
                 permissions=oct(f.mode)[2:].zfill(4),
-                owner=int(service.user.split(":")[0]) if (f.secret and service.user) else None,
+                owner=service.user.split(":")[0] if (f.secret and service.user) else None,
             )
             for f in service.files
         ]
         envs = [f"{k}={v}" for k, v in sorted(service.env.items())]
-        secret_envs = [pulumi.Output.secret(pulumi.Output.concat(k, "=", v)) for k, v in sorted(service.secret_env.items())]
+        secret_envs: list[pulumi.Output[str]] = [
+            pulumi.Output.secret(pulumi.Output.concat(k, "=", v)) for k, v in sorted(service.secret_env.items())
+        ]
         health = service.health
         return docker.Container(
             service.name,

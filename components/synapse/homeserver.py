@@ -164,7 +164,7 @@ def registration_keys(cfg: StackConfig) -> dict[str, Any]:
     return keys
 
 
-_RATE_LIMIT_KEYS = {
+_RATE_LIMIT_KEYS: dict[str, str | tuple[str, str]] = {
     "message": "rc_message",
     "registration": "rc_registration",
     "login_address": ("rc_login", "address"),
@@ -185,7 +185,8 @@ def rate_limit_keys(cfg: StackConfig) -> dict[str, Any]:
             continue
         body = {"per_second": value.per_second, "burst_count": value.burst_count}
         if isinstance(key, tuple):
-            keys.setdefault(key[0], {})[key[1]] = body
+            section, sub = key
+            keys.setdefault(section, {})[sub] = body
         else:
             keys[key] = body
     if limits.federation_window_size:

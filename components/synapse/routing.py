@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from config.model import StackConfig
 from components.platform.spec import Site
+from config.model import StackConfig
 
 from .workers import MAIN, ROLE_BY_NAME, Balance, Process, Role, Topology
 
@@ -366,8 +366,8 @@ def render_nginx(
     ]
     if syn.federation.deny:
         http += ["map $http_authorization $synapse_origin_denied {", "    default 0;"]
-        for server in sorted(syn.federation.deny):
-            escaped = server.replace(".", "\\.")
+        for denied in sorted(syn.federation.deny):
+            escaped = denied.replace(".", "\\.")
             http.append(f'    "~*X-Matrix\\s.*origin=\\"?{escaped}\\"?(,|\\s|$)" 1;')
         http.append("}")
     for var, (reads, writes) in sorted(routing.method_maps.items()):
@@ -375,13 +375,13 @@ def render_nginx(
                  f"    HEAD {reads};", "}"]
     if resolver:
         http.append(f"resolver {resolver} valid=10s;")
-    for upstream in routing.upstreams.values():
-        http.append(f"upstream {upstream.name} {{")
-        if upstream.balance in _HASH_KEYS:
-            http.append(f"    hash {_HASH_KEYS[upstream.balance]} consistent;")
+    for pool in routing.upstreams.values():
+        http.append(f"upstream {pool.name} {{")
+        if pool.balance in _HASH_KEYS:
+            http.append(f"    hash {_HASH_KEYS[pool.balance]} consistent;")
         else:
             http.append("    least_conn;")
-        http += [f"    server {server} max_fails=0;" for server in upstream.servers]
+        http += [f"    server {address_port} max_fails=0;" for address_port in pool.servers]
         http.append("    keepalive 32;")
         http.append("}")
     http.append("")

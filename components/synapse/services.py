@@ -11,8 +11,8 @@ from typing import Any
 
 import pulumi
 
-from config.model import BundledDatabase, StackConfig
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume
+from config.model import BundledDatabase, StackConfig
 
 from . import homeserver as hs
 from . import routing
