@@ -58,9 +58,21 @@ class ConfigError(pulumi.RunError):
 EXTRA_CHECKS: list[Callable[[StackConfig], list[tuple[str, object, str]]]] = []
 
 
-def _show(value: object, path: str) -> str:
-    if path.split(".")[0] in SECRET_FIELDS:
+def _mask_secrets(value: object) -> object:
+    """A value with every secret field's content replaced, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: "[secret]" if k in SECRET_FIELDS else _mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask_secrets(v) for v in value]
+    if isinstance(value, SecretStr):
         return "[secret]"
+    return value
+
+
+def _show(value: object, path: str) -> str:
+    if path.split(".")[0].split("[")[0] in SECRET_FIELDS:
+        return "[secret]"
+    value = _mask_secrets(value)
     text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -74,13 +86,22 @@ def _models_in(annotation: object) -> list[type[BaseModel]]:
     if origin in (typing.Union, types.UnionType, typing.Annotated):
         for arg in typing.get_args(annotation):
             found += _models_in(arg)
+    elif origin in (list, tuple):
+        for arg in typing.get_args(annotation):
+            found += _models_in(arg)
+    elif origin is dict:
+        args = typing.get_args(annotation)
+        if len(args) == 2:
+            found += _models_in(args[1])
     return found
 
 
-def _allowed_keys(loc: tuple[object, ...]) -> list[str]:
-    """The keys allowed where an unknown key was found, by walking the model along `loc`."""
+def _models_at(loc: tuple[object, ...]) -> list[type[BaseModel]]:
+    """The model classes the value at `loc` can be, by walking the model from the top."""
     current: list[type[BaseModel]] = [StackConfig]
-    for part in loc[:-1]:
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list index: the element's models are already current
         nxt: list[type[BaseModel]] = []
         for cls in current:
             if isinstance(part, str) and part in cls.model_fields:
@@ -92,7 +113,21 @@ def _allowed_keys(loc: tuple[object, ...]) -> list[str]:
         tagged = [c for c in current if "kind" in c.model_fields and part in typing.get_args(c.model_fields["kind"].annotation)]
         if tagged:
             current = tagged
-    return sorted({key for cls in current for key in cls.model_fields})
+            continue
+        return []
+    return current
+
+
+def _allowed_keys(loc: tuple[object, ...]) -> list[str]:
+    """The keys allowed where an unknown key was found."""
+    return sorted({key for cls in _models_at(loc[:-1]) for key in cls.model_fields})
+
+
+def _kinds(loc: tuple[object, ...]) -> str:
+    """The `kind` tags a discriminated union at `loc` accepts, as 'a', 'b'."""
+    tags = [tag for cls in _models_at(loc) if "kind" in cls.model_fields
+            for tag in typing.get_args(cls.model_fields["kind"].annotation)]
+    return ", ".join(f"'{t}'" for t in tags)
 
 
 def _path(loc: tuple[object, ...]) -> str:
@@ -110,6 +145,38 @@ def _path(loc: tuple[object, ...]) -> str:
     return ".".join(parts)
 
 
+# pydantic's wording for the common type and bound errors, said as what is allowed.
+_PLAIN = {
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "greater_than": "must be greater than {gt}",
+    "less_than": "must be less than {lt}",
+    "literal_error": "must be one of {expected}",
+    "string_type": "must be text",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping of keys to values",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "too_short": "must have at least {min_length} item(s)",
+    "too_long": "must have at most {max_length} item(s)",
+    "string_too_long": "must be at most {max_length} characters",
+    "string_too_short": "must be at least {min_length} characters",
+}
+
+
+def _join(base: str, field: str) -> str:
+    if not base:
+        return field
+    return base + field if field.startswith("[") else f"{base}.{field}"
+
+
 def _message(error: Mapping[str, typing.Any]) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
@@ -119,10 +186,11 @@ def _message(error: Mapping[str, typing.Any]) -> str:
         return "required key is missing"
     if kind == "string_pattern_mismatch":
         return "must be " + _PATTERN_WORDS.get(str(ctx.get("pattern")), f"text matching {ctx.get('pattern')}")
-    if kind == "union_tag_invalid":
-        return f"must be one of {ctx.get('expected_tags')}"
-    if kind == "union_tag_not_found":
-        return f"needs '{ctx.get('discriminator', 'kind').strip(chr(39))}' ({ctx.get('expected_tags', 'docker or kubernetes')})"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        loc = tuple(error["loc"])
+        return f"must be one of {_kinds(loc) or ctx.get('expected_tags')}"
+    if kind in _PLAIN:
+        return _PLAIN[kind].format(**ctx)
     msg = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
@@ -144,7 +212,19 @@ def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackCo
         for error in exc.errors():
             loc = tuple(error["loc"])
             path = _path(loc) or "(top level)"
-            value = "" if error["type"] in ("missing", "extra_forbidden") else _show(error.get("input"), path)
+            ctx = error.get("ctx") or {}
+            if error["type"] == "field_rule":
+                # A rule of one block blamed on one of its fields (model.rule).
+                path = _join(_path(loc), str(ctx["field"]))
+                shown = ctx.get("value")
+                value = "" if shown is None else _show(shown, path)
+            elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                path = _join(_path(loc), "kind")
+                value = _show(ctx["tag"], path) if "tag" in ctx else ""
+            elif error["type"] in ("missing", "extra_forbidden"):
+                value = ""
+            else:
+                value = _show(error.get("input"), path)
             problems.append(Problem(path, _message(error), value))
         raise ConfigError(problems) from None
     for check in [StackConfig.problems, *EXTRA_CHECKS]:

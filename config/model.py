@@ -11,6 +11,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from . import images
 
@@ -24,6 +25,12 @@ IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9._-]+|@sha256:[0-9a-f
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def rule(field: str, value: object, message: str) -> PydanticCustomError:
+    """A rule spanning several fields of one model, blamed on `field` (a path below the model)
+    with the offending `value`; the loader reports it at that path instead of the whole block."""
+    return PydanticCustomError("field_rule", message, {"field": field, "value": value})
 
 
 Hostname = Annotated[str, Field(pattern=HOSTNAME_RE.pattern, max_length=253)]
@@ -102,13 +109,14 @@ class DockerTarget(Strict):
         names = [h.name for h in self.hosts]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)}")
+            raise rule("hosts", dupes, "host names must be unique; each name may appear once")
         if len(self.hosts) > 1:
-            missing = [h.name for h in self.hosts if not h.address]
+            missing = [i for i, h in enumerate(self.hosts) if not h.address]
             if missing:
-                raise ValueError(
-                    "with several hosts every host needs 'address' so the others can reach it; "
-                    f"missing on: {', '.join(missing)}"
+                raise rule(
+                    f"hosts[{missing[0]}].address", None,
+                    "required with several hosts so the others can reach it; missing on: "
+                    + ", ".join(self.hosts[i].name for i in missing),
                 )
         return self
 
@@ -223,6 +231,16 @@ class Ldap(Strict):
     start_tls: bool = True
 
 
+def _cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("must be an IP address or CIDR such as 10.0.0.0/8") from None
+    return value
+
+
 class Synapse(Strict):
     image: Image = images.SYNAPSE
     workers: Workers = Workers()
@@ -235,7 +253,7 @@ class Synapse(Strict):
     url_previews: UrlPreviews = UrlPreviews()
     federation: Federation = Federation()
     ldap: Ldap | None = None
-    admin_api_allowlist: list[str] = Field(
+    admin_api_allowlist: list[Annotated[str, AfterValidator(_cidr)]] = Field(
         default_factory=list,
         description="CIDRs allowed to reach /_synapse/admin on the public proxy; empty = nobody",
     )
@@ -247,22 +265,10 @@ class Synapse(Strict):
     )
 
 
-    @field_validator("admin_api_allowlist")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"'{entry}' is not an IP address or CIDR") from None
-        return value
-
     @model_validator(mode="after")
     def _email_needs_smtp(self) -> Synapse:
         if self.registration.mode == "email" and self.smtp is None:
-            raise ValueError("registration.mode 'email' needs an smtp block to send the mails")
+            raise rule("registration.mode", "email", "'email' needs a synapse.smtp block to send the mails")
         return self
 
 
@@ -281,9 +287,11 @@ class Livekit(Strict):
     @model_validator(mode="after")
     def _range(self) -> Livekit:
         if self.rtc_udp_port_end < self.rtc_udp_port_start:
-            raise ValueError("rtc_udp_port_end must not be below rtc_udp_port_start")
+            raise rule("rtc_udp_port_end", self.rtc_udp_port_end,
+                       f"must not be below rtc_udp_port_start ({self.rtc_udp_port_start})")
         if self.rtc_udp_port_end - self.rtc_udp_port_start > 10000:
-            raise ValueError("the RTC UDP range may span at most 10000 ports")
+            raise rule("rtc_udp_port_end", self.rtc_udp_port_end,
+                       f"the RTC UDP range may span at most 10000 ports from rtc_udp_port_start ({self.rtc_udp_port_start})")
         return self
 
 
@@ -308,6 +316,16 @@ class Coturn(Strict):
     relay_port_start: Port = 49152
     relay_port_end: Port = 49172
     external_ip: str | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> Coturn:
+        if self.relay_port_end < self.relay_port_start:
+            raise rule("relay_port_end", self.relay_port_end,
+                       f"must not be below relay_port_start ({self.relay_port_start})")
+        if self.relay_port_end - self.relay_port_start > 10000:
+            raise rule("relay_port_end", self.relay_port_end,
+                       f"the relay range may span at most 10000 ports from relay_port_start ({self.relay_port_start})")
+        return self
 
 
 
