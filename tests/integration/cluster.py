@@ -1,0 +1,517 @@
+"""Boot the files this program renders, on one machine, with real PostgreSQL, Redis, Synapse and nginx.
+
+The rendered services expect a container network (service names as hosts) and container paths
+(/conf, /secrets, /media_store, /tmp ...). On one machine we change ONLY those: every service name
+becomes 127.0.0.1 and every container path is moved under one work directory. Ports are already
+distinct per process, and no other setting is touched, so what boots here is what the program
+deploys. Rewrites are structural (YAML is parsed; nginx directives are matched), so a renderer
+change that moves a setting cannot be silently "fixed" by the harness.
+
+Used by tests/integration/test_synapse_boot.py and scripts/bench_synapse_boot.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from components.synapse.workers import ROLES  # noqa: E402
+from render import offline  # noqa: E402
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+LOOPBACK = "127.0.0.1"
+PROXY_URL = "http://127.0.0.1:8080"
+# Bounded waits: a process that is not healthy by then has failed, and we say which one.
+HEALTH_TIMEOUT_S = float(os.environ.get("BOOT_HEALTH_TIMEOUT", "240"))
+STOP_TIMEOUT_S = 15.0
+
+ALL_ROLES_COUNTS: dict[str, int] = {role.name: 1 for role in ROLES} | {"generic": 2, "event_persister": 2}
+
+
+def boot_config(counts: Mapping[str, int] | None = None, *, preset: str | None = None) -> dict[str, Any]:
+    """The minimal stack config for a local boot: localhost, token registration, the given workers.
+
+    Components other than Synapse are switched off: this harness boots Synapse and its proxy.
+    The message rate limit is raised because the test sends a burst of messages from one user;
+    Synapse's default (0.2/s, burst 10) would only make the test slow, not more real.
+    """
+    workers: dict[str, Any] = {}
+    if preset:
+        workers["preset"] = preset
+    if counts is not None:
+        workers["counts"] = dict(counts)
+    return {
+        "server_name": "localhost",
+        "target": {"kind": "docker", "http_port": 8080},
+        "synapse": {
+            "registration": {"mode": "token"},
+            "workers": workers,
+            "rate_limits": {"message": {"per_second": 50, "burst_count": 200}},
+        },
+        "element_call": {"enabled": False},
+        "ntfy": {"enabled": False},
+        "element_web": {"enabled": False},
+    }
+
+
+def render(raw: Mapping[str, Any]) -> offline.Run:
+    return offline.run(dict(raw), stack="boot")
+
+
+def require_binaries() -> None:
+    """Fail (never skip) with a clear message when something the boot needs is missing."""
+    missing = []
+    for exe in ("initdb", "postgres", "pg_isready", "psql"):
+        if not (PG_BIN / exe).exists():
+            missing.append(str(PG_BIN / exe))
+    for exe in ("redis-server", "nginx"):
+        if shutil.which(exe) is None:
+            missing.append(exe)
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        missing.append("runuser (PostgreSQL refuses to run as root)")
+    if missing:
+        raise RuntimeError("integration boot needs these binaries, which are missing: " + ", ".join(missing))
+
+
+def synapse_python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+# ---------------------------------------------------------------- rewriting addresses and paths
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """Service names -> 127.0.0.1; container paths under `roots` -> the same path under `base`."""
+
+    base: Path
+    hosts: frozenset[str]
+    roots: tuple[str, ...]
+    # Container "files" that are really streams: the access log goes to a file we can parse.
+    streams: Mapping[str, Path] = field(default_factory=dict)
+
+    def path(self, value: str) -> str:
+        if value in self.streams:
+            return str(self.streams[value])
+        for root in self.roots:
+            if value == root or value.startswith(root.rstrip("/") + "/"):
+                return str(self.base) + value
+        return value
+
+    def host(self, value: str) -> str:
+        return LOOPBACK if value in self.hosts else value
+
+    def yaml_text(self, text: str) -> str:
+        return yaml.safe_dump(self._walk(yaml.safe_load(text), None), sort_keys=False)
+
+    def _walk(self, node: Any, key: str | None) -> Any:
+        if isinstance(node, dict):
+            return {k: self._walk(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self._walk(v, key) for v in node]
+        if isinstance(node, str):
+            return self.host(node) if key == "host" else self.path(node)
+        return node
+
+    # nginx directives whose argument is a host path, and those naming an upstream address.
+    _NGINX_PATH = re.compile(r"^(\s*(?:pid|error_log|access_log|include|root|alias|\w+_temp_path)\s+)(\S+?)(;|\s)", re.M)
+    _NGINX_ADDR = re.compile(r"^(\s*server\s+|\s*proxy_pass\s+https?://)([A-Za-z0-9.-]+)(:\d+)", re.M)
+
+    def nginx_text(self, text: str) -> str:
+        text = self._NGINX_PATH.sub(lambda m: m.group(1) + self.path(m.group(2)) + m.group(3), text)
+        return self._NGINX_ADDR.sub(lambda m: m.group(1) + self.host(m.group(2)) + m.group(3), text)
+
+    def redis_text(self, text: str) -> str:
+        out = []
+        for line in text.splitlines():
+            words = line.split()
+            if words and words[0] in {"aclfile", "dir", "pidfile", "logfile", "unixsocket", "include"}:
+                line = " ".join([words[0], *(self.path(w) for w in words[1:])])
+            out.append(line)
+        return "\n".join(out) + "\n"
+
+    def args(self, args: Iterable[str]) -> list[str]:
+        return [self.path(a) for a in args]
+
+
+def relocation_for(result: offline.Run, base: Path) -> Relocation:
+    roots: set[str] = set()
+    for entry in result.services:
+        service = entry["service"]
+        for f in entry["files"]:
+            roots.add(str(Path(f["path"]).parent))
+        roots.update(v.path for v in service.volumes)
+        roots.update(service.writable_paths)
+    # Keep only the outermost roots (/conf covers /conf/workers).
+    outer = sorted(r for r in roots if not any(r != o and r.startswith(o.rstrip("/") + "/") for o in roots))
+    return Relocation(
+        base=base,
+        hosts=frozenset(e["service"].name for e in result.services),
+        roots=tuple(outer),
+        streams={"/dev/stdout": base / "logs" / "access.log"},
+    )
+
+
+def materialize(result: offline.Run, base: Path) -> Relocation:
+    """Write every service's files under `base`, relocated. Identical paths must have identical content."""
+    reloc = relocation_for(result, base)
+    written: dict[str, str] = {}
+    for entry in result.services:
+        service = entry["service"]
+        for f in entry["files"]:
+            content = f["content"]
+            if f["path"] in written:
+                if written[f["path"]] != content:
+                    raise AssertionError(f"{service.name}: {f['path']} differs from another service's copy")
+                continue
+            written[f["path"]] = content
+            if f["path"].endswith((".yaml", ".yml")):
+                content = reloc.yaml_text(content)
+            elif f["path"].endswith("nginx.conf"):
+                content = reloc.nginx_text(content)
+            elif f["path"].endswith("redis.conf"):
+                content = reloc.redis_text(content)
+            target = Path(reloc.path(f["path"]))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+            # Secrets keep their restrictive mode and belong to whoever runs the process (us).
+            os.chmod(target, f["mode"])
+        for volume in service.volumes:
+            Path(reloc.path(volume.path)).mkdir(parents=True, exist_ok=True)
+        for scratch in service.writable_paths:
+            Path(reloc.path(scratch)).mkdir(parents=True, exist_ok=True)
+    (base / "logs").mkdir(exist_ok=True)
+    return reloc
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    started: float
+    port: int | None = None
+    ready_s: float | None = None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except Exception:
+        return False
+
+
+def _tree_pids(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process and its descendants (nginx workers, postgres backends)."""
+    total = 0
+    for p in _tree_pids(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Cluster:
+    """PostgreSQL, Redis, Synapse main, every worker and nginx, from one rendered result.
+
+    Use as a context manager: processes are always stopped, even when boot fails halfway.
+    """
+
+    def __init__(self, result: offline.Run, workdir: Path | None = None):
+        require_binaries()
+        self.result = result
+        self.services = {e["service"].name: e for e in result.services}
+        self.base = workdir or Path(tempfile.mkdtemp(prefix="synapse-boot-"))
+        # The postgres user and nginx's unprivileged workers must be able to reach their dirs.
+        os.chmod(self.base, 0o755)
+        self.reloc = materialize(result, self.base)
+        self.procs: dict[str, Proc] = {}
+        self.boot_s: dict[str, float] = {}
+        self.access_log = self.base / "logs" / "access.log"
+
+    # ------------------------------------------------------------ helpers
+
+    def synapse_names(self) -> list[str]:
+        names = [n for n in self.services if n.startswith("synapse-")]
+        return [n for n in names if n not in {"synapse-postgres", "synapse-redis", "synapse-proxy"}]
+
+    def worker_names(self) -> list[str]:
+        return [n for n in self.synapse_names() if n != "synapse-main"]
+
+    def env_of(self, name: str) -> dict[str, str]:
+        return {k: v for k, (v, _secret) in self.services[name]["env"].items()}
+
+    def http_port(self, name: str) -> int:
+        return next(p.port for p in self.services[name]["service"].ports if p.name == "http")
+
+    def file(self, container_path: str) -> Path:
+        return Path(self.reloc.path(container_path))
+
+    def _spawn(self, name: str, cmd: list[str], *, env: Mapping[str, str] | None = None,
+               port: int | None = None) -> Proc:
+        log = self.base / "logs" / f"{name}.log"
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        with open(log, "ab") as out:
+            out.write(f"$ {shlex.join(cmd)}\n".encode())
+            out.flush()
+            # A new session per process: stop() signals exactly this process group, nothing else.
+            popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=self.base, env=full_env, start_new_session=True)
+        proc = Proc(name, popen, log, time.monotonic(), port)
+        self.procs[name] = proc
+        return proc
+
+    def _as_postgres(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def _wait(self, procs: list[Proc], check: Any, what: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+        """Poll until check(proc) for every proc; a process that exits or overruns fails the boot."""
+        pending = list(procs)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for proc in list(pending):
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before {what}:\n{proc.tail()}")
+                if check(proc):
+                    proc.ready_s = time.monotonic() - proc.started
+                    self.boot_s[proc.name] = proc.ready_s
+                    pending.remove(proc)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(p.name for p in pending)
+                raise TimeoutError(f"not {what} after {timeout:.0f}s: {names}\n{pending[0].name}:\n{pending[0].tail()}")
+            if pending:
+                time.sleep(0.2)
+
+    # ------------------------------------------------------------ the services
+
+    def start_postgres(self) -> None:
+        entry = self.services["synapse-postgres"]
+        env = self.env_of("synapse-postgres")
+        data = Path(self.reloc.path(env["PGDATA"]))
+        sock = self.base / "pg-socket"
+        for d in (data.parent, sock):
+            d.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(d, "postgres", "postgres")
+        pwfile = self.base / "pg-superuser-pw"
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+                  # Local socket for the harness's own setup; TCP (what Synapse uses) checks the password.
+                  "--auth-local=trust", "--auth-host=scram-sha-256",
+                  *shlex.split(env.get("POSTGRES_INITDB_ARGS", ""))]
+        t0 = time.monotonic()
+        subprocess.run(self._as_postgres(initdb), check=True, cwd=self.base,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        pwfile.unlink(missing_ok=True)
+        args = list(entry["service"].args)
+        if args[:1] == ["postgres"]:
+            args = args[1:]
+        port = next(p.port for p in entry["service"].ports)
+        cmd = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock), *args]
+        proc = self._spawn("synapse-postgres", self._as_postgres(cmd), port=port)
+        proc.started = t0
+
+        def ready(_p: Proc) -> bool:
+            return subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(port)]).returncode == 0
+
+        self._wait([proc], ready, "accepting connections", timeout=60)
+        user, db, password = env["POSTGRES_USER"], env["POSTGRES_DB"], env["POSTGRES_PASSWORD"]
+        quoted = password.replace("'", "''")
+        # What the postgres image does from POSTGRES_USER/DB/PASSWORD, with the C collation Synapse needs.
+        for sql in (f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{quoted}'",
+                    f"CREATE DATABASE \"{db}\" OWNER \"{user}\" ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"):
+            subprocess.run(self._as_postgres([str(PG_BIN / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", str(sock),
+                                              "-p", str(port), "-U", "postgres", "-d", "postgres", "-c", sql]),
+                           check=True, cwd=self.base, stdout=subprocess.DEVNULL)
+
+    def start_redis(self) -> None:
+        service = self.services["synapse-redis"]["service"]
+        port = next(p.port for p in service.ports)
+        proc = self._spawn("synapse-redis", self.reloc.args(service.args), port=port)
+        password = self.file("/secrets/redis_password").read_text().strip()
+
+        def ready(_p: Proc) -> bool:
+            # AUTH with Synapse's password proves the rendered ACL file and the secret agree.
+            try:
+                with socket.create_connection((LOOPBACK, port), timeout=1) as s:
+                    s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+                    data = b""
+                    while data.count(b"\r\n") < 2:
+                        chunk = s.recv(100)
+                        if not chunk:
+                            break
+                        data += chunk
+                    return data.startswith(b"+OK") and b"+PONG" in data
+            except OSError:
+                return False
+
+        self._wait([proc], ready, "answering AUTH", timeout=30)
+
+    def _start_synapse(self, name: str) -> Proc:
+        service = self.services[name]["service"]
+        entry = list(service.entrypoint or ())
+        if entry[:1] == ["python"]:
+            entry[0] = synapse_python()
+        return self._spawn(name, [*entry, *self.reloc.args(service.args)], env=self.env_of(name),
+                           port=self.http_port(name))
+
+    def _healthy(self, proc: Proc) -> bool:
+        return _http_ok(f"http://{LOOPBACK}:{proc.port}/health")
+
+    def start_main(self) -> None:
+        self._wait([self._start_synapse("synapse-main")], self._healthy, "healthy")
+
+    def start_workers(self) -> None:
+        # Workers only need main and the database; starting them together is what a container
+        # platform does too, and keeps the boot inside the time budget.
+        procs = [self._start_synapse(name) for name in self.worker_names()]
+        self._wait(procs, self._healthy, "healthy")
+
+    def start_proxy(self) -> None:
+        service = self.services["synapse-proxy"]["service"]
+        args = self.reloc.args(service.args)
+        check = subprocess.run([args[0], "-t", *args[1:3]], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx -t rejected the rendered config:\n{check.stderr}")
+        status = next(p.port for p in service.ports if p.name == "status")
+        proc = self._spawn("synapse-proxy", args, port=status)
+        self._wait([proc], lambda p: _http_ok(f"http://{LOOPBACK}:{status}/health"), "healthy", timeout=30)
+
+    def start(self) -> Cluster:
+        self.start_postgres()
+        self.start_redis()
+        self.start_main()
+        self.start_workers()
+        self.start_proxy()
+        return self
+
+    # ------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        # Reverse start order: the proxy first, the database last.
+        for proc in reversed(list(self.procs.values())):
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in reversed(list(self.procs.values())):
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.popen.wait(timeout=5)
+
+    def __enter__(self) -> Cluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ client-side helpers
+
+    def register(self, user: str, password: str, *, admin: bool = False) -> None:
+        """Shared-secret registration on main's port (the admin API is not exposed by the proxy)."""
+        script = Path(synapse_python()).parent / "register_new_matrix_user"
+        cmd = [str(script), "-u", user, "-p", password, "--admin" if admin else "--no-admin",
+               "-c", str(self.file("/conf/homeserver.yaml")), f"http://{LOOPBACK}:{self.http_port('synapse-main')}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"register_new_matrix_user {user} failed:\n{done.stdout}\n{done.stderr}")
+
+    def rss(self) -> dict[str, int]:
+        return {name: rss_kib(p.popen.pid) for name, p in self.procs.items() if p.popen.poll() is None}
+
+
+# ---------------------------------------------------------------- the access log
+
+ACCESS_RE = re.compile(
+    r'^(?P<addr>\S+) (?P<host>\S+) "(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" (?P<status>\d{3}) '
+    r"route=(?P<route>\S+) upstream=(?P<upstream>.*?) time=(?P<time>\S+)$"
+)
+
+
+@dataclass(frozen=True)
+class Access:
+    method: str
+    path: str
+    status: int
+    route: str
+    upstreams: tuple[str, ...]
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return tuple(int(u.rsplit(":", 1)[1]) for u in self.upstreams if ":" in u)
+
+
+def read_access_log(path: Path) -> list[Access]:
+    entries = []
+    for line in path.read_text().splitlines():
+        m = ACCESS_RE.match(line)
+        if not m:
+            raise AssertionError(f"unparseable access log line: {line}")
+        upstream = m["upstream"].strip()
+        # Several addresses when nginx retried (", ") or redirected internally (" : ").
+        ups = tuple(u for u in re.split(r"\s*,\s*|\s+:\s+", upstream) if u and u != "-")
+        entries.append(Access(m["method"], m["uri"].split("?", 1)[0], int(m["status"]), m["route"], ups))
+    return entries
