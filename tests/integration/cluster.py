@@ -215,6 +215,7 @@ class Proc:
     started: float
     port: int | None = None
     ready_s: float | None = None
+    tier: int = 0
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -300,7 +301,7 @@ class Cluster:
         return Path(self.reloc.path(container_path))
 
     def _spawn(self, name: str, cmd: list[str], *, env: Mapping[str, str] | None = None,
-               port: int | None = None) -> Proc:
+               port: int | None = None, tier: int = 0) -> Proc:
         log = self.base / "logs" / f"{name}.log"
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -310,7 +311,7 @@ class Cluster:
             # A new session per process: stop() signals exactly this process group, nothing else.
             popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=self.base, env=full_env, start_new_session=True)
-        proc = Proc(name, popen, log, time.monotonic(), port)
+        proc = Proc(name, popen, log, time.monotonic(), port, tier=tier)
         self.procs[name] = proc
         return proc
 
@@ -360,7 +361,7 @@ class Cluster:
             args = args[1:]
         port = next(p.port for p in entry["service"].ports)
         cmd = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock), *args]
-        proc = self._spawn("synapse-postgres", self._as_postgres(cmd), port=port)
+        proc = self._spawn("synapse-postgres", self._as_postgres(cmd), port=port, tier=0)
         proc.started = t0
 
         def ready(_p: Proc) -> bool:
@@ -379,7 +380,7 @@ class Cluster:
     def start_redis(self) -> None:
         service = self.services["synapse-redis"]["service"]
         port = next(p.port for p in service.ports)
-        proc = self._spawn("synapse-redis", self.reloc.args(service.args), port=port)
+        proc = self._spawn("synapse-redis", self.reloc.args(service.args), port=port, tier=1)
         password = self.file("/secrets/redis_password").read_text().strip()
 
         def ready(_p: Proc) -> bool:
@@ -405,7 +406,7 @@ class Cluster:
         if entry[:1] == ["python"]:
             entry[0] = synapse_python()
         return self._spawn(name, [*entry, *self.reloc.args(service.args)], env=self.env_of(name),
-                           port=self.http_port(name))
+                           port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
 
     def _healthy(self, proc: Proc) -> bool:
         return _http_ok(f"http://{LOOPBACK}:{proc.port}/health")
@@ -426,7 +427,7 @@ class Cluster:
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t rejected the rendered config:\n{check.stderr}")
         status = next(p.port for p in service.ports if p.name == "status")
-        proc = self._spawn("synapse-proxy", args, port=status)
+        proc = self._spawn("synapse-proxy", args, port=status, tier=4)
         self._wait([proc], lambda p: _http_ok(f"http://{LOOPBACK}:{status}/health"), "healthy", timeout=30)
 
     def start(self) -> Cluster:
@@ -440,33 +441,45 @@ class Cluster:
     # ------------------------------------------------------------ stop
 
     def stop(self) -> None:
-        # Reverse start order: the proxy first, the database last.
-        for proc in reversed(list(self.procs.values())):
-            if proc.popen.poll() is None:
+        # Reverse start order, one tier at a time (proxy, workers, main, redis, postgres), so no
+        # process sees its dependencies vanish first and logs spurious shutdown errors.
+        tiers: dict[int, list[Proc]] = {}
+        for proc in self.procs.values():
+            tiers.setdefault(proc.tier, []).append(proc)
+        for tier in sorted(tiers, reverse=True):
+            procs = tiers[tier]
+            for proc in procs:
+                if proc.popen.poll() is None:
+                    try:
+                        os.killpg(proc.popen.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for proc in procs:
                 try:
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for proc in reversed(list(self.procs.values())):
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.popen.wait(timeout=5)
+                    proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    try:
+                        os.killpg(proc.popen.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.popen.wait(timeout=5)
 
     def __enter__(self) -> Cluster:
         try:
             return self.start()
         except BaseException:
             self.stop()
+            print(f"boot logs kept in {self.base / 'logs'}", file=sys.stderr)
             raise
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        # Keep the logs of a failed run (and on request) for whoever debugs it.
+        if exc_type is None and not os.environ.get("KEEP_BOOT_DIR"):
+            shutil.rmtree(self.base, ignore_errors=True)
+        else:
+            print(f"boot logs kept in {self.base / 'logs'}", file=sys.stderr)
 
     # ------------------------------------------------------------ client-side helpers
 

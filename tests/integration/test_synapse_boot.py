@@ -1,0 +1,113 @@
+"""Boot the rendered stack (PostgreSQL, Redis, Synapse main + every worker role, nginx) and use it.
+
+Not skipped anywhere: in CI (CI=true) this must run; a missing binary fails with a clear message
+(cluster.require_binaries). One boot serves every test in the module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
+from .workload import Facts, run_workload
+
+MAIN_PORT = 8008
+
+
+@pytest.fixture(scope="module")
+def booted() -> Iterator[tuple[Cluster, Facts, list[Access]]]:
+    result = render(boot_config(ALL_ROLES_COUNTS))
+    with Cluster(result) as cluster:
+        facts = run_workload(cluster)
+        yield cluster, facts, read_access_log(cluster.access_log)
+
+
+def test_every_process_is_healthy(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    cluster, _facts, _log = booted
+    expected = {"synapse-postgres", "synapse-redis", "synapse-proxy", *cluster.synapse_names()}
+    assert set(cluster.boot_s) == expected
+    # Every role in the table runs, the counted ones as often as asked.
+    workers = cluster.worker_names()
+    for role, count in ALL_ROLES_COUNTS.items():
+        prefix = f"synapse-{role.replace('_', '-')}-"
+        assert len([w for w in workers if w.startswith(prefix) and w[len(prefix):].isdigit()]) == count, role
+    for name, proc in cluster.procs.items():
+        assert proc.popen.poll() is None, f"{name} died after boot:\n{proc.tail()}"
+
+
+def test_messages_flow_through_the_proxy(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    _cluster, facts, _log = booted
+    assert len(facts.sent) >= 20
+    # Bob's /sync shows alice's messages exactly once each, in send order.
+    assert facts.synced == facts.sent
+    assert facts.typing_seen, "typing notice never reached the other user's sync"
+    assert facts.receipt_seen, "read receipt never reached the other user's sync"
+    assert facts.upload_sha == facts.download_sha
+    assert facts.pages >= 2, "expected /messages to paginate"
+    assert [b for b in facts.paginated if b in set(facts.sent)] == facts.sent
+
+
+def test_well_known_is_json_with_cors(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    _cluster, facts, _log = booted
+    client, cors = facts.well_known["/.well-known/matrix/client"]
+    assert client["m.homeserver"]["base_url"].rstrip("/") == "http://localhost:8080"
+    assert cors == "*"
+    server, cors = facts.well_known["/.well-known/matrix/server"]
+    assert "m.server" in server
+    assert cors == "*"
+
+
+# Request classes the workload makes: (label, method, path regex, intended route group, role serving it).
+CLASSES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("login", "POST", r"/_matrix/client/v3/login$", "client_reader", "client_reader"),
+    ("createRoom", "POST", r"/_matrix/client/v3/createRoom$", "client_reader", "client_reader"),
+    ("invite", "POST", r"/_matrix/client/v3/rooms/[^/]+/invite$", "event_creator", "event_creator"),
+    ("join", "POST", r"/_matrix/client/v3/join/", "event_creator", "event_creator"),
+    ("send", "PUT", r"/_matrix/client/v3/rooms/[^/]+/send/", "event_creator", "event_creator"),
+    ("sync", "GET", r"/_matrix/client/v3/sync$", "sync", "sync"),
+    ("typing", "PUT", r"/_matrix/client/v3/rooms/[^/]+/typing/", "typing", "typing"),
+    ("receipt", "POST", r"/_matrix/client/v3/rooms/[^/]+/receipt/", "receipts", "receipts"),
+    ("read_markers", "POST", r"/_matrix/client/v3/rooms/[^/]+/read_markers$", "receipts", "receipts"),
+    ("upload", "POST", r"/_matrix/media/v3/upload$", "media", "media_repository"),
+    ("download", "GET", r"/_matrix/client/v1/media/download/", "media", "media_repository"),
+    ("messages", "GET", r"/_matrix/client/v3/rooms/[^/]+/messages$", "messages", "client_reader"),
+    ("logout", "POST", r"/_matrix/client/v3/logout$", "main_only", "main"),
+)
+
+
+def _role_ports(cluster: Cluster, role: str) -> set[int]:
+    if role == "main":
+        return {MAIN_PORT}
+    prefix = f"synapse-{role.replace('_', '-')}-"
+    return {cluster.http_port(n) for n in cluster.worker_names() if n.startswith(prefix) and n[len(prefix):].isdigit()}
+
+
+def test_each_request_class_reaches_its_worker(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    cluster, _facts, log = booted
+    problems = []
+    for label, method, pattern, route, role in CLASSES:
+        hits = [a for a in log if a.method == method and re.search(pattern, a.path)]
+        if not hits:
+            problems.append(f"{label}: no request in the access log")
+            continue
+        ports = _role_ports(cluster, role)
+        for a in hits:
+            if a.route != route or not a.ports or not set(a.ports) <= ports or not 200 <= a.status < 300:
+                problems.append(f"{label}: {a.method} {a.path} -> route={a.route} upstream={a.upstreams} "
+                                f"status={a.status}; wanted route={route} on {sorted(ports)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_main_serves_only_main_routes(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    _cluster, _facts, log = booted
+    on_main = [a for a in log if MAIN_PORT in a.ports]
+    assert on_main, "the workload's logout should have reached main"
+    wrong = [f"{a.method} {a.path} route={a.route}" for a in on_main if a.route not in {"main", "main_only"}]
+    assert not wrong, "main served requests that belong to a worker:\n" + "\n".join(wrong)
+    # And the reverse: nothing routed to main's groups went elsewhere.
+    stray = [f"{a.method} {a.path} -> {a.upstreams}" for a in log
+             if a.route in {"main", "main_only"} and a.ports and set(a.ports) != {MAIN_PORT}]
+    assert not stray, "\n".join(stray)
