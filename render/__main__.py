@@ -8,6 +8,7 @@ and, for Kubernetes, manifests/. Same config, byte-identical output.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,7 @@ def write(result: offline.Run, out: Path) -> dict[str, int]:
     (out / "env").mkdir()
     resources = [r.masked() for r in result.resources]
     (out / "resources.json").write_text(_json(resources))
+    (out / "fingerprints.json").write_text(_json(fingerprints(result.resources)))
     services: list[dict[str, Any]] = []
     file_count = 0
     for item in sorted(result.services, key=lambda s: s["service"].name):
@@ -95,6 +97,34 @@ def write(result: offline.Run, out: Path) -> dict[str, int]:
         for name, document in sorted(manifests.items()):
             (out / "manifests" / f"{name}.yaml").write_text(yaml.safe_dump(document, sort_keys=True))
     return {"resources": len(resources), "services": len(services), "files": file_count}
+
+
+def fingerprints(resources: list[offline.Registered]) -> dict[str, dict[str, str]]:
+    """Per resource, a hash of each input that holds a secret (masked in resources.json), so the
+    offline diff (render.diff) can tell that a secret input changed without showing it. Offline
+    secrets are stand-ins derived from resource names, so the hashes reveal nothing real."""
+    from pulumi.runtime import rpc
+
+    def has_secret(value: Any) -> bool:
+        if rpc.is_rpc_secret(value):
+            return True
+        if isinstance(value, dict):
+            return any(has_secret(v) for v in value.values())
+        if isinstance(value, list):
+            return any(has_secret(v) for v in value)
+        return False
+
+    found: dict[str, dict[str, str]] = {}
+    for resource in resources:
+        plain = resource.plain_inputs()
+        hashes = {
+            key: hashlib.sha256(json.dumps(plain[key], sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for key, value in sorted(resource.inputs.items())
+            if has_secret(value)
+        }
+        if hashes:
+            found[resource.urn] = hashes
+    return found
 
 
 def _placement(result: offline.Run, service: Any) -> dict[str, Any]:

@@ -1,0 +1,382 @@
+"""python -m render.diff --base REF --head REF|WORKTREE [--stack dev,staging,prod]
+
+The offline diff: render every stack at two commits (under Pulumi's mocks, no credentials) and
+print a Markdown summary of what changed: resources (added, removed, changed with the input keys
+that differ), services, and the generated files, with a unified diff of every non-secret file.
+It needs no secrets, so it runs for pull requests from forks too.
+
+The comparison (`compare`, `markdown`) is pure: it reads two trees written by `python -m render`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKTREE = "WORKTREE"
+MASK = "[secret]"  # how resources.json shows a secret input (render.offline.MASK)
+# Options that matter to a reviewer besides the inputs (protect on prod data, above all).
+RESOURCE_OPTIONS = ("protect", "retainOnDelete", "deleteBeforeReplace", "parent", "provider")
+# Limits that keep the summary inside a PR comment (GitHub refuses bodies above 65,536 chars).
+MAX_DIFF_LINES = 80
+MAX_CHARS = 60_000
+
+
+# ---------------------------------------------------------------- the comparison
+
+
+@dataclass
+class ResourceChange:
+    kind: str  # added | removed | changed
+    type: str
+    name: str
+    keys: list[str] = field(default_factory=list)  # inputs / options that differ
+
+
+@dataclass
+class ServiceChange:
+    kind: str
+    name: str
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileChange:
+    kind: str
+    path: str  # <service>/<path in the container>, as under files/
+    secret: bool
+    diff: list[str] = field(default_factory=list)  # unified diff lines (empty for secret files)
+
+
+@dataclass
+class StackDiff:
+    stack: str
+    resources: list[ResourceChange] = field(default_factory=list)
+    services: list[ServiceChange] = field(default_factory=list)
+    files: list[FileChange] = field(default_factory=list)
+    manifests: list[ServiceChange] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.resources or self.services or self.files or self.manifests or self.error)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """One rendered stack: the parsed resources.json / services.json and the files' text."""
+
+    resources: list[dict[str, Any]]
+    services: list[dict[str, Any]]
+    files: dict[str, tuple[str, bool]]  # "<service>/<path>" -> (content, secret)
+    manifests: dict[str, str]
+    fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)  # urn -> key -> hash
+
+    @classmethod
+    def empty(cls) -> Tree:
+        return cls([], [], {}, {})
+
+    @classmethod
+    def load(cls, root: Path) -> Tree:
+        resources = json.loads((root / "resources.json").read_text())
+        services = json.loads((root / "services.json").read_text())
+        files: dict[str, tuple[str, bool]] = {}
+        for service in services:
+            for f in service.get("files", []):
+                key = f"{service['name']}/{f['path'].lstrip('/')}"
+                files[key] = ((root / f["rendered"]).read_text(), bool(f.get("secret")))
+        manifests = {}
+        if (root / "manifests").is_dir():
+            manifests = {p.stem: p.read_text() for p in sorted((root / "manifests").glob("*.yaml"))}
+        fingerprints = {}
+        if (root / "fingerprints.json").is_file():
+            fingerprints = json.loads((root / "fingerprints.json").read_text())
+        return cls(resources, services, files, manifests, fingerprints)
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _upload_paths(old: Any, new: Any) -> list[str]:
+    """The container files whose upload differs (Docker `uploads` is a list keyed by `file`)."""
+
+    def by_file(value: Any) -> dict[str, Any]:
+        if not isinstance(value, list):
+            return {}
+        return {u.get("file", "?"): u for u in value if isinstance(u, dict)}
+
+    a, b = by_file(old), by_file(new)
+    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
+
+
+def compare_resources(
+    base: list[dict[str, Any]],
+    head: list[dict[str, Any]],
+    base_fingerprints: Mapping[str, Mapping[str, str]] | None = None,
+    head_fingerprints: Mapping[str, Mapping[str, str]] | None = None,
+    changed_files: Mapping[str, list[str]] | None = None,
+) -> list[ResourceChange]:
+    """Resources keyed by URN. Inputs holding a secret are masked in resources.json; their
+    fingerprints (fingerprints.json) tell whether they changed. `changed_files` (service name ->
+    paths) names the files behind a masked `uploads` change of the container of that name."""
+    old = {r["urn"]: r for r in base}
+    new = {r["urn"]: r for r in head}
+    old_fp, new_fp = base_fingerprints or {}, head_fingerprints or {}
+    changes: list[ResourceChange] = []
+
+    def order(urn: str) -> tuple[str, str]:
+        r = old.get(urn) or new[urn]
+        return r["type"], r["name"]
+
+    for urn in sorted(set(old) | set(new), key=order):
+        a, b = old.get(urn), new.get(urn)
+        if a is None:
+            assert b is not None
+            changes.append(ResourceChange("added", b["type"], b["name"]))
+            continue
+        if b is None:
+            changes.append(ResourceChange("removed", a["type"], a["name"]))
+            continue
+        a_in, b_in = a.get("inputs", {}), b.get("inputs", {})
+        a_fp, b_fp = old_fp.get(urn, {}), new_fp.get(urn, {})
+        keys = []
+        for key in sorted(set(a_in) | set(b_in)):
+            if a_in.get(key) == b_in.get(key) and a_fp.get(key) == b_fp.get(key):
+                continue
+            masked = a_in.get(key) == MASK and b_in.get(key) == MASK
+            if key == "uploads":
+                paths = (changed_files or {}).get(b["name"], []) if masked else \
+                    _upload_paths(a_in.get(key), b_in.get(key))
+                keys.append(f"uploads ({', '.join(paths)})" if paths else "uploads")
+            else:
+                keys.append(f"{key} (secret)" if masked else key)
+        keys += [f"[{opt}]" for opt in RESOURCE_OPTIONS if a.get(opt) != b.get(opt)]
+        if keys:
+            changes.append(ResourceChange("changed", b["type"], b["name"], keys))
+    return changes
+
+
+def compare_services(base: list[dict[str, Any]], head: list[dict[str, Any]]) -> list[ServiceChange]:
+    old = {s["name"]: s for s in base}
+    new = {s["name"]: s for s in head}
+    changes: list[ServiceChange] = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if a is None:
+            changes.append(ServiceChange("added", name))
+        elif b is None:
+            changes.append(ServiceChange("removed", name))
+        else:
+            keys = _changed_keys(a, b)
+            if keys:
+                changes.append(ServiceChange("changed", name, keys))
+    return changes
+
+
+def compare_files(base: Mapping[str, tuple[str, bool]], head: Mapping[str, tuple[str, bool]]) -> list[FileChange]:
+    changes: list[FileChange] = []
+    for path in sorted(set(base) | set(head)):
+        a, b = base.get(path), head.get(path)
+        if a == b:
+            continue
+        secret = bool((a and a[1]) or (b and b[1]))
+        kind = "added" if a is None else "removed" if b is None else "changed"
+        lines: list[str] = []
+        if not secret:
+            lines = list(difflib.unified_diff(
+                (a[0] if a else "").splitlines(), (b[0] if b else "").splitlines(),
+                fromfile=f"a/{path}" if a else "/dev/null", tofile=f"b/{path}" if b else "/dev/null",
+                lineterm="", n=2,
+            ))
+        changes.append(FileChange(kind, path, secret, lines))
+    return changes
+
+
+def compare(stack: str, base: Tree, head: Tree) -> StackDiff:
+    manifests = [
+        ServiceChange("added" if n not in base.manifests else "removed" if n not in head.manifests else "changed", n)
+        for n in sorted(set(base.manifests) | set(head.manifests))
+        if base.manifests.get(n) != head.manifests.get(n)
+    ]
+    files = compare_files(base.files, head.files)
+    by_service: dict[str, list[str]] = {}
+    for f in files:
+        service, _, path = f.path.partition("/")
+        by_service.setdefault(service, []).append("/" + path)
+    return StackDiff(
+        stack,
+        resources=compare_resources(base.resources, head.resources, base.fingerprints, head.fingerprints, by_service),
+        services=compare_services(base.services, head.services),
+        files=files,
+        manifests=manifests,
+    )
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _count(items: Iterable[Any]) -> str:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.kind] = counts.get(item.kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def _stack_markdown(d: StackDiff) -> list[str]:
+    out = [f"### Stack {_code(d.stack)}", ""]
+    if d.error:
+        out += ["**Render failed:**", "", "```", d.error.strip()[-3000:], "```", ""]
+    if d.empty:
+        return out + ["No changes.", ""]
+    if d.error and not (d.resources or d.services or d.files or d.manifests):
+        return out
+    out += [f"Resources: {_count(d.resources)}. Services: {_count(d.services)}. Files: {_count(d.files)}.", ""]
+    if d.resources:
+        out += ["| resource | type | change | inputs / [options] |", "|---|---|---|---|"]
+        out += [f"| {_code(r.name)} | {_code(r.type)} | {r.kind} | {', '.join(r.keys)} |" for r in d.resources]
+        out.append("")
+    if d.services:
+        out += ["| service | change | fields |", "|---|---|---|"]
+        out += [f"| {_code(s.name)} | {s.kind} | {', '.join(s.keys)} |" for s in d.services]
+        out.append("")
+    if d.manifests:
+        out += ["Kubernetes manifests: " + ", ".join(f"{_code(m.name)} ({m.kind})" for m in d.manifests), ""]
+    if d.files:
+        out += _files_markdown(d.files)
+    return out
+
+
+def _files_markdown(files: list[FileChange]) -> list[str]:
+    """One block per distinct change: the same homeserver.yaml edit in ten services shows once."""
+    out: list[str] = []
+    groups: dict[tuple[str, ...], list[FileChange]] = {}
+    for f in files:
+        key = tuple(line for line in f.diff if not line.startswith(("--- ", "+++ ")))
+        groups.setdefault((f.kind, str(f.secret), *key), []).append(f)
+    for _key, members in groups.items():
+        first = members[0]
+        names = ", ".join(_code(m.path) for m in members)
+        if first.secret:
+            out += [f"- {names}: {first.kind} (secret: content not shown)", ""]
+            continue
+        body = [line for line in first.diff if not line.startswith(("--- ", "+++ "))]
+        shown = body[:MAX_DIFF_LINES]
+        more = len(body) - len(shown)
+        title = f"{names}: {first.kind}" + (f" ({len(members)} files, same change)" if len(members) > 1 else "")
+        out += ["<details open>" if len(body) <= 20 else "<details>", f"<summary>{title}</summary>", "", "```diff"]
+        out += [line.replace("```", "'''") for line in shown]
+        if more:
+            out.append(f"... {more} more lines")
+        out += ["```", "</details>", ""]
+    return out
+
+
+def markdown(diffs: list[StackDiff], base: str = "base", head: str = "head") -> str:
+    lines = [f"## Offline render diff: {_code(base)} → {_code(head)}", ""]
+    changed = [d.stack for d in diffs if not d.empty]
+    lines += [f"Stacks compared: {', '.join(_code(d.stack) for d in diffs) or 'none'}; "
+              f"with changes: {', '.join(_code(s) for s in changed) or 'none'}.", ""]
+    lines += ["Rendered under Pulumi's mocks (`python -m render`): generated secrets are stand-ins, "
+              "secret files and values are never shown.", ""]
+    for d in diffs:
+        lines += _stack_markdown(d)
+    text = "\n".join(lines).rstrip() + "\n"
+    if len(text) > MAX_CHARS:
+        cut = text[:MAX_CHARS]
+        cut = cut[: cut.rfind("\n")]
+        if cut.count("```") % 2:
+            cut += "\n```"
+        if cut.count("<details") > cut.count("</details>"):
+            cut += "\n</details>"
+        text = cut + "\n\n*Summary truncated: run `python -m render.diff` locally for the rest.*\n"
+    return text
+
+
+# ---------------------------------------------------------------- rendering two commits
+
+
+def _checkout(ref: str, into: Path) -> Path:
+    """The tree of `ref` (git archive: no checkout, no worktree bookkeeping), or this work tree."""
+    if ref == WORKTREE:
+        return ROOT
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"render.diff: cannot read {ref!r}: {archive.stderr.decode().strip()}")
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def _stacks_in(tree: Path) -> set[str]:
+    return {p.name[len("Pulumi."):-len(".yaml")] for p in tree.glob("Pulumi.*.yaml")}
+
+
+def _render(tree: Path, stack: str, out: Path) -> tuple[Tree, str | None]:
+    """Render `stack` from the source tree `tree` with this interpreter (the same venv)."""
+    if stack not in _stacks_in(tree):
+        return Tree.empty(), None  # the stack is new (or gone) on this side: everything added/removed
+    done = subprocess.run([sys.executable, "-m", "render", "--stack", stack, "--out", str(out)],
+                          cwd=tree, capture_output=True, text=True, check=False, timeout=600)
+    if done.returncode != 0:
+        return Tree.empty(), (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
+    return Tree.load(out), None
+
+
+def run(base: str, head: str, stacks: list[str] | None) -> tuple[list[StackDiff], bool]:
+    """(diffs, ok): ok is False when the head does not render."""
+    ok = True
+    diffs = []
+    with tempfile.TemporaryDirectory(prefix="render-diff-") as tmp:
+        work = Path(tmp)
+        base_tree = _checkout(base, work / "base-src")
+        head_tree = _checkout(head, work / "head-src")
+        names = stacks or sorted(_stacks_in(base_tree) | _stacks_in(head_tree))
+        for stack in names:
+            old, base_error = _render(base_tree, stack, work / "base" / stack)
+            new, head_error = _render(head_tree, stack, work / "head" / stack)
+            if head_error:
+                ok = False
+                d = StackDiff(stack, error=f"head: {head_error}")
+            else:
+                d = compare(stack, old, new)
+                if base_error:
+                    d.error = f"base did not render (everything is shown as added): {base_error}"
+            diffs.append(d)
+    return diffs, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m render.diff", description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="git ref to compare from")
+    parser.add_argument("--head", default=WORKTREE, help=f"git ref to compare to, or {WORKTREE} (default)")
+    parser.add_argument("--stack", default="", help="comma-separated stacks (default: every Pulumi.<stack>.yaml)")
+    parser.add_argument("--output", type=Path, help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    stacks = [s.strip() for s in args.stack.split(",") if s.strip()] or None
+    diffs, ok = run(args.base, args.head, stacks)
+    text = markdown(diffs, args.base, args.head)
+    if args.output:
+        args.output.write_text(text)
+    sys.stdout.write(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
