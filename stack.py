@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pulumi
 
 import config
+from components import parts as stack_parts
 from components.platform import make_platform, placement
 from components.platform.spec import Service
 from components.synapse import SynapseCluster, homeserver
@@ -20,7 +21,8 @@ def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
     if problems:
         return problems
     cluster = synapse_services.service_names(cfg)
-    return placement.check(cfg, cluster, [sorted(cluster)])
+    problems = placement.check(cfg, cluster + stack_parts.service_names(cfg), [sorted(cluster)])
+    return problems + stack_parts.check(cfg)
 
 
 if check not in config.EXTRA_CHECKS:
@@ -36,13 +38,17 @@ class Deployment:
 
 def build(cfg: StackConfig) -> Deployment:
     platform = make_platform(cfg)
-    inputs = synapse_services.Inputs()
+    # Element Call, ntfy, coturn, Element Web and DNS first: their homeserver keys, sites and
+    # secret files are the cluster's inputs.
+    parts = stack_parts.build(cfg, platform)
+    inputs = parts.inputs
     synapse = SynapseCluster("synapse", cfg, platform, inputs)
-    deployment = Deployment(cfg, services=list(synapse.services))
+    deployment = Deployment(cfg, services=[*synapse.services, *parts.services])
     deployment.outputs = {
         "server_name": cfg.server_name,
         "homeserver_url": cfg.url("matrix"),
         "synapse_processes": [p.name for p in synapse.topology.processes],
+        **parts.outputs,
     }
     return deployment
 

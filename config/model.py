@@ -307,6 +307,11 @@ class Ntfy(Strict):
     enabled: bool = True
     image: Image = images.NTFY
     upstream_base_url: str | None = "https://ntfy.sh"
+    private_address: Annotated[str, AfterValidator(_cidr)] | None = Field(
+        None,
+        description="IP or CIDR ntfy's host name resolves to when that is a private address "
+        "(split-horizon DNS, a LAN); Synapse's default ip_range_blacklist would block pushes there",
+    )
 
 
 
@@ -350,6 +355,30 @@ class Cloudflare(Strict):
     enabled: bool = False
     zone: Hostname | None = None
     account_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+    origin_ip: str | None = Field(None, description="public IPv4 of the routing proxy: every A record points here")
+    origin_ipv6: str | None = Field(None, description="public IPv6 of the routing proxy (AAAA records)")
+    proxy_http: bool | None = Field(
+        None,
+        description="proxy the HTTP(S) hosts through Cloudflare (orange cloud); LiveKit and TURN are "
+        "always DNS-only. Unset = proxied with tls origin_ca (only Cloudflare trusts that "
+        "certificate), DNS-only otherwise (ACME HTTP-01 fails behind the proxy)",
+    )
+
+    @field_validator("origin_ip", "origin_ipv6")
+    @classmethod
+    def _ip(cls, value: str | None, info: object) -> str | None:
+        import ipaddress
+
+        if value is None:
+            return value
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not an IP address") from None
+        want = 6 if getattr(info, "field_name", "") == "origin_ipv6" else 4
+        if address.version != want:
+            raise ValueError(f"must be an IPv{want} address")
+        return value
 
 
 class Tls(Strict):
@@ -426,6 +455,8 @@ class StackConfig(Strict):
             found.append(("database_password", None, "required with an external database; set it with --secret"))
         if self.cloudflare.enabled and not self.cloudflare.zone:
             found.append(("cloudflare.zone", None, "required when cloudflare.enabled"))
+        if self.cloudflare.enabled and not self.cloudflare.origin_ip:
+            found.append(("cloudflare.origin_ip", None, "required when cloudflare.enabled: the address DNS records point at"))
         if self.cloudflare.enabled and self.cloudflare_api_token is None:
             found.append(("cloudflare_api_token", None, "required when cloudflare.enabled; set it with --secret"))
         if self.synapse.ldap and self.synapse.ldap.bind_dn and self.ldap_bind_password is None:
@@ -442,7 +473,7 @@ class StackConfig(Strict):
             found.append(("tls.acme_email", None, "required when the proxy gets its certificate from ACME"))
         if self.cloudflare.enabled and self.cloudflare.zone:
             zone = self.cloudflare.zone
-            for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy"):
+            for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy", *(("turn",) if self.coturn.enabled else ())):
                 host = self.host(name)
                 if host != zone and not host.endswith("." + zone):
                     found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))

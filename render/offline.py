@@ -35,6 +35,21 @@ def stand_in(name: str, length: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz
     return "".join(out[:length])
 
 
+BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def bcrypt_stand_in(name: str, password: str) -> str:
+    """RandomPassword's bcrypt_hash, made deterministic: the salt comes from the resource name.
+
+    A real hash (when the bcrypt package is there) so tests can check a password against it."""
+    salt = "$2a$10$" + stand_in(f"{name}:salt", 21, BCRYPT_ALPHABET) + "."
+    try:
+        import bcrypt
+    except ImportError:
+        return salt + stand_in(f"{name}:hash", 31, BCRYPT_ALPHABET)
+    return bcrypt.hashpw(password.encode(), salt.encode()).decode()
+
+
 def _unwrap(value: Any) -> Any:
     if rpc.is_rpc_secret(value):
         return _unwrap(value["value"])
@@ -68,6 +83,8 @@ class StackMocks(pulumi.runtime.Mocks):
             alphabet = "abcdefghijklmnopqrstuvwxyz0123456789" if inputs.get("upper") is False else \
                 "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
             outputs["result"] = stand_in(args.name, int(inputs.get("length", 32)), alphabet)
+            if typ == "random:index/randomPassword:RandomPassword":
+                outputs["bcryptHash"] = bcrypt_stand_in(args.name, outputs["result"])
         elif typ == "random:index/randomBytes:RandomBytes":
             raw = hashlib.sha256(args.name.encode()).digest() * 4
             data = raw[: int(inputs.get("length", 32))]
@@ -79,13 +96,16 @@ class StackMocks(pulumi.runtime.Mocks):
         elif typ == "tls:index/privateKey:PrivateKey":
             outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{stand_in(args.name, 64)}\n-----END PRIVATE KEY-----\n"
             outputs["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"
+        elif typ == "tls:index/selfSignedCert:SelfSignedCert":
+            outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{stand_in(args.name, 64)}\n-----END CERTIFICATE-----\n"
         return f"{args.name}-id", outputs
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        # A bare dict: the mock monitor reads a (result, failures) tuple's failures as a list.
         if args.token == "cloudflare:index/getZone:getZone":
             name = (args.args.get("filter") or {}).get("name", "zone")
-            return {"zoneId": hashlib.sha256(name.encode()).hexdigest()[:32], "id": "zone-id", "name": name}, None
-        return {}, None
+            return {"zoneId": hashlib.sha256(name.encode()).hexdigest()[:32], "id": "zone-id", "name": name}
+        return {}
 
 
 @dataclass(frozen=True)

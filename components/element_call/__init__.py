@@ -1,0 +1,85 @@
+"""ElementCall: the LiveKit SFU, lk-jwt-service (MatrixRTC authorisation) and the Element Call
+web app, plus the Synapse settings and well-known keys that make clients find them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from config.model import StackConfig
+from components import secrets as gen
+from components.part import Part
+from components.platform.spec import File, HealthCheck, Port, PortRange, Service, Site
+
+from . import render
+
+COMPONENT = "element-call"
+
+
+class ElementCall(Part):
+    def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("matrix-stack:index:ElementCall", name, opts)
+        lk = cfg.element_call.livekit
+        # The key is an identifier but is generated too: nothing else needs to know it.
+        self.livekit_key = gen.password(f"{name}-livekit-key", self, length=16)
+        self.livekit_secret = gen.password(f"{name}-livekit-secret", self, length=48)
+        keys = pulumi.Output.all(self.livekit_key, self.livekit_secret).apply(
+            lambda pair: render.livekit_keys(pair[0], pair[1]))
+
+        ports = [Port("http", render.LIVEKIT_PORT),
+                 Port("rtc-tcp", lk.rtc_tcp_port, public=True)]
+        ranges = [PortRange("rtc-udp", lk.rtc_udp_port_start, lk.rtc_udp_port_end, "udp")]
+        if lk.turn:
+            ports.append(Port("turn-udp", render.TURN_UDP_PORT, "udp", public=True))
+            ranges.append(PortRange("turn-relay", render.TURN_RELAY_START, render.TURN_RELAY_END, "udp"))
+        livekit = Service(
+            name=render.LIVEKIT_SERVICE,
+            component=COMPONENT,
+            image=lk.image,
+            args=("--config", render.LIVEKIT_CONFIG),
+            files=[File(render.LIVEKIT_CONFIG, render.livekit_yaml(cfg)),
+                   File(render.LIVEKIT_KEYS, keys, secret=True, mode=0o400)],
+            ports=ports,
+            port_ranges=ranges,
+            health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{render.LIVEKIT_PORT}/"),
+                               http_path="/", http_port=render.LIVEKIT_PORT),
+            read_only_root=True,
+            writable_paths=("/tmp",),
+        )
+        jwt = Service(
+            name=render.JWT_SERVICE,
+            component=COMPONENT,
+            image=cfg.element_call.jwt_image,
+            env=render.jwt_env(cfg),
+            secret_env={"LIVEKIT_KEY": self.livekit_key, "LIVEKIT_SECRET": self.livekit_secret},
+            ports=[Port("http", render.JWT_PORT)],
+            # The image is FROM scratch: its own health-check binary is all there is.
+            health=HealthCheck(("/lk-jwt-service-healthcheck",), http_path="/healthz", http_port=render.JWT_PORT),
+            user="65534:65534",
+            read_only_root=True,
+        )
+        web = Service(
+            name=render.WEB_SERVICE,
+            component=COMPONENT,
+            image=cfg.element_call.image,
+            files=[File(render.WEB_CONFIG, render.web_config_json(cfg))],
+            ports=[Port("http", render.WEB_PORT)],
+            health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{render.WEB_PORT}/config.json"),
+                               http_path="/config.json", http_port=render.WEB_PORT),
+            writable_paths=("/tmp",),
+        )
+        self.services = [livekit, jwt, web]
+        self.expose(cfg, platform, Site(cfg.host("call"), render.WEB_SERVICE, render.WEB_PORT))
+        self.expose(cfg, platform, Site(cfg.host("jwt"), render.JWT_SERVICE, render.JWT_PORT))
+        self.expose(cfg, platform, Site(cfg.host("livekit"), render.LIVEKIT_SERVICE, render.LIVEKIT_PORT,
+                                        websockets=True))
+        self.homeserver = render.homeserver(cfg)
+        self.well_known_client = render.well_known_client(cfg)
+        self.urls = {
+            "element_call_url": cfg.url("call"),
+            "livekit_service_url": render.jwt_url(cfg),
+            "livekit_url": render.livekit_url(cfg),
+        }
+        platform.run(self.services, parent=self)
+        self.register_outputs(dict(self.urls))

@@ -1,0 +1,151 @@
+"""Element Call's files and settings, rendered from the typed config. Pure functions.
+
+Layout (seed 000): the web app on call.<server>, lk-jwt-service on jwt.<server>, the LiveKit SFU
+on livekit.<server>. The proxy terminates TLS for all three; LiveKit's media ports (ICE TCP, the
+UDP range, embedded TURN) are published directly, because media cannot pass an HTTP proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from config.model import StackConfig
+from components.part import ws_url
+
+LIVEKIT_SERVICE = "livekit"
+JWT_SERVICE = "lk-jwt-service"
+WEB_SERVICE = "element-call"
+
+LIVEKIT_PORT = 7880  # HTTP API and signalling WebSocket, behind the proxy
+JWT_PORT = 8080
+WEB_PORT = 8080  # the image is nginx-unprivileged
+
+LIVEKIT_CONFIG = "/etc/livekit/livekit.yaml"
+# LiveKit reads `key: secret` pairs from key_file, so livekit.yaml itself holds no secret.
+# LiveKit refuses a key file that others may read: mode 0400.
+LIVEKIT_KEYS = "/secrets/livekit-keys.yaml"
+WEB_CONFIG = "/app/config.json"
+
+# Embedded TURN: off coturn's 3478/5349 and relay range so both can run on one host
+# (matrix-docker-ansible-deploy's choice). The relay range stays small: Docker publishes each
+# port of a range separately.
+TURN_UDP_PORT = 3479
+TURN_RELAY_START = 30000
+TURN_RELAY_END = 30020
+
+
+def jwt_url(cfg: StackConfig) -> str:
+    """lk-jwt-service's base URL: what clients get as livekit_service_url."""
+    return cfg.url("jwt")
+
+
+def livekit_url(cfg: StackConfig) -> str:
+    """The SFU's signalling WebSocket URL, handed to clients by lk-jwt-service."""
+    return ws_url(cfg.url("livekit"))
+
+
+def livekit_config(cfg: StackConfig) -> dict[str, Any]:
+    lk = cfg.element_call.livekit
+    rtc: dict[str, Any] = {
+        "tcp_port": lk.rtc_tcp_port,
+        "port_range_start": lk.rtc_udp_port_start,
+        "port_range_end": lk.rtc_udp_port_end,
+    }
+    if lk.external_ip:
+        rtc["node_ip"] = lk.external_ip
+        rtc["use_external_ip"] = False
+    elif cfg.local:
+        # A browser on this machine reaches the published ports on loopback; STUN would
+        # advertise the machine's public address instead.
+        rtc["node_ip"] = "127.0.0.1"
+        rtc["use_external_ip"] = False
+    else:
+        rtc["use_external_ip"] = True
+    conf: dict[str, Any] = {
+        "port": LIVEKIT_PORT,
+        "bind_addresses": ["0.0.0.0"],
+        "rtc": rtc,
+        # Only lk-jwt-service may create rooms, and only for LIVEKIT_FULL_ACCESS_HOMESERVERS;
+        # with auto_create anyone holding a token for any room name would open one.
+        "room": {"auto_create": False},
+        "key_file": LIVEKIT_KEYS,
+        "logging": {"level": "info"},
+    }
+    if lk.turn:
+        conf["turn"] = {
+            "enabled": True,
+            # The TURN domain must resolve to the SFU's real address: the livekit record is
+            # DNS-only for that reason.
+            "domain": cfg.host("livekit"),
+            "udp_port": TURN_UDP_PORT,
+            # No TURN/TLS: the stack delivers no certificate to LiveKit (the proxy holds it).
+            "tls_port": 0,
+            "relay_range_start": TURN_RELAY_START,
+            "relay_range_end": TURN_RELAY_END,
+        }
+    return conf
+
+
+def livekit_yaml(cfg: StackConfig) -> str:
+    return yaml.safe_dump(livekit_config(cfg), sort_keys=False, default_flow_style=False)
+
+
+def livekit_keys(key: str, secret: str) -> str:
+    return yaml.safe_dump({key: secret}, default_flow_style=False)
+
+
+def jwt_env(cfg: StackConfig) -> dict[str, str]:
+    """lk-jwt-service's plain environment; LIVEKIT_KEY and LIVEKIT_SECRET go in secret env."""
+    return {
+        "LIVEKIT_URL": livekit_url(cfg),
+        # Only our own users may create SFU rooms; others may join rooms that exist.
+        "LIVEKIT_FULL_ACCESS_HOMESERVERS": cfg.server_name,
+        "LIVEKIT_JWT_BIND": f":{JWT_PORT}",
+    }
+
+
+def web_config(cfg: StackConfig) -> dict[str, Any]:
+    """The Element Call web app's config.json."""
+    return {
+        "default_server_config": {
+            "m.homeserver": {"base_url": cfg.url("matrix"), "server_name": cfg.server_name},
+        },
+        # A fallback only: Element Call >= 0.24 asks the homeserver's transports API first.
+        "livekit": {"livekit_service_url": jwt_url(cfg)},
+    }
+
+
+def web_config_json(cfg: StackConfig) -> str:
+    return json.dumps(web_config(cfg), indent=2, sort_keys=True) + "\n"
+
+
+def transports(cfg: StackConfig) -> list[dict[str, str]]:
+    return [{"type": "livekit", "livekit_service_url": jwt_url(cfg)}]
+
+
+def homeserver(cfg: StackConfig) -> dict[str, Any]:
+    """Synapse keys for MatrixRTC on the pinned Synapse (1.163): element-call-and-ntfy.md, 2."""
+    keys: dict[str, Any] = {
+        "experimental_features": {
+            "msc4222_enabled": True,  # state_after in sync: Element Call tracks room state with it
+            "msc4143_enabled": True,  # the RTC transports API Element Call >= 0.24 discovers through
+        },
+        "matrix_rtc": {"transports": transports(cfg)},
+        # Delayed events (MSC4140) end calls whose client vanished; unset means "stuck calls".
+        "max_event_delay_duration": "24h",
+        # A call restarts its delayed leave event every few seconds.
+        "rc_delayed_event_mgmt": {"per_second": 1, "burst_count": 20},
+    }
+    if cfg.synapse.rate_limits.message is None:
+        # Absorbs the bursts of to-device key sharing when a call starts; an explicit
+        # synapse.rate_limits.message wins.
+        keys["rc_message"] = {"per_second": 0.5, "burst_count": 30}
+    return keys
+
+
+def well_known_client(cfg: StackConfig) -> dict[str, object]:
+    """Still published: Element Web's bundled Element Call widget cannot call the transports API."""
+    return {"org.matrix.msc4143.rtc_foci": transports(cfg)}

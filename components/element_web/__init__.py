@@ -1,0 +1,70 @@
+"""ElementWeb: the Element Web client, as a container behind the proxy or as a Cloudflare Pages
+project built from a fork (seed 001)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_cloudflare as cloudflare
+
+from config.model import StackConfig
+from components.part import Part
+from components.platform.spec import File, HealthCheck, Port, Service, Site
+
+from . import render
+
+COMPONENT = "element-web"
+
+
+class ElementWeb(Part):
+    def __init__(self, name: str, cfg: StackConfig, platform: Any,
+                 provider: cloudflare.Provider | None = None, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("matrix-stack:index:ElementWeb", name, opts)
+        web = cfg.element_web
+        # Where the app host's DNS record points: None = the proxy (A/AAAA), else a CNAME target.
+        self.cname_target: pulumi.Output[str] | None = None
+        if web.mode == "pages":
+            assert provider is not None and web.source is not None and cfg.cloudflare.account_id
+            account = cfg.cloudflare.account_id
+            child = pulumi.ResourceOptions(parent=self, provider=provider)
+            deployment = {"env_vars": render.build_env(cfg)}
+            project = cloudflare.PagesProject(
+                f"{name}-project",
+                account_id=account,
+                name=render.project_name(cfg, pulumi.get_stack()),
+                production_branch=web.source.branch,
+                build_config={"build_command": render.build_command(), "destination_dir": render.OUTPUT_DIR},
+                source={"type": "github", "config": {
+                    "owner": web.source.owner,
+                    "repo_name": web.source.repo,
+                    "production_branch": web.source.branch,
+                    "deployments_enabled": True,
+                    "production_deployments_enabled": True,
+                    "pr_comments_enabled": False,
+                    # Previews would carry this stack's config.json to every branch.
+                    "preview_deployment_setting": "none",
+                }},
+                deployment_configs={"production": deployment, "preview": deployment},
+                opts=child,
+            )
+            # PagesDomain creates no DNS record: the DNS component adds the CNAME.
+            cloudflare.PagesDomain(f"{name}-domain", account_id=account, name=cfg.host("app"),
+                                   project_name=project.name, opts=child)
+            self.cname_target = project.subdomain
+        else:
+            service = Service(
+                name=render.SERVICE,
+                component=COMPONENT,
+                image=web.image,
+                env={"ELEMENT_WEB_PORT": str(render.PORT)},
+                files=[File(render.CONFIG, render.config_json(cfg))],
+                ports=[Port("http", render.PORT)],
+                health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{render.PORT}/config.json"),
+                                   http_path="/config.json", http_port=render.PORT),
+            )
+            self.services = [service]
+            self.expose(cfg, platform, Site(cfg.host("app"), render.SERVICE, render.PORT))
+            platform.run(self.services, parent=self)
+        self.urls = {"element_web_url": cfg.url("app")}
+        self.register_outputs(dict(self.urls))

@@ -1,0 +1,105 @@
+"""ntfy's server.yml and the Synapse side of push, rendered from the typed config. Pure.
+
+ntfy is both the UnifiedPush distributor and a Matrix push gateway
+(`<base-url>/_matrix/push/v1/notify`). The instance is private (deny-all) except for the one
+rule UnifiedPush needs: anyone may write, never read, `up*` topics, so Synapse can push
+without an account (element-call-and-ntfy.md, 8.3).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import yaml
+
+from config.model import StackConfig
+from components.synapse import homeserver as hs
+
+SERVICE = "ntfy"
+PORT = 8080  # not :80: the container runs without CAP_NET_BIND_SERVICE
+CONFIG = "/etc/ntfy/server.yml"
+CACHE_DIR = "/var/cache/ntfy"
+AUTH_DIR = "/var/lib/ntfy"
+ADMIN_USER = "admin"
+PUSH_PATH = "/_matrix/push/v1/notify"
+
+# Anonymous write-only on up* topics. Declarative auth-access/auth-users arrived after ntfy v2.13
+# (docs of July 2025); the pinned image is v2.14.0. `*` is ntfy's name for "everyone".
+UNIFIEDPUSH_ACCESS = "*:up*:write-only"
+
+
+def base_url(cfg: StackConfig) -> str:
+    # The push gateway rejects every pushkey that does not start with base-url + "/": this must
+    # be exactly the public URL clients see, with no trailing slash and no path.
+    return cfg.url("ntfy")
+
+
+def server_config(cfg: StackConfig) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "base-url": base_url(cfg),
+        "listen-http": f":{PORT}",
+        # Behind the routing proxy: rate-limit by X-Forwarded-For, not the proxy's address.
+        "behind-proxy": True,
+        "cache-file": f"{CACHE_DIR}/cache.db",
+        "auth-file": f"{AUTH_DIR}/user.db",
+        "auth-default-access": "deny-all",
+        "auth-access": [UNIFIEDPUSH_ACCESS],
+        # The admin user (auth-users) arrives in NTFY_AUTH_USERS: a bcrypt hash stays out of files.
+        "enable-login": True,
+        "enable-signup": False,
+    }
+    upstream = cfg.ntfy.upstream_base_url
+    if upstream:
+        # ntfy.sh relays poll requests to iOS devices (message id and a topic hash only).
+        conf["upstream-base-url"] = upstream
+    return conf
+
+
+def server_yml(cfg: StackConfig) -> str:
+    return yaml.safe_dump(server_config(cfg), sort_keys=False, default_flow_style=False)
+
+
+def auth_users(bcrypt_hash: str) -> str:
+    return f"{ADMIN_USER}:{bcrypt_hash}:admin"
+
+
+def push_gateway_url(cfg: StackConfig) -> str:
+    return base_url(cfg) + PUSH_PATH
+
+
+def private_ranges(cfg: StackConfig) -> list[str]:
+    """Private addresses ntfy's host name may resolve to, as Synapse sees it.
+
+    Synapse pushes with its blocklist-enforcing client, and its default ip_range_blacklist holds
+    every private range, so a gateway on a private address is refused. Known private addresses:
+    ntfy.private_address (split-horizon DNS, a LAN) and a private cloudflare.origin_ip (the
+    address the ntfy record points at). Only those are whitelisted, never whole ranges.
+    """
+    found: list[str] = []
+    candidates = [cfg.ntfy.private_address]
+    if cfg.cloudflare.enabled:
+        candidates += [cfg.cloudflare.origin_ip, cfg.cloudflare.origin_ipv6]
+    for value in candidates:
+        if not value:
+            continue
+        network = ipaddress.ip_network(value, strict=False)
+        if _blocked(network) and str(network) not in found:
+            found.append(str(network))
+    return found
+
+
+def _blocked(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Inside Synapse's default ip_range_blacklist (which is wider than "private": CGNAT,
+    documentation ranges...)."""
+    for cidr in hs.PRIVATE_RANGES:
+        blocked = ipaddress.ip_network(cidr)
+        if blocked.version == network.version and network.subnet_of(blocked):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def homeserver(cfg: StackConfig) -> dict[str, Any]:
+    ranges = private_ranges(cfg)
+    return {"ip_range_whitelist": ranges} if ranges else {}
+

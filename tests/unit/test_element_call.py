@@ -1,0 +1,144 @@
+"""Element Call under mocks: LiveKit's files, lk-jwt-service's env, the Synapse keys (checked by
+Synapse's own config loader) and a LiveKit token minted from the generated key pair."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from livekit import api
+
+from components.element_call import render as ec
+from tests.conftest import ROOT
+
+BASE: dict[str, Any] = {
+    "server_name": "example.org",
+    "tls": {"mode": "acme", "acme_email": "ops@example.org"},
+    "target": {"kind": "docker", "hosts": [{"name": "one", "url": "ssh://deploy@one.example.org"}]},
+}
+
+
+def _service(run: Any, name: str) -> dict[str, Any]:
+    return next(s for s in run.services if s["service"].name == name)
+
+
+def _file(run: Any, service: str, path: str) -> str:
+    return next(f["content"] for f in _service(run, service)["files"] if f["path"] == path)
+
+
+def test_livekit_yaml_parses_refuses_auto_create_and_keeps_keys_out(program: Any) -> None:
+    run = program(BASE)
+    conf = yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_CONFIG))
+    assert conf["room"]["auto_create"] is False
+    assert conf["port"] == 7880
+    assert conf["rtc"]["tcp_port"] == 7881
+    assert (conf["rtc"]["port_range_start"], conf["rtc"]["port_range_end"]) == (50100, 50200)
+    assert conf["rtc"]["use_external_ip"] is True  # no external_ip: STUN discovery
+    assert conf["key_file"] == ec.LIVEKIT_KEYS
+    assert "keys" not in conf and "turn" not in conf
+    keys = next(f for f in _service(run, "livekit")["files"] if f["path"] == ec.LIVEKIT_KEYS)
+    assert keys["secret"] and keys["mode"] & 0o077 == 0  # LiveKit refuses a key file others can read
+    service = _service(run, "livekit")["service"]
+    assert [(p.port, p.protocol, p.public) for p in service.ports] == [(7880, "tcp", False), (7881, "tcp", True)]
+    assert [(r.start, r.end, r.protocol) for r in service.port_ranges] == [(50100, 50200, "udp")]
+
+
+def test_livekit_external_ip_and_embedded_turn(program: Any) -> None:
+    raw = {**BASE, "element_call": {"livekit": {"external_ip": "198.51.100.4", "turn": True}}}
+    run = program(raw)
+    conf = yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_CONFIG))
+    assert conf["rtc"]["node_ip"] == "198.51.100.4" and conf["rtc"]["use_external_ip"] is False
+    assert conf["turn"]["enabled"] is True and conf["turn"]["domain"] == "livekit.example.org"
+    service = _service(run, "livekit")["service"]
+    assert (3479, "udp", True) in [(p.port, p.protocol, p.public) for p in service.ports]
+    assert ("turn-relay", 30000, 30020) in [(r.name, r.start, r.end) for r in service.port_ranges]
+
+
+def test_jwt_service_env_and_a_token_from_the_generated_keys_verifies(program: Any) -> None:
+    run = program(BASE)
+    env = _service(run, "lk-jwt-service")["env"]
+    assert env["LIVEKIT_URL"] == ("wss://livekit.example.org", False)
+    assert env["LIVEKIT_FULL_ACCESS_HOMESERVERS"] == ("example.org", False)
+    assert env["LIVEKIT_JWT_BIND"] == (":8080", False)
+    key, key_secret = env["LIVEKIT_KEY"]
+    secret, secret_secret = env["LIVEKIT_SECRET"]
+    assert key_secret and secret_secret
+    # LiveKit reads the same pair from its key file.
+    assert yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_KEYS)) == {key: secret}
+    token = (api.AccessToken(key, secret).with_identity("@alice:example.org")
+             .with_grants(api.VideoGrants(room_join=True, room="!room:example.org")).to_jwt())
+    claims = api.TokenVerifier(key, secret).verify(token)
+    assert claims.identity == "@alice:example.org" and claims.video.room == "!room:example.org"
+
+
+def test_web_app_config_points_at_the_homeserver_and_the_jwt_service(program: Any) -> None:
+    run = program({**BASE, "hostnames": {"matrix": "matrix.example.org", "jwt": "rtc.example.org"}})
+    conf = json.loads(_file(run, "element-call", ec.WEB_CONFIG))
+    assert conf["default_server_config"]["m.homeserver"] == {
+        "base_url": "https://matrix.example.org", "server_name": "example.org"}
+    assert conf["livekit"]["livekit_service_url"] == "https://rtc.example.org"
+
+
+def test_sites_well_known_and_homeserver_keys(program: Any) -> None:
+    run = program(BASE)
+    nginx = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    for host in ("call.example.org", "jwt.example.org", "livekit.example.org"):
+        assert f"server_name {host};" in nginx
+    livekit_server = nginx.split("server_name livekit.example.org;")[1].split("server_name")[0]
+    assert "proxy_set_header Upgrade $http_upgrade;" in livekit_server
+    assert '"org.matrix.msc4143.rtc_foci":[{"livekit_service_url":"https://jwt.example.org","type":"livekit"}]' in nginx
+    hs = yaml.safe_load(_file(run, "synapse-main", "/conf/homeserver.yaml"))
+    assert hs["experimental_features"] == {"msc4222_enabled": True, "msc4143_enabled": True}
+    assert hs["matrix_rtc"] == {"transports": [{"type": "livekit", "livekit_service_url": "https://jwt.example.org"}]}
+    assert hs["max_event_delay_duration"] == "24h"
+    assert hs["rc_message"] == {"per_second": 0.5, "burst_count": 30}
+    assert hs["rc_delayed_event_mgmt"] == {"per_second": 1, "burst_count": 20}
+    outputs = run.deployment.outputs
+    assert outputs["element_call_url"] == "https://call.example.org"
+    assert outputs["livekit_service_url"] == "https://jwt.example.org"
+
+
+def test_an_explicit_message_rate_limit_wins(program: Any) -> None:
+    raw = {**BASE, "synapse": {"rate_limits": {"message": {"per_second": 5, "burst_count": 50}}}}
+    hs = yaml.safe_load(_file(program(raw), "synapse-main", "/conf/homeserver.yaml"))
+    assert hs["rc_message"] == {"per_second": 5, "burst_count": 50}
+
+
+def test_element_call_off_adds_nothing(program: Any) -> None:
+    run = program({**BASE, "element_call": {"enabled": False}})
+    names = {s["service"].name for s in run.services}
+    assert not names & {"livekit", "lk-jwt-service", "element-call"}
+    hs = yaml.safe_load(_file(run, "synapse-main", "/conf/homeserver.yaml"))
+    assert "matrix_rtc" not in hs and "experimental_features" not in hs
+
+
+def test_synapse_accepts_the_contributed_keys(program: Any) -> None:
+    """Synapse 1.163's own loader on the rendered homeserver.yaml with Element Call, coturn and ntfy."""
+    from tests.integration.cluster import materialize, synapse_python
+
+    raw = {**BASE, "coturn": {"enabled": True, "external_ip": "198.51.100.9"},
+           "ntfy": {"private_address": "10.0.0.5"}}
+    run = program(raw)
+    synapse_only = dataclasses.replace(run, services=[s for s in run.services if s["service"].component == "synapse"])
+    base = Path(tempfile.mkdtemp(prefix="ec-synapse-config-"))
+    try:
+        reloc = materialize(synapse_only, base)
+        main = _service(run, "synapse-main")
+        hs = yaml.safe_load(Path(reloc.path("/conf/homeserver.yaml")).read_text())
+        assert hs["turn_uris"] and hs["ip_range_whitelist"] == ["10.0.0.5/32"]
+        env = dict(os.environ) | {k: v for k, (v, _s) in main["env"].items()}
+        done = subprocess.run([synapse_python(), "-m", "synapse.config", *reloc.args(main["service"].args)],
+                              capture_output=True, text=True, env=env, cwd=base, timeout=120)
+        assert done.returncode == 0 and "Config parses OK!" in done.stdout, done.stdout + done.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+assert ROOT.is_dir()
