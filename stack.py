@@ -34,6 +34,8 @@ class Deployment:
     cfg: StackConfig
     services: list[Service] = field(default_factory=list)
     outputs: dict[str, object] = field(default_factory=dict)
+    # Kubernetes target: manifest key -> object, secrets masked (the offline render writes them).
+    manifests: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 def build(cfg: StackConfig) -> Deployment:
@@ -50,6 +52,7 @@ def build(cfg: StackConfig) -> Deployment:
         "synapse_processes": [p.name for p in synapse.topology.processes],
         **parts.outputs,
     }
+    deployment.manifests = getattr(platform, "manifests", {})
     return deployment
 
 
