@@ -1,0 +1,315 @@
+"""The Kubernetes adapter: the pure renderer on hand-made services, then the whole program
+under mocks with the prod-like stack (Kubernetes, seed-000 workers)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from components.platform import kubernetes as kube
+from components.platform.spec import File, HealthCheck, Port, PortRange, Resources, Service, Volume
+from components.synapse import homeserver as hs
+from render import offline
+from tests.conftest import stack_raw
+
+CTX = kube.Context(namespace="matrix", storage_class="fast", ingress_class="nginx",
+                   cert_manager_issuer="letsencrypt", max_body="100M", default_hostnames=("example.org",))
+SYNAPSE_KINDS = ("Deployment", "StatefulSet")
+
+
+def _svc(name: str = "web", **kw: Any) -> Service:
+    return Service(name=name, component="test", image="example/web:1.2.3", **kw)
+
+
+def _pod(objects: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    for kind in SYNAPSE_KINDS:
+        key = f"{kind.lower()}-{name}"
+        if key in objects:
+            return objects[key]["spec"]["template"]
+    raise KeyError(name)
+
+
+# ---------------------------------------------------------------- the pure renderer
+
+
+def test_stateless_service_is_a_deployment_with_its_security_probes_and_resources() -> None:
+    service = _svc(user="991:991", read_only_root=True, writable_paths=("/tmp",),
+                   ports=[Port("http", 8008)],
+                   health=HealthCheck(("curl", "-f", "http://localhost:8008/health"), http_path="/health", http_port=8008),
+                   resources=Resources(cpu_request="200m", memory_request="256Mi", memory_limit="1Gi"))
+    objects = kube.render([service], CTX)
+    deployment = objects["deployment-web"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 991, "runAsGroup": 991, "fsGroup": 991,
+                                      "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+    sec = container["securityContext"]
+    assert sec["allowPrivilegeEscalation"] is False and sec["readOnlyRootFilesystem"] is True
+    assert sec["capabilities"] == {"drop": ["ALL"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8008}
+    assert container["resources"] == {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+    assert {"name": "scratch-0", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert pod["automountServiceAccountToken"] is False
+    assert objects["service-web"]["spec"]["type"] == "ClusterIP"
+    assert "poddisruptionbudget-web" not in objects
+
+
+def test_exec_probe_when_no_http_path() -> None:
+    objects = kube.render([_svc(health=HealthCheck(("pg_isready",)))], CTX)
+    assert _pod(objects, "web")["spec"]["containers"][0]["livenessProbe"]["exec"] == {"command": ["pg_isready"]}
+
+
+def test_volumes_make_a_statefulset_with_claim_templates_from_the_storage_class() -> None:
+    objects = kube.render([_svc("db", volumes=[Volume("db-data", "/data", size="5Gi")])], CTX)
+    sts = objects["statefulset-db"]
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+                             "storageClassName": "fast"}
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_a_volume_several_services_mount_is_one_shared_claim() -> None:
+    media = Volume("media", "/media")
+    objects = kube.render([_svc("a", volumes=[media]), _svc("b", volumes=[media])], CTX)
+    assert objects["persistentvolumeclaim-media"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name in ("a", "b"):
+        sts = objects[f"statefulset-{name}"]
+        assert "volumeClaimTemplates" not in sts["spec"]
+        assert {"name": "media", "persistentVolumeClaim": {"claimName": "media", "readOnly": False}} \
+            in sts["spec"]["template"]["spec"]["volumes"]
+
+
+def test_grouped_files_are_one_configmap_mounted_by_every_reader() -> None:
+    shared = File("/conf/homeserver.yaml", "server_name: x\n", group="shared")
+    key = File("/secrets/key", "s3cret", secret=True, mode=0o400, group="shared-secrets")
+    a = _svc("a", files=[shared, key, File("/conf/a.yaml", "a: 1\n")])
+    b = _svc("b", files=[shared, key])
+    objects = kube.render([a, b], CTX)
+    assert objects["configmap-shared"]["data"] == {"conf_homeserver.yaml": "server_name: x\n"}
+    assert objects["secret-shared-secrets"]["stringData"] == {"secrets_key": "s3cret"}
+    assert objects["configmap-a-files"]["data"] == {"conf_a.yaml": "a: 1\n"}
+    assert "configmap-b-files" not in objects
+    for name in ("a", "b"):
+        pod = _pod(objects, name)["spec"]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "cfg-shared", "mountPath": "/conf/homeserver.yaml", "subPath": "conf_homeserver.yaml",
+                "readOnly": True} in mounts
+        secret_volume = next(v for v in pod["volumes"] if v["name"] == "cfg-shared-secrets")
+        assert secret_volume["secret"]["items"] == [{"key": "secrets_key", "path": "secrets_key", "mode": 0o400}]
+
+
+def test_checksum_covers_exactly_the_files_a_pod_reads() -> None:
+    a = _svc("a", files=[File("/conf/x", "1")])
+    b = _svc("b", files=[File("/conf/y", "1")])
+    before = kube.render([a, b], CTX)
+    a2 = _svc("a", files=[File("/conf/x", "2")])
+    after = kube.render([a2, b], CTX)
+    annotation = kube.CHECKSUM_ANNOTATION
+    assert _pod(before, "a")["metadata"]["annotations"][annotation] != _pod(after, "a")["metadata"]["annotations"][annotation]
+    assert _pod(before, "b") == _pod(after, "b")
+
+
+def test_init_args_become_an_init_container_with_the_same_mounts() -> None:
+    service = _svc(init_args=("python", "-m", "check"), files=[File("/conf/x", "1")])
+    pod = _pod(kube.render([service], CTX), "web")["spec"]
+    [init] = pod["initContainers"]
+    assert init["command"] == ["python", "-m", "check"]
+    assert init["volumeMounts"] == pod["containers"][0]["volumeMounts"]
+
+
+def test_secret_env_comes_from_a_secret_never_inline() -> None:
+    objects = kube.render([_svc(env={"A": "1"}, secret_env={"PGPASSWORD": "pw"})], CTX)
+    env = _pod(objects, "web")["spec"]["containers"][0]["env"]
+    assert {"name": "A", "value": "1"} in env
+    assert {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "web-env", "key": "PGPASSWORD"}}} in env
+    assert objects["secret-web-env"]["stringData"] == {"PGPASSWORD": "pw"}
+
+
+def test_scalable_roles_get_a_disruption_budget_that_still_lets_nodes_drain() -> None:
+    objects = kube.render([_svc(scalable=True)], CTX)
+    assert objects["poddisruptionbudget-web"]["spec"]["maxUnavailable"] == 1
+
+
+def test_allowed_clients_restrict_the_network_policy_to_those_pods() -> None:
+    objects = kube.render([_svc("db", ports=[Port("pg", 5432)], allowed_clients=("a", "b"))], CTX)
+    [rule] = objects["networkpolicy-db"]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchExpressions": [
+        {"key": kube.NAME_LABEL, "operator": "In", "values": ["a", "b"]}]}}]
+    assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    open_ = kube.render([_svc("web", ports=[Port("http", 80)])], CTX)
+    assert open_["networkpolicy-web"]["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+
+
+def _livekit() -> Service:
+    return _svc("livekit", ports=[Port("http", 7880), Port("rtc-tcp", 7881, public=True)],
+                port_ranges=[PortRange("rtc-udp", 50100, 50102)])
+
+
+def test_media_ports_go_through_a_load_balancer() -> None:
+    objects = kube.render([_livekit()], CTX)
+    public = objects["service-livekit-public"]["spec"]
+    assert public["type"] == "LoadBalancer" and public["externalTrafficPolicy"] == "Local"
+    assert [(p["port"], p["protocol"]) for p in public["ports"]] == [
+        (7881, "TCP"), (50100, "UDP"), (50101, "UDP"), (50102, "UDP")]
+    assert [p["port"] for p in objects["service-livekit"]["spec"]["ports"]] == [7880]
+    assert "hostNetwork" not in _pod(objects, "livekit")["spec"]
+
+
+def test_host_network_exposure_puts_the_sfu_on_the_node() -> None:
+    ctx = kube.Context(namespace="matrix", livekit_exposure="host_network")
+    objects = kube.render([_livekit(), _svc("other")], ctx)
+    pod = _pod(objects, "livekit")["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert "service-livekit-public" not in objects
+    assert "hostNetwork" not in _pod(objects, "other")["spec"]
+    assert objects["namespace-matrix"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_ingress_routes_every_host_the_proxy_serves_to_it() -> None:
+    conf = "server {\n    server_name example.org matrix.example.org;\n}\nserver {\n    server_name call.example.org;\n}\n"
+    proxy = _svc("synapse-proxy", files=[File("/etc/nginx/nginx.conf", conf)],
+                 ports=[Port("http", 8080, public=True), Port("https", 8443, public=True)])
+    ingress = kube.render([proxy], CTX)["ingress-synapse-proxy"]
+    assert [r["host"] for r in ingress["spec"]["rules"]] == ["example.org", "matrix.example.org", "call.example.org"]
+    assert all(r["http"]["paths"][0]["backend"]["service"] == {"name": "synapse-proxy", "port": {"name": "https"}}
+               for r in ingress["spec"]["rules"])
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "100M"
+    assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_rendering_is_deterministic() -> None:
+    services = [_livekit(), _svc("db", volumes=[Volume("d", "/d")], files=[File("/c", "x", group="g")])]
+    assert kube.render(copy.deepcopy(services), CTX) == kube.render(services, CTX)
+
+
+# ---------------------------------------------------------------- the program under mocks
+
+
+def prod_raw(**synapse: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(stack_raw("prod"))
+    raw["synapse"] = {**raw["synapse"], **synapse}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def prod() -> offline.Run:
+    raw, secret = stack_raw("prod"), ("cloudflare_api_token",)
+    return offline.run(raw, stack="prod", secret_keys=secret)
+
+
+def test_prod_declares_workloads_services_budgets_and_policies(prod: offline.Run) -> None:
+    by_type: dict[str, list[offline.Registered]] = {}
+    for r in prod.resources:
+        by_type.setdefault(r.type, []).append(r)
+    names = {t: {r.name for r in rs} for t, rs in by_type.items()}
+    processes = [p.name for p in hs.topology(prod.cfg).processes]
+    assert len(processes) == 20  # main + seed 000's 19 workers
+    workloads = names["kubernetes:apps/v1:Deployment"] | names["kubernetes:apps/v1:StatefulSet"]
+    for process in processes:
+        assert f"deployment-{process}" in workloads or f"statefulset-{process}" in workloads
+        assert f"service-{process}" in names["kubernetes:core/v1:Service"]
+    assert "statefulset-synapse-postgres" in names["kubernetes:apps/v1:StatefulSet"]
+    # Three media workers share one media store: a single ReadWriteMany claim.
+    assert names["kubernetes:core/v1:PersistentVolumeClaim"] == {"persistentvolumeclaim-synapse-media"}
+    assert {"poddisruptionbudget-synapse-generic-1", "poddisruptionbudget-synapse-proxy"} \
+        <= names["kubernetes:policy/v1:PodDisruptionBudget"]
+    assert "poddisruptionbudget-synapse-typing-1" not in names["kubernetes:policy/v1:PodDisruptionBudget"]
+    assert {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis"} \
+        <= names["kubernetes:networking.k8s.io/v1:NetworkPolicy"]
+    assert names["kubernetes:networking.k8s.io/v1:Ingress"] == {"ingress-synapse-proxy"}
+    monitors = names["kubernetes:monitoring.coreos.com/v1:ServiceMonitor"]
+    assert {"servicemonitor-synapse-main", "servicemonitor-synapse-generic",
+            "servicemonitor-synapse-event-persister"} <= monitors
+    [provider] = by_type["pulumi:providers:kubernetes"]
+    for r in prod.resources:
+        if r.type.startswith("kubernetes:"):
+            assert r.provider.startswith(provider.urn), r.name
+
+
+def test_prod_protects_the_data_it_owns(prod: offline.Run) -> None:
+    postgres = prod.by_name("statefulset-synapse-postgres")
+    assert postgres.protect and postgres.retain_on_delete
+    media = prod.by_name("persistentvolumeclaim-synapse-media")
+    assert media.protect and media.retain_on_delete
+    assert not prod.by_name("deployment-synapse-generic-1").protect
+
+
+def test_secrets_are_pulumi_secrets_and_masked_in_manifests(prod: offline.Run) -> None:
+    secret = prod.by_name("secret-synapse-shared-secrets")
+    assert secret.masked()["inputs"]["stringData"] == offline.MASK
+    manifest = prod.deployment.manifests["secret-synapse-shared-secrets"]
+    assert set(manifest["stringData"].values()) == {offline.MASK}
+    # The manifests hold no generated secret value anywhere.
+    text = repr(prod.deployment.manifests)
+    for item in prod.services:
+        for f in item["files"]:
+            if f["secret"] and len(f["content"]) > 16:
+                assert f["content"] not in text
+
+
+def test_manifest_checksums_equal_the_declared_ones(prod: offline.Run) -> None:
+    declared = prod.by_name("deployment-synapse-generic-1").plain_inputs()
+    manifest = prod.deployment.manifests["deployment-synapse-generic-1"]
+    annotation = kube.CHECKSUM_ANNOTATION
+    assert declared["spec"]["template"]["metadata"]["annotations"][annotation] == \
+        manifest["spec"]["template"]["metadata"]["annotations"][annotation]
+
+
+def test_ingress_body_limit_follows_max_upload_size(program: Callable[..., offline.Run]) -> None:
+    run = program(prod_raw(max_upload_size="80M"), secret_keys=("cloudflare_api_token",))
+    notes = run.deployment.manifests["ingress-synapse-proxy"]["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "80M"
+    assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+    hosts = [r["host"] for r in run.deployment.manifests["ingress-synapse-proxy"]["spec"]["rules"]]
+    assert "example.org" in hosts
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
+        prod: offline.Run, program: Callable[..., offline.Run]) -> None:
+    counts = dict(hs.topology(prod.cfg).counts)
+    counts["generic"] += 1
+    new = f"synapse-generic-{counts['generic']}"
+    run = program(prod_raw(workers={"preset": "seed-000", "counts": {"generic": counts["generic"]}}),
+                  secret_keys=("cloudflare_api_token",))
+    changed = _changed(prod.deployment.manifests, run.deployment.manifests)
+    own = {k for k in changed if k.endswith(f"-{new}") or k.endswith(f"-{new}-env") or k.endswith(f"-{new}-files")}
+    assert own >= {f"deployment-{new}", f"service-{new}", f"configmap-{new}-files"}
+    expected = own | {"configmap-synapse-proxy-files"}
+    # PostgreSQL's max_connections grows with the process count (homeserver.max_connections):
+    # then, and only then, PostgreSQL restarts too.
+    if hs.max_connections(prod.cfg) != hs.max_connections(run.cfg):
+        expected |= {"statefulset-synapse-postgres"}
+    # The Redis and PostgreSQL policies list every Synapse process as a client.
+    expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis"}
+    # The proxy reads the changed nginx.conf: its pod rolls through the checksum, nothing else.
+    expected |= {"deployment-synapse-proxy"}
+    assert changed == expected
+    proxy_before = copy.deepcopy(prod.deployment.manifests["deployment-synapse-proxy"])
+    proxy_after = copy.deepcopy(run.deployment.manifests["deployment-synapse-proxy"])
+    for proxy in (proxy_before, proxy_after):
+        del proxy["spec"]["template"]["metadata"]["annotations"][kube.CHECKSUM_ANNOTATION]
+    assert proxy_before == proxy_after
+
+
+def test_a_new_event_persister_rolls_every_synapse_pod(prod: offline.Run,
+                                                       program: Callable[..., offline.Run]) -> None:
+    counts = dict(hs.topology(prod.cfg).counts)
+    run = program(prod_raw(workers={"preset": "seed-000",
+                                    "counts": {"event_persister": counts["event_persister"] + 1}}),
+                  secret_keys=("cloudflare_api_token",))
+    annotation = kube.CHECKSUM_ANNOTATION
+    for process in hs.topology(prod.cfg).processes:
+        before = _pod(prod.deployment.manifests, process.name)["metadata"]["annotations"][annotation]
+        after = _pod(run.deployment.manifests, process.name)["metadata"]["annotations"][annotation]
+        assert before != after, process.name
+    # The shared homeserver.yaml is one ConfigMap, changed once.
+    assert prod.deployment.manifests["configmap-synapse-shared"] != run.deployment.manifests["configmap-synapse-shared"]
