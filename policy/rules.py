@@ -276,9 +276,17 @@ def images_pinned(args: ResourceValidationArgs, report_violation: ReportViolatio
 STATEFUL_TYPES = {DOCKER_VOLUME, K8S_STATEFULSET, K8S_PVC}
 
 
+def holds_data(args: Any) -> bool:
+    """Volumes and PVCs, and StatefulSets that own volume claim templates (one that only mounts a
+    shared claim holds nothing itself: the claim is what must be protected)."""
+    if args.resource_type == K8S_STATEFULSET:
+        return bool((_props(args).get("spec") or {}).get("volumeClaimTemplates"))
+    return args.resource_type in STATEFUL_TYPES
+
+
 def stateful_protected_in_prod(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    """In prod, Docker volumes and Kubernetes StatefulSets / PVCs carry `protect`."""
-    if args.resource_type not in STATEFUL_TYPES or _stack(args) not in PROD_STACKS:
+    """In prod, Docker volumes, Kubernetes PVCs and data-owning StatefulSets carry `protect`."""
+    if not holds_data(args) or _stack(args) not in PROD_STACKS:
         return
     opts = getattr(args, "opts", None)
     if not getattr(opts, "protect", False):

@@ -194,14 +194,23 @@ def test_images_rule_handles_missing_props() -> None:
 # ---------------------------------------------------------------- protection in prod
 
 
-@pytest.mark.parametrize("typ", sorted(rules.STATEFUL_TYPES))
-def test_stateful_resources_protected_in_prod(typ: str) -> None:
-    assert len(violations(rules.stateful_protected_in_prod, Args(typ, {}, stack="prod"))) == 1
-    assert violations(rules.stateful_protected_in_prod, Args(typ, {}, stack="prod", opts=Opts(protect=True))) == []
-    assert violations(rules.stateful_protected_in_prod, Args(typ, {}, stack="staging")) == []
-    assert violations(rules.stateful_protected_in_prod, Args(typ, {}, stack="pr-12")) == []
+CLAIMS = {"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}}]}}
+
+
+@pytest.mark.parametrize(("typ", "props"), [(t, CLAIMS) for t in sorted(rules.STATEFUL_TYPES)])
+def test_stateful_resources_protected_in_prod(typ: str, props: dict[str, Any]) -> None:
+    rule = rules.stateful_protected_in_prod
+    assert len(violations(rule, Args(typ, props, stack="prod"))) == 1
+    assert violations(rule, Args(typ, props, stack="prod", opts=Opts(protect=True))) == []
+    assert violations(rule, Args(typ, props, stack="staging")) == []
+    assert violations(rule, Args(typ, props, stack="pr-12")) == []
     # The policy config can name the stack (e.g. when URNs are not at hand).
-    assert len(violations(rules.stateful_protected_in_prod, Args(typ, {}, config={"stack": "prod"}))) == 1
+    assert len(violations(rule, Args(typ, props, config={"stack": "prod"}))) == 1
+
+
+def test_a_statefulset_without_claims_holds_no_data() -> None:
+    shared = {"spec": {"template": {"spec": {"volumes": [{"persistentVolumeClaim": {"claimName": "media"}}]}}}}
+    assert violations(rules.stateful_protected_in_prod, Args(rules.K8S_STATEFULSET, shared, stack="prod")) == []
 
 
 def test_protection_rule_ignores_stateless_resources() -> None:
