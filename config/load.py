@@ -8,6 +8,7 @@ traceback; `python -m render` prints the same text.
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -130,6 +131,21 @@ def _kinds(loc: tuple[object, ...]) -> str:
     return ", ".join(f"'{t}'" for t in tags)
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_*@:/-]+$")
+
+
+def _quoted(path: str) -> str:
+    """A check's key path with each segment that is not a plain name (a user's map key such as
+    '' or ' ') quoted, so the path stays readable and one line."""
+    if all(_PLAIN_KEY.match(part) or _INDEXED.match(part) for part in path.split(".")):
+        return path
+    return ".".join(part if (_PLAIN_KEY.match(part) or _INDEXED.match(part)) else json.dumps(part)
+                    for part in path.split("."))
+
+
+_INDEXED = re.compile(r"^[A-Za-z0-9_-]+(\[[0-9]+\])+$")
+
+
 def _path(loc: tuple[object, ...]) -> str:
     parts: list[str] = []
     for i, part in enumerate(loc):
@@ -141,7 +157,8 @@ def _path(loc: tuple[object, ...]) -> str:
             "docker", "kubernetes", "bundled", "external"
         ):
             continue  # the discriminator tag pydantic inserts; the user never wrote it
-        parts.append(text)
+        # A key that is not a plain name (empty, spaces, control characters) is shown quoted.
+        parts.append(text if _PLAIN_KEY.match(text) else json.dumps(text))
     return ".".join(parts)
 
 
@@ -230,7 +247,7 @@ def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackCo
     for check in [StackConfig.problems, *EXTRA_CHECKS]:
         for key_path, bad_value, message in check(cfg):
             shown = "" if bad_value is None else _show(bad_value, key_path)
-            problems.append(Problem(key_path, message, shown))
+            problems.append(Problem(_quoted(key_path), message, shown))
     if problems:
         raise ConfigError(problems)
     return cfg

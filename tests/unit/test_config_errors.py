@@ -202,6 +202,9 @@ CASES: list[Bad] = [
         ("list",), "'evil.org'"),
     Bad("bad-hostname-in-list", with_(LOCAL, synapse={"federation": {"deny": ["evil.org", "not a host"]}}),
         "synapse.federation.deny[1]", ("DNS hostname",), "'not a host'"),
+    Bad("odd-key-is-quoted", with_(LOCAL, **{"work ers": 1}), '"work ers"', ("unknown key", "synapse")),
+    Bad("blank-worker-role-is-quoted", with_(LOCAL, synapse={"workers": {"counts": {" ": 1}}}),
+        'synapse.workers.counts." "', ("unknown worker role",), "' '"),
     Bad("cp-max-too-big", with_(LOCAL, synapse={"database": {"kind": "bundled", "cp_max": 500}}),
         "synapse.database.cp_max", ("at most 50",), "500"),
 ]
@@ -313,7 +316,7 @@ def test_no_message_shows_a_secret_value(raw: dict[str, Any], secret_keys: tuple
     text = str(caught.value) + "\n" + repr(caught.value) + "\n" + repr(caught.value.problems)
     assert SECRET_VALUE not in text
     assert "12345678901234567890" not in text
-    for field_name, value in raw.items():
+    for field_name in raw:
         if field_name.endswith(("_password", "_token")):
             assert any(p.path == field_name for p in caught.value.problems) or field_name in secret_keys
 
