@@ -13,10 +13,10 @@ from typing import Any
 
 import pulumi
 
-from config.model import StackConfig
 from components.platform import placement
 from components.platform.spec import Site
 from components.synapse.services import PROXY_SERVICE
+from config.model import StackConfig
 
 
 class Part(pulumi.ComponentResource):

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.model import DockerTarget, KubernetesTarget, StackConfig
 from components.part import Part, merge_homeserver
 from components.platform import placement
 from components.platform.spec import Service
 from components.synapse import homeserver as hs
 from components.synapse import services as synapse_services
+from config.model import DockerTarget, KubernetesTarget, StackConfig
 
 
 @dataclass

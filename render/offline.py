@@ -93,6 +93,9 @@ class StackMocks(pulumi.runtime.Mocks):
         elif typ == "docker:index/remoteImage:RemoteImage":
             outputs["imageId"] = inputs.get("name", "")
             outputs["repoDigest"] = inputs.get("name", "")
+        elif typ == "cloudflare:index/pagesProject:PagesProject":
+            # Cloudflare names the project's host after it (a CNAME target).
+            outputs["subdomain"] = f"{inputs.get('name', args.name)}.pages.dev"
         elif typ == "tls:index/privateKey:PrivateKey":
             outputs["privateKeyPem"] = f"-----BEGIN PRIVATE KEY-----\n{stand_in(args.name, 64)}\n-----END PRIVATE KEY-----\n"
             outputs["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"
@@ -100,12 +103,12 @@ class StackMocks(pulumi.runtime.Mocks):
             outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{stand_in(args.name, 64)}\n-----END CERTIFICATE-----\n"
         return f"{args.name}-id", outputs
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        # A bare dict: the mock monitor reads a (result, failures) tuple's failures as a list.
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        # Failures as an empty list: the mock monitor iterates them.
         if args.token == "cloudflare:index/getZone:getZone":
             name = (args.args.get("filter") or {}).get("name", "zone")
-            return {"zoneId": hashlib.sha256(name.encode()).hexdigest()[:32], "id": "zone-id", "name": name}
-        return {}
+            return {"zoneId": hashlib.sha256(name.encode()).hexdigest()[:32], "id": "zone-id", "name": name}, []
+        return {}, []
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from typing import Any
 
 import pulumi
 
-from config.model import StackConfig
 from components import secrets as gen
 from components.part import Part
 from components.platform.spec import File, Port, PortRange, Service
 from components.synapse import homeserver as hs
+from config.model import StackConfig
 
 from . import render
 

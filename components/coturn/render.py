@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from config.model import StackConfig
 from components.synapse import homeserver as hs
+from config.model import StackConfig
 
 SERVICE = "coturn"
 CONFIG = "/etc/coturn/turnserver.conf"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pulumi
 
-from config.model import StackConfig
 from components import secrets as gen
 from components.part import Part
 from components.platform.spec import File, HealthCheck, Port, PortRange, Service, Site
+from config.model import StackConfig
 
 from . import render
 
@@ -51,7 +51,7 @@ class ElementCall(Part):
             name=render.JWT_SERVICE,
             component=COMPONENT,
             image=cfg.element_call.jwt_image,
-            env=render.jwt_env(cfg),
+            env=dict(render.jwt_env(cfg)),
             secret_env={"LIVEKIT_KEY": self.livekit_key, "LIVEKIT_SECRET": self.livekit_secret},
             ports=[Port("http", render.JWT_PORT)],
             # The image is FROM scratch: its own health-check binary is all there is.

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pulumi
 import yaml
 
-from config.model import StackConfig
 from components.part import ws_url
+from config.model import StackConfig
 
 LIVEKIT_SERVICE = "livekit"
 JWT_SERVICE = "lk-jwt-service"
@@ -97,7 +98,7 @@ def livekit_keys(key: str, secret: str) -> str:
     return yaml.safe_dump({key: secret}, default_flow_style=False)
 
 
-def jwt_env(cfg: StackConfig) -> dict[str, str]:
+def jwt_env(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
     """lk-jwt-service's plain environment; LIVEKIT_KEY and LIVEKIT_SECRET go in secret env."""
     return {
         "LIVEKIT_URL": livekit_url(cfg),

@@ -8,9 +8,9 @@ from typing import Any
 import pulumi
 import pulumi_cloudflare as cloudflare
 
-from config.model import StackConfig
 from components.part import Part
 from components.platform.spec import File, HealthCheck, Port, Service, Site
+from config.model import StackConfig
 
 from . import render
 
@@ -28,24 +28,33 @@ class ElementWeb(Part):
             assert provider is not None and web.source is not None and cfg.cloudflare.account_id
             account = cfg.cloudflare.account_id
             child = pulumi.ResourceOptions(parent=self, provider=provider)
-            deployment = {"env_vars": render.build_env(cfg)}
+            env = render.build_env(cfg)
+            source = web.source
             project = cloudflare.PagesProject(
                 f"{name}-project",
                 account_id=account,
                 name=render.project_name(cfg, pulumi.get_stack()),
-                production_branch=web.source.branch,
-                build_config={"build_command": render.build_command(), "destination_dir": render.OUTPUT_DIR},
-                source={"type": "github", "config": {
-                    "owner": web.source.owner,
-                    "repo_name": web.source.repo,
-                    "production_branch": web.source.branch,
-                    "deployments_enabled": True,
-                    "production_deployments_enabled": True,
-                    "pr_comments_enabled": False,
+                production_branch=source.branch,
+                build_config=cloudflare.PagesProjectBuildConfigArgs(
+                    build_command=render.build_command(), destination_dir=render.OUTPUT_DIR),
+                source=cloudflare.PagesProjectSourceArgs(type="github", config=cloudflare.PagesProjectSourceConfigArgs(
+                    owner=source.owner,
+                    repo_name=source.repo,
+                    production_branch=source.branch,
+                    deployments_enabled=True,
+                    production_deployments_enabled=True,
+                    pr_comments_enabled=False,
                     # Previews would carry this stack's config.json to every branch.
-                    "preview_deployment_setting": "none",
-                }},
-                deployment_configs={"production": deployment, "preview": deployment},
+                    preview_deployment_setting="none",
+                )),
+                deployment_configs=cloudflare.PagesProjectDeploymentConfigsArgs(
+                    production=cloudflare.PagesProjectDeploymentConfigsProductionArgs(env_vars={
+                        k: cloudflare.PagesProjectDeploymentConfigsProductionEnvVarsArgs(type=v["type"], value=v["value"])
+                        for k, v in env.items()}),
+                    preview=cloudflare.PagesProjectDeploymentConfigsPreviewArgs(env_vars={
+                        k: cloudflare.PagesProjectDeploymentConfigsPreviewEnvVarsArgs(type=v["type"], value=v["value"])
+                        for k, v in env.items()}),
+                ),
                 opts=child,
             )
             # PagesDomain creates no DNS record: the DNS component adds the CNAME.

@@ -7,9 +7,9 @@ from typing import Any
 import pulumi
 import pulumi_random as random
 
-from config.model import StackConfig
 from components.part import Part
 from components.platform.spec import File, HealthCheck, Port, Service, Site, Volume
+from config.model import StackConfig
 
 from . import render
 
@@ -22,10 +22,10 @@ class Ntfy(Part):
         admin = random.RandomPassword(f"{name}-admin-password", length=32, special=False,
                                       opts=pulumi.ResourceOptions(parent=self))
         self.admin_user = render.ADMIN_USER
-        self.admin_password = pulumi.Output.secret(admin.result)
+        self.admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
         # ntfy applies auth-users at every start, so the user exists (and has this password)
         # without a one-shot init command; the hash is stable across runs (stored in state).
-        users = pulumi.Output.secret(admin.bcrypt_hash.apply(render.auth_users))
+        users: pulumi.Output[str] = pulumi.Output.secret(admin.bcrypt_hash.apply(render.auth_users))
         service = Service(
             name=render.SERVICE,
             component=COMPONENT,

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from config.model import StackConfig
 from components.synapse import homeserver as hs
+from config.model import StackConfig
 
 SERVICE = "ntfy"
 PORT = 8080  # not :80: the container runs without CAP_NET_BIND_SERVICE
