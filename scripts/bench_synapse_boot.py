@@ -37,13 +37,17 @@ def main() -> None:
     t0 = time.monotonic()
     with Cluster(result) as cluster:
         boot_total = time.monotonic() - t0
-        rss = cluster.rss()
-        print(f"\n{'process':34} {'boot s':>8} {'RSS MiB':>9}")
+        rss, pss = cluster.rss(), cluster.tree_pss()
+        # RSS: the server process alone. Tree PSS: with its children (nginx workers, postgres
+        # backends), shared pages divided among sharers so the column can be summed.
+        print(f"\n{'process':34} {'boot s':>8} {'RSS MiB':>9} {'tree PSS MiB':>13}")
         for name, proc in cluster.procs.items():
-            print(f"{name:34} {proc.ready_s or 0:8.1f} {rss.get(name, 0) / 1024:9.1f}")
+            print(f"{name:34} {proc.ready_s or 0:8.1f} {rss.get(name, 0) / 1024:9.1f} {pss.get(name, 0) / 1024:13.1f}")
         synapse = [n for n in cluster.synapse_names() if n in rss]
-        print(f"{'total (all processes)':34} {boot_total:8.1f} {sum(rss.values()) / 1024:9.1f}")
-        print(f"{'synapse processes only':34} {'':8} {sum(rss[n] for n in synapse) / 1024:9.1f}")
+        print(f"{'total (all processes)':34} {boot_total:8.1f} {sum(rss.values()) / 1024:9.1f} "
+              f"{sum(pss.values()) / 1024:13.1f}")
+        print(f"{'synapse processes only':34} {'':8} {sum(rss[n] for n in synapse) / 1024:9.1f} "
+              f"{sum(pss[n] for n in synapse) / 1024:13.1f}")
 
         t0 = time.monotonic()
         for i in range(args.rounds):
