@@ -120,7 +120,7 @@ def checksum(files: list[File]) -> pulumi.Input[str]:
     if all(isinstance(f.content, str) for f in files):
         return digest((f.path, str(f.content)) for f in files)
     paths = [f.path for f in files]
-    joined = pulumi.Output.all(*[f.content for f in files]).apply(lambda values: digest(zip(paths, values)))
+    joined = pulumi.Output.all(*[f.content for f in files]).apply(lambda values: digest(zip(paths, values, strict=True)))
     return pulumi.Output.unsecret(joined)
 
 
