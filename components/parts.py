@@ -20,6 +20,9 @@ class Parts:
     inputs: synapse_services.Inputs = field(default_factory=synapse_services.Inputs)
     outputs: dict[str, object] = field(default_factory=dict)
     dns: Any = None
+    # The one explicit Cloudflare provider (None when Cloudflare is off), for other users of the
+    # same account such as Origin CA certificates: two providers would mean two tokens to rotate.
+    cloudflare_provider: Any = None
 
     @property
     def services(self) -> list[Service]:
@@ -72,6 +75,7 @@ def build(cfg: StackConfig, platform: Any) -> Parts:
         from components import dns
 
         provider = dns.provider(cfg)
+        built.cloudflare_provider = provider
     if cfg.element_call.enabled:
         built.parts.append(ElementCall("element-call", cfg, platform))
     ntfy = None

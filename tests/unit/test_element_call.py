@@ -142,3 +142,34 @@ def test_synapse_accepts_the_contributed_keys(program: Any) -> None:
 
 
 assert ROOT.is_dir()
+
+
+def test_sfu_on_another_docker_host_is_reached_through_a_published_port(program: Any) -> None:
+    raw = {**BASE, "target": {"kind": "docker", "hosts": [
+        {"name": "one", "url": "ssh://deploy@one.example.org", "address": "10.0.0.1"},
+        {"name": "media", "url": "ssh://deploy@media.example.org", "address": "10.0.0.2",
+         "services": ["livekit", "lk-jwt-service"]},
+    ]}}
+    run = program(raw)
+    nginx = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    assert "proxy_pass http://10.0.0.2:7880;" in nginx and "proxy_pass http://10.0.0.2:8080;" in nginx
+    livekit = next(r for r in run.of_type("docker:index/container:Container") if r.name == "livekit")
+    published = {(p["internal"], p.get("ip")) for p in livekit.plain_inputs()["ports"]}
+    assert (7880, "10.0.0.2") in published  # private port, published on the host's own address only
+
+
+def test_create_admin_command_per_target() -> None:
+    import config
+    from components.parts import create_admin_command
+
+    local = config.parse({"server_name": "localhost", "target": {"kind": "docker", "http_port": 8080}})
+    assert create_admin_command(local) == (
+        "docker exec -it synapse-main register_new_matrix_user -c /conf/homeserver.yaml -a -u admin "
+        "http://localhost:8008")
+    remote = config.parse(BASE)
+    assert create_admin_command(remote).startswith("DOCKER_HOST=ssh://deploy@one.example.org docker exec -it synapse-main ")
+    k8s = config.parse({"server_name": "example.org", "tls": {"mode": "acme"},
+                        "target": {"kind": "kubernetes", "namespace": "chat", "context": "prod"}})
+    command = create_admin_command(k8s)
+    assert command.startswith("kubectl --context prod -n chat exec -it ")
+    assert command.endswith("-- register_new_matrix_user -c /conf/homeserver.yaml -a -u admin http://localhost:8008")
