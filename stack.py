@@ -13,6 +13,8 @@ from components.platform import make_platform, placement
 from components.platform.spec import Service
 from components.synapse import SynapseCluster, homeserver
 from components.synapse import services as synapse_services
+from components.tls import ACME_SERVICE, Tls
+from components.tls.plan import certificates, proxy_terminates_tls
 from config.model import StackConfig
 
 
@@ -21,7 +23,9 @@ def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
     if problems:
         return problems
     cluster = synapse_services.service_names(cfg)
-    problems = placement.check(cfg, cluster + stack_parts.service_names(cfg), [sorted(cluster)])
+    # The ACME client shares its certificate and webroot volumes with the proxy.
+    acme = [ACME_SERVICE] if any(c.source == "acme" for c in certificates(cfg)) else []
+    problems = placement.check(cfg, cluster + stack_parts.service_names(cfg) + acme, [sorted(cluster + acme)])
     return problems + stack_parts.check(cfg)
 
 
@@ -44,8 +48,15 @@ def build(cfg: StackConfig) -> Deployment:
     # secret files are the cluster's inputs.
     parts = stack_parts.build(cfg, platform)
     inputs = parts.inputs
+    extra_services: list[Service] = []
+    if proxy_terminates_tls(cfg):
+        tls = Tls("tls", cfg, platform, cloudflare_provider=parts.cloudflare_provider)
+        inputs.proxy_files += tls.proxy_files
+        inputs.proxy_volumes += tls.proxy_volumes
+        inputs.proxy_watches_acme = bool(tls.services)
+        extra_services += tls.services
     synapse = SynapseCluster("synapse", cfg, platform, inputs)
-    deployment = Deployment(cfg, services=[*synapse.services, *parts.services])
+    deployment = Deployment(cfg, services=[*synapse.services, *parts.services, *extra_services])
     deployment.outputs = {
         "server_name": cfg.server_name,
         "homeserver_url": cfg.url("matrix"),

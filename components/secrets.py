@@ -6,26 +6,23 @@ import pulumi
 import pulumi_random as random
 
 
-def _protect(protect: bool | None) -> bool:
-    """Generated secrets are state (a lost signing key or database password breaks the deployment),
-    so they are protected wherever the stack protects its data. Callers may pass cfg.protect; by
-    default it is the same stack setting, read from the config key matrix-stack:protect."""
-    if protect is not None:
-        return protect
-    return bool(pulumi.Config("matrix-stack").get_bool("protect"))
+def password_resource(name: str, parent: pulumi.Resource, *, protect: bool, length: int = 48) -> random.RandomPassword:
+    """A random alphanumeric secret (no symbols: it lands in URLs, env files and YAML).
 
-
-def password(name: str, parent: pulumi.Resource, length: int = 48, protect: bool | None = None) -> pulumi.Output[str]:
-    """A random alphanumeric secret (no symbols: it lands in URLs, env files and YAML)."""
-    resource = random.RandomPassword(
-        name, length=length, special=False, opts=pulumi.ResourceOptions(parent=parent, protect=_protect(protect))
+    Generated secrets are state (a lost signing key or database password breaks the deployment),
+    so they are protected wherever the stack protects its data (cfg.protect)."""
+    return random.RandomPassword(
+        name, length=length, special=False, opts=pulumi.ResourceOptions(parent=parent, protect=protect)
     )
-    return pulumi.Output.secret(resource.result)
 
 
-def ed25519_signing_key(name: str, parent: pulumi.Resource, protect: bool | None = None) -> pulumi.Output[str]:
+def password(name: str, parent: pulumi.Resource, *, protect: bool, length: int = 48) -> pulumi.Output[str]:
+    return pulumi.Output.secret(password_resource(name, parent, protect=protect, length=length).result)
+
+
+def ed25519_signing_key(name: str, parent: pulumi.Resource, *, protect: bool) -> pulumi.Output[str]:
     """Synapse's signing key file: `ed25519 <key id> <unpadded base64 of a 32-byte seed>`."""
-    opts = pulumi.ResourceOptions(parent=parent, protect=_protect(protect))
+    opts = pulumi.ResourceOptions(parent=parent, protect=protect)
     seed = random.RandomBytes(f"{name}-seed", length=32, opts=opts)
     key_id = random.RandomString(f"{name}-id", length=6, special=False, upper=False, opts=opts)
     return pulumi.Output.secret(

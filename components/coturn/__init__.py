@@ -20,7 +20,7 @@ COMPONENT = "coturn"
 class Coturn(Part):
     def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
         super().__init__("matrix-stack:index:Coturn", name, opts)
-        self.shared_secret = gen.password(f"{name}-shared-secret", self)
+        self.shared_secret = gen.password(f"{name}-shared-secret", self, protect=cfg.protect)
         turn = cfg.coturn
         if not render.external_ip(cfg):
             # Not an error (a host with a public address of its own works), but behind Docker's

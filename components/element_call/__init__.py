@@ -22,8 +22,8 @@ class ElementCall(Part):
         super().__init__("matrix-stack:index:ElementCall", name, opts)
         lk = cfg.element_call.livekit
         # The key is an identifier but is generated too: nothing else needs to know it.
-        self.livekit_key = gen.password(f"{name}-livekit-key", self, length=16)
-        self.livekit_secret = gen.password(f"{name}-livekit-secret", self, length=48)
+        self.livekit_key = gen.password(f"{name}-livekit-key", self, protect=cfg.protect, length=16)
+        self.livekit_secret = gen.password(f"{name}-livekit-secret", self, protect=cfg.protect, length=48)
         keys = pulumi.Output.all(self.livekit_key, self.livekit_secret).apply(
             lambda pair: render.livekit_keys(pair[0], pair[1]))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
-import pulumi_random as random
 
+from components import secrets as gen
 from components.part import Part
 from components.platform.spec import File, HealthCheck, Port, Service, Site, Volume
 from config.model import StackConfig
@@ -19,8 +19,7 @@ COMPONENT = "ntfy"
 class Ntfy(Part):
     def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
         super().__init__("matrix-stack:index:Ntfy", name, opts)
-        admin = random.RandomPassword(f"{name}-admin-password", length=32, special=False,
-                                      opts=pulumi.ResourceOptions(parent=self))
+        admin = gen.password_resource(f"{name}-admin-password", self, protect=cfg.protect, length=32)
         self.admin_user = render.ADMIN_USER
         self.admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
         # ntfy applies auth-users at every start, so the user exists (and has this password)

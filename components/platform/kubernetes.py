@@ -648,35 +648,6 @@ class KubernetesPlatform:
             )
         return self._provider
 
-    def tls_files(self, parent: pulumi.Resource) -> list[File]:
-        """The routing proxy's certificate for the Ingress-to-proxy hop.
-
-        The proxy's config is target-neutral and terminates TLS itself; the Ingress re-encrypts
-        to it and does not verify the backend certificate, so a self-signed one suffices. The
-        public certificate lives on the Ingress (cert-manager or Cloudflare).
-        """
-        if self.cfg.tls_mode == "none":
-            return []
-        import pulumi_tls as tls
-
-        from components.synapse import routing  # the proxy's fixed certificate paths
-
-        opts = pulumi.ResourceOptions(parent=parent)
-        key = tls.PrivateKey("synapse-proxy-backend-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
-        cert = tls.SelfSignedCert(
-            "synapse-proxy-backend-cert",
-            private_key_pem=key.private_key_pem,
-            subject=tls.SelfSignedCertSubjectArgs(common_name="synapse-proxy"),
-            dns_names=["synapse-proxy", f"synapse-proxy.{self.target.namespace}.svc", *self.ctx.default_hostnames],
-            validity_period_hours=3 * 365 * 24,
-            # Renewed by the first `pulumi up` in its last year, never left to expire silently.
-            early_renewal_hours=365 * 24,
-            allowed_uses=["key_encipherment", "digital_signature", "server_auth"],
-            opts=opts,
-        )
-        return [File(routing.TLS_CERT, cert.cert_pem),
-                File(routing.TLS_KEY, key.private_key_pem, secret=True, mode=0o400)]
-
     def _opts(self, parent: pulumi.Resource | None, **extra: Any) -> pulumi.ResourceOptions:
         depends = [self._namespace] if self._namespace is not None else []
         return pulumi.ResourceOptions(parent=parent, provider=self.provider, depends_on=depends, **extra)

@@ -237,8 +237,6 @@ def plan(topo: Topology, address: dict[str, str]) -> RoutingPlan:
 PROXY_HTTP_PORT = 8080
 PROXY_HTTPS_PORT = 8443
 PROXY_STATUS_PORT = 8081  # private: health and stub_status for metrics
-TLS_CERT = "/etc/nginx/tls/tls.crt"
-TLS_KEY = "/etc/nginx/tls/tls.key"
 NGINX_CONF = "/etc/nginx/nginx.conf"
 
 CORS_HEADERS = (
@@ -290,11 +288,29 @@ def _admin_acl(allowlist: list[str]) -> list[str]:
     return [f"allow {cidr};" for cidr in allowlist] + ["deny all;"]
 
 
-def _listen(cfg: StackConfig) -> list[str]:
-    if cfg.tls_mode == "none":
+def _listen(cfg: StackConfig, hostname: str) -> list[str]:
+    """The listen lines of one public server block: plain HTTP, or TLS with that host's
+    certificate (components/tls/plan.py decides which certificate each host gets)."""
+    from components.tls.plan import certificate_for, proxy_terminates_tls
+
+    cert = certificate_for(cfg, hostname) if proxy_terminates_tls(cfg) else None
+    if cert is None:
         return [f"listen {PROXY_HTTP_PORT};"]
-    return [f"listen {PROXY_HTTPS_PORT} ssl http2;", f"ssl_certificate {TLS_CERT};",
-            f"ssl_certificate_key {TLS_KEY};", "ssl_protocols TLSv1.2 TLSv1.3;"]
+    return [f"listen {PROXY_HTTPS_PORT} ssl http2;", f"ssl_certificate {cert.cert_path};",
+            f"ssl_certificate_key {cert.key_path};", "ssl_protocols TLSv1.2 TLSv1.3;"]
+
+
+def _plain_http_server(cfg: StackConfig) -> list[str]:
+    """With TLS, port 80 only answers ACME HTTP-01 challenges and redirects to HTTPS."""
+    from components.tls.plan import ACME_WEBROOT, certificates, proxy_terminates_tls
+
+    if not proxy_terminates_tls(cfg):
+        return []
+    lines = ["", "server {", f"    listen {PROXY_HTTP_PORT} default_server;", "    set $synapse_route redirect;"]
+    if any(c.source == "acme" for c in certificates(cfg)):
+        lines += ["    location /.well-known/acme-challenge/ {", f"        root {ACME_WEBROOT};", "    }"]
+    lines += ["    location / {", "        return 301 https://$host$request_uri;", "    }", "}"]
+    return lines
 
 
 def well_known_server(cfg: StackConfig) -> dict[str, object]:
@@ -388,14 +404,16 @@ def render_nginx(
 
     # ---- the Matrix host: client and federation API
     matrix_host = cfg.host("matrix")
-    names = [matrix_host] + ([cfg.server_name] if cfg.server_name != matrix_host else [])
-    server: list[str] = [*_listen(cfg), f"server_name {' '.join(names)};",
+    well_known = [
+        *_json_location("/.well-known/matrix/server", well_known_server(cfg)),
+        *_json_location("/.well-known/matrix/client", well_known_client(cfg, well_known_client_extra)),
+    ]
+    server: list[str] = [*_listen(cfg, matrix_host), f"server_name {matrix_host};",
                          f"client_max_body_size {syn.max_upload_size};",
                          "set $synapse_route none;"]
     if syn.federation.deny:
         server += ["if ($synapse_origin_denied) {", "    return 403;", "}"]
-    server += _json_location("/.well-known/matrix/server", well_known_server(cfg))
-    server += _json_location("/.well-known/matrix/client", well_known_client(cfg, well_known_client_extra))
+    server += well_known
     for loc in routing.locations:
         body = [f"set $synapse_route {loc.group};"]
         if loc.admin:
@@ -416,19 +434,23 @@ def render_nginx(
     server += ["location / {", "    return 404;", "}"]
     http += ["server {", *_indent(server), "}"]
 
+    # ---- the server name, when delegated to another host: only the well-known documents
+    if cfg.server_name != matrix_host:
+        delegated = [*_listen(cfg, cfg.server_name), f"server_name {cfg.server_name};",
+                     "set $synapse_route well-known;", *well_known, "location / {", "    return 404;", "}"]
+        http += ["", "server {", *_indent(delegated), "}"]
+
     # ---- other public sites (Element Call, ntfy, Element Web ...)
     for site in sorted(sites, key=lambda s: s.hostname):
-        body = [*_listen(cfg), f"server_name {site.hostname};", f"client_max_body_size {site.max_body};",
-                f"set $synapse_route site-{site.upstream_service};"]
+        body = [*_listen(cfg, site.hostname), f"server_name {site.hostname};",
+                f"client_max_body_size {site.max_body};", f"set $synapse_route site-{site.upstream_service};"]
         for path, document in sorted(site.static_json.items()):
             body += _json_location(path, json.loads(document))
         upstream = f"{address.get(site.upstream_service, site.upstream_service)}:{site.upstream_port}"
         body += ["location / {", *_indent(_proxy_block(upstream, websockets=site.websockets)), "}"]
         http += ["", "server {", *_indent(body), "}"]
 
-    if cfg.tls_mode != "none":
-        http += ["", "server {", f"    listen {PROXY_HTTP_PORT} default_server;",
-                 "    location / {", "        return 301 https://$host$request_uri;", "    }", "}"]
+    http += _plain_http_server(cfg)
     # Private listener: health for the target's checks, stub_status for metrics scraping.
     http += ["", "server {", f"    listen {PROXY_STATUS_PORT};", "    access_log off;",
              "    location = /health {", "        return 200 'OK';", "    }",

@@ -12,6 +12,8 @@ from typing import Any
 import pulumi
 
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume
+from components.tls import PROXY_RUN, proxy_run_script
+from components.tls.plan import proxy_terminates_tls
 from config.model import BundledDatabase, StackConfig
 
 from . import homeserver as hs
@@ -26,8 +28,13 @@ POSTGRES_DATA = "/var/lib/postgresql/data"
 REDIS_CONF = "/conf/redis.conf"
 REDIS_ACL = "/secrets/users.acl"
 
-# Secret values the cluster needs, by name (see homeserver.SECRET_FILES).
-SECRET_NAMES = ("signing_key", "macaroon", "form", "registration", "replication", "redis", "postgres")
+
+
+def secret_names(cfg: StackConfig) -> tuple[str, ...]:
+    """The secrets the cluster generates (see homeserver.SECRET_FILES); replication and Redis
+    exist only with workers."""
+    names = ("signing_key", "macaroon", "form", "registration", "postgres")
+    return names + (("replication", "redis") if hs.topology(cfg).workers else ())
 
 
 @dataclass
@@ -40,6 +47,11 @@ class Inputs:
     site_addresses: dict[str, str] = field(default_factory=dict)  # service -> host the proxy dials
     # secret files other components provide to every Synapse process (path -> value)
     secret_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    # The proxy's certificates (components/tls): files, shared ACME volumes, and whether nginx
+    # must reload when ACME renews a certificate.
+    proxy_files: list[File] = field(default_factory=list)
+    proxy_volumes: list[Volume] = field(default_factory=list)
+    proxy_watches_acme: bool = False
 
 
 def addresses(cfg: StackConfig) -> dict[str, str]:
@@ -178,21 +190,25 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
     )
 
 
-def proxy_service(cfg: StackConfig, inputs: Inputs, tls_files: list[File]) -> Service:
+def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
     topo = hs.topology(cfg)
     address = {**addresses(cfg), **inputs.site_addresses}
     conf = routing.render_nginx(cfg, topo, address, sites=inputs.sites,
                                 well_known_client_extra=inputs.well_known_client)
     ports = [Port("http", routing.PROXY_HTTP_PORT, public=True, host_port=_host_port(cfg, "http"))]
-    if cfg.tls_mode != "none":
+    if proxy_terminates_tls(cfg):
         ports.append(Port("https", routing.PROXY_HTTPS_PORT, public=True, host_port=_host_port(cfg, "https")))
     ports.append(Port("status", routing.PROXY_STATUS_PORT))
     return Service(
         name=PROXY_SERVICE,
         component=COMPONENT,
         image=cfg_proxy_image(),
-        args=("nginx", "-c", routing.NGINX_CONF, "-g", "daemon off;"),
-        files=[File(routing.NGINX_CONF, conf), *tls_files],
+        entrypoint=("/bin/sh",),
+        args=(PROXY_RUN,),
+        files=[File(routing.NGINX_CONF, conf),
+               File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, inputs.proxy_watches_acme), mode=0o555),
+               *inputs.proxy_files],
+        volumes=list(inputs.proxy_volumes),
         ports=ports,
         health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"),
                            http_path="/health", http_port=routing.PROXY_STATUS_PORT),
@@ -219,7 +235,6 @@ def cluster_services(
     cfg: StackConfig,
     secrets: Mapping[str, pulumi.Input[str]],
     inputs: Inputs,
-    tls_files: list[File] | None = None,
 ) -> list[Service]:
     topo = hs.topology(cfg)
     common = shared_files(cfg, inputs) + secret_files(cfg, secrets, inputs)
@@ -231,7 +246,7 @@ def cluster_services(
     if topo.workers:
         services.append(redis_service(cfg, secrets, clients))
     services += processes
-    services.append(proxy_service(cfg, inputs, tls_files or []))
+    services.append(proxy_service(cfg, inputs))
     return services
 
 

@@ -20,9 +20,7 @@ from tests.conftest import ROOT, stack_raw
 
 STATEFUL_TYPES = {"docker:index/volume:Volume", "kubernetes:core/v1:PersistentVolumeClaim"}
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
-# Generated outside components/secrets.py without protect: owned by the ntfy component, whose
-# one-line fix is ResourceOptions(parent=self, protect=cfg.protect). Tracked by the xfail below.
-KNOWN_UNPROTECTED = {"ntfy-admin-password"}
+KNOWN_UNPROTECTED: set[str] = set()
 
 
 def _owns_data(resource: offline.Registered) -> bool:
@@ -72,7 +70,6 @@ def test_example_stacks(program: Callable[..., offline.Run], stack: str) -> None
     assert run.cfg.protect is (stack == "prod")
 
 
-@pytest.mark.xfail(strict=True, reason="components/ntfy creates its RandomPassword without protect")
 def test_ntfy_admin_password_protected_in_prod(program: Callable[..., offline.Run]) -> None:
     raw, secret_keys = stack_config("prod", ROOT)
     run = program(raw, stack="prod", secret_keys=secret_keys)

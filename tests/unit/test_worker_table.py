@@ -3,8 +3,10 @@ Pure functions, plus the real nginx checking the rendered nginx.conf."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -310,21 +312,38 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").e
 
 
 def _nginx_test(conf: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """`nginx -t` on the rendered file with only its paths moved into tmp_path."""
+    """`nginx -t` on the rendered file with only its paths moved into tmp_path.
+
+    Every certificate the file names is created by the stack's own placeholder script (the one
+    the ACME container runs before the first issuance), so nginx checks real key pairs."""
     scratch = tmp_path / "scratch"
-    tls = tmp_path / "tls"
     scratch.mkdir()
-    tls.mkdir()
-    if routing.TLS_CERT in conf:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=test", "-keyout", str(tls / "tls.key"), "-out", str(tls / "tls.crt")],
-                       check=True, capture_output=True, timeout=60)
-    text = conf.replace("/tmp/", f"{scratch}/").replace("/etc/nginx/tls/", f"{tls}/")
+    text = conf.replace("/tmp/", f"{scratch}/")
+    for cert, key in re.findall(r"ssl_certificate (\S+);\s*ssl_certificate_key (\S+);", conf):
+        moved_cert, moved_key = tmp_path / "tls" / cert.lstrip("/"), tmp_path / "tls" / key.lstrip("/")
+        if not moved_cert.exists():
+            _placeholder_certificate(moved_cert, moved_key)
+        text = text.replace(f"ssl_certificate {cert};", f"ssl_certificate {moved_cert};")
+        text = text.replace(f"ssl_certificate_key {key};", f"ssl_certificate_key {moved_key};")
     path = tmp_path / "nginx.conf"
     path.write_text(text)
     return subprocess.run([NGINX or "nginx", "-t", "-q", "-c", str(path), "-p", f"{tmp_path}/",
                            "-e", str(tmp_path / "error.log")],
                           capture_output=True, text=True, timeout=60)
+
+
+def _placeholder_certificate(cert: Path, key: Path) -> None:
+    from components.tls import PLACEHOLDER_PY
+
+    made = cert.parent / "made"
+    script = cert.parent.parent / "placeholder.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(PLACEHOLDER_PY)
+    subprocess.run([sys.executable, str(script), str(made), "test.example.org"], check=True, timeout=60)
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    key.parent.mkdir(parents=True, exist_ok=True)
+    (made / "fullchain.pem").replace(cert)
+    (made / "privkey.pem").replace(key)
 
 
 LOOPBACK_CASES = {

@@ -1,0 +1,175 @@
+"""Certificates for the routing proxy on Docker hosts: Cloudflare Origin CA for proxied names,
+ACME (certbot over HTTP-01) for names browsers reach directly. See plan.py for why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components.platform.spec import File, HealthCheck, Service, Volume
+from config import images
+from config.model import StackConfig
+
+from .plan import ACME_DIR, ACME_SERVED, ACME_WEBROOT, Certificate, certificates, proxy_terminates_tls
+
+COMPONENT = "tls"
+ACME_SERVICE = "acme"
+ACME_SCRIPT = "/conf/acme/run.sh"
+ACME_PLACEHOLDER = "/conf/acme/placeholder.py"
+PROXY_RUN = "/conf/proxy-run.sh"
+PROXY_UID = "101"
+RENEW_EVERY_S = 12 * 3600
+
+ACME_VOLUMES = (Volume("acme-certs", ACME_DIR, size="64Mi"), Volume("acme-webroot", ACME_WEBROOT, size="16Mi"))
+
+
+def acme_script(cfg: StackConfig, certs: list[Certificate]) -> str:
+    """certbot in a loop: a placeholder until the first issuance, then renewals; each result is
+    copied where nginx reads it, readable by the proxy's unprivileged user."""
+    acme = [c for c in certs if c.source == "acme"]
+    email = cfg.tls.acme_email or ""
+    lines = [
+        "#!/bin/sh",
+        "# Rendered by matrix-stack.",
+        "set -u",
+        f"served={ACME_SERVED}",
+        "publish() {",
+        '    mkdir -p "$served/$1"',
+        '    cp -L "$2/fullchain.pem" "$served/$1/fullchain.pem.new"',
+        '    cp -L "$2/privkey.pem" "$served/$1/privkey.pem.new"',
+        f'    chown {PROXY_UID}:{PROXY_UID} "$served/$1/"*.new && chmod 0440 "$served/$1/"*.new',
+        '    mv "$served/$1/fullchain.pem.new" "$served/$1/fullchain.pem"',
+        '    mv "$served/$1/privkey.pem.new" "$served/$1/privkey.pem"',
+        "}",
+    ]
+    # One certificate per hostname (plan.py), so the loops run over names.
+    names = " ".join(c.name for c in acme)
+    lines += [
+        f"for name in {names}; do",
+        '    if [ ! -s "$served/$name/fullchain.pem" ]; then',
+        f'        python3 {ACME_PLACEHOLDER} "$served/$name" "$name"',
+        f'        chown -R {PROXY_UID}:{PROXY_UID} "$served/$name"',
+        "    fi",
+        "done",
+        "while :; do",
+        f"    for name in {names}; do",
+        f"        certbot certonly --non-interactive --agree-tos --email {email} --webroot -w {ACME_WEBROOT} "
+        '--cert-name "$name" -d "$name" --keep-until-expiring '
+        '|| echo "acme: $name not issued yet; retrying at the next round" >&2',
+        f'        if [ -s "{ACME_DIR}/live/$name/fullchain.pem" ]; then publish "$name" "{ACME_DIR}/live/$name"; fi',
+        "    done",
+    ]
+    lines += [f"    sleep {RENEW_EVERY_S}", "done", ""]
+    return "\n".join(lines)
+
+
+PLACEHOLDER_PY = '''"""A self-signed certificate so nginx can start before ACME has issued the real one."""
+import datetime
+import pathlib
+import sys
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+target, host = pathlib.Path(sys.argv[1]), sys.argv[2]
+target.mkdir(parents=True, exist_ok=True)
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (
+    x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(x509.random_serial_number()).not_valid_before(now)
+    .not_valid_after(now + datetime.timedelta(days=7))
+    .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+    .sign(key, hashes.SHA256())
+)
+(target / "privkey.pem").write_bytes(key.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+(target / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+'''
+
+
+def proxy_run_script(nginx_conf: str, watch_acme: bool) -> str:
+    """nginx in the foreground; with ACME, a watcher reloads it when a certificate changes."""
+    lines = ["#!/bin/sh", "# Rendered by matrix-stack.", "set -eu"]
+    if watch_acme:
+        lines += [
+            "watch_certificates() {",
+            '    last=""',
+            "    while sleep 60; do",
+            f'        now=$(cat {ACME_SERVED}/*/fullchain.pem 2>/dev/null | md5sum)',
+            f'        if [ -n "$last" ] && [ "$now" != "$last" ]; then nginx -c {nginx_conf} -s reload; fi',
+            '        last="$now"',
+            "    done",
+            "}",
+            "watch_certificates &",
+        ]
+    lines += [f"exec nginx -c {nginx_conf} -g 'daemon off;'", ""]
+    return "\n".join(lines)
+
+
+def acme_service(cfg: StackConfig, certs: list[Certificate]) -> Service:
+    return Service(
+        name=ACME_SERVICE,
+        component=COMPONENT,
+        image=images.CERTBOT,
+        entrypoint=("/bin/sh",),
+        args=(ACME_SCRIPT,),
+        files=[File(ACME_SCRIPT, acme_script(cfg, certs), mode=0o555),
+               File(ACME_PLACEHOLDER, PLACEHOLDER_PY, mode=0o444)],
+        volumes=list(ACME_VOLUMES),
+        health=HealthCheck(("sh", "-c", f"ls {ACME_SERVED}/*/fullchain.pem >/dev/null")),
+        drop_capabilities=False,  # chown of the published copies needs CAP_CHOWN
+    )
+
+
+class Tls(pulumi.ComponentResource):
+    """Provisions the certificates; hands the proxy its files and volumes."""
+
+    def __init__(self, name: str, cfg: StackConfig, platform: Any, cloudflare_provider: Any = None,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("matrix-stack:index:Tls", name, None, opts)
+        self.certificates = certificates(cfg)
+        self.proxy_files: list[File] = []
+        self.proxy_volumes: list[Volume] = []
+        self.services: list[Service] = []
+        for cert in self.certificates:
+            if cert.source == "origin_ca":
+                self.proxy_files += self._origin_ca(name, cert, cloudflare_provider)
+        if any(c.source == "acme" for c in self.certificates):
+            self.services.append(acme_service(cfg, self.certificates))
+            self.proxy_volumes = [Volume(v.name, v.path, size=v.size, read_only=True) for v in ACME_VOLUMES]
+            platform.run(self.services, parent=self)
+        self.register_outputs({"certificates": [c.name for c in self.certificates]})
+
+    def _origin_ca(self, name: str, cert: Certificate, provider: Any) -> list[File]:
+        import pulumi_cloudflare as cloudflare
+        import pulumi_tls as tls
+
+        opts = pulumi.ResourceOptions(parent=self)
+        key = tls.PrivateKey(f"{name}-{cert.name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+        csr = tls.CertRequest(
+            f"{name}-{cert.name}-csr",
+            private_key_pem=key.private_key_pem,
+            subject={"common_name": cert.hostnames[0]},
+            dns_names=list(cert.hostnames),
+            opts=opts,
+        )
+        issued = cloudflare.OriginCaCertificate(
+            f"{name}-{cert.name}-certificate",
+            csr=csr.cert_request_pem,
+            hostnames=list(cert.hostnames),
+            request_type="origin-ecc",
+            requested_validity=5475,  # 15 years, the longest Cloudflare issues
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+        )
+        return [
+            File(cert.cert_path, issued.certificate, mode=0o444),
+            File(cert.key_path, pulumi.Output.secret(key.private_key_pem), secret=True, mode=0o400),
+        ]
+
+
+__all__ = ["ACME_SERVICE", "PROXY_RUN", "Tls", "certificates", "proxy_run_script", "proxy_terminates_tls"]

@@ -1,0 +1,143 @@
+"""Which certificate each hostname gets, the scripts that keep them, and the resources that
+issue them (under mocks)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import config
+import stack  # noqa: F401  (registers the stack-wide config checks)
+from components.tls import PLACEHOLDER_PY, acme_script, proxy_run_script
+from components.tls.plan import certificates, proxy_terminates_tls
+
+ORIGIN_IP = "203.0.113.10"
+TOKEN = ("cloudflare_api_token",)
+
+
+def _cfg(**overrides: Any) -> config.StackConfig:
+    raw: dict[str, Any] = {"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}}
+    raw.update(overrides)
+    secret = TOKEN if "cloudflare_api_token" in raw else ()
+    return config.parse(raw, secret)
+
+
+def _cloudflare(**tls: Any) -> dict[str, Any]:
+    return {
+        "cloudflare": {"enabled": True, "zone": "example.org", "origin_ip": ORIGIN_IP},
+        "cloudflare_api_token": "stand-in-token",
+        "tls": tls,
+    }
+
+
+def test_localhost_runs_plain_http() -> None:
+    cfg = config.parse({"server_name": "localhost"})
+    assert not proxy_terminates_tls(cfg)
+    assert certificates(cfg) == []
+
+
+def test_kubernetes_proxy_stays_plain_behind_the_ingress() -> None:
+    cfg = _cfg(target={"kind": "kubernetes"})
+    assert not proxy_terminates_tls(cfg)
+
+
+def test_without_cloudflare_every_host_gets_its_own_acme_certificate() -> None:
+    certs = certificates(_cfg())
+    assert {c.source for c in certs} == {"acme"}
+    assert all(len(c.hostnames) == 1 for c in certs)
+    names = [c.hostnames[0] for c in certs]
+    assert names[0] == "example.org"
+    assert {"call.example.org", "jwt.example.org", "livekit.example.org", "ntfy.example.org"} <= set(names)
+
+
+def test_origin_ca_covers_proxied_hosts_and_acme_the_direct_ones() -> None:
+    certs = certificates(_cfg(**_cloudflare(mode="origin_ca")))
+    origin = [c for c in certs if c.source == "origin_ca"]
+    acme = [c for c in certs if c.source == "acme"]
+    assert len(origin) == 1
+    # LiveKit is DNS-only (WebRTC cannot cross Cloudflare's proxy): browsers reach it directly,
+    # so an Origin CA certificate would be untrusted there.
+    assert "livekit.example.org" not in origin[0].hostnames
+    assert [c.name for c in acme] == ["livekit.example.org"]
+    assert {"example.org", "call.example.org", "jwt.example.org"} <= set(origin[0].hostnames)
+
+
+def _sh_syntax(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    return subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True, timeout=30)
+
+
+def test_acme_and_proxy_scripts_are_valid_shell(tmp_path: Path) -> None:
+    cfg = _cfg()
+    script = acme_script(cfg, certificates(cfg))
+    assert _sh_syntax(script, tmp_path).returncode == 0
+    assert "--webroot -w /var/www/acme" in script
+    assert "ops@example.org" in script
+    broken = _sh_syntax(script.replace("done", "", 1), tmp_path)
+    assert broken.returncode != 0  # the check can fail
+    for watch in (True, False):
+        run = proxy_run_script("/etc/nginx/nginx.conf", watch)
+        assert _sh_syntax(run, tmp_path).returncode == 0
+        assert ("nginx -c /etc/nginx/nginx.conf -s reload" in run) is watch
+        assert run.rstrip().endswith("exec nginx -c /etc/nginx/nginx.conf -g 'daemon off;'")
+
+
+def test_placeholder_certificate_is_a_valid_key_pair(tmp_path: Path) -> None:
+    script = tmp_path / "placeholder.py"
+    script.write_text(PLACEHOLDER_PY)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "out"), "call.example.org"], check=True, timeout=60)
+    cert = subprocess.run(["openssl", "x509", "-noout", "-subject", "-ext", "subjectAltName", "-in",
+                           str(tmp_path / "out" / "fullchain.pem")], capture_output=True, text=True, check=True)
+    assert "call.example.org" in cert.stdout
+    pub_from_cert = subprocess.run(["openssl", "x509", "-noout", "-pubkey", "-in", str(tmp_path / "out" / "fullchain.pem")],
+                                   capture_output=True, text=True, check=True).stdout
+    pub_from_key = subprocess.run(["openssl", "pkey", "-pubout", "-in", str(tmp_path / "out" / "privkey.pem")],
+                                  capture_output=True, text=True, check=True).stdout
+    assert pub_from_cert == pub_from_key
+
+
+def _files(run: Any, service: str) -> dict[str, dict[str, Any]]:
+    item = next(s for s in run.services if s["service"].name == service)
+    return {f["path"]: f for f in item["files"]}
+
+
+def test_origin_ca_certificate_is_requested_with_the_stack_provider(program: Any) -> None:
+    raw = {"server_name": "example.org", **_cloudflare(mode="origin_ca"), "element_call": {"enabled": False}}
+    run = program(raw, secret_keys=TOKEN)
+    issued = run.of_type("cloudflare:index/originCaCertificate:OriginCaCertificate")
+    assert len(issued) == 1
+    inputs = issued[0].plain_inputs()
+    assert inputs["requestType"] == "origin-ecc"
+    assert "example.org" in inputs["hostnames"]
+    providers = run.of_type("pulumi:providers:cloudflare")
+    assert len(providers) == 1  # the DNS records' provider, not a second token
+    assert issued[0].provider.startswith(providers[0].urn + "::")
+    proxy = _files(run, "synapse-proxy")
+    assert proxy["/etc/nginx/tls/origin.key"]["secret"] is True
+    assert proxy["/etc/nginx/tls/origin.crt"]["secret"] is False
+    # No DNS-only HTTP host without Element Call: no ACME client at all.
+    assert not any(s["service"].name == "acme" for s in run.services)
+
+
+def test_acme_client_shares_volumes_with_the_proxy(program: Any) -> None:
+    run = program({"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}})
+    services = {s["service"].name: s["service"] for s in run.services}
+    acme, proxy = services["acme"], services["synapse-proxy"]
+    assert {v.name for v in acme.volumes} == {v.name for v in proxy.volumes} == {"acme-certs", "acme-webroot"}
+    assert all(v.read_only for v in proxy.volumes)
+    assert any(p.name == "https" and p.public for p in proxy.ports)
+    assert "nginx -c /etc/nginx/nginx.conf -s reload" in _files(run, "synapse-proxy")["/conf/proxy-run.sh"]["content"]
+
+
+def test_acme_client_must_sit_with_the_proxy() -> None:
+    with pytest.raises(config.ConfigError) as err:
+        _cfg(target={"kind": "docker", "hosts": [
+            {"name": "a", "url": "ssh://root@a.example.org", "address": "192.0.2.1"},
+            {"name": "b", "url": "ssh://root@b.example.org", "address": "192.0.2.2", "services": ["acme"]},
+        ]})
+    assert "acme" in str(err.value)
