@@ -156,7 +156,6 @@ class BundledDatabase(Strict):
     cp_max: Annotated[int, Field(ge=1, le=50)] = 5
 
 
-
 class ExternalDatabase(Strict):
     kind: Literal["external"]
     host: str
@@ -172,7 +171,6 @@ Database = Annotated[BundledDatabase | ExternalDatabase, Field(discriminator="ki
 
 class Redis(Strict):
     image: Image = images.REDIS
-
 
 
 class Smtp(Strict):
@@ -245,6 +243,14 @@ class Synapse(Strict):
     image: Image = images.SYNAPSE
     workers: Workers = Workers()
     database: Database = BundledDatabase()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bundled_by_default(cls, data: object) -> object:
+        # `database: {cp_max: 10}` means the bundled database, as the default does.
+        if isinstance(data, dict) and isinstance(data.get("database"), dict) and "kind" not in data["database"]:
+            return {**data, "database": {"kind": "bundled", **data["database"]}}
+        return data
     redis: Redis = Redis()
     registration: Registration = Registration()
     smtp: Smtp | None = None
@@ -275,6 +281,17 @@ class Synapse(Strict):
 # ---------------------------------------------------------------- other components
 
 
+MAX_PORT_RANGE = 10000  # publishing a range costs a rule (or a proxy process) per port
+
+
+def _check_port_range(model: BaseModel, start_field: str, end_field: str, label: str) -> None:
+    start, end = getattr(model, start_field), getattr(model, end_field)
+    if end < start:
+        raise rule(end_field, end, f"must not be below {start_field} ({start})")
+    if end - start > MAX_PORT_RANGE:
+        raise rule(end_field, end, f"{label} may span at most {MAX_PORT_RANGE} ports from {start_field} ({start})")
+
+
 class Livekit(Strict):
     image: Image = images.LIVEKIT
     rtc_tcp_port: Port = 7881
@@ -283,15 +300,9 @@ class Livekit(Strict):
     external_ip: str | None = Field(None, description="public IP to advertise; unset = discover via STUN")
     turn: bool = Field(False, description="LiveKit's embedded TURN (UDP 3479, TLS 5350)")
 
-
     @model_validator(mode="after")
     def _range(self) -> Livekit:
-        if self.rtc_udp_port_end < self.rtc_udp_port_start:
-            raise rule("rtc_udp_port_end", self.rtc_udp_port_end,
-                       f"must not be below rtc_udp_port_start ({self.rtc_udp_port_start})")
-        if self.rtc_udp_port_end - self.rtc_udp_port_start > 10000:
-            raise rule("rtc_udp_port_end", self.rtc_udp_port_end,
-                       f"the RTC UDP range may span at most 10000 ports from rtc_udp_port_start ({self.rtc_udp_port_start})")
+        _check_port_range(self, "rtc_udp_port_start", "rtc_udp_port_end", "the RTC UDP range")
         return self
 
 
@@ -300,7 +311,6 @@ class ElementCall(Strict):
     image: Image = images.ELEMENT_CALL
     jwt_image: Image = images.LK_JWT_SERVICE
     livekit: Livekit = Livekit()
-
 
 
 class Ntfy(Strict):
@@ -314,7 +324,6 @@ class Ntfy(Strict):
     )
 
 
-
 class Coturn(Strict):
     enabled: bool = False
     image: Image = images.COTURN
@@ -324,14 +333,8 @@ class Coturn(Strict):
 
     @model_validator(mode="after")
     def _range(self) -> Coturn:
-        if self.relay_port_end < self.relay_port_start:
-            raise rule("relay_port_end", self.relay_port_end,
-                       f"must not be below relay_port_start ({self.relay_port_start})")
-        if self.relay_port_end - self.relay_port_start > 10000:
-            raise rule("relay_port_end", self.relay_port_end,
-                       f"the relay range may span at most 10000 ports from relay_port_start ({self.relay_port_start})")
+        _check_port_range(self, "relay_port_start", "relay_port_end", "the relay range")
         return self
-
 
 
 class PagesSource(Strict):
@@ -348,7 +351,6 @@ class ElementWeb(Strict):
     source: PagesSource | None = None
     node_version: str = "20"
     brand: str = "Element"
-
 
 
 class Cloudflare(Strict):

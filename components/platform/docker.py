@@ -6,6 +6,8 @@ delivered as uploads, so a changed file replaces exactly the containers that rea
 
 from __future__ import annotations
 
+import hashlib
+
 import pulumi
 import pulumi_docker as docker
 
@@ -16,6 +18,19 @@ from .spec import Service
 
 NETWORK = "matrix-stack"
 LOG_OPTS = {"max-size": "20m", "max-file": "5"}
+
+
+def _file_digests(service: Service) -> dict[str, pulumi.Input[str]]:
+    """A label per plain file with its content's sha256. One secret upload makes Pulumi store the
+    whole `uploads` list as secret, so without these a preview could not say which file changed."""
+    digests: dict[str, pulumi.Input[str]] = {}
+    for f in service.files:
+        if f.secret:
+            continue
+        digests[f"matrix-stack.file.{f.path}"] = pulumi.Output.from_input(f.content).apply(
+            lambda text: hashlib.sha256(text.encode()).hexdigest()
+        )
+    return digests
 
 
 class DockerPlatform:
@@ -138,7 +153,7 @@ class DockerPlatform:
             if service.drop_capabilities else None,
             security_opts=["no-new-privileges:true"],
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
-                {"matrix-stack.component": service.component, **service.labels}.items())],
+                {"matrix-stack.component": service.component, **service.labels, **_file_digests(service)}.items())],
             # Fixed names and host ports cannot exist twice: replace by deleting first.
             opts=self._opts(host, parent, delete_before_replace=True),
         )

@@ -62,8 +62,8 @@ CASES: list[Bad] = [
         "'nomad'"),
     Bad("target-without-kind", with_(LOCAL, target={"http_port": 8080}), "target.kind",
         ("'docker'", "'kubernetes'")),
-    Bad("database-without-kind", with_(LOCAL, synapse={"database": {"cp_max": 10}}), "synapse.database.kind",
-        ("'bundled'", "'external'")),
+    Bad("external-database-without-kind", with_(LOCAL, synapse={"database": {"host": "db.example.org"}}),
+        "synapse.database.host", ("unknown key", "cp_max", "image")),
     Bad("bad-database-kind", with_(LOCAL, synapse={"database": {"kind": "sqlite"}}), "synapse.database.kind",
         ("'bundled'", "'external'"), "'sqlite'"),
     Bad("bad-docker-url", with_(LOCAL, target=hosts({"name": "a", "url": "http://docker:2375"})),
@@ -335,3 +335,9 @@ def test_the_valid_base_configs_parse() -> None:
 
     for raw in (LOCAL, PUBLIC, stack_raw("dev")):
         assert isinstance(parse(raw), StackConfig)
+
+
+def test_a_database_block_without_kind_is_the_bundled_database() -> None:
+    cfg = parse(with_(LOCAL, synapse={"database": {"cp_max": 10}}))
+    assert cfg.synapse.database.kind == "bundled"
+    assert cfg.synapse.database.cp_max == 10

@@ -86,8 +86,13 @@ def test_adding_a_generic_worker_adds_its_container_and_changes_only_the_proxy(b
     assert changed == ["synapse-proxy"]
     # Within the proxy, only nginx.conf changed, and it now routes to the new worker.
     proxy_before, proxy_after = before["synapse-proxy"], after["synapse-proxy"]
-    assert {k: v for k, v in proxy_before.items() if k != "uploads"} == \
-        {k: v for k, v in proxy_after.items() if k != "uploads"}
+    assert {k: v for k, v in proxy_before.items() if k not in ("uploads", "labels")} == \
+        {k: v for k, v in proxy_after.items() if k not in ("uploads", "labels")}
+    # The per-file digest labels name exactly the changed file, for `pulumi preview --diff`.
+    labels_before = {x["label"]: x["value"] for x in proxy_before["labels"]}
+    labels_after = {x["label"]: x["value"] for x in proxy_after["labels"]}
+    assert sorted(k for k in labels_before if labels_before[k] != labels_after[k]) == \
+        [f"matrix-stack.file.{NGINX_CONF}"]
     files_before, files_after = uploads(proxy_before), uploads(proxy_after)
     assert set(files_before) == set(files_after)
     assert sorted(p for p in files_before if files_before[p] != files_after[p]) == [NGINX_CONF]
