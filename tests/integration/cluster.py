@@ -76,8 +76,8 @@ def boot_config(counts: Mapping[str, int] | None = None, *, preset: str | None =
     }
 
 
-def render(raw: Mapping[str, Any]) -> offline.Run:
-    return offline.run(dict(raw), stack="boot")
+def render(raw: Mapping[str, Any], secret_keys: tuple[str, ...] = ()) -> offline.Run:
+    return offline.run(dict(raw), stack="boot", secret_keys=secret_keys)
 
 
 def require_binaries() -> None:

@@ -19,10 +19,39 @@ import pytest
 
 from .cluster import boot_config, materialize, render, synapse_python
 
-TOPOLOGIES = {
-    "monolith": boot_config(None, preset="monolith"),
-    "seed-000": boot_config(None, preset="seed-000"),
-    "custom": boot_config({"sync": 2, "client_reader": 2, "event_creator": 1}),
+
+
+def _every_setting() -> dict[str, object]:
+    """Every typed homeserver setting at once, and the parts that add homeserver keys (Element
+    Call, coturn, ntfy), so Synapse itself judges all of them together."""
+    raw = boot_config({"generic": 1, "event_persister": 1, "media_repository": 2})
+    raw["server_name"] = "example.org"
+    raw["tls"] = {"acme_email": "ops@example.org"}
+    raw["element_call"] = {"enabled": True}
+    raw["ntfy"] = {"enabled": True}
+    raw["coturn"] = {"enabled": True, "external_ip": "192.0.2.7"}
+    raw["smtp_password"] = "stand-in-smtp"
+    raw["ldap_bind_password"] = "stand-in-ldap"
+    syn = raw["synapse"]
+    assert isinstance(syn, dict)
+    syn.update({
+        "registration": {"mode": "email"},
+        "smtp": {"host": "smtp.example.org", "user": "matrix", "from_address": "Matrix <matrix@example.org>"},
+        "ldap": {"uri": "ldaps://ldap.example.org", "base": "ou=people,dc=example,dc=org",
+                 "bind_dn": "cn=synapse,dc=example,dc=org"},
+        "url_previews": {"enabled": True, "ip_range_blacklist_extra": ["100.100.0.0/16"]},
+        "federation": {"domain_whitelist": ["matrix.org", "example.net"], "deny": ["evil.example"]},
+        "admin_api_allowlist": ["10.0.0.0/8"],
+        "max_upload_size": "80M",
+    })
+    return raw
+
+
+TOPOLOGIES: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
+    "monolith": (boot_config(None, preset="monolith"), ()),
+    "seed-000": (boot_config(None, preset="seed-000"), ()),
+    "custom": (boot_config({"sync": 2, "client_reader": 2, "event_creator": 1}), ()),
+    "every-setting": (_every_setting(), ("smtp_password", "ldap_bind_password")),
 }
 
 
@@ -33,7 +62,8 @@ def _check(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
 
 @pytest.mark.parametrize("topology", sorted(TOPOLOGIES))
 def test_every_process_config_parses(topology: str) -> None:
-    result = render(TOPOLOGIES[topology])
+    raw, secret_keys = TOPOLOGIES[topology]
+    result = render(raw, secret_keys)
     base = Path(tempfile.mkdtemp(prefix=f"synapse-config-{topology}-"))
     try:
         reloc = materialize(result, base)
