@@ -20,7 +20,6 @@ import pytest
 from .cluster import boot_config, materialize, render, synapse_python
 
 
-
 def _every_setting() -> dict[str, object]:
     """Every typed homeserver setting at once, and the parts that add homeserver keys (Element
     Call, coturn, ntfy), so Synapse itself judges all of them together."""
