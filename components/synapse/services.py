@@ -190,6 +190,9 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
     )
 
 
+NGINX_FOREGROUND = ("nginx", "-c", routing.NGINX_CONF, "-g", "daemon off;")
+
+
 def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
     topo = hs.topology(cfg)
     address = {**addresses(cfg), **inputs.site_addresses}
@@ -199,15 +202,16 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
     if proxy_terminates_tls(cfg):
         ports.append(Port("https", routing.PROXY_HTTPS_PORT, public=True, host_port=_host_port(cfg, "https")))
     ports.append(Port("status", routing.PROXY_STATUS_PORT))
+    # With ACME, a small script runs nginx and reloads it when certbot renews a certificate.
+    run_script = [File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, True), mode=0o555)] \
+        if inputs.proxy_watches_acme else []
     return Service(
         name=PROXY_SERVICE,
         component=COMPONENT,
         image=cfg_proxy_image(),
-        entrypoint=("/bin/sh",),
-        args=(PROXY_RUN,),
-        files=[File(routing.NGINX_CONF, conf),
-               File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, inputs.proxy_watches_acme), mode=0o555),
-               *inputs.proxy_files],
+        entrypoint=("/bin/sh",) if inputs.proxy_watches_acme else None,
+        args=(PROXY_RUN,) if inputs.proxy_watches_acme else NGINX_FOREGROUND,
+        files=[File(routing.NGINX_CONF, conf), *run_script, *inputs.proxy_files],
         volumes=list(inputs.proxy_volumes),
         ports=ports,
         health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"),

@@ -132,6 +132,7 @@ def test_acme_client_shares_volumes_with_the_proxy(program: Any) -> None:
     assert all(v.read_only for v in proxy.volumes)
     assert any(p.name == "https" and p.public for p in proxy.ports)
     assert "nginx -c /etc/nginx/nginx.conf -s reload" in _files(run, "synapse-proxy")["/conf/proxy-run.sh"]["content"]
+    assert proxy.args == ("/conf/proxy-run.sh",)
 
 
 def test_acme_client_must_sit_with_the_proxy() -> None:
@@ -141,3 +142,11 @@ def test_acme_client_must_sit_with_the_proxy() -> None:
             {"name": "b", "url": "ssh://root@b.example.org", "address": "192.0.2.2", "services": ["acme"]},
         ]})
     assert "acme" in str(err.value)
+
+
+def test_without_acme_the_proxy_runs_nginx_directly(program: Any) -> None:
+    run = program({"server_name": "localhost"})
+    proxy = next(s["service"] for s in run.services if s["service"].name == "synapse-proxy")
+    assert proxy.entrypoint is None
+    assert proxy.args[:3] == ("nginx", "-c", "/etc/nginx/nginx.conf")
+    assert "/conf/proxy-run.sh" not in _files(run, "synapse-proxy")
