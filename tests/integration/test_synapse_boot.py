@@ -19,7 +19,11 @@ MAIN_PORT = 8008
 
 @pytest.fixture(scope="module")
 def booted() -> Iterator[tuple[Cluster, Facts, list[Access]]]:
-    result = render(boot_config(ALL_ROLES_COUNTS))
+    raw = boot_config(ALL_ROLES_COUNTS)
+    # Element Call on: its homeserver keys (MatrixRTC transports, delayed events) must boot too,
+    # and the proxy's client well-known must advertise the RTC focus.
+    raw["element_call"] = {"enabled": True}
+    result = render(raw)
     with Cluster(result) as cluster:
         facts = run_workload(cluster)
         yield cluster, facts, read_access_log(cluster.access_log)
@@ -58,6 +62,13 @@ def test_well_known_is_json_with_cors(booted: tuple[Cluster, Facts, list[Access]
     server, cors = facts.well_known["/.well-known/matrix/server"]
     assert "m.server" in server
     assert cors == "*"
+
+
+def test_well_known_advertises_the_rtc_focus(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    cluster, facts, _log = booted
+    client, _cors = facts.well_known["/.well-known/matrix/client"]
+    jwt_url = cluster.result.cfg.url("jwt")
+    assert client["org.matrix.msc4143.rtc_foci"] == [{"type": "livekit", "livekit_service_url": jwt_url}]
 
 
 # Request classes the workload makes: (label, method, path regex, intended route group, role serving it).
