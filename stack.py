@@ -13,9 +13,9 @@ from components.platform import make_platform, placement
 from components.platform.spec import Service
 from components.synapse import SynapseCluster, homeserver
 from components.synapse import services as synapse_services
-from components.tls import ACME_SERVICE, Tls
-from components.tls.plan import certificates, proxy_terminates_tls
-from config.model import StackConfig
+from components.tls import ACME_SERVICE, Tls, component_needed
+from components.tls.plan import runs_acme_client
+from config.model import KubernetesTarget, StackConfig
 
 
 def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
@@ -24,9 +24,14 @@ def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
         return problems
     cluster = synapse_services.service_names(cfg)
     # The ACME client shares its certificate and webroot volumes with the proxy.
-    acme = [ACME_SERVICE] if any(c.source == "acme" for c in certificates(cfg)) else []
+    acme = [ACME_SERVICE] if runs_acme_client(cfg) else []
     problems = placement.check(cfg, cluster + stack_parts.service_names(cfg) + acme, [sorted(cluster + acme)])
-    return problems + stack_parts.check(cfg)
+    problems += stack_parts.check(cfg)
+    if isinstance(cfg.target, KubernetesTarget):
+        from components.platform import kubernetes
+
+        problems += kubernetes.check(cfg)
+    return problems
 
 
 if check not in config.EXTRA_CHECKS:
@@ -49,12 +54,15 @@ def build(cfg: StackConfig) -> Deployment:
     parts = stack_parts.build(cfg, platform)
     inputs = parts.inputs
     extra_services: list[Service] = []
-    if proxy_terminates_tls(cfg):
+    if component_needed(cfg):
         tls = Tls("tls", cfg, platform, cloudflare_provider=parts.cloudflare_provider)
         inputs.proxy_files += tls.proxy_files
         inputs.proxy_volumes += tls.proxy_volumes
         inputs.proxy_watches_acme = bool(tls.services)
         extra_services += tls.services
+        if isinstance(cfg.target, KubernetesTarget) and tls.origin_ca is not None:
+            # Before the cluster runs the proxy: its Ingress for proxied names reads this.
+            platform.use_origin_ca(tls.origin_ca.certificate, tls.origin_ca.private_key, parent=tls)
     synapse = SynapseCluster("synapse", cfg, platform, inputs)
     deployment = Deployment(cfg, services=[*synapse.services, *parts.services, *extra_services])
     deployment.outputs = {

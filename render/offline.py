@@ -101,6 +101,11 @@ class StackMocks(pulumi.runtime.Mocks):
             outputs["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"
         elif typ == "tls:index/selfSignedCert:SelfSignedCert":
             outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{stand_in(args.name, 64)}\n-----END CERTIFICATE-----\n"
+        elif typ == "tls:index/certRequest:CertRequest":
+            outputs["certRequestPem"] = (f"-----BEGIN CERTIFICATE REQUEST-----\n{stand_in(args.name, 64)}\n"
+                                         "-----END CERTIFICATE REQUEST-----\n")
+        elif typ == "cloudflare:index/originCaCertificate:OriginCaCertificate":
+            outputs["certificate"] = f"-----BEGIN CERTIFICATE-----\n{stand_in(args.name, 64)}\n-----END CERTIFICATE-----\n"
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:

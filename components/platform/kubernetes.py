@@ -18,8 +18,14 @@ Per service:
     exactly the pods that read the changed file.
   - PodDisruptionBudget for scalable roles; a NetworkPolicy per service: only the clients it
     names, else the namespace (the Docker network's equivalent), plus its public ports.
-Cluster-wide: the Namespace, one Ingress in front of the routing proxy, LoadBalancer Services
+Cluster-wide: the Namespace, the Ingresses in front of the routing proxy, LoadBalancer Services
 (or hostNetwork) for media ports, and ServiceMonitors per Synapse role when enabled.
+
+The Ingresses follow the certificate plan the Docker target uses (components/tls/plan.py):
+hostnames Cloudflare proxies share one Ingress whose TLS Secret holds the program's Cloudflare
+Origin CA certificate (cert-manager's HTTP-01 challenge ends at Cloudflare's edge); every other
+hostname is reached directly and shares one Ingress whose certificate cert-manager issues. The
+proxy behind both speaks plain HTTP.
 """
 
 from __future__ import annotations
@@ -47,7 +53,11 @@ CHECKSUM_ANNOTATION = "matrix-stack/config-checksum"
 # Synapse processes carry their worker role in this label (components/synapse/services.py);
 # ServiceMonitors select one role each so dashboards can group by role.
 ROLE_LABEL = "matrix-stack.synapse-role"
+# cert-manager's Secret for the directly reached hostnames (the name predates the split, so
+# existing stacks keep their issued certificate).
 TLS_SECRET = "matrix-stack-tls"
+ORIGIN_CA_SECRET = "matrix-stack-origin-ca-tls"
+ORIGIN_CA_SUFFIX = "-origin-ca"
 EDGE_PORT_NAMES = ("https", "http")
 _SERVER_NAME_RE = re.compile(r"^\s*server_name\s+([^;]+);", re.MULTILINE)
 
@@ -66,13 +76,20 @@ class Context:
     max_body: str = "50M"
     # Hostnames the Ingress routes when the proxy's config cannot be read (an unresolved Output).
     default_hostnames: tuple[str, ...] = ()
+    # False when the stack runs plain HTTP (tls.mode none): the Ingress then carries no TLS.
+    tls: bool = True
+    # Hostnames whose certificate is the Cloudflare Origin CA one (proxied by Cloudflare).
+    origin_ca_hosts: frozenset[str] = frozenset()
     # Volumes mounted by more than one service: standalone ReadWriteMany claims.
     shared_volumes: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, cfg: StackConfig, shared_volumes: Iterable[str] = ()) -> Context:
+        from components.tls.plan import certificate_sources
+
         target = cfg.target
         assert isinstance(target, KubernetesTarget)
+        sources = certificate_sources(cfg)
         hosts = [cfg.host("matrix")]
         if cfg.server_name not in hosts:
             hosts.append(cfg.server_name)
@@ -85,8 +102,25 @@ class Context:
             service_monitors=target.service_monitors,
             max_body=cfg.synapse.max_upload_size,
             default_hostnames=tuple(hosts),
+            tls=cfg.tls_mode != "none",
+            origin_ca_hosts=frozenset(h for h, source in sources.items() if source == "origin_ca"),
             shared_volumes=frozenset(shared_volumes),
         )
+
+
+def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """Hostnames reached directly need cert-manager: nothing else fills their Ingress's Secret."""
+    from components.tls.plan import certificate_sources
+
+    target = cfg.target
+    if not isinstance(target, KubernetesTarget) or target.cert_manager_issuer:
+        return []
+    direct = [h for h, source in certificate_sources(cfg).items() if source == "acme"]
+    if not direct:
+        return []
+    return [("target.cert_manager_issuer", None,
+             "required: cert-manager issues the certificate of the hostnames reached directly, not "
+             f"through Cloudflare's proxy ({', '.join(direct)})")]
 
 
 # ---------------------------------------------------------------- small helpers
@@ -518,27 +552,70 @@ def served_hostnames(edge: Service, ctx: Context) -> list[str]:
     return names or list(ctx.default_hostnames)
 
 
-def ingress(edge: Service, ctx: Context) -> dict[str, Any]:
-    hosts = served_hostnames(edge, ctx)
-    port_name = next(n for n in EDGE_PORT_NAMES if any(p.name == n and p.public for p in edge.ports))
+def _ingress(edge: Service, ctx: Context, name: str, hosts: list[str], secret: str | None,
+             issuer: str | None) -> dict[str, Any]:
     annotations = {
         "nginx.ingress.kubernetes.io/proxy-body-size": ctx.max_body,
         # Large uploads and slow federation peers (matrix-docker-ansible-deploy uses 300 s).
         "nginx.ingress.kubernetes.io/proxy-read-timeout": "300",
         "nginx.ingress.kubernetes.io/proxy-send-timeout": "300",
     }
-    if port_name == "https":
-        # The routing proxy terminates TLS itself (its config is target-neutral): re-encrypt.
-        annotations["nginx.ingress.kubernetes.io/backend-protocol"] = "HTTPS"
-    if ctx.cert_manager_issuer:
-        annotations["cert-manager.io/cluster-issuer"] = ctx.cert_manager_issuer
-    backend = {"service": {"name": edge.name, "port": {"name": port_name}}}
+    if issuer:
+        annotations["cert-manager.io/cluster-issuer"] = issuer
+    # The proxy stays plain behind the Ingress (components/tls/plan.py): its http port.
+    backend = {"service": {"name": edge.name, "port": {"name": "http"}}}
+    spec: dict[str, Any] = {"ingressClassName": ctx.ingress_class}
+    if secret:
+        spec["tls"] = [{"hosts": hosts, "secretName": secret}]
+    spec["rules"] = [{"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}
+                     for h in hosts]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": _meta(edge.name, ctx, labels(edge), annotations),
-            "spec": {"ingressClassName": ctx.ingress_class,
-                     "tls": [{"hosts": hosts, "secretName": TLS_SECRET}],
-                     "rules": [{"host": h, "http": {"paths": [
-                         {"path": "/", "pathType": "Prefix", "backend": backend}]}} for h in hosts]}}
+            "metadata": _meta(name, ctx, labels(edge), annotations), "spec": spec}
+
+
+def ingresses(edge: Service, ctx: Context) -> list[dict[str, Any]]:
+    """The Ingresses in front of the routing proxy: the Origin CA one for proxied hostnames,
+    the cert-manager one for the others; one without hosts is left out."""
+    if not any(p.name == "http" and p.public for p in edge.ports):
+        raise ValueError(f"{edge.name}: the Ingress needs a public plain http port")
+    hosts = served_hostnames(edge, ctx)
+    if not ctx.tls:
+        return [_ingress(edge, ctx, edge.name, hosts, None, None)] if hosts else []
+    origin = [h for h in hosts if h in ctx.origin_ca_hosts]
+    direct = [h for h in hosts if h not in ctx.origin_ca_hosts]
+    out = []
+    if origin:
+        # No cert-manager annotation: an HTTP-01 challenge would end at Cloudflare's edge.
+        out.append(_ingress(edge, ctx, edge.name + ORIGIN_CA_SUFFIX, origin, ORIGIN_CA_SECRET, None))
+    if direct:
+        out.append(_ingress(edge, ctx, edge.name, direct, TLS_SECRET, ctx.cert_manager_issuer))
+    return out
+
+
+def origin_ca_secret(ctx: Context, certificate: pulumi.Input[str], private_key: pulumi.Input[str]) -> dict[str, Any]:
+    """The Origin CA Ingress's Secret, in the kubernetes.io/tls form ingress controllers read."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": _meta(ORIGIN_CA_SECRET, ctx, {"app.kubernetes.io/component": "tls"}),
+            "stringData": {"tls.crt": certificate, "tls.key": private_key}}
+
+
+def edge_objects(edge: Service, ctx: Context,
+                 origin_ca: tuple[pulumi.Input[str], pulumi.Input[str]] | None) -> dict[str, dict[str, Any]]:
+    """The routing proxy's Ingresses, and the Origin CA Secret when an Ingress reads it.
+
+    `origin_ca` is (certificate, private key). Without it an Origin CA Ingress is an error: it
+    would point at a Secret nothing fills, and every proxied hostname would fail its handshake.
+    """
+    objects: dict[str, dict[str, Any]] = {}
+    for obj in ingresses(edge, ctx):
+        if obj["metadata"]["name"].endswith(ORIGIN_CA_SUFFIX):
+            if origin_ca is None:
+                raise ValueError("proxied hostnames need the Origin CA certificate (components/tls) "
+                                 "before the proxy's Ingress is rendered")
+            secret = origin_ca_secret(ctx, *origin_ca)
+            objects[manifest_key(secret)] = secret
+        objects[manifest_key(obj)] = obj
+    return objects
 
 
 def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dict[str, Any]]:
@@ -569,8 +646,10 @@ def shared_volume_names(services: Iterable[Service]) -> set[str]:
     return {name for name, who in users.items() if len(who) > 1}
 
 
-def render(services: list[Service], ctx: Context) -> dict[str, dict[str, Any]]:
-    """Every object for `services` (contents as given: strings, or Outputs under Pulumi)."""
+def render(services: list[Service], ctx: Context,
+           origin_ca: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every object for `services` (contents as given: strings, or Outputs under Pulumi);
+    `origin_ca` is the Origin CA (certificate, private key) for the proxied hostnames' Ingress."""
     ctx = dataclasses.replace(ctx, shared_volumes=ctx.shared_volumes | shared_volume_names(services))
     objects: dict[str, dict[str, Any]] = {}
     ns = namespace(ctx, services)
@@ -581,8 +660,7 @@ def render(services: list[Service], ctx: Context) -> dict[str, dict[str, Any]]:
         objects.update(render_service(service, ctx, checksum(service.files)))
     for service in services:
         if is_edge(service):
-            obj = ingress(service, ctx)
-            objects[manifest_key(obj)] = obj
+            objects.update(edge_objects(service, ctx, origin_ca))
     objects.update(service_monitors(services, ctx))
     return objects
 
@@ -632,6 +710,15 @@ class KubernetesPlatform:
         self._provider: k8s.Provider | None = None
         self._namespace: k8s.core.v1.Namespace | None = None
         self._seen = _Seen()
+        self._origin_ca: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
+        self._origin_ca_parent: pulumi.Resource | None = None
+
+    def use_origin_ca(self, certificate: pulumi.Output[str], private_key: pulumi.Output[str],
+                      parent: pulumi.Resource) -> None:
+        """The Origin CA certificate for the proxied hostnames' Ingress; its Secret is declared
+        with that Ingress (then the namespace exists), under `parent` (the certificate's owner)."""
+        self._origin_ca = (certificate, private_key)
+        self._origin_ca_parent = parent
 
     # ------------------------------------------------------------ shared resources
 
@@ -691,8 +778,9 @@ class KubernetesPlatform:
             for key, obj in render_service(service, ctx, checksum(service.files)).items():
                 self._declare(key, obj, parent, **(protect if obj["kind"] == "StatefulSet" else {}))
             if is_edge(service):
-                obj = ingress(service, ctx)
-                self._declare(manifest_key(obj), obj, parent)
+                for key, obj in edge_objects(service, ctx, self._origin_ca).items():
+                    owner = self._origin_ca_parent if obj["kind"] == "Secret" else parent
+                    self._declare(key, obj, owner)
         for key, obj in service_monitors(services, ctx).items():
             self._declare(key, obj, parent)
         self._record(everything, ctx)
@@ -719,7 +807,7 @@ class KubernetesPlatform:
             # Checksums from the real contents, so they equal what the cluster sees.
             sums = {s.name: digest((f.path, str(f.content)) for f in s.files) for s in plain}
             shown = [masked(s) for s in plain]
-            objects = render(shown, ctx)
+            objects = render(shown, ctx, (MASK, MASK) if self._origin_ca is not None else None)
             for service in shown:
                 for key, obj in render_service(service, ctx, sums[service.name]).items():
                     objects[key] = obj

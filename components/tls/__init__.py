@@ -1,8 +1,13 @@
-"""Certificates for the routing proxy on Docker hosts: Cloudflare Origin CA for proxied names,
-ACME (certbot over HTTP-01) for names browsers reach directly. See plan.py for why."""
+"""Certificates for the public hostnames: Cloudflare Origin CA for proxied names, ACME for names
+browsers reach directly. See plan.py for why.
+
+Docker: the routing proxy reads the Origin CA certificate as files, and a certbot container
+keeps the ACME ones. Kubernetes: the Origin CA certificate is handed to the adapter for the
+proxied names' Ingress; cert-manager keeps the ACME ones, so nothing runs here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -11,7 +16,15 @@ from components.platform.spec import File, HealthCheck, Service, Volume
 from config import images
 from config.model import StackConfig
 
-from .plan import ACME_DIR, ACME_SERVED, ACME_WEBROOT, Certificate, certificates, proxy_terminates_tls
+from .plan import (
+    ACME_DIR,
+    ACME_SERVED,
+    ACME_WEBROOT,
+    Certificate,
+    certificates,
+    proxy_terminates_tls,
+    runs_acme_client,
+)
 
 COMPONENT = "tls"
 ACME_SERVICE = "acme"
@@ -126,8 +139,23 @@ def acme_service(cfg: StackConfig, certs: list[Certificate]) -> Service:
     )
 
 
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate the program issued, as Outputs: the PEM chain and its (secret) key."""
+
+    hostnames: tuple[str, ...]
+    certificate: pulumi.Output[str]
+    private_key: pulumi.Output[str]
+
+
+def component_needed(cfg: StackConfig) -> bool:
+    """Whether the Tls component has anything to do: a proxy to equip, or an Origin CA certificate."""
+    return proxy_terminates_tls(cfg) or any(c.source == "origin_ca" for c in certificates(cfg))
+
+
 class Tls(pulumi.ComponentResource):
-    """Provisions the certificates; hands the proxy its files and volumes."""
+    """Provisions the certificates; hands the Docker proxy its files and volumes, or keeps the
+    Origin CA certificate in `origin_ca` for the Kubernetes Ingress."""
 
     def __init__(self, name: str, cfg: StackConfig, platform: Any, cloudflare_provider: Any = None,
                  opts: pulumi.ResourceOptions | None = None):
@@ -136,16 +164,22 @@ class Tls(pulumi.ComponentResource):
         self.proxy_files: list[File] = []
         self.proxy_volumes: list[Volume] = []
         self.services: list[Service] = []
+        self.origin_ca: IssuedCertificate | None = None
         for cert in self.certificates:
             if cert.source == "origin_ca":
-                self.proxy_files += self._origin_ca(name, cert, cloudflare_provider)
-        if any(c.source == "acme" for c in self.certificates):
+                self.origin_ca = self._origin_ca(name, cert, cloudflare_provider)
+                if proxy_terminates_tls(cfg):
+                    self.proxy_files += [
+                        File(cert.cert_path, self.origin_ca.certificate, mode=0o444),
+                        File(cert.key_path, self.origin_ca.private_key, secret=True, mode=0o400),
+                    ]
+        if runs_acme_client(cfg):
             self.services.append(acme_service(cfg, self.certificates))
             self.proxy_volumes = [Volume(v.name, v.path, size=v.size, read_only=True) for v in ACME_VOLUMES]
             platform.run(self.services, parent=self)
         self.register_outputs({"certificates": [c.name for c in self.certificates]})
 
-    def _origin_ca(self, name: str, cert: Certificate, provider: Any) -> list[File]:
+    def _origin_ca(self, name: str, cert: Certificate, provider: Any) -> IssuedCertificate:
         import pulumi_cloudflare as cloudflare
         import pulumi_tls as tls
 
@@ -166,10 +200,8 @@ class Tls(pulumi.ComponentResource):
             requested_validity=5475,  # 15 years, the longest Cloudflare issues
             opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )
-        return [
-            File(cert.cert_path, issued.certificate, mode=0o444),
-            File(cert.key_path, pulumi.Output.secret(key.private_key_pem), secret=True, mode=0o400),
-        ]
+        return IssuedCertificate(cert.hostnames, issued.certificate, pulumi.Output.secret(key.private_key_pem))
 
 
-__all__ = ["ACME_SERVICE", "PROXY_RUN", "Tls", "certificates", "proxy_run_script", "proxy_terminates_tls"]
+__all__ = ["ACME_SERVICE", "PROXY_RUN", "IssuedCertificate", "Tls", "certificates", "component_needed", "proxy_run_script",
+           "proxy_terminates_tls"]

@@ -1,4 +1,4 @@
-"""Which certificate each public hostname gets on a Docker target. Pure.
+"""Which certificate each public hostname gets. Pure.
 
 - A hostname Cloudflare proxies gets a Cloudflare Origin CA certificate: free, 15 years, no
   renewal, but trusted only by Cloudflare's edge, so it is right exactly where every client
@@ -9,7 +9,10 @@
   certbot container; HTTP-01 works because the name is not proxied).
 - A local stack (localhost) runs plain HTTP.
 
-On Kubernetes the Ingress terminates TLS (cert-manager), so the proxy behind it stays plain.
+The same plan holds on Kubernetes, where the Ingress terminates TLS and the proxy behind it
+stays plain: proxied names get an Ingress carrying the Origin CA certificate (cert-manager's
+HTTP-01 would fail behind Cloudflare's edge), direct names an Ingress whose certificate
+cert-manager issues (the publicly trusted equivalent of the Docker target's ACME client).
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ def proxy_terminates_tls(cfg: StackConfig) -> bool:
     return isinstance(cfg.target, DockerTarget) and cfg.tls_mode != "none"
 
 
+def runs_acme_client(cfg: StackConfig) -> bool:
+    """The Docker target's certbot container; on Kubernetes cert-manager does that job."""
+    return proxy_terminates_tls(cfg) and any(c.source == "acme" for c in certificates(cfg))
+
+
 def http_hostnames(cfg: StackConfig) -> list[str]:
     """Every hostname the routing proxy answers for, in a fixed order, without repeats."""
     from components.dns import records
@@ -69,16 +77,26 @@ def _proxied(cfg: StackConfig) -> set[str]:
     return {r.name for r in records.plan(cfg) if r.proxied}
 
 
+def certificate_sources(cfg: StackConfig) -> dict[str, str]:
+    """hostname -> "origin_ca" or "acme", in http_hostnames order, on either target.
+
+    A hostname missing from the result gets no certificate: the stack runs plain HTTP.
+    """
+    if cfg.tls_mode == "none":
+        return {}
+    proxied = _proxied(cfg) if cfg.tls_mode == "origin_ca" else set()
+    return {h: "origin_ca" if h in proxied else "acme" for h in http_hostnames(cfg)}
+
+
+def certificate_source(cfg: StackConfig, hostname: str) -> str | None:
+    return certificate_sources(cfg).get(hostname)
+
+
 def certificates(cfg: StackConfig) -> list[Certificate]:
-    if not proxy_terminates_tls(cfg):
-        return []
-    proxied = _proxied(cfg)
-    hosts = http_hostnames(cfg)
-    if cfg.tls_mode == "origin_ca":
-        origin = tuple(h for h in hosts if h in proxied)
-        acme = tuple(h for h in hosts if h not in proxied)
-    else:
-        origin, acme = (), tuple(hosts)
+    """The certificates to obtain, on either target (what serves them is the target's business)."""
+    sources = certificate_sources(cfg)
+    origin = tuple(h for h, source in sources.items() if source == "origin_ca")
+    acme = tuple(h for h, source in sources.items() if source == "acme")
     certs: list[Certificate] = []
     if origin:
         certs.append(Certificate("origin", "origin_ca", origin))

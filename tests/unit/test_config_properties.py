@@ -40,7 +40,7 @@ BASES: list[tuple[dict[str, Any], tuple[str, ...]]] = [
           {"name": "b", "url": "ssh://root@b.internal:22", "address": "10.0.0.2", "services": ["synapse-nothing*"]},
       ]}}, ("cloudflare_api_token", "database_password")),
     ({"server_name": "matrix.example.net", "tls": {"mode": "acme", "acme_email": "a@b.c"},
-      "target": {"kind": "kubernetes", "namespace": "chat"},
+      "target": {"kind": "kubernetes", "namespace": "chat", "cert_manager_issuer": "letsencrypt"},
       "element_call": {"livekit": {"rtc_udp_port_start": 50000, "rtc_udp_port_end": 50010}},
       "coturn": {"enabled": True}}, ()),
 ]

@@ -169,7 +169,8 @@ def test_create_admin_command_per_target() -> None:
     remote = config.parse(BASE)
     assert create_admin_command(remote).startswith("DOCKER_HOST=ssh://deploy@one.example.org docker exec -it synapse-main ")
     k8s = config.parse({"server_name": "example.org", "tls": {"mode": "acme"},
-                        "target": {"kind": "kubernetes", "namespace": "chat", "context": "prod"}})
+                        "target": {"kind": "kubernetes", "namespace": "chat", "context": "prod",
+                                   "cert_manager_issuer": "letsencrypt"}})
     command = create_admin_command(k8s)
     assert command.startswith("kubectl --context prod -n chat exec -it ")
     assert command.endswith("-- register_new_matrix_user -c /conf/homeserver.yaml -a -u admin http://localhost:8008")

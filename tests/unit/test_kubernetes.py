@@ -4,11 +4,13 @@ under mocks with the prod-like stack (Kubernetes, seed-000 workers)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+import config
 from components.platform import kubernetes as kube
 from components.platform.spec import File, HealthCheck, Port, PortRange, Resources, Service, Volume
 from components.synapse import homeserver as hs
@@ -168,23 +170,79 @@ def test_host_network_exposure_puts_the_sfu_on_the_node() -> None:
     assert objects["namespace-matrix"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
-def test_ingress_routes_every_host_the_proxy_serves_to_it() -> None:
-    conf = "server {\n    server_name example.org matrix.example.org;\n}\nserver {\n    server_name call.example.org;\n}\n"
-    proxy = _svc("synapse-proxy", files=[File("/etc/nginx/nginx.conf", conf)],
-                 ports=[Port("http", 8080, public=True), Port("https", 8443, public=True)])
-    ingress = kube.render([proxy], CTX)["ingress-synapse-proxy"]
+PROXY_CONF = "server {\n    server_name example.org matrix.example.org;\n}\nserver {\n    server_name call.example.org;\n}\n"
+
+
+def _proxy() -> Service:
+    return _svc("synapse-proxy", files=[File("/etc/nginx/nginx.conf", PROXY_CONF)],
+                ports=[Port("http", 8080, public=True), Port("status", 8081)])
+
+
+def _backends(ingress: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r["http"]["paths"][0]["backend"]["service"] for r in ingress["spec"]["rules"]]
+
+
+def test_ingress_routes_every_host_the_proxy_serves_to_its_plain_http_port() -> None:
+    objects = kube.render([_proxy()], CTX)
+    ingress = objects["ingress-synapse-proxy"]
     assert [r["host"] for r in ingress["spec"]["rules"]] == ["example.org", "matrix.example.org", "call.example.org"]
-    assert all(r["http"]["paths"][0]["backend"]["service"] == {"name": "synapse-proxy", "port": {"name": "https"}}
-               for r in ingress["spec"]["rules"])
+    assert ingress["spec"]["tls"] == [{"hosts": ["example.org", "matrix.example.org", "call.example.org"],
+                                       "secretName": kube.TLS_SECRET}]
+    assert _backends(ingress) == [{"name": "synapse-proxy", "port": {"name": "http"}}] * 3
     notes = ingress["metadata"]["annotations"]
     assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "100M"
     assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    assert "nginx.ingress.kubernetes.io/backend-protocol" not in notes
     assert ingress["spec"]["ingressClassName"] == "nginx"
+    # Nothing proxied by Cloudflare: no Origin CA Ingress, no Secret for it.
+    assert [k for k in objects if k.startswith("ingress-")] == ["ingress-synapse-proxy"]
+    assert "secret-" + kube.ORIGIN_CA_SECRET not in objects
+
+
+def test_proxied_hosts_get_the_origin_ca_ingress_and_direct_ones_cert_manager() -> None:
+    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org", "matrix.example.org"}))
+    objects = kube.render([_proxy()], ctx, origin_ca=("CERT", "KEY"))
+    origin, direct = objects["ingress-synapse-proxy-origin-ca"], objects["ingress-synapse-proxy"]
+    assert origin["spec"]["tls"] == [{"hosts": ["example.org", "matrix.example.org"],
+                                      "secretName": kube.ORIGIN_CA_SECRET}]
+    assert "cert-manager.io/cluster-issuer" not in origin["metadata"]["annotations"]
+    assert direct["spec"]["tls"] == [{"hosts": ["call.example.org"], "secretName": kube.TLS_SECRET}]
+    assert direct["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    for ingress in (origin, direct):
+        assert _backends(ingress) == [{"name": "synapse-proxy", "port": {"name": "http"}}] * len(ingress["spec"]["rules"])
+        notes = ingress["metadata"]["annotations"]
+        assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "100M"
+        assert notes["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "300"
+    secret = objects["secret-" + kube.ORIGIN_CA_SECRET]
+    assert secret["type"] == "kubernetes.io/tls"
+    assert secret["stringData"] == {"tls.crt": "CERT", "tls.key": "KEY"}
+
+
+def test_an_ingress_without_hosts_is_not_emitted() -> None:
+    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org", "matrix.example.org", "call.example.org"}))
+    objects = kube.render([_proxy()], ctx, origin_ca=("CERT", "KEY"))
+    assert [k for k in objects if k.startswith("ingress-")] == ["ingress-synapse-proxy-origin-ca"]
+
+
+def test_an_origin_ca_ingress_without_its_certificate_is_an_error() -> None:
+    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org"}))
+    with pytest.raises(ValueError, match="Origin CA"):
+        kube.render([_proxy()], ctx)
+
+
+def test_a_plain_http_stack_gets_an_ingress_without_tls() -> None:
+    objects = kube.render([_proxy()], dataclasses.replace(CTX, tls=False))
+    ingress = objects["ingress-synapse-proxy"]
+    assert "tls" not in ingress["spec"]
+    assert "cert-manager.io/cluster-issuer" not in ingress["metadata"]["annotations"]
 
 
 def test_rendering_is_deterministic() -> None:
-    services = [_livekit(), _svc("db", volumes=[Volume("d", "/d")], files=[File("/c", "x", group="g")])]
-    assert kube.render(copy.deepcopy(services), CTX) == kube.render(services, CTX)
+    services = [_livekit(), _svc("db", volumes=[Volume("d", "/d")], files=[File("/c", "x", group="g")]), _proxy()]
+    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"matrix.example.org", "example.org"}))
+    first = kube.render(copy.deepcopy(services), ctx, origin_ca=("CERT", "KEY"))
+    assert first == kube.render(services, ctx, origin_ca=("CERT", "KEY"))
+    assert list(first) == list(kube.render(services, ctx, origin_ca=("CERT", "KEY")))
 
 
 # ---------------------------------------------------------------- the program under mocks
@@ -221,7 +279,7 @@ def test_prod_declares_workloads_services_budgets_and_policies(prod: offline.Run
     assert "poddisruptionbudget-synapse-typing-1" not in names["kubernetes:policy/v1:PodDisruptionBudget"]
     assert {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis"} \
         <= names["kubernetes:networking.k8s.io/v1:NetworkPolicy"]
-    assert names["kubernetes:networking.k8s.io/v1:Ingress"] == {"ingress-synapse-proxy"}
+    assert names["kubernetes:networking.k8s.io/v1:Ingress"] == {"ingress-synapse-proxy", "ingress-synapse-proxy-origin-ca"}
     monitors = names["kubernetes:monitoring.coreos.com/v1:ServiceMonitor"]
     assert {"servicemonitor-synapse-main", "servicemonitor-synapse-generic",
             "servicemonitor-synapse-event-persister"} <= monitors
@@ -262,11 +320,80 @@ def test_manifest_checksums_equal_the_declared_ones(prod: offline.Run) -> None:
 
 def test_ingress_body_limit_follows_max_upload_size(program: Callable[..., offline.Run]) -> None:
     run = program(prod_raw(max_upload_size="80M"), secret_keys=("cloudflare_api_token",))
-    notes = run.deployment.manifests["ingress-synapse-proxy"]["metadata"]["annotations"]
-    assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "80M"
-    assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
-    hosts = [r["host"] for r in run.deployment.manifests["ingress-synapse-proxy"]["spec"]["rules"]]
-    assert "example.org" in hosts
+    for key in ("ingress-synapse-proxy", "ingress-synapse-proxy-origin-ca"):
+        notes = run.deployment.manifests[key]["metadata"]["annotations"]
+        assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "80M"
+
+
+def _hosts(ingress: dict[str, Any]) -> list[str]:
+    [tls] = ingress["spec"]["tls"]
+    rules = [r["host"] for r in ingress["spec"]["rules"]]
+    assert tls["hosts"] == rules
+    return rules
+
+
+def test_prod_splits_the_ingress_by_certificate(prod: offline.Run) -> None:
+    manifests = prod.deployment.manifests
+    origin, direct = manifests["ingress-synapse-proxy-origin-ca"], manifests["ingress-synapse-proxy"]
+    # Proxied by Cloudflare: the Origin CA certificate, no cert-manager (HTTP-01 ends at the edge).
+    assert set(_hosts(origin)) == {"example.org", "call.example.org", "jwt.example.org", "app.example.org",
+                                   "ntfy.example.org"}
+    assert origin["spec"]["tls"][0]["secretName"] == kube.ORIGIN_CA_SECRET
+    assert "cert-manager.io/cluster-issuer" not in origin["metadata"]["annotations"]
+    # DNS-only (WebRTC): browsers connect directly, so cert-manager's publicly trusted certificate.
+    assert _hosts(direct) == ["livekit.example.org"]
+    assert direct["spec"]["tls"][0]["secretName"] == kube.TLS_SECRET
+    assert direct["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+    for ingress in (origin, direct):
+        assert {b["port"]["name"] for b in _backends(ingress)} == {"http"}
+
+
+def test_prod_origin_ca_secret_is_a_pulumi_secret_from_the_stack_provider(prod: offline.Run) -> None:
+    secret = prod.by_name("secret-" + kube.ORIGIN_CA_SECRET)
+    inputs = secret.plain_inputs()
+    assert inputs["type"] == "kubernetes.io/tls"
+    assert set(inputs["stringData"]) == {"tls.crt", "tls.key"}
+    assert secret.masked()["inputs"]["stringData"] == offline.MASK
+    manifest = prod.deployment.manifests["secret-" + kube.ORIGIN_CA_SECRET]
+    assert manifest["stringData"] == {"tls.crt": offline.MASK, "tls.key": offline.MASK}
+    assert inputs["stringData"]["tls.key"] not in repr(prod.deployment.manifests)
+    [issued] = prod.of_type("cloudflare:index/originCaCertificate:OriginCaCertificate")
+    [key] = prod.of_type("tls:index/privateKey:PrivateKey")
+    # The mocks derive each output from its resource's name: the Secret holds exactly these two.
+    assert offline.stand_in(issued.name, 64) in inputs["stringData"]["tls.crt"]
+    assert offline.stand_in(key.name, 64) in inputs["stringData"]["tls.key"]
+    assert set(issued.plain_inputs()["hostnames"]) == set(_hosts(prod.deployment.manifests["ingress-synapse-proxy-origin-ca"]))
+    # The DNS records' provider: one Cloudflare token for the whole stack.
+    [provider] = prod.of_type("pulumi:providers:cloudflare")
+    assert issued.provider.startswith(provider.urn + "::")
+    # Kubernetes runs no certbot container: cert-manager keeps the direct names' certificate.
+    assert not any(s["service"].name == "acme" for s in prod.services)
+
+
+def test_without_cloudflare_one_cert_manager_ingress_serves_every_host(program: Callable[..., offline.Run]) -> None:
+    raw = prod_raw()
+    raw["cloudflare"] = {"enabled": False}
+    raw.pop("cloudflare_api_token")
+    run = program(raw, stack="prod")
+    ingresses = {k: v for k, v in run.deployment.manifests.items() if k.startswith("ingress-")}
+    assert list(ingresses) == ["ingress-synapse-proxy"]
+    ingress = ingresses["ingress-synapse-proxy"]
+    assert {"example.org", "livekit.example.org", "call.example.org"} <= set(_hosts(ingress))
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+    assert not run.of_type("cloudflare:index/originCaCertificate:OriginCaCertificate")
+    assert "secret-" + kube.ORIGIN_CA_SECRET not in run.deployment.manifests
+
+
+def test_direct_hostnames_without_a_cert_manager_issuer_are_a_config_error() -> None:
+    raw = prod_raw()
+    raw["target"] = {k: v for k, v in raw["target"].items() if k != "cert_manager_issuer"}
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(raw, ("cloudflare_api_token",))
+    assert "target.cert_manager_issuer" in str(err.value)
+    assert "livekit.example.org" in str(err.value)
+    # Every hostname proxied (no Element Call, so no DNS-only LiveKit): no issuer needed.
+    raw["element_call"] = {"enabled": False}
+    config.parse(raw, ("cloudflare_api_token",))
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:

@@ -13,7 +13,13 @@ import pytest
 import config
 import stack  # noqa: F401  (registers the stack-wide config checks)
 from components.tls import PLACEHOLDER_PY, acme_script, proxy_run_script
-from components.tls.plan import certificates, proxy_terminates_tls
+from components.tls.plan import (
+    certificate_source,
+    certificate_sources,
+    certificates,
+    proxy_terminates_tls,
+    runs_acme_client,
+)
 
 ORIGIN_IP = "203.0.113.10"
 TOKEN = ("cloudflare_api_token",)
@@ -41,8 +47,24 @@ def test_localhost_runs_plain_http() -> None:
 
 
 def test_kubernetes_proxy_stays_plain_behind_the_ingress() -> None:
-    cfg = _cfg(target={"kind": "kubernetes"})
+    cfg = _cfg(target={"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"})
     assert not proxy_terminates_tls(cfg)
+    # cert-manager, not a certbot container, keeps the directly reached names' certificates.
+    assert not runs_acme_client(cfg)
+    assert set(certificate_sources(cfg).values()) == {"acme"}
+
+
+def test_kubernetes_follows_the_docker_plan_per_hostname() -> None:
+    docker = _cfg(**_cloudflare(mode="origin_ca"))
+    kube = _cfg(**_cloudflare(mode="origin_ca"), target={"kind": "kubernetes", "cert_manager_issuer": "le"})
+    assert certificate_sources(kube) == certificate_sources(docker)
+    assert certificates(kube) == certificates(docker)
+    assert certificate_source(kube, "livekit.example.org") == "acme"
+    assert certificate_source(kube, "example.org") == certificate_source(kube, "call.example.org") == "origin_ca"
+    assert certificate_source(kube, "turn.example.org") is None  # not an HTTP host
+    assert runs_acme_client(docker) and not runs_acme_client(kube)
+    plain = _cfg(tls={"mode": "none"}, target={"kind": "kubernetes"})
+    assert certificate_sources(plain) == {} and certificates(plain) == []
 
 
 def test_without_cloudflare_every_host_gets_its_own_acme_certificate() -> None:
