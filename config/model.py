@@ -139,14 +139,15 @@ Target = Annotated[DockerTarget | KubernetesTarget, Field(discriminator="kind")]
 # ---------------------------------------------------------------- synapse
 
 
-WorkerPreset = Literal["monolith", "seed-000"]
 
 
 class Workers(Strict):
     """Worker counts per role, on top of a preset. Role names are the worker table's."""
 
-    preset: WorkerPreset = "monolith"
-    counts: dict[str, Annotated[int, Field(ge=0, le=64)]] = Field(default_factory=dict)
+    # Preset names, role names and the per-role limit are the worker table's facts
+    # (components/synapse/workers.py); the stack-wide check validates them there.
+    preset: str = "monolith"
+    counts: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
 
 class BundledDatabase(Strict):

@@ -128,6 +128,8 @@ class Registered:
     retain_on_delete: bool
     delete_before_replace: bool
     inputs: Mapping[str, Any]  # secrets still wrapped (see masked())
+    dependencies: tuple[str, ...] = ()
+    has_replacement_trigger: bool = False
 
     def masked(self) -> dict[str, Any]:
         return {
@@ -140,6 +142,8 @@ class Registered:
             "protect": self.protect,
             "retainOnDelete": self.retain_on_delete,
             "deleteBeforeReplace": self.delete_before_replace,
+            "dependsOn": sorted(self.dependencies),
+            "replacementTrigger": self.has_replacement_trigger,
             "inputs": _mask(dict(self.inputs)),
         }
 
@@ -168,6 +172,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 retain_on_delete=bool(request.retainOnDelete),
                 delete_before_replace=bool(request.deleteBeforeReplace),
                 inputs=rpc.deserialize_properties(request.object),
+                dependencies=tuple(request.dependencies),
+                has_replacement_trigger=request.HasField("replacement_trigger"),
             ))
         return response
 

@@ -14,7 +14,7 @@ import pulumi_docker as docker
 from config.model import DockerHost, DockerTarget, StackConfig
 
 from . import placement
-from .spec import Service
+from .spec import Service, Volume
 
 NETWORK = "matrix-stack"
 LOG_OPTS = {"max-size": "20m", "max-file": "5"}
@@ -46,6 +46,8 @@ class DockerPlatform:
         self._volumes: dict[tuple[str, str], docker.Volume] = {}
         # (service, port) pairs another host dials: published on the owning host's address.
         self.cross_host_ports: set[tuple[str, int]] = set()
+        self._containers: dict[str, docker.Container] = {}
+        self._volume_owners: dict[tuple[str, str], docker.Container] = {}
 
     # ------------------------------------------------------------ per-host resources
 
@@ -90,6 +92,27 @@ class DockerPlatform:
     def run(self, services: list[Service], parent: pulumi.Resource) -> list[docker.Container]:
         return [self._container(service, parent) for service in services]
 
+    def _volume_owner(self, host: DockerHost, volume: Volume, image: str, parent: pulumi.Resource) -> docker.Container:
+        """A one-shot container that hands a fresh volume to the user the service runs as."""
+        key = (host.name, volume.name)
+        if key not in self._volume_owners:
+            self._volume_owners[key] = docker.Container(
+                f"{volume.name}-owner",
+                name=f"matrix-stack-{volume.name}-owner",
+                image=self.image(host, image).image_id,
+                entrypoints=["chown", str(volume.owner), volume.path],
+                user="0:0",
+                volumes=[docker.ContainerVolumeArgs(volume_name=self.volume(host, volume.name).name,
+                                                    container_path=volume.path)],
+                must_run=False,
+                restart="no",
+                log_driver="json-file",
+                log_opts=LOG_OPTS,
+                labels=[docker.ContainerLabelArgs(label="matrix-stack.component", value="volume-owner")],
+                opts=self._opts(host, parent, delete_before_replace=True),
+            )
+        return self._volume_owners[key]
+
     def _container(self, service: Service, parent: pulumi.Resource) -> docker.Container:
         host = placement.host_of(self.cfg, service.name)
         assert host is not None
@@ -120,7 +143,10 @@ class DockerPlatform:
             pulumi.Output.secret(pulumi.Output.concat(k, "=", v)) for k, v in sorted(service.secret_env.items())
         ]
         health = service.health
-        return docker.Container(
+        owners = [self._volume_owner(host, v, service.image, parent) for v in service.volumes if v.owner]
+        upstreams = [self._containers[name] for name in service.restarts_with if name in self._containers]
+        replace_with = pulumi.Output.all(*[c.id for c in upstreams]) if upstreams else None
+        container = docker.Container(
             service.name,
             name=service.name,
             image=self.image(host, service.image).image_id,
@@ -147,7 +173,9 @@ class DockerPlatform:
             log_driver="json-file",
             log_opts=LOG_OPTS,
             user=service.user,
-            read_only=service.read_only_root,
+            # Docker copies uploads into the container after creating it, which a read-only root
+            # refuses; with files, the root stays writable (tmpfs scratch dirs still apply).
+            read_only=service.read_only_root and not service.files,
             tmpfs={path: "rw,noexec,nosuid,size=256m" for path in service.writable_paths} or None,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(service.capabilities_add))
             if service.drop_capabilities else None,
@@ -155,5 +183,8 @@ class DockerPlatform:
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
                 {"matrix-stack.component": service.component, **service.labels, **_file_digests(service)}.items())],
             # Fixed names and host ports cannot exist twice: replace by deleting first.
-            opts=self._opts(host, parent, delete_before_replace=True),
+            opts=self._opts(host, parent, delete_before_replace=True, depends_on=[*owners, *upstreams],
+                            replacement_trigger=replace_with),
         )
+        self._containers[service.name] = container
+        return container

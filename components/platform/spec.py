@@ -55,6 +55,10 @@ class Volume:
     path: str
     size: str = "10Gi"
     read_only: bool = False
+    # "uid:gid" that must own the volume's root: a fresh Docker volume mounted where the image
+    # has no directory is root's, and non-root processes could not write it (Kubernetes uses
+    # fsGroup instead).
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,9 @@ class Service:
     # Who may connect (NetworkPolicy on Kubernetes): None = anyone on the private network.
     allowed_clients: tuple[str, ...] | None = None
     metrics_port: int | None = None
+    # Services whose replacement must restart this one: it resolves their addresses once, at
+    # start (nginx upstreams on a Docker network). Kubernetes Services keep stable addresses.
+    restarts_with: tuple[str, ...] = ()
     # Most images run fine with no capabilities; those that start as root and drop privileges
     # themselves (postgres, nginx) keep the few they need.
     drop_capabilities: bool = True

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from config.model import BundledDatabase, ExternalDatabase, StackConfig
+from config.model import ExternalDatabase, StackConfig
 
-from .workers import GENERIC_APP, STREAMS, Process, Role, Topology, counts_for
+from .workers import GENERIC_APP, ROLES, STREAMS, Process, Role, Topology, counts_for
 
 CONF_DIR = "/conf"
 SECRETS_DIR = "/secrets"
@@ -24,6 +24,7 @@ DATA_DIR = "/data"
 SHARED_CONFIG = f"{CONF_DIR}/homeserver.yaml"
 LOG_CONFIG = f"{CONF_DIR}/log.yaml"
 EMAIL_CONFIG = f"{SECRETS_DIR}/email.yaml"
+MAIN_CONFIG = f"{CONF_DIR}/main.yaml"
 
 
 def worker_config_path(process: Process) -> str:
@@ -57,10 +58,6 @@ DATABASE_USER = "synapse"
 
 def topology(cfg: StackConfig) -> Topology:
     return Topology.of(counts_for(cfg.synapse.workers.preset, cfg.synapse.workers.counts))
-
-
-def uses_redis(cfg: StackConfig) -> bool:
-    return bool(topology(cfg).workers)
 
 
 def dump(data: dict[str, Any]) -> str:
@@ -120,8 +117,10 @@ def worker_keys(cfg: StackConfig, topo: Topology, address: dict[str, str]) -> di
     for duty, role in duty_roles.items():
         names = [p.name for p in topo.instances(role.name)]
         keys[duty] = names if role.duty_kind == "list" else names[0]
-    if topo.has("media_repository"):
-        keys["enable_media_repo"] = False
+    # Every process loads the media repository unless told not to (and creates the media store
+    # path), so with workers it is off in the shared file and on only where the store is mounted:
+    # the media workers' own files, or main's (MAIN_CONFIG) when there is no media worker.
+    keys["enable_media_repo"] = False
     keys["worker_replication_secret_path"] = secret_path("replication")
     keys["redis"] = {
         "enabled": True,
@@ -132,7 +131,7 @@ def worker_keys(cfg: StackConfig, topo: Topology, address: dict[str, str]) -> di
     return keys
 
 
-def database_section(cfg: StackConfig, address: dict[str, str], processes: int) -> dict[str, Any]:
+def database_section(cfg: StackConfig, address: dict[str, str]) -> dict[str, Any]:
     db = cfg.synapse.database
     args: dict[str, Any]
     if isinstance(db, ExternalDatabase):
@@ -259,7 +258,7 @@ def shared_config(
         "suppress_key_server_warning": True,
         "enable_metrics": syn.metrics,
         "listeners": main_listeners(cfg, topo),
-        "database": database_section(cfg, address, len(topo.processes)),
+        "database": database_section(cfg, address),
     }
     hs.update(registration_keys(cfg))
     if not syn.federation.enabled:
@@ -276,9 +275,18 @@ def shared_config(
     hs.update(worker_keys(cfg, topo, address))
     _merge(hs, contributions)
     if with_extra:
-        for key, value in syn.extra_config.items():
-            hs.setdefault(key, value)
+        _merge_under(hs, syn.extra_config)
     return hs
+
+
+def _merge_under(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """extra_config fills in what the stack leaves unset, merging into mappings the stack also
+    writes (experimental_features, say) instead of dropping them; the stack's own values win."""
+    for key, value in extra.items():
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            _merge_under(into[key], value)
 
 
 # Never fetch URL previews from, nor push to, private networks (Synapse's documented list).
@@ -339,19 +347,31 @@ def worker_config(process: Process) -> dict[str, Any]:
     return conf
 
 
+def main_config(cfg: StackConfig) -> dict[str, Any] | None:
+    """Main's own file, only when main holds the media store beside workers: the media override
+    (the shared file turns the media repository off for every process)."""
+    topo = topology(cfg)
+    if topo.workers and not topo.has("media_repository"):
+        return {"enable_media_repo": True}
+    return None
+
+
 def config_paths(cfg: StackConfig, process: Process) -> tuple[str, ...]:
     paths = [SHARED_CONFIG]
     if cfg.synapse.smtp is not None:
         paths.append(EMAIL_CONFIG)
     if not process.is_main:
         paths.append(worker_config_path(process))
+    elif main_config(cfg) is not None:
+        paths.append(MAIN_CONFIG)
     return tuple(paths)
 
 
 def command(cfg: StackConfig, process: Process) -> tuple[str, ...]:
     """How the process starts: the module, then each config file in merge order."""
     app = "synapse.app.homeserver" if process.is_main else GENERIC_APP
-    args: list[str] = ["python", "-m", app]
+    # --no-secrets-in-config: Synapse itself refuses an inline secret in any file it reads.
+    args: list[str] = ["python", "-m", app, "--no-secrets-in-config"]
     for path in config_paths(cfg, process):
         args += ["--config-path", path]
     return tuple(args)
@@ -368,29 +388,33 @@ def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
     """Topology and extra_config rules that need the worker table."""
     from .workers import check_counts
 
-    counts = dict(cfg.synapse.workers.counts)
-    problems = check_counts(counts)
+    problems = check_counts(cfg.synapse.workers.preset, dict(cfg.synapse.workers.counts))
     if problems:
         return problems
-    topo = topology(cfg)
-    if topo.workers and not isinstance(cfg.synapse.database, (BundledDatabase, ExternalDatabase)):
-        problems.append(("synapse.database.kind", cfg.synapse.database, "workers need PostgreSQL"))
     managed = managed_keys(cfg)
     for key in sorted(cfg.synapse.extra_config):
         if key in managed or key.startswith("worker_") or key in WORKER_TABLE_KEYS:
             problems.append((f"synapse.extra_config.{key}", None,
                              "is managed by the stack (worker table, secrets or typed settings); "
                              "use the typed setting instead"))
+        elif _looks_secret(key):
+            problems.append((f"synapse.extra_config.{key}", None,
+                             "would put a secret in homeserver.yaml; use the matching *_path key with a "
+                             "file you provide, or a typed setting"))
     return problems
 
 
-# Keys derived from the worker table: extra_config may never set them, even when this topology
-# happens not to use them.
-WORKER_TABLE_KEYS = frozenset({
-    "instance_map", "stream_writers", "federation_sender_instances", "pusher_instances",
-    "run_background_tasks_on", "update_user_directory_from_worker", "notify_appservices_from_worker",
-    "media_instance_running_background_jobs", "enable_media_repo", "redis", "worker_replication_secret",
-    "worker_replication_secret_path", "send_federation", "start_pushers", "notify_appservices",
-    "update_user_directory", "outbound_federation_restricted_to", "listeners", "database",
-    "signing_key", "macaroon_secret_key", "form_secret", "registration_shared_secret", "email",
-})
+def _looks_secret(key: str) -> bool:
+    # Synapse also refuses these at start (--no-secrets-in-config); failing here says so before
+    # anything is deployed, and keeps the secret out of the rendered file and the state.
+    return not key.endswith("_path") and any(word in key for word in ("secret", "password", "_key", "token"))
+
+
+# Keys extra_config may never set, even when this topology happens not to use them: the duties
+# the worker table hands out, their legacy spellings, and what every process must agree on.
+WORKER_TABLE_KEYS = frozenset(
+    {role.duty for role in ROLES if role.duty}
+    | {"instance_map", "stream_writers", "enable_media_repo", "redis", "worker_replication_secret",
+       "worker_replication_secret_path", "outbound_federation_restricted_to", "listeners", "database",
+       "email", "send_federation", "start_pushers", "notify_appservices", "update_user_directory"}
+)

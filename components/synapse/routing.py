@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from components.platform.spec import Site
-from config.model import StackConfig
+from config.model import DockerTarget, StackConfig
 
 from .workers import MAIN, ROLE_BY_NAME, Balance, Process, Role, Topology
 
@@ -300,6 +300,33 @@ def _listen(cfg: StackConfig, hostname: str) -> list[str]:
             f"ssl_certificate_key {cert.key_path};", "ssl_protocols TLSv1.2 TLSv1.3;"]
 
 
+# Cloudflare's published edge ranges (cloudflare.com/ips); they change rarely.
+CLOUDFLARE_RANGES = (
+    "173.245.48.0/20", "103.21.244.0/22", "103.22.200.0/22", "103.31.4.0/22", "141.101.64.0/18",
+    "108.162.192.0/18", "190.93.240.0/20", "188.114.96.0/20", "197.234.240.0/22", "198.41.128.0/17",
+    "162.158.0.0/15", "104.16.0.0/13", "104.24.0.0/14", "172.64.0.0/13", "131.0.72.0/22",
+    "2400:cb00::/32", "2606:4700::/32", "2803:f800::/32", "2405:b500::/32", "2405:8100::/32",
+    "2a06:98c0::/29", "2c0f:f248::/32",
+)
+# Where a Kubernetes Ingress controller connects from: the cluster's private pod network.
+PRIVATE_PROXY_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+
+
+def _real_ip(cfg: StackConfig) -> list[str]:
+    """Restore the client's address from X-Forwarded-For when a trusted proxy (Cloudflare's edge,
+    the Ingress) sits in front: Synapse's per-IP rate limits, the admin allowlist, inbound
+    federation stickiness and the logs all need the real one, not the proxy's."""
+    trusted: list[str] = []
+    if cfg.cloudflare.enabled:
+        trusted += CLOUDFLARE_RANGES
+    if not isinstance(cfg.target, DockerTarget):
+        trusted += PRIVATE_PROXY_RANGES
+    if not trusted:
+        return []
+    return [*(f"set_real_ip_from {cidr};" for cidr in trusted), "real_ip_header X-Forwarded-For;",
+            "real_ip_recursive on;"]
+
+
 def _plain_http_server(cfg: StackConfig) -> list[str]:
     """With TLS, port 80 only answers ACME HTTP-01 challenges and redirects to HTTPS."""
     from components.tls.plan import ACME_WEBROOT, certificates, proxy_terminates_tls
@@ -359,6 +386,7 @@ def render_nginx(
         "log_format matrix '$remote_addr $host \"$request\" $status route=$synapse_route "
         "upstream=$upstream_addr time=$request_time';",
         "access_log /dev/stdout matrix;",
+        *_real_ip(cfg),
         "",
         "map $http_upgrade $connection_upgrade {",
         "    default upgrade;",

@@ -14,6 +14,7 @@ import pulumi
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume
 from components.tls import PROXY_RUN, proxy_run_script
 from components.tls.plan import proxy_terminates_tls
+from config import images
 from config.model import BundledDatabase, StackConfig
 
 from . import homeserver as hs
@@ -27,7 +28,8 @@ SHARED_GROUP = "synapse-shared"
 POSTGRES_DATA = "/var/lib/postgresql/data"
 REDIS_CONF = "/conf/redis.conf"
 REDIS_ACL = "/secrets/users.acl"
-
+# PostgreSQL's password reaches libpq as PGPASSWORD; every other generated secret is a file.
+SECRET_ENV_ONLY = ("postgres",)
 
 
 def secret_names(cfg: StackConfig) -> tuple[str, ...]:
@@ -75,11 +77,9 @@ def shared_files(cfg: StackConfig, inputs: Inputs) -> list[File]:
 def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inputs: Inputs) -> list[File]:
     files = [
         File(hs.secret_path(name), secrets[name], secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets")
-        for name in ("signing_key", "macaroon", "form", "registration")
+        for name in secret_names(cfg)
+        if name not in SECRET_ENV_ONLY
     ]
-    if hs.topology(cfg).workers:
-        files += [File(hs.secret_path(name), secrets[name], secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets")
-                  for name in ("replication", "redis")]
     if cfg.synapse.smtp is not None:
         email = hs.email_config(cfg, password_placeholder="@@SMTP_PASSWORD@@")
         text = hs.dump(email or {})
@@ -100,7 +100,10 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
     files = list(common)
     if not process.is_main:
         files.append(File(hs.worker_config_path(process), hs.dump(hs.worker_config(process))))
-    volumes = [Volume("synapse-media", hs.MEDIA_STORE, size=cfg.synapse.media_size)] if hs.uses_media_store(cfg, process) else []
+    elif (own := hs.main_config(cfg)) is not None:
+        files.append(File(hs.MAIN_CONFIG, hs.dump(own)))
+    volumes = [Volume("synapse-media", hs.MEDIA_STORE, size=cfg.synapse.media_size, owner=SYNAPSE_USER)] \
+        if hs.uses_media_store(cfg, process) else []
     role = process.role
     ports = [Port("http", process.port)]
     if process.is_main and hs.topology(cfg).workers:
@@ -113,7 +116,6 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         entrypoint=command[:3],
         args=command[3:],
         secret_env={"PGPASSWORD": secrets["postgres"]},
-        env={"SYNAPSE_WORKER": "synapse.app.homeserver" if process.is_main else "synapse.app.generic_worker"},
         files=files,
         ports=ports,
         volumes=volumes,
@@ -208,7 +210,7 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
     return Service(
         name=PROXY_SERVICE,
         component=COMPONENT,
-        image=cfg_proxy_image(),
+        image=images.NGINX,
         entrypoint=("/bin/sh",) if inputs.proxy_watches_acme else None,
         args=(PROXY_RUN,) if inputs.proxy_watches_acme else NGINX_FOREGROUND,
         files=[File(routing.NGINX_CONF, conf), *run_script, *inputs.proxy_files],
@@ -219,15 +221,11 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
         user="101:101",
         read_only_root=True,
         writable_paths=("/tmp",),
+        restarts_with=tuple(sorted({*address, *inputs.site_addresses, *(site.upstream_service for site in inputs.sites)}
+                                   - {hs.POSTGRES_SERVICE, hs.REDIS_SERVICE})),
         scalable=True,
         replicas=1,
     )
-
-
-def cfg_proxy_image() -> str:
-    from config import images
-
-    return images.NGINX
 
 
 def _host_port(cfg: StackConfig, kind: str) -> int | None:

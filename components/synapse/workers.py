@@ -189,9 +189,11 @@ class Topology:
         return bool(self.instances(role_name))
 
 
-def check_counts(counts: dict[str, int], *, external_stores: bool = True) -> list[tuple[str, object, str]]:
+def check_counts(preset: str, counts: dict[str, int]) -> list[tuple[str, object, str]]:
     """Impossible topologies, as (key path, value, what is allowed)."""
     problems: list[tuple[str, object, str]] = []
+    if preset not in PRESETS:
+        problems.append(("synapse.workers.preset", preset, "must be one of: " + ", ".join(repr(p) for p in PRESETS)))
     for name, count in sorted(counts.items()):
         path = f"synapse.workers.counts.{name}"
         role = ROLE_BY_NAME.get(name)

@@ -110,13 +110,13 @@ def _checkov() -> Path:
         return binary
     uv = shutil.which("uv")
     if uv is None:
-        pytest.skip("checkov is not installed and uv is not available to install it")
+        pytest.fail("checkov is not installed and uv is not available to install it (bash scripts/test installs both)")
     done = subprocess.run([uv, "venv", "-q", "--python", "3.11", str(CHECKOV_VENV)], capture_output=True, text=True)
     if done.returncode == 0:
         done = subprocess.run([uv, "pip", "install", "-q", "--python", str(CHECKOV_VENV / "bin" / "python"),
                                f"checkov=={CHECKOV_VERSION}"], capture_output=True, text=True, timeout=900)
     if done.returncode != 0 or not binary.exists():
-        pytest.skip(f"could not install checkov into {CHECKOV_VENV.name}: {done.stderr[-500:]}")
+        pytest.fail(f"could not install checkov into {CHECKOV_VENV.name}: {done.stderr[-500:]}")
     return binary
 
 

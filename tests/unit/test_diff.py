@@ -64,7 +64,8 @@ def test_max_upload_size_changes_exactly_homeserver_nginx_and_their_containers(u
     assert {r.name for r in d.resources} == set(synapse_services) | {"synapse-proxy"}
     for r in d.resources:
         expected = "/etc/nginx/nginx.conf" if r.name == "synapse-proxy" else "/conf/homeserver.yaml"
-        assert r.keys == [f"uploads ({expected})"]
+        # The digest label of the changed file, and the upload itself.
+        assert r.keys == ["labels", f"uploads ({expected})"]
 
     # Services: their description (image, env, ports, file list) did not change.
     assert d.services == []
@@ -79,7 +80,7 @@ def test_markdown_shows_the_shared_change_once(upload_size_diff: Any) -> None:
     assert text.count("+max_upload_size: 100M") == 1  # grouped: one block for every homeserver.yaml
     assert "same change" in text
     assert "client_max_body_size 100M;" in text
-    assert "| `synapse-main` | `docker:index/container:Container` | changed | uploads (/conf/homeserver.yaml) |" in text
+    assert "| `synapse-main` | `docker:index/container:Container` | changed | labels, uploads (/conf/homeserver.yaml) |" in text
 
 
 def test_secret_files_are_listed_without_content() -> None:

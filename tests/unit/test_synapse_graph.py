@@ -171,7 +171,10 @@ def test_every_container_replaces_by_delete_first_restarts_and_rotates_logs(prog
     for r in found:
         inputs = r.plain_inputs()
         assert r.delete_before_replace, r.name
-        assert inputs.get("restart") in ("unless-stopped", "always"), r.name
+        if inputs.get("mustRun") is False:  # one-shot (a volume's owner): runs once, never restarts
+            assert inputs.get("restart") == "no", r.name
+        else:
+            assert inputs.get("restart") in ("unless-stopped", "always"), r.name
         assert inputs.get("logDriver") == "json-file", r.name
         opts = inputs.get("logOpts") or {}
         assert opts.get("max-size") and opts.get("max-file"), r.name
@@ -224,3 +227,22 @@ def test_no_secret_value_appears_in_any_non_secret_file(program: Any) -> None:
     masked = json.dumps([r.masked() for r in run.resources], sort_keys=True, default=str)
     for value in secrets:
         assert value not in masked
+
+
+def test_proxy_restarts_with_its_upstreams_and_media_waits_for_its_volume_owner(program: Any) -> None:
+    # nginx resolves upstream names once, at start: on a Docker network a recreated Synapse
+    # container may come back with another address, so the proxy is replaced with it.
+    run = program({"server_name": "localhost", "target": {"kind": "docker"},
+                   "synapse": {"workers": {"counts": {"generic": 1, "media_repository": 1}}}})
+    containers = {r.name: r for r in run.of_type(CONTAINER)}
+    proxy = containers["synapse-proxy"]
+    assert proxy.has_replacement_trigger
+    for upstream in ("synapse-main", "synapse-generic-1", "synapse-media-repository-1"):
+        assert containers[upstream].urn in proxy.dependencies, upstream
+    assert containers["synapse-postgres"].urn not in proxy.dependencies
+    assert not containers["synapse-main"].has_replacement_trigger
+    # A fresh named volume is root's; Synapse runs as 991, so a one-shot container hands it over.
+    owner = containers["synapse-media-owner"]
+    assert owner.plain_inputs()["entrypoints"] == ["chown", "991:991", "/media_store"]
+    assert owner.urn in containers["synapse-media-repository-1"].dependencies
+    assert owner.urn not in containers["synapse-main"].dependencies

@@ -149,8 +149,8 @@ def test_the_single_roles_are_the_ones_synapse_allows_once() -> None:
 
 @pytest.mark.parametrize("role", SINGLE)
 def test_a_single_role_may_run_once(role: str) -> None:
-    assert check_counts({role: 1}) == []
-    problems = check_counts({role: 2})
+    assert check_counts("monolith", {role: 1}) == []
+    problems = check_counts("monolith", {role: 2})
     assert problems == [(f"synapse.workers.counts.{role}", 2, f"at most 1: Synapse allows a single {role} instance")]
     with pytest.raises(ConfigError):
         cfg_with({role: 2})
@@ -158,7 +158,7 @@ def test_a_single_role_may_run_once(role: str) -> None:
 
 @pytest.mark.parametrize("role", sorted(r.name for r in ROLES if not r.single))
 def test_a_scalable_role_may_run_many_times(role: str) -> None:
-    assert check_counts({role: 5}) == []
+    assert check_counts("monolith", {role: 5}) == []
     cfg = cfg_with({role: 5})
     assert len(hs.topology(cfg).instances(role)) == 5
 
@@ -183,9 +183,18 @@ def test_worker_files_hold_only_worker_keys(name: str) -> None:
 def test_every_worker_loads_the_shared_file_then_its_own() -> None:
     cfg = cfg_with({"generic": 1})
     topo = hs.topology(cfg)
-    assert hs.command(cfg, MAIN)[-2:] == ("--config-path", hs.SHARED_CONFIG)
     worker = topo.workers[0]
     assert hs.config_paths(cfg, worker) == (hs.SHARED_CONFIG, hs.worker_config_path(worker))
+    # Without a media worker, main holds the media store: the shared file turns the media
+    # repository off for every process and main's own file turns it back on.
+    assert hs.shared_config(cfg, {n: n for n in ("synapse-main", "synapse-generic-1", "synapse-postgres",
+                                                 "synapse-redis")}, {})["enable_media_repo"] is False
+    assert hs.command(cfg, MAIN)[-4:] == ("--config-path", hs.SHARED_CONFIG, "--config-path", hs.MAIN_CONFIG)
+    assert hs.main_config(cfg) == {"enable_media_repo": True}
+    with_media = cfg_with({"generic": 1, "media_repository": 1})
+    assert hs.config_paths(with_media, MAIN) == (hs.SHARED_CONFIG,)
+    assert hs.main_config(with_media) is None
+    assert hs.main_config(cfg_with({})) is None  # a monolith reads one file
 
 
 # ---------------------------------------------------------------- routing
@@ -353,13 +362,19 @@ LOOPBACK_CASES = {
                     "synapse": {"workers": {"counts": EVERY_ROLE},
                                 "admin_api_allowlist": ["10.0.0.0/8", "2001:db8::/32"],
                                 "federation": {"deny": ["evil.example", "spam.example.net"]}}}),
+    # Behind an Ingress and Cloudflare: the real client address is restored (realip module).
+    "kubernetes-cloudflare": ({"server_name": "example.org",
+                               "target": {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"},
+                               "cloudflare": {"enabled": True, "zone": "example.org", "origin_ip": "203.0.113.10"},
+                               "cloudflare_api_token": "stand-in",
+                               "synapse": {"workers": {"preset": "seed-000"}}}),
 }
 
 
-@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 @pytest.mark.parametrize("name", sorted(LOOPBACK_CASES))
 def test_the_real_nginx_accepts_the_rendered_conf(name: str, tmp_path: Path) -> None:
-    cfg = parse(LOOPBACK_CASES[name])
+    raw = LOOPBACK_CASES[name]
+    cfg = parse(raw, ("cloudflare_api_token",) if "cloudflare_api_token" in raw else ())
     # Upstream hosts must resolve for `nginx -t`: point every service at the loopback address.
     names = set(services.addresses(cfg))
     conf = render(cfg, {n: "127.0.0.1" for n in names})
@@ -368,9 +383,18 @@ def test_the_real_nginx_accepts_the_rendered_conf(name: str, tmp_path: Path) -> 
         if (tmp_path / "error.log").exists() else done.stderr
 
 
-@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 def test_the_nginx_check_catches_a_broken_conf(tmp_path: Path) -> None:
     conf = render(cfg_with(), {n: "127.0.0.1" for n in services.addresses(cfg_with())})
     broken = conf.replace("keepalive 32;", "keepalive thirty-two;", 1)
     assert broken != conf
     assert _nginx_test(broken, tmp_path).returncode != 0
+
+
+def test_the_client_address_is_restored_only_behind_a_trusted_proxy() -> None:
+    local = render(parse({"server_name": "localhost"}), None)
+    assert "set_real_ip_from" not in local  # clients connect directly: nothing to trust
+    raw = LOOPBACK_CASES["kubernetes-cloudflare"]
+    behind = render(parse(raw, ("cloudflare_api_token",)), None)
+    assert "set_real_ip_from 10.0.0.0/8;" in behind  # the Ingress controller
+    assert "set_real_ip_from 173.245.48.0/20;" in behind  # Cloudflare's edge
+    assert "real_ip_header X-Forwarded-For;" in behind and "real_ip_recursive on;" in behind
