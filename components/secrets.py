@@ -6,7 +6,7 @@ import pulumi
 import pulumi_random as random
 
 
-def password_resource(name: str, parent: pulumi.Resource, *, protect: bool, length: int = 48) -> random.RandomPassword:
+def password_resource(name: str, parent: pulumi.Resource | None, *, protect: bool, length: int = 48) -> random.RandomPassword:
     """A random alphanumeric secret (no symbols: it lands in URLs, env files and YAML).
 
     Generated secrets are state (a lost signing key or database password breaks the deployment),
@@ -16,7 +16,7 @@ def password_resource(name: str, parent: pulumi.Resource, *, protect: bool, leng
     )
 
 
-def password(name: str, parent: pulumi.Resource, *, protect: bool, length: int = 48) -> pulumi.Output[str]:
+def password(name: str, parent: pulumi.Resource | None, *, protect: bool, length: int = 48) -> pulumi.Output[str]:
     return pulumi.Output.secret(password_resource(name, parent, protect=protect, length=length).result)
 
 

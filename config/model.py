@@ -131,6 +131,9 @@ class KubernetesTarget(Strict):
     cert_manager_issuer: str | None = Field(None, description="cert-manager ClusterIssuer for the Ingress")
     livekit_exposure: Literal["host_network", "load_balancer"] = "load_balancer"
     service_monitors: bool = False
+    delete_unreachable: bool = Field(
+        False, description="let `pulumi destroy` drop objects of a cluster that no longer answers"
+    )
 
 
 Target = Annotated[DockerTarget | KubernetesTarget, Field(discriminator="kind")]

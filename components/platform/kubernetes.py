@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -136,25 +137,31 @@ def file_key(path: str) -> str:
     return re.sub(r"[^-._a-zA-Z0-9]", "_", path.lstrip("/").replace("/", "_"))
 
 
-def digest(contents: Iterable[tuple[str, str]]) -> str:
-    """sha256 over (path, content) pairs in path order: the pod's config checksum."""
-    h = hashlib.sha256()
-    for path, content in sorted(contents):
-        h.update(path.encode() + b"\0" + str(content).encode() + b"\0")
+def digest(contents: Iterable[tuple[str, str]], key: str | None = None) -> str:
+    """sha256 over (name, value) pairs in name order: the pod's config checksum. With a key it is
+    an HMAC, so it gives nothing away even about a guessable secret among the values."""
+    h = hmac.new(key.encode(), digestmod=hashlib.sha256) if key else hashlib.sha256()
+    for name, value in sorted(contents):
+        h.update(name.encode() + b"\0" + str(value).encode() + b"\0")
     return h.hexdigest()
 
 
-def checksum(files: list[File]) -> pulumi.Input[str]:
-    """The checksum of the files a pod reads: a string when every content is known, else an Output.
+def _checksum_inputs(service: Service) -> list[tuple[str, pulumi.Input[str]]]:
+    # Secret env counts as well as files: a rotated database password must roll its readers.
+    return [(f.path, f.content) for f in service.files] + \
+        [(f"env:{k}", v) for k, v in sorted(service.secret_env.items())]
 
-    Secret contents count too (a rotated secret must restart its readers). The hash of a
-    high-entropy secret reveals nothing, so it is unmarked: otherwise the whole pod template
-    would show as secret in every diff.
-    """
-    if all(isinstance(f.content, str) for f in files):
-        return digest((f.path, str(f.content)) for f in files)
-    paths = [f.path for f in files]
-    joined = pulumi.Output.all(*[f.content for f in files]).apply(lambda values: digest(zip(paths, values, strict=True)))
+
+def checksum(service: Service, key: pulumi.Input[str] | None = None) -> pulumi.Input[str]:
+    """The checksum of what a pod reads: a string when every value is known and no key is given,
+    else an Output. Keyed (an HMAC with a generated secret) under Pulumi, it is unmarked as
+    secret: otherwise the whole pod template would show as secret in every diff."""
+    pairs = _checksum_inputs(service)
+    if key is None and all(isinstance(v, str) for _n, v in pairs):
+        return digest((n, str(v)) for n, v in pairs)
+    names = [n for n, _v in pairs]
+    joined = pulumi.Output.all(key, *[v for _n, v in pairs]).apply(
+        lambda values: digest(zip(names, values[1:], strict=True), values[0]))
     return pulumi.Output.unsecret(joined)
 
 
@@ -657,7 +664,7 @@ def render(services: list[Service], ctx: Context,
     objects.update(file_objects(services, ctx))
     objects.update(shared_claims(services, ctx))
     for service in services:
-        objects.update(render_service(service, ctx, checksum(service.files)))
+        objects.update(render_service(service, ctx, checksum(service)))
     for service in services:
         if is_edge(service):
             objects.update(edge_objects(service, ctx, origin_ca))
@@ -708,6 +715,7 @@ class KubernetesPlatform:
         # The offline render's view: manifest key -> object, secrets masked, values resolved.
         self.manifests: dict[str, dict[str, Any]] = {}
         self._provider: k8s.Provider | None = None
+        self._checksum_key: pulumi.Output[str] | None = None
         self._namespace: k8s.core.v1.Namespace | None = None
         self._seen = _Seen()
         self._origin_ca: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
@@ -723,6 +731,15 @@ class KubernetesPlatform:
     # ------------------------------------------------------------ shared resources
 
     @property
+    def checksum_key(self) -> pulumi.Output[str]:
+        """The key of the pods' config checksums (see checksum)."""
+        if self._checksum_key is None:
+            from components import secrets as gen
+
+            self._checksum_key = gen.password("pod-checksum-key", None, protect=self.cfg.protect)
+        return self._checksum_key
+
+    @property
     def provider(self) -> k8s.Provider:
         if self._provider is None:
             self._provider = k8s.Provider(
@@ -730,8 +747,9 @@ class KubernetesPlatform:
                 kubeconfig=self.target.kubeconfig,
                 context=self.target.context,
                 namespace=self.target.namespace,
-                # Teardown must still work when the cluster is already gone.
-                delete_unreachable=True,
+                # Off unless asked: with it on, a refresh during a brief API outage would drop
+                # every object from the state. Turn it on to tear down a cluster that is gone.
+                delete_unreachable=self.target.delete_unreachable,
             )
         return self._provider
 
@@ -775,7 +793,7 @@ class KubernetesPlatform:
         for service in services:
             owns_data = any(v.name not in ctx.shared_volumes for v in service.volumes)
             protect = {"protect": self.cfg.protect, "retain_on_delete": self.cfg.protect} if owns_data else {}
-            for key, obj in render_service(service, ctx, checksum(service.files)).items():
+            for key, obj in render_service(service, ctx, checksum(service, self.checksum_key)).items():
                 self._declare(key, obj, parent, **(protect if obj["kind"] == "StatefulSet" else {}))
             if is_edge(service):
                 for key, obj in edge_objects(service, ctx, self._origin_ca).items():
@@ -793,6 +811,7 @@ class KubernetesPlatform:
         for service in services:
             values += [f.content for f in service.files]
             values += list(service.env.values()) + list(service.secret_env.values())
+        values.append(self.checksum_key)
 
         def resolved(flat: list[Any]) -> None:
             if len(services) < len(self._seen.services):
@@ -805,7 +824,8 @@ class KubernetesPlatform:
                 secret_env = {k: next(it) for k in service.secret_env}
                 plain.append(dataclasses.replace(service, files=files, env=env, secret_env=secret_env))
             # Checksums from the real contents, so they equal what the cluster sees.
-            sums = {s.name: digest((f.path, str(f.content)) for f in s.files) for s in plain}
+            key = next(it)
+            sums = {s.name: digest(((n, str(v)) for n, v in _checksum_inputs(s)), key) for s in plain}
             shown = [masked(s) for s in plain]
             objects = render(shown, ctx, (MASK, MASK) if self._origin_ca is not None else None)
             for service in shown:

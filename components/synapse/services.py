@@ -23,6 +23,8 @@ from .workers import Process
 
 COMPONENT = "synapse"
 SYNAPSE_USER = "991:991"
+MAIN_START_PERIOD_S = 3600
+WORKER_START_PERIOD_S = 300
 PROXY_SERVICE = "synapse-proxy"
 SHARED_GROUP = "synapse-shared"
 POSTGRES_DATA = "/var/lib/postgresql/data"
@@ -119,8 +121,11 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         files=files,
         ports=ports,
         volumes=volumes,
+        # Main applies schema migrations before it listens: an upgrade may take many minutes, and
+        # a probe that gives up earlier would restart the migration in a loop.
         health=HealthCheck(("curl", "-fsS", f"http://localhost:{process.port}/health"),
-                           http_path="/health", http_port=process.port),
+                           http_path="/health", http_port=process.port,
+                           start_period_s=MAIN_START_PERIOD_S if process.is_main else WORKER_START_PERIOD_S),
         user=SYNAPSE_USER,
         read_only_root=True,
         writable_paths=("/tmp",),

@@ -178,12 +178,19 @@ def _parity_raw(target: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _without_trusted_proxies(content: str) -> str:
+    # Which proxy may report the client's address is the target's business too: the Ingress
+    # controller's pod network on Kubernetes, nobody on a Docker host without Cloudflare.
+    return "\n".join(line for line in content.splitlines()
+                     if not line.strip().startswith(("set_real_ip_from ", "real_ip_")))
+
+
 def _what_runs(run: offline.Run) -> dict[str, dict[str, Any]]:
     return {
         item["service"].name: {
             "image": item["service"].image,
             "command": (item["service"].entrypoint, item["service"].args),
-            "files": sorted((f["path"], f["content"]) for f in item["files"]),
+            "files": sorted((f["path"], _without_trusted_proxies(f["content"])) for f in item["files"]),
             "env": {k: v for k, (v, _secret) in item["env"].items()},
         }
         for item in run.services

@@ -440,3 +440,20 @@ def test_a_new_event_persister_rolls_every_synapse_pod(prod: offline.Run,
         assert before != after, process.name
     # The shared homeserver.yaml is one ConfigMap, changed once.
     assert prod.deployment.manifests["configmap-synapse-shared"] != run.deployment.manifests["configmap-synapse-shared"]
+
+
+def test_pod_checksum_covers_secret_env_and_is_keyed() -> None:
+    from components.platform.spec import File, Service
+
+    base = Service(name="synapse-main", component="synapse", image="matrixdotorg/synapse:v1.163.2",
+                   files=[File("/conf/homeserver.yaml", "server_name: example.org\n"),
+                          File("/secrets/email.yaml", "email: {smtp_pass: hunter2}\n", secret=True)],
+                   secret_env={"PGPASSWORD": "old"})
+    rotated = dataclasses.replace(base, secret_env={"PGPASSWORD": "new"})
+    # A rotated database password rolls the pods that read it.
+    assert kube.checksum(base) != kube.checksum(rotated)
+    # Keyed, the annotation says nothing a guess at the secrets could confirm.
+    plain = kube.checksum(base)
+    assert kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k1") != plain
+    assert kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k1") != \
+        kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k2")
