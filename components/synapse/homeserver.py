@@ -331,7 +331,7 @@ def log_config() -> dict[str, Any]:
     }
 
 
-def worker_config(process: Process) -> dict[str, Any]:
+def worker_config(process: Process, *, metrics: bool = True) -> dict[str, Any]:
     """A worker's own file: only worker_* keys, plus the media override (shallow merge)."""
     role = process.role
     assert role is not None
@@ -341,7 +341,8 @@ def worker_config(process: Process) -> dict[str, Any]:
         "worker_listeners": [_listener(process.port, role.listener_resources())],
         "worker_log_config": LOG_CONFIG,
     }
-    conf["worker_listeners"].append(_metrics_listener(process.metrics_port))
+    if metrics:
+        conf["worker_listeners"].append(_metrics_listener(process.metrics_port))
     if role.media:
         conf["enable_media_repo"] = True
     return conf

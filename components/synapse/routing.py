@@ -412,7 +412,8 @@ def render_nginx(
         http += ["map $http_authorization $synapse_origin_denied {", "    default 0;"]
         for denied in sorted(syn.federation.deny):
             escaped = denied.replace(".", "\\.")
-            http.append(f'    "~*X-Matrix\\s.*origin=\\"?{escaped}\\"?(,|\\s|$)" 1;')
+            # An origin may carry a port (evil.example:8448): it is still that server.
+            http.append(f'    "~*X-Matrix\\s.*origin=\\"?{escaped}(:[0-9]+)?\\"?(,|\\s|$)" 1;')
         http.append("}")
     for var, (reads, writes) in sorted(routing.method_maps.items()):
         http += [f"map $request_method {var} {{", f"    default {writes};", f"    GET {reads};",

@@ -101,7 +101,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                     secrets: Mapping[str, pulumi.Input[str]]) -> Service:
     files = list(common)
     if not process.is_main:
-        files.append(File(hs.worker_config_path(process), hs.dump(hs.worker_config(process))))
+        files.append(File(hs.worker_config_path(process), hs.dump(hs.worker_config(process, metrics=cfg.synapse.metrics))))
     elif (own := hs.main_config(cfg)) is not None:
         files.append(File(hs.MAIN_CONFIG, hs.dump(own)))
     volumes = [Volume("synapse-media", hs.MEDIA_STORE, size=cfg.synapse.media_size, owner=SYNAPSE_USER)] \

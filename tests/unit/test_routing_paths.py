@@ -1,0 +1,98 @@
+"""Real requests through the routing plan with nginx's semantics (regex locations, first match,
+case-insensitive; method maps for read-only groups): each lands where Synapse serves it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import config
+import stack  # noqa: F401  (registers the worker-table checks)
+from components.synapse import homeserver as hs
+from components.synapse import routing
+from components.synapse import services as synapse_services
+from components.synapse.workers import ROLES
+
+EVERY_ROLE = {role.name: 1 for role in ROLES}
+
+
+def _route(plan: routing.RoutingPlan, method: str, path: str) -> str:
+    """The upstream nginx would pick: first matching regex location, else the catch-alls."""
+    for loc in plan.locations:
+        if re.search(loc.pattern, path, re.IGNORECASE):
+            upstream = loc.upstream
+            if upstream in plan.method_maps:
+                reads, writes = plan.method_maps[upstream]
+                return reads if method in ("GET", "HEAD") else writes
+            return upstream
+    if re.search(r"^/_synapse/admin/", path, re.IGNORECASE) or re.search(r"^(/_matrix|/_synapse/client)", path, re.I):
+        return "synapse_main"
+    return "404"
+
+
+@pytest.fixture(scope="module")
+def every_role_plan() -> routing.RoutingPlan:
+    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": EVERY_ROLE}}})
+    return routing.plan(hs.topology(cfg), synapse_services.addresses(cfg))
+
+
+C = "/_matrix/client/v3"
+CASES = [
+    # Servlets registered only on main (synapse/rest/__init__.py).
+    ("POST", f"{C}/rooms/!r:x/report/$e", "synapse_main"),
+    ("POST", f"{C}/pushers/set", "synapse_main"),
+    ("POST", f"{C}/user/@u:x/openid/request_token", "synapse_main"),
+    ("POST", f"{C}/account/3pid/add", "synapse_main"),
+    ("PUT", f"{C}/directory/list/room/!r:x", "synapse_main"),
+    ("POST", "/_matrix/client/v1/login/get_token", "synapse_main"),
+    ("POST", f"{C}/logout", "synapse_main"),
+    ("POST", f"{C}/rooms/!r:x/upgrade", "synapse_main"),
+    ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/abc", "synapse_main"),
+    ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/abc/cancel", "synapse_main"),
+    ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/abc/send", "synapse_main"),
+    ("GET", "/_matrix/federation/v1/openid/userinfo", "synapse_main"),
+    ("POST", "/_synapse/admin/v1/register", "synapse_main"),
+    # Workers: the dedicated role of each request class.
+    ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events", "synapse_client_reader"),
+    ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/abc/restart", "synapse_client_reader"),
+    ("GET", f"{C}/sync", "synapse_sync_by_user"),
+    ("PUT", f"{C}/rooms/!r:x/send/m.room.message/t1", "synapse_event_creator_by_room"),
+    ("PUT", f"{C}/rooms/!r:x/state/m.room.name/", "synapse_event_creator_by_room"),
+    ("GET", f"{C}/rooms/!r:x/state", "synapse_client_reader"),
+    ("GET", f"{C}/rooms/!r:x/event/$e", "synapse_client_reader"),
+    ("GET", f"{C}/rooms/!r:x/messages", "synapse_client_reader_by_room"),
+    ("PUT", f"{C}/rooms/!r:x/typing/@u:x", "synapse_typing"),
+    ("POST", f"{C}/rooms/!r:x/receipt/m.read/$e", "synapse_receipts"),
+    ("PUT", f"{C}/user/@u:x/account_data/m.direct", "synapse_account_data"),
+    ("PUT", f"{C}/sendToDevice/m.room.encrypted/t2", "synapse_to_device"),
+    ("PUT", f"{C}/presence/@u:x/status", "synapse_presence"),
+    ("PUT", f"{C}/pushrules/global/override/r1", "synapse_push_rules"),
+    ("POST", f"{C}/keys/upload", "synapse_device_lists"),
+    ("GET", "/_matrix/client/v1/media/download/x/y", "synapse_media_repository"),
+    ("POST", "/_matrix/media/v3/upload", "synapse_media_repository"),
+    ("PUT", "/_matrix/federation/v1/send/txn1", "synapse_federation_inbound_by_source_ip"),
+    ("GET", "/_matrix/federation/v1/event/$e", "synapse_federation_reader"),
+    ("POST", f"{C}/user_directory/search", "synapse_user_directory"),
+    ("POST", f"{C}/login", "synapse_client_reader"),
+    ("GET", "/_synapse/admin/v1/rooms/!r:x", "synapse_client_reader"),
+    ("GET", "/_matrix/client/unstable/io.element.msc4306/rooms/!r/thread/$e/subscription", "synapse_thread_subscriptions"),
+    ("GET", "/not-matrix", "404"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), CASES, ids=[f"{m} {p}" for m, p, _e in CASES])
+def test_each_request_reaches_the_process_that_serves_it(
+    every_role_plan: routing.RoutingPlan, method: str, path: str, expected: str
+) -> None:
+    assert _route(every_role_plan, method, path) == expected
+
+
+def test_without_writers_reads_go_to_workers_and_writes_to_main() -> None:
+    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": {"generic": 2}}}})
+    plan = routing.plan(hs.topology(cfg), synapse_services.addresses(cfg))
+    assert _route(plan, "GET", f"{C}/user/@u:x/account_data/m.direct") == "synapse_generic"
+    assert _route(plan, "PUT", f"{C}/user/@u:x/account_data/m.direct") == "synapse_main"
+    assert _route(plan, "PUT", f"{C}/rooms/!r:x/typing/@u:x") == "synapse_main"  # never a non-writer
+    assert _route(plan, "GET", "/_synapse/admin/v2/users/@u:x") == "synapse_generic"
+    assert _route(plan, "PUT", "/_synapse/admin/v2/users/@u:x") == "synapse_main"
