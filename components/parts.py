@@ -31,15 +31,20 @@ class Parts:
 
 def service_names(cfg: StackConfig) -> list[str]:
     """The parts' services for this config (placement checks run before anything is built)."""
+    from components.coturn import render as coturn
+    from components.element_call import render as element_call
+    from components.element_web import render as element_web
+    from components.ntfy import render as ntfy
+
     names: list[str] = []
     if cfg.element_call.enabled:
-        names += ["livekit", "lk-jwt-service", "element-call"]
+        names += [element_call.LIVEKIT_SERVICE, element_call.JWT_SERVICE, element_call.WEB_SERVICE]
     if cfg.ntfy.enabled:
-        names.append("ntfy")
+        names.append(ntfy.SERVICE)
     if cfg.coturn.enabled:
-        names.append("coturn")
+        names.append(coturn.SERVICE)
     if cfg.element_web.enabled and cfg.element_web.mode == "container":
-        names.append("element-web")
+        names.append(element_web.SERVICE)
     return names
 
 
