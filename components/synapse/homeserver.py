@@ -147,9 +147,12 @@ def database_section(cfg: StackConfig, address: dict[str, str]) -> dict[str, Any
 
 
 def max_connections(cfg: StackConfig) -> int:
-    """Bundled PostgreSQL's max_connections: every process's pool plus room for admin tools."""
+    """Bundled PostgreSQL's max_connections: every process's pool plus room for admin tools,
+    rounded up to a hundred so that adding a worker rarely changes it (a change restarts
+    PostgreSQL)."""
     processes = len(topology(cfg).processes)
-    return max(100, cfg.synapse.database.cp_max * processes + 20)
+    needed = cfg.synapse.database.cp_max * processes + 20
+    return max(100, -(-needed // 100) * 100)
 
 
 def registration_keys(cfg: StackConfig) -> dict[str, Any]:

@@ -398,3 +398,15 @@ def test_the_client_address_is_restored_only_behind_a_trusted_proxy() -> None:
     assert "set_real_ip_from 10.0.0.0/8;" in behind  # the Ingress controller
     assert "set_real_ip_from 173.245.48.0/20;" in behind  # Cloudflare's edge
     assert "real_ip_header X-Forwarded-For;" in behind and "real_ip_recursive on;" in behind
+
+
+def test_max_connections_fits_every_pool_and_moves_in_hundreds() -> None:
+    small, seed = cfg_with({"generic": 1}), parse({"server_name": "localhost", "synapse": {"workers": {"preset": "seed-000"}}})
+    for cfg in (small, seed, cfg_with(EVERY_ROLE)):
+        processes = len(hs.topology(cfg).processes)
+        assert hs.max_connections(cfg) >= cfg.synapse.database.cp_max * processes + 20
+        assert hs.max_connections(cfg) % 100 == 0
+    # One more worker in seed-000 (20 processes, 5 per pool) needs no PostgreSQL restart.
+    bigger = parse({"server_name": "localhost",
+                    "synapse": {"workers": {"preset": "seed-000", "counts": {"generic": 7}}}})
+    assert hs.max_connections(bigger) == hs.max_connections(seed)
