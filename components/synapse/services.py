@@ -5,7 +5,6 @@ routing proxy. Derived from the typed config and the worker table; secrets come 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -259,6 +258,12 @@ def cluster_services(
 
 
 def service_names(cfg: StackConfig) -> list[str]:
-    """The cluster's service names, for checks that run before anything is built: the same
-    derivation as the deployment (secrets are not needed to name services)."""
-    return [service.name for service in cluster_services(cfg, defaultdict(str), Inputs())]
+    """The cluster's service names, for checks that run before anything is built (and outside
+    Pulumi: building the services themselves would create Outputs). Mirrors cluster_services."""
+    topo = hs.topology(cfg)
+    names = [p.name for p in topo.processes] + [PROXY_SERVICE]
+    if isinstance(cfg.synapse.database, BundledDatabase):
+        names.append(hs.POSTGRES_SERVICE)
+    if topo.workers:
+        names.append(hs.REDIS_SERVICE)
+    return names

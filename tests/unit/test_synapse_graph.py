@@ -246,3 +246,13 @@ def test_proxy_restarts_with_its_upstreams_and_media_waits_for_its_volume_owner(
     assert owner.plain_inputs()["entrypoints"] == ["chown", "991:991", "/media_store"]
     assert owner.urn in containers["synapse-media-repository-1"].dependencies
     assert owner.urn not in containers["synapse-main"].dependencies
+
+
+def test_the_checks_name_exactly_the_services_the_cluster_runs(program: Any) -> None:
+    from components.synapse import services as synapse_services
+
+    for counts in ({}, {"generic": 2, "media_repository": 1}):
+        raw = {"server_name": "localhost", "synapse": {"workers": {"counts": counts}}}
+        run = program(raw)
+        built = {s["service"].name for s in run.services if s["service"].component == "synapse"}
+        assert set(synapse_services.service_names(run.cfg)) == built
