@@ -6,7 +6,7 @@ and creates them on a real engine the way pulumi-docker (the Terraform docker pr
 
 Followed:
 - dependency order: a resource is created after every resource it depends on (depends_on and
-  the inputs that reference other resources);
+  the inputs that reference other resources), independent ones in parallel;
 - networks (bridge driver) and named volumes by their declared names;
 - images: `RemoteImage.name` must exist locally (no registry here; stand-ins are loaded first),
   and the container's `image` is the image id that resource outputs;
@@ -30,8 +30,10 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,33 +118,48 @@ class Applier:
         self.run = run
         self.resources = _order(run.resources)
         self.by_urn = {r.urn: r for r in self.resources}
+        self._lock = threading.Lock()
 
     def containers(self) -> list[Registered]:
         return [r for r in self.resources if r.type == CONTAINER]
 
     def apply(self) -> Applied:
+        """Every resource once its dependencies exist, independent ones in parallel (as the
+        Pulumi engine does); the first failure stops everything that depends on it."""
         started = time.monotonic()
         applied = Applied()
-        for resource in self.resources:
-            inputs = resource.plain_inputs()
-            if resource.type == NETWORK:
-                self.client.networks.create(inputs["name"], driver=inputs.get("driver") or "bridge",
-                                            check_duplicate=True)
-            elif resource.type == VOLUME:
-                self.client.volumes.create(name=inputs["name"], driver=inputs.get("driver") or "local")
-            elif resource.type == IMAGE:
-                try:
-                    self.client.images.get(inputs["name"])
-                except docker.errors.ImageNotFound as exc:
-                    raise ApplyError(f"image {inputs['name']} is not in the engine (no registry to pull from)") from exc
-            else:
-                code = self.create_container(inputs)
+        done: dict[str, Future[None]] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(self.resources))) as pool:
+            for resource in self.resources:
+                deps = [done[d] for d in resource.dependencies if d in done]
+                done[resource.urn] = pool.submit(self._create_after, resource, deps, applied)
+            for future in done.values():
+                future.result()
+        order = {r.plain_inputs().get("name"): i for i, r in enumerate(self.resources)}
+        applied.containers.sort(key=lambda n: order.get(n, 0))
+        applied.seconds = time.monotonic() - started
+        return applied
+
+    def _create_after(self, resource: Registered, deps: list[Future[None]], applied: Applied) -> None:
+        for dep in deps:
+            dep.result()  # re-raises a dependency's failure: this one is not created
+        inputs = resource.plain_inputs()
+        if resource.type == NETWORK:
+            self.client.networks.create(inputs["name"], driver=inputs.get("driver") or "bridge", check_duplicate=True)
+        elif resource.type == VOLUME:
+            self.client.volumes.create(name=inputs["name"], driver=inputs.get("driver") or "local")
+        elif resource.type == IMAGE:
+            try:
+                self.client.images.get(inputs["name"])
+            except docker.errors.ImageNotFound as exc:
+                raise ApplyError(f"image {inputs['name']} is not in the engine (no registry to pull from)") from exc
+        else:
+            code = self.create_container(inputs)
+            with self._lock:
                 if code is None:
                     applied.containers.append(inputs["name"])
                 else:
                     applied.one_shots[inputs["name"]] = code
-        applied.seconds = time.monotonic() - started
-        return applied
 
     def create_container(self, inputs: dict[str, Any]) -> int | None:
         """Create, upload, start. Returns the exit code of an attached one-shot, else None."""
