@@ -84,6 +84,10 @@ class Engine:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
         self.proc = None
+        # Network namespaces the engine mounted outlive it; unmount them so the directory can go.
+        netns = self.root / "exec" / "netns"
+        for path in netns.iterdir() if netns.is_dir() else ():
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

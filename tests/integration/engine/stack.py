@@ -6,6 +6,7 @@ import os
 import pty
 import select
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ def run_printed(command: str, docker_host: str, answers: list[str], timeout: flo
         os.execvpe("/bin/sh", ["/bin/sh", "-c", command], env)
     output = b""
     pending = list(answers)
+    answered = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 1.0)
@@ -116,8 +118,13 @@ def run_printed(command: str, docker_host: str, answers: list[str], timeout: flo
         if not chunk:
             break
         output += chunk
-        if pending and output.rstrip().lower().endswith(b"password:"):
+        # One answer per prompt seen, never ahead of it: getpass flushes typed-ahead input.
+        while pending and answered < output.lower().count(b"password:"):
+            time.sleep(0.3)
             os.write(fd, (pending.pop(0) + "\n").encode())
+            answered += 1
+    else:
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
