@@ -5,12 +5,14 @@ routing proxy. Derived from the typed config and the worker table; secrets come 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 
+from components import image_facts
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume, Wait
 from components.tls import PROXY_RUN, proxy_run_script
 from components.tls.plan import proxy_terminates_tls
@@ -22,7 +24,8 @@ from . import routing
 from .workers import Process
 
 COMPONENT = "synapse"
-SYNAPSE_USER = "991:991"
+# The user the image's start.py steps down to; we start Synapse as that user directly.
+SYNAPSE_USER = images.facts_for(images.SYNAPSE).user or "991:991"
 MAIN_START_PERIOD_S = 3600
 WORKER_START_PERIOD_S = 300
 PROXY_SERVICE = "synapse-proxy"
@@ -148,9 +151,8 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         volumes=volumes,
         # Main applies schema migrations before it listens: an upgrade may take many minutes, and
         # a probe that gives up earlier would restart the migration in a loop.
-        health=HealthCheck(("curl", "-fsS", f"http://localhost:{process.port}/health"),
-                           http_path="/health", http_port=process.port,
-                           start_period_s=MAIN_START_PERIOD_S if process.is_main else WORKER_START_PERIOD_S),
+        health=image_facts.http_check(cfg.synapse.image, process.port,
+                                      start_period_s=MAIN_START_PERIOD_S if process.is_main else WORKER_START_PERIOD_S),
         user=SYNAPSE_USER,
         read_only_root=True,
         writable_paths=("/tmp",),
@@ -185,7 +187,8 @@ def postgres_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]],
         volumes=[Volume("synapse-postgres", POSTGRES_DATA, size=db.size)],
         health=HealthCheck(("pg_isready", "-U", hs.DATABASE_USER, "-d", hs.DATABASE_NAME)),
         resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
-        drop_capabilities=False,  # the entrypoint chowns PGDATA and drops to the postgres user
+        # The entrypoint chowns PGDATA and steps down to the postgres user itself.
+        drop_capabilities=not images.facts_for(db.image).steps_down,
         allowed_clients=clients,
     )
 
@@ -217,7 +220,8 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
         ports=[Port("redis", hs.REDIS_PORT)],
         health=HealthCheck(("sh", "-c", "redis-cli --no-auth-warning -a \"$(sed -n 's/.*>\\([^ ]*\\).*/\\1/p' "
                             f"{REDIS_ACL})\" ping | grep -q PONG")),
-        user="999:999",
+        # Run directly as the image's redis user (the entrypoint would step down to it).
+        user=image_facts.user(cfg.synapse.redis.image),
         read_only_root=True,
         allowed_clients=clients,
     )
@@ -250,10 +254,11 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
         files=[File(routing.NGINX_CONF, conf), run_script, *inputs.proxy_files],
         volumes=list(inputs.proxy_volumes),
         ports=ports,
-        # Healthy only while nginx holds every upstream's current address.
-        health=HealthCheck(("/bin/sh", PROXY_RUN, "health"),
-                           http_path="/health", http_port=routing.PROXY_STATUS_PORT),
-        user="101:101",
+        # Healthy only while nginx holds every upstream's current address (Kubernetes probes the
+        # status path: its Services keep their addresses).
+        health=dataclasses.replace(image_facts.http_check(images.NGINX, routing.PROXY_STATUS_PORT, "/health"),
+                                   command=("/bin/sh", PROXY_RUN, "health")),
+        user=image_facts.user(images.NGINX),
         read_only_root=True,
         writable_paths=("/tmp",),
         waits=(Wait(main.name, ("wget", "-qO-", f"http://{main.name}:{main.port}/health")),),

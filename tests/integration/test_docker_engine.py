@@ -16,7 +16,9 @@ not: the real images, or the Pulumi engine and pulumi-docker themselves.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -62,8 +64,9 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    eng = Engine(Path(tmp_path_factory.mktemp("docker-engine")))
+def engine() -> Iterator[Engine]:
+    # Not under pytest's base temp: other pytest runs on the machine prune old base temps.
+    eng = Engine(Path(tempfile.mkdtemp(prefix="matrix-stack-dockerd-")))
     try:
         eng.start()
     except EngineError as exc:
@@ -72,6 +75,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         yield eng
     finally:
         eng.stop()
+        shutil.rmtree(eng.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
