@@ -45,7 +45,7 @@ def test_start_commands_wait_for_health_then_exec_the_process(dev: offline.Run) 
     script = main["entrypoints"][2]
     assert main["entrypoints"][:2] == ["/bin/sh", "-c"]
     assert "psycopg2.connect" in script and "synapse-postgres" in script and "synapse-redis" in script
-    assert main["entrypoints"][4:] == ["python", "-m", "synapse.app.homeserver"]
+    assert main["entrypoints"][4:7] == ["python", "-m", "synapse.app.homeserver"]
     worker = _container(dev, "synapse-generic-1").plain_inputs()
     assert "curl -fsS http://synapse-main:8008/health" in worker["entrypoints"][2]
     assert worker["entrypoints"][4:7] == ["python", "-m", "synapse.app.generic_worker"]
@@ -74,7 +74,7 @@ def test_config_checks_are_attached_one_shots_with_the_service_files(dev: offlin
 def test_dev_publishes_on_loopback_and_other_hosts_on_their_address(dev: offline.Run) -> None:
     published = [p for r in dev.of_type(CONTAINER) for p in r.plain_inputs().get("ports") or []]
     assert published and {p.get("ip") for p in published} == {"127.0.0.1"}
-    staging = offline.run(stack_raw("staging"), stack="staging")
+    staging = offline.run(stack_raw("staging"), stack="staging", secret_keys=("cloudflare_api_token",))
     proxy = _container(staging, "synapse-proxy").plain_inputs()
     assert {p.get("ip") for p in proxy["ports"]} == {"192.0.2.20"}
 
