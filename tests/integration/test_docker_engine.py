@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -220,14 +221,28 @@ def _crash_and_recover(d: Deployed, name: str, route: str, tag: str) -> None:
     engine_stack.wait_healthy(d.client, d.containers, timeout=120)
 
 
+def _take_address(d: Deployed, network: str, address: str) -> list[Any]:
+    """Start idle containers on the network until one holds `address` (the engine hands out the
+    lowest free address, and exited one-shots may have freed lower ones)."""
+    takers = []
+    for i in range(30):
+        taker = d.client.containers.run(images.NGINX, ["sleep", "600"], entrypoint=["/bin/sh", "-c", 'exec "$@"', "sh"],
+                                        name=f"address-taker-{i}", network=network, detach=True)
+        takers.append(taker)
+        if engine_stack.observe(d.client, [taker.name]).addresses[taker.name] == address:
+            return takers
+    for taker in takers:
+        taker.remove(force=True)
+    raise AssertionError(f"could not take {address}")
+
+
 def _moved_and_recover(d: Deployed, name: str, route: str) -> None:
     """The container comes back on another address, as when another container took its old one
     while it was down: the proxy must follow without being restarted."""
     before = engine_stack.observe(d.client, [name, "synapse-proxy"])
     network = d.client.api.inspect_container(name)["HostConfig"].get("NetworkMode") or ""
     d.client.api.stop(name, timeout=10)
-    taker = d.client.containers.run(images.NGINX, ["sleep", "600"], entrypoint=[], name=f"{name}-address-taker",
-                                    network=network, detach=True)
+    takers = _take_address(d, network, before.addresses[name])
     try:
         t0 = time.monotonic()
         d.client.api.start(name)
@@ -244,7 +259,8 @@ def _moved_and_recover(d: Deployed, name: str, route: str) -> None:
         # The proxy reports its state truthfully: healthy again once it holds the new address.
         engine_stack.wait_healthy(d.client, ["synapse-proxy"], timeout=60)
     finally:
-        taker.remove(force=True)
+        for taker in takers:
+            taker.remove(force=True)
 
 
 def test_worker_on_a_new_address_is_routed_to(deployed: Deployed) -> None:
@@ -270,8 +286,7 @@ def test_postgres_stop_and_start(deployed: Deployed) -> None:
     before = engine_stack.observe(d.client, ["synapse-postgres"]).addresses["synapse-postgres"]
     t0 = time.monotonic()
     d.client.api.stop("synapse-postgres", timeout=10)
-    taker = d.client.containers.run(images.NGINX, ["sleep", "600"], entrypoint=[], name="postgres-address-taker",
-                                    network=network, detach=True)
+    takers = _take_address(d, network, before)
     try:
         time.sleep(3)
         d.client.api.start("synapse-postgres")
@@ -279,7 +294,8 @@ def test_postgres_stop_and_start(deployed: Deployed) -> None:
         healthy = engine_stack.wait_healthy(d.client, d.containers, timeout=300)
         recovered = _timed_workload(d, "pg", started)
     finally:
-        taker.remove(force=True)
+        for taker in takers:
+            taker.remove(force=True)
     after = engine_stack.observe(d.client, ["synapse-postgres"]).addresses["synapse-postgres"]
     d.recoveries["postgres stop/start"] = recovered
     print(f"\nPostgreSQL stop/start ({before} -> {after}): down {started - t0:.1f}s, all healthy {healthy:.1f}s "
