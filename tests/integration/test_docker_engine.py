@@ -25,12 +25,10 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 
-from config import images
 from render import offline
 
 from ..conftest import stack_raw
@@ -221,56 +219,6 @@ def _crash_and_recover(d: Deployed, name: str, route: str, tag: str) -> None:
     engine_stack.wait_healthy(d.client, d.containers, timeout=120)
 
 
-def _take_address(d: Deployed, network: str, address: str) -> list[Any]:
-    """Start idle containers on the network until one holds `address` (the engine hands out the
-    lowest free address, and exited one-shots may have freed lower ones)."""
-    takers = []
-    for i in range(30):
-        taker = d.client.containers.run(images.NGINX, ["sleep", "600"], entrypoint=["/bin/sh", "-c", 'exec "$@"', "sh"],
-                                        name=f"address-taker-{i}", network=network, detach=True)
-        takers.append(taker)
-        if engine_stack.observe(d.client, [taker.name]).addresses[taker.name] == address:
-            return takers
-    for taker in takers:
-        taker.remove(force=True)
-    raise AssertionError(f"could not take {address}")
-
-
-def _moved_and_recover(d: Deployed, name: str, route: str) -> None:
-    """The container comes back on another address, as when another container took its old one
-    while it was down: the proxy must follow without being restarted."""
-    before = engine_stack.observe(d.client, [name, "synapse-proxy"])
-    network = d.client.api.inspect_container(name)["HostConfig"].get("NetworkMode") or ""
-    d.client.api.stop(name, timeout=10)
-    takers = _take_address(d, network, before.addresses[name])
-    try:
-        t0 = time.monotonic()
-        d.client.api.start(name)
-        engine_stack.wait_healthy(d.client, [name], timeout=300)
-        healthy_at = time.monotonic()
-        after = engine_stack.observe(d.client, [name, "synapse-proxy"])
-        assert after.addresses[name] != before.addresses[name], "the container kept its address"
-        served = _route_served(route, healthy_at)
-        d.recoveries[f"{name} new address"] = served
-        print(f"\n{name} on a new address ({before.addresses[name]} -> {after.addresses[name]}): healthy "
-              f"{healthy_at - t0:.1f}s after start, routes served {served:.1f}s later")
-        assert served <= RECOVERY_S, f"the proxy served {name}'s routes {served:.1f}s after it was healthy again"
-        assert after.restarts["synapse-proxy"] == before.restarts["synapse-proxy"]
-        # The proxy reports its state truthfully: healthy again once it holds the new address.
-        engine_stack.wait_healthy(d.client, ["synapse-proxy"], timeout=60)
-    finally:
-        for taker in takers:
-            taker.remove(force=True)
-
-
-def test_worker_on_a_new_address_is_routed_to(deployed: Deployed) -> None:
-    _moved_and_recover(deployed, "synapse-generic-1", "/_matrix/client/versions")
-
-
-def test_main_on_a_new_address_is_routed_to(deployed: Deployed) -> None:
-    _moved_and_recover(deployed, "synapse-main", "/_matrix/client/v3/logout")
-
-
 def test_crashed_worker_recovers(deployed: Deployed) -> None:
     _crash_and_recover(deployed, "synapse-generic-1", "/_matrix/client/versions", "worker")
 
@@ -280,30 +228,23 @@ def test_crashed_main_recovers(deployed: Deployed) -> None:
 
 
 def test_postgres_stop_and_start(deployed: Deployed) -> None:
-    """PostgreSQL stopped, its address taken meanwhile, started again: Synapse reconnects by name."""
+    """PostgreSQL stopped and started again: Synapse reconnects by name, with no manual step."""
     d = deployed
-    network = d.client.api.inspect_container("synapse-postgres")["HostConfig"].get("NetworkMode") or ""
     before = engine_stack.observe(d.client, ["synapse-postgres"]).addresses["synapse-postgres"]
     t0 = time.monotonic()
     d.client.api.stop("synapse-postgres", timeout=10)
-    takers = _take_address(d, network, before)
-    try:
-        time.sleep(3)
-        d.client.api.start("synapse-postgres")
-        started = time.monotonic()
-        # A database-backed request through the proxy: a profile lookup reads PostgreSQL.
-        served = _route_served("/_matrix/client/v3/profile/%40alicefresh%3Alocalhost", started, timeout=300)
-        healthy = engine_stack.wait_healthy(d.client, d.containers, timeout=300)
-        recovered = _timed_workload(d, "pg", started)
-    finally:
-        for taker in takers:
-            taker.remove(force=True)
+    time.sleep(3)
+    d.client.api.start("synapse-postgres")
+    started = time.monotonic()
+    # A database-backed request through the proxy: a profile lookup reads PostgreSQL.
+    served = _route_served("/_matrix/client/v3/profile/%40alicefresh%3Alocalhost", started, timeout=300)
+    healthy = engine_stack.wait_healthy(d.client, d.containers, timeout=300)
+    recovered = _timed_workload(d, "pg", started)
     after = engine_stack.observe(d.client, ["synapse-postgres"]).addresses["synapse-postgres"]
     d.recoveries["postgres stop/start"] = recovered
     print(f"\nPostgreSQL stop/start ({before} -> {after}): down {started - t0:.1f}s, database-backed request "
           f"served {served:.1f}s after the start, all healthy {healthy:.1f}s, workload passes {recovered:.1f}s "
           "after the start")
-    assert after != before
 
 
 def test_engine_restart_is_a_reboot(deployed: Deployed) -> None:
