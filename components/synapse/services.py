@@ -240,7 +240,11 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
     ports.append(Port("status", routing.PROXY_STATUS_PORT))
     # nginx resolves upstream names once: its run script waits for them, reloads nginx when an
     # address changes (Docker restarting a container) and, with ACME, when a certificate renews.
-    upstream_hosts = tuple(sorted({address.get(name, name) for name in _routed(address, inputs)}))
+    # The names nginx dials: its upstream pools and the sites (not processes without routes).
+    pools = routing.plan(topo, address).upstreams.values()
+    upstream_hosts = tuple(sorted({server.rsplit(":", 1)[0] for pool in pools for server in pool.servers}
+                                  | {address.get(site.upstream_service, site.upstream_service)
+                                     for site in inputs.sites}))
     main = topo.processes[0]
     status = f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"
     run_script = File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, inputs.proxy_watches_acme, upstream_hosts,

@@ -118,7 +118,8 @@ def test_adding_an_event_persister_changes_the_shared_file_and_every_synapse_con
     base_run: offline.Run,
 ) -> None:
     bigger = offline.run(dev(event_persister=2), stack="test")
-    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2")}
+    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2"),
+                                                               (CONTAINER, "synapse-event-persister-2-check-config")}
     before, after = containers(base_run), containers(bigger)
     processes = set(synapse_processes(base_run))
     assert "synapse-main" in processes and len(processes) == 5
