@@ -341,3 +341,82 @@ def test_a_database_block_without_kind_is_the_bundled_database() -> None:
     cfg = parse(with_(LOCAL, synapse={"database": {"cp_max": 10}}))
     assert cfg.synapse.database.kind == "bundled"
     assert cfg.synapse.database.cp_max == 10
+
+
+# A stack file with five mistakes in two parts: a misspelt key, two single-instance roles
+# counted twice, an unknown role and a count over the limit.
+FIVE_MISTAKES = """\
+config:
+  matrix-stack:server_name: localhost
+  matrix-stack:ntfy:
+    enable: false
+  matrix-stack:synapse:
+    workers:
+      preset: seed-000
+      counts:
+        typing: 2
+        presence: 2
+        backgrounds: 1
+        event_persister: 65
+"""
+
+
+def test_five_mistakes_in_two_parts_are_reported_in_one_run() -> None:
+    import yaml
+
+    document = yaml.safe_load(FIVE_MISTAKES)["config"]
+    raw = {key.split(":", 1)[1]: value for key, value in document.items()}
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert [(p.path, p.value) for p in caught.value.problems] == [
+        ("ntfy.enable", ""),
+        ("synapse.workers.counts.backgrounds", "'backgrounds'"),
+        ("synapse.workers.counts.event_persister", "65"),
+        ("synapse.workers.counts.presence", "2"),
+        ("synapse.workers.counts.typing", "2"),
+    ]
+    assert str(caught.value).startswith("the stack config has 5 problem(s):")
+
+
+def test_a_block_rule_is_judged_even_when_another_field_of_the_block_is_refused() -> None:
+    # pydantic skips a model's own rules once a field fails; the loader runs them on the rest.
+    raw = with_(LOCAL, synapse={"image": "matrixdotorg/synapse:latest", "registration": {"mode": "email"}})
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"synapse.image", "synapse.registration.mode"}
+
+
+def test_a_rule_is_skipped_only_when_its_own_input_is_invalid() -> None:
+    raw = with_(PUBLIC,
+                # Invalid smtp block: the "smtp_password required" rule cannot judge it...
+                synapse={"smtp": {"host": "not a host", "user": "u", "from_address": "m@x.org"},
+                         "workers": {"counts": {"typing": 2}}},
+                # ...while the Cloudflare rules, the worker table and placement still run.
+                cloudflare={"enabled": True, "zone": "example.org"},
+                target=hosts({"name": "a", "url": "unix:///var/run/docker.sock", "services": ["synapse-mian"]}),
+                ntfy={"image": "binwiederhier/ntfy"})
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    paths = {p.path for p in caught.value.problems}
+    assert paths == {"synapse.smtp.host", "cloudflare.origin_ip", "cloudflare_api_token",
+                     "synapse.workers.counts.typing", "target.hosts[0].services", "ntfy.image"}
+
+
+def test_a_misspelt_key_puts_its_block_in_doubt_for_the_rules_that_read_it() -> None:
+    # `ntfy.enable: false` may have meant to turn ntfy off: placement, which needs to know
+    # whether ntfy runs, does not judge the host lists; rules that do not read ntfy still run.
+    raw = with_(LOCAL, ntfy={"enable": False}, synapse={"workers": {"counts": {"typing": 2}}},
+                target=hosts({"name": "a", "url": "unix:///var/run/docker.sock", "services": ["ntfy"]}))
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"ntfy.enable", "synapse.workers.counts.typing"}
+
+
+def test_schema_errors_everywhere_do_not_hide_the_worker_table() -> None:
+    raw = {"server_name": "Not A Host", "surprise": 1, "target": {"kind": "nomad"},
+           "synapse": {"image": "x", "workers": {"preset": "huge", "counts": {"generic": -1, "typing": 3}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {
+        "server_name", "surprise", "target.kind", "synapse.image", "synapse.workers.preset",
+        "synapse.workers.counts.generic", "synapse.workers.counts.typing"}
