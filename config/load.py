@@ -252,7 +252,7 @@ def _overlap(a: Key, b: Key) -> bool:
 @dataclass(frozen=True)
 class _Refusal:
     problem: Problem
-    drop: Key  # what the repair removes so that its default applies
+    drop: tuple[Key, ...]  # what the repair removes so that defaults apply (the first is blamed)
     invalid: tuple[Key, ...]  # what no rule may read afterwards
 
 
@@ -267,35 +267,44 @@ def _refusal(error: Mapping[str, typing.Any]) -> _Refusal:
         path = _join(_path(loc), str(ctx["field"]))
         shown = ctx.get("value")
         value = "" if shown is None else _show(shown, path)
-        drop = _cut(user) + _key(str(ctx["field"]))
-        reads = tuple(_cut(user) + _key(r) for r in ctx.get("reads") or ()) or (drop,)
-        return _Refusal(Problem(path, _message(error), value), drop, reads)
+        blamed = _cut(user) + _key(str(ctx["field"]))
+        reads = tuple(_cut(user) + _key(r) for r in ctx.get("reads") or ()) or (blamed,)
+        return _Refusal(Problem(path, _message(error), value), (blamed, *reads), reads)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         path = _join(_path(loc), "kind")
         value = _show(ctx["tag"], path) if "tag" in ctx else ""
-        return _Refusal(Problem(path, _message(error), value), _cut(user), (_cut(user),))
+        return _Refusal(Problem(path, _message(error), value), (_cut(user),), (_cut(user),))
     problem = Problem(path, _message(error), "" if kind in ("missing", "extra_forbidden") else _show(error.get("input"), path))
     if kind == "extra_forbidden":
         # A misspelt key meant to set one of its siblings: its whole block is in doubt.
         block = _cut(user[:-1]) or _cut(user)
-        return _Refusal(problem, _cut(user), (block,))
+        return _Refusal(problem, (_cut(user),), (block,))
     if kind == "missing":
         block = _cut(user[:-1]) or _cut(user)  # the block cannot stand without it
-        return _Refusal(problem, block, (block,))
-    return _Refusal(problem, _cut(user), (_cut(user),))
+        return _Refusal(problem, (block,), (block,))
+    return _Refusal(problem, (_cut(user),), (_cut(user),))
 
 
-def _remove(root: dict[str, typing.Any], key: Key) -> bool:
-    """Remove the value at `key`, or failing that the nearest enclosing one that exists."""
-    while key:
-        parent: typing.Any = root
-        for part in key[:-1]:
-            parent = parent.get(part) if isinstance(parent, dict) else None
-        if isinstance(parent, dict) and key[-1] in parent:
-            del parent[key[-1]]
-            return True
-        key = key[:-1]
+def _remove_exact(root: dict[str, typing.Any], key: Key) -> bool:
+    parent: typing.Any = root
+    for part in key[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    if key and isinstance(parent, dict) and key[-1] in parent:
+        del parent[key[-1]]
+        return True
     return False
+
+
+def _remove(root: dict[str, typing.Any], keys: tuple[Key, ...]) -> list[Key]:
+    """Remove the values at `keys`; if none is there, the nearest value enclosing the first.
+    Returns what was removed."""
+    removed = [key for key in keys if _remove_exact(root, key)]
+    key = keys[0] if keys and not removed else ()
+    while key and not removed:
+        key = key[:-1]
+        if _remove_exact(root, key):
+            removed.append(key)
+    return removed
 
 
 # Stand-ins for required top-level keys, so the other sections can still be judged; no rule
@@ -319,16 +328,22 @@ def _validate(raw: Mapping[str, object]) -> tuple[StackConfig | None, list[Probl
         except ValidationError as exc:
             found = [_refusal(error) for error in exc.errors()]
         changed = False
+        removed: list[Key] = []
         for refusal in found:
             if first or not any(_overlap(a, b) for a in refusal.invalid for b in invalid):
                 problems.append(refusal.problem)
-            if _remove(current, refusal.drop):
+            gone = _remove(current, refusal.drop)
+            removed += gone
+            blamed = refusal.drop[0]
+            if gone:
                 changed = True
-            elif refusal.drop and refusal.drop[0] in _STAND_INS and refusal.drop[0] not in current:
-                current[refusal.drop[0]] = _STAND_INS[refusal.drop[0]]
+            elif len(blamed) == 1 and blamed[0] in _STAND_INS and blamed[0] not in current:
+                current[blamed[0]] = _STAND_INS[blamed[0]]
                 changed = True
+        # What was removed is invalid too: a rule reading it would judge a default.
         for refusal in found:
             invalid.update(refusal.invalid)
+        invalid.update(removed)
         if not changed:
             break
     return None, problems, invalid
