@@ -10,8 +10,8 @@ from __future__ import annotations
 from config.checks import Finding, check
 from config.model import KubernetesTarget, StackConfig
 
-# What the worker topology is derived from (counts_for): the preset, and each role's count.
-TOPOLOGY = ("synapse.workers.preset", "synapse.workers.counts.*")
+# What the worker topology is derived from (counts_for): the preset and every role's count.
+TOPOLOGY = ("synapse.workers",)
 # Which optional parts run.
 PART_SWITCHES = ("element_call.enabled", "ntfy.enabled", "coturn.enabled", "element_web.enabled",
                  "element_web.mode")
@@ -20,17 +20,27 @@ CERTIFICATES = ("target", "tls.mode", "server_name", "hostnames", "cloudflare.en
                 *PART_SWITCHES)
 
 
-@check(*TOPOLOGY)
+# First: every rule that derives the topology reads the preset, and must not run on a bad one.
+@check("synapse.workers.preset")
+def worker_preset(cfg: StackConfig) -> list[Finding]:
+    from components.synapse.workers import check_preset
+
+    return check_preset(cfg.synapse.workers.preset)
+
+
+# Judges each role's count on its own: one refused count does not stop it judging the others.
+@check("synapse.workers.counts.*")
 def worker_counts(cfg: StackConfig) -> list[Finding]:
-    from components.synapse.workers import check_counts
+    from components.synapse.workers import check_role_counts
 
-    return check_counts(cfg.synapse.workers.preset, dict(cfg.synapse.workers.counts))
+    return check_role_counts(dict(cfg.synapse.workers.counts))
 
 
-# Which keys the stack writes into homeserver.yaml depends on these settings.
-@check("synapse.extra_config", *TOPOLOGY, "synapse.federation.enabled", "synapse.federation.domain_whitelist",
-       "synapse.url_previews.enabled", "synapse.ldap", "synapse.rate_limits", "synapse.registration.mode",
-       "element_call.enabled")
+# Which keys the stack writes into homeserver.yaml depends on these settings. The worker keys are
+# refused whatever the counts (homeserver.WORKER_TABLE_KEYS); the preset must exist to compute.
+@check("synapse.extra_config", "synapse.workers.preset", "synapse.federation.enabled",
+       "synapse.federation.domain_whitelist", "synapse.url_previews.enabled", "synapse.ldap",
+       "synapse.rate_limits", "synapse.registration.mode", "element_call.enabled")
 def extra_config(cfg: StackConfig) -> list[Finding]:
     from components.synapse import homeserver
 

@@ -1,8 +1,12 @@
 """Reading and checking the stack config.
 
 Every problem is collected and reported at once, each naming the key path, the bad value and
-what is allowed. The error is a `pulumi.RunError`, which the Pulumi CLI prints without a Python
-traceback; `python -m render` prints the same text.
+what is allowed. A value that does not validate is replaced by its default so the rest can be
+judged, and the rules over the validated config (config/checks.py) each run unless a key they
+read is itself invalid: one bad section never hides another section's problems.
+
+The error is a `pulumi.RunError`, which the Pulumi CLI prints without a Python traceback;
+`python -m render` prints the same text.
 """
 
 from __future__ import annotations
@@ -54,8 +58,6 @@ class ConfigError(pulumi.RunError):
         lines = [f"the stack config has {len(self.problems)} problem(s):"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
-
-
 
 
 def _mask_secrets(value: object) -> object:

@@ -195,9 +195,18 @@ class Topology:
 
 def check_counts(preset: str, counts: dict[str, int]) -> list[tuple[str, object, str]]:
     """Impossible topologies, as (key path, value, what is allowed)."""
-    problems: list[tuple[str, object, str]] = []
+    return check_preset(preset) + check_role_counts(counts)
+
+
+def check_preset(preset: str) -> list[tuple[str, object, str]]:
     if preset not in PRESETS:
-        problems.append(("synapse.workers.preset", preset, "must be one of: " + ", ".join(repr(p) for p in PRESETS)))
+        return [("synapse.workers.preset", preset, "must be one of: " + ", ".join(repr(p) for p in PRESETS))]
+    return []
+
+
+def check_role_counts(counts: dict[str, int]) -> list[tuple[str, object, str]]:
+    """Each role's count on its own: a known role, within its limit."""
+    problems: list[tuple[str, object, str]] = []
     for name, count in sorted(counts.items()):
         path = f"synapse.workers.counts.{name}"
         role = ROLE_BY_NAME.get(name)

@@ -390,8 +390,8 @@ def test_a_rule_is_skipped_only_when_its_own_input_is_invalid() -> None:
     raw = with_(PUBLIC,
                 # Invalid smtp block: the "smtp_password required" rule cannot judge it...
                 synapse={"smtp": {"host": "not a host", "user": "u", "from_address": "m@x.org"},
-                         "workers": {"counts": {"typing": 2}}},
-                # ...while the Cloudflare rules, the worker table and placement still run.
+                         "extra_config": {"instance_map": {}}},
+                # ...while the Cloudflare rules, the extra_config rule and placement still run.
                 cloudflare={"enabled": True, "zone": "example.org"},
                 target=hosts({"name": "a", "url": "unix:///var/run/docker.sock", "services": ["synapse-mian"]}),
                 ntfy={"image": "binwiederhier/ntfy"})
@@ -399,7 +399,22 @@ def test_a_rule_is_skipped_only_when_its_own_input_is_invalid() -> None:
         parse(raw)
     paths = {p.path for p in caught.value.problems}
     assert paths == {"synapse.smtp.host", "cloudflare.origin_ip", "cloudflare_api_token",
-                     "synapse.workers.counts.typing", "target.hosts[0].services", "ntfy.image"}
+                     "synapse.extra_config.instance_map", "target.hosts[0].services", "ntfy.image"}
+
+
+def test_rules_over_the_topology_wait_for_a_worker_table_that_stands() -> None:
+    # Placement derives the services from every count: with a count refused it does not judge
+    # the host lists, while the worker table judges each count on its own.
+    raw = with_(LOCAL, synapse={"workers": {"counts": {"typing": 2, "generic": -1, "sync": 1}}},
+                target=hosts({"name": "a", "url": "unix:///var/run/docker.sock", "services": ["synapse-mian"]}))
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"synapse.workers.counts.typing",
+                                                       "synapse.workers.counts.generic"}
+    raw["synapse"]["workers"]["counts"] = {"typing": 1}
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"target.hosts[0].services"}
 
 
 def test_a_misspelt_key_puts_its_block_in_doubt_for_the_rules_that_read_it() -> None:
@@ -420,3 +435,19 @@ def test_schema_errors_everywhere_do_not_hide_the_worker_table() -> None:
     assert {p.path for p in caught.value.problems} == {
         "server_name", "surprise", "target.kind", "synapse.image", "synapse.workers.preset",
         "synapse.workers.counts.generic", "synapse.workers.counts.typing"}
+
+
+def test_every_rule_reads_keys_the_config_has() -> None:
+    """A misspelt key in a rule's reads would let it judge a default: each must name a field."""
+    from config.checks import CHECKS
+    from config.load import _models_in
+
+    assert len(CHECKS) >= 10
+    for rule in CHECKS:
+        assert rule.reads, rule.name
+        for read in rule.reads:
+            models: list[Any] = [StackConfig]
+            for part in read.removesuffix(".*").split("."):
+                fields = [m.model_fields[part] for m in models if part in m.model_fields]
+                assert fields, f"{rule.name} reads {read}: no field {part!r}"
+                models = [m for f in fields for m in _models_in(f.annotation)]
