@@ -38,6 +38,10 @@ class Coturn(Part):
                    Port("turn-tcp", render.PORT, "tcp", public=True)],
             port_ranges=[PortRange("relay", turn.relay_port_start, turn.relay_port_end, "udp")],
             user=render.USER,
+            # The image gives /usr/bin/turnserver the file capability CAP_NET_BIND_SERVICE=+ep: the
+            # kernel refuses to exec a binary whose file capabilities lie outside the bounding set,
+            # so dropping every capability would stop coturn from starting at all.
+            capabilities_add=("NET_BIND_SERVICE",),
             read_only_root=True,
             writable_paths=("/tmp",),
         )

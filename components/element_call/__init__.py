@@ -10,6 +10,7 @@ import pulumi
 from components import secrets as gen
 from components.part import Part
 from components.platform.spec import File, HealthCheck, Port, PortRange, Service, Site
+from components.synapse.services import PROXY_SERVICE
 from config.model import StackConfig
 
 from . import render
@@ -21,11 +22,8 @@ class ElementCall(Part):
     def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
         super().__init__("matrix-stack:index:ElementCall", name, opts)
         lk = cfg.element_call.livekit
-        # The key is an identifier but is generated too: nothing else needs to know it.
-        self.livekit_key = gen.password(f"{name}-livekit-key", self, protect=cfg.protect, length=16)
         self.livekit_secret = gen.password(f"{name}-livekit-secret", self, protect=cfg.protect, length=48)
-        keys = pulumi.Output.all(self.livekit_key, self.livekit_secret).apply(
-            lambda pair: render.livekit_keys(pair[0], pair[1]))
+        keys = self.livekit_secret.apply(render.livekit_keys)
 
         ports = [Port("http", render.LIVEKIT_PORT),
                  Port("rtc-tcp", lk.rtc_tcp_port, public=True)]
@@ -52,8 +50,10 @@ class ElementCall(Part):
             component=COMPONENT,
             image=cfg.element_call.jwt_image,
             env=dict(render.jwt_env(cfg)),
-            secret_env={"LIVEKIT_KEY": self.livekit_key, "LIVEKIT_SECRET": self.livekit_secret},
+            secret_env={"LIVEKIT_SECRET": self.livekit_secret},
             ports=[Port("http", render.JWT_PORT)],
+            # The routing proxy forwards clients; LiveKit delivers its webhook.
+            allowed_clients=(PROXY_SERVICE, render.LIVEKIT_SERVICE),
             # The image is FROM scratch: its own health-check binary is all there is.
             health=HealthCheck(("/lk-jwt-service-healthcheck",), http_path="/healthz", http_port=render.JWT_PORT),
             user="65534:65534",
@@ -70,6 +70,11 @@ class ElementCall(Part):
             writable_paths=("/tmp",),
         )
         self.services = [livekit, jwt, web]
+        _host, _port, crosses = render.webhook_target(cfg)
+        published = getattr(platform, "cross_host_ports", None)
+        if crosses and published is not None:
+            # LiveKit's webhook reaches lk-jwt-service on another host through its published port.
+            published.add((render.JWT_SERVICE, render.JWT_PORT))
         self.expose(cfg, platform, Site(cfg.host("call"), render.WEB_SERVICE, render.WEB_PORT))
         self.expose(cfg, platform, Site(cfg.host("jwt"), render.JWT_SERVICE, render.JWT_PORT))
         self.expose(cfg, platform, Site(cfg.host("livekit"), render.LIVEKIT_SERVICE, render.LIVEKIT_PORT,
