@@ -57,7 +57,7 @@ def kubernetes_context(run: offline.Run) -> tuple[set[str], str, bool]:
     sec = container["securityContext"]
     caps = sec.get("capabilities") or {}
     nnp = sec.get("allowPrivilegeEscalation") is False
-    return _bounding(caps.get("drop", []), caps.get("add", [])), f"{sec['runAsUser']}:{sec['runAsGroup']}", nnp
+    return _bounding(caps.get("drop", []), caps.get("add", [])), f"{int(sec['runAsUser'])}:{int(sec['runAsGroup'])}", nnp
 
 
 def exec_under(binary: Path, bounding: set[str], user: str, no_new_privs: bool) -> subprocess.CompletedProcess[str]:
