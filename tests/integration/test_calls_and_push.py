@@ -34,8 +34,6 @@ from .turn_client import TurnClient, TurnError
 
 SERVER_NAME = "example.test"
 PASSWORD = "correct-horse-battery-staple"
-# The image's file capability on /usr/bin/turnserver (coturn's docker/coturn/debian/Dockerfile).
-TURNSERVER_FILE_CAPS = "cap_net_bind_service=+ep"
 # A public address the relay may reach, and the range every TURN relay must refuse.
 PUBLIC_PEER = "9.9.9.9"
 
@@ -83,7 +81,7 @@ def stack() -> Iterator[Stack]:
     try:
         with cluster:
             calls.start_livekit(cluster)
-            calls.start_coturn(cluster, TURNSERVER_FILE_CAPS)
+            calls.start_coturn(cluster, calls.TURNSERVER_FILE_CAPS)
             booted = Stack(cluster, hosts_file, *recorders)
             yield booted
             # Figures for the record (pytest -s shows them); timing is never asserted.
