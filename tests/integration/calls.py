@@ -43,9 +43,9 @@ PUBLIC_HTTP_PORT = 80
 OWN_ADDRESSES = {ntfy.SERVICE: "127.0.0.2", ec.JWT_SERVICE: "127.0.0.3", ec.WEB_SERVICE: "127.0.0.4"}
 PUBLIC_NAMES = ("matrix", "call", "jwt", "livekit", "app", "ntfy", "turn")
 PARTICIPANT = Path(__file__).with_name("livekit_participant.py")
-# What the coturn image does to its binary: setcap CAP_NET_BIND_SERVICE=+ep /usr/bin/turnserver
-# (coturn/coturn, docker/coturn/debian/Dockerfile at docker/4.7.0-r4).
-TURNSERVER_FILE_CAPS = "cap_net_bind_service=+ep"
+# What the coturn image does to its binary (setcap ...=+ep), from the image facts.
+TURNSERVER_FILE_CAPS = ",".join(
+    f"cap_{c.lower()}" for c in images.facts_for(images.COTURN).file_capabilities["/usr/bin/turnserver"]) + "=+ep"
 
 
 def livekit_binary() -> Path:
