@@ -43,7 +43,7 @@ LIVEKIT_API_KEY = "lk-jwt-service"
 # lk-jwt-service learns of SFU disconnects here, to send a vanished member's delayed leave event
 # (its README, "LiveKit SFU Wiring"); without it, participants whose client died stay in the call.
 JWT_WEBHOOK_PATH = "/sfu_webhook"
-WEB_CONFIG = "/app/config.json"
+WEB_CONFIG = images.config_path(images.ELEMENT_CALL)  # the web root
 
 # Embedded TURN: off coturn's 3478/5349 and relay range so both can run on one host
 # (matrix-docker-ansible-deploy's choice). The relay range stays small: Docker publishes each
