@@ -105,13 +105,16 @@ def synapse_python() -> str:
 
 @dataclass(frozen=True)
 class Relocation:
-    """Service names -> 127.0.0.1; container paths under `roots` -> the same path under `base`."""
+    """Service names -> a loopback address; container paths under `roots` -> the same path under `base`."""
 
     base: Path
     hosts: frozenset[str]
     roots: tuple[str, ...]
     # Container "files" that are really streams: the access log goes to a file we can parse.
     streams: Mapping[str, Path] = field(default_factory=dict)
+    # Services whose port another service also uses (ntfy's 8080 is the proxy's too) get a loopback
+    # address of their own; every other service is 127.0.0.1.
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     def path(self, value: str) -> str:
         if value in self.streams:
@@ -122,7 +125,12 @@ class Relocation:
         return value
 
     def host(self, value: str) -> str:
-        return LOOPBACK if value in self.hosts else value
+        return self.addresses.get(value, LOOPBACK) if value in self.hosts else value
+
+    _URL = re.compile(r"^([a-z]+://)([A-Za-z0-9.-]+)(?=[:/]|$)")
+
+    def url(self, value: str) -> str:
+        return self._URL.sub(lambda m: m.group(1) + self.host(m.group(2)), value)
 
     def yaml_text(self, text: str) -> str:
         return yaml.safe_dump(self._walk(yaml.safe_load(text), None), sort_keys=False)
@@ -133,15 +141,25 @@ class Relocation:
         if isinstance(node, list):
             return [self._walk(v, key) for v in node]
         if isinstance(node, str):
-            return self.host(node) if key == "host" else self.path(node)
+            if key == "host":
+                return self.host(node)
+            if key == "node_ip":  # the address LiveKit advertises to its clients
+                return LOOPBACK
+            return self.url(self.path(node))
         return node
 
     # nginx directives whose argument is a host path, and those naming an upstream address.
     _NGINX_PATH = re.compile(r"^(\s*(?:pid|error_log|access_log|include|root|alias|\w+_temp_path)\s+)(\S+?)(;|\s)", re.M)
     _NGINX_ADDR = re.compile(r"^(\s*server\s+|\s*proxy_pass\s+https?://)([A-Za-z0-9.-]+)(:\d+)", re.M)
 
+    _NGINX_LISTEN = re.compile(r"^(\s*listen\s+)(\d+)([ ;])", re.M)
+
     def nginx_text(self, text: str) -> str:
         text = self._NGINX_PATH.sub(lambda m: m.group(1) + self.path(m.group(2)) + m.group(3), text)
+        if self.addresses:
+            # A listener on every address would take the port from the services that have a
+            # loopback address of their own: the proxy listens on 127.0.0.1 only.
+            text = self._NGINX_LISTEN.sub(lambda m: f"{m.group(1)}{LOOPBACK}:{m.group(2)}{m.group(3)}", text)
         return self._NGINX_ADDR.sub(lambda m: m.group(1) + self.host(m.group(2)) + m.group(3), text)
 
     def redis_text(self, text: str) -> str:
@@ -157,7 +175,7 @@ class Relocation:
         return [self.path(a) for a in args]
 
 
-def relocation_for(result: offline.Run, base: Path) -> Relocation:
+def relocation_for(result: offline.Run, base: Path, addresses: Mapping[str, str] | None = None) -> Relocation:
     roots: set[str] = set()
     for entry in result.services:
         service = entry["service"]
@@ -172,12 +190,13 @@ def relocation_for(result: offline.Run, base: Path) -> Relocation:
         hosts=frozenset(e["service"].name for e in result.services),
         roots=tuple(outer),
         streams={"/dev/stdout": base / "logs" / "access.log"},
+        addresses=dict(addresses or {}),
     )
 
 
-def materialize(result: offline.Run, base: Path) -> Relocation:
+def materialize(result: offline.Run, base: Path, addresses: Mapping[str, str] | None = None) -> Relocation:
     """Write every service's files under `base`, relocated. Identical paths must have identical content."""
-    reloc = relocation_for(result, base)
+    reloc = relocation_for(result, base, addresses)
     written: dict[str, str] = {}
     for entry in result.services:
         service = entry["service"]
@@ -225,6 +244,15 @@ class Proc:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def hosts_namespace(hosts_file: Path, cmd: list[str]) -> list[str]:
+    """`cmd` with `hosts_file` bind-mounted over /etc/hosts in a mount namespace of its own
+    (root only); the command keeps its process id (unshare and sh both exec)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        raise RuntimeError("resolving public hostnames to loopback needs root and unshare (util-linux)")
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *cmd]
 
 
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -299,14 +327,17 @@ class Cluster:
     Use as a context manager: processes are always stopped, even when boot fails halfway.
     """
 
-    def __init__(self, result: offline.Run, workdir: Path | None = None):
+    def __init__(self, result: offline.Run, workdir: Path | None = None, *,
+                 addresses: Mapping[str, str] | None = None, hosts_file: Path | None = None):
         require_binaries()
         self.result = result
         self.services = {e["service"].name: e for e in result.services}
         self.base = workdir or Path(tempfile.mkdtemp(prefix="synapse-boot-"))
         # The postgres user and nginx's unprivileged workers must be able to reach their dirs.
         os.chmod(self.base, 0o755)
-        self.reloc = materialize(result, self.base)
+        self.reloc = materialize(result, self.base, addresses)
+        # Public DNS for the Synapse processes: an /etc/hosts of their own (see resolving()).
+        self.hosts_file = hosts_file
         self.procs: dict[str, Proc] = {}
         self.boot_s: dict[str, float] = {}
         self.access_log = self.base / "logs" / "access.log"
@@ -343,6 +374,13 @@ class Cluster:
         proc = Proc(name, popen, log, time.monotonic(), port, tier=tier)
         self.procs[name] = proc
         return proc
+
+    def resolving(self, cmd: list[str]) -> list[str]:
+        """`cmd` in a private mount namespace whose /etc/hosts is `hosts_file`: the stack's public
+        hostnames resolve to loopback, as public DNS resolves them to the proxy's host."""
+        if self.hosts_file is None:
+            return cmd
+        return hosts_namespace(self.hosts_file, cmd)
 
     def _as_postgres(self, cmd: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
@@ -434,7 +472,7 @@ class Cluster:
         entry = list(service.entrypoint or ())
         if entry[:1] == ["python"]:
             entry[0] = synapse_python()
-        return self._spawn(name, [*entry, *self.reloc.args(service.args)], env=self.env_of(name),
+        return self._spawn(name, self.resolving([*entry, *self.reloc.args(service.args)]), env=self.env_of(name),
                            port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
 
     def _healthy(self, proc: Proc) -> bool:
