@@ -219,6 +219,41 @@ def _crash_and_recover(d: Deployed, name: str, route: str, tag: str) -> None:
     engine_stack.wait_healthy(d.client, d.containers, timeout=120)
 
 
+def test_proxy_follows_a_worker_to_a_new_address(deployed: Deployed) -> None:
+    """A worker that comes back on another address (Docker recreating or reconnecting it) is
+    served again by the running proxy, which re-reads the name nginx dials: no proxy restart.
+
+    The worker leaves the network, a scratch container takes the address it freed, and the
+    worker joins again under the same aliases: on an address nginx has never resolved."""
+    d = deployed
+    name, route = "synapse-generic-1", "/_matrix/client/versions"
+    attrs = d.client.api.inspect_container(name)
+    (network, endpoint), = attrs["NetworkSettings"]["Networks"].items()
+    aliases = [a for a in endpoint.get("Aliases") or [] if a != attrs["Id"][:12]]
+    proxy_started = d.client.api.inspect_container("synapse-proxy")["State"]["StartedAt"]
+    before = endpoint["IPAddress"]
+    t0 = time.monotonic()
+    d.client.api.disconnect_container_from_network(name, network)
+    squatter = d.client.containers.run(attrs["Config"]["Image"], entrypoint=["sleep", "3600"], detach=True,
+                                       name="address-squatter", network=network, auto_remove=True)
+    try:
+        d.client.api.connect_container_to_network(name, network, aliases=aliases or None)
+    finally:
+        squatter.remove(force=True)
+    after = engine_stack.observe(d.client, [name]).addresses[name]
+    assert after and after != before, f"the engine gave {name} its old address back ({before})"
+    served = _route_served(route, t0, timeout=60)
+    # Served by the worker at its new address: the proxy's health check compares the addresses
+    # nginx loaded with what the names resolve to now.
+    healthy = engine_stack.wait_healthy(d.client, ["synapse-proxy"], timeout=60)
+    d.recoveries[f"{name} new address"] = served
+    print(f"\n{name} moved {before} -> {after}: routes served {served:.1f}s later, proxy healthy "
+          f"{healthy:.1f}s after that")
+    assert d.client.api.inspect_container("synapse-proxy")["State"]["StartedAt"] == proxy_started, \
+        "the proxy was restarted"
+    assert served <= RECOVERY_S, f"the proxy served {name}'s routes {served:.1f}s after it moved"
+
+
 def test_crashed_worker_recovers(deployed: Deployed) -> None:
     _crash_and_recover(deployed, "synapse-generic-1", "/_matrix/client/versions", "worker")
 
