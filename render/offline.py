@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import json
 import logging
@@ -40,19 +39,14 @@ def stand_in(name: str, length: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz
 BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
-@functools.cache
 def bcrypt_stand_in(name: str, password: str) -> str:
-    """RandomPassword's bcrypt_hash, made deterministic: the salt comes from the resource name.
-
-    A real hash (when the bcrypt package is there) so tests can check a password against it.
-    At cost 10, pulumi-random's and the least ntfy accepts, one takes ~80 ms of CPU: the same
-    name and password (every run of a stack in one process) reuse the first."""
-    salt = "$2a$10$" + stand_in(f"{name}:salt", 21, BCRYPT_ALPHABET) + "."
-    try:
-        import bcrypt
-    except ImportError:
-        return salt + stand_in(f"{name}:hash", 31, BCRYPT_ALPHABET)
-    return bcrypt.hashpw(password.encode(), salt.encode()).decode()
+    """RandomPassword's bcrypt_hash, as a deterministic stand-in in bcrypt's format (cost 10,
+    pulumi-random's). Not a computed hash: under `pulumi up` pulumi-random hashes in its own
+    plugin process, so hashing here (about 75 ms each) would charge the program's render for
+    provider work. Tests check the wiring instead: which resource's hash a service receives."""
+    salt = stand_in(f"{name}:salt", 22, BCRYPT_ALPHABET)
+    digest = stand_in(f"{name}:{password}:hash", 31, BCRYPT_ALPHABET)
+    return f"$2a$10${salt}{digest}"
 
 
 def _unwrap(value: Any) -> Any:
