@@ -14,6 +14,7 @@ from components.platform.spec import Service
 from components.synapse import SynapseCluster, homeserver
 from components.synapse import services as synapse_services
 from components.tls import ACME_SERVICE, Tls, component_needed
+from components.tls import plan as tls_plan
 from components.tls.plan import runs_acme_client
 from config.model import KubernetesTarget, StackConfig
 
@@ -27,6 +28,7 @@ def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
     acme = [ACME_SERVICE] if runs_acme_client(cfg) else []
     problems = placement.check(cfg, cluster + stack_parts.service_names(cfg) + acme, [sorted(cluster + acme)])
     problems += stack_parts.check(cfg)
+    problems += tls_plan.check(cfg)
     if isinstance(cfg.target, KubernetesTarget):
         from components.platform import kubernetes
 
@@ -60,9 +62,9 @@ def build(cfg: StackConfig) -> Deployment:
         inputs.proxy_volumes += tls.proxy_volumes
         inputs.proxy_watches_acme = bool(tls.services)
         extra_services += tls.services
-        if isinstance(cfg.target, KubernetesTarget) and tls.origin_ca is not None:
+        if isinstance(cfg.target, KubernetesTarget) and tls.held is not None:
             # Before the cluster runs the proxy: its Ingress for proxied names reads this.
-            platform.use_origin_ca(tls.origin_ca.certificate, tls.origin_ca.private_key, parent=tls)
+            platform.use_origin_ca(tls.held.certificate, tls.held.private_key, parent=tls)
     synapse = SynapseCluster("synapse", cfg, platform, inputs)
     deployment = Deployment(cfg, services=[*synapse.services, *parts.services, *extra_services])
     deployment.outputs = {
