@@ -21,6 +21,7 @@ Used by tests/integration/test_federation.py and scripts/bench_federation.py.
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 import socket
 import subprocess
@@ -177,7 +178,7 @@ def boot_pair(keep: bool = False) -> Iterator[Pair]:
     finally:
         for cluster in clusters:
             cluster.stop()
-        if failed or keep:
+        if failed or keep or os.environ.get("KEEP_BOOT_DIR"):
             print(f"federation logs kept in {base}", flush=True)
         else:
             shutil.rmtree(base, ignore_errors=True)

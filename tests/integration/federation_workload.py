@@ -24,6 +24,10 @@ PASSWORD = "correct-horse-battery-staple"
 HISTORY = 6  # messages A has before B joins: B can only get them by backfill
 MESSAGES = 20  # each way
 STEP_TIMEOUT_S = float(os.environ.get("FEDERATION_STEP_TIMEOUT", "120"))
+# An inbound worker killed while it handles a room's events holds that room's lock in the
+# database until the lock times out (Synapse: 2 minutes) and another process's periodic pass
+# (every minute) takes the staged events over: delivery may take that long, and no longer.
+FAULT_TIMEOUT_S = float(os.environ.get("FEDERATION_FAULT_TIMEOUT", "330"))
 
 
 def _ok(resp: Any, kind: type, what: str) -> Any:
@@ -81,7 +85,8 @@ async def sync_until(c: nio.AsyncClient, done: Callable[[nio.SyncResponse], bool
 
 
 async def exchange(sender: nio.AsyncClient, receiver: nio.AsyncClient, room_id: str, count: int, label: str,
-                   way: Direction, *, during: Callable[[int], Any] | None = None) -> None:
+                   way: Direction, *, during: Callable[[int], Any] | None = None,
+                   timeout_s: float = STEP_TIMEOUT_S) -> None:
     """`sender` sends `count` messages while `receiver` syncs; records order and delivery times.
 
     `during(i)` runs before message i is sent (a fault, say)."""
@@ -113,7 +118,7 @@ async def exchange(sender: nio.AsyncClient, receiver: nio.AsyncClient, room_id: 
 
     sending = asyncio.ensure_future(send())
     try:
-        await sync_until(receiver, collect, f"{label}: every message arrives")
+        await sync_until(receiver, collect, f"{label}: every message arrives", timeout_s)
     finally:
         await sending
 
@@ -266,10 +271,13 @@ class FaultFacts:
 
 async def _fault(pair: Pair, sender_stack: Stack, receiver_stack: Stack, victim: str, room_id: str,
                  sender_user: str, receiver_user: str, label: str, count: int = 10, kill_before: int = 3,
-                 down_s: float = 3.0) -> FaultFacts:
-    """`sender_user` sends `count` messages; before message `kill_before`, `victim` (a process of
-    either stack) gets SIGKILL; it is started again with the same command `down_s` seconds later,
-    while the rest are sent."""
+                 down_s: float = 3.0, after_restart: int = 2) -> FaultFacts:
+    """`sender_user` keeps sending `count` messages; before message `kill_before`, `victim` (a
+    process of either stack) gets SIGKILL, and `down_s` seconds later it is started again with the
+    same command. The last `after_restart` messages are sent once it is back: traffic goes on.
+
+    (A federation sender that comes back resumes from its stored stream position when the next
+    event reaches it: Synapse pokes the sender on new events, not at start-up.)"""
     facts = FaultFacts(victim=victim)
     owner = sender_stack if victim in sender_stack.cluster.procs else receiver_stack
     sender = await login(pair, sender_stack, sender_user, register=False)
@@ -291,6 +299,8 @@ async def _fault(pair: Pair, sender_stack: Stack, receiver_stack: Stack, victim:
                 facts.restarted_at = time.monotonic()
 
             restart = asyncio.ensure_future(later())
+        if i == count - after_restart and restart is not None:
+            await restart
 
     try:
         _ok(await receiver.sync(timeout=0), nio.SyncResponse, "receiver sync")
@@ -305,7 +315,7 @@ async def _fault(pair: Pair, sender_stack: Stack, receiver_stack: Stack, victim:
             return resp
 
         receiver.sync = timed_sync  # type: ignore[method-assign]
-        await exchange(sender, receiver, room_id, count, label, facts.way, during=during)
+        await exchange(sender, receiver, room_id, count, label, facts.way, during=during, timeout_s=FAULT_TIMEOUT_S)
         if restart is not None:
             await restart
     finally:

@@ -129,7 +129,9 @@ def _verify_key(doc: dict[str, object], key_id: str) -> object:
 
 def test_each_server_fetches_the_others_key_and_verifies_its_events(fed: Booted) -> None:
     from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
-    from synapse.events.utils import prune_event_dict
+    from synapse.crypto.event_signing import check_event_content_hash
+    from synapse.events import make_event_from_dict
+    from synapse.events.utils import prune_event
 
     pair, facts = fed
     sent_by = {"a.test": facts.a_to_b.sent_ids[0], "b.test": facts.b_to_a.sent_ids[0]}
@@ -154,8 +156,9 @@ def test_each_server_fetches_the_others_key_and_verifies_its_events(fed: Booted)
         row = fetcher.sql("SELECT r.room_version, e.json FROM event_json e JOIN rooms r USING (room_id) "
                           f"WHERE e.event_id = '{event_id}'")
         version, event_json = row[0].split("\t", 1)
-        pruned = prune_event_dict(KNOWN_ROOM_VERSIONS[version], json.loads(event_json))
-        verify_signed_json(pruned, name, key)
+        event = make_event_from_dict(json.loads(event_json), KNOWN_ROOM_VERSIONS[version])
+        assert check_event_content_hash(event)
+        verify_signed_json(prune_event(event).get_pdu_json(), name, key)
 
 
 def test_every_request_lands_on_the_process_the_worker_table_assigns(fed: Booted) -> None:
