@@ -570,7 +570,7 @@ class Cluster:
         script = Path(synapse_python()).parent / "register_new_matrix_user"
         cmd = [str(script), "-u", user, "-p", password, "--admin" if admin else "--no-admin",
                "-c", str(self.file("/conf/homeserver.yaml")), f"http://{self.address}:{self.http_port('synapse-main')}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
         if done.returncode != 0:
             raise RuntimeError(f"register_new_matrix_user {user} failed:\n{done.stdout}\n{done.stderr}")
 
