@@ -1,8 +1,24 @@
-"""Pinned container images: the defaults every stack starts from.
+"""Pinned container images, and the facts each pinned image guarantees.
 
-Synapse's tag must equal the matrix-synapse version the tests install from PyPI
-(requirements/test.in), because the tests boot the files we render with that version.
+The pins are the defaults every stack starts from. Synapse's tag must equal the matrix-synapse
+version the tests install from PyPI (requirements/test.in), because the tests boot the files we
+render with that version.
+
+The facts are what our services depend on: the user an image runs its program as, its
+entrypoint, which programs it ships (a shell, wget, curl, the tools our health checks call), the
+file capabilities its binaries carry, the port it listens on, its config and health paths. Each
+fact names the upstream file and tag it was read from. Services derive their health checks, users
+and capability sets from this table (components/image_facts.py), and a unit test holds every
+service to it (tests/unit/test_image_facts.py). Bumping a pin means re-reading its facts.
+
+A stack may override an image's tag; the facts of the pinned tag still apply (they are keyed by
+repository), so an override is the operator's promise that the image keeps them.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 
 SYNAPSE_VERSION = "1.163.2"
 
@@ -17,3 +33,276 @@ NTFY = "binwiederhier/ntfy:v2.14.0"
 ELEMENT_WEB = "vectorim/element-web:v1.12.26"
 COTURN = "coturn/coturn:4.7.0"
 CERTBOT = "certbot/certbot:v4.1.1"
+
+# BusyBox applets every Alpine-based image has on PATH (alpine-baselayout + busybox).
+BUSYBOX = frozenset({"sh", "wget", "grep", "sed", "ls", "cat", "test", "["})
+# What a Debian "slim" base has that our checks could call (dash as /bin/sh, coreutils, grep, sed).
+DEBIAN_SLIM = frozenset({"sh", "grep", "sed", "ls", "cat", "test", "["})
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a fact was read: a file of an upstream repository at a tag (or commit)."""
+
+    repo: str
+    path: str
+    ref: str
+    # Why the ref is not the pinned tag, when it is not.
+    note: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.repo}:{self.path}@{self.ref}" + (f" ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What one pinned image guarantees. Every fact has an entry in `sources`."""
+
+    image: str
+    sources: Mapping[str, Source]
+    # "uid:gid" the image runs its program as: its USER, or the user its entrypoint steps down
+    # to. None: root, and no user of its own (FROM scratch, or no USER line).
+    user: str | None = None
+    # The entrypoint starts as root and steps down itself (gosu, su-exec): it needs CHOWN,
+    # SETUID and SETGID at start, so the service cannot drop every capability.
+    steps_down: bool = False
+    entrypoint: tuple[str, ...] = ()
+    shell: bool = False
+    wget: bool = False
+    curl: bool = False
+    # Other programs on PATH our services call (pg_isready, redis-cli, grep, python ...).
+    tools: frozenset[str] = frozenset()
+    # Binary -> capabilities set on it with setcap. The kernel refuses to exec such a binary
+    # when one of them is outside the bounding set, so a service must keep them.
+    file_capabilities: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    port: int | None = None
+    config_path: str | None = None
+    health_path: str | None = None
+    # A health-check program of the image's own (a FROM scratch image has nothing else).
+    healthcheck_binary: str | None = None
+
+    @property
+    def repository(self) -> str:
+        return repository(self.image)
+
+    @property
+    def programs(self) -> frozenset[str]:
+        """Every program a command run in this image may call by name."""
+        named = {name for name, present in (("sh", self.shell), ("wget", self.wget), ("curl", self.curl)) if present}
+        own = {self.healthcheck_binary} if self.healthcheck_binary else set()
+        return frozenset(named | own | set(self.tools))
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """Every capability a binary of this image carries, sorted."""
+        return tuple(sorted({cap for caps in self.file_capabilities.values() for cap in caps}))
+
+
+FACTS = tuple(f.name for f in fields(ImageFacts) if f.name not in ("image", "sources"))
+
+
+def _sources(default: Source, **specific: Source) -> dict[str, Source]:
+    """`default` for every fact, `specific` where another file says it."""
+    unknown = set(specific) - set(FACTS)
+    if unknown:
+        raise ValueError(f"sources for unknown facts: {sorted(unknown)}")
+    return {name: specific.get(name, default) for name in FACTS}
+
+
+def repository(image: str) -> str:
+    """The image reference without its tag or digest."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
+# ---------------------------------------------------------------- the table
+
+_SYNAPSE_TREE = "a58ad44eb0"
+_SYNAPSE_NOTE = "main after v1.157.1; no later tag in the reachable snapshot, docker/ unchanged in kind"
+_SYNAPSE_DOCKERFILE = Source("element-hq/synapse", "docker/Dockerfile", _SYNAPSE_TREE, _SYNAPSE_NOTE)
+_SYNAPSE_START = Source("element-hq/synapse", "docker/start.py", _SYNAPSE_TREE, _SYNAPSE_NOTE)
+
+_POSTGRES_DOCKERFILE = Source("docker-library/postgres", "16/alpine3.22/Dockerfile", "1cb68aee8f",
+                              "the commit that set PG_VERSION 16.10")
+_POSTGRES_ENTRYPOINT = Source("docker-library/postgres", "16/alpine3.22/docker-entrypoint.sh", "1cb68aee8f")
+
+_REDIS_IMAGE = Source("docker-library/repo-info", "repos/redis/remote/7.4.6-alpine.md", "0b4b06aa69",
+                      "the published image's build history, read from the maxmood96/repo-info mirror: "
+                      "addgroup -S -g 1000 redis; adduser -S -G redis -u 999 redis")
+
+_NGINX_DOCKERFILE = Source("nginx/docker-nginx", "mainline/alpine-slim/Dockerfile", "1.29.1")
+_NGINX_ALPINE = Source("nginx/docker-nginx", "mainline/alpine/Dockerfile", "1.29.1")
+
+_ELEMENT_CALL_DOCKERFILE = Source("element-hq/element-call", "Dockerfile", "v0.24.0")
+_NGINX_UNPRIVILEGED = Source("nginx/docker-nginx-unprivileged", "mainline/alpine-slim/Dockerfile", "e26803b",
+                             "the base element-call v0.24.0 names (nginxinc/nginx-unprivileged:alpine-slim)")
+
+_JWT_TAG_NOTE = ("v0.6.0 is not in the reachable snapshot; its image tag is the git tag without 'v' "
+                 "(.github/workflows/release.yaml)")
+_JWT_DOCKERFILE = Source("element-hq/lk-jwt-service", "Dockerfile", "v0.5.0", _JWT_TAG_NOTE)
+_JWT_HEALTHCHECK = Source(
+    "element-hq/lk-jwt-service", "Dockerfile", "1f300a0",
+    "the health-check binary arrived after v0.5.0 (absent there); the v0.6.0 tag could not be read, so "
+    "whether 0.6.0 ships it is unconfirmed and no Docker check relies on it")
+_JWT_CONFIG = Source("element-hq/lk-jwt-service", "config.go", "a375b13", "main of 2026-07-23; " + _JWT_TAG_NOTE)
+_JWT_HANDLER = Source("element-hq/lk-jwt-service", "main.go", "v0.5.0", "/healthz")
+
+_LIVEKIT_DOCKERFILE = Source("livekit/livekit", "Dockerfile", "v1.13.5")
+_LIVEKIT_SERVER = Source("livekit/livekit", "pkg/service/server.go", "v1.13.5", "mux.HandleFunc(\"/\")")
+
+_NTFY_NOTE = "v2.14.0 is not in the reachable snapshot; the Dockerfile is unchanged since 2024-03-07 (8c69234e)"
+_NTFY_DOCKERFILE = Source("binwiederhier/ntfy", "Dockerfile", "v2.13.0", _NTFY_NOTE)
+_NTFY_SERVER = Source("binwiederhier/ntfy", "server/server.go", "v2.13.0", "apiHealthPath")
+_NTFY_CONFIG = Source("binwiederhier/ntfy", "cmd/serve.go", "v2.13.0", "defaultServerConfigFile")
+_NTFY_PORT = Source("binwiederhier/ntfy", "server/config.go", "v2.13.0", "DefaultListenHTTP")
+
+_ELEMENT_WEB_DOCKERFILE = Source("element-hq/element-web", "Dockerfile", "036353ace1",
+                                 "v1.12.26 is not in the reachable snapshot (the repository is too large to "
+                                 "fetch); read from the stored file")
+
+_COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", "docker/4.7.0-r4",
+                            "the image tag 4.7.0 is 4.7.0-r4 (docker/coturn/README.md at that tag)")
+
+_CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1")
+
+IMAGE_FACTS: tuple[ImageFacts, ...] = (
+    ImageFacts(
+        image=SYNAPSE,
+        sources=_sources(_SYNAPSE_DOCKERFILE, user=_SYNAPSE_START, steps_down=_SYNAPSE_START,
+                         config_path=_SYNAPSE_START),
+        user="991:991",  # start.py: "if we are running as root, use user 991"
+        steps_down=True,
+        entrypoint=("/start.py",),
+        shell=True,
+        curl=True,  # runtime-deps install curl; the image's own HEALTHCHECK uses it
+        tools=DEBIAN_SLIM | {"python"},
+        port=8008,
+        config_path="/data/homeserver.yaml",
+        health_path="/health",
+    ),
+    ImageFacts(
+        image=POSTGRES,
+        sources=_sources(_POSTGRES_DOCKERFILE, steps_down=_POSTGRES_ENTRYPOINT),
+        user="70:70",  # addgroup -g 70 / adduser -u 70 postgres
+        steps_down=True,  # gosu (su-exec) after chowning PGDATA
+        entrypoint=("docker-entrypoint.sh",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"pg_isready", "psql", "postgres"},
+        port=5432,
+    ),
+    ImageFacts(
+        image=REDIS,
+        sources=_sources(_REDIS_IMAGE),
+        user="999:1000",  # alpine already has a gid 999, so the redis group is 1000
+        steps_down=True,
+        entrypoint=("docker-entrypoint.sh",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"redis-cli", "redis-server"},
+        port=6379,
+    ),
+    ImageFacts(
+        image=NGINX,
+        sources=_sources(_NGINX_DOCKERFILE, curl=_NGINX_ALPINE),
+        user="101:101",  # addgroup -g 101 / adduser -u 101 nginx
+        entrypoint=("/docker-entrypoint.sh",),
+        shell=True,
+        wget=True,
+        curl=True,  # the alpine (not slim) variant adds curl
+        tools=BUSYBOX | {"nginx"},
+        port=80,
+        config_path="/etc/nginx/nginx.conf",
+    ),
+    ImageFacts(
+        image=ELEMENT_CALL,
+        sources=_sources(_NGINX_UNPRIVILEGED, config_path=_ELEMENT_CALL_DOCKERFILE,
+                         health_path=_ELEMENT_CALL_DOCKERFILE),
+        user="101:101",  # nginx-unprivileged: USER $UID (101)
+        entrypoint=("/docker-entrypoint.sh",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX,
+        port=8080,
+        config_path="/app/config.json",  # COPY ./dist /app; nginx root /app
+        health_path="/config.json",
+    ),
+    ImageFacts(
+        image=LK_JWT_SERVICE,
+        sources=_sources(_JWT_DOCKERFILE, healthcheck_binary=_JWT_HEALTHCHECK, health_path=_JWT_HANDLER,
+                         config_path=_JWT_CONFIG),
+        user=None,  # FROM scratch, no USER
+        entrypoint=(),  # CMD ["/lk-jwt-service"], no ENTRYPOINT
+        port=8080,  # EXPOSE 8080; LIVEKIT_JWT_BIND defaults to :8080
+        config_path=None,  # environment only
+        health_path="/healthz",
+        healthcheck_binary=None,
+    ),
+    ImageFacts(
+        image=LIVEKIT,
+        sources=_sources(_LIVEKIT_DOCKERFILE, health_path=_LIVEKIT_SERVER, port=_LIVEKIT_SERVER),
+        user=None,  # FROM alpine, no USER
+        entrypoint=("/livekit-server",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX,
+        port=7880,
+        health_path="/",
+    ),
+    ImageFacts(
+        image=NTFY,
+        sources=_sources(_NTFY_DOCKERFILE, health_path=_NTFY_SERVER, config_path=_NTFY_CONFIG, port=_NTFY_PORT),
+        user=None,  # FROM alpine, no USER (a non-root user was added and reverted upstream)
+        entrypoint=("ntfy",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX,
+        port=80,
+        config_path="/etc/ntfy/server.yml",
+        health_path="/v1/health",
+    ),
+    ImageFacts(
+        image=ELEMENT_WEB,
+        sources=_sources(_ELEMENT_WEB_DOCKERFILE),
+        user="101:101",  # USER nginx on nginx:alpine-slim (uid 101)
+        entrypoint=("/docker-entrypoint.sh",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX,
+        port=80,  # ENV ELEMENT_WEB_PORT=80; the service sets it
+        config_path="/app/config.json",
+        health_path="/config.json",
+    ),
+    ImageFacts(
+        image=COTURN,
+        sources=_sources(_COTURN_DOCKERFILE),
+        user="65534:65534",  # USER nobody:nogroup
+        entrypoint=("docker-entrypoint.sh",),
+        shell=True,  # debian slim: dash
+        tools=DEBIAN_SLIM | {"turnserver"},
+        file_capabilities={"/usr/bin/turnserver": ("NET_BIND_SERVICE",)},  # setcap CAP_NET_BIND_SERVICE=+ep
+        port=3478,
+        config_path="/etc/coturn/turnserver.conf",
+    ),
+    ImageFacts(
+        image=CERTBOT,
+        sources=_sources(_CERTBOT_DOCKERFILE),
+        user=None,  # FROM python:3.12-alpine3.20, no USER
+        entrypoint=("certbot",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"certbot", "python3", "openssl", "chown", "chmod", "cp", "mv", "mkdir", "sleep"},
+        port=80,
+    ),
+)
+
+_BY_REPOSITORY = {f.repository: f for f in IMAGE_FACTS}
+
+
+def facts_for(image: str) -> ImageFacts:
+    """The facts of `image`'s repository (the pinned tag's, also for an overridden tag)."""
+    try:
+        return _BY_REPOSITORY[repository(image)]
+    except KeyError:
+        raise KeyError(f"no image facts for {image}: add them to config/images.py") from None

@@ -8,7 +8,7 @@ misspelt key is an error rather than a silently ignored setting.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -322,7 +322,7 @@ class Livekit(Strict):
 
 
 class ElementCall(Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="on by default, except on a localhost stack, where it cannot work")
     image: Image = images.ELEMENT_CALL
     jwt_image: Image = images.LK_JWT_SERVICE
     livekit: Livekit = Livekit()
@@ -414,6 +414,20 @@ class Tls(Strict):
 # ---------------------------------------------------------------- the stack
 
 
+def is_local(server_name: str) -> bool:
+    """localhost or a name under it: plain HTTP, no public DNS."""
+    return server_name == "localhost" or server_name.endswith(".localhost")
+
+
+ELEMENT_CALL_NEEDS_FEDERATION = (
+    "false on a localhost stack: Element Call cannot work there. lk-jwt-service checks every caller's "
+    "OpenID token by a federation request to the server name (well-known, SRV, then port 8448 over TLS), "
+    "which '{server}' cannot answer from inside its container, and the LIVEKIT_URL it calls to create "
+    "rooms (the SFU's public ws:// URL) resolves to that container, not the proxy. Leave "
+    "element_call.enabled unset or false, or use a server name with public DNS and TLS"
+)
+
+
 class StackConfig(Strict):
     server_name: Hostname = Field(..., description="the Matrix server name (the part after ':' in user IDs)")
     hostnames: Hostnames = Hostnames()
@@ -433,6 +447,19 @@ class StackConfig(Strict):
     ldap_bind_password: SecretStr | None = None
     tls_private_key: SecretStr | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_element_call_by_default_on_localhost(cls, data: Any) -> Any:
+        """Element Call cannot work on a localhost stack (see problems()): unset, it is off there."""
+        if not isinstance(data, dict) or not is_local(str(data.get("server_name", ""))):
+            return data
+        call = data.get("element_call")
+        if call is None:
+            return {**data, "element_call": {"enabled": False}}
+        if isinstance(call, dict) and "enabled" not in call:
+            return {**data, "element_call": {**call, "enabled": False}}
+        return data
+
     # ------------------------------------------------------------ derived facts
 
     def host(self, name: str) -> str:
@@ -447,7 +474,7 @@ class StackConfig(Strict):
     @property
     def local(self) -> bool:
         """A stack on localhost: plain HTTP, no public DNS."""
-        return self.server_name == "localhost" or self.server_name.endswith(".localhost")
+        return is_local(self.server_name)
 
     @property
     def tls_mode(self) -> str:
@@ -491,6 +518,8 @@ class StackConfig(Strict):
                 found.append(("cloudflare.account_id", None, "required when element_web.mode is 'pages'"))
             if web.source is None:
                 found.append(("element_web.source", None, "required when element_web.mode is 'pages' (owner, repo)"))
+        if self.element_call.enabled and self.local:
+            found.append(("element_call.enabled", True, ELEMENT_CALL_NEEDS_FEDERATION.format(server=self.server_name)))
         if self.tls_mode == "acme" and not self.tls.acme_email and isinstance(self.target, DockerTarget):
             found.append(("tls.acme_email", None, "required when the proxy gets its certificate from ACME"))
         found += self._federation_problems()

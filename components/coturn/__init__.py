@@ -6,6 +6,7 @@ from typing import Any
 
 import pulumi
 
+from components import image_facts
 from components import secrets as gen
 from components.part import Part
 from components.platform.spec import File, Port, PortRange, Service
@@ -37,7 +38,10 @@ class Coturn(Part):
             ports=[Port("turn-udp", render.PORT, "udp", public=True),
                    Port("turn-tcp", render.PORT, "tcp", public=True)],
             port_ranges=[PortRange("relay", turn.relay_port_start, turn.relay_port_end, "udp")],
-            user=render.USER,
+            user=image_facts.user(turn.image),
+            # /usr/bin/turnserver carries CAP_NET_BIND_SERVICE (setcap): with it outside the
+            # bounding set the kernel refuses to exec the binary at all.
+            capabilities_add=image_facts.capabilities(turn.image),
             read_only_root=True,
             writable_paths=("/tmp",),
         )

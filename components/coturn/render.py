@@ -19,7 +19,6 @@ CONFIG = "/etc/coturn/turnserver.conf"
 AUTH_CONFIG = "/secrets/turn-auth.conf"
 RUNTIME_CONFIG = "/tmp/turnserver.conf"
 PORT = 3478
-USER = "65534:65534"  # the image's nobody user
 
 # Peers a relay may never reach (CVE-2020-26262): private, loopback, link-local, CGNAT and
 # documentation ranges. This also denies Docker bridges (172.16.0.0/12), which is the point:
@@ -67,7 +66,8 @@ def turnserver_conf(cfg: StackConfig) -> str:
         "no-cli",
         "no-tcp-relay",
         "no-multicast-peers",
-        "no-software-attribute",
+        # No software attribute: coturn >= 4.7 leaves it out by default (no-software-attribute is
+        # deprecated there).
         "log-file=stdout",
         "simple-log",
         "pidfile=/tmp/turnserver.pid",

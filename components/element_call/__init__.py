@@ -7,14 +7,16 @@ from typing import Any
 
 import pulumi
 
+from components import image_facts
 from components import secrets as gen
 from components.part import Part
-from components.platform.spec import File, HealthCheck, Port, PortRange, Service, Site
+from components.platform.spec import File, Port, PortRange, Service, Site
 from config.model import StackConfig
 
 from . import render
 
 COMPONENT = "element-call"
+NOBODY = "65534:65534"
 
 
 class ElementCall(Part):
@@ -42,8 +44,9 @@ class ElementCall(Part):
                    File(render.LIVEKIT_KEYS, keys, secret=True, mode=0o400)],
             ports=ports,
             port_ranges=ranges,
-            health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{render.LIVEKIT_PORT}/"),
-                               http_path="/", http_port=render.LIVEKIT_PORT),
+            health=image_facts.http_check(lk.image, render.LIVEKIT_PORT),
+            user=image_facts.user(lk.image),
+            capabilities_add=image_facts.capabilities(lk.image),
             read_only_root=True,
             writable_paths=("/tmp",),
         )
@@ -54,9 +57,11 @@ class ElementCall(Part):
             env=dict(render.jwt_env(cfg)),
             secret_env={"LIVEKIT_KEY": self.livekit_key, "LIVEKIT_SECRET": self.livekit_secret},
             ports=[Port("http", render.JWT_PORT)],
-            # The image is FROM scratch: its own health-check binary is all there is.
-            health=HealthCheck(("/lk-jwt-service-healthcheck",), http_path="/healthz", http_port=render.JWT_PORT),
-            user="65534:65534",
+            # FROM scratch: only a checker the image is known to ship could run (see its facts).
+            health=image_facts.http_check(cfg.element_call.jwt_image, render.JWT_PORT),
+            # The image has no user of its own; its static binary needs none.
+            user=image_facts.user(cfg.element_call.jwt_image) or NOBODY,
+            capabilities_add=image_facts.capabilities(cfg.element_call.jwt_image),
             read_only_root=True,
         )
         web = Service(
@@ -65,8 +70,9 @@ class ElementCall(Part):
             image=cfg.element_call.image,
             files=[File(render.WEB_CONFIG, render.web_config_json(cfg))],
             ports=[Port("http", render.WEB_PORT)],
-            health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{render.WEB_PORT}/config.json"),
-                               http_path="/config.json", http_port=render.WEB_PORT),
+            health=image_facts.http_check(cfg.element_call.image, render.WEB_PORT),
+            user=image_facts.user(cfg.element_call.image),
+            capabilities_add=image_facts.capabilities(cfg.element_call.image),
             writable_paths=("/tmp",),
         )
         self.services = [livekit, jwt, web]

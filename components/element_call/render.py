@@ -14,15 +14,22 @@ import pulumi
 import yaml
 
 from components.part import ws_url
+from config import images
 from config.model import StackConfig
 
 LIVEKIT_SERVICE = "livekit"
 JWT_SERVICE = "lk-jwt-service"
 WEB_SERVICE = "element-call"
 
-LIVEKIT_PORT = 7880  # HTTP API and signalling WebSocket, behind the proxy
-JWT_PORT = 8080
-WEB_PORT = 8080  # the image is nginx-unprivileged
+LIVEKIT_PORT = 7880  # HTTP API and signalling WebSocket, behind the proxy (livekit.yaml `port`)
+# lk-jwt-service listens on its default port: LIVEKIT_JWT_BIND stays unset, because the image's
+# health checker builds http://localhost:<LIVEKIT_JWT_BIND>/healthz and ":8080" would break it.
+JWT_PORT = images.facts_for(images.LK_JWT_SERVICE).port or 8080
+WEB_PORT = images.facts_for(images.ELEMENT_CALL).port or 8080  # nginx-unprivileged
+# How often lk-jwt-service checks that a participant it holds a delegated leave for is still on
+# the SFU: the fallback when LiveKit's webhook about a disconnect is lost (its README,
+# "LiveKit SFU Wiring"). Unset, the check is off.
+SANITY_CHECK_INTERVAL_S = 30
 
 LIVEKIT_CONFIG = "/etc/livekit/livekit.yaml"
 # LiveKit reads `key: secret` pairs from key_file, so livekit.yaml itself holds no secret.
@@ -104,7 +111,7 @@ def jwt_env(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
         "LIVEKIT_URL": livekit_url(cfg),
         # Only our own users may create SFU rooms; others may join rooms that exist.
         "LIVEKIT_FULL_ACCESS_HOMESERVERS": cfg.server_name,
-        "LIVEKIT_JWT_BIND": f":{JWT_PORT}",
+        "LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS": str(SANITY_CHECK_INTERVAL_S),
     }
 
 

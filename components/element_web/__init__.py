@@ -8,8 +8,9 @@ from typing import Any
 import pulumi
 import pulumi_cloudflare as cloudflare
 
+from components import image_facts
 from components.part import Part
-from components.platform.spec import File, HealthCheck, Port, Service, Site
+from components.platform.spec import File, Port, Service, Site
 from config.model import StackConfig
 
 from . import render
@@ -69,8 +70,9 @@ class ElementWeb(Part):
                 env={"ELEMENT_WEB_PORT": str(render.PORT)},
                 files=[File(render.CONFIG, render.config_json(cfg))],
                 ports=[Port("http", render.PORT)],
-                health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{render.PORT}/config.json"),
-                                   http_path="/config.json", http_port=render.PORT),
+                health=image_facts.http_check(web.image, render.PORT),
+                user=image_facts.user(web.image),
+                capabilities_add=image_facts.capabilities(web.image),
             )
             self.services = [service]
             self.expose(cfg, platform, Site(cfg.host("app"), render.SERVICE, render.PORT))

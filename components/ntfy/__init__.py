@@ -6,9 +6,10 @@ from typing import Any
 
 import pulumi
 
+from components import image_facts
 from components import secrets as gen
 from components.part import Part
-from components.platform.spec import File, HealthCheck, Port, Service, Site, Volume
+from components.platform.spec import File, Port, Service, Site, Volume
 from config.model import StackConfig
 
 from . import render
@@ -35,8 +36,9 @@ class Ntfy(Part):
             ports=[Port("http", render.PORT)],
             volumes=[Volume("ntfy-cache", render.CACHE_DIR, size="2Gi"),
                      Volume("ntfy-auth", render.AUTH_DIR, size="1Gi")],
-            health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{render.PORT}/v1/health"),
-                               http_path="/v1/health", http_port=render.PORT),
+            health=image_facts.http_check(cfg.ntfy.image, render.PORT),
+            user=image_facts.user(cfg.ntfy.image),
+            capabilities_add=image_facts.capabilities(cfg.ntfy.image),
             read_only_root=True,
             writable_paths=("/tmp",),
         )

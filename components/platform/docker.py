@@ -168,7 +168,8 @@ class DockerPlatform:
                 timeout=f"{health.timeout_s}s",
                 retries=health.retries,
                 start_period=f"{health.start_period_s}s",
-            ) if health else None,
+            # No command: the image has nothing to check with (Kubernetes still probes over HTTP).
+            ) if health and health.command else None,
             restart="unless-stopped",
             log_driver="json-file",
             log_opts=LOG_OPTS,

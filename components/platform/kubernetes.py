@@ -269,7 +269,7 @@ def _probe_handler(health: HealthCheck) -> dict[str, Any]:
 
 
 def probes(health: HealthCheck | None) -> dict[str, Any]:
-    if health is None:
+    if health is None or not (health.http_path or health.command):
         return {}
     common = {**_probe_handler(health), "periodSeconds": health.interval_s, "timeoutSeconds": health.timeout_s}
     return {

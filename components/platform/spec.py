@@ -63,6 +63,7 @@ class Volume:
 
 @dataclass(frozen=True)
 class HealthCheck:
+    # What Docker runs in the container; empty when the image has nothing to check with.
     command: tuple[str, ...]
     interval_s: int = 15
     timeout_s: int = 5

@@ -11,6 +11,7 @@ from typing import Any
 
 import pulumi
 
+from components import image_facts
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume
 from components.tls import PROXY_RUN, proxy_run_script
 from components.tls.plan import proxy_terminates_tls
@@ -22,7 +23,8 @@ from . import routing
 from .workers import Process
 
 COMPONENT = "synapse"
-SYNAPSE_USER = "991:991"
+# The user the image's start.py steps down to; we start Synapse as that user directly.
+SYNAPSE_USER = images.facts_for(images.SYNAPSE).user or "991:991"
 MAIN_START_PERIOD_S = 3600
 WORKER_START_PERIOD_S = 300
 PROXY_SERVICE = "synapse-proxy"
@@ -128,9 +130,8 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         volumes=volumes,
         # Main applies schema migrations before it listens: an upgrade may take many minutes, and
         # a probe that gives up earlier would restart the migration in a loop.
-        health=HealthCheck(("curl", "-fsS", f"http://localhost:{process.port}/health"),
-                           http_path="/health", http_port=process.port,
-                           start_period_s=MAIN_START_PERIOD_S if process.is_main else WORKER_START_PERIOD_S),
+        health=image_facts.http_check(cfg.synapse.image, process.port,
+                                      start_period_s=MAIN_START_PERIOD_S if process.is_main else WORKER_START_PERIOD_S),
         user=SYNAPSE_USER,
         read_only_root=True,
         writable_paths=("/tmp",),
@@ -164,7 +165,8 @@ def postgres_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]],
         volumes=[Volume("synapse-postgres", POSTGRES_DATA, size=db.size)],
         health=HealthCheck(("pg_isready", "-U", hs.DATABASE_USER, "-d", hs.DATABASE_NAME)),
         resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
-        drop_capabilities=False,  # the entrypoint chowns PGDATA and drops to the postgres user
+        # The entrypoint chowns PGDATA and steps down to the postgres user itself.
+        drop_capabilities=not images.facts_for(db.image).steps_down,
         allowed_clients=clients,
     )
 
@@ -196,7 +198,8 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
         ports=[Port("redis", hs.REDIS_PORT)],
         health=HealthCheck(("sh", "-c", "redis-cli --no-auth-warning -a \"$(sed -n 's/.*>\\([^ ]*\\).*/\\1/p' "
                             f"{REDIS_ACL})\" ping | grep -q PONG")),
-        user="999:999",
+        # Run directly as the image's redis user (the entrypoint would step down to it).
+        user=image_facts.user(cfg.synapse.redis.image),
         read_only_root=True,
         allowed_clients=clients,
     )
@@ -226,9 +229,8 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
         files=[File(routing.NGINX_CONF, conf), *run_script, *inputs.proxy_files],
         volumes=list(inputs.proxy_volumes),
         ports=ports,
-        health=HealthCheck(("wget", "-qO-", f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"),
-                           http_path="/health", http_port=routing.PROXY_STATUS_PORT),
-        user="101:101",
+        health=image_facts.http_check(images.NGINX, routing.PROXY_STATUS_PORT, "/health"),
+        user=image_facts.user(images.NGINX),
         read_only_root=True,
         writable_paths=("/tmp",),
         restarts_with=tuple(sorted({*address, *inputs.site_addresses, *(site.upstream_service for site in inputs.sites)}

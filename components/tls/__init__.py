@@ -31,7 +31,7 @@ ACME_SERVICE = "acme"
 ACME_SCRIPT = "/conf/acme/run.sh"
 ACME_PLACEHOLDER = "/conf/acme/placeholder.py"
 PROXY_RUN = "/conf/proxy-run.sh"
-PROXY_UID = "101"
+PROXY_UID = (images.facts_for(images.NGINX).user or "101").split(":")[0]  # the proxy's nginx user
 RENEW_EVERY_S = 12 * 3600
 
 ACME_VOLUMES = (Volume("acme-certs", ACME_DIR, size="64Mi"), Volume("acme-webroot", ACME_WEBROOT, size="16Mi"))

@@ -20,9 +20,9 @@ MAIN_PORT = 8008
 @pytest.fixture(scope="module")
 def booted() -> Iterator[tuple[Cluster, Facts, list[Access]]]:
     raw = boot_config(ALL_ROLES_COUNTS)
-    # Element Call on: its homeserver keys (MatrixRTC transports, delayed events) must boot too,
-    # and the proxy's client well-known must advertise the RTC focus.
-    raw["element_call"] = {"enabled": True}
+    # Element Call as a localhost stack has it: unset, hence off (it cannot work on localhost;
+    # Synapse's own loader judges its homeserver keys in test_synapse_config).
+    del raw["element_call"]
     result = render(raw)
     with Cluster(result) as cluster:
         facts = run_workload(cluster)
@@ -64,11 +64,13 @@ def test_well_known_is_json_with_cors(booted: tuple[Cluster, Facts, list[Access]
     assert cors == "*"
 
 
-def test_well_known_advertises_the_rtc_focus(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+def test_a_localhost_stack_advertises_no_rtc_focus(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    # No focus clients would fail to reach: Element Call is off on a localhost stack.
     cluster, facts, _log = booted
+    assert cluster.result.cfg.element_call.enabled is False
     client, _cors = facts.well_known["/.well-known/matrix/client"]
-    jwt_url = cluster.result.cfg.url("jwt")
-    assert client["org.matrix.msc4143.rtc_foci"] == [{"type": "livekit", "livekit_service_url": jwt_url}]
+    assert "org.matrix.msc4143.rtc_foci" not in client
+    assert not {e["service"].name for e in cluster.result.services} & {"livekit", "lk-jwt-service", "element-call"}
 
 
 # Request classes the workload makes: (label, method, path regex, intended route group, role serving it).

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from livekit import api
 
@@ -66,7 +67,7 @@ def test_jwt_service_env_and_a_token_from_the_generated_keys_verifies(program: A
     env = _service(run, "lk-jwt-service")["env"]
     assert env["LIVEKIT_URL"] == ("wss://livekit.example.org", False)
     assert env["LIVEKIT_FULL_ACCESS_HOMESERVERS"] == ("example.org", False)
-    assert env["LIVEKIT_JWT_BIND"] == (":8080", False)
+    assert "LIVEKIT_JWT_BIND" not in env  # its default port, which its health checker assumes too
     key, key_secret = env["LIVEKIT_KEY"]
     secret, secret_secret = env["LIVEKIT_SECRET"]
     assert key_secret and secret_secret
@@ -174,3 +175,61 @@ def test_create_admin_command_per_target() -> None:
     command = create_admin_command(k8s)
     assert command.startswith("kubectl --context prod -n chat exec -it ")
     assert command.endswith("-- register_new_matrix_user -c /conf/homeserver.yaml -a -u admin http://localhost:8008")
+
+
+# ---------------------------------------------------------------- lk-jwt-service against its image
+
+
+def test_jwt_service_bind_is_what_its_health_check_understands(program: Any) -> None:
+    """The image's checker builds http://localhost:%s/healthz from LIVEKIT_JWT_BIND, so ":8080"
+    gives localhost::8080. Unset, the server and the checker both use 8080."""
+    from config import images
+
+    env = _service(program(BASE), "lk-jwt-service")["env"]
+    bind = env.get("LIVEKIT_JWT_BIND", ("", False))[0]
+    port = bind or "8080"
+    assert port.isdigit(), f"LIVEKIT_JWT_BIND={bind!r}: the health checker would request localhost:{port}"
+    assert int(port) == ec.JWT_PORT == images.facts_for(images.LK_JWT_SERVICE).port
+
+
+def test_jwt_service_wires_delegated_leave_fallback(program: Any) -> None:
+    # Without the sanity check a missed SFU webhook leaves a participant in the call for good.
+    env = _service(program(BASE), "lk-jwt-service")["env"]
+    assert env["LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS"] == (str(ec.SANITY_CHECK_INTERVAL_S), False)
+    assert 0 < ec.SANITY_CHECK_INTERVAL_S <= 60
+
+
+def test_jwt_service_docker_check_only_with_a_checker_the_image_is_known_to_ship(program: Any) -> None:
+    """Whether the 0.6.0 image ships /lk-jwt-service-healthcheck could not be confirmed from its
+    sources (v0.5.0's has none), and the image has no shell, wget or curl: Docker gets no check
+    command of ours (the image's own HEALTHCHECK, if any, then runs), Kubernetes probes /healthz."""
+    from config import images
+
+    assert images.facts_for(images.LK_JWT_SERVICE).healthcheck_binary is None
+    run = program(BASE)
+    container = next(r for r in run.of_type("docker:index/container:Container") if r.name == "lk-jwt-service")
+    assert container.plain_inputs().get("healthcheck") is None
+    k8s = program({**BASE, "target": {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"}})
+    deployment = next(r for r in k8s.of_type("kubernetes:apps/v1:Deployment") if r.name == "deployment-lk-jwt-service")
+    pod = deployment.plain_inputs()["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert pod[probe]["httpGet"] == {"path": "/healthz", "port": 8080}
+
+
+def test_element_call_is_refused_on_a_localhost_stack() -> None:
+    import config
+
+    with pytest.raises(config.ConfigError) as refused:
+        config.parse({"server_name": "localhost", "element_call": {"enabled": True}})
+    message = str(refused.value)
+    assert "matrix-stack:element_call.enabled" in message
+    assert "federation" in message and "OpenID" in message and "LIVEKIT_URL" in message
+    # Unset, it is off on a localhost stack (the dev stack) and on everywhere else.
+    assert config.parse({"server_name": "localhost"}).element_call.enabled is False
+    assert config.parse({"server_name": "call.localhost"}).element_call.enabled is False
+    assert config.parse({"server_name": "example.org", "tls": {"acme_email": "a@example.org"}}).element_call.enabled
+
+
+def test_the_dev_stack_runs_no_element_call(program: Any, dev_raw: dict[str, Any]) -> None:
+    names = {s["service"].name for s in program(dev_raw).services}
+    assert not names & {"livekit", "lk-jwt-service", "element-call"}

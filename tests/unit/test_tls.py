@@ -172,3 +172,15 @@ def test_without_acme_the_proxy_runs_nginx_directly(program: Any) -> None:
     assert proxy.entrypoint is None
     assert proxy.args[:3] == ("nginx", "-c", "/etc/nginx/nginx.conf")
     assert "/conf/proxy-run.sh" not in _files(run, "synapse-proxy")
+
+
+def test_tls_listeners_enable_http2_in_the_form_nginx_1_22_and_1_29_both_accept(program: Any) -> None:
+    """`http2 on;` (nginx >= 1.25.1) is unknown to Debian's 1.22, which the tests run; `listen ...
+    ssl http2` works on both (1.29 only warns), so it stays until the tested nginx is newer."""
+    run = program({"server_name": "example.org", "tls": {"mode": "acme", "acme_email": "ops@example.org"},
+                   "element_call": {"enabled": False}})
+    proxy = next(s for s in run.services if s["service"].name == "synapse-proxy")
+    nginx = next(f["content"] for f in proxy["files"] if f["path"] == "/etc/nginx/nginx.conf")
+    listens = [line.strip() for line in nginx.splitlines() if line.strip().startswith("listen 8443")]
+    assert listens and set(listens) == {"listen 8443 ssl http2;"}
+    assert "http2 on;" not in nginx
