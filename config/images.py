@@ -300,6 +300,14 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
 _BY_REPOSITORY = {f.repository: f for f in IMAGE_FACTS}
 
 
+def config_path(image: str) -> str:
+    """Where `image` reads its config file."""
+    path = facts_for(image).config_path
+    if path is None:
+        raise ValueError(f"{image}: no config path in its facts")
+    return path
+
+
 def facts_for(image: str) -> ImageFacts:
     """The facts of `image`'s repository (the pinned tag's, also for an overridden tag)."""
     try:

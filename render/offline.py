@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -38,10 +39,13 @@ def stand_in(name: str, length: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz
 BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
+@functools.cache
 def bcrypt_stand_in(name: str, password: str) -> str:
     """RandomPassword's bcrypt_hash, made deterministic: the salt comes from the resource name.
 
-    A real hash (when the bcrypt package is there) so tests can check a password against it."""
+    A real hash (when the bcrypt package is there) so tests can check a password against it.
+    At cost 10, pulumi-random's and the least ntfy accepts, one takes ~80 ms of CPU: the same
+    name and password (every run of a stack in one process) reuse the first."""
     salt = "$2a$10$" + stand_in(f"{name}:salt", 21, BCRYPT_ALPHABET) + "."
     try:
         import bcrypt

@@ -12,10 +12,11 @@ import ipaddress
 from typing import Any
 
 from components.synapse import homeserver as hs
+from config import images
 from config.model import StackConfig
 
 SERVICE = "coturn"
-CONFIG = "/etc/coturn/turnserver.conf"
+CONFIG = images.config_path(images.COTURN)
 AUTH_CONFIG = "/secrets/turn-auth.conf"
 RUNTIME_CONFIG = "/tmp/turnserver.conf"
 PORT = 3478

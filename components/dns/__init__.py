@@ -1,18 +1,27 @@
 """PublicDns: the stack's Cloudflare records, through an explicit provider and a zone looked up
-by name."""
+by name.
+
+Cloudflare's SDK loads every module it has on import (seconds of CPU), so it is imported where a
+resource is declared: the checks and plans in `records` run for every stack, Cloudflare on or off."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pulumi
-import pulumi_cloudflare as cloudflare
 
 from config.model import StackConfig
 
 from . import records
 
+if TYPE_CHECKING:
+    import pulumi_cloudflare as cloudflare
+
 
 def provider(cfg: StackConfig) -> cloudflare.Provider:
     """The one Cloudflare provider: default providers are disabled for the project (Pulumi.yaml)."""
+    import pulumi_cloudflare as cloudflare
+
     assert cfg.cloudflare_api_token is not None
     return cloudflare.Provider(
         "cloudflare",
@@ -29,6 +38,8 @@ class PublicDns(pulumi.ComponentResource):
         app_cname: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        import pulumi_cloudflare as cloudflare
+
         super().__init__("matrix-stack:index:PublicDns", name, None, opts)
         assert cfg.cloudflare.zone
         zone = cloudflare.get_zone_output(

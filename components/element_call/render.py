@@ -35,7 +35,7 @@ LIVEKIT_CONFIG = "/etc/livekit/livekit.yaml"
 # LiveKit reads `key: secret` pairs from key_file, so livekit.yaml itself holds no secret.
 # LiveKit refuses a key file that others may read: mode 0400.
 LIVEKIT_KEYS = "/secrets/livekit-keys.yaml"
-WEB_CONFIG = "/app/config.json"
+WEB_CONFIG = images.config_path(images.ELEMENT_CALL)  # the web root
 
 # Embedded TURN: off coturn's 3478/5349 and relay range so both can run on one host
 # (matrix-docker-ansible-deploy's choice). The relay range stays small: Docker publishes each

@@ -3,10 +3,9 @@ project built from a fork (seed 001)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
-import pulumi_cloudflare as cloudflare
 
 from components import image_facts
 from components.part import Part
@@ -14,6 +13,9 @@ from components.platform.spec import File, Port, Service, Site
 from config.model import StackConfig
 
 from . import render
+
+if TYPE_CHECKING:
+    import pulumi_cloudflare as cloudflare
 
 COMPONENT = "element-web"
 
@@ -26,6 +28,9 @@ class ElementWeb(Part):
         # Where the app host's DNS record points: None = the proxy (A/AAAA), else a CNAME target.
         self.cname_target: pulumi.Output[str] | None = None
         if web.mode == "pages":
+            # Cloudflare's SDK is large and eager: only a Pages stack imports it.
+            import pulumi_cloudflare as cloudflare
+
             assert provider is not None and web.source is not None and cfg.cloudflare.account_id
             account = cfg.cloudflare.account_id
             child = pulumi.ResourceOptions(parent=self, provider=provider)

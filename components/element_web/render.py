@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from config import images
 from config.model import StackConfig
 
 SERVICE = "element-web"
 PORT = 8080  # ELEMENT_WEB_PORT: the image runs nginx as a non-root user
-CONFIG = "/app/config.json"
+CONFIG = images.config_path(images.ELEMENT_WEB)  # the web root
 
 # Pages: the generated config.json travels as a build variable and the build writes it into the
 # output directory, so the fork needs no commit per homeserver change (seed 001 edits the file).

@@ -14,11 +14,12 @@ from typing import Any
 import yaml
 
 from components.synapse import homeserver as hs
+from config import images
 from config.model import StackConfig
 
 SERVICE = "ntfy"
 PORT = 8080  # not :80: the container runs without CAP_NET_BIND_SERVICE
-CONFIG = "/etc/ntfy/server.yml"
+CONFIG = images.config_path(images.NTFY)
 CACHE_DIR = "/var/cache/ntfy"
 AUTH_DIR = "/var/lib/ntfy"
 ADMIN_USER = "admin"

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from components.platform.spec import Site
+from config import images
 from config.model import DockerTarget, StackConfig
 
 from .workers import MAIN, ROLE_BY_NAME, Balance, Process, Role, Topology
@@ -237,7 +238,7 @@ def plan(topo: Topology, address: dict[str, str]) -> RoutingPlan:
 PROXY_HTTP_PORT = 8080
 PROXY_HTTPS_PORT = 8443
 PROXY_STATUS_PORT = 8081  # private: health and stub_status for metrics
-NGINX_CONF = "/etc/nginx/nginx.conf"
+NGINX_CONF = images.config_path(images.NGINX)
 
 CORS_HEADERS = (
     ("Access-Control-Allow-Origin", "*"),

@@ -141,3 +141,13 @@ def test_http_check_uses_what_the_image_has() -> None:
     # Nothing to run in a FROM scratch image without a checker of its own: Kubernetes still probes.
     jwt = image_facts.http_check(images.LK_JWT_SERVICE)
     assert (jwt.command, jwt.http_path, jwt.http_port) == ((), "/healthz", 8080)
+
+
+def test_config_files_land_where_their_images_read_them(program: Any) -> None:
+    run = program(EVERYTHING)
+    paths = {e["service"].name: {f["path"] for f in e["files"]} for e in run.services}
+    for service, pin in (("element-call", images.ELEMENT_CALL), ("element-web", images.ELEMENT_WEB),
+                         ("ntfy", images.NTFY), ("coturn", images.COTURN), ("synapse-proxy", images.NGINX)):
+        assert images.config_path(pin) in paths[service], service
+    with pytest.raises(ValueError, match="no config path"):
+        images.config_path(images.LK_JWT_SERVICE)

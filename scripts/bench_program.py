@@ -1,0 +1,261 @@
+"""The program's own cost per stack, against the cost of importing the SDKs it needs (prints figures).
+
+    .venv/bin/python scripts/bench_program.py [--runs 5] [--stacks dev staging prod] [--profile STACK]
+
+For each stack, `--runs` paired runs, each half in a fresh interpreter:
+  - program: the real program under Pulumi's mocks (render.offline.run of Pulumi.STACK.yaml:
+    config parse and checks, build, every Output resolved), timed from the first import;
+  - floor: importing exactly the SDK modules the stack needs, in the order the program run itself
+    had them in sys.modules, and nothing else. Needed: pulumi and pydantic (the config), and the
+    provider SDK of every resource type the run declared (docker:..., kubernetes:...); an SDK
+    the run loaded without declaring any of its resources is reported as loaded in vain.
+Bytecode is cached as it is where `pulumi up` runs (pip compiles on install, Python caches the
+program's modules): the children run with PYTHONPYCACHEPREFIX under ~/.cache/matrix-stack and
+one discarded warm-up pair per stack fills it. Without a cache every run would compile the SDKs'
+sources (Cloudflare's alone is 11 MB), on both sides of the ratio.
+
+Printed: medians of wall and CPU seconds (CPU = all threads of the process, the steadier figure
+on a loaded machine), the program/floor ratios, resources declared per wall and per CPU second,
+and peak resident memory (ru_maxrss) of both. The halves of a pair run back to back and their
+order alternates, so load from elsewhere falls on both.
+
+--profile STACK prints where the program's time goes beyond its floor: `python -X importtime`
+totals per top-level package, and cProfile's most expensive calls.
+"""
+
+from __future__ import annotations
+
+import time
+
+T0_WALL, T0_CPU = time.perf_counter(), time.process_time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ("dev", "staging", "prod")
+GOALS = {"dev": 1.5, "prod": 1.3}
+MEMORY_HEADROOM_MB = 50.0
+BYTECODE = Path.home() / ".cache" / "matrix-stack" / "bytecode"
+
+
+def is_sdk(module: str) -> bool:
+    top = module.split(".")[0]
+    return top == "pulumi" or top.startswith("pulumi_") or top in ("pydantic", "pydantic_core")
+
+
+def needed_packages(resource_types: set[str]) -> set[str]:
+    """The SDK packages a run needs: the core ones, plus one provider SDK per provider it used."""
+    providers = {t.split(":")[0] for t in resource_types if not t.startswith(("pulumi:", "matrix-stack:"))}
+    providers |= {t.split(":")[2] for t in resource_types if t.startswith("pulumi:providers:")}
+    return {"pulumi", "pydantic", "pydantic_core"} | {f"pulumi_{p}" for p in providers}
+
+
+def _elapsed() -> dict[str, float]:
+    return {"wall": time.perf_counter() - T0_WALL, "cpu": time.process_time() - T0_CPU,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_program(stack: str) -> dict[str, Any]:
+    import threading
+
+    sys.path.insert(0, str(ROOT))
+    from render import offline
+    from render.__main__ import stack_config
+
+    # CPU spent in the mocks' stand-ins for provider work (bcrypt hashes of RandomPasswords,
+    # for one): under `pulumi up` the provider plugins do that work, not the program.
+    mock_cpu = [0.0]
+    lock = threading.Lock()
+    new_resource = offline.StackMocks.new_resource
+
+    def timed(self: Any, args: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return new_resource(self, args)
+        finally:
+            with lock:
+                mock_cpu[0] += time.thread_time() - started
+
+    offline.StackMocks.new_resource = timed  # type: ignore[method-assign]
+    raw, secret = stack_config(stack)
+    run = offline.run(raw, stack=stack, secret_keys=secret)
+    figures = _elapsed()
+    figures["mock_cpu"] = mock_cpu[0]
+    figures["resources"] = len(run.resources)
+    loaded = [m for m, mod in list(sys.modules.items()) if mod is not None and is_sdk(m)]
+    needed = needed_packages({r.type for r in run.resources})
+    figures["sdk_modules"] = [m for m in loaded if m.split(".")[0] in needed]
+    figures["unneeded"] = sorted({m.split(".")[0] for m in loaded} - needed)
+    return figures
+
+
+def child_floor(modules_file: str) -> dict[str, Any]:
+    import importlib
+
+    failed = []
+    for name in json.loads(Path(modules_file).read_text()):
+        try:
+            importlib.import_module(name)
+        except Exception:  # a module the SDK registered under a name it cannot be imported by
+            failed.append(name)
+    figures: dict[str, Any] = _elapsed()
+    figures["failed"] = failed
+    return figures
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(BYTECODE)
+    return env
+
+
+def _child(args: list[str], extra: list[str] | None = None) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, *(extra or []), __file__, *args], cwd=ROOT, env=_child_env(),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_program: child {args} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(stack: str, runs: int) -> dict[str, Any]:
+    programs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        modules_file = os.path.join(tmp, "modules.json")
+        warm = _child(["--child-program", stack])
+        Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
+        _child(["--child-floor", modules_file])
+        for i in range(runs):
+            # The halves of a pair alternate which goes first.
+            if i % 2 == 0:
+                programs.append(_child(["--child-program", stack]))
+                floors.append(_child(["--child-floor", modules_file]))
+            else:
+                floors.append(_child(["--child-floor", modules_file]))
+                programs.append(_child(["--child-program", stack]))
+    med = {key: statistics.median(r[key] for r in programs) for key in ("wall", "cpu", "peak_mb", "mock_cpu")}
+    floor = {key: statistics.median(r[key] for r in floors) for key in ("wall", "cpu", "peak_mb")}
+    modules = programs[0]["sdk_modules"]
+    return {
+        "stack": stack,
+        "runs": runs,
+        "program": med,
+        "floor": floor,
+        "resources": programs[0]["resources"],
+        "packages": sorted({m.split(".")[0] for m in modules}),
+        "module_count": len(modules),
+        "unneeded": programs[0]["unneeded"],
+        "floor_failed": floors[0]["failed"],
+    }
+
+
+def report(row: dict[str, Any]) -> list[str]:
+    p, f = row["program"], row["floor"]
+    ratio_wall, ratio_cpu = p["wall"] / f["wall"], p["cpu"] / f["cpu"]
+    lines = [
+        f"stack {row['stack']}: {row['resources']} resources; SDKs needed: {', '.join(row['packages'])} "
+        f"({row['module_count']} modules)",
+        f"  program  wall {p['wall']:6.2f} s   CPU {p['cpu']:6.2f} s   peak {p['peak_mb']:6.1f} MB",
+        f"  floor    wall {f['wall']:6.2f} s   CPU {f['cpu']:6.2f} s   peak {f['peak_mb']:6.1f} MB",
+        f"  ratio    wall {ratio_wall:6.2f} x   CPU {ratio_cpu:6.2f} x   peak +{p['peak_mb'] - f['peak_mb']:.1f} MB",
+        f"  of the program's CPU, the mocks' stand-ins for provider work {p['mock_cpu']:.2f} s; without them "
+        f"{p['cpu'] - p['mock_cpu']:.2f} s, {(p['cpu'] - p['mock_cpu']) / f['cpu']:.2f} x the floor",
+        f"  resources/s  {row['resources'] / p['wall']:.0f} per wall s, {row['resources'] / p['cpu']:.0f} per CPU s"
+        f"  ({row['resources'] / max(p['cpu'] - f['cpu'], 1e-3):.0f} per CPU s beyond the floor)",
+    ]
+    goal = GOALS.get(row["stack"])
+    if goal is not None:
+        verdict = "met" if ratio_cpu <= goal else "MISSED (see --profile)"
+        lines.append(f"  goal     CPU ratio <= {goal}x: {verdict}")
+    memory_ok = p["peak_mb"] <= f["peak_mb"] + MEMORY_HEADROOM_MB
+    lines.append(f"  goal     peak <= floor + {MEMORY_HEADROOM_MB:.0f} MB: {'met' if memory_ok else 'MISSED'}")
+    if row["unneeded"]:
+        lines.append(f"  loaded in vain (no resource of theirs): {', '.join(row['unneeded'])}")
+    if row["floor_failed"]:
+        lines.append(f"  note: floor could not import {row['floor_failed']}")
+    return lines
+
+
+def _import_times(args: list[str]) -> dict[str, int]:
+    """Self import time in microseconds per module, from `python -X importtime`."""
+    done = subprocess.run([sys.executable, "-X", "importtime", __file__, *args], cwd=ROOT,
+                          env=_child_env(), capture_output=True, text=True, check=True)
+    times: dict[str, int] = {}
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, _cumulative, name = (part.strip() for part in line.split("|"))
+        times[name] = int(self_us.split(":")[-1])
+    return times
+
+
+def profile(stack: str) -> None:
+    """Where the program's time goes beyond its floor: the imports the floor does not make, per
+    package, then cProfile's costliest calls."""
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = _child(["--child-program", stack])  # also warms the bytecode cache
+        modules_file = os.path.join(tmp, "modules.json")
+        Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
+        floor = _import_times(["--child-floor", modules_file])
+        program = _import_times(["--child-program", stack])
+        beyond: dict[str, int] = defaultdict(int)
+        for name, us in program.items():
+            if name not in floor:
+                beyond[name.split(".")[0]] += us
+        print(f"python -X importtime, stack {stack}: imports beyond the floor, self time per package (ms); "
+              f"all imports {sum(program.values()) / 1000:.0f} ms, the floor's {sum(floor.values()) / 1000:.0f} ms")
+        for name, us in sorted(beyond.items(), key=lambda kv: -kv[1])[:15]:
+            print(f"  {us / 1000:9.1f}  {name}")
+        if warm["unneeded"]:
+            print(f"  loaded in vain: {', '.join(warm['unneeded'])}")
+        out = os.path.join(tmp, "program.prof")
+        _child(["--child-program", stack], extra=["-m", "cProfile", "-o", out])
+        import pstats
+
+        print(f"\ncProfile, stack {stack}: the program's own functions by cumulative time")
+        stats = pstats.Stats(out)
+        stats.sort_stats("cumulative").print_stats(rf"^{ROOT}/(?!scripts|\.venv)", 20)
+        print(f"cProfile, stack {stack}: top calls by own time")
+        stats.sort_stats("tottime").print_stats(15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--stacks", nargs="+", default=list(STACKS))
+    parser.add_argument("--profile", metavar="STACK")
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line per stack")
+    parser.add_argument("--child-program", metavar="STACK", help=argparse.SUPPRESS)
+    parser.add_argument("--child-floor", metavar="FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_program:
+        print(json.dumps(child_program(args.child_program)))
+        return
+    if args.child_floor:
+        print(json.dumps(child_floor(args.child_floor)))
+        return
+    if args.profile:
+        profile(args.profile)
+        return
+    print(f"program under mocks vs. its SDK import floor; medians of {args.runs} paired runs, "
+          f"each in a fresh interpreter ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+    for stack in args.stacks:
+        row = measure(stack, args.runs)
+        print("\n".join(report(row)), flush=True)
+        if args.json:
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""A stack imports only the SDKs it uses, on every path the program runs: the config check, the
+offline render (`python -m render`) and `pulumi up` (__main__.py). Cloudflare's SDK alone costs
+seconds of CPU to import, so an unused one is most of a small stack's run time.
+
+Each stack runs in a fresh interpreter: the test process has every SDK loaded already."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+# Runs in a fresh interpreter; prints the provider SDKs loaded after each path, cumulatively.
+PROBE = r"""
+import json, runpy, sys
+root, stack_name, out = sys.argv[1:4]
+sys.path.insert(0, root)
+
+def sdks():
+    return sorted({m.split(".")[0] for m in sys.modules if m.startswith("pulumi_")})
+
+seen = {}
+from render.__main__ import main as render_main, stack_config
+raw, secret = stack_config(stack_name)
+import config, stack
+config.parse(raw, secret)
+seen["check"] = sdks()
+assert render_main(["--stack", stack_name, "--out", out]) == 0
+seen["render"] = sdks()
+
+import pulumi
+from render import offline
+pulumi.runtime.set_all_config(offline._config_map(raw), [f"{offline.PROJECT}:{k}" for k in secret])
+mocks = offline.StackMocks()
+monitor = offline.RecordingMonitor(mocks)
+pulumi.runtime.set_mocks(mocks, project=offline.PROJECT, stack=stack_name, preview=False, monitor=monitor)
+pulumi.runtime.mocks.test(lambda: runpy.run_path(root + "/__main__.py", run_name="__main__"))()
+seen["up"] = sdks()
+seen["up_resources"] = len(monitor.registered)
+print(json.dumps(seen))
+"""
+
+
+def _sdks_loaded(stack: str, tmp_path: Path) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", PROBE, str(ROOT), stack, str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return seen
+
+
+def test_the_dev_stack_loads_neither_cloudflare_nor_kubernetes(tmp_path: Path) -> None:
+    seen = _sdks_loaded("dev", tmp_path)
+    for path in ("check", "render", "up"):
+        assert not {"pulumi_cloudflare", "pulumi_kubernetes", "pulumi_tls"} & set(seen[path]), (path, seen)  # type: ignore[arg-type]
+    assert seen["render"] == ["pulumi_docker", "pulumi_random"]
+    assert seen["up_resources"] == len(json.loads((tmp_path / "out" / "resources.json").read_text()))
+
+
+def test_a_docker_stack_with_cloudflare_and_acme_loads_neither_kubernetes_nor_tls(tmp_path: Path) -> None:
+    seen = _sdks_loaded("staging", tmp_path)
+    for path in ("check", "render", "up"):
+        assert not {"pulumi_kubernetes", "pulumi_tls"} & set(seen[path]), (path, seen)  # type: ignore[arg-type]
+    assert "pulumi_cloudflare" in seen["render"]  # type: ignore[operator]
