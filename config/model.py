@@ -532,8 +532,6 @@ class StackConfig(Strict):
         return found
 
     def _federation_problems(self) -> list[tuple[str, object, str]]:
-        from . import pem
-
         fed = self.synapse.federation
         found: list[tuple[str, object, str]] = []
         if fed.domain_whitelist is not None and self.server_name not in fed.domain_whitelist:
@@ -547,6 +545,8 @@ class StackConfig(Strict):
         if fed.trusted_ca_files is not None and not fed.trusted_ca_files:
             found.append(("synapse.federation.trusted_ca_files", [],
                           "must list at least one file; leave it unset to trust the public roots"))
+        if fed.trusted_ca_files:
+            from . import pem  # only then: reading certificates needs cryptography
         for i, path in enumerate(fed.trusted_ca_files or []):
             found += pem.problems(f"synapse.federation.trusted_ca_files[{i}]", path, ca=True)
         return found
