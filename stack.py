@@ -7,37 +7,13 @@ from dataclasses import dataclass, field
 
 import pulumi
 
-import config
+import components.checks  # noqa: F401  (registers the stack-wide config rules)
 from components import parts as stack_parts
-from components.platform import make_platform, placement
+from components.platform import make_platform
 from components.platform.spec import Service
-from components.synapse import SynapseCluster, homeserver
-from components.synapse import services as synapse_services
-from components.tls import ACME_SERVICE, Tls, component_needed
-from components.tls import plan as tls_plan
-from components.tls.plan import runs_acme_client
+from components.synapse import SynapseCluster, idle
+from components.tls import Tls, component_needed
 from config.model import KubernetesTarget, StackConfig
-
-
-def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    problems = homeserver.check(cfg)
-    if problems:
-        return problems
-    cluster = synapse_services.service_names(cfg)
-    # The ACME client shares its certificate and webroot volumes with the proxy.
-    acme = [ACME_SERVICE] if runs_acme_client(cfg) else []
-    problems = placement.check(cfg, cluster + stack_parts.service_names(cfg) + acme, [sorted(cluster + acme)])
-    problems += stack_parts.check(cfg)
-    problems += tls_plan.check(cfg)
-    if isinstance(cfg.target, KubernetesTarget):
-        from components.platform import kubernetes
-
-        problems += kubernetes.check(cfg)
-    return problems
-
-
-if check not in config.EXTRA_CHECKS:
-    config.EXTRA_CHECKS.append(check)
 
 
 @dataclass
@@ -50,6 +26,9 @@ class Deployment:
 
 
 def build(cfg: StackConfig) -> Deployment:
+    # Warnings, not errors: these topologies deploy and run, but pay for workers with no work.
+    for text in idle.warnings(cfg):
+        pulumi.log.warn(text)
     platform = make_platform(cfg)
     # Element Call, ntfy, coturn, Element Web and DNS first: their homeserver keys, sites and
     # secret files are the cluster's inputs.

@@ -48,14 +48,7 @@ def service_names(cfg: StackConfig) -> list[str]:
     return names
 
 
-def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    from components.coturn import render as coturn
-    from components.dns import records
-
-    return records.check(cfg) + coturn.check(cfg) + _livekit_turn_check(cfg)
-
-
-def _livekit_turn_check(cfg: StackConfig) -> list[tuple[str, object, str]]:
+def livekit_turn_check(cfg: StackConfig) -> list[tuple[str, object, str]]:
     # LiveKit's TURN domain is the livekit host name, whose record points at the proxy's host.
     lk = cfg.element_call.livekit
     if not (cfg.element_call.enabled and lk.turn and isinstance(cfg.target, DockerTarget)):

@@ -1,16 +1,18 @@
 """The typed stack config: models, defaults and loading."""
 
-from .load import EXTRA_CHECKS, NAMESPACE, ConfigError, Problem, load, parse
+from .checks import CHECKS, check
+from .load import NAMESPACE, ConfigError, Problem, load, parse
 from .model import DockerTarget, KubernetesTarget, StackConfig
 
 __all__ = [
-    "EXTRA_CHECKS",
+    "CHECKS",
     "NAMESPACE",
     "ConfigError",
     "DockerTarget",
     "KubernetesTarget",
     "Problem",
     "StackConfig",
+    "check",
     "load",
     "parse",
 ]

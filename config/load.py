@@ -1,23 +1,29 @@
 """Reading and checking the stack config.
 
 Every problem is collected and reported at once, each naming the key path, the bad value and
-what is allowed. The error is a `pulumi.RunError`, which the Pulumi CLI prints without a Python
-traceback; `python -m render` prints the same text.
+what is allowed. A value that does not validate is replaced by its default so the rest can be
+judged, and the rules over the validated config (config/checks.py) each run unless a key they
+read is itself invalid: one bad section never hides another section's problems.
+
+The error is a `pulumi.RunError`, which the Pulumi CLI prints without a Python traceback;
+`python -m render` prints the same text.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pulumi
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from . import model
+from .checks import CHECKS, touches
 from .model import StackConfig
 
 NAMESPACE = "matrix-stack"
@@ -52,11 +58,6 @@ class ConfigError(pulumi.RunError):
         lines = [f"the stack config has {len(self.problems)} problem(s):"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
-
-
-# Checks that need more than the pydantic model (the worker table, for instance) register here,
-# so the config layer does not import the components.
-EXTRA_CHECKS: list[Callable[[StackConfig], list[tuple[str, object, str]]]] = []
 
 
 def _mask_secrets(value: object) -> object:
@@ -214,8 +215,147 @@ def _message(error: Mapping[str, typing.Any]) -> str:
     return msg[0].lower() + msg[1:] if msg else msg
 
 
+Key = tuple[str, ...]  # a key path; a list counts as one value (paths stop at an index)
+
+
+def _key(path: str) -> Key:
+    """A reported key path ('target.hosts[0].services') as a Key (target, hosts)."""
+    parts: list[str] = []
+    for part in path.split("."):
+        if "[" in part:
+            parts.append(part.split("[", 1)[0])
+            break
+        parts.append(part)
+    return tuple(p for p in parts if p)
+
+
+def _user_loc(loc: tuple[object, ...]) -> tuple[object, ...]:
+    """pydantic's error location without the discriminator tags it inserts."""
+    return tuple(part for i, part in enumerate(loc)
+                 if not (i > 0 and str(loc[i - 1]) in ("target", "database")
+                         and part in ("docker", "kubernetes", "bundled", "external")))
+
+
+def _cut(loc: tuple[object, ...]) -> Key:
+    """The location up to its first list index: a list is judged, and replaced, as a whole."""
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            break
+        parts.append(str(part))
+    return tuple(parts)
+
+
+def _overlap(a: Key, b: Key) -> bool:
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    problem: Problem
+    drop: tuple[Key, ...]  # what the repair removes so that defaults apply (the first is blamed)
+    invalid: tuple[Key, ...]  # what no rule may read afterwards
+
+
+def _refusal(error: Mapping[str, typing.Any]) -> _Refusal:
+    loc = tuple(error["loc"])
+    user = _user_loc(loc)
+    path = _path(loc) or "(top level)"
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "field_rule":
+        # A rule of one block blamed on one of its fields (model.rule).
+        path = _join(_path(loc), str(ctx["field"]))
+        shown = ctx.get("value")
+        value = "" if shown is None else _show(shown, path)
+        blamed = _cut(user) + _key(str(ctx["field"]))
+        reads = tuple(_cut(user) + _key(r) for r in ctx.get("reads") or ()) or (blamed,)
+        return _Refusal(Problem(path, _message(error), value), (blamed, *reads), reads)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        path = _join(_path(loc), "kind")
+        value = _show(ctx["tag"], path) if "tag" in ctx else ""
+        return _Refusal(Problem(path, _message(error), value), (_cut(user),), (_cut(user),))
+    problem = Problem(path, _message(error), "" if kind in ("missing", "extra_forbidden") else _show(error.get("input"), path))
+    if kind == "extra_forbidden":
+        # A misspelt key meant to set one of its siblings: its whole block is in doubt.
+        block = _cut(user[:-1]) or _cut(user)
+        return _Refusal(problem, (_cut(user),), (block,))
+    if kind == "missing":
+        block = _cut(user[:-1]) or _cut(user)  # the block cannot stand without it
+        return _Refusal(problem, (block,), (block,))
+    return _Refusal(problem, (_cut(user),), (_cut(user),))
+
+
+def _remove_exact(root: dict[str, typing.Any], key: Key) -> bool:
+    parent: typing.Any = root
+    for part in key[:-1]:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    if key and isinstance(parent, dict) and key[-1] in parent:
+        del parent[key[-1]]
+        return True
+    return False
+
+
+def _remove(root: dict[str, typing.Any], keys: tuple[Key, ...]) -> list[Key]:
+    """Remove the values at `keys`; if none is there, the nearest value enclosing the first.
+    Returns what was removed."""
+    removed = [key for key in keys if _remove_exact(root, key)]
+    key = keys[0] if keys and not removed else ()
+    while key and not removed:
+        key = key[:-1]
+        if _remove_exact(root, key):
+            removed.append(key)
+    return removed
+
+
+# Stand-ins for required top-level keys, so the other sections can still be judged; no rule
+# that reads them runs.
+_STAND_INS = {"server_name": "matrix.invalid"}
+_MAX_PASSES = 200
+
+
+def _validate(raw: Mapping[str, object]) -> tuple[StackConfig | None, list[Problem], set[Key]]:
+    """Validate in one pass, then repair: each refused value is replaced by its default and the
+    rest validated again, until the config stands. Rules of a block (model.rule) that could not
+    run while one of its fields was refused run then; they are reported unless they read a
+    value the repair replaced. Returns the repaired config (None if nothing could stand), every
+    problem, and the key paths that did not validate."""
+    current = copy.deepcopy(dict(raw))
+    problems: list[Problem] = []
+    invalid: set[Key] = set()
+    for first in [True] + [False] * _MAX_PASSES:
+        try:
+            return StackConfig.model_validate(current), problems, invalid
+        except ValidationError as exc:
+            found = [_refusal(error) for error in exc.errors()]
+        changed = False
+        removed: list[Key] = []
+        for refusal in found:
+            if first or not any(_overlap(a, b) for a in refusal.invalid for b in invalid):
+                problems.append(refusal.problem)
+            gone = _remove(current, refusal.drop)
+            removed += gone
+            blamed = refusal.drop[0]
+            if gone:
+                changed = True
+            elif len(blamed) == 1 and blamed[0] in _STAND_INS and blamed[0] not in current:
+                current[blamed[0]] = _STAND_INS[blamed[0]]
+                changed = True
+        # What was removed is invalid too: a rule reading it would judge a default.
+        for refusal in found:
+            invalid.update(refusal.invalid)
+        invalid.update(removed)
+        if not changed:
+            break
+    return None, problems, invalid
+
+
 def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackConfig:
-    """Validate the namespace's raw values (key without namespace -> decoded value)."""
+    """Validate the namespace's raw values (key without namespace -> decoded value).
+
+    Every problem is reported at once: schema errors, and the rules of config/checks.py, each of
+    which runs unless a key it reads is itself invalid."""
     problems: list[Problem] = []
     secret = set(secret_keys)
     for field in SECRET_FIELDS:
@@ -223,32 +363,19 @@ def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackCo
             problems.append(
                 Problem(field, "must be a Pulumi secret: set it with `pulumi config set --secret` or ESC", "[plaintext]")
             )
-    try:
-        cfg = StackConfig.model_validate(dict(raw))
-    except ValidationError as exc:
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            path = _path(loc) or "(top level)"
-            ctx = error.get("ctx") or {}
-            if error["type"] == "field_rule":
-                # A rule of one block blamed on one of its fields (model.rule).
-                path = _join(_path(loc), str(ctx["field"]))
-                shown = ctx.get("value")
-                value = "" if shown is None else _show(shown, path)
-            elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-                path = _join(_path(loc), "kind")
-                value = _show(ctx["tag"], path) if "tag" in ctx else ""
-            elif error["type"] in ("missing", "extra_forbidden"):
-                value = ""
-            else:
-                value = _show(error.get("input"), path)
-            problems.append(Problem(path, _message(error), value))
-        raise ConfigError(problems) from None
-    for check in [StackConfig.problems, *EXTRA_CHECKS]:
-        for key_path, bad_value, message in check(cfg):
-            shown = "" if bad_value is None else _show(bad_value, key_path)
-            problems.append(Problem(_quoted(key_path), message, shown))
-    if problems:
+    cfg, refused, invalid = _validate(raw)
+    problems += refused
+    if cfg is not None:
+        for rule in list(CHECKS):
+            if any(touches(read, key) for read in rule.reads for key in invalid):
+                continue
+            findings = rule.run(cfg)
+            for key_path, bad_value, message in findings:
+                shown = "" if bad_value is None else _show(bad_value, key_path)
+                problems.append(Problem(_quoted(key_path), message, shown))
+            # A value a rule refused is not used by the rules after it.
+            invalid.update(_key(key_path) for key_path, _value, _message in findings)
+    if problems or cfg is None:
         raise ConfigError(problems)
     return cfg
 

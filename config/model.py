@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, fi
 from pydantic_core import PydanticCustomError
 
 from . import images
+from .checks import Finding, check
 
 _DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 HOSTNAME_RE = re.compile(rf"^({_DNS_LABEL}\.)*{_DNS_LABEL}$")
@@ -27,10 +28,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-def rule(field: str, value: object, message: str) -> PydanticCustomError:
+def rule(field: str, value: object, message: str, reads: tuple[str, ...] = ()) -> PydanticCustomError:
     """A rule spanning several fields of one model, blamed on `field` (a path below the model)
-    with the offending `value`; the loader reports it at that path instead of the whole block."""
-    return PydanticCustomError("field_rule", message, {"field": field, "value": value})
+    with the offending `value`; the loader reports it at that path instead of the whole block.
+    `reads` are the fields (below the model) the rule judged, when more than `field`."""
+    return PydanticCustomError("field_rule", message, {"field": field, "value": value, "reads": reads})
 
 
 Hostname = Annotated[str, Field(pattern=HOSTNAME_RE.pattern, max_length=253)]
@@ -289,7 +291,8 @@ class Synapse(Strict):
     @model_validator(mode="after")
     def _email_needs_smtp(self) -> Synapse:
         if self.registration.mode == "email" and self.smtp is None:
-            raise rule("registration.mode", "email", "'email' needs a synapse.smtp block to send the mails")
+            raise rule("registration.mode", "email", "'email' needs a synapse.smtp block to send the mails",
+                       reads=("registration", "smtp"))
         return self
 
 
@@ -302,9 +305,10 @@ MAX_PORT_RANGE = 10000  # publishing a range costs a rule (or a proxy process) p
 def _check_port_range(model: BaseModel, start_field: str, end_field: str, label: str) -> None:
     start, end = getattr(model, start_field), getattr(model, end_field)
     if end < start:
-        raise rule(end_field, end, f"must not be below {start_field} ({start})")
+        raise rule(end_field, end, f"must not be below {start_field} ({start})", reads=(start_field, end_field))
     if end - start > MAX_PORT_RANGE:
-        raise rule(end_field, end, f"{label} may span at most {MAX_PORT_RANGE} ports from {start_field} ({start})")
+        raise rule(end_field, end, f"{label} may span at most {MAX_PORT_RANGE} ports from {start_field} ({start})",
+                   reads=(start_field, end_field))
 
 
 class Livekit(Strict):
@@ -450,7 +454,8 @@ class StackConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _no_element_call_by_default_on_localhost(cls, data: Any) -> Any:
-        """Element Call cannot work on a localhost stack (see problems()): unset, it is off there."""
+        """Element Call cannot work on a localhost stack (see _element_call_needs_federation): unset,
+        it is off there."""
         if not isinstance(data, dict) or not is_local(str(data.get("server_name", ""))):
             return data
         call = data.get("element_call")
@@ -494,59 +499,103 @@ class StackConfig(Strict):
             return f"{self.scheme}://{host}:{self.target.http_port}"
         return f"{self.scheme}://{host}"
 
-    def problems(self) -> list[tuple[str, object, str]]:
-        """Rules that span several fields, as (key path, value, what is allowed)."""
-        found: list[tuple[str, object, str]] = []
-        smtp = self.synapse.smtp
-        if smtp and smtp.user and self.smtp_password is None:
-            found.append(("smtp_password", None, "required when synapse.smtp.user is set; set it with --secret"))
-        if isinstance(self.synapse.database, ExternalDatabase) and self.database_password is None:
-            found.append(("database_password", None, "required with an external database; set it with --secret"))
-        if self.cloudflare.enabled and not self.cloudflare.zone:
-            found.append(("cloudflare.zone", None, "required when cloudflare.enabled"))
-        if self.cloudflare.enabled and not self.cloudflare.origin_ip:
-            found.append(("cloudflare.origin_ip", None, "required when cloudflare.enabled: the address DNS records point at"))
-        if self.cloudflare.enabled and self.cloudflare_api_token is None:
-            found.append(("cloudflare_api_token", None, "required when cloudflare.enabled; set it with --secret"))
-        if self.synapse.ldap and self.synapse.ldap.bind_dn and self.ldap_bind_password is None:
-            found.append(("ldap_bind_password", None, "required when synapse.ldap.bind_dn is set; set it with --secret"))
-        web = self.element_web
-        if web.enabled and web.mode == "pages":
-            if not self.cloudflare.enabled:
-                found.append(("element_web.mode", web.mode, "'pages' needs cloudflare.enabled: true"))
-            if not self.cloudflare.account_id:
-                found.append(("cloudflare.account_id", None, "required when element_web.mode is 'pages'"))
-            if web.source is None:
-                found.append(("element_web.source", None, "required when element_web.mode is 'pages' (owner, repo)"))
-        if self.element_call.enabled and self.local:
-            found.append(("element_call.enabled", True, ELEMENT_CALL_NEEDS_FEDERATION.format(server=self.server_name)))
-        if self.tls_mode == "acme" and not self.tls.acme_email and isinstance(self.target, DockerTarget):
-            found.append(("tls.acme_email", None, "required when the proxy gets its certificate from ACME"))
-        found += self._federation_problems()
-        if self.cloudflare.enabled and self.cloudflare.zone:
-            zone = self.cloudflare.zone
-            for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy", *(("turn",) if self.coturn.enabled else ())):
-                host = self.host(name)
-                if host != zone and not host.endswith("." + zone):
-                    found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))
-        return found
 
-    def _federation_problems(self) -> list[tuple[str, object, str]]:
-        fed = self.synapse.federation
-        found: list[tuple[str, object, str]] = []
-        if fed.domain_whitelist is not None and self.server_name not in fed.domain_whitelist:
-            found.append(("synapse.federation.domain_whitelist", fed.domain_whitelist,
-                          f"must include the stack's own server name {self.server_name} (Synapse checks its "
-                          "own requests against it too); to federate with nobody set "
-                          "synapse.federation.enabled: false"))
-        if self.server_name in fed.deny:
-            found.append(("synapse.federation.deny", fed.deny,
-                          f"must not include the stack's own server name {self.server_name}"))
-        if fed.trusted_ca_files is not None and not fed.trusted_ca_files:
-            found.append(("synapse.federation.trusted_ca_files", [],
-                          "must list at least one file; leave it unset to trust the public roots"))
-        if fed.trusted_ca_files:
-            from . import pem  # only then: reading certificates needs cryptography
-        for i, path in enumerate(fed.trusted_ca_files or []):
+# ---------------------------------------------------------------- rules across fields
+# Each rule names the keys it reads: it runs only when they validated (config/checks.py).
+
+
+@check("synapse.smtp", "smtp_password")
+def _smtp_password(cfg: StackConfig) -> list[Finding]:
+    smtp = cfg.synapse.smtp
+    if smtp and smtp.user and cfg.smtp_password is None:
+        return [("smtp_password", None, "required when synapse.smtp.user is set; set it with --secret")]
+    return []
+
+
+@check("synapse.database", "database_password")
+def _database_password(cfg: StackConfig) -> list[Finding]:
+    if isinstance(cfg.synapse.database, ExternalDatabase) and cfg.database_password is None:
+        return [("database_password", None, "required with an external database; set it with --secret")]
+    return []
+
+
+@check("cloudflare", "cloudflare_api_token")
+def _cloudflare(cfg: StackConfig) -> list[Finding]:
+    found: list[Finding] = []
+    if cfg.cloudflare.enabled and not cfg.cloudflare.zone:
+        found.append(("cloudflare.zone", None, "required when cloudflare.enabled"))
+    if cfg.cloudflare.enabled and not cfg.cloudflare.origin_ip:
+        found.append(("cloudflare.origin_ip", None, "required when cloudflare.enabled: the address DNS records point at"))
+    if cfg.cloudflare.enabled and cfg.cloudflare_api_token is None:
+        found.append(("cloudflare_api_token", None, "required when cloudflare.enabled; set it with --secret"))
+    return found
+
+
+@check("synapse.ldap", "ldap_bind_password")
+def _ldap_bind_password(cfg: StackConfig) -> list[Finding]:
+    if cfg.synapse.ldap and cfg.synapse.ldap.bind_dn and cfg.ldap_bind_password is None:
+        return [("ldap_bind_password", None, "required when synapse.ldap.bind_dn is set; set it with --secret")]
+    return []
+
+
+@check("element_web", "cloudflare.enabled", "cloudflare.account_id")
+def _pages(cfg: StackConfig) -> list[Finding]:
+    found: list[Finding] = []
+    web = cfg.element_web
+    if web.enabled and web.mode == "pages":
+        if not cfg.cloudflare.enabled:
+            found.append(("element_web.mode", web.mode, "'pages' needs cloudflare.enabled: true"))
+        if not cfg.cloudflare.account_id:
+            found.append(("cloudflare.account_id", None, "required when element_web.mode is 'pages'"))
+        if web.source is None:
+            found.append(("element_web.source", None, "required when element_web.mode is 'pages' (owner, repo)"))
+    return found
+
+
+@check("element_call.enabled", "server_name")
+def _element_call_needs_federation(cfg: StackConfig) -> list[Finding]:
+    if cfg.element_call.enabled and cfg.local:
+        return [("element_call.enabled", True, ELEMENT_CALL_NEEDS_FEDERATION.format(server=cfg.server_name))]
+    return []
+
+
+@check("tls", "server_name", "cloudflare.enabled", "target")
+def _acme_email(cfg: StackConfig) -> list[Finding]:
+    if cfg.tls_mode == "acme" and not cfg.tls.acme_email and isinstance(cfg.target, DockerTarget):
+        return [("tls.acme_email", None, "required when the proxy gets its certificate from ACME")]
+    return []
+
+
+@check("cloudflare.enabled", "cloudflare.zone", "hostnames", "server_name", "coturn.enabled")
+def _hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
+    found: list[Finding] = []
+    if cfg.cloudflare.enabled and cfg.cloudflare.zone:
+        zone = cfg.cloudflare.zone
+        for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy", *(("turn",) if cfg.coturn.enabled else ())):
+            host = cfg.host(name)
+            if host != zone and not host.endswith("." + zone):
+                found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))
+    return found
+
+
+@check("synapse.federation", "server_name")
+def _federation_names_and_authorities(cfg: StackConfig) -> list[Finding]:
+    fed = cfg.synapse.federation
+    found: list[Finding] = []
+    if fed.domain_whitelist is not None and cfg.server_name not in fed.domain_whitelist:
+        found.append(("synapse.federation.domain_whitelist", fed.domain_whitelist,
+                      f"must include the stack's own server name {cfg.server_name} (Synapse checks its "
+                      "own requests against it too); to federate with nobody set "
+                      "synapse.federation.enabled: false"))
+    if cfg.server_name in fed.deny:
+        found.append(("synapse.federation.deny", fed.deny,
+                      f"must not include the stack's own server name {cfg.server_name}"))
+    if fed.trusted_ca_files is not None and not fed.trusted_ca_files:
+        found.append(("synapse.federation.trusted_ca_files", [],
+                      "must list at least one file; leave it unset to trust the public roots"))
+    if fed.trusted_ca_files:
+        from . import pem  # only then: reading certificates needs cryptography
+
+        for i, path in enumerate(fed.trusted_ca_files):
             found += pem.problems(f"synapse.federation.trusted_ca_files[{i}]", path, ca=True)
-        return found
+    return found

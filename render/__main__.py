@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"render: {exc}", file=sys.stderr)
         return 2
+    for text in result.warnings:
+        print(f"render: warning: {text}", file=sys.stderr)
     counts = write(result, args.out)
     print(f"rendered stack {args.stack}: {counts['resources']} resources, {counts['services']} services, "
           f"{counts['files']} files -> {args.out}")

@@ -13,6 +13,7 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,6 +191,7 @@ class Run:
     deployment: Any
     resources: list[Registered]
     services: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what pulumi.log.warn told the engine
 
     def of_type(self, type_token: str) -> list[Registered]:
         return [r for r in self.resources if r.type == type_token]
@@ -225,6 +227,21 @@ async def _resolve_services(services: list[Any]) -> list[dict[str, Any]]:
     return resolved
 
 
+class _EngineLog(logging.Handler):
+    """The engine's log under mocks: keeps the warnings the program sent (pulumi.log.warn),
+    which the CLI would print among its diagnostics."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings: list[str] = []
+        self.logger = logging.Logger("matrix-stack.engine")  # not registered: one per run
+        self.logger.addHandler(self)
+        self.logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.warnings.append(record.getMessage())
+
+
 def _config_map(raw: Mapping[str, Any]) -> dict[str, str]:
     return {f"{PROJECT}:{k}": (v if isinstance(v, str) else json.dumps(v)) for k, v in raw.items()}
 
@@ -237,8 +254,10 @@ def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, .
     cfg = config.parse(raw, secret_keys)  # raises ConfigError before anything is declared
     mocks = StackMocks()
     monitor = RecordingMonitor(mocks)
+    engine_log = _EngineLog()
     pulumi.runtime.set_all_config(_config_map(raw), [f"{PROJECT}:{k}" for k in secret_keys])
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
+                             logger=engine_log.logger)
     holder: dict[str, Any] = {}
 
     def program_body() -> pulumi.Output[Any]:
@@ -250,7 +269,8 @@ def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, .
         return pulumi.Output.from_input(asyncio.ensure_future(collect()))
 
     pulumi.runtime.mocks.test(program_body)()  # type: ignore[no-untyped-call]
-    result = Run(cfg=cfg, deployment=holder["deployment"], resources=sorted(monitor.registered, key=lambda r: r.urn))
+    result = Run(cfg=cfg, deployment=holder["deployment"], resources=sorted(monitor.registered, key=lambda r: r.urn),
+                 warnings=engine_log.warnings)
     return result_with_services(result)
 
 

@@ -11,6 +11,7 @@ from components import image_facts
 from components import secrets as gen
 from components.part import Part
 from components.platform.spec import File, Port, PortRange, Service, Site
+from components.synapse.services import PROXY_SERVICE
 from config.model import StackConfig
 
 from . import render
@@ -23,11 +24,8 @@ class ElementCall(Part):
     def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
         super().__init__("matrix-stack:index:ElementCall", name, opts)
         lk = cfg.element_call.livekit
-        # The key is an identifier but is generated too: nothing else needs to know it.
-        self.livekit_key = gen.password(f"{name}-livekit-key", self, protect=cfg.protect, length=16)
         self.livekit_secret = gen.password(f"{name}-livekit-secret", self, protect=cfg.protect, length=48)
-        keys = pulumi.Output.all(self.livekit_key, self.livekit_secret).apply(
-            lambda pair: render.livekit_keys(pair[0], pair[1]))
+        keys = self.livekit_secret.apply(render.livekit_keys)
 
         ports = [Port("http", render.LIVEKIT_PORT),
                  Port("rtc-tcp", lk.rtc_tcp_port, public=True)]
@@ -55,8 +53,10 @@ class ElementCall(Part):
             component=COMPONENT,
             image=cfg.element_call.jwt_image,
             env=dict(render.jwt_env(cfg)),
-            secret_env={"LIVEKIT_KEY": self.livekit_key, "LIVEKIT_SECRET": self.livekit_secret},
+            secret_env={"LIVEKIT_SECRET": self.livekit_secret},
             ports=[Port("http", render.JWT_PORT)],
+            # The routing proxy forwards clients; LiveKit delivers its webhook.
+            allowed_clients=(PROXY_SERVICE, render.LIVEKIT_SERVICE),
             # FROM scratch: only a checker the image is known to ship could run (see its facts).
             health=image_facts.http_check(cfg.element_call.jwt_image, render.JWT_PORT),
             # The image has no user of its own; its static binary needs none.
@@ -76,6 +76,11 @@ class ElementCall(Part):
             writable_paths=("/tmp",),
         )
         self.services = [livekit, jwt, web]
+        _host, _port, crosses = render.webhook_target(cfg)
+        published = getattr(platform, "cross_host_ports", None)
+        if crosses and published is not None:
+            # LiveKit's webhook reaches lk-jwt-service on another host through its published port.
+            published.add((render.JWT_SERVICE, render.JWT_PORT))
         self.expose(cfg, platform, Site(cfg.host("call"), render.WEB_SERVICE, render.WEB_PORT))
         self.expose(cfg, platform, Site(cfg.host("jwt"), render.JWT_SERVICE, render.JWT_PORT))
         self.expose(cfg, platform, Site(cfg.host("livekit"), render.LIVEKIT_SERVICE, render.LIVEKIT_PORT,

@@ -14,6 +14,7 @@ import pulumi
 import yaml
 
 from components.part import ws_url
+from components.platform import placement
 from config import images
 from config.model import StackConfig
 
@@ -35,6 +36,13 @@ LIVEKIT_CONFIG = "/etc/livekit/livekit.yaml"
 # LiveKit reads `key: secret` pairs from key_file, so livekit.yaml itself holds no secret.
 # LiveKit refuses a key file that others may read: mode 0400.
 LIVEKIT_KEYS = "/secrets/livekit-keys.yaml"
+# The name of LiveKit's one API key. It is no secret (every token a client holds carries it as
+# its `iss` claim); only the key's secret is. A fixed name keeps livekit.yaml a function of the
+# config alone, and the webhook section must name the key it signs with.
+LIVEKIT_API_KEY = "lk-jwt-service"
+# lk-jwt-service learns of SFU disconnects here, to send a vanished member's delayed leave event
+# (its README, "LiveKit SFU Wiring"); without it, participants whose client died stay in the call.
+JWT_WEBHOOK_PATH = "/sfu_webhook"
 WEB_CONFIG = images.config_path(images.ELEMENT_CALL)  # the web root
 
 # Embedded TURN: off coturn's 3478/5349 and relay range so both can run on one host
@@ -53,6 +61,18 @@ def jwt_url(cfg: StackConfig) -> str:
 def livekit_url(cfg: StackConfig) -> str:
     """The SFU's signalling WebSocket URL, handed to clients by lk-jwt-service."""
     return ws_url(cfg.url("livekit"))
+
+
+def webhook_target(cfg: StackConfig) -> tuple[str, int, bool]:
+    """(host, port, crosses_hosts) LiveKit dials to deliver its webhook to lk-jwt-service."""
+    return placement.reach(cfg, LIVEKIT_SERVICE, JWT_SERVICE, JWT_PORT)
+
+
+def webhook_url(cfg: StackConfig) -> str:
+    # The private address, not the public jwt. site: LiveKit and lk-jwt-service share a network
+    # (or a published port across hosts), and the webhook needs no trip through the proxy.
+    host, port, _crosses = webhook_target(cfg)
+    return f"http://{host}:{port}{JWT_WEBHOOK_PATH}"
 
 
 def livekit_config(cfg: StackConfig) -> dict[str, Any]:
@@ -80,6 +100,8 @@ def livekit_config(cfg: StackConfig) -> dict[str, Any]:
         # with auto_create anyone holding a token for any room name would open one.
         "room": {"auto_create": False},
         "key_file": LIVEKIT_KEYS,
+        # Signed with the key's secret; lk-jwt-service verifies it with the same pair.
+        "webhook": {"api_key": LIVEKIT_API_KEY, "urls": [webhook_url(cfg)]},
         "logging": {"level": "info"},
     }
     if lk.turn:
@@ -101,14 +123,15 @@ def livekit_yaml(cfg: StackConfig) -> str:
     return yaml.safe_dump(livekit_config(cfg), sort_keys=False, default_flow_style=False)
 
 
-def livekit_keys(key: str, secret: str) -> str:
-    return yaml.safe_dump({key: secret}, default_flow_style=False)
+def livekit_keys(secret: str) -> str:
+    return yaml.safe_dump({LIVEKIT_API_KEY: secret}, default_flow_style=False)
 
 
 def jwt_env(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
-    """lk-jwt-service's plain environment; LIVEKIT_KEY and LIVEKIT_SECRET go in secret env."""
+    """lk-jwt-service's plain environment; LIVEKIT_SECRET goes in secret env."""
     return {
         "LIVEKIT_URL": livekit_url(cfg),
+        "LIVEKIT_KEY": LIVEKIT_API_KEY,
         # Only our own users may create SFU rooms; others may join rooms that exist.
         "LIVEKIT_FULL_ACCESS_HOMESERVERS": cfg.server_name,
         "LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS": str(SANITY_CHECK_INTERVAL_S),

@@ -401,13 +401,9 @@ def uses_media_store(cfg: StackConfig, process: Process) -> bool:
     return process.is_main
 
 
-def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    """Topology and extra_config rules that need the worker table."""
-    from .workers import check_counts
-
-    problems = check_counts(cfg.synapse.workers.preset, dict(cfg.synapse.workers.counts))
-    if problems:
-        return problems
+def check_extra_config(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """extra_config may not set what the stack manages, nor put a secret in homeserver.yaml."""
+    problems: list[tuple[str, object, str]] = []
     managed = managed_keys(cfg)
     for key in sorted(cfg.synapse.extra_config):
         if key in managed or key.startswith("worker_") or key in WORKER_TABLE_KEYS:

@@ -99,6 +99,10 @@ ROUTE_GROUPS: tuple[RouteGroup, ...] = (
         "^/_matrix/key/v2/query",
         "^/_matrix/federation/v1/hierarchy/",
     )),
+    # This server's own signing keys. Every process whose listener has the `federation` (or
+    # `keys`) resource mounts the key resource (synapse/app/generic_worker.py), and each reads
+    # the shared signing key, so main need not answer the servers that fetch them.
+    RouteGroup("server_keys", ("^/_matrix/key/v2/server",)),
     RouteGroup("sync", (
         "^/_matrix/client/(v2_alpha|r0|v3)/sync$",
         "^/_matrix/client/(api/v1|v2_alpha|r0|v3)/events$",

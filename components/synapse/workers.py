@@ -39,6 +39,8 @@ class Role:
     # role present (fewest groups); `fallback` roles (generic) only take what no dedicated role has.
     routes: tuple[str, ...] = ()
     fallback: bool = False
+    # Works only for federation: idle on a stack that federates with nobody.
+    federation_only: bool = False
 
     @property
     def writer(self) -> bool:
@@ -56,17 +58,19 @@ ROLES: tuple[Role, ...] = (
     Role("generic", "generic worker: client and federation reads, sync, event sending", 9101,
          resources=("client", "federation"), fallback=True,
          routes=("sync", "client_reader", "messages", "event_creator", "federation_reader",
-                 "federation_inbound", "user_directory", "device_lists", "reads")),
+                 "federation_inbound", "server_keys", "user_directory", "device_lists", "reads")),
     Role("sync", "sync and initial sync, sticky by user", 9801, resources=("client",), routes=("sync",)),
     Role("client_reader", "client read endpoints, login and registration", 9901, resources=("client",),
          routes=("client_reader", "messages", "user_directory", "device_lists", "reads")),
     Role("event_creator", "event sending, sticky by room", 10001, resources=("client",),
          routes=("event_creator",)),
     Role("federation_reader", "federation requests other than inbound transactions", 9601,
-         resources=("federation",), routes=("federation_reader", "federation_inbound")),
+         resources=("federation",), routes=("federation_reader", "federation_inbound", "server_keys"),
+         federation_only=True),
     Role("federation_inbound", "inbound federation transactions, sticky by origin", 10101,
-         resources=("federation",), routes=("federation_inbound",)),
-    Role("federation_sender", "outbound federation", 9401, duty="federation_sender_instances"),
+         resources=("federation",), routes=("federation_inbound", "server_keys"), federation_only=True),
+    Role("federation_sender", "outbound federation", 9401, duty="federation_sender_instances",
+         federation_only=True),
     Role("event_persister", "persists events, sharded by room", 9201, streams=("events",)),
     Role("media_repository", "media upload, download, thumbnails and media admin", 9301,
          resources=("media", "client"), streams=("quarantined_media_changes",),
@@ -191,9 +195,18 @@ class Topology:
 
 def check_counts(preset: str, counts: dict[str, int]) -> list[tuple[str, object, str]]:
     """Impossible topologies, as (key path, value, what is allowed)."""
-    problems: list[tuple[str, object, str]] = []
+    return check_preset(preset) + check_role_counts(counts)
+
+
+def check_preset(preset: str) -> list[tuple[str, object, str]]:
     if preset not in PRESETS:
-        problems.append(("synapse.workers.preset", preset, "must be one of: " + ", ".join(repr(p) for p in PRESETS)))
+        return [("synapse.workers.preset", preset, "must be one of: " + ", ".join(repr(p) for p in PRESETS))]
+    return []
+
+
+def check_role_counts(counts: dict[str, int]) -> list[tuple[str, object, str]]:
+    """Each role's count on its own: a known role, within its limit."""
+    problems: list[tuple[str, object, str]] = []
     for name, count in sorted(counts.items()):
         path = f"synapse.workers.counts.{name}"
         role = ROLE_BY_NAME.get(name)

@@ -116,6 +116,9 @@ class Relocation:
     # Container "files" that are really streams: the access log goes to a file we can parse.
     streams: Mapping[str, Path] = field(default_factory=dict)
     address: str = LOOPBACK
+    # Services whose port another service also uses (ntfy's 8080 is the proxy's too) get a loopback
+    # address of their own; every other service is `address`.
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     def path(self, value: str) -> str:
         if value in self.streams:
@@ -126,7 +129,12 @@ class Relocation:
         return value
 
     def host(self, value: str) -> str:
-        return self.address if value in self.hosts else value
+        return self.addresses.get(value, self.address) if value in self.hosts else value
+
+    _URL = re.compile(r"^([a-z]+://)([A-Za-z0-9.-]+)(?=[:/]|$)")
+
+    def url(self, value: str) -> str:
+        return self._URL.sub(lambda m: m.group(1) + self.host(m.group(2)), value)
 
     def yaml_text(self, text: str) -> str:
         return yaml.safe_dump(self._walk(yaml.safe_load(text), None), sort_keys=False)
@@ -139,7 +147,11 @@ class Relocation:
                 return [self.address]
             return [self._walk(v, key) for v in node]
         if isinstance(node, str):
-            return self.host(node) if key == "host" else self.path(node)
+            if key == "host":
+                return self.host(node)
+            if key == "node_ip":  # the address LiveKit advertises to its clients
+                return LOOPBACK
+            return self.url(self.path(node))
         return node
 
     # nginx directives whose argument is a host path, and those naming an upstream address.
@@ -168,7 +180,8 @@ class Relocation:
                 for a in args]
 
 
-def relocation_for(result: offline.Run, base: Path, address: str = LOOPBACK) -> Relocation:
+def relocation_for(result: offline.Run, base: Path, address: str = LOOPBACK,
+                   addresses: Mapping[str, str] | None = None) -> Relocation:
     roots: set[str] = set()
     for entry in result.services:
         service = entry["service"]
@@ -184,12 +197,14 @@ def relocation_for(result: offline.Run, base: Path, address: str = LOOPBACK) -> 
         roots=tuple(outer),
         streams={"/dev/stdout": base / "logs" / "access.log"},
         address=address,
+        addresses=dict(addresses or {}),
     )
 
 
-def materialize(result: offline.Run, base: Path, address: str = LOOPBACK) -> Relocation:
+def materialize(result: offline.Run, base: Path, address: str = LOOPBACK,
+                addresses: Mapping[str, str] | None = None) -> Relocation:
     """Write every service's files under `base`, relocated. Identical paths must have identical content."""
-    reloc = relocation_for(result, base, address)
+    reloc = relocation_for(result, base, address, addresses)
     written: dict[str, str] = {}
     for entry in result.services:
         service = entry["service"]
@@ -237,6 +252,15 @@ class Proc:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def hosts_namespace(hosts_file: Path, cmd: list[str]) -> list[str]:
+    """`cmd` with `hosts_file` bind-mounted over /etc/hosts in a mount namespace of its own
+    (root only); the command keeps its process id (unshare and sh both exec)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        raise RuntimeError("resolving public hostnames to loopback needs root and unshare (util-linux)")
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *cmd]
 
 
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -312,6 +336,7 @@ class Cluster:
     """
 
     def __init__(self, result: offline.Run, workdir: Path | None = None, *, address: str = LOOPBACK,
+                 addresses: Mapping[str, str] | None = None, hosts_file: Path | None = None,
                  synapse_env: Mapping[str, str] | None = None):
         """`address`: the loopback address this stack listens on and dials. `synapse_env`: extra
         environment for the Synapse processes (how the machine resolves names, say)."""
@@ -323,7 +348,9 @@ class Cluster:
         self.base = workdir or Path(tempfile.mkdtemp(prefix="synapse-boot-"))
         # The postgres user and nginx's unprivileged workers must be able to reach their dirs.
         os.chmod(self.base, 0o755)
-        self.reloc = materialize(result, self.base, address)
+        self.reloc = materialize(result, self.base, address, addresses)
+        # Public DNS for the Synapse processes: an /etc/hosts of their own (see resolving()).
+        self.hosts_file = hosts_file
         self.procs: dict[str, Proc] = {}
         self.boot_s: dict[str, float] = {}
         self.access_log = self.base / "logs" / "access.log"
@@ -360,6 +387,13 @@ class Cluster:
         proc = Proc(name, popen, log, time.monotonic(), port, tier=tier)
         self.procs[name] = proc
         return proc
+
+    def resolving(self, cmd: list[str]) -> list[str]:
+        """`cmd` in a private mount namespace whose /etc/hosts is `hosts_file`: the stack's public
+        hostnames resolve to loopback, as public DNS resolves them to the proxy's host."""
+        if self.hosts_file is None:
+            return cmd
+        return hosts_namespace(self.hosts_file, cmd)
 
     def _as_postgres(self, cmd: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
@@ -457,7 +491,7 @@ class Cluster:
         entry = list(service.entrypoint or ())
         if entry[:1] == ["python"]:
             entry[0] = synapse_python()
-        return [*entry, *self.reloc.args(service.args)]
+        return self.resolving([*entry, *self.reloc.args(service.args)])
 
     def restart_synapse(self, name: str) -> Proc:
         """Start one Synapse process again with exactly the command it was started with, after it

@@ -73,6 +73,14 @@ def test_a_localhost_stack_advertises_no_rtc_focus(booted: tuple[Cluster, Facts,
     assert not {e["service"].name for e in cluster.result.services} & {"livekit", "lk-jwt-service", "element-call"}
 
 
+def test_a_worker_publishes_the_server_signing_key(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    _cluster, facts, _log = booted
+    keys = facts.server_keys
+    assert keys["server_name"] == "localhost"
+    assert keys["verify_keys"], keys
+    assert keys["signatures"]["localhost"].keys() == keys["verify_keys"].keys()
+
+
 # Request classes the workload makes: (label, method, path regex, intended route group, role serving it).
 CLASSES: tuple[tuple[str, str, str, str, str], ...] = (
     ("login", "POST", r"/_matrix/client/v3/login$", "client_reader", "client_reader"),
@@ -88,6 +96,7 @@ CLASSES: tuple[tuple[str, str, str, str, str], ...] = (
     ("download", "GET", r"/_matrix/client/v1/media/download/", "media", "media_repository"),
     ("messages", "GET", r"/_matrix/client/v3/rooms/[^/]+/messages$", "messages", "client_reader"),
     ("logout", "POST", r"/_matrix/client/v3/logout$", "main_only", "main"),
+    ("server_keys", "GET", r"/_matrix/key/v2/server$", "server_keys", "federation_inbound"),
 )
 
 

@@ -40,6 +40,7 @@ class Facts:
     paginated: list[str] = field(default_factory=list)  # bodies from /messages, oldest first
     pages: int = 0
     well_known: dict[str, tuple[Any, str | None]] = field(default_factory=dict)  # path -> (json, CORS header)
+    server_keys: Any = None  # GET /_matrix/key/v2/server, as a remote server fetches it
 
 
 def _ok(resp: Any, kind: type, what: str) -> Any:
@@ -154,6 +155,7 @@ async def _run(cluster: Cluster, tag: str) -> Facts:
 
     for path in ("/.well-known/matrix/client", "/.well-known/matrix/server"):
         facts.well_known[path] = await asyncio.to_thread(well_known, path)
+    facts.server_keys, _cors = await asyncio.to_thread(well_known, "/_matrix/key/v2/server")
     return facts
 
 

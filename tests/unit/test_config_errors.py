@@ -341,3 +341,113 @@ def test_a_database_block_without_kind_is_the_bundled_database() -> None:
     cfg = parse(with_(LOCAL, synapse={"database": {"cp_max": 10}}))
     assert cfg.synapse.database.kind == "bundled"
     assert cfg.synapse.database.cp_max == 10
+
+
+# A stack file with five mistakes in two parts: a misspelt key, two single-instance roles
+# counted twice, an unknown role and a count over the limit.
+FIVE_MISTAKES = """\
+config:
+  matrix-stack:server_name: localhost
+  matrix-stack:ntfy:
+    enable: false
+  matrix-stack:synapse:
+    workers:
+      preset: seed-000
+      counts:
+        typing: 2
+        presence: 2
+        backgrounds: 1
+        event_persister: 65
+"""
+
+
+def test_five_mistakes_in_two_parts_are_reported_in_one_run() -> None:
+    import yaml
+
+    document = yaml.safe_load(FIVE_MISTAKES)["config"]
+    raw = {key.split(":", 1)[1]: value for key, value in document.items()}
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert [(p.path, p.value) for p in caught.value.problems] == [
+        ("ntfy.enable", ""),
+        ("synapse.workers.counts.backgrounds", "'backgrounds'"),
+        ("synapse.workers.counts.event_persister", "65"),
+        ("synapse.workers.counts.presence", "2"),
+        ("synapse.workers.counts.typing", "2"),
+    ]
+    assert str(caught.value).startswith("the stack config has 5 problem(s):")
+
+
+def test_a_block_rule_is_judged_even_when_another_field_of_the_block_is_refused() -> None:
+    # pydantic skips a model's own rules once a field fails; the loader runs them on the rest.
+    raw = with_(LOCAL, synapse={"image": "matrixdotorg/synapse:latest", "registration": {"mode": "email"}})
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"synapse.image", "synapse.registration.mode"}
+
+
+def test_a_rule_is_skipped_only_when_its_own_input_is_invalid() -> None:
+    raw = with_(PUBLIC,
+                # Invalid smtp block: the "smtp_password required" rule cannot judge it...
+                synapse={"smtp": {"host": "not a host", "user": "u", "from_address": "m@x.org"},
+                         "extra_config": {"instance_map": {}}},
+                # ...while the Cloudflare rules, the extra_config rule and placement still run.
+                cloudflare={"enabled": True, "zone": "example.org"},
+                target=hosts({"name": "a", "url": "unix:///var/run/docker.sock", "services": ["synapse-mian"]}),
+                ntfy={"image": "binwiederhier/ntfy"})
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    paths = {p.path for p in caught.value.problems}
+    assert paths == {"synapse.smtp.host", "cloudflare.origin_ip", "cloudflare_api_token",
+                     "synapse.extra_config.instance_map", "target.hosts[0].services", "ntfy.image"}
+
+
+def test_rules_over_the_topology_wait_for_a_worker_table_that_stands() -> None:
+    # Placement derives the services from every count: with a count refused it does not judge
+    # the host lists, while the worker table judges each count on its own.
+    raw = with_(LOCAL, synapse={"workers": {"counts": {"typing": 2, "generic": -1, "sync": 1}}},
+                target=hosts({"name": "a", "url": "unix:///var/run/docker.sock", "services": ["synapse-mian"]}))
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"synapse.workers.counts.typing",
+                                                       "synapse.workers.counts.generic"}
+    raw["synapse"]["workers"]["counts"] = {"typing": 1}
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"target.hosts[0].services"}
+
+
+def test_a_misspelt_key_puts_its_block_in_doubt_for_the_rules_that_read_it() -> None:
+    # `ntfy.enable: false` may have meant to turn ntfy off: placement, which needs to know
+    # whether ntfy runs, does not judge the host lists; rules that do not read ntfy still run.
+    raw = with_(LOCAL, ntfy={"enable": False}, synapse={"workers": {"counts": {"typing": 2}}},
+                target=hosts({"name": "a", "url": "unix:///var/run/docker.sock", "services": ["ntfy"]}))
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {"ntfy.enable", "synapse.workers.counts.typing"}
+
+
+def test_schema_errors_everywhere_do_not_hide_the_worker_table() -> None:
+    raw = {"server_name": "Not A Host", "surprise": 1, "target": {"kind": "nomad"},
+           "synapse": {"image": "x", "workers": {"preset": "huge", "counts": {"generic": -1, "typing": 3}}}}
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert {p.path for p in caught.value.problems} == {
+        "server_name", "surprise", "target.kind", "synapse.image", "synapse.workers.preset",
+        "synapse.workers.counts.generic", "synapse.workers.counts.typing"}
+
+
+def test_every_rule_reads_keys_the_config_has() -> None:
+    """A misspelt key in a rule's reads would let it judge a default: each must name a field."""
+    from config.checks import CHECKS
+    from config.load import _models_in
+
+    assert len(CHECKS) >= 10
+    for rule in CHECKS:
+        assert rule.reads, rule.name
+        for read in rule.reads:
+            models: list[Any] = [StackConfig]
+            for part in read.removesuffix(".*").split("."):
+                fields = [m.model_fields[part] for m in models if part in m.model_fields]
+                assert fields, f"{rule.name} reads {read}: no field {part!r}"
+                models = [m for f in fields for m in _models_in(f.annotation)]

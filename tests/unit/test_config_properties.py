@@ -7,7 +7,7 @@ import copy
 import os
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import stack  # noqa: F401  (registers the worker-table and placement checks)
@@ -188,3 +188,136 @@ def test_a_mutated_config_parses_or_is_refused_cleanly(case: tuple[dict[str, Any
     for name in SECRET_FIELDS:
         if getattr(cfg, name) is not None:
             assert name in secret_keys or f"matrix-stack:{name}" in secret_keys
+
+
+# ---------------------------------------------------------------- one pass, every problem
+# Realistic mistakes, each with the key it makes wrong (its part). Together they cover schema
+# errors, rules inside a block, the worker table, placement, TLS, DNS and the parts' checks.
+
+MISTAKE_BASE: dict[str, Any] = {
+    "server_name": "example.org", "tls": {"acme_email": "ops@example.org"},
+    "synapse": {"workers": {"preset": "seed-000"}}, "coturn": {"enabled": True},
+}
+
+
+def _at(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    node = raw
+    for part in path.split("."):
+        node = node.setdefault(part, {})
+    return node
+
+
+def _set(path: str, value: Any) -> Any:
+    def mutate(raw: dict[str, Any]) -> None:
+        parent, _, key = path.rpartition(".")
+        (_at(raw, parent) if parent else raw)[key] = copy.deepcopy(value)
+    return mutate
+
+
+MISTAKES: dict[str, tuple[str, Any]] = {
+    # name: (part, mutation)
+    "ntfy-misspelt": ("ntfy", _set("ntfy.enable", False)),
+    "ntfy-unpinned": ("ntfy.image", _set("ntfy.image", "binwiederhier/ntfy")),
+    "typing-twice": ("synapse.workers.counts.typing", _set("synapse.workers.counts.typing", 2)),
+    "presence-twice": ("synapse.workers.counts.presence", _set("synapse.workers.counts.presence", 2)),
+    "unknown-role": ("synapse.workers.counts.backgrounds", _set("synapse.workers.counts.backgrounds", 1)),
+    "too-many-persisters": ("synapse.workers.counts.event_persister",
+                            _set("synapse.workers.counts.event_persister", 65)),
+    "negative-count": ("synapse.workers.counts.pusher", _set("synapse.workers.counts.pusher", -1)),
+    "unknown-preset": ("synapse.workers.preset", _set("synapse.workers.preset", "huge")),
+    "synapse-unpinned": ("synapse.image", _set("synapse.image", "matrixdotorg/synapse:latest")),
+    "upload-size": ("synapse.max_upload_size", _set("synapse.max_upload_size", "50MB")),
+    "smtp-without-password": ("synapse.smtp", _set("synapse.smtp", {"host": "smtp.example.org", "user": "u",
+                                                                    "from_address": "m@example.org"})),
+    "registration-mode": ("synapse.registration", _set("synapse.registration.mode", "open")),
+    "extra-config-managed": ("synapse.extra_config.instance_map", _set("synapse.extra_config.instance_map", {})),
+    "extra-config-secret": ("synapse.extra_config.macaroon_secret_key",
+                            _set("synapse.extra_config.macaroon_secret_key", "x")),
+    "allowlist": ("synapse.admin_api_allowlist", _set("synapse.admin_api_allowlist", ["office"])),
+    "deny-not-a-list": ("synapse.federation.deny", _set("synapse.federation.deny", "evil.org")),
+    "livekit-range": ("element_call.livekit", _set("element_call.livekit", {"rtc_udp_port_start": 60000,
+                                                                            "rtc_udp_port_end": 50000})),
+    "element-call-misspelt": ("element_call", _set("element_call.enabeld", True)),
+    "coturn-unpinned": ("coturn.image", _set("coturn.image", "coturn/coturn:latest")),
+    "coturn-overlaps-livekit": ("coturn.relay_port_start", _set("coturn", {"enabled": True, "relay_port_start": 50150,
+                                                                           "relay_port_end": 50160})),
+    "coturn-range-reversed": ("coturn.relay_port_start", _set("coturn.relay_port_start", 50150)),
+    "element-web-misspelt": ("element_web", _set("element_web.mod", "pages")),
+    "tls-mode": ("tls.mode", _set("tls.mode", "letsencrypt")),
+    "http-port": ("target", _set("target", {"kind": "docker", "http_port": 0})),
+    "placement": ("target", _set("target", {"kind": "docker", "hosts": [
+        {"name": "a", "url": "unix:///var/run/docker.sock", "services": ["synapse-mian"]}]})),
+    "protect": ("protect", _set("protect", "maybe")),
+    "top-level-misspelt": ("synapse_workers", _set("synapse_workers", 3)),
+    "call-hostname": ("hostnames.call", _set("hostnames.call", "call_x.example.org")),
+    "server-name": ("server_name", _set("server_name", "Not A Host")),
+    "cloudflare-incomplete": ("cloudflare", _set("cloudflare", {"enabled": True})),
+    "plaintext-secret": ("ldap_bind_password", _set("ldap_bind_password", SECRET)),
+}
+
+
+def _problems(names: list[str]) -> list[str]:
+    raw = copy.deepcopy(MISTAKE_BASE)
+    for name in names:
+        MISTAKES[name][1](raw)
+    try:
+        parse(raw)
+    except ConfigError as err:
+        return [str(p) for p in err.problems]
+    return []
+
+
+def _overlap(a: str, b: str) -> bool:
+    x, y = a.split("."), b.split(".")
+    n = min(len(x), len(y))
+    return x[:n] == y[:n]
+
+
+# The rules of a block (config/model.py `rule`) read these fields together.
+BLOCK_RULES = [("synapse.registration", "synapse.smtp")]
+
+
+def _read_together(a: str, b: str) -> bool:
+    """Whether some rule reads both parts: then a mistake in one may stop it judging the other."""
+    from config.checks import CHECKS, split, touches
+
+    for check in CHECKS:
+        if any(touches(r, split(a)) for r in check.reads) and any(touches(r, split(b)) for r in check.reads):
+            return True
+    return any((_overlap(a, x) and _overlap(b, y)) or (_overlap(a, y) and _overlap(b, x)) for x, y in BLOCK_RULES)
+
+
+def test_the_mistake_base_is_valid_and_each_mistake_is_reported_alone() -> None:
+    assert _problems([]) == []
+    for name in MISTAKES:
+        assert _problems([name]), name
+
+
+@st.composite
+def mistakes_and_one_more(draw: st.DrawFn) -> tuple[list[str], str]:
+    names = draw(st.lists(st.sampled_from(sorted(MISTAKES)), min_size=1, max_size=6, unique=True))
+    parts: list[str] = []
+    chosen: list[str] = []
+    for name in names:  # one mistake per part
+        part = MISTAKES[name][0]
+        if not any(_overlap(part, p) for p in parts):
+            parts.append(part)
+            chosen.append(name)
+    others = [n for n in sorted(MISTAKES) if not any(_overlap(MISTAKES[n][0], p) or _read_together(MISTAKES[n][0], p)
+                                                     for p in parts)]
+    assume(others)
+    return chosen, draw(st.sampled_from(others))
+
+
+@settings(max_examples=int(os.environ.get("CONFIG_EXAMPLES", "120")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(mistakes_and_one_more())
+def test_a_mistake_in_another_part_never_hides_a_reported_problem(case: tuple[list[str], str]) -> None:
+    """Another part: one that no rule reads together with a part already wrong (such a rule may
+    be skipped, by design: its input is in doubt)."""
+    before, extra = case
+    was = _problems(before)
+    now = _problems([*before, extra])
+    assert len(now) > len(was), (before, extra, was, now)
+    assert set(was) <= set(now), (before, extra, sorted(set(was) - set(now)))
+    assert set(_problems([extra])) <= set(now)

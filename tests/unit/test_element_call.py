@@ -70,7 +70,7 @@ def test_jwt_service_env_and_a_token_from_the_generated_keys_verifies(program: A
     assert "LIVEKIT_JWT_BIND" not in env  # its default port, which its health checker assumes too
     key, key_secret = env["LIVEKIT_KEY"]
     secret, secret_secret = env["LIVEKIT_SECRET"]
-    assert key_secret and secret_secret
+    assert secret_secret and not key_secret  # the key name is every token's `iss`: public
     # LiveKit reads the same pair from its key file.
     assert yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_KEYS)) == {key: secret}
     token = (api.AccessToken(key, secret).with_identity("@alice:example.org")
@@ -233,3 +233,70 @@ def test_element_call_is_refused_on_a_localhost_stack() -> None:
 def test_the_dev_stack_runs_no_element_call(program: Any, dev_raw: dict[str, Any]) -> None:
     names = {s["service"].name for s in program(dev_raw).services}
     assert not names & {"livekit", "lk-jwt-service", "element-call"}
+
+
+K8S: dict[str, Any] = {"server_name": "example.org", "tls": {"mode": "acme"},
+                       "target": {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"}}
+
+
+def test_livekit_webhook_reaches_lk_jwt_service_signed_with_a_key_both_hold(program: Any) -> None:
+    run = program(BASE)
+    conf = yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_CONFIG))
+    # lk-jwt-service's README, "LiveKit SFU Wiring": participant disconnects arrive at /sfu_webhook.
+    assert conf["webhook"] == {"api_key": ec.LIVEKIT_API_KEY, "urls": ["http://lk-jwt-service:8080/sfu_webhook"]}
+    # LiveKit signs with a key of its key file; lk-jwt-service verifies with the same key.
+    assert conf["webhook"]["api_key"] in yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_KEYS))
+    env = _service(run, "lk-jwt-service")["env"]
+    assert env["LIVEKIT_KEY"][0] == conf["webhook"]["api_key"]
+    # Missed webhooks are caught by lk-jwt-service's own periodic check.
+    assert int(env["LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS"][0]) > 0
+
+
+def test_livekit_webhook_crosses_hosts_through_a_published_port(program: Any) -> None:
+    raw = {**BASE, "target": {"kind": "docker", "hosts": [
+        {"name": "one", "url": "ssh://deploy@one.example.org", "address": "10.0.0.1"},
+        {"name": "media", "url": "ssh://deploy@media.example.org", "address": "10.0.0.2", "services": ["livekit"]},
+    ]}}
+    run = program(raw)
+    conf = yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_CONFIG))
+    assert conf["webhook"]["urls"] == ["http://10.0.0.1:8080/sfu_webhook"]
+    jwt = next(r for r in run.of_type("docker:index/container:Container") if r.name == "lk-jwt-service")
+    assert (8080, "10.0.0.1") in {(p["internal"], p.get("ip")) for p in jwt.plain_inputs()["ports"]}
+
+
+def _admits(policy: dict[str, Any], labels: dict[str, str], port: int) -> bool:
+    """Whether a NetworkPolicy admits a pod of this namespace with `labels` on TCP `port`."""
+    def selects(selector: dict[str, Any]) -> bool:
+        if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+            return False
+        for expr in selector.get("matchExpressions", []):
+            value = labels.get(expr["key"])
+            if expr["operator"] == "In" and value not in expr["values"]:
+                return False
+            if expr["operator"] == "NotIn" and value in expr["values"]:
+                return False
+        return True
+
+    for rule in policy["spec"]["ingress"]:
+        ports = rule.get("ports")
+        if ports and not any(p["port"] <= port <= p.get("endPort", p["port"]) and p["protocol"] == "TCP" for p in ports):
+            continue
+        peers = rule.get("from")
+        if peers is None or any("podSelector" in peer and "namespaceSelector" not in peer
+                                and selects(peer["podSelector"]) for peer in peers):
+            return True
+    return False
+
+
+def test_kubernetes_network_policy_lets_livekit_and_only_the_proxy_besides_reach_lk_jwt_service(
+        program: Any) -> None:
+    run = program(K8S)
+    policy = run.by_name("networkpolicy-lk-jwt-service").plain_inputs()
+
+    def pod_labels(name: str) -> dict[str, str]:
+        [workload] = [r for r in run.resources if r.name in {f"deployment-{name}", f"statefulset-{name}"}]
+        return dict(workload.plain_inputs()["spec"]["template"]["metadata"]["labels"])
+
+    assert _admits(policy, pod_labels("livekit"), ec.JWT_PORT)
+    assert _admits(policy, pod_labels("synapse-proxy"), ec.JWT_PORT)
+    assert not _admits(policy, pod_labels("synapse-main"), ec.JWT_PORT)

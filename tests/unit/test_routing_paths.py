@@ -73,6 +73,10 @@ CASES = [
     ("POST", "/_matrix/media/v3/upload", "synapse_media_repository"),
     ("PUT", "/_matrix/federation/v1/send/txn1", "synapse_federation_inbound_by_source_ip"),
     ("GET", "/_matrix/federation/v1/event/$e", "synapse_federation_reader"),
+    # The server's own keys: any process with the federation resource serves them.
+    ("GET", "/_matrix/key/v2/server", "synapse_federation_inbound"),
+    ("GET", "/_matrix/key/v2/server/ed25519:a_key", "synapse_federation_inbound"),
+    ("POST", "/_matrix/key/v2/query", "synapse_federation_reader"),
     ("POST", f"{C}/user_directory/search", "synapse_user_directory"),
     ("POST", f"{C}/login", "synapse_client_reader"),
     ("GET", "/_synapse/admin/v1/rooms/!r:x", "synapse_client_reader"),
@@ -96,3 +100,30 @@ def test_without_writers_reads_go_to_workers_and_writes_to_main() -> None:
     assert _route(plan, "PUT", f"{C}/rooms/!r:x/typing/@u:x") == "synapse_main"  # never a non-writer
     assert _route(plan, "GET", "/_synapse/admin/v2/users/@u:x") == "synapse_generic"
     assert _route(plan, "PUT", "/_synapse/admin/v2/users/@u:x") == "synapse_main"
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ({"federation_reader": 2}, "synapse_federation_reader"),
+    ({"federation_inbound": 1}, "synapse_federation_inbound"),
+    ({"generic": 2, "sync": 1}, "synapse_generic"),
+    ({"generic": 2, "federation_reader": 1}, "synapse_federation_reader"),
+    # No process but main has the federation resource: main answers.
+    ({"federation_sender": 2, "event_persister": 2, "media_repository": 1}, "synapse_main"),
+    ({}, "synapse_main"),
+], ids=["reader", "inbound", "generic", "reader-over-generic", "no-federation-listener", "monolith"])
+def test_the_server_keys_are_answered_by_a_federation_listener_when_one_exists(
+    counts: dict[str, int], expected: str
+) -> None:
+    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": counts}}})
+    topo, address = hs.topology(cfg), synapse_services.addresses(cfg)
+    plan = routing.plan(topo, address)
+    assert _route(plan, "GET", "/_matrix/key/v2/server") == expected
+    # What answers has the federation resource on its listener: Synapse mounts the key resource
+    # only there (synapse/app/generic_worker.py).
+    servers = set(plan.upstreams[expected].servers)
+    serving = [p for p in topo.processes if f"{address[p.name]}:{p.port}" in servers]
+    assert serving
+    for process in serving:
+        listener = hs.main_listeners(cfg, topo)[0] if process.role is None else None
+        names = listener["resources"][0]["names"] if listener else process.role.listener_resources()  # type: ignore[union-attr]
+        assert "federation" in names, process.name
