@@ -582,11 +582,11 @@ def _hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
 def _federation_names_and_authorities(cfg: StackConfig) -> list[Finding]:
     fed = cfg.synapse.federation
     found: list[Finding] = []
-    if fed.domain_whitelist is not None and cfg.server_name not in fed.domain_whitelist:
+    # An empty list is Synapse's "federate with nobody"; a list of servers must name this one too.
+    if fed.domain_whitelist and cfg.server_name not in fed.domain_whitelist:
         found.append(("synapse.federation.domain_whitelist", fed.domain_whitelist,
                       f"must include the stack's own server name {cfg.server_name} (Synapse checks its "
-                      "own requests against it too); to federate with nobody set "
-                      "synapse.federation.enabled: false"))
+                      "own requests against it too); an empty list federates with nobody"))
     if cfg.server_name in fed.deny:
         found.append(("synapse.federation.deny", fed.deny,
                       f"must not include the stack's own server name {cfg.server_name}"))
