@@ -7,10 +7,20 @@ misspelt key is an error rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from . import images
@@ -82,12 +92,27 @@ class DockerHost(Strict):
         None,
         description="address other hosts use to reach services published on this host",
     )
+    bind_address: IPvAnyAddress | None = Field(
+        None,
+        description="host address published ports listen on; defaults to `address` when that is "
+        "an IP address, else every interface",
+    )
     services: list[str] = Field(
         default_factory=list,
         description="services placed here (names or prefixes ending in '*'); the first host "
         "takes every service no host names",
     )
     ssh_opts: list[str] = Field(default_factory=list)
+
+    @property
+    def published_address(self) -> str | None:
+        """The address ports are published on (None: every interface)."""
+        if self.bind_address is not None:
+            return str(self.bind_address)
+        try:
+            return str(ipaddress.ip_address(self.address)) if self.address else None
+        except ValueError:
+            return None
 
     @field_validator("url")
     @classmethod

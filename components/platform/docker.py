@@ -6,7 +6,9 @@ delivered as uploads, so a changed file replaces exactly the containers that rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import shlex
 
 import pulumi
 import pulumi_docker as docker
@@ -14,10 +16,26 @@ import pulumi_docker as docker
 from config.model import DockerHost, DockerTarget, StackConfig
 
 from . import placement
-from .spec import Service, Volume
+from .spec import Service, Volume, Wait
 
 NETWORK = "matrix-stack"
 LOG_OPTS = {"max-size": "20m", "max-file": "5"}
+
+
+def start_command(waits: tuple[Wait, ...], command: list[str]) -> list[str]:
+    """The container's command behind health-gated waits: Docker starts every container of a
+    rebooted host at once and never waits on health, so each one waits for what it needs."""
+    lines = [f"until {shlex.join(w.command)} >/dev/null 2>&1; do echo 'waiting for {w.service}'; sleep 2; done"
+             for w in waits]
+    return ["/bin/sh", "-c", "\n".join([*lines, 'exec "$@"']), command[0], *command]
+
+
+def _check_passed(service: str, code: int | None) -> str:
+    # attach=True makes the provider wait for the check and record its exit code; a failure must
+    # stop the update before the service's container is replaced.
+    if code not in (None, 0):
+        raise RuntimeError(f"{service}: the configuration check exited with {code}; see its container's logs")
+    return "passed"
 
 
 def _file_digests(service: Service) -> dict[str, pulumi.Input[str]]:
@@ -116,8 +134,9 @@ class DockerPlatform:
     def _container(self, service: Service, parent: pulumi.Resource) -> docker.Container:
         host = placement.host_of(self.cfg, service.name)
         assert host is not None
+        bind = host.published_address
         ports = [
-            docker.ContainerPortArgs(internal=p.port, external=p.host_port or p.port, protocol=p.protocol)
+            docker.ContainerPortArgs(internal=p.port, external=p.host_port or p.port, protocol=p.protocol, ip=bind)
             for p in service.ports
             if p.public
         ]
@@ -127,7 +146,7 @@ class DockerPlatform:
             if not p.public and (service.name, p.port) in self.cross_host_ports
         ]
         for r in service.port_ranges:
-            ports += [docker.ContainerPortArgs(internal=n, external=n, protocol=r.protocol)
+            ports += [docker.ContainerPortArgs(internal=n, external=n, protocol=r.protocol, ip=bind)
                       for n in range(r.start, r.end + 1)]
         uploads = [
             docker.ContainerUploadArgs(
@@ -146,12 +165,24 @@ class DockerPlatform:
         owners = [self._volume_owner(host, v, service.image, parent) for v in service.volumes if v.owner]
         upstreams = [self._containers[name] for name in service.restarts_with if name in self._containers]
         replace_with = pulumi.Output.all(*[c.id for c in upstreams]) if upstreams else None
+        waited = [self._containers[w.service] for w in service.waits if w.service in self._containers]
+        entrypoint = list(service.entrypoint) if service.entrypoint else None
+        command = list(service.args) if service.args else None
+        if service.waits:
+            assert entrypoint, f"{service.name}: waits need an explicit entrypoint to wrap"
+            entrypoint, command = start_command(service.waits, [*entrypoint, *(command or [])]), None
+        labels: dict[str, pulumi.Input[str]] = {"matrix-stack.component": service.component, **service.labels, **_file_digests(service)}
+        checks = []
+        if service.init_args:
+            check = self._config_check(service, host, uploads, envs, secret_envs, owners, parent)
+            checks.append(check)
+            labels["matrix-stack.config-check"] = check.exit_code.apply(functools.partial(_check_passed, service.name))
         container = docker.Container(
             service.name,
             name=service.name,
             image=self.image(host, service.image).image_id,
-            entrypoints=list(service.entrypoint) if service.entrypoint else None,
-            command=list(service.args) if service.args else None,
+            entrypoints=entrypoint,
+            command=command,
             envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
             uploads=uploads,
             ports=ports,
@@ -181,11 +212,42 @@ class DockerPlatform:
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(service.capabilities_add))
             if service.drop_capabilities else None,
             security_opts=["no-new-privileges:true"],
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
-                {"matrix-stack.component": service.component, **service.labels, **_file_digests(service)}.items())],
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
             # Fixed names and host ports cannot exist twice: replace by deleting first.
-            opts=self._opts(host, parent, delete_before_replace=True, depends_on=[*owners, *upstreams],
+            opts=self._opts(host, parent, delete_before_replace=True,
+                            depends_on=[*owners, *waited, *checks, *upstreams],
                             replacement_trigger=replace_with),
         )
         self._containers[service.name] = container
         return container
+
+    def _config_check(self, service: Service, host: DockerHost, uploads: list[docker.ContainerUploadArgs],
+                      envs: list[str], secret_envs: list[pulumi.Output[str]],
+                      owners: list[docker.Container], parent: pulumi.Resource) -> docker.Container:
+        """The service's one-shot check (Service.init_args) with the files and env the service
+        gets: replaced whenever they change, and attached, so the provider waits for its exit
+        before the service's own container is (re)created."""
+        assert service.init_args
+        return docker.Container(
+            f"{service.name}-check-config",
+            name=f"{service.name}-check-config",
+            image=self.image(host, service.image).image_id,
+            entrypoints=list(service.init_args),
+            envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
+            uploads=uploads,
+            # Synapse's check creates the directories its config names (the media store).
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.volume(host, v.name).name, container_path=v.path,
+                                                read_only=v.read_only) for v in service.volumes],
+            user=service.user,
+            attach=True,
+            must_run=False,
+            restart="no",
+            log_driver="json-file",
+            log_opts=LOG_OPTS,
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges:true"],
+            network_mode="none",
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
+                {"matrix-stack.component": "config-check", **_file_digests(service)}.items())],
+            opts=self._opts(host, parent, delete_before_replace=True, depends_on=owners),
+        )

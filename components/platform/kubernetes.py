@@ -36,6 +36,7 @@ import hmac
 import json
 import math
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -387,12 +388,24 @@ def pod_template(service: Service, ctx: Context, config_checksum: pulumi.Input[s
     }
     if volumes:
         spec["volumes"] = volumes
+    init: list[dict[str, Any]] = []
+    # Health-gated order (PostgreSQL, then main's schema, then workers): without it workers start
+    # beside main, exit on the uninitialised schema and back off in CrashLoopBackOff.
+    for wait in service.waits:
+        init.append({
+            "name": f"wait-for-{wait.service}", "image": service.image, "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", f"until {shlex.join(wait.command)}; do sleep 2; done"],
+            **({"env": env} if env else {}),
+            "resources": resources, "securityContext": container_security(service),
+        })
     if service.init_args:
-        spec["initContainers"] = [{
+        init.append({
             "name": "check-config", "image": service.image, "imagePullPolicy": "IfNotPresent",
             "command": list(service.init_args), **({"env": env} if env else {}),
             "resources": resources, "securityContext": container_security(service), "volumeMounts": mounts,
-        }]
+        })
+    if init:
+        spec["initContainers"] = init
     if host_network(service, ctx):
         # Media on the node's own addresses: no NAT between the SFU and the client's ICE candidates.
         spec.update({"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"})

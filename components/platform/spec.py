@@ -75,6 +75,16 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """A readiness probe of another service, run with this service's image until it succeeds,
+    before this service starts (Docker: in the start command, since Docker does not wait on
+    health; Kubernetes: an init container)."""
+
+    service: str
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Resources:
     cpu_request: str = "100m"
     memory_request: str = "128Mi"
@@ -104,6 +114,8 @@ class Service:
     resources: Resources = field(default_factory=Resources)
     # A one-shot check the target runs before the service (re)starts (Synapse's config check).
     init_args: tuple[str, ...] | None = None
+    # Services that must be ready first, in order (PostgreSQL before main, main before workers).
+    waits: tuple[Wait, ...] = ()
     # Roles that scale out get a PodDisruptionBudget on Kubernetes.
     scalable: bool = False
     # Who may connect (NetworkPolicy on Kubernetes): None = anyone on the private network.
@@ -111,6 +123,7 @@ class Service:
     metrics_port: int | None = None
     # Services whose replacement must restart this one: it resolves their addresses once, at
     # start (nginx upstreams on a Docker network). Kubernetes Services keep stable addresses.
+    # (A container Docker itself restarts is caught by the proxy's own address watch.)
     restarts_with: tuple[str, ...] = ()
     # Most images run fine with no capabilities; those that start as root and drop privileges
     # themselves (postgres, nginx) keep the few they need.

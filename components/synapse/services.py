@@ -5,6 +5,7 @@ routing proxy. Derived from the typed config and the worker table; secrets come 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pulumi
 
 from components import image_facts
-from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume
+from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume, Wait
 from components.tls import PROXY_RUN, proxy_run_script
 from components.tls.plan import proxy_terminates_tls
 from config import images
@@ -104,6 +105,31 @@ def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inp
     return files
 
 
+def _postgres_wait(cfg: StackConfig) -> Wait:
+    """A login as Synapse's own database user (libpq reads PGPASSWORD): the server is up, past
+    recovery, and the database exists."""
+    db = cfg.synapse.database
+    host, port, user, name = (hs.POSTGRES_SERVICE, hs.POSTGRES_PORT, hs.DATABASE_USER, hs.DATABASE_NAME) \
+        if isinstance(db, BundledDatabase) else (db.host, db.port, db.user, db.name)
+    probe = (f"import psycopg2; psycopg2.connect(host={host!r}, port={port}, user={user!r}, dbname={name!r}, "
+             "connect_timeout=3).close()")
+    return Wait(hs.POSTGRES_SERVICE, ("python", "-c", probe))
+
+
+def synapse_waits(cfg: StackConfig, process: Process) -> tuple[Wait, ...]:
+    """Main starts once PostgreSQL (and Redis, with workers) answer; workers start once main is
+    healthy, i.e. has prepared the schema (a worker exits on an uninitialised database)."""
+    topo = hs.topology(cfg)
+    if process.is_main:
+        waits = [_postgres_wait(cfg)]
+        if topo.workers:
+            probe = f"import socket; socket.create_connection(({hs.REDIS_SERVICE!r}, {hs.REDIS_PORT}), 3).close()"
+            waits.append(Wait(hs.REDIS_SERVICE, ("python", "-c", probe)))
+        return tuple(waits)
+    main = topo.processes[0]
+    return (Wait(main.name, ("curl", "-fsS", f"http://{main.name}:{main.port}/health")),)
+
+
 def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                     secrets: Mapping[str, pulumi.Input[str]]) -> Service:
     files = list(common)
@@ -139,6 +165,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                             memory_request="512Mi" if process.is_main else "256Mi",
                             memory_limit="4Gi" if process.is_main else "2Gi"),
         init_args=("python", "-m", "synapse.config", *command[3:]),
+        waits=synapse_waits(cfg, process),
         scalable=bool(role and not role.single),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
         labels={"matrix-stack.synapse-role": role.name if role else "main"},
@@ -205,7 +232,6 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
     )
 
 
-NGINX_FOREGROUND = ("nginx", "-c", routing.NGINX_CONF, "-g", "daemon off;")
 
 
 def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
@@ -217,27 +243,44 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
     if proxy_terminates_tls(cfg):
         ports.append(Port("https", routing.PROXY_HTTPS_PORT, public=True, host_port=_host_port(cfg, "https")))
     ports.append(Port("status", routing.PROXY_STATUS_PORT))
-    # With ACME, a small script runs nginx and reloads it when certbot renews a certificate.
-    run_script = [File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, True), mode=0o555)] \
-        if inputs.proxy_watches_acme else []
+    # nginx resolves upstream names once: its run script waits for them, reloads nginx when an
+    # address changes (Docker restarting a container) and, with ACME, when a certificate renews.
+    # The names nginx dials: its upstream pools and the sites (not processes without routes).
+    pools = routing.plan(topo, address).upstreams.values()
+    upstream_hosts = tuple(sorted({server.rsplit(":", 1)[0] for pool in pools for server in pool.servers}
+                                  | {address.get(site.upstream_service, site.upstream_service)
+                                     for site in inputs.sites}))
+    main = topo.processes[0]
+    status = f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"
+    run_script = File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, inputs.proxy_watches_acme, upstream_hosts,
+                                                  health_url=status), mode=0o555)
     return Service(
         name=PROXY_SERVICE,
         component=COMPONENT,
         image=images.NGINX,
-        entrypoint=("/bin/sh",) if inputs.proxy_watches_acme else None,
-        args=(PROXY_RUN,) if inputs.proxy_watches_acme else NGINX_FOREGROUND,
-        files=[File(routing.NGINX_CONF, conf), *run_script, *inputs.proxy_files],
+        entrypoint=("/bin/sh",),
+        args=(PROXY_RUN,),
+        files=[File(routing.NGINX_CONF, conf), run_script, *inputs.proxy_files],
         volumes=list(inputs.proxy_volumes),
         ports=ports,
-        health=image_facts.http_check(images.NGINX, routing.PROXY_STATUS_PORT, "/health"),
+        # Healthy only while nginx holds every upstream's current address (Kubernetes probes the
+        # status path: its Services keep their addresses).
+        health=dataclasses.replace(image_facts.http_check(images.NGINX, routing.PROXY_STATUS_PORT, "/health"),
+                                   command=("/bin/sh", PROXY_RUN, "health")),
         user=image_facts.user(images.NGINX),
         read_only_root=True,
         writable_paths=("/tmp",),
-        restarts_with=tuple(sorted({*address, *inputs.site_addresses, *(site.upstream_service for site in inputs.sites)}
-                                   - {hs.POSTGRES_SERVICE, hs.REDIS_SERVICE})),
+        waits=(Wait(main.name, ("wget", "-qO-", f"http://{main.name}:{main.port}/health")),),
+        restarts_with=tuple(sorted(_routed(address, inputs))),
         scalable=True,
         replicas=1,
     )
+
+
+def _routed(address: dict[str, str], inputs: Inputs) -> set[str]:
+    """The services the proxy sends requests to."""
+    return ({*address, *inputs.site_addresses, *(site.upstream_service for site in inputs.sites)}
+            - {hs.POSTGRES_SERVICE, hs.REDIS_SERVICE})
 
 
 def _host_port(cfg: StackConfig, kind: str) -> int | None:

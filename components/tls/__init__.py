@@ -105,9 +105,45 @@ cert = (
 '''
 
 
-def proxy_run_script(nginx_conf: str, watch_acme: bool) -> str:
-    """nginx in the foreground; with ACME, a watcher reloads it when a certificate changes."""
+UPSTREAMS_LOADED = "/tmp/upstreams.loaded"
+
+
+def proxy_run_script(nginx_conf: str, watch_acme: bool, upstream_hosts: tuple[str, ...] = (),
+                     health_url: str = "") -> str:
+    """nginx in the foreground; with ACME, a watcher reloads it when a certificate changes.
+
+    With upstream host names, nginx (which resolves them once, at start or reload) starts only
+    once every name resolves, and a watcher reloads it when an address changes (Docker gives a
+    restarted container a new address). `health` as the first argument checks that nginx holds
+    the current addresses and answers."""
     lines = ["#!/bin/sh", "# Rendered by matrix-stack.", "set -eu"]
+    if upstream_hosts:
+        lines += [
+            f'UPSTREAMS="{" ".join(upstream_hosts)}"',
+            "addresses() {",
+            '    for h in $UPSTREAMS; do',
+            """        printf '%s=%s\\n' "$h" "$(getent hosts "$h" | cut -d' ' -f1 | sort | paste -sd, -)\"""",
+            "    done",
+            "}",
+            'if [ "${1:-}" = health ]; then',
+            f'    [ "$(addresses)" = "$(cat {UPSTREAMS_LOADED})" ] || exit 1',
+            f"    exec wget -qO- {health_url}",
+            "fi",
+            "until ! addresses | grep -q '=$'; do echo 'waiting for upstream addresses'; sleep 1; done",
+            f"addresses > {UPSTREAMS_LOADED}",
+            "watch_upstreams() {",
+            "    while sleep 2; do",
+            "        now=$(addresses)",
+            f'        [ "$now" = "$(cat {UPSTREAMS_LOADED})" ] && continue',
+            "        printf '%s\\n' \"$now\" | grep -q '=$' && continue",
+            f"        if nginx -t -q -c {nginx_conf}; then",
+            f"            printf '%s\\n' \"$now\" > {UPSTREAMS_LOADED}",
+            f"            nginx -c {nginx_conf} -s reload",
+            "        fi",
+            "    done",
+            "}",
+            "watch_upstreams &",
+        ]
     if watch_acme:
         lines += [
             "watch_certificates() {",

@@ -59,13 +59,16 @@ def test_max_upload_size_changes_exactly_homeserver_nginx_and_their_containers(u
             assert [line[0] + line[1:].strip() for line in removed] == ["-client_max_body_size 50M;"]
             assert [line[0] + line[1:].strip() for line in added] == ["+client_max_body_size 100M;"]
 
-    # Resources: exactly the containers that receive those files, through their uploads.
+    # Resources: exactly the containers that receive those files, through their uploads, and the
+    # config checks that must pass on the new file before those are replaced.
     assert {(r.kind, r.type) for r in d.resources} == {("changed", CONTAINER)}
-    assert {r.name for r in d.resources} == set(synapse_services) | {"synapse-proxy"}
+    checks = {f"{name}-check-config" for name in synapse_services}
+    assert {r.name for r in d.resources} == set(synapse_services) | checks | {"synapse-proxy"}
     for r in d.resources:
         expected = "/etc/nginx/nginx.conf" if r.name == "synapse-proxy" else "/conf/homeserver.yaml"
-        # The digest label of the changed file, and the upload itself.
-        assert r.keys == ["labels", f"uploads ({expected})"]
+        # The digest label of the changed file, and the upload itself (a check is no service of
+        # its own, so its masked uploads are not named by file).
+        assert r.keys == (["labels", "uploads"] if r.name in checks else ["labels", f"uploads ({expected})"])
 
     # Services: their description (image, env, ports, file list) did not change.
     assert d.services == []

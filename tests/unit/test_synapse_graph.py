@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from components.tls import PROXY_RUN
 from render import offline
 from tests.conftest import load_yaml, stack_raw
 
@@ -78,7 +79,9 @@ def base_run() -> offline.Run:
 
 def test_adding_a_generic_worker_adds_its_container_and_changes_only_the_proxy(base_run: offline.Run) -> None:
     bigger = offline.run(dev(generic=2), stack="test")
-    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-generic-2")}
+    # The worker and its config check (a one-shot that runs before the worker is created).
+    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-generic-2"),
+                                                               (CONTAINER, "synapse-generic-2-check-config")}
     assert resource_keys(base_run) - resource_keys(bigger) == set()
 
     before, after = containers(base_run), containers(bigger)
@@ -91,11 +94,13 @@ def test_adding_a_generic_worker_adds_its_container_and_changes_only_the_proxy(b
     # The per-file digest labels name exactly the changed file, for `pulumi preview --diff`.
     labels_before = {x["label"]: x["value"] for x in proxy_before["labels"]}
     labels_after = {x["label"]: x["value"] for x in proxy_after["labels"]}
+    # nginx.conf, and the run script whose address watch now covers the new worker.
     assert sorted(k for k in labels_before if labels_before[k] != labels_after[k]) == \
-        [f"matrix-stack.file.{NGINX_CONF}"]
+        sorted([f"matrix-stack.file.{NGINX_CONF}", f"matrix-stack.file.{PROXY_RUN}"])
     files_before, files_after = uploads(proxy_before), uploads(proxy_after)
     assert set(files_before) == set(files_after)
-    assert sorted(p for p in files_before if files_before[p] != files_after[p]) == [NGINX_CONF]
+    assert sorted(p for p in files_before if files_before[p] != files_after[p]) == sorted([NGINX_CONF, PROXY_RUN])
+    assert "synapse-generic-2" in files_after[PROXY_RUN] and "synapse-generic-2" not in files_before[PROXY_RUN]
     assert "synapse-generic-2:" not in files_before[NGINX_CONF]
     assert "server synapse-generic-2:9102 " in files_after[NGINX_CONF]
     # Non-container resources (secrets, images, volumes, network) are untouched.
@@ -113,7 +118,8 @@ def test_adding_an_event_persister_changes_the_shared_file_and_every_synapse_con
     base_run: offline.Run,
 ) -> None:
     bigger = offline.run(dev(event_persister=2), stack="test")
-    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2")}
+    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2"),
+                                                               (CONTAINER, "synapse-event-persister-2-check-config")}
     before, after = containers(base_run), containers(bigger)
     processes = set(synapse_processes(base_run))
     assert "synapse-main" in processes and len(processes) == 5

@@ -166,12 +166,13 @@ def test_acme_client_must_sit_with_the_proxy() -> None:
     assert "acme" in str(err.value)
 
 
-def test_without_acme_the_proxy_runs_nginx_directly(program: Any) -> None:
+def test_without_acme_the_run_script_watches_only_upstream_addresses(program: Any) -> None:
     run = program({"server_name": "localhost"})
     proxy = next(s["service"] for s in run.services if s["service"].name == "synapse-proxy")
-    assert proxy.entrypoint is None
-    assert proxy.args[:3] == ("nginx", "-c", "/etc/nginx/nginx.conf")
-    assert "/conf/proxy-run.sh" not in _files(run, "synapse-proxy")
+    assert proxy.entrypoint == ("/bin/sh",) and proxy.args == ("/conf/proxy-run.sh",)
+    script = _files(run, "synapse-proxy")["/conf/proxy-run.sh"]["content"]
+    assert "watch_upstreams &" in script and "watch_certificates" not in script
+    assert script.rstrip().endswith("exec nginx -c /etc/nginx/nginx.conf -g 'daemon off;'")
 
 
 def test_tls_listeners_enable_http2_in_the_form_nginx_1_22_and_1_29_both_accept(program: Any) -> None:

@@ -1,0 +1,258 @@
+"""Create what the program declares for Docker, through the Docker Engine API.
+
+The program runs under Pulumi's mocks (render.offline, stand-in secrets); this applier takes the
+recorded `docker:` resources (networks, volumes, images, containers) with their resolved inputs
+and creates them on a real engine the way pulumi-docker (the Terraform docker provider) does.
+
+Followed:
+- dependency order: a resource is created after every resource it depends on (depends_on and
+  the inputs that reference other resources), independent ones in parallel;
+- networks (bridge driver) and named volumes by their declared names;
+- images: `RemoteImage.name` must exist locally (no registry here; stand-ins are loaded first),
+  and the container's `image` is the image id that resource outputs;
+- containers: created, uploads copied in with their permissions and owner BEFORE start (the
+  provider's upload step), then started; entrypoint, command, env, user, labels, working dir,
+  health check (durations), restart policy, log driver and options, read-only root, tmpfs with
+  options, capability drop/add, security options, volumes (read-only flag), the first advanced
+  network attached at create with its aliases (later ones connected before start), published
+  ports with their protocol and host IP (empty = every interface, as the provider does);
+- `attach: true` with `must_run: false`: waits for the one-shot to exit; a non-zero exit stops
+  the apply before any dependent is created (the program turns the exit code into an error);
+- `must_run: false` without attach: started and not waited for.
+
+Not followed (needs the Pulumi engine and its state): refresh, diffs and replacement (including
+delete_before_replace and replacement triggers), protect/retain_on_delete, destroy, providers
+for remote hosts (every resource goes to the one engine given).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import LogConfig, Mount
+
+from render.offline import Registered, Run
+
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+IMAGE = "docker:index/remoteImage:RemoteImage"
+CONTAINER = "docker:index/container:Container"
+KINDS = (NETWORK, VOLUME, IMAGE, CONTAINER)
+ONE_SHOT_TIMEOUT_S = 600
+
+
+class ApplyError(RuntimeError):
+    pass
+
+
+def _ns(duration: str | None) -> int | None:
+    """'15s', '1m30s', '500ms' -> nanoseconds (Go duration syntax, as the provider parses it)."""
+    if not duration:
+        return None
+    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+    total = 0.0
+    for number, unit in re.findall(r"([0-9.]+)(ns|us|ms|s|m|h)", duration):
+        total += float(number) * units[unit]
+    return int(total)
+
+
+def _order(resources: Iterable[Registered]) -> list[Registered]:
+    chosen = {r.urn: r for r in resources if r.type in KINDS}
+    ordered: list[Registered] = []
+    seen: set[str] = set()
+
+    def visit(urn: str, path: tuple[str, ...]) -> None:
+        if urn in seen or urn not in chosen:
+            return
+        if urn in path:
+            raise ApplyError(f"dependency cycle: {' -> '.join(path + (urn,))}")
+        for dep in sorted(chosen[urn].dependencies):
+            visit(dep, path + (urn,))
+        seen.add(urn)
+        ordered.append(chosen[urn])
+
+    for urn in sorted(chosen):
+        visit(urn, ())
+    return ordered
+
+
+def _upload_tar(uploads: list[dict[str, Any]]) -> bytes:
+    """The provider's upload: one archive extracted at /, each file at its full path (missing
+    parent directories are created) with the declared mode and owner."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for upload in uploads:
+            content = str(upload.get("content", "")).encode()
+            info = tarfile.TarInfo(upload["file"].lstrip("/"))
+            info.size = len(content)
+            info.mode = int(str(upload.get("permissions") or "0644"), 8)
+            owner = str(upload.get("owner") or "")
+            if owner:
+                info.uid = int(owner.split(":")[0])
+                info.gid = int(owner.split(":")[1]) if ":" in owner else 0
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+@dataclass
+class Applied:
+    containers: list[str] = field(default_factory=list)  # long-running, in creation order
+    one_shots: dict[str, int] = field(default_factory=dict)  # name -> exit code
+    seconds: float = 0.0
+
+
+class Applier:
+    def __init__(self, client: docker.DockerClient, run: Run):
+        self.client = client
+        self.run = run
+        self.resources = _order(run.resources)
+        self.by_urn = {r.urn: r for r in self.resources}
+        self._lock = threading.Lock()
+
+    def containers(self) -> list[Registered]:
+        return [r for r in self.resources if r.type == CONTAINER]
+
+    def apply(self) -> Applied:
+        """Every resource once its dependencies exist, independent ones in parallel (as the
+        Pulumi engine does); the first failure stops everything that depends on it."""
+        started = time.monotonic()
+        applied = Applied()
+        done: dict[str, Future[None]] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(self.resources))) as pool:
+            for resource in self.resources:
+                deps = [done[d] for d in resource.dependencies if d in done]
+                done[resource.urn] = pool.submit(self._create_after, resource, deps, applied)
+            for future in done.values():
+                future.result()
+        order = {r.plain_inputs().get("name"): i for i, r in enumerate(self.resources)}
+        applied.containers.sort(key=lambda n: order.get(n, 0))
+        applied.seconds = time.monotonic() - started
+        return applied
+
+    def _create_after(self, resource: Registered, deps: list[Future[None]], applied: Applied) -> None:
+        for dep in deps:
+            dep.result()  # re-raises a dependency's failure: this one is not created
+        inputs = resource.plain_inputs()
+        if resource.type == NETWORK:
+            self.client.networks.create(inputs["name"], driver=inputs.get("driver") or "bridge", check_duplicate=True)
+        elif resource.type == VOLUME:
+            self.client.volumes.create(name=inputs["name"], driver=inputs.get("driver") or "local")
+        elif resource.type == IMAGE:
+            try:
+                self.client.images.get(inputs["name"])
+            except docker.errors.ImageNotFound as exc:
+                raise ApplyError(f"image {inputs['name']} is not in the engine (no registry to pull from)") from exc
+        else:
+            code = self.create_container(inputs)
+            with self._lock:
+                if code is None:
+                    applied.containers.append(inputs["name"])
+                else:
+                    applied.one_shots[inputs["name"]] = code
+
+    def create_container(self, inputs: dict[str, Any]) -> int | None:
+        """Create, upload, start. Returns the exit code of an attached one-shot, else None."""
+        api = self.client.api
+        name = inputs["name"]
+        ports = inputs.get("ports") or []
+        port_bindings: dict[str, list[tuple[str, int]]] = {}
+        exposed: list[tuple[int, str]] = []
+        for p in ports:
+            key = f"{int(p['internal'])}/{p.get('protocol') or 'tcp'}"
+            exposed.append((int(p["internal"]), p.get("protocol") or "tcp"))
+            port_bindings.setdefault(key, []).append((p.get("ip") or "", int(p.get("external") or p["internal"])))
+        mounts = [Mount(target=v["containerPath"], source=v["volumeName"], type="volume",
+                        read_only=bool(v.get("readOnly"))) for v in inputs.get("volumes") or []]
+        caps = inputs.get("capabilities") or {}
+        health = inputs.get("healthcheck")
+        restart = inputs.get("restart") or "no"
+        host_config = api.create_host_config(
+            port_bindings={k: [(ip, port) if ip else port for ip, port in v] for k, v in port_bindings.items()},
+            mounts=mounts,
+            restart_policy={"Name": restart} if restart != "no" else None,
+            log_config=LogConfig(type=inputs.get("logDriver") or "json-file", config=inputs.get("logOpts") or {}),
+            read_only=bool(inputs.get("readOnly")),
+            tmpfs=inputs.get("tmpfs") or None,
+            cap_drop=caps.get("drops") or None,
+            cap_add=caps.get("adds") or None,
+            security_opt=inputs.get("securityOpts") or None,
+            network_mode=inputs.get("networkMode") or None,
+        )
+        networks = inputs.get("networksAdvanced") or []
+        networking = None
+        if networks:
+            first = networks[0]
+            networking = api.create_networking_config({
+                first["name"]: api.create_endpoint_config(aliases=first.get("aliases") or None)})
+        healthcheck = None
+        if health:
+            healthcheck = {
+                "test": health.get("tests"),
+                "interval": _ns(health.get("interval")),
+                "timeout": _ns(health.get("timeout")),
+                "retries": int(health.get("retries") or 0) or None,
+                "start_period": _ns(health.get("startPeriod")),
+            }
+        labels = {item["label"]: item["value"] for item in inputs.get("labels") or []}
+        container = api.create_container(
+            image=inputs["image"],
+            name=name,
+            entrypoint=inputs.get("entrypoints") or None,
+            command=inputs.get("command") or None,
+            environment=inputs.get("envs") or None,
+            user=inputs.get("user") or None,
+            working_dir=inputs.get("workingDir") or None,
+            labels=labels,
+            ports=exposed or None,
+            healthcheck=healthcheck,
+            host_config=host_config,
+            networking_config=networking,
+        )
+        cid = container["Id"]
+        for extra in networks[1:]:
+            api.connect_container_to_network(cid, extra["name"], aliases=extra.get("aliases") or None)
+        if inputs.get("uploads"):
+            api.put_archive(cid, "/", _upload_tar(inputs["uploads"]))
+        api.start(cid)
+        if inputs.get("attach") and inputs.get("mustRun") is False:
+            status = api.wait(cid, timeout=ONE_SHOT_TIMEOUT_S)
+            code = int(status.get("StatusCode", -1))
+            if code != 0:
+                logs = api.logs(cid, tail=40).decode(errors="replace")
+                raise ApplyError(f"one-shot container {name} exited with {code}:\n{logs}")
+            return code
+        if inputs.get("mustRun") is False:
+            return 0
+        return None
+
+
+def remove_declared(client: docker.DockerClient, run: Run) -> None:
+    """Remove what a previous apply of these declarations left (a clean slate): containers,
+    then networks and volumes, by their declared names."""
+    by_kind: dict[str, list[str]] = {}
+    for r in _order(run.resources):
+        by_kind.setdefault(r.type, []).append(str(r.plain_inputs().get("name", "")))
+    for name in by_kind.get(CONTAINER, []):
+        try:
+            client.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+    for name in by_kind.get(NETWORK, []):
+        for network in client.networks.list(names=[name]):
+            network.remove()
+    for name in by_kind.get(VOLUME, []):
+        try:
+            client.api.remove_volume(name, force=True)
+        except docker.errors.NotFound:
+            pass

@@ -1,0 +1,356 @@
+"""Stand-in images under the exact pinned names, built from the same upstream software this
+machine can install, and cached as `docker save` tarballs so a warm run loads them in seconds.
+
+No container registry is reachable here, so the real images cannot be pulled. Each stand-in
+follows the real image's facts that the deployment relies on (user ids, entrypoint contract,
+paths, the tools its health check calls):
+
+- Synapse: the pinned matrix-synapse from PyPI in a Debian rootfs (debootstrap, then pip);
+  `python` on PATH, curl for the health check, processes run as 991:991 (the real image's
+  default UID/GID).
+- PostgreSQL: Debian's server (15; the pinned image is 16) behind an entrypoint honouring the
+  postgres image's contract: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB,
+  POSTGRES_INITDB_ARGS and PGDATA on first start, then `postgres` as user postgres (uid/gid 70,
+  as in the alpine image).
+- Redis: Debian's redis-server (7.0; the pinned image is 7.4), user redis 999:1000, /data.
+- nginx: Debian's nginx-light (1.22; the pinned image is 1.29), user nginx 101:101, wget.
+- LiveKit: `go install github.com/livekit/livekit-server/cmd/server@<pinned tag>` as
+  /livekit-server, the real image's entrypoint.
+- element-call, element-web, lk-jwt-service, ntfy: no registry here ships them, so these are
+  PLACEHOLDERS that only serve the declared port and health path (busybox httpd); they prove the
+  container's wiring, not the software.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from config import images
+
+CACHE = Path(os.environ.get("MATRIX_STACK_CACHE", Path.home() / ".cache" / "matrix-stack"))
+IMAGE_CACHE = CACHE / "docker-images"
+GO_BIN_CACHE = CACHE / "go-bin"
+BASE = "matrix-stack-stand-in/debian:bookworm"
+DEBOOTSTRAP = ["debootstrap", "--variant=minbase", "--include=ca-certificates", "bookworm"]
+MIRROR = "http://deb.debian.org/debian"
+
+
+Context = dict[str, tuple[bytes, int]]  # build context path -> (content, mode)
+
+
+@dataclass(frozen=True)
+class StandIn:
+    ref: str
+    dockerfile: str
+    files: Context = field(default_factory=dict)
+    # Large context made only when building (wheels, binaries); its version is in the Dockerfile.
+    extra: Callable[[], Context] | None = None
+    placeholder: bool = False
+
+    def key(self) -> str:
+        h = hashlib.sha256(self.dockerfile.encode())
+        for name, (content, mode) in sorted(self.files.items()):
+            h.update(name.encode() + content + str(mode).encode())
+        return h.hexdigest()[:16]
+
+    def tarball(self) -> Path:
+        safe = self.ref.replace("/", "_").replace(":", "_")
+        return IMAGE_CACHE / f"{safe}-{self.key()}.tar"
+
+
+def _apt(*packages: str) -> str:
+    return ("RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+            f"--no-install-recommends {' '.join(packages)} >/dev/null && rm -rf /var/lib/apt/lists/*")
+
+
+POSTGRES_ENTRYPOINT = r"""#!/bin/sh
+# The postgres image's contract: initialise PGDATA from POSTGRES_* on first start, then run the
+# server as user postgres.
+set -eu
+if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$PGDATA" /var/run/postgresql
+    chown -R postgres:postgres "$PGDATA" /var/run/postgresql
+    chmod 700 "$PGDATA"
+    exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    pwfile=$(mktemp)
+    printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+    # shellcheck disable=SC2086
+    initdb --username="${POSTGRES_USER:-postgres}" --pwfile="$pwfile" ${POSTGRES_INITDB_ARGS:-} -D "$PGDATA"
+    rm -f "$pwfile"
+    printf 'host all all all scram-sha-256\n' >> "$PGDATA/pg_hba.conf"
+    pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
+    db="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}"
+    if [ "$db" != postgres ]; then
+        psql -v ON_ERROR_STOP=1 -U "${POSTGRES_USER:-postgres}" -d postgres -c "CREATE DATABASE \"$db\""
+    fi
+    pg_ctl -D "$PGDATA" -m fast -w stop
+fi
+exec "$@"
+"""
+
+REDIS_ENTRYPOINT = r"""#!/bin/sh
+# The redis image's contract: as root, hand /data to redis and drop to it.
+set -eu
+if [ "$(id -u)" = 0 ]; then
+    chown -R redis:redis /data
+    exec setpriv --reuid=redis --regid=redis --init-groups "$@"
+fi
+exec "$@"
+"""
+
+PLACEHOLDER_ENTRYPOINT = r"""#!/bin/sh
+# PLACEHOLDER: serves only the declared port and health path; the real software is not here.
+exec busybox httpd -f -p "$PLACEHOLDER_PORT" -h /srv/placeholder
+"""
+
+
+SYNAPSE_REQUIREMENT = f"matrix-synapse[redis]=={images.SYNAPSE_VERSION}"
+
+
+def synapse_wheels() -> Context:
+    """The pinned Synapse and its dependencies from PyPI, downloaded by this (Debian 12,
+    Python 3.11) machine's pip for the same Debian and Python the image has: the image installs
+    them offline, so it needs no access to PyPI of its own."""
+    wheelhouse = CACHE / "synapse-wheels" / images.SYNAPSE_VERSION
+    if not (wheelhouse / ".complete").exists():
+        shutil.rmtree(wheelhouse, ignore_errors=True)
+        wheelhouse.mkdir(parents=True)
+        subprocess.run(["python3", "-m", "pip", "download", "-q", "-d", str(wheelhouse), SYNAPSE_REQUIREMENT],
+                       check=True, timeout=1800)
+        (wheelhouse / ".complete").touch()
+    return {f"wheels/{p.name}": (p.read_bytes(), 0o644) for p in sorted(wheelhouse.iterdir()) if p.name != ".complete"}
+
+
+def synapse() -> StandIn:
+    return StandIn(images.SYNAPSE, "\n".join([
+        f"FROM {BASE}",
+        _apt("python3", "python3-venv", "python3-psycopg2", "curl"),
+        "COPY wheels /tmp/wheels",
+        "RUN python3 -m venv --system-site-packages /opt/synapse && "
+        f"/opt/synapse/bin/pip install -q --no-index --find-links /tmp/wheels '{SYNAPSE_REQUIREMENT}' && "
+        "rm -rf /tmp/wheels && ln -s /opt/synapse/bin/python /usr/local/bin/python",
+        "ENV PATH=/opt/synapse/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "RUN mkdir -p /data && chown 991:991 /data",
+        "USER 991:991",
+        'ENTRYPOINT ["python", "-m", "synapse.app.homeserver"]',
+        "",
+    ]), extra=synapse_wheels)
+
+
+def postgres() -> StandIn:
+    return StandIn(images.POSTGRES, "\n".join([
+        f"FROM {BASE}",
+        "RUN groupadd -g 70 postgres && useradd -u 70 -g 70 -d /var/lib/postgresql -s /bin/sh postgres",
+        _apt("postgresql-15"),
+        "ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV PGDATA=/var/lib/postgresql/data",
+        "COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh",
+        "RUN mkdir -p /var/lib/postgresql/data && chown -R 70:70 /var/lib/postgresql",
+        'ENTRYPOINT ["docker-entrypoint.sh"]',
+        'CMD ["postgres"]',
+        "",
+    ]), {"docker-entrypoint.sh": (POSTGRES_ENTRYPOINT.encode(), 0o755)})
+
+
+def redis() -> StandIn:
+    return StandIn(images.REDIS, "\n".join([
+        f"FROM {BASE}",
+        "RUN groupadd -g 1000 redis && useradd -u 999 -g 1000 -M -s /bin/false redis",
+        _apt("redis-server"),
+        "RUN mkdir -p /data && chown redis:redis /data",
+        "WORKDIR /data",
+        "COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh",
+        'ENTRYPOINT ["docker-entrypoint.sh"]',
+        'CMD ["redis-server"]',
+        "",
+    ]), {"docker-entrypoint.sh": (REDIS_ENTRYPOINT.encode(), 0o755)})
+
+
+def nginx() -> StandIn:
+    return StandIn(images.NGINX, "\n".join([
+        f"FROM {BASE}",
+        "RUN groupadd -g 101 nginx && useradd -u 101 -g 101 -M -d /var/cache/nginx -s /sbin/nologin nginx",
+        _apt("nginx-light", "wget"),
+        "RUN rm -f /etc/nginx/sites-enabled/default && mkdir -p /var/cache/nginx && chown 101:101 /var/cache/nginx",
+        'CMD ["nginx", "-g", "daemon off;"]',
+        "",
+    ]))
+
+
+def livekit_binary() -> Path:
+    """The LiveKit server from its Go module at the pinned tag, cached per version."""
+    version = images.LIVEKIT.rsplit(":", 1)[1]
+    gobin = GO_BIN_CACHE / f"livekit-{version}"
+    binary = gobin / "server"
+    if not binary.exists():
+        gobin.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GOBIN": str(gobin), "CGO_ENABLED": "0"}
+        subprocess.run(["go", "install", f"github.com/livekit/livekit-server/cmd/server@{version}"],
+                       env=env, check=True, timeout=3600)
+    return binary
+
+
+def livekit() -> StandIn:
+    return StandIn(images.LIVEKIT, "\n".join([
+        f"FROM {BASE}",
+        f"LABEL org.opencontainers.image.version={images.LIVEKIT.rsplit(':', 1)[1]}",
+        _apt("wget"),
+        "COPY livekit-server /livekit-server",
+        'ENTRYPOINT ["/livekit-server"]',
+        "",
+    ]), extra=lambda: {"livekit-server": (livekit_binary().read_bytes(), 0o755)})
+
+
+def placeholder(ref: str, port: int, health: list[str]) -> StandIn:
+    """Serves `port`; the health check's URL path answers, and a health program the check
+    names (an absolute path) becomes a probe of that port."""
+    url = next((a for a in health if a.startswith("http://")), f"http://127.0.0.1:{port}/")
+    path = "/" + url.split("/", 3)[3] if url.count("/") >= 3 else "/"
+    document = path if not path.endswith("/") else path + "index.html"
+    lines = [
+        f"FROM {BASE}",
+        _apt("busybox", "wget"),
+        f"RUN mkdir -p /srv/placeholder{os.path.dirname(document)} && "
+        f"echo '{{\"placeholder\": \"{ref}\"}}' > /srv/placeholder{document}",
+        "COPY placeholder.sh /usr/local/bin/placeholder.sh",
+        f"ENV PLACEHOLDER_PORT={port}",
+        'ENTRYPOINT ["/usr/local/bin/placeholder.sh"]',
+    ]
+    files = {"placeholder.sh": (PLACEHOLDER_ENTRYPOINT.encode(), 0o755)}
+    program = health[1] if len(health) > 1 and health[1].startswith("/") else None
+    if program:
+        files["health.sh"] = (f"#!/bin/sh\nexec wget -qO- http://127.0.0.1:{port}/\n".encode(), 0o755)
+        lines.append(f"COPY health.sh {program}")
+    return StandIn(ref, "\n".join([*lines, ""]), files, placeholder=True)
+
+
+BUILT = {images.SYNAPSE: synapse, images.POSTGRES: postgres, images.REDIS: redis, images.NGINX: nginx,
+         images.LIVEKIT: livekit}
+
+
+def stand_ins_for(containers: list[dict[str, object]], ports: dict[str, int]) -> list[StandIn]:
+    """A stand-in per image the declared containers use; `ports` maps a container name to the
+    port its service listens on (for placeholders)."""
+    chosen: dict[str, StandIn] = {}
+    for inputs in containers:
+        ref = str(inputs["image"])
+        if ref in chosen:
+            continue
+        if ref in BUILT:
+            chosen[ref] = BUILT[ref]()
+        else:
+            health = (inputs.get("healthcheck") or {}).get("tests") or []  # type: ignore[union-attr]
+            chosen[ref] = placeholder(ref, ports[str(inputs["name"])], list(health))
+    return list(chosen.values())
+
+
+def _context(stand_in: StandIn) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        extra = stand_in.extra() if stand_in.extra else {}
+        for name, (content, mode) in {"Dockerfile": (stand_in.dockerfile.encode(), 0o644), **stand_in.files,
+                                      **extra}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(content))
+    buf.seek(0)
+    return buf
+
+
+def _has(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _load(client: docker.DockerClient, tarball: Path) -> None:
+    with open(tarball, "rb") as f:
+        client.images.load(f)
+
+
+def base_image(client: docker.DockerClient) -> None:
+    """A Debian bookworm rootfs from debootstrap, imported once and cached."""
+    if _has(client, BASE):
+        return
+    tarball = IMAGE_CACHE / "debian-bookworm-minbase.tar"
+    if not tarball.exists():
+        IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+        rootfs = IMAGE_CACHE / "rootfs.tmp"
+        shutil.rmtree(rootfs, ignore_errors=True)
+        subprocess.run([*DEBOOTSTRAP, str(rootfs), MIRROR], check=True, timeout=1800,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", f"{tarball}.tmp", "."], check=True)
+        os.replace(f"{tarball}.tmp", tarball)
+        shutil.rmtree(rootfs, ignore_errors=True)
+    with open(tarball, "rb") as f:
+        client.api.import_image_from_data(f.read(), repository=BASE.split(":")[0], tag="bookworm")
+
+
+def _save(client: docker.DockerClient, refs: list[str], tarball: Path) -> None:
+    # GET /images/get with several names: one archive, shared layers once (docker-py's
+    # get_image takes a single name).
+    api = client.api
+    res = api._get(api._url("/images/get"), params={"names": refs}, stream=True)
+    api._raise_for_status(res)
+    with open(f"{tarball}.tmp", "wb") as out:
+        for chunk in res.iter_content(chunk_size=1 << 21):
+            out.write(chunk)
+    os.replace(f"{tarball}.tmp", tarball)
+
+
+def ensure(client: docker.DockerClient, stand_ins: Iterable[StandIn]) -> dict[str, float]:
+    """Every stand-in present in the engine. A warm cache is one `docker save` bundle of all of
+    them (shared layers stored once), keyed by every image's recipe; otherwise each image is
+    loaded from its own cached tarball, or built and saved. Returns seconds spent per step."""
+    chosen = list(stand_ins)
+    spent: dict[str, float] = {}
+    key = hashlib.sha256("".join(sorted(s.key() for s in chosen)).encode()).hexdigest()[:16]
+    bundle = IMAGE_CACHE / f"stand-ins-{key}.tar"
+    started = time.monotonic()
+    if bundle.exists() and not all(_has(client, s.ref) for s in chosen):
+        _load(client, bundle)
+        spent["load bundle"] = time.monotonic() - started
+    for stand_in in chosen:
+        started = time.monotonic()
+        if _has(client, stand_in.ref):
+            continue
+        tarball = stand_in.tarball()
+        if tarball.exists():
+            _load(client, tarball)
+        else:
+            base_image(client)
+            try:
+                client.images.build(fileobj=_context(stand_in), custom_context=True, tag=stand_in.ref,
+                                    network_mode="host", rm=True, forcerm=True)
+            except docker.errors.BuildError as exc:
+                log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
+                raise RuntimeError(f"building the stand-in {stand_in.ref} failed:\n{log[-3000:]}") from exc
+            IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+            for stale in IMAGE_CACHE.glob(tarball.name.rsplit("-", 1)[0] + "-*.tar"):
+                stale.unlink()
+            _save(client, [stand_in.ref], tarball)
+        spent[stand_in.ref] = time.monotonic() - started
+    if not bundle.exists():
+        started = time.monotonic()
+        for stale in IMAGE_CACHE.glob("stand-ins-*.tar"):
+            stale.unlink()
+        _save(client, [s.ref for s in chosen], bundle)
+        spent["save bundle"] = time.monotonic() - started
+    return spent
