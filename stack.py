@@ -41,9 +41,9 @@ def build(cfg: StackConfig) -> Deployment:
         inputs.proxy_volumes += tls.proxy_volumes
         inputs.proxy_watches_acme = bool(tls.services)
         extra_services += tls.services
-        if isinstance(cfg.target, KubernetesTarget) and tls.origin_ca is not None:
+        if isinstance(cfg.target, KubernetesTarget) and tls.held is not None:
             # Before the cluster runs the proxy: its Ingress for proxied names reads this.
-            platform.use_origin_ca(tls.origin_ca.certificate, tls.origin_ca.private_key, parent=tls)
+            platform.use_origin_ca(tls.held.certificate, tls.held.private_key, parent=tls)
     synapse = SynapseCluster("synapse", cfg, platform, inputs)
     deployment = Deployment(cfg, services=[*synapse.services, *parts.services, *extra_services])
     deployment.outputs = {

@@ -89,3 +89,10 @@ def kubernetes_certificates(cfg: StackConfig) -> list[Finding]:
     from components.platform import kubernetes
 
     return kubernetes.check(cfg)
+
+
+@check("tls", "tls_private_key", *CERTIFICATES)
+def provided_certificate(cfg: StackConfig) -> list[Finding]:
+    from components.tls import plan
+
+    return plan.check(cfg)

@@ -241,6 +241,16 @@ class UrlPreviews(Strict):
     ip_range_blacklist_extra: list[str] = Field(default_factory=list)
 
 
+def _cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("must be an IP address or CIDR such as 10.0.0.0/8") from None
+    return value
+
+
 class Federation(Strict):
     enabled: bool = True
     domain_whitelist: list[Hostname] | None = Field(
@@ -248,6 +258,17 @@ class Federation(Strict):
     )
     deny: list[Hostname] = Field(default_factory=list, description="servers refused at the proxy")
     trusted_key_servers: list[Hostname] = Field(default_factory=lambda: ["matrix.org"])
+    trusted_ca_files: list[str] | None = Field(
+        None,
+        description="PEM files, one CA certificate each, that outbound federation trusts INSTEAD of "
+        "the public roots (a private federation); shipped to every Synapse process "
+        "(Synapse's federation_custom_ca_list)",
+    )
+    private_networks: list[Annotated[str, AfterValidator(_cidr)]] = Field(
+        default_factory=list,
+        description="CIDRs where federated servers live although Synapse's default ip_range_blacklist "
+        "blocks them (private federations on 10.0.0.0/8 and the like)",
+    )
 
 
 class Ldap(Strict):
@@ -258,16 +279,6 @@ class Ldap(Strict):
     mail_attribute: str = "mail"
     name_attribute: str = "cn"
     start_tls: bool = True
-
-
-def _cidr(value: str) -> str:
-    import ipaddress
-
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError("must be an IP address or CIDR such as 10.0.0.0/8") from None
-    return value
 
 
 class Synapse(Strict):
@@ -417,12 +428,16 @@ class Cloudflare(Strict):
 
 
 class Tls(Strict):
-    mode: Literal["none", "acme", "origin_ca"] | None = Field(
+    mode: Literal["none", "acme", "origin_ca", "provided"] | None = Field(
         None,
         description="how the proxy gets its certificate; unset = origin_ca behind Cloudflare, "
-        "acme otherwise, none for localhost",
+        "acme otherwise, none for localhost; provided = certificate_file with the secret "
+        "tls_private_key (a private CA's certificate, say)",
     )
     acme_email: str | None = None
+    certificate_file: str | None = Field(
+        None, description="with mode provided: PEM chain covering every public hostname, server certificate first"
+    )
 
 
 # ---------------------------------------------------------------- the stack
@@ -459,6 +474,7 @@ class StackConfig(Strict):
     database_password: SecretStr | None = None
     cloudflare_api_token: SecretStr | None = None
     ldap_bind_password: SecretStr | None = None
+    tls_private_key: SecretStr | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -584,4 +600,27 @@ def _hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
             host = cfg.host(name)
             if host != zone and not host.endswith("." + zone):
                 found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))
+    return found
+
+
+@check("synapse.federation", "server_name")
+def _federation_names_and_authorities(cfg: StackConfig) -> list[Finding]:
+    fed = cfg.synapse.federation
+    found: list[Finding] = []
+    # An empty list is Synapse's "federate with nobody"; a list of servers must name this one too.
+    if fed.domain_whitelist and cfg.server_name not in fed.domain_whitelist:
+        found.append(("synapse.federation.domain_whitelist", fed.domain_whitelist,
+                      f"must include the stack's own server name {cfg.server_name} (Synapse checks its "
+                      "own requests against it too); an empty list federates with nobody"))
+    if cfg.server_name in fed.deny:
+        found.append(("synapse.federation.deny", fed.deny,
+                      f"must not include the stack's own server name {cfg.server_name}"))
+    if fed.trusted_ca_files is not None and not fed.trusted_ca_files:
+        found.append(("synapse.federation.trusted_ca_files", [],
+                      "must list at least one file; leave it unset to trust the public roots"))
+    if fed.trusted_ca_files:
+        from . import pem  # only then: reading certificates needs cryptography
+
+        for i, path in enumerate(fed.trusted_ca_files):
+            found += pem.problems(f"synapse.federation.trusted_ca_files[{i}]", path, ca=True)
     return found

@@ -87,7 +87,7 @@ class Context:
 
     @classmethod
     def of(cls, cfg: StackConfig, shared_volumes: Iterable[str] = ()) -> Context:
-        from components.tls.plan import certificate_sources
+        from components.tls.plan import HELD_SOURCES, certificate_sources
 
         target = cfg.target
         assert isinstance(target, KubernetesTarget)
@@ -105,7 +105,8 @@ class Context:
             max_body=cfg.synapse.max_upload_size,
             default_hostnames=tuple(hosts),
             tls=cfg.tls_mode != "none",
-            origin_ca_hosts=frozenset(h for h, source in sources.items() if source == "origin_ca"),
+            # A provided certificate rides the same Ingress and Secret: the program holds both.
+            origin_ca_hosts=frozenset(h for h, source in sources.items() if source in HELD_SOURCES),
             shared_volumes=frozenset(shared_volumes),
         )
 

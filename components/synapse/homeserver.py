@@ -27,6 +27,11 @@ EMAIL_CONFIG = f"{SECRETS_DIR}/email.yaml"
 MAIN_CONFIG = f"{CONF_DIR}/main.yaml"
 
 
+def federation_ca_path(index: int) -> str:
+    """Where each trusted federation CA file lands (one certificate per file, as Synapse reads it)."""
+    return f"{CONF_DIR}/federation-ca-{index + 1}.pem"
+
+
 def worker_config_path(process: Process) -> str:
     return f"{CONF_DIR}/workers/{process.name}.yaml"
 
@@ -268,6 +273,9 @@ def shared_config(
         hs["federation_domain_whitelist"] = []
     elif syn.federation.domain_whitelist is not None:
         hs["federation_domain_whitelist"] = list(syn.federation.domain_whitelist)
+    if syn.federation.trusted_ca_files:
+        # Replaces the public roots for outbound federation (and the well-known lookups).
+        hs["federation_custom_ca_list"] = [federation_ca_path(i) for i in range(len(syn.federation.trusted_ca_files))]
     hs["url_preview_enabled"] = syn.url_previews.enabled
     if syn.url_previews.enabled:
         hs["url_preview_ip_range_blacklist"] = PRIVATE_RANGES + list(syn.url_previews.ip_range_blacklist_extra)
@@ -277,6 +285,11 @@ def shared_config(
     hs.update(rate_limit_keys(cfg))
     hs.update(worker_keys(cfg, topo, address))
     _merge(hs, contributions)
+    if syn.federation.private_networks:
+        # ip_range_whitelist overrides Synapse's default ip_range_blacklist for federation (and
+        # pushers); other parts may widen it too (ntfy), so this adds to theirs.
+        allowed = list(hs.get("ip_range_whitelist", []))
+        hs["ip_range_whitelist"] = allowed + [c for c in syn.federation.private_networks if c not in allowed]
     if with_extra:
         _merge_under(hs, syn.extra_config)
     return hs

@@ -346,8 +346,12 @@ def _plain_http_server(cfg: StackConfig) -> list[str]:
 
 
 def well_known_server(cfg: StackConfig) -> dict[str, object]:
-    # Federation arrives on 443 through delegation: Cloudflare does not proxy 8448.
-    port = 443 if cfg.scheme == "https" else (cfg.target.http_port if hasattr(cfg.target, "http_port") else 80)
+    # Federation arrives on the HTTPS port through delegation (443 by default: Cloudflare does not
+    # proxy 8448); a Docker host may publish the proxy on another port.
+    if isinstance(cfg.target, DockerTarget):
+        port = cfg.target.https_port if cfg.scheme == "https" else cfg.target.http_port
+    else:
+        port = 443 if cfg.scheme == "https" else 80
     return {"m.server": f"{cfg.host('matrix')}:{port}"}
 
 

@@ -72,11 +72,16 @@ def addresses(cfg: StackConfig) -> dict[str, str]:
 
 
 def shared_files(cfg: StackConfig, inputs: Inputs) -> list[File]:
+    from config import pem
+
     shared = hs.shared_config(cfg, addresses(cfg), inputs.homeserver)
-    return [
+    files = [
         File(hs.SHARED_CONFIG, hs.dump(shared), group=SHARED_GROUP),
         File(hs.LOG_CONFIG, hs.dump(hs.log_config()), group=SHARED_GROUP),
     ]
+    for i, path in enumerate(cfg.synapse.federation.trusted_ca_files or []):
+        files.append(File(hs.federation_ca_path(i), pem.read_text(path), group=SHARED_GROUP))
+    return files
 
 
 def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inputs: Inputs) -> list[File]:

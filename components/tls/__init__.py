@@ -186,12 +186,12 @@ class IssuedCertificate:
 
 def component_needed(cfg: StackConfig) -> bool:
     """Whether the Tls component has anything to do: a proxy to equip, or an Origin CA certificate."""
-    return proxy_terminates_tls(cfg) or any(c.source == "origin_ca" for c in certificates(cfg))
+    return proxy_terminates_tls(cfg) or any(c.held for c in certificates(cfg))
 
 
 class Tls(pulumi.ComponentResource):
     """Provisions the certificates; hands the Docker proxy its files and volumes, or keeps the
-    Origin CA certificate in `origin_ca` for the Kubernetes Ingress."""
+    certificate the program holds (Origin CA or provided) in `held` for the Kubernetes Ingress."""
 
     def __init__(self, name: str, cfg: StackConfig, platform: Any, cloudflare_provider: Any = None,
                  opts: pulumi.ResourceOptions | None = None):
@@ -200,20 +200,34 @@ class Tls(pulumi.ComponentResource):
         self.proxy_files: list[File] = []
         self.proxy_volumes: list[Volume] = []
         self.services: list[Service] = []
-        self.origin_ca: IssuedCertificate | None = None
+        self.held: IssuedCertificate | None = None
         for cert in self.certificates:
+            if not cert.held:
+                continue
             if cert.source == "origin_ca":
-                self.origin_ca = self._origin_ca(name, cert, cloudflare_provider)
-                if proxy_terminates_tls(cfg):
-                    self.proxy_files += [
-                        File(cert.cert_path, self.origin_ca.certificate, mode=0o444),
-                        File(cert.key_path, self.origin_ca.private_key, secret=True, mode=0o400),
-                    ]
+                self.held = self._origin_ca(name, cert, cloudflare_provider)
+            else:
+                self.held = self._provided(cfg, cert)
+            if proxy_terminates_tls(cfg):
+                self.proxy_files += [
+                    File(cert.cert_path, self.held.certificate, mode=0o444),
+                    File(cert.key_path, self.held.private_key, secret=True, mode=0o400),
+                ]
         if runs_acme_client(cfg):
             self.services.append(acme_service(cfg, self.certificates))
             self.proxy_volumes = [Volume(v.name, v.path, size=v.size, read_only=True) for v in ACME_VOLUMES]
             platform.run(self.services, parent=self)
         self.register_outputs({"certificates": [c.name for c in self.certificates]})
+
+    @staticmethod
+    def _provided(cfg: StackConfig, cert: Certificate) -> IssuedCertificate:
+        """The operator's certificate (a file beside the stack) and key (a Pulumi secret)."""
+        from config import pem
+
+        assert cfg.tls.certificate_file is not None and cfg.tls_private_key is not None
+        chain = pulumi.Output.from_input(pem.read_text(cfg.tls.certificate_file))
+        key = pulumi.Output.secret(cfg.tls_private_key.get_secret_value())
+        return IssuedCertificate(cert.hostnames, chain, key)
 
     def _origin_ca(self, name: str, cert: Certificate, provider: Any) -> IssuedCertificate:
         import pulumi_cloudflare as cloudflare

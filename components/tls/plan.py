@@ -31,21 +31,33 @@ ACME_SERVED = f"{ACME_DIR}/matrix-stack"
 
 @dataclass(frozen=True)
 class Certificate:
-    name: str  # "origin" or the ACME certificate name
-    source: str  # "origin_ca" or "acme"
+    name: str  # "origin", "provided" or the ACME certificate name
+    source: str  # "origin_ca", "provided" or "acme"
     hostnames: tuple[str, ...]
 
     @property
+    def held(self) -> bool:
+        """The program holds this certificate and its key (as Pulumi values), as opposed to an
+        ACME client or cert-manager obtaining it where it runs."""
+        return self.source in HELD_SOURCES
+
+    @property
     def cert_path(self) -> str:
-        if self.source == "origin_ca":
+        if self.held:
             return f"{TLS_DIR}/{self.name}.crt"
         return f"{ACME_SERVED}/{self.name}/fullchain.pem"
 
     @property
     def key_path(self) -> str:
-        if self.source == "origin_ca":
+        if self.held:
             return f"{TLS_DIR}/{self.name}.key"
         return f"{ACME_SERVED}/{self.name}/privkey.pem"
+
+
+# Certificates the program holds: Cloudflare's Origin CA one it issues, and one the operator
+# provides (tls.mode provided: a private CA's certificate for a private federation, or a
+# certificate bought elsewhere).
+HELD_SOURCES = ("origin_ca", "provided")
 
 
 def proxy_terminates_tls(cfg: StackConfig) -> bool:
@@ -84,6 +96,8 @@ def certificate_sources(cfg: StackConfig) -> dict[str, str]:
     """
     if cfg.tls_mode == "none":
         return {}
+    if cfg.tls_mode == "provided":
+        return {h: "provided" for h in http_hostnames(cfg)}
     proxied = _proxied(cfg) if cfg.tls_mode == "origin_ca" else set()
     return {h: "origin_ca" if h in proxied else "acme" for h in http_hostnames(cfg)}
 
@@ -96,10 +110,13 @@ def certificates(cfg: StackConfig) -> list[Certificate]:
     """The certificates to obtain, on either target (what serves them is the target's business)."""
     sources = certificate_sources(cfg)
     origin = tuple(h for h, source in sources.items() if source == "origin_ca")
+    provided = tuple(h for h, source in sources.items() if source == "provided")
     acme = tuple(h for h, source in sources.items() if source == "acme")
     certs: list[Certificate] = []
     if origin:
         certs.append(Certificate("origin", "origin_ca", origin))
+    if provided:
+        certs.append(Certificate("provided", "provided", provided))
     # One ACME certificate per hostname: a failed challenge on one name cannot block the others.
     certs += [Certificate(host, "acme", (host,)) for host in acme]
     return certs
@@ -110,3 +127,26 @@ def certificate_for(cfg: StackConfig, hostname: str) -> Certificate | None:
         if hostname in cert.hostnames:
             return cert
     return None
+
+
+def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """tls.mode provided: the certificate file and the secret key, checked before any resource."""
+    from config import pem
+
+    found: list[tuple[str, object, str]] = []
+    if cfg.tls_mode != "provided":
+        if cfg.tls.certificate_file is not None:
+            found.append(("tls.certificate_file", cfg.tls.certificate_file, "only used with tls.mode: provided"))
+        if cfg.tls_private_key is not None:
+            found.append(("tls_private_key", None, "only used with tls.mode: provided"))
+        return found
+    if cfg.tls.certificate_file is None:
+        found.append(("tls.certificate_file", None, "required when tls.mode is 'provided'"))
+    else:
+        found += pem.problems("tls.certificate_file", cfg.tls.certificate_file, ca=False,
+                              hostnames=tuple(http_hostnames(cfg)))
+    if cfg.tls_private_key is None:
+        found.append(("tls_private_key", None, "required when tls.mode is 'provided'; set it with --secret"))
+    else:
+        found += pem.key_problems("tls_private_key", cfg.tls_private_key.get_secret_value())
+    return found

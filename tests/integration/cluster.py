@@ -2,9 +2,12 @@
 
 The rendered services expect a container network (service names as hosts) and container paths
 (/conf, /secrets, /media_store, /tmp ...). On one machine we change ONLY those: every service name
-becomes 127.0.0.1 and every container path is moved under one work directory. Ports are already
-distinct per process, and no other setting is touched, so what boots here is what the program
-deploys. Rewrites are structural (YAML is parsed; nginx directives are matched), so a renderer
+and every listening address becomes the stack's loopback address (127.0.0.1 unless told
+otherwise, so two stacks can run side by side on 127.0.0.1 and 127.0.0.2) and every container
+path is moved under one work directory. Ports are already distinct per process, and no other
+setting is touched, so what boots here is what the program deploys. Where the target publishes a
+container port on another host port (the proxy's 8443 as 443), a small forwarder does what
+Docker's userland proxy does. Rewrites are structural (YAML is parsed; nginx directives are matched), so a renderer
 change that moves a setting cannot be silently "fixed" by the harness.
 
 Used by tests/integration/test_synapse_boot.py and scripts/bench_synapse_boot.py.
@@ -105,15 +108,16 @@ def synapse_python() -> str:
 
 @dataclass(frozen=True)
 class Relocation:
-    """Service names -> a loopback address; container paths under `roots` -> the same path under `base`."""
+    """Service names -> 127.0.0.1; container paths under `roots` -> the same path under `base`."""
 
     base: Path
     hosts: frozenset[str]
     roots: tuple[str, ...]
     # Container "files" that are really streams: the access log goes to a file we can parse.
     streams: Mapping[str, Path] = field(default_factory=dict)
+    address: str = LOOPBACK
     # Services whose port another service also uses (ntfy's 8080 is the proxy's too) get a loopback
-    # address of their own; every other service is 127.0.0.1.
+    # address of their own; every other service is `address`.
     addresses: Mapping[str, str] = field(default_factory=dict)
 
     def path(self, value: str) -> str:
@@ -125,7 +129,7 @@ class Relocation:
         return value
 
     def host(self, value: str) -> str:
-        return self.addresses.get(value, LOOPBACK) if value in self.hosts else value
+        return self.addresses.get(value, self.address) if value in self.hosts else value
 
     _URL = re.compile(r"^([a-z]+://)([A-Za-z0-9.-]+)(?=[:/]|$)")
 
@@ -139,6 +143,8 @@ class Relocation:
         if isinstance(node, dict):
             return {k: self._walk(v, k) for k, v in node.items()}
         if isinstance(node, list):
+            if key == "bind_addresses":
+                return [self.address]
             return [self._walk(v, key) for v in node]
         if isinstance(node, str):
             if key == "host":
@@ -149,17 +155,13 @@ class Relocation:
         return node
 
     # nginx directives whose argument is a host path, and those naming an upstream address.
-    _NGINX_PATH = re.compile(r"^(\s*(?:pid|error_log|access_log|include|root|alias|\w+_temp_path)\s+)(\S+?)(;|\s)", re.M)
+    _NGINX_PATH = re.compile(r"^(\s*(?:pid|error_log|access_log|include|root|alias|ssl_certificate|ssl_certificate_key|\w+_temp_path)\s+)(\S+?)(;|\s)", re.M)
     _NGINX_ADDR = re.compile(r"^(\s*server\s+|\s*proxy_pass\s+https?://)([A-Za-z0-9.-]+)(:\d+)", re.M)
-
-    _NGINX_LISTEN = re.compile(r"^(\s*listen\s+)(\d+)([ ;])", re.M)
+    _NGINX_LISTEN = re.compile(r"^(\s*listen\s+)(\d+)(\s|;)", re.M)
 
     def nginx_text(self, text: str) -> str:
         text = self._NGINX_PATH.sub(lambda m: m.group(1) + self.path(m.group(2)) + m.group(3), text)
-        if self.addresses:
-            # A listener on every address would take the port from the services that have a
-            # loopback address of their own: the proxy listens on 127.0.0.1 only.
-            text = self._NGINX_LISTEN.sub(lambda m: f"{m.group(1)}{LOOPBACK}:{m.group(2)}{m.group(3)}", text)
+        text = self._NGINX_LISTEN.sub(lambda m: f"{m.group(1)}{self.address}:{m.group(2)}{m.group(3)}", text)
         return self._NGINX_ADDR.sub(lambda m: m.group(1) + self.host(m.group(2)) + m.group(3), text)
 
     def redis_text(self, text: str) -> str:
@@ -168,14 +170,18 @@ class Relocation:
             words = line.split()
             if words and words[0] in {"aclfile", "dir", "pidfile", "logfile", "unixsocket", "include"}:
                 line = " ".join([words[0], *(self.path(w) for w in words[1:])])
+            elif words and words[0] == "bind":
+                line = f"bind {self.address}"
             out.append(line)
         return "\n".join(out) + "\n"
 
     def args(self, args: Iterable[str]) -> list[str]:
-        return [self.path(a) for a in args]
+        return [f"listen_addresses={self.address}" if a.startswith("listen_addresses=") else self.path(a)
+                for a in args]
 
 
-def relocation_for(result: offline.Run, base: Path, addresses: Mapping[str, str] | None = None) -> Relocation:
+def relocation_for(result: offline.Run, base: Path, address: str = LOOPBACK,
+                   addresses: Mapping[str, str] | None = None) -> Relocation:
     roots: set[str] = set()
     for entry in result.services:
         service = entry["service"]
@@ -190,13 +196,15 @@ def relocation_for(result: offline.Run, base: Path, addresses: Mapping[str, str]
         hosts=frozenset(e["service"].name for e in result.services),
         roots=tuple(outer),
         streams={"/dev/stdout": base / "logs" / "access.log"},
+        address=address,
         addresses=dict(addresses or {}),
     )
 
 
-def materialize(result: offline.Run, base: Path, addresses: Mapping[str, str] | None = None) -> Relocation:
+def materialize(result: offline.Run, base: Path, address: str = LOOPBACK,
+                addresses: Mapping[str, str] | None = None) -> Relocation:
     """Write every service's files under `base`, relocated. Identical paths must have identical content."""
-    reloc = relocation_for(result, base, addresses)
+    reloc = relocation_for(result, base, address, addresses)
     written: dict[str, str] = {}
     for entry in result.services:
         service = entry["service"]
@@ -327,15 +335,20 @@ class Cluster:
     Use as a context manager: processes are always stopped, even when boot fails halfway.
     """
 
-    def __init__(self, result: offline.Run, workdir: Path | None = None, *,
-                 addresses: Mapping[str, str] | None = None, hosts_file: Path | None = None):
+    def __init__(self, result: offline.Run, workdir: Path | None = None, *, address: str = LOOPBACK,
+                 addresses: Mapping[str, str] | None = None, hosts_file: Path | None = None,
+                 synapse_env: Mapping[str, str] | None = None):
+        """`address`: the loopback address this stack listens on and dials. `synapse_env`: extra
+        environment for the Synapse processes (how the machine resolves names, say)."""
         require_binaries()
         self.result = result
+        self.address = address
+        self.synapse_env = dict(synapse_env or {})
         self.services = {e["service"].name: e for e in result.services}
         self.base = workdir or Path(tempfile.mkdtemp(prefix="synapse-boot-"))
         # The postgres user and nginx's unprivileged workers must be able to reach their dirs.
         os.chmod(self.base, 0o755)
-        self.reloc = materialize(result, self.base, addresses)
+        self.reloc = materialize(result, self.base, address, addresses)
         # Public DNS for the Synapse processes: an /etc/hosts of their own (see resolving()).
         self.hosts_file = hosts_file
         self.procs: dict[str, Proc] = {}
@@ -423,7 +436,7 @@ class Cluster:
         subprocess.run(self._as_postgres(initdb), check=True, cwd=self.base,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         pwfile.unlink(missing_ok=True)
-        args = list(entry["service"].args)
+        args = self.reloc.args(entry["service"].args)
         if args[:1] == ["postgres"]:
             args = args[1:]
         port = next(p.port for p in entry["service"].ports)
@@ -432,7 +445,7 @@ class Cluster:
         proc.started = t0
 
         def ready(_p: Proc) -> bool:
-            return subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(port)]).returncode == 0
+            return subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", self.address, "-p", str(port)]).returncode == 0
 
         self._wait([proc], ready, "accepting connections", timeout=60)
         user, db, password = env["POSTGRES_USER"], env["POSTGRES_DB"], env["POSTGRES_PASSWORD"]
@@ -445,6 +458,8 @@ class Cluster:
                            check=True, cwd=self.base, stdout=subprocess.DEVNULL)
 
     def start_redis(self) -> None:
+        if "synapse-redis" not in self.services:
+            return  # a monolith has no Redis
         service = self.services["synapse-redis"]["service"]
         port = next(p.port for p in service.ports)
         proc = self._spawn("synapse-redis", self.reloc.args(service.args), port=port, tier=1)
@@ -453,7 +468,7 @@ class Cluster:
         def ready(_p: Proc) -> bool:
             # AUTH with Synapse's password proves the rendered ACL file and the secret agree.
             try:
-                with socket.create_connection((LOOPBACK, port), timeout=1) as s:
+                with socket.create_connection((self.address, port), timeout=1) as s:
                     s.sendall(f"AUTH {password}\r\nPING\r\n".encode())
                     data = b""
                     while data.count(b"\r\n") < 2:
@@ -468,15 +483,28 @@ class Cluster:
         self._wait([proc], ready, "answering AUTH", timeout=30)
 
     def _start_synapse(self, name: str) -> Proc:
+        return self._spawn(name, self.synapse_command(name), env=self.env_of(name) | self.synapse_env,
+                           port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
+
+    def synapse_command(self, name: str) -> list[str]:
         service = self.services[name]["service"]
         entry = list(service.entrypoint or ())
         if entry[:1] == ["python"]:
             entry[0] = synapse_python()
-        return self._spawn(name, self.resolving([*entry, *self.reloc.args(service.args)]), env=self.env_of(name),
-                           port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
+        return self.resolving([*entry, *self.reloc.args(service.args)])
+
+    def restart_synapse(self, name: str) -> Proc:
+        """Start one Synapse process again with exactly the command it was started with, after it
+        died (kill -9); returns once it is healthy."""
+        old = self.procs[name]
+        if old.popen.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        proc = self._start_synapse(name)
+        self._wait([proc], self._healthy, "healthy")
+        return proc
 
     def _healthy(self, proc: Proc) -> bool:
-        return _http_ok(f"http://{LOOPBACK}:{proc.port}/health")
+        return _http_ok(f"http://{self.address}:{proc.port}/health")
 
     def start_main(self) -> None:
         self._wait([self._start_synapse("synapse-main")], self._healthy, "healthy")
@@ -495,7 +523,28 @@ class Cluster:
             raise RuntimeError(f"nginx -t rejected the rendered config:\n{check.stderr}")
         status = next(p.port for p in service.ports if p.name == "status")
         proc = self._spawn("synapse-proxy", args, port=status, tier=4)
-        self._wait([proc], lambda p: _http_ok(f"http://{LOOPBACK}:{status}/health"), "healthy", timeout=30)
+        self._wait([proc], lambda p: _http_ok(f"http://{self.address}:{status}/health"), "healthy", timeout=30)
+        self.publish_ports(service)
+
+    def publish_ports(self, service: Any) -> None:
+        """What the Docker target does for a public port whose host port differs from the
+        container's (443 -> 8443): a userland forwarder, as Docker's own proxy is."""
+        for port in service.ports:
+            if not port.public or port.host_port in (None, port.port):
+                continue
+            name = f"publish-{port.host_port}"
+            cmd = [sys.executable, str(Path(__file__).with_name("publish.py")), self.address,
+                   str(port.host_port), str(port.port)]
+            proc = self._spawn(name, cmd, port=port.host_port, tier=5)
+
+            def listening(_p: Proc, port_: int = port.host_port) -> bool:
+                try:
+                    with socket.create_connection((self.address, port_), timeout=1):
+                        return True
+                except OSError:
+                    return False
+
+            self._wait([proc], listening, "listening", timeout=30)
 
     def start(self) -> Cluster:
         self.start_postgres()
@@ -554,8 +603,8 @@ class Cluster:
         """Shared-secret registration on main's port (the admin API is not exposed by the proxy)."""
         script = Path(synapse_python()).parent / "register_new_matrix_user"
         cmd = [str(script), "-u", user, "-p", password, "--admin" if admin else "--no-admin",
-               "-c", str(self.file("/conf/homeserver.yaml")), f"http://{LOOPBACK}:{self.http_port('synapse-main')}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+               "-c", str(self.file("/conf/homeserver.yaml")), f"http://{self.address}:{self.http_port('synapse-main')}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
         if done.returncode != 0:
             raise RuntimeError(f"register_new_matrix_user {user} failed:\n{done.stdout}\n{done.stderr}")
 

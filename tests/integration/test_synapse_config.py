@@ -39,7 +39,7 @@ def _every_setting() -> dict[str, object]:
         "ldap": {"uri": "ldaps://ldap.example.org", "base": "ou=people,dc=example,dc=org",
                  "bind_dn": "cn=synapse,dc=example,dc=org"},
         "url_previews": {"enabled": True, "ip_range_blacklist_extra": ["100.100.0.0/16"]},
-        "federation": {"domain_whitelist": ["matrix.org", "example.net"], "deny": ["evil.example"]},
+        "federation": {"domain_whitelist": ["example.org", "matrix.org", "example.net"], "deny": ["evil.example"]},
         "admin_api_allowlist": ["10.0.0.0/8"],
         "max_upload_size": "80M",
     })

@@ -70,7 +70,7 @@ def test_federation_workers_whitelisted_to_nothing_are_idle(role: str) -> None:
     assert f"set synapse.workers.counts.{role}: 0" in advice and "list the servers to federate with" in advice
 
 
-@pytest.mark.parametrize("federation", [{}, {"domain_whitelist": ["example.org"]}], ids=["open", "whitelist"])
+@pytest.mark.parametrize("federation", [{}, {"domain_whitelist": ["localhost", "example.org"]}], ids=["open", "whitelist"])
 def test_federation_workers_that_federate_are_not_idle(federation: dict[str, Any]) -> None:
     cfg = _cfg({"workers": {"counts": dict.fromkeys(FEDERATION_ROLES, 1)}, "federation": federation})
     assert _warned(cfg) == {}
