@@ -51,16 +51,19 @@ STOP_TIMEOUT_S = 15.0
 ALL_ROLES_COUNTS: dict[str, int] = {role.name: 1 for role in ROLES} | {"generic": 2, "event_persister": 2}
 
 
+# The workload sends a burst of messages from one user and logs in from one address repeatedly
+# (the benchmark and the fault tests run it several times); Synapse's defaults (messages 0.2/s
+# burst 10, logins 0.003/s burst 5) would only stall each run for minutes, not make it more real.
+_GENEROUS = {"per_second": 50, "burst_count": 200}
+WORKLOAD_RATE_LIMITS: dict[str, Any] = {"message": _GENEROUS, "login_address": _GENEROUS, "login_account": _GENEROUS}
+
+
 def boot_config(counts: Mapping[str, int] | None = None, *, preset: str | None = None) -> dict[str, Any]:
     """The minimal stack config for a local boot: localhost, token registration, the given workers.
 
     Components other than Synapse are switched off: this harness boots Synapse and its proxy.
-    The message and login rate limits are raised because the workload sends a burst of messages
-    from one user and logs in from one address repeatedly (the benchmark runs it several times);
-    Synapse's defaults (messages 0.2/s burst 10, logins 0.003/s burst 5) would only stall the run
-    for minutes, not make it more real.
+    The message and login rate limits are raised for the workload (WORKLOAD_RATE_LIMITS).
     """
-    generous = {"per_second": 50, "burst_count": 200}
     workers: dict[str, Any] = {}
     if preset:
         workers["preset"] = preset
@@ -72,7 +75,7 @@ def boot_config(counts: Mapping[str, int] | None = None, *, preset: str | None =
         "synapse": {
             "registration": {"mode": "token"},
             "workers": workers,
-            "rate_limits": {"message": generous, "login_address": generous, "login_account": generous},
+            "rate_limits": WORKLOAD_RATE_LIMITS,
         },
         "element_call": {"enabled": False},
         "ntfy": {"enabled": False},

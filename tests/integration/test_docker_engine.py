@@ -32,6 +32,7 @@ import pytest
 from render import offline
 
 from ..conftest import stack_raw
+from .cluster import WORKLOAD_RATE_LIMITS
 from .engine import stack as engine_stack
 from .engine.applier import Applied, Applier, ApplyError, remove_declared
 from .engine.dockerd import Engine, EngineError
@@ -79,7 +80,11 @@ def engine() -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def dev_run() -> offline.Run:
-    return offline.run(stack_raw("dev"), stack="dev")
+    """The dev stack as its file says, with only the rate limits raised for the workload, which
+    runs once fresh and again after every fault."""
+    raw = stack_raw("dev")
+    raw["synapse"] = {**raw["synapse"], "rate_limits": WORKLOAD_RATE_LIMITS}
+    return offline.run(raw, stack="dev")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from render import offline
 from render.__main__ import main as render_main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stack_raw
 
 
 def _render_in_a_fresh_interpreter(out: Path, stack: str = "dev") -> subprocess.CompletedProcess[str]:
@@ -72,3 +73,12 @@ def test_render_of_a_bad_stack_fails_with_the_clear_error(tmp_path: Path) -> Non
     assert message.startswith("render: no stack file Pulumi.no-such-stack.yaml (stacks: ")
     assert {"dev", "staging", "prod"} <= set(message.split("(stacks: ")[1].rstrip(")").split(", "))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_after_another_stacks_run_has_its_own_root() -> None:
+    """Runs in one process (tests, the benchmark) each get their own stack resource: no resource
+    is parented to an earlier run's stack."""
+    offline.run(stack_raw("dev"), stack="first")
+    run = offline.run(stack_raw("dev"), stack="dev")
+    roots = {r.parent for r in run.resources if "::pulumi:pulumi:Stack::" in r.parent}
+    assert roots == {"urn:pulumi:dev::matrix-stack::pulumi:pulumi:Stack::matrix-stack-dev"}
