@@ -251,7 +251,7 @@ def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, .
     engine_log = _EngineLog()
     # set_mocks keeps the root stack resource of an earlier run in this process (another stack's
     # URN for every resource without a parent): start each run from a fresh root.
-    pulumi.runtime.settings.reset_options()
+    pulumi.runtime.settings.ROOT.set(None)
     pulumi.runtime.set_all_config(_config_map(raw), [f"{PROJECT}:{k}" for k in secret_keys])
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
                              logger=engine_log.logger)
