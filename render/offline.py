@@ -252,6 +252,12 @@ def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, .
     # set_mocks keeps the root stack resource of an earlier run in this process (another stack's
     # URN for every resource without a parent): start each run from a fresh root.
     pulumi.runtime.settings.ROOT.set(None)
+    # The new root is registered on the current event loop; asyncio.run() (a client in the same
+    # process, say) leaves none behind.
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_all_config(_config_map(raw), [f"{PROJECT}:{k}" for k in secret_keys])
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
                              logger=engine_log.logger)

@@ -6,6 +6,7 @@ imported already."""
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import json
 import subprocess
@@ -79,6 +80,11 @@ def test_a_run_after_another_stacks_run_has_its_own_root() -> None:
     """Runs in one process (tests, the benchmark) each get their own stack resource: no resource
     is parented to an earlier run's stack."""
     offline.run(stack_raw("dev"), stack="first")
+
+    async def client() -> None:
+        pass
+
+    asyncio.run(client())  # leaves no current event loop behind
     run = offline.run(stack_raw("dev"), stack="dev")
     roots = {r.parent for r in run.resources if "::pulumi:pulumi:Stack::" in r.parent}
     assert roots == {"urn:pulumi:dev::matrix-stack::pulumi:pulumi:Stack::matrix-stack-dev"}
