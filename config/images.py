@@ -33,6 +33,7 @@ NTFY = "binwiederhier/ntfy:v2.14.0"
 ELEMENT_WEB = "vectorim/element-web:v1.12.26"
 COTURN = "coturn/coturn:4.7.0"
 CERTBOT = "certbot/certbot:v4.1.1"
+RESTIC = "restic/restic:0.19.1"
 
 # BusyBox applets every Alpine-based image has on PATH (alpine-baselayout + busybox).
 BUSYBOX = frozenset({"sh", "wget", "grep", "sed", "ls", "cat", "test", "["})
@@ -166,6 +167,11 @@ _COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", 
 
 _CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1")
 
+_RESTIC_DOCKERFILE = Source("restic/restic", "docker/Dockerfile.release", "v0.19.1",
+                            "the Dockerfile the release publishes as restic/restic:0.19.1 "
+                            "(helpers/prepare-release/main.go, updateDocker)")
+_RESTIC_ENTRYPOINT = Source("restic/restic", "docker/entrypoint.sh", "v0.19.1")
+
 IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ImageFacts(
         image=SYNAPSE,
@@ -294,6 +300,18 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         wget=True,
         tools=BUSYBOX | {"certbot", "python3", "openssl", "chown", "chmod", "cp", "mv", "mkdir", "sleep"},
         port=80,
+    ),
+    ImageFacts(
+        image=RESTIC,
+        sources=_sources(_RESTIC_DOCKERFILE, entrypoint=_RESTIC_ENTRYPOINT),
+        user=None,  # FROM alpine:latest, no USER
+        # /entrypoint.sh runs `nice -n $NICE /usr/bin/restic "$@"` (ionice when IONICE_CLASS is set).
+        entrypoint=("/entrypoint.sh",),
+        shell=True,
+        wget=True,
+        # apk add ca-certificates fuse openssh-client tzdata jq; BusyBox's crond runs the
+        # scheduled backups on Docker hosts.
+        tools=BUSYBOX | {"restic", "ssh", "jq", "crond", "nice", "date", "touch", "rm", "mkdir", "sleep"},
     ),
 )
 
