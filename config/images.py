@@ -195,7 +195,10 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         entrypoint=("docker-entrypoint.sh",),
         shell=True,
         wget=True,
-        tools=BUSYBOX | {"pg_isready", "psql", "postgres"},
+        # make install-world-bin installs the client programs too; the BusyBox applets the
+        # backup's dump script calls.
+        tools=BUSYBOX | {"pg_isready", "psql", "postgres", "pg_dump", "pg_restore",
+                         "mv", "wc", "mkdir", "touch", "rm", "sleep"},
         port=5432,
     ),
     ImageFacts(

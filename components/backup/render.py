@@ -175,7 +175,9 @@ def dump_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
     for db in databases:
         partial = f"{db.dump_path}.partial"
         lines += [
-            f"  pg_dump -Fc -d {shlex.quote(db.conninfo)} -f {partial}",
+            # Uncompressed: restic compresses, and finds the tables that did not change since
+            # the last snapshot (a compressed dump differs throughout).
+            f"  pg_dump -Fc -Z 0 -d {shlex.quote(db.conninfo)} -f {partial}",
             f"  mv {partial} {db.dump_path}",
             f"  echo \"dumped {db.name}: $(wc -c < {db.dump_path}) bytes\"",
         ]
@@ -223,9 +225,9 @@ def backup_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
         "#!/bin/sh",
         "# One restic snapshot of the database dumps, the key files and the media store.",
         "set -eu",
+        'mode="${1:-backup}"',
         *_repository_lines(cfg),
         "",
-        'mode="${1:-backup}"',
         f"mkdir -p {CACHE}",
         "if ! restic \"$@\" cat config >/dev/null 2>&1; then",
         '  if [ "$mode" != backup ]; then echo "no restic repository at $RESTIC_REPOSITORY" >&2; exit 1; fi',
@@ -343,6 +345,7 @@ def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) 
     media_volume = "matrix-stack-synapse-media"
     steps = [_password_step(stack), *_credential_steps(cfg, stack)]
     steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
+    steps += _key_steps(cfg, stack, lambda args: _docker_restic(cfg, args))
     by_host: dict[str, list[str]] = {}
     for name in stopped:
         by_host.setdefault(_docker_prefix(cfg, name), []).append(name)
@@ -362,7 +365,6 @@ def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) 
     steps.append(Step("Restore the media store into its volume (files keep their owner).",
                       _docker_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {hs.MEDIA_STORE}",
                                      mounts=[f"{media_volume}:{hs.MEDIA_STORE}"])))
-    steps += _key_steps(cfg, stack, lambda args: _docker_restic(cfg, args))
     for prefix, names in by_host.items():
         steps.append(Step("Start Synapse again: main first, then the workers and the proxy.",
                           f"{prefix}docker start {' '.join(names)}"))
@@ -372,8 +374,8 @@ def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) 
 def _key_steps(cfg: StackConfig, stack: str, restic: object) -> list[Step]:
     assert callable(restic)
     path = f"{KEYS}/signing_key"
-    return [Step("Only when the Pulumi state that generated it is lost too: bring the signing key back into the "
-                 "stack (Synapse's federation identity), then run `pulumi up`.",
+    return [Step("Only when the Pulumi state that generated it is lost too: bring Synapse's signing key (its "
+                 "federation identity) back into the stack, then run `pulumi up` to recreate what was lost.",
                  f"{restic(f'dump --host {SNAPSHOT_HOST} latest {path}')} | "
                  f"pulumi config set --stack {stack} --secret matrix-stack:signing_key")]
 
@@ -429,6 +431,7 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
                           f"{kubectl} create secret generic backup-restore-sftp --from-file=sftp-key "
                           "--from-file=known_hosts"))
     steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
+    steps += _key_steps(cfg, stack, lambda args: _k8s_restic(cfg, args))
     workloads = [f"{'statefulset' if hs.uses_media_store(cfg, p) else 'deployment'}/{p.name}"
                  for p in hs.topology(cfg).processes] + ["deployment/synapse-proxy"]
     steps.append(Step("Stop every Synapse process and the proxy; PostgreSQL keeps running. After a lost "
@@ -446,7 +449,6 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
     steps.append(Step("Restore the media store into its claim (files keep their owner).",
                       _k8s_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {hs.MEDIA_STORE}",
                                   mounts=[("synapse-media", hs.MEDIA_STORE, False)])))
-    steps += _key_steps(cfg, stack, lambda args: _k8s_restic(cfg, args))
     steps.append(Step("Start Synapse again with the stack's replica counts.", f"pulumi up --stack {stack}"))
     if isinstance(cfg.backup.repository, SftpRepository):
         steps.append(Step("Remove the SFTP files.", f"{kubectl} delete secret backup-restore-sftp && rm sftp-key known_hosts"))
