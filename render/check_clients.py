@@ -44,6 +44,8 @@ VERSIONS = "/_matrix/client/versions"
 LOGIN = "/_matrix/client/v3/login"
 LOGOUT = "/_matrix/client/v3/logout"
 AUTH_METADATA = "/_matrix/client/v1/auth_metadata"
+# Where homeservers older than Matrix 1.15 publish it; matrix-rust-sdk asks there second.
+AUTH_METADATA_UNSTABLE = "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata"
 SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 SLIDING_SYNC_FEATURE = "org.matrix.simplified_msc3575"
 RTC_FOCI = "org.matrix.msc4143.rtc_foci"
@@ -203,30 +205,32 @@ def _oauth_problems(metadata: dict[str, Any], secure: bool) -> list[str]:
     return problems
 
 
-def check_login(login: Response, auth_metadata: Response, *, secure: bool = True) -> Verdict:
+def check_login(login: Response, auth_metadata: Response, *, secure: bool = True,
+                metadata_path: str = AUTH_METADATA) -> Verdict:
     """Element X signs in with OAuth 2.0 when the homeserver names an authorization server, else
-    with a password. `secure`: the homeserver is on https, so its OAuth URLs must be too."""
+    with a password. `secure`: the homeserver is on https, so its OAuth URLs must be too.
+    `metadata_path`: where `auth_metadata` was answered."""
     name = "login"
     if auth_metadata.status == 200:
         metadata = _json_object(auth_metadata)
         if metadata is None:
-            return _fail(name, f"{AUTH_METADATA} answered 200 without a JSON object")
+            return _fail(name, f"{metadata_path} answered 200 without a JSON object")
         problems = _oauth_problems(metadata, secure)
         if problems:
             # Element X prefers OAuth 2.0 when it is offered: broken metadata breaks sign-in.
-            return _fail(name, f"OAuth 2.0 metadata at {AUTH_METADATA} is unusable: " + "; ".join(problems))
-        return _pass(name, f"OAuth 2.0 through {metadata['issuer']} ({AUTH_METADATA})")
+            return _fail(name, f"OAuth 2.0 metadata at {metadata_path} is unusable: " + "; ".join(problems))
+        return _pass(name, f"OAuth 2.0 through {metadata['issuer']} ({metadata_path})")
     # Otherwise (404 M_UNRECOGNIZED from a homeserver without an authorization server) Element X
     # falls back to the login flows.
     doc = _json_object(login) if login.status == 200 else None
     flows = doc.get("flows") if doc else None
     if not isinstance(flows, list):
-        return _fail(name, f"no OAuth 2.0 ({AUTH_METADATA}: {auth_metadata.describe()}) and GET {LOGIN} "
+        return _fail(name, f"no OAuth 2.0 ({metadata_path}: {auth_metadata.describe()}) and GET {LOGIN} "
                            f"answered {login.describe()} without flows")
     types = [f.get("type") for f in flows if isinstance(f, dict)]
     if "m.login.password" in types:
         return _pass(name, f"password (m.login.password in GET {LOGIN}); no OAuth 2.0 ({auth_metadata.describe()})")
-    return _fail(name, f"neither OAuth 2.0 ({AUTH_METADATA}: {auth_metadata.describe()}) nor m.login.password "
+    return _fail(name, f"neither OAuth 2.0 ({metadata_path}: {auth_metadata.describe()}) nor m.login.password "
                        f"(GET {LOGIN} offers {', '.join(map(str, types)) or 'nothing'})")
 
 
@@ -379,7 +383,13 @@ def run(server: str, creds: Credentials, *, calls_required: bool = False, get: F
         else:
             sync = get("POST", base + SLIDING_SYNC + "?timeout=0", token=token, body=SLIDING_SYNC_BODY) if token else None
             verdicts.append(check_sliding_sync_request(sync))
-        verdicts.append(check_login(get("GET", base + LOGIN), get("GET", base + AUTH_METADATA), secure=secure))
+        metadata_path, auth_metadata = AUTH_METADATA, get("GET", base + AUTH_METADATA)
+        if auth_metadata.status != 200:
+            unstable = get("GET", base + AUTH_METADATA_UNSTABLE)
+            if unstable.status == 200:
+                metadata_path, auth_metadata = AUTH_METADATA_UNSTABLE, unstable
+        verdicts.append(check_login(get("GET", base + LOGIN), auth_metadata, secure=secure,
+                                    metadata_path=metadata_path))
         features = (_json_object(versions) or {}).get("unstable_features")
         rtc_endpoint = isinstance(features, dict) and features.get(RTC_FEATURE) is True
         transports = get("GET", base + RTC_TRANSPORTS, token=token) if rtc_endpoint and token else None

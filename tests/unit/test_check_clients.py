@@ -401,3 +401,21 @@ class socket_bound:  # noqa: N801 - used as a context manager
 
     def __exit__(self, *_exc: object) -> None:
         self.sock.close()
+
+
+def test_oauth_metadata_is_found_at_the_unstable_path_of_older_homeservers() -> None:
+    fake = deployment()
+    fake.answers[("GET", BASE + cc.AUTH_METADATA_UNSTABLE)] = js(200, OAUTH)
+    fake.answers[("GET", BASE + cc.LOGIN)] = js(200, {"flows": [{"type": "m.login.sso"}]})
+    verdicts = {v.requirement: v for v in cc.run("https://example.org", cc.Credentials(), get=fake)}
+    assert verdicts["login"].status == "PASS", verdicts["login"]
+    assert cc.AUTH_METADATA_UNSTABLE in verdicts["login"].reason
+
+
+def test_the_stable_oauth_metadata_is_judged_first() -> None:
+    fake = deployment()
+    fake.answers[("GET", BASE + cc.AUTH_METADATA)] = js(200, OAUTH | {"registration_endpoint": None})
+    fake.answers[("GET", BASE + cc.AUTH_METADATA_UNSTABLE)] = js(200, OAUTH)
+    verdicts = {v.requirement: v for v in cc.run("https://example.org", cc.Credentials(), get=fake)}
+    assert verdicts["login"].status == "FAIL" and cc.AUTH_METADATA + " is unusable" in verdicts["login"].reason
+    assert ("GET", BASE + cc.AUTH_METADATA_UNSTABLE, None, None) not in fake.requests
