@@ -20,7 +20,7 @@ from config.model import StackConfig
 PUBLIC: dict[str, Any] = {"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}}
 S3 = {"kind": "s3", "endpoint": "https://s3.example.net", "bucket": "matrix-backups"}
 SFTP = {"kind": "sftp", "host": "vault.example.net", "user": "backup", "path": "/srv/restic",
-        "known_hosts": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}
+        "known_hosts": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleHostKeyReplaceItWithSshKeyscanOutput"}
 SECRET = "hunter2-Zq8xK3mP9vL"
 
 
