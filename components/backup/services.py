@@ -53,7 +53,7 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
     repo = cfg.backup.repository
     scripts = [File(render.BACKUP_SCRIPT, render.backup_script(cfg, databases), mode=0o555)]
     secret_files = [File(render.PASSWORD_FILE, secrets[PASSWORD], secret=True, mode=0o400)]
-    for name in render.KEY_FILES:
+    for name in render.key_files(cfg):
         secret_files.append(File(f"{render.KEYS}/{name}", secrets[name], secret=True, mode=0o400))
     if isinstance(repo, S3Repository):
         secret_files.append(File(render.S3_ENV_FILE, _s3_env(secrets), secret=True, mode=0o400))
@@ -76,7 +76,9 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
                          files=[*scripts, *secret_files, *dump_files], volumes=list(volumes),
                          writable_paths=(render.SCRATCH,), **common)  # type: ignore[arg-type]
         return [backup, check]
-    scratch = Volume(SCRATCH_VOLUME, render.SCRATCH, size="20Gi", owner=dump_user(cfg))
+    # Root's: crond runs the backup as root, and the dump container runs as root too (its
+    # command is our script, not the image's entrypoint), with no capability.
+    scratch = Volume(SCRATCH_VOLUME, render.SCRATCH, size="20Gi")
     backup = Service(name=render.BACKUP_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "backup"),
                      files=[*scripts, *secret_files], volumes=[*volumes, scratch], **common)  # type: ignore[arg-type]
     check.volumes.append(scratch)
@@ -88,7 +90,6 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
         args=(render.DUMP_SCRIPT,),
         files=dump_files,
         volumes=[scratch],
-        user=dump_user(cfg),
         read_only_root=True,
         resources=Resources(cpu_request="50m", memory_request="64Mi", memory_limit="1Gi"),
     )
