@@ -15,7 +15,6 @@ import pulumi
 
 from components.platform.spec import File, Resources, Service, Volume
 from components.synapse import homeserver as hs
-from config import images
 from config.model import KubernetesTarget, S3Repository, SftpRepository, StackConfig, VolumeRepository
 
 from . import render
@@ -41,8 +40,10 @@ def _s3_env(secrets: Mapping[str, pulumi.Input[str]]) -> pulumi.Input[str]:
     return pulumi.Output.all(key_id, key).apply(lambda values: render.s3_env(values[0], values[1]))
 
 
-def dump_user(cfg: StackConfig) -> str | None:
-    return images.facts_for(render.dump_image(cfg)).user
+def database_secrets(cfg: StackConfig) -> list[str]:
+    """The secret holding each database's password, in render.databases order: names the
+    owning parts share with the backup (Contribution.shared_secrets)."""
+    return ["postgres"] + (["mas_database"] if cfg.mas.enabled else [])
 
 
 def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[str, pulumi.Input[str]],

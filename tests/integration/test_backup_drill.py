@@ -44,7 +44,8 @@ from .workload import PASSWORD, Facts, run_workload
 COUNTS = {"event_persister": 1, "media_repository": 1}
 # Random bytes: nothing for restic to compress or deduplicate within the first backup.
 MEDIA_SIZES = (1024, 200 * 1024, 3 * 1024 * 1024, 5 * 1024 * 1024)
-RESTIC_PASSWORD = "drill-repository-password"  # what the stack output would hold
+# The repository's password when the stack renders no backup service of its own.
+RESTIC_PASSWORD = "drill-repository-password"
 
 
 def drill_config() -> dict[str, Any]:
@@ -130,6 +131,9 @@ def drill() -> Iterator[Drill]:
     result = render(raw)
     base = Path(tempfile.mkdtemp(prefix="backup-drill-"))
     entries = backup_entries(result, RESTIC_PASSWORD)
+    # What the backup service received: the stack output the procedure's first step reads.
+    restic_password = next(f["content"] for e in entries for f in e["files"]
+                           if f["path"] == backup_render.PASSWORD_FILE)
     reloc = relocation(result, entries, base)
     cluster = Cluster(result, workdir=base)
     materialize_backup(entries, reloc)
@@ -194,7 +198,7 @@ def drill() -> Iterator[Drill]:
             again.start_proxy()
 
         restore = Restore(result.cfg, {e["service"].name: e["service"] for e in [*result.services, *entries]},
-                          reloc, base, RESTIC_PASSWORD, stop, start, base / "pg-socket",
+                          reloc, base, restic_password, stop, start, base / "pg-socket",
                           hs.POSTGRES_PORT)
         for step in steps:
             restore.step(step.command)
