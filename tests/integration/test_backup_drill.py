@@ -181,6 +181,10 @@ def drill() -> Iterator[Drill]:
             outcome.generated_keys = [r.name for r in redeployed.resources if r.name.startswith("synapse-signing-key")]
             again = Cluster(redeployed, workdir=base)
             again.start_postgres()
+            # The redeployed Synapse starts on the empty database and creates its schema, which
+            # the restore then replaces (pg_restore --clean).
+            again.start_redis()
+            again.start_main()
             return again
 
         def stop(names: list[str]) -> None:
@@ -188,11 +192,11 @@ def drill() -> Iterator[Drill]:
             assert set(names) == expected, f"the procedure stops {names}, the cluster runs {sorted(expected)}"
             if state["cluster"] is None:
                 state["cluster"] = redeploy()
+            state["cluster"].stop_processes(names)
 
         def start(names: list[str]) -> None:
             again = state["cluster"]
             assert names[0] == "synapse-main", names
-            again.start_redis()
             again.start_main()
             again.start_workers()
             again.start_proxy()
