@@ -591,18 +591,6 @@ def _acme_email(cfg: StackConfig) -> list[Finding]:
     return []
 
 
-@check("cloudflare.enabled", "cloudflare.zone", "hostnames", "server_name", "coturn.enabled")
-def _hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
-    found: list[Finding] = []
-    if cfg.cloudflare.enabled and cfg.cloudflare.zone:
-        zone = cfg.cloudflare.zone
-        for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy", *(("turn",) if cfg.coturn.enabled else ())):
-            host = cfg.host(name)
-            if host != zone and not host.endswith("." + zone):
-                found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))
-    return found
-
-
 @check("synapse.federation", "server_name")
 def _federation_names_and_authorities(cfg: StackConfig) -> list[Finding]:
     fed = cfg.synapse.federation
