@@ -12,13 +12,23 @@ import pytest
 
 import config
 from components.platform import kubernetes as kube
-from components.platform.spec import File, HealthCheck, Port, PortRange, Resources, Service, Volume
+from components.platform.spec import (
+    Edge,
+    EdgeCertificate,
+    File,
+    HealthCheck,
+    Port,
+    PortRange,
+    Resources,
+    Service,
+    Volume,
+)
 from components.synapse import homeserver as hs
 from render import offline
 from tests.conftest import stack_raw
 
 CTX = kube.Context(namespace="matrix", storage_class="fast", ingress_class="nginx",
-                   cert_manager_issuer="letsencrypt", max_body="100M", default_hostnames=("example.org",))
+                   cert_manager_issuer="letsencrypt", max_body="100M")
 SYNAPSE_KINDS = ("Deployment", "StatefulSet")
 
 
@@ -170,12 +180,16 @@ def test_host_network_exposure_puts_the_sfu_on_the_node() -> None:
     assert objects["namespace-matrix"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
-PROXY_CONF = "server {\n    server_name example.org matrix.example.org;\n}\nserver {\n    server_name call.example.org;\n}\n"
+EDGE_HOSTS = ("example.org", "matrix.example.org", "call.example.org")
 
 
-def _proxy() -> Service:
-    return _svc("synapse-proxy", files=[File("/etc/nginx/nginx.conf", PROXY_CONF)],
-                ports=[Port("http", 8080, public=True), Port("status", 8081)])
+def _proxy(tls: bool = True) -> Service:
+    return _svc("synapse-proxy", files=[File("/etc/nginx/nginx.conf", "events {}\n")],
+                ports=[Port("http", 8080, public=True), Port("status", 8081)], edge=Edge(EDGE_HOSTS, tls))
+
+
+def _held(*hosts: str) -> EdgeCertificate:
+    return EdgeCertificate(hosts, "CERT", "KEY")
 
 
 def _backends(ingress: dict[str, Any]) -> list[dict[str, Any]]:
@@ -200,8 +214,7 @@ def test_ingress_routes_every_host_the_proxy_serves_to_its_plain_http_port() -> 
 
 
 def test_proxied_hosts_get_the_origin_ca_ingress_and_direct_ones_cert_manager() -> None:
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org", "matrix.example.org"}))
-    objects = kube.render([_proxy()], ctx, origin_ca=("CERT", "KEY"))
+    objects = kube.render([_proxy()], CTX, _held("example.org", "matrix.example.org"))
     origin, direct = objects["ingress-synapse-proxy-origin-ca"], objects["ingress-synapse-proxy"]
     assert origin["spec"]["tls"] == [{"hosts": ["example.org", "matrix.example.org"],
                                       "secretName": kube.ORIGIN_CA_SECRET}]
@@ -219,19 +232,12 @@ def test_proxied_hosts_get_the_origin_ca_ingress_and_direct_ones_cert_manager() 
 
 
 def test_an_ingress_without_hosts_is_not_emitted() -> None:
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org", "matrix.example.org", "call.example.org"}))
-    objects = kube.render([_proxy()], ctx, origin_ca=("CERT", "KEY"))
+    objects = kube.render([_proxy()], CTX, _held(*EDGE_HOSTS))
     assert [k for k in objects if k.startswith("ingress-")] == ["ingress-synapse-proxy-origin-ca"]
 
 
-def test_an_origin_ca_ingress_without_its_certificate_is_an_error() -> None:
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org"}))
-    with pytest.raises(ValueError, match="Origin CA"):
-        kube.render([_proxy()], ctx)
-
-
 def test_a_plain_http_stack_gets_an_ingress_without_tls() -> None:
-    objects = kube.render([_proxy()], dataclasses.replace(CTX, tls=False))
+    objects = kube.render([_proxy(tls=False)], CTX)
     ingress = objects["ingress-synapse-proxy"]
     assert "tls" not in ingress["spec"]
     assert "cert-manager.io/cluster-issuer" not in ingress["metadata"]["annotations"]
@@ -239,10 +245,10 @@ def test_a_plain_http_stack_gets_an_ingress_without_tls() -> None:
 
 def test_rendering_is_deterministic() -> None:
     services = [_livekit(), _svc("db", volumes=[Volume("d", "/d")], files=[File("/c", "x", group="g")]), _proxy()]
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"matrix.example.org", "example.org"}))
-    first = kube.render(copy.deepcopy(services), ctx, origin_ca=("CERT", "KEY"))
-    assert first == kube.render(services, ctx, origin_ca=("CERT", "KEY"))
-    assert list(first) == list(kube.render(services, ctx, origin_ca=("CERT", "KEY")))
+    held = _held("matrix.example.org", "example.org")
+    first = kube.render(copy.deepcopy(services), CTX, held)
+    assert first == kube.render(services, CTX, held)
+    assert list(first) == list(kube.render(services, CTX, held))
 
 
 # ---------------------------------------------------------------- the program under mocks
@@ -454,6 +460,6 @@ def test_pod_checksum_covers_secret_env_and_is_keyed() -> None:
     assert kube.checksum(base) != kube.checksum(rotated)
     # Keyed, the annotation says nothing a guess at the secrets could confirm.
     plain = kube.checksum(base)
-    assert kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k1") != plain
-    assert kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k1") != \
-        kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k2")
+    assert kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k1") != plain
+    assert kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k1") != \
+        kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k2")
