@@ -7,6 +7,7 @@ The modules imported here are declarations only: each part loads its SDKs inside
 
 from __future__ import annotations
 
+from components.backup import Backup
 from components.coturn import Coturn
 from components.dns import PublicDns
 from components.element_call import ElementCall
@@ -25,6 +26,7 @@ PARTS: list[Part] = [
     Coturn(),
     Tls(),
     PublicDns(),
+    Backup(),
 ]
 
 

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 
 import pulumi
 
-from components.platform.spec import File, Resources, Service, Volume
+from components.platform.spec import File, Resources, Service, Step, Volume
 from components.synapse import homeserver as hs
+from components.synapse.services import SYNAPSE_USER
+from config import images
 from config.model import KubernetesTarget, S3Repository, SftpRepository, StackConfig, VolumeRepository
 
 from . import render
@@ -38,6 +40,10 @@ def _s3_env(secrets: Mapping[str, pulumi.Input[str]]) -> pulumi.Input[str]:
     if isinstance(key_id, str) and isinstance(key, str):
         return render.s3_env(key_id, key)
     return pulumi.Output.all(key_id, key).apply(lambda values: render.s3_env(values[0], values[1]))
+
+
+def dump_user(cfg: StackConfig) -> str | None:
+    return images.facts_for(render.dump_image(cfg)).user
 
 
 def database_secrets(cfg: StackConfig) -> list[str]:
@@ -67,22 +73,27 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
     if isinstance(repo, VolumeRepository):
         volumes.append(Volume(repo.name, render.REPOSITORY_MOUNT, size=repo.size))
     resources = Resources(cpu_request="100m", memory_request="256Mi", memory_limit="2Gi")
-    common = dict(component=render.COMPONENT, image=cfg.backup.image, read_only_root=True,
-                  resources=resources, labels={"matrix-stack.backup-job": "true"})
-    check = Service(name=render.CHECK_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "check"),
-                    files=[*scripts, *secret_files], volumes=list(volumes),
-                    writable_paths=(render.SCRATCH,) if kubernetes else (), **common)  # type: ignore[arg-type]
-    if kubernetes:
-        backup = Service(name=render.BACKUP_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "backup"),
-                         files=[*scripts, *secret_files, *dump_files], volumes=list(volumes),
-                         writable_paths=(render.SCRATCH,), **common)  # type: ignore[arg-type]
-        return [backup, check]
-    # Root's: crond runs the backup as root, and the dump container runs as root too (its
-    # command is our script, not the image's entrypoint), with no capability.
+    schedule, check_schedule = cfg.backup.schedule, cfg.backup.check_schedule
+    # The dumps and restic's cache: a volume, since a database's dump outgrows a scratch dir.
     scratch = Volume(SCRATCH_VOLUME, render.SCRATCH, size="20Gi")
-    backup = Service(name=render.BACKUP_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "backup"),
-                     files=[*scripts, *secret_files], volumes=[*volumes, scratch], **common)  # type: ignore[arg-type]
-    check.volumes.append(scratch)
+    if kubernetes:
+        # The media store's owner, so nothing needs root; the claims' group (fsGroup) lets it
+        # write the repository and the scratch claim. The dump runs first in the same pod, as
+        # the PostgreSQL image's user.
+        user = SYNAPSE_USER
+        dump_step = Step("dump", render.dump_image(cfg), ("/bin/sh", render.DUMP_SCRIPT), user=dump_user(cfg))
+        backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files, *dump_files],
+                      [*volumes, scratch], resources, user=user, steps=(dump_step,))
+        check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
+                     [*volumes, scratch], resources, user=user)
+        return [backup, check]
+    # Docker: crond runs the jobs as root (docker.scheduled); the dump container runs as root
+    # too (its command is our script, not the image's entrypoint), without capabilities, and
+    # the scratch volume they share is root's.
+    backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files], [*volumes, scratch],
+                  resources)
+    check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
+                 [*volumes, scratch], resources)
     dump = Service(
         name=render.DUMP_SERVICE,
         component=render.COMPONENT,
@@ -97,7 +108,19 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
     return [dump, backup, check]
 
 
-def synapse_secrets_needed() -> tuple[str, ...]:
-    """What the backup reads of the Synapse cluster's secrets."""
-    return ("postgres", *render.KEY_FILES)
-
+def _job(cfg: StackConfig, name: str, mode: str, schedule: str, files: list[File], volumes: list[Volume],
+         resources: Resources, *, user: str | None = None, steps: tuple[Step, ...] = ()) -> Service:
+    return Service(
+        name=name,
+        component=render.COMPONENT,
+        image=cfg.backup.image,
+        entrypoint=("/bin/sh",),
+        args=(render.BACKUP_SCRIPT, mode),
+        files=list(files),
+        volumes=list(volumes),
+        user=user,
+        read_only_root=True,
+        resources=resources,
+        schedule=schedule,
+        steps=steps,
+    )

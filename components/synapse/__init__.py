@@ -43,8 +43,7 @@ class SynapseCluster(Part):
         for secret in secret_names(cfg):
             if secret == "signing_key" and cfg.signing_key is not None:
                 # A server's identity brought back from a backup (README, "Backups").
-                values[secret] = pulumi.Output.secret(cfg.signing_key.get_secret_value().strip() + "
-")
+                values[secret] = pulumi.Output.secret(cfg.signing_key.get_secret_value().strip() + "\n")
             elif secret == "signing_key":
                 values[secret] = gen.ed25519_signing_key(f"{self.name}-signing-key", component, protect=cfg.protect)
             elif secret == "postgres" and cfg.database_password is not None:
@@ -59,6 +58,7 @@ class SynapseCluster(Part):
         component.register_outputs({"processes": [p.name for p in topology.processes]})
         return Contribution(
             parent=component,
+            shared_secrets={name: values[name] for name in ("postgres", "signing_key")},
             services=cluster_services(cfg, values, inputs(ctx.built)),
             outputs={
                 "server_name": cfg.server_name,
