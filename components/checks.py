@@ -14,7 +14,7 @@ from config.model import KubernetesTarget, StackConfig
 TOPOLOGY = ("synapse.workers",)
 # Which optional parts run.
 PART_SWITCHES = ("element_call.enabled", "ntfy.enabled", "coturn.enabled", "element_web.enabled",
-                 "element_web.mode")
+                 "element_web.mode", "mas.enabled", "mas.database.kind")
 # What decides the public hostnames and their certificates (components/tls/plan.py).
 CERTIFICATES = ("target", "tls.mode", "server_name", "hostnames", "cloudflare.enabled", "cloudflare.proxy_http",
                 *PART_SWITCHES)
@@ -50,6 +50,7 @@ def extra_config(cfg: StackConfig) -> list[Finding]:
 @check(*CERTIFICATES, *TOPOLOGY, "synapse.database.kind")
 def placement(cfg: StackConfig) -> list[Finding]:
     from components import parts
+    from components.mas import services as mas
     from components.platform import placement
     from components.synapse import services
     from components.tls import ACME_SERVICE
@@ -58,7 +59,15 @@ def placement(cfg: StackConfig) -> list[Finding]:
     cluster = services.service_names(cfg)
     # The ACME client shares its certificate and webroot volumes with the proxy.
     acme = [ACME_SERVICE] if runs_acme_client(cfg) else []
-    return placement.check(cfg, cluster + parts.service_names(cfg) + acme, [sorted(cluster + acme)])
+    return placement.check(cfg, cluster + parts.service_names(cfg) + mas.service_names(cfg) + acme,
+                           [sorted(cluster + acme)])
+
+
+@check("mas.enabled", "mas.database.kind", "synapse.database.kind", "target")
+def mas_beside_its_database(cfg: StackConfig) -> list[Finding]:
+    from components.mas import services as mas
+
+    return mas.placement_check(cfg)
 
 
 @check("cloudflare.enabled", "cloudflare.proxy_http", "tls.mode", "server_name", "synapse.max_upload_size")

@@ -33,6 +33,9 @@ NTFY = "binwiederhier/ntfy:v2.14.0"
 ELEMENT_WEB = "vectorim/element-web:v1.12.26"
 COTURN = "coturn/coturn:4.7.0"
 CERTBOT = "certbot/certbot:v4.1.1"
+# The tag whose config schema ../shared/reference/mas/ holds (a new pin needs that version's schema).
+MAS_VERSION = "1.22.0"
+MAS = f"ghcr.io/element-hq/matrix-authentication-service:{MAS_VERSION}"
 
 # BusyBox applets every Alpine-based image has on PATH (alpine-baselayout + busybox).
 BUSYBOX = frozenset({"sh", "wget", "grep", "sed", "ls", "cat", "test", "["})
@@ -166,6 +169,17 @@ _COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", 
 
 _CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1")
 
+_MAS_TAG = "v1.22.0"  # git tag f28451c4e5; the image tag is the version without 'v' (build.yaml, type=semver)
+_MAS_DOCKERFILE = Source("element-hq/matrix-authentication-service", "Dockerfile", _MAS_TAG)
+_MAS_NONROOT = Source("GoogleContainerTools/distroless", "common/variables.bzl", "2bbbfedeee",
+                      "NONROOT = 65532: the user of the distroless :nonroot base the Dockerfile names")
+_MAS_HTTP = Source("element-hq/matrix-authentication-service", "crates/config/src/sections/http.rs", _MAS_TAG,
+                   "HttpConfig::default: web on [::]:8080, health on a second listener (8081)")
+_MAS_HEALTH = Source("element-hq/matrix-authentication-service", "crates/router/src/endpoints.rs", _MAS_TAG,
+                     "Healthcheck::PATH")
+_MAS_CONFIG = Source("element-hq/matrix-authentication-service", "crates/cli/src/commands/mod.rs", _MAS_TAG,
+                     "MAS_CONFIG, else config.yaml in the WORKDIR /")
+
 IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ImageFacts(
         image=SYNAPSE,
@@ -294,6 +308,18 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         wget=True,
         tools=BUSYBOX | {"certbot", "python3", "openssl", "chown", "chmod", "cp", "mv", "mkdir", "sleep"},
         port=80,
+    ),
+    ImageFacts(
+        image=MAS,
+        sources=_sources(_MAS_DOCKERFILE, user=_MAS_NONROOT, port=_MAS_HTTP, health_path=_MAS_HEALTH,
+                         config_path=_MAS_CONFIG),
+        user="65532:65532",  # FROM gcr.io/distroless/cc-debian13:nonroot, no USER of its own
+        entrypoint=("/usr/local/bin/mas-cli",),
+        # distroless (not its :debug variant): no shell, no wget or curl, no health-check program
+        tools=frozenset({"mas-cli"}),
+        port=8080,
+        config_path="/config.yaml",
+        health_path="/health",
     ),
 )
 

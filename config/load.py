@@ -28,7 +28,8 @@ from .model import StackConfig
 
 NAMESPACE = "matrix-stack"
 SECRET_FIELDS = tuple(
-    name for name, field in StackConfig.model_fields.items() if field.annotation == SecretStr | None
+    name for name, field in StackConfig.model_fields.items()
+    if field.annotation in (SecretStr | None, dict[str, SecretStr] | None)
 )
 
 _PATTERN_WORDS = {

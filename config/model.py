@@ -77,6 +77,7 @@ class Hostnames(Strict):
     app: Hostname | None = None
     ntfy: Hostname | None = None
     turn: Hostname | None = None
+    auth: Hostname | None = Field(None, description="the Matrix Authentication Service's own site")
 
 
 # ---------------------------------------------------------------- targets
@@ -440,6 +441,96 @@ class Tls(Strict):
     )
 
 
+# ---------------------------------------------------------------- matrix authentication service
+# Typed settings only: components/mas/render.py builds MAS's config.yaml from these, so a key
+# MAS does not know (and would silently ignore: it does not refuse unknown keys) cannot be written.
+
+ULID_RE = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
+PROVIDER_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+class MasBundledDatabase(Strict):
+    """A second database and role in the bundled PostgreSQL (synapse.database must be bundled)."""
+
+    kind: Literal["bundled"] = "bundled"
+
+
+class MasExternalDatabase(Strict):
+    kind: Literal["external"]
+    host: str
+    port: Port = 5432
+    name: str = "mas"
+    user: str = "mas"
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+
+
+MasDatabase = Annotated[MasBundledDatabase | MasExternalDatabase, Field(discriminator="kind")]
+
+ClaimAction = Literal["ignore", "suggest", "force", "require"]
+
+
+class ClaimImport(Strict):
+    action: ClaimAction = "suggest"
+    template: str | None = Field(None, description="a Jinja template over the provider's claims, e.g. "
+                                 "'{{ user.preferred_username }}'; unset = MAS's default for the claim")
+
+
+class ClaimsMapping(Strict):
+    """How a provider's claims become the MAS user (MAS's claims_imports)."""
+
+    subject: str | None = Field(None, description="template of the stable subject; unset = '{{ user.sub }}'")
+    localpart: ClaimImport = ClaimImport(action="require")
+    displayname: ClaimImport = ClaimImport()
+    email: ClaimImport = ClaimImport()
+    skip_confirmation: bool = False
+
+
+class UpstreamProvider(Strict):
+    """An upstream OpenID Connect provider. Its client secret is the secret config key
+    mas_client_secrets, an object of provider name -> secret."""
+
+    name: Annotated[str, Field(pattern=PROVIDER_NAME_RE.pattern)] = Field(
+        ..., description="a short name: the key of its secret in mas_client_secrets")
+    issuer: str | None = Field(None, description="the OIDC issuer URL (discovery reads its metadata)")
+    client_id: str | None = None
+    id: Annotated[str, Field(pattern=ULID_RE.pattern)] | None = Field(
+        None, description="MAS's provider ULID; unset = derived from the stack's server name and `name`")
+    human_name: str | None = None
+    brand_name: str | None = Field(None, description="apple, google, facebook, github, gitlab, twitter, discord")
+    scopes: list[Annotated[str, Field(pattern=r"^[!#-\[\]-~]+$")]] = Field(
+        default_factory=lambda: ["openid", "profile", "email"])
+    token_endpoint_auth_method: Literal["none", "client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    synapse_idp_id: str | None = Field(None, description="the provider's id in Synapse ('oidc-<idp_id>'), "
+                                       "for syn2mas to carry its users' links over")
+    claims: ClaimsMapping = ClaimsMapping()
+
+    @property
+    def needs_secret(self) -> bool:
+        return self.token_endpoint_auth_method != "none"
+
+
+class Mas(Strict):
+    """The Matrix Authentication Service: logins, registration and sessions move from Synapse
+    to MAS (OAuth 2.0 / OIDC), which Element X needs for OIDC sign-in and QR login."""
+
+    enabled: bool = False
+    image: Image = images.MAS
+    database: MasDatabase = MasBundledDatabase()
+    passwords: bool = Field(True, description="local password logins in MAS; false = upstream providers only")
+    upstream_oauth2: list[UpstreamProvider] = Field(default_factory=list)
+    import_synapse_passwords: bool = Field(
+        False, description="accept Synapse's bcrypt hashes (a stack migrated with syn2mas): a bcrypt scheme "
+        "as version 1, argon2id as version 2 for new hashes")
+    syn2mas: bool = Field(
+        False, description="migration mode (docs/mas.md): MAS runs beside Synapse's own logins, with read "
+        "access to Synapse's database, until `mas-cli syn2mas migrate` has imported its users")
+
+    @property
+    def owns_logins(self) -> bool:
+        """MAS serves logins and registration, and Synapse delegates to it."""
+        return self.enabled and not self.syn2mas
+
+
 # ---------------------------------------------------------------- the stack
 
 
@@ -468,6 +559,7 @@ class StackConfig(Strict):
     element_web: ElementWeb = ElementWeb()
     cloudflare: Cloudflare = Cloudflare()
     tls: Tls = Tls()
+    mas: Mas = Mas()
     protect: bool = Field(False, description="protect and retain stateful data (prod)")
     # Secret inputs: accepted only from `pulumi config set --secret` or ESC (checked by the loader).
     smtp_password: SecretStr | None = None
@@ -475,6 +567,9 @@ class StackConfig(Strict):
     cloudflare_api_token: SecretStr | None = None
     ldap_bind_password: SecretStr | None = None
     tls_private_key: SecretStr | None = None
+    mas_database_password: SecretStr | None = None
+    # provider name -> client secret, for mas.upstream_oauth2 (one secret key holding an object)
+    mas_client_secrets: dict[str, SecretStr] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -493,7 +588,7 @@ class StackConfig(Strict):
     # ------------------------------------------------------------ derived facts
 
     def host(self, name: str) -> str:
-        """The public hostname for `name` (matrix, call, jwt, livekit, app, ntfy, turn)."""
+        """The public hostname for `name` (matrix, call, jwt, livekit, app, ntfy, turn, auth)."""
         explicit = getattr(self.hostnames, name)
         if explicit:
             return str(explicit)
@@ -591,15 +686,86 @@ def _acme_email(cfg: StackConfig) -> list[Finding]:
     return []
 
 
-@check("cloudflare.enabled", "cloudflare.zone", "hostnames", "server_name", "coturn.enabled")
+@check("cloudflare.enabled", "cloudflare.zone", "hostnames", "server_name", "coturn.enabled", "mas.enabled")
 def _hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
     found: list[Finding] = []
     if cfg.cloudflare.enabled and cfg.cloudflare.zone:
         zone = cfg.cloudflare.zone
-        for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy", *(("turn",) if cfg.coturn.enabled else ())):
+        for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy", *(("turn",) if cfg.coturn.enabled else ()),
+                     *(("auth",) if cfg.mas.enabled else ())):
             host = cfg.host(name)
             if host != zone and not host.endswith("." + zone):
                 found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))
+    return found
+
+
+# Synapse settings MAS replaces: Synapse 1.163 refuses to start with any of them beside
+# matrix_authentication_service (synapse/config/mas.py, check_config_conflicts).
+SYNAPSE_AUTH_KEYS = ("password_config", "password_providers", "oidc_providers", "oidc_config", "saml2_config",
+                     "cas_config", "jwt_config", "enable_registration_captcha", "login_via_existing_session",
+                     "refresh_token_lifetime", "nonrefreshable_access_token_lifetime", "session_lifetime",
+                     "enable_3pid_changes", "user_consent")
+
+
+@check("mas.enabled", "mas.syn2mas", "synapse.ldap", "synapse.extra_config")
+def _mas_replaces_synapse_logins(cfg: StackConfig) -> list[Finding]:
+    if not cfg.mas.owns_logins:
+        return []
+    found: list[Finding] = []
+    if cfg.synapse.ldap is not None:
+        found.append(("synapse.ldap", cfg.synapse.ldap.uri,
+                      "must be unset with mas.enabled: MAS owns password logins and Synapse refuses password "
+                      "providers beside it; reach LDAP through an OIDC bridge (Dex, say) as a "
+                      "mas.upstream_oauth2 provider"))
+    for key in SYNAPSE_AUTH_KEYS:
+        if key in cfg.synapse.extra_config:
+            found.append((f"synapse.extra_config.{key}", None,
+                          "contradicts mas.enabled: MAS owns logins, registration and sessions, and Synapse "
+                          "refuses this setting beside it; configure it in MAS's typed settings (mas.*) instead"))
+    return found
+
+
+@check("mas", "mas_client_secrets", "mas_database_password", "synapse.database.kind")
+def _mas_settings(cfg: StackConfig) -> list[Finding]:
+    mas = cfg.mas
+    if not mas.enabled:
+        return []
+    found: list[Finding] = []
+    secrets = cfg.mas_client_secrets or {}
+    names = [p.name for p in mas.upstream_oauth2]
+    for i, provider in enumerate(mas.upstream_oauth2):
+        where = f"mas.upstream_oauth2[{i}]"
+        if not provider.issuer:
+            found.append((f"{where}.issuer", None, f"required for provider '{provider.name}': the OIDC issuer "
+                          "URL MAS discovers the provider's endpoints and keys from"))
+        elif not provider.issuer.startswith("https://"):
+            found.append((f"{where}.issuer", provider.issuer, "must be an https:// URL"))
+        if not provider.client_id:
+            found.append((f"{where}.client_id", None, f"required for provider '{provider.name}': the client id "
+                          "the provider issued for this MAS"))
+        if names.count(provider.name) > 1:
+            found.append((f"{where}.name", provider.name, "must be unique among mas.upstream_oauth2"))
+        if provider.needs_secret and provider.name not in secrets:
+            found.append(("mas_client_secrets", None, f"needs an entry '{provider.name}' (the provider's client "
+                          "secret); set the whole object with --secret"))
+    for name in sorted(set(secrets) - set(names)):
+        found.append(("mas_client_secrets", None, f"names '{name}', which is no mas.upstream_oauth2 provider"))
+    if not mas.passwords and not mas.upstream_oauth2:
+        found.append(("mas.passwords", False, "nobody could log in: keep passwords on or add a "
+                      "mas.upstream_oauth2 provider"))
+    bundled = isinstance(mas.database, MasBundledDatabase)
+    if bundled and not isinstance(cfg.synapse.database, BundledDatabase):
+        found.append(("mas.database.kind", "bundled", "needs the bundled PostgreSQL (synapse.database.kind: "
+                      "bundled); with an external Synapse database give MAS an external one too"))
+    if not bundled and cfg.mas_database_password is None:
+        found.append(("mas_database_password", None, "required with an external MAS database; set it with --secret"))
+    if mas.syn2mas:
+        if not mas.import_synapse_passwords:
+            found.append(("mas.import_synapse_passwords", False, "must be true with mas.syn2mas: the imported "
+                          "users keep Synapse's bcrypt hashes until they next log in"))
+        if not (bundled and isinstance(cfg.synapse.database, BundledDatabase)):
+            found.append(("mas.syn2mas", True, "needs both databases bundled (the stack grants MAS's role read "
+                          "access to Synapse's database); with external ones follow MAS's migration guide"))
     return found
 
 

@@ -157,11 +157,20 @@ def max_connections(cfg: StackConfig) -> int:
     PostgreSQL)."""
     processes = len(topology(cfg).processes)
     needed = cfg.synapse.database.cp_max * processes + 20
+    if cfg.mas.enabled and cfg.mas.database.kind == "bundled":
+        from components.mas.render import DATABASE_POOL
+
+        needed += DATABASE_POOL + 1  # MAS's pool and its database setup
     return max(100, -(-needed // 100) * 100)
 
 
 def registration_keys(cfg: StackConfig) -> dict[str, Any]:
     mode = cfg.synapse.registration.mode
+    if cfg.mas.owns_logins:
+        # MAS enforces the registration policy (components/mas/render.py); Synapse refuses its own
+        # registration and password login beside matrix_authentication_service.
+        return {"enable_registration": False, "password_config": {"enabled": False},
+                "registration_shared_secret_path": secret_path("registration")}
     keys: dict[str, Any] = {"enable_registration": mode != "closed"}
     if mode == "token":
         keys["registration_requires_token"] = True

@@ -345,6 +345,18 @@ def _plain_http_server(cfg: StackConfig) -> list[str]:
     return lines
 
 
+def _delegated_auth(cfg: StackConfig, address: dict[str, str]) -> list[str]:
+    """With MAS owning logins, its compatibility layer answers login, logout and refresh: the
+    first location, so no Synapse route can match them (MAS's reverse-proxy guide)."""
+    if not cfg.mas.owns_logins:
+        return []
+    from components.mas import render as mas
+
+    upstream = f"{address.get(mas.SERVICE, mas.SERVICE)}:{mas.HTTP_PORT}"
+    return [f"location ~ {mas.COMPAT_PATTERN} {{",
+            *_indent(["set $synapse_route mas;", *_proxy_block(upstream)]), "}"]
+
+
 def well_known_server(cfg: StackConfig) -> dict[str, object]:
     # Federation arrives on the HTTPS port through delegation (443 by default: Cloudflare does not
     # proxy 8448); a Docker host may publish the proxy on another port.
@@ -452,6 +464,7 @@ def render_nginx(
     if syn.federation.deny:
         server += ["if ($synapse_origin_denied) {", "    return 403;", "}"]
     server += well_known
+    server += _delegated_auth(cfg, address)
     for loc in routing.locations:
         body = [f"set $synapse_route {loc.group};"]
         if loc.admin:

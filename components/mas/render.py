@@ -1,0 +1,370 @@
+"""The Matrix Authentication Service's config.yaml, its Synapse side and its database, rendered
+from the typed config. Pure functions.
+
+MAS does not refuse keys it does not know (its config structs do not deny unknown fields), so a
+misspelt key would be silently ignored. Every key here is written by this module from a typed
+setting, and tests/unit/test_mas.py validates each rendered file against MAS's own JSON schema
+for the pinned version, closed so that an unknown key fails.
+
+No secret is inline: MAS reads the encryption key, its signing keys, the homeserver's shared
+secret, database, SMTP and upstream client secrets from files (its `*_file` keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from typing import Any
+
+import yaml
+
+from components.synapse import homeserver as hs
+from config.model import (
+    ClaimImport,
+    KubernetesTarget,
+    MasBundledDatabase,
+    StackConfig,
+    UpstreamProvider,
+)
+
+SERVICE = "mas"
+# Keeps MAS's database and role present in the bundled PostgreSQL (see database_setup_sql).
+DATABASE_SETUP_SERVICE = "mas-database"
+HTTP_PORT = 8080  # the image's own default web listener
+HEALTH_PORT = 8081  # the image's default internal listener; bound on every address for probes
+
+# The image reads MAS_CONFIG, else config.yaml in its WORKDIR (/); a directory of our own keeps
+# the file beside the others a platform mounts.
+CONFIG = "/conf/config.yaml"
+SECRETS_DIR = "/secrets"
+ENCRYPTION_FILE = f"{SECRETS_DIR}/encryption"
+MATRIX_SECRET_FILE = f"{SECRETS_DIR}/matrix_secret"
+DATABASE_PASSWORD_FILE = f"{SECRETS_DIR}/database_password"
+SMTP_PASSWORD_FILE = f"{SECRETS_DIR}/smtp_password"
+# Signing keys: kid -> file. RS256 is what clients expect by default; ES256 beside it.
+SIGNING_KEYS = {"rsa-4096": f"{SECRETS_DIR}/keys/rsa-4096.pem", "ec-p256": f"{SECRETS_DIR}/keys/ec-p256.pem"}
+
+DATABASE_NAME = "mas"
+DATABASE_USER = "mas"
+DATABASE_POOL = 10  # MAS's max_connections, counted into the bundled PostgreSQL's limit
+
+# Synapse reads the shared secret from here (beside its own secrets).
+SYNAPSE_SECRET_PATH = f"{hs.SECRETS_DIR}/mas_shared_secret"
+
+# Where the routing proxy may sit: Docker's private networks, a Kubernetes pod network, loopback.
+TRUSTED_PROXIES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "fd00::/8", "::1/128")
+
+# Crockford's base32, the ULID alphabet.
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def provider_secret_file(provider: UpstreamProvider) -> str:
+    return f"{SECRETS_DIR}/upstream/{provider.name}"
+
+
+def provider_id(cfg: StackConfig, provider: UpstreamProvider) -> str:
+    """The provider's ULID: set, or derived from the server name and its name, so it stays the
+    same across deploys (MAS keys its users' upstream links by it)."""
+    if provider.id:
+        return provider.id
+    number = int.from_bytes(hashlib.sha256(f"{cfg.server_name}/{provider.name}".encode()).digest()[:16], "big")
+    # 26 base32 digits hold 130 bits: the leading digit of a 128-bit number is 0-7, as a ULID's is.
+    return "".join(_CROCKFORD[(number >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def public_base(cfg: StackConfig) -> str:
+    return cfg.url("auth") + "/"
+
+
+def synapse_endpoint(cfg: StackConfig) -> str:
+    """Synapse's client API as MAS dials it: main's own listener on the private network (MAS's
+    /_synapse/mas calls are served by main)."""
+    main = hs.topology(cfg).processes[0]
+    return f"http://{main.name}:{main.port}/"
+
+
+def mas_endpoint() -> str:
+    """MAS as Synapse dials it (token introspection): its web listener on the private network."""
+    return f"http://{SERVICE}:{HTTP_PORT}/"
+
+
+def http_section(cfg: StackConfig) -> dict[str, Any]:
+    web = ["discovery", "human", "oauth", "compat", "graphql", "assets"]
+    return {
+        "public_base": public_base(cfg),
+        "trusted_proxies": list(TRUSTED_PROXIES),
+        "listeners": [
+            {"name": "web", "resources": [{"name": name} for name in web],
+             "binds": [{"host": "0.0.0.0", "port": HTTP_PORT}]},
+            {"name": "internal", "resources": [{"name": "health"}],
+             "binds": [{"host": "0.0.0.0", "port": HEALTH_PORT}]},
+        ],
+    }
+
+
+def database_section(cfg: StackConfig) -> dict[str, Any]:
+    db = cfg.mas.database
+    if isinstance(db, MasBundledDatabase):
+        section: dict[str, Any] = {"host": hs.POSTGRES_SERVICE, "port": hs.POSTGRES_PORT,
+                                   "username": DATABASE_USER, "database": DATABASE_NAME}
+    else:
+        section = {"host": db.host, "port": db.port, "username": db.user, "database": db.name,
+                   "ssl_mode": db.sslmode}
+    section["password_file"] = DATABASE_PASSWORD_FILE
+    section["max_connections"] = DATABASE_POOL
+    return section
+
+
+def matrix_section(cfg: StackConfig) -> dict[str, Any]:
+    return {"kind": "synapse", "homeserver": cfg.server_name, "endpoint": synapse_endpoint(cfg),
+            "secret_file": MATRIX_SECRET_FILE}
+
+
+def secrets_section() -> dict[str, Any]:
+    return {"encryption_file": ENCRYPTION_FILE,
+            "keys": [{"kid": kid, "key_file": path} for kid, path in SIGNING_KEYS.items()]}
+
+
+def passwords_section(cfg: StackConfig) -> dict[str, Any]:
+    section: dict[str, Any] = {"enabled": cfg.mas.passwords}
+    if cfg.mas.import_synapse_passwords:
+        # Synapse's hashes are bcrypt over NFKC-normalised passwords; new hashes are argon2id
+        # (MAS hashes with the highest version and upgrades old hashes at login).
+        section["schemes"] = [{"version": 1, "algorithm": "bcrypt", "unicode_normalization": True},
+                              {"version": 2, "algorithm": "argon2id"}]
+    return section
+
+
+def email_section(cfg: StackConfig) -> dict[str, Any]:
+    """Through the stack's SMTP settings (synapse.smtp), or nowhere."""
+    smtp = cfg.synapse.smtp
+    if smtp is None:
+        return {"transport": "blackhole"}
+    mode = "tls" if smtp.force_tls else "starttls" if smtp.require_transport_security else "plain"
+    section: dict[str, Any] = {"from": smtp.from_address, "reply_to": smtp.from_address, "transport": "smtp",
+                               "mode": mode, "hostname": smtp.host, "port": smtp.port}
+    if smtp.user:
+        section["username"] = smtp.user
+        section["password_file"] = SMTP_PASSWORD_FILE
+    return section
+
+
+def account_section(cfg: StackConfig) -> dict[str, Any]:
+    """The stack's registration policy (synapse.registration.mode), now MAS's to enforce."""
+    mode = cfg.synapse.registration.mode
+    mail = cfg.synapse.smtp is not None
+    return {
+        "password_registration_enabled": cfg.mas.passwords and mode != "closed",
+        "password_registration_email_required": mode == "email",
+        "password_registration_token_required": mode == "token",
+        # Both send a code by mail: without SMTP they could never complete.
+        "password_recovery_enabled": cfg.mas.passwords and mail,
+        "email_change_allowed": mail,
+    }
+
+
+def _claim(claim: ClaimImport) -> dict[str, Any]:
+    out: dict[str, Any] = {"action": claim.action}
+    if claim.template is not None:
+        out["template"] = claim.template
+    return out
+
+
+def provider_section(cfg: StackConfig, provider: UpstreamProvider) -> dict[str, Any]:
+    claims = provider.claims
+    imports: dict[str, Any] = {}
+    if claims.subject is not None:
+        imports["subject"] = {"template": claims.subject}
+    imports.update({"localpart": _claim(claims.localpart), "displayname": _claim(claims.displayname),
+                    "email": _claim(claims.email), "skip_confirmation": claims.skip_confirmation})
+    out: dict[str, Any] = {"id": provider_id(cfg, provider), "issuer": provider.issuer,
+                           "client_id": provider.client_id}
+    if provider.human_name:
+        out["human_name"] = provider.human_name
+    if provider.brand_name:
+        out["brand_name"] = provider.brand_name
+    if provider.synapse_idp_id:
+        out["synapse_idp_id"] = provider.synapse_idp_id
+    out["token_endpoint_auth_method"] = provider.token_endpoint_auth_method
+    if provider.needs_secret:
+        out["client_secret_file"] = provider_secret_file(provider)
+    out["scope"] = " ".join(provider.scopes)
+    out["claims_imports"] = imports
+    # A token-gated stack gates sign-ups through a provider too.
+    out["registration_token_required"] = cfg.synapse.registration.mode == "token"
+    return out
+
+
+def config(cfg: StackConfig) -> dict[str, Any]:
+    """MAS's config.yaml."""
+    conf: dict[str, Any] = {
+        "http": http_section(cfg),
+        "database": database_section(cfg),
+        "matrix": matrix_section(cfg),
+        "secrets": secrets_section(),
+        "passwords": passwords_section(cfg),
+        "email": email_section(cfg),
+        "account": account_section(cfg),
+    }
+    if cfg.mas.upstream_oauth2:
+        conf["upstream_oauth2"] = {"providers": [provider_section(cfg, p) for p in cfg.mas.upstream_oauth2]}
+    return conf
+
+
+def config_yaml(cfg: StackConfig) -> str:
+    return yaml.safe_dump(config(cfg), sort_keys=False, default_flow_style=False, width=1000)
+
+
+# ---------------------------------------------------------------- Synapse's side
+
+
+def homeserver(cfg: StackConfig) -> dict[str, Any]:
+    """Synapse's keys when MAS owns logins: the stable section (Synapse 1.163), and QR login
+    (MSC4108 rendezvous, which Synapse allows only with MAS). Synapse's own password login and
+    registration are turned off in homeserver.registration_keys."""
+    return {
+        "matrix_authentication_service": {"enabled": True, "endpoint": mas_endpoint(),
+                                          "secret_path": SYNAPSE_SECRET_PATH},
+        "experimental_features": {"msc4108_enabled": True},
+    }
+
+
+# The compatibility layer (MAS's reverse-proxy guide): these client API paths go to MAS, before
+# any Synapse route can match them.
+COMPAT_PATTERN = "^/_matrix/client/(.*)/(login|logout|refresh)"
+
+
+# ---------------------------------------------------------------- the bundled database
+
+
+def database_setup_sql(cfg: StackConfig) -> str:
+    """Idempotent SQL (psql) that creates MAS's role and database in the bundled PostgreSQL and
+    sets the role's password. The image's init scripts run only when the cluster is first
+    created, so a stack that turns MAS on later needs this on an existing cluster; it runs at
+    every start and then every minute (a restored or recreated cluster gets it back)."""
+    return "\n".join([
+        r"\set ON_ERROR_STOP on",
+        r"\getenv mas_password MAS_DATABASE_PASSWORD",
+        f"SELECT format('CREATE ROLE %I LOGIN', '{DATABASE_USER}') "
+        f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DATABASE_USER}') \\gexec",
+        f"ALTER ROLE {DATABASE_USER} WITH LOGIN PASSWORD :'mas_password';",
+        # UTF8 with C collation, as the Synapse database (MAS has no requirement of its own).
+        f"SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L LC_COLLATE %L LC_CTYPE %L TEMPLATE template0', "
+        f"'{DATABASE_NAME}', '{DATABASE_USER}', 'UTF8', 'C', 'C') "
+        f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE_NAME}') \\gexec",
+        # syn2mas reads Synapse's database as this role, only while migrating (PostgreSQL 14+).
+        f"{'GRANT' if cfg.mas.syn2mas else 'REVOKE'} pg_read_all_data {'TO' if cfg.mas.syn2mas else 'FROM'} "
+        f"{DATABASE_USER};",
+        "",
+    ])
+
+
+# ---------------------------------------------------------------- syn2mas
+
+
+SYN2MAS_SYNAPSE_CONFIG = "/conf/synapse-for-syn2mas.yaml"
+# The Synapse settings syn2mas reads (crates/syn2mas/src/synapse_reader/config at MAS's tag).
+SYN2MAS_READS = ("password_config", "bcrypt_rounds", "allow_guest_access", "enable_registration_captcha",
+                 "enable_3pid_changes", "user_consent", "login_via_existing_session", "cas_config",
+                 "saml2_config", "jwt_config", "oidc_config", "oidc_providers")
+
+
+def syn2mas_synapse_config(cfg: StackConfig) -> str:
+    """Synapse's settings as syn2mas reads them, from the same functions as homeserver.yaml,
+    except that it reads Synapse's database as MAS's role (granted read access meanwhile)."""
+    database = hs.database_section(cfg, {hs.POSTGRES_SERVICE: hs.POSTGRES_SERVICE})
+    database["args"]["user"] = DATABASE_USER
+    conf: dict[str, Any] = {"server_name": cfg.server_name, "public_baseurl": cfg.url("matrix") + "/",
+                            "database": database}
+    conf.update({k: v for k, v in hs.registration_keys(cfg).items() if not k.endswith("_path")})
+    conf.update({k: cfg.synapse.extra_config[k] for k in SYN2MAS_READS if k in cfg.synapse.extra_config})
+    return hs.dump(conf)
+
+
+DATABASE_SETUP_SQL = "/conf/mas-database.sql"
+SETUP_INTERVAL_S = 60
+
+
+def database_setup_script() -> str:
+    """The setup service's loop: psql as the bundled cluster's superuser (PGPASSWORD), retried
+    until PostgreSQL answers, then again every minute."""
+    psql = shlex.join(["psql", "-q", "-h", hs.POSTGRES_SERVICE, "-p", str(hs.POSTGRES_PORT), "-U", hs.DATABASE_USER,
+                       "-d", "postgres", "-f", DATABASE_SETUP_SQL])
+    return f"while true; do {psql} || echo 'MAS database setup failed; retrying'; sleep {SETUP_INTERVAL_S}; done"
+
+
+def database_ready_command() -> tuple[str, ...]:
+    """Healthy once MAS's own role logs in to its database (PGPASSWORD is MAS's password there)."""
+    return ("sh", "-c", f"PGPASSWORD=\"$MAS_DATABASE_PASSWORD\" pg_isready -q -h {hs.POSTGRES_SERVICE} "
+            f"-p {hs.POSTGRES_PORT} -U {DATABASE_USER} -d {DATABASE_NAME} && PGPASSWORD=\"$MAS_DATABASE_PASSWORD\" "
+            f"psql -qAt -h {hs.POSTGRES_SERVICE} -p {hs.POSTGRES_PORT} -U {DATABASE_USER} -d {DATABASE_NAME} "
+            "-c 'SELECT 1' >/dev/null")
+
+
+# ---------------------------------------------------------------- operator commands
+
+
+def _kubectl(target: KubernetesTarget) -> str:
+    flags = []
+    if target.context:
+        flags.append(f"--context {target.context}")
+    if target.kubeconfig:
+        flags.append(f"--kubeconfig {target.kubeconfig}")
+    flags.append(f"-n {target.namespace}")
+    return "kubectl " + " ".join(flags)
+
+
+def exec_prefix(cfg: StackConfig) -> str:
+    """How an operator runs mas-cli inside the running MAS service (it reads MAS_CONFIG)."""
+    target = cfg.target
+    if isinstance(target, KubernetesTarget):
+        return f"{_kubectl(target)} exec -it deployment/{SERVICE} --"
+    from components.platform import placement
+
+    host = placement.host_of(cfg, SERVICE)
+    prefix = f"DOCKER_HOST={host.url} " if host is not None and host.url != "unix:///var/run/docker.sock" else ""
+    return f"{prefix}docker exec -it {SERVICE}"
+
+
+def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
+    """Registers the first MAS admin. Interactive: mas-cli asks for the password and the other
+    attributes, so no password lands in a process list or a shell history."""
+    return f"{exec_prefix(cfg)} mas-cli manage register-user --admin {user}"
+
+
+def syn2mas_commands(cfg: StackConfig) -> list[str]:
+    """The ordered migration of an existing Synapse's users, devices, sessions and upstream links
+    into MAS (MAS's docs/setup/migration.md), for this stack's target; docs/mas.md explains each
+    step. Every command runs where the operator runs `pulumi`."""
+    mas = exec_prefix(cfg)
+    synapse = [p.name for p in hs.topology(cfg).processes]
+    synapse_conf = f"--synapse-config {SYN2MAS_SYNAPSE_CONFIG}"
+    target = cfg.target
+    if isinstance(target, KubernetesTarget):
+        k = _kubectl(target)
+        dump = f"{k} exec statefulset/{hs.POSTGRES_SERVICE} -- pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
+        stop = f"{k} scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0"
+    else:
+        from components.platform import placement
+
+        host = placement.host_of(cfg, hs.POSTGRES_SERVICE)
+        docker = f"DOCKER_HOST={host.url} docker" if host and host.url != "unix:///var/run/docker.sock" else "docker"
+        dump = f"{docker} exec {hs.POSTGRES_SERVICE} pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
+        stop = f"{docker} stop {' '.join(reversed(synapse))}"
+    return [
+        f"# 1. Back up Synapse's database.\n{dump} > synapse-before-mas.dump",
+        "# 2. Start MAS beside Synapse's own logins (migration mode), with Synapse's password hashes accepted.\n"
+        "pulumi config set --path matrix-stack:mas.enabled true\n"
+        "pulumi config set --path matrix-stack:mas.syn2mas true\n"
+        "pulumi config set --path matrix-stack:mas.import_synapse_passwords true\n"
+        "pulumi up",
+        f"# 3. Check the migration (Synapse keeps serving); resolve every error it lists.\n"
+        f"{mas} mas-cli syn2mas check {synapse_conf}",
+        f"# 4. Rehearse: a full import into MAS, rolled back at the end.\n"
+        f"{mas} mas-cli syn2mas migrate {synapse_conf} --dry-run",
+        f"# 5. Stop Synapse (downtime starts), then import.\n{stop}\n{mas} mas-cli syn2mas migrate {synapse_conf}",
+        "# 6. Hand logins to MAS: Synapse delegates, the proxy routes login/logout/refresh to MAS, MAS's read\n"
+        "#    access to Synapse's database is revoked, and --refresh brings back what step 5 stopped.\n"
+        "pulumi config set --path matrix-stack:mas.syn2mas false\n"
+        "pulumi up --refresh",
+    ]

@@ -1,0 +1,154 @@
+"""MAS as target-neutral services, from the typed config and its secrets. Pure: `secrets` maps
+each name of secret_names(cfg) to a value (Pulumi Outputs in a deployment, stand-in strings in
+checks and tests); values only ever land in secret files or secret env.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from components import image_facts
+from components.platform.spec import File, HealthCheck, Port, Resources, Service
+from components.synapse import homeserver as hs
+from components.synapse.services import PROXY_SERVICE
+from config import images
+from config.model import BundledDatabase, DockerTarget, MasBundledDatabase, StackConfig
+
+from . import render
+
+COMPONENT = "mas"
+GENERATED = ("encryption", "rsa", "ec", "matrix")
+# The bundled PostgreSQL's superuser password (the Synapse cluster's "postgres" secret): the
+# database setup creates MAS's role and database with it.
+SUPERUSER = "postgres"
+# What the database setup runs as: the postgres image's own user (psql needs no root).
+POSTGRES_IMAGE_USER = images.facts_for(images.POSTGRES).user
+
+
+def provider_secret(name: str) -> str:
+    return f"upstream:{name}"
+
+
+def secret_names(cfg: StackConfig) -> tuple[str, ...]:
+    """Every secret MAS reads: generated ones, the database password (generated for the bundled
+    database, the secret config key otherwise), SMTP's and the upstream client secrets."""
+    names = [*GENERATED, "database"]
+    if isinstance(cfg.mas.database, MasBundledDatabase):
+        names.append(SUPERUSER)
+    smtp = cfg.synapse.smtp
+    if smtp is not None and smtp.user:
+        names.append("smtp")
+    names += [provider_secret(p.name) for p in cfg.mas.upstream_oauth2 if p.needs_secret]
+    return tuple(names)
+
+
+def _secret(path: str, value: pulumi.Input[str]) -> File:
+    return File(path, value, secret=True, mode=0o400)
+
+
+def mas_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> Service:
+    image = cfg.mas.image
+    files = [
+        File(render.CONFIG, render.config_yaml(cfg)),
+        _secret(render.ENCRYPTION_FILE, secrets["encryption"]),
+        _secret(render.SIGNING_KEYS["rsa-4096"], secrets["rsa"]),
+        _secret(render.SIGNING_KEYS["ec-p256"], secrets["ec"]),
+        _secret(render.MATRIX_SECRET_FILE, secrets["matrix"]),
+        _secret(render.DATABASE_PASSWORD_FILE, secrets["database"]),
+    ]
+    if "smtp" in secrets and cfg.synapse.smtp is not None and cfg.synapse.smtp.user:
+        files.append(_secret(render.SMTP_PASSWORD_FILE, secrets["smtp"]))
+    for provider in cfg.mas.upstream_oauth2:
+        if provider.needs_secret:
+            files.append(_secret(render.provider_secret_file(provider), secrets[provider_secret(provider.name)]))
+    secret_env: dict[str, pulumi.Input[str]] = {}
+    if cfg.mas.syn2mas:
+        # syn2mas reads Synapse's database as MAS's own role (granted read access in this mode;
+        # render.database_setup_sql); libpq's PGPASSWORD is how it gets that role's password.
+        files.append(File(render.SYN2MAS_SYNAPSE_CONFIG, render.syn2mas_synapse_config(cfg)))
+        secret_env["PGPASSWORD"] = secrets["database"]
+    return Service(
+        name=render.SERVICE,
+        component=COMPONENT,
+        image=image,
+        args=("server",),
+        env={"MAS_CONFIG": render.CONFIG},
+        secret_env=secret_env,
+        files=files,
+        ports=[Port("http", render.HTTP_PORT), Port("health", render.HEALTH_PORT)],
+        # No shell, wget or curl in the image: Docker has nothing to run (the platform's restart
+        # policy still restarts a crashed MAS), Kubernetes probes the health listener.
+        health=image_facts.http_check(image, render.HEALTH_PORT),
+        user=image_facts.user(image),
+        read_only_root=True,
+        writable_paths=("/tmp",),
+        resources=Resources(cpu_request="100m", memory_request="128Mi", memory_limit="1Gi"),
+        # MAS's own config check, before every (re)start: a config MAS cannot load never replaces
+        # a running one.
+        init_args=(*images.facts_for(image).entrypoint, "config", "check"),
+        # The routing proxy forwards clients; Synapse introspects tokens.
+        allowed_clients=(PROXY_SERVICE, *(p.name for p in hs.topology(cfg).processes)),
+    )
+
+
+def database_setup_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> Service:
+    """Keeps MAS's role and database in the bundled PostgreSQL, on a new or an existing cluster
+    (see render.database_setup_sql), with the postgres image's psql."""
+    db = cfg.synapse.database
+    image = db.image if isinstance(db, BundledDatabase) else images.POSTGRES
+    return Service(
+        name=render.DATABASE_SETUP_SERVICE,
+        component=COMPONENT,
+        image=image,
+        entrypoint=("/bin/sh",),
+        args=("-c", render.database_setup_script()),
+        files=[File(render.DATABASE_SETUP_SQL, render.database_setup_sql(cfg))],
+        secret_env={"PGPASSWORD": secrets[SUPERUSER], "MAS_DATABASE_PASSWORD": secrets["database"]},
+        health=HealthCheck(render.database_ready_command(), interval_s=30),
+        user=POSTGRES_IMAGE_USER,
+        read_only_root=True,
+        writable_paths=("/tmp",),
+        resources=Resources(cpu_request="10m", memory_request="16Mi", memory_limit="64Mi"),
+        # Nothing connects to it.
+        allowed_clients=(),
+    )
+
+
+def services(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    out = [mas_service(cfg, secrets)]
+    if isinstance(cfg.mas.database, MasBundledDatabase):
+        out.append(database_setup_service(cfg, secrets))
+    return out
+
+
+def service_names(cfg: StackConfig) -> list[str]:
+    """The services MAS adds (placement checks run before anything is built)."""
+    if not cfg.mas.enabled:
+        return []
+    names = [render.SERVICE]
+    if isinstance(cfg.mas.database, MasBundledDatabase):
+        names.append(render.DATABASE_SETUP_SERVICE)
+    return names
+
+
+def placement_check(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """With the bundled database, MAS and its database setup run on PostgreSQL's Docker host:
+    PostgreSQL listens only on that host's private network."""
+    from components.platform import placement
+
+    if not (cfg.mas.enabled and isinstance(cfg.mas.database, MasBundledDatabase)
+            and isinstance(cfg.synapse.database, BundledDatabase) and isinstance(cfg.target, DockerTarget)):
+        return []
+    database = placement.host_of(cfg, hs.POSTGRES_SERVICE)
+    assert database is not None
+    found: list[tuple[str, object, str]] = []
+    for name in service_names(cfg):
+        host = placement.host_of(cfg, name)
+        if host is not None and host.name != database.name:
+            index = cfg.target.hosts.index(host)
+            found.append((f"target.hosts[{index}].services", host.services,
+                          f"places {name} on '{host.name}', but its database lives in the bundled PostgreSQL on "
+                          f"'{database.name}', reachable only there: place {name} on '{database.name}' too"))
+    return found
