@@ -25,10 +25,12 @@ from components.platform.spec import (
 )
 from components.synapse import homeserver as hs
 from render import offline
-from tests.conftest import stack_raw
+from tests.conftest import ROOT, stack_config, stack_raw
 
 CTX = kube.Context(namespace="matrix", storage_class="fast", ingress_class="nginx",
                    cert_manager_issuer="letsencrypt", max_body="100M")
+# The prod example's secret keys (its `secure:` values).
+PROD_SECRETS = stack_config("prod", ROOT)[1]
 SYNAPSE_KINDS = ("Deployment", "StatefulSet")
 
 
@@ -262,7 +264,7 @@ def prod_raw(**synapse: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prod() -> offline.Run:
-    raw, secret = stack_raw("prod"), ("cloudflare_api_token",)
+    raw, secret = stack_config("prod", ROOT)
     return offline.run(raw, stack="prod", secret_keys=secret)
 
 
@@ -325,7 +327,7 @@ def test_manifest_checksums_equal_the_declared_ones(prod: offline.Run) -> None:
 
 
 def test_ingress_body_limit_follows_max_upload_size(program: Callable[..., offline.Run]) -> None:
-    run = program(prod_raw(max_upload_size="80M"), secret_keys=("cloudflare_api_token",))
+    run = program(prod_raw(max_upload_size="80M"), secret_keys=PROD_SECRETS)
     for key in ("ingress-synapse-proxy", "ingress-synapse-proxy-origin-ca"):
         notes = run.deployment.manifests[key]["metadata"]["annotations"]
         assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "80M"
@@ -380,7 +382,7 @@ def test_without_cloudflare_one_cert_manager_ingress_serves_every_host(program: 
     raw = prod_raw()
     raw["cloudflare"] = {"enabled": False}
     raw.pop("cloudflare_api_token")
-    run = program(raw, stack="prod")
+    run = program(raw, stack="prod", secret_keys=PROD_SECRETS)
     ingresses = {k: v for k, v in run.deployment.manifests.items() if k.startswith("ingress-")}
     assert list(ingresses) == ["ingress-synapse-proxy"]
     ingress = ingresses["ingress-synapse-proxy"]
@@ -394,12 +396,12 @@ def test_direct_hostnames_without_a_cert_manager_issuer_are_a_config_error() -> 
     raw = prod_raw()
     raw["target"] = {k: v for k, v in raw["target"].items() if k != "cert_manager_issuer"}
     with pytest.raises(config.ConfigError) as err:
-        config.parse(raw, ("cloudflare_api_token",))
+        config.parse(raw, PROD_SECRETS)
     assert "target.cert_manager_issuer" in str(err.value)
     assert "livekit.example.org" in str(err.value)
     # Every hostname proxied (no Element Call, so no DNS-only LiveKit): no issuer needed.
     raw["element_call"] = {"enabled": False}
-    config.parse(raw, ("cloudflare_api_token",))
+    config.parse(raw, PROD_SECRETS)
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
@@ -412,7 +414,7 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     counts["generic"] += 1
     new = f"synapse-generic-{counts['generic']}"
     run = program(prod_raw(workers={"preset": "seed-000", "counts": {"generic": counts["generic"]}}),
-                  secret_keys=("cloudflare_api_token",))
+                  secret_keys=PROD_SECRETS)
     changed = _changed(prod.deployment.manifests, run.deployment.manifests)
     own = {k for k in changed if k.endswith(f"-{new}") or k.endswith(f"-{new}-env") or k.endswith(f"-{new}-files")}
     assert own >= {f"deployment-{new}", f"service-{new}", f"configmap-{new}-files"}
@@ -438,7 +440,7 @@ def test_a_new_event_persister_rolls_every_synapse_pod(prod: offline.Run,
     counts = dict(hs.topology(prod.cfg).counts)
     run = program(prod_raw(workers={"preset": "seed-000",
                                     "counts": {"event_persister": counts["event_persister"] + 1}}),
-                  secret_keys=("cloudflare_api_token",))
+                  secret_keys=PROD_SECRETS)
     annotation = kube.CHECKSUM_ANNOTATION
     for process in hs.topology(prod.cfg).processes:
         before = _pod(prod.deployment.manifests, process.name)["metadata"]["annotations"][annotation]
