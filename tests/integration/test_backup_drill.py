@@ -32,6 +32,7 @@ from .backup_drill import (
     Jobs,
     Restore,
     backup_entries,
+    crontab_jobs,
     database_dir,
     du_bytes,
     materialize_backup,
@@ -137,7 +138,12 @@ def drill() -> Iterator[Drill]:
     reloc = relocation(result, entries, base)
     cluster = Cluster(result, workdir=base)
     materialize_backup(entries, reloc)
-    jobs = Jobs(entries, reloc, base)
+    # crond's jobs as the Docker target schedules them.
+    crontab = crontab_jobs(result)
+    assert {name: schedule for name, (schedule, _command) in crontab.items()} == {
+        backup_render.BACKUP_SERVICE: result.cfg.backup.schedule,
+        backup_render.CHECK_SERVICE: result.cfg.backup.check_schedule}
+    jobs = Jobs(entries, reloc, base, {name: command for name, (_schedule, command) in crontab.items()})
     ok = False
     try:
         # 1. Boot, use it.
@@ -180,6 +186,7 @@ def drill() -> Iterator[Drill]:
             redeployed = render(restored_raw, secret_keys)
             outcome.generated_keys = [r.name for r in redeployed.resources if r.name.startswith("synapse-signing-key")]
             again = Cluster(redeployed, workdir=base)
+            materialize_backup(entries, reloc)  # the cluster wrote the backup's files unrelocated
             again.start_postgres()
             # The redeployed Synapse starts on the empty database and creates its schema, which
             # the restore then replaces (pg_restore --clean).
