@@ -29,6 +29,7 @@ from components.ntfy import render as ntfy
 from components.synapse.routing import PROXY_HTTP_PORT
 
 from . import calls
+from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import LOOPBACK, Access, Cluster, boot_config, read_access_log, render
 from .turn_client import TurnClient, TurnError
 
@@ -363,3 +364,17 @@ def test_a_message_is_pushed_by_the_pusher_worker_to_ntfy_through_the_proxy(stac
         time.sleep(0.2)
     assert _pushes(stack, pusher) > before[pusher]
     assert _pushes(stack, "synapse-main") == before["synapse-main"] == 0
+
+
+# ---------------------------------------------------------------- Element X readiness
+
+
+def test_element_x_readiness_check_passes_with_calls_required(stack: Stack) -> None:
+    # Last in the module: the check's own transports request would be counted by the test above.
+    stack.cluster.register("xena", PASSWORD)
+    status, output = run_check(stack.cluster, f"http://{SERVER_NAME}", "xena", PASSWORD, "--calls")
+    print("\n" + output)
+    assert verdicts(output) == dict.fromkeys(REQUIREMENTS, "PASS"), output
+    assert status == 0, output
+    rtc = next(line for line in output.splitlines() if line.startswith("PASS rtc-transports:"))
+    assert ec.jwt_url(stack.cfg) in rtc and "well-known" in rtc and "rtc/transports" in rtc, rtc

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
-from .workload import Facts, run_workload
+from .workload import PASSWORD, Facts, run_workload
 
 MAIN_PORT = 8008
 
@@ -133,3 +134,22 @@ def test_main_serves_only_main_routes(booted: tuple[Cluster, Facts, list[Access]
     stray = [f"{a.method} {a.path} -> {a.upstreams}" for a in log
              if a.route in {"main", "main_only"} and a.ports and set(a.ports) != {MAIN_PORT}]
     assert not stray, "\n".join(stray)
+
+
+def test_element_x_readiness_check_passes_and_sliding_sync_reaches_the_sync_worker(
+        booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    cluster, _facts, _log = booted
+    cluster.register("xavier", PASSWORD)
+    status, output = run_check(cluster, "http://localhost:8080", "xavier", PASSWORD)
+    print("\n" + output)  # the check's own report, for the record (pytest -s)
+    assert verdicts(output) == dict.fromkeys(REQUIREMENTS, "PASS"), output
+    assert status == 0, output
+    assert PASSWORD not in output
+    # The sliding-sync request went where the worker table sends sync: the sync worker, not main.
+    hits = [a for a in read_access_log(cluster.access_log)
+            if a.method == "POST" and a.path == "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"]
+    assert hits, "no sliding-sync request in the access log"
+    ports = _role_ports(cluster, "sync")
+    wrong = [f"route={a.route} upstream={a.upstreams} status={a.status}" for a in hits
+             if a.route != "sync" or not a.ports or not set(a.ports) <= ports or a.status != 200]
+    assert not wrong, f"sliding sync wanted route=sync on {sorted(ports)}:\n" + "\n".join(wrong)

@@ -57,6 +57,8 @@ CASES = [
     ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events", "synapse_client_reader"),
     ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/abc/restart", "synapse_client_reader"),
     ("GET", f"{C}/sync", "synapse_sync_by_user"),
+    # Element X syncs only with simplified sliding sync.
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", "synapse_sync_by_user"),
     ("PUT", f"{C}/rooms/!r:x/send/m.room.message/t1", "synapse_event_creator_by_room"),
     ("PUT", f"{C}/rooms/!r:x/state/m.room.name/", "synapse_event_creator_by_room"),
     ("GET", f"{C}/rooms/!r:x/state", "synapse_client_reader"),
@@ -70,6 +72,7 @@ CASES = [
     ("PUT", f"{C}/pushrules/global/override/r1", "synapse_push_rules"),
     ("POST", f"{C}/keys/upload", "synapse_device_lists"),
     ("GET", "/_matrix/client/v1/media/download/x/y", "synapse_media_repository"),
+    ("GET", "/_matrix/client/v1/media/config", "synapse_media_repository"),
     ("POST", "/_matrix/media/v3/upload", "synapse_media_repository"),
     ("PUT", "/_matrix/federation/v1/send/txn1", "synapse_federation_inbound_by_source_ip"),
     ("GET", "/_matrix/federation/v1/event/$e", "synapse_federation_reader"),
@@ -127,3 +130,16 @@ def test_the_server_keys_are_answered_by_a_federation_listener_when_one_exists(
         listener = hs.main_listeners(cfg, topo)[0] if process.role is None else None
         names = listener["resources"][0]["names"] if listener else process.role.listener_resources()  # type: ignore[union-attr]
         assert "federation" in names, process.name
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ({"sync": 2, "generic": 1}, "synapse_sync_by_user"),
+    ({"generic": 3}, "synapse_generic_by_user"),
+    ({}, "synapse_main"),
+], ids=["sync", "generic", "monolith"])
+def test_sliding_sync_is_sticky_by_user_on_a_sync_or_generic_worker(counts: dict[str, int], expected: str) -> None:
+    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": counts}}})
+    plan = routing.plan(hs.topology(cfg), synapse_services.addresses(cfg))
+    assert _route(plan, "POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync") == expected
+    # Case-insensitive, as nginx matches, and only the sync endpoint itself.
+    assert _route(plan, "POST", "/_matrix/client/unstable/ORG.MATRIX.SIMPLIFIED_MSC3575/sync") == expected
