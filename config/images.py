@@ -33,6 +33,7 @@ NTFY = "binwiederhier/ntfy:v2.14.0"
 ELEMENT_WEB = "vectorim/element-web:v1.12.26"
 COTURN = "coturn/coturn:4.7.0"
 CERTBOT = "certbot/certbot:v4.1.1"
+RESTIC = "restic/restic:0.19.1"
 # The tag whose config schema ../shared/reference/mas/ holds (a new pin needs that version's schema).
 MAS_VERSION = "1.22.0"
 MAS = f"ghcr.io/element-hq/matrix-authentication-service:{MAS_VERSION}"
@@ -169,6 +170,11 @@ _COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", 
 
 _CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1")
 
+_RESTIC_DOCKERFILE = Source("restic/restic", "docker/Dockerfile.release", "v0.19.1",
+                            "the Dockerfile the release publishes as restic/restic:0.19.1 "
+                            "(helpers/prepare-release/main.go, updateDocker)")
+_RESTIC_ENTRYPOINT = Source("restic/restic", "docker/entrypoint.sh", "v0.19.1")
+
 _MAS_TAG = "v1.22.0"  # git tag f28451c4e5; the image tag is the version without 'v' (build.yaml, type=semver)
 _MAS_DOCKERFILE = Source("element-hq/matrix-authentication-service", "Dockerfile", _MAS_TAG)
 _MAS_NONROOT = Source("GoogleContainerTools/distroless", "common/variables.bzl", "2bbbfedeee",
@@ -203,7 +209,10 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         entrypoint=("docker-entrypoint.sh",),
         shell=True,
         wget=True,
-        tools=BUSYBOX | {"pg_isready", "psql", "postgres"},
+        # make install-world-bin installs the client programs too; the BusyBox applets the
+        # backup's dump script calls.
+        tools=BUSYBOX | {"pg_isready", "psql", "postgres", "pg_dump", "pg_restore",
+                         "mv", "wc", "mkdir", "touch", "rm", "sleep"},
         port=5432,
     ),
     ImageFacts(
@@ -308,6 +317,18 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         wget=True,
         tools=BUSYBOX | {"certbot", "python3", "openssl", "chown", "chmod", "cp", "mv", "mkdir", "sleep"},
         port=80,
+    ),
+    ImageFacts(
+        image=RESTIC,
+        sources=_sources(_RESTIC_DOCKERFILE, entrypoint=_RESTIC_ENTRYPOINT),
+        user=None,  # FROM alpine:latest, no USER
+        # /entrypoint.sh runs `nice -n $NICE /usr/bin/restic "$@"` (ionice when IONICE_CLASS is set).
+        entrypoint=("/entrypoint.sh",),
+        shell=True,
+        wget=True,
+        # apk add ca-certificates fuse openssh-client tzdata jq; BusyBox's crond runs the
+        # scheduled backups on Docker hosts.
+        tools=BUSYBOX | {"restic", "ssh", "jq", "crond", "nice", "date", "touch", "rm", "mkdir", "sleep"},
     ),
     ImageFacts(
         image=MAS,

@@ -37,6 +37,12 @@ _PATTERN_WORDS = {
     model.SERVICE_NAME_RE.pattern: "a name of lowercase letters, digits and '-'",
     model.SIZE_RE.pattern: "a size such as 50M or 2G",
     model.DURATION_RE.pattern: "a duration such as 30s or 24h",
+    model.S3_ENDPOINT_RE.pattern: "a URL of scheme and host only, such as https://s3.example.com",
+    model.BUCKET_RE.pattern: "a bucket name of 3 to 63 lowercase letters, digits, '.' and '-'",
+    model.REPOSITORY_PATH_RE.pattern: "a path of letters, digits, '.', '_', '-' and '/'",
+    model.SFTP_PATH_RE.pattern: "an absolute path of letters, digits, '.', '_', '-' and '/'",
+    model.UNIX_USER_RE.pattern: "a user name of lowercase letters, digits, '_', '.' and '-'",
+    model.HOST_KEY_RE.pattern: "one public host key, '<type> <base64>' (ssh-keyscan's line without the host)",
 }
 
 
@@ -148,6 +154,15 @@ def _quoted(path: str) -> str:
 _INDEXED = re.compile(r"^[A-Za-z0-9_-]+(\[[0-9]+\])+$")
 
 
+# Discriminated unions: the field holding one, and the tags pydantic inserts into an error's
+# location below it (the user never wrote them).
+_TAGGED = {
+    "target": ("docker", "kubernetes"),
+    "database": ("bundled", "external"),
+    "repository": ("volume", "s3", "sftp"),
+}
+
+
 def _path(loc: tuple[object, ...]) -> str:
     parts: list[str] = []
     for i, part in enumerate(loc):
@@ -155,9 +170,7 @@ def _path(loc: tuple[object, ...]) -> str:
             parts[-1] = f"{parts[-1]}[{part}]" if parts else f"[{part}]"
             continue
         text = str(part)
-        if i > 0 and str(loc[i - 1]) in ("target", "database") and text in (
-            "docker", "kubernetes", "bundled", "external"
-        ):
+        if i > 0 and str(loc[i - 1]) in _TAGGED and text in _TAGGED[str(loc[i - 1])]:
             continue  # the discriminator tag pydantic inserts; the user never wrote it
         # A key that is not a plain name (empty, spaces, control characters) is shown quoted.
         parts.append(text if _PLAIN_KEY.match(text) else json.dumps(text))
@@ -233,8 +246,7 @@ def _key(path: str) -> Key:
 def _user_loc(loc: tuple[object, ...]) -> tuple[object, ...]:
     """pydantic's error location without the discriminator tags it inserts."""
     return tuple(part for i, part in enumerate(loc)
-                 if not (i > 0 and str(loc[i - 1]) in ("target", "database")
-                         and part in ("docker", "kubernetes", "bundled", "external")))
+                 if not (i > 0 and str(loc[i - 1]) in _TAGGED and part in _TAGGED[str(loc[i - 1])]))
 
 
 def _cut(loc: tuple[object, ...]) -> Key:

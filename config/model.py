@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from . import images
+from . import cron, images
 from .checks import Finding, check
 
 _DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -31,6 +31,13 @@ HOSTNAME_RE = re.compile(rf"^({_DNS_LABEL}\.)*{_DNS_LABEL}$")
 SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")
 SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]$")
 DURATION_RE = re.compile(r"^[1-9][0-9]*(ms|s|m|h|d|w|y)$")
+S3_ENDPOINT_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+REPOSITORY_PATH_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
+SFTP_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
+UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa) [A-Za-z0-9+/=]+$")
+SIGNING_KEY_RE = re.compile(r"^ed25519 [A-Za-z0-9_]+ [A-Za-z0-9+/]{43}$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$")
 
 
@@ -441,6 +448,79 @@ class Tls(Strict):
     )
 
 
+# ---------------------------------------------------------------- backups
+
+
+CronExpression = Annotated[str, AfterValidator(cron.validate)]
+
+
+class VolumeRepository(Strict):
+    """A restic repository on a volume beside the backup job (a Docker volume on the host that
+    holds the media store, or a PersistentVolumeClaim). It shares that host's fate: prefer a
+    bucket or an SFTP server elsewhere."""
+
+    kind: Literal["volume"] = "volume"
+    name: Annotated[str, Field(pattern=SERVICE_NAME_RE.pattern)] = "backup-repository"
+    size: str = Field("100Gi", description="the claim's size on Kubernetes")
+
+
+class S3Repository(Strict):
+    """A bucket of an S3-compatible store. Credentials: the secret keys backup_s3_access_key_id
+    and backup_s3_secret_access_key."""
+
+    kind: Literal["s3"]
+    endpoint: str = Field(pattern=S3_ENDPOINT_RE.pattern,
+                          description="the store's URL, e.g. https://s3.eu-central-1.amazonaws.com")
+    bucket: Annotated[str, Field(pattern=BUCKET_RE.pattern)]
+    path: Annotated[str, Field(pattern=REPOSITORY_PATH_RE.pattern)] = "matrix-stack"
+    region: str | None = None
+
+
+class SftpRepository(Strict):
+    """A directory on an SFTP server. Credential: the secret key backup_sftp_private_key (an
+    OpenSSH private key); the server's host key is pinned in known_hosts."""
+
+    kind: Literal["sftp"]
+    host: Hostname
+    port: Port = 22
+    user: Annotated[str, Field(pattern=UNIX_USER_RE.pattern)]
+    path: Annotated[str, Field(pattern=SFTP_PATH_RE.pattern)]
+    known_hosts: str = Field(
+        pattern=HOST_KEY_RE.pattern,
+        description="the server's public host key ('ssh-ed25519 AAAA...'): restic's ssh refuses any other",
+    )
+
+
+Repository = Annotated[VolumeRepository | S3Repository | SftpRepository, Field(discriminator="kind")]
+
+
+class Retention(Strict):
+    """How many snapshots `restic forget --prune` keeps: the newest per day, week and month."""
+
+    daily: Annotated[int, Field(ge=0, le=3650)] = 7
+    weekly: Annotated[int, Field(ge=0, le=520)] = 4
+    monthly: Annotated[int, Field(ge=0, le=1200)] = 6
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Retention:
+        if not (self.daily or self.weekly or self.monthly):
+            raise rule("daily", 0, "retention keeps nothing: restic forget would delete every snapshot; "
+                       "set at least one of daily, weekly, monthly above 0", reads=("daily", "weekly", "monthly"))
+        return self
+
+
+class Backup(Strict):
+    """Nightly restic snapshots of every database the stack owns, the media store and the keys
+    that cannot be regenerated (components/backup)."""
+
+    enabled: bool = False
+    image: Image = images.RESTIC
+    repository: Repository = VolumeRepository()
+    schedule: CronExpression = Field("30 3 * * *", description="when the backup runs (cron, UTC)")
+    check_schedule: CronExpression = Field("0 5 * * 0", description="when `restic check` verifies the repository (cron, UTC)")
+    retention: Retention = Retention()
+
+
 # ---------------------------------------------------------------- matrix authentication service
 # Typed settings only: components/mas/render.py builds MAS's config.yaml from these, so a key
 # MAS does not know (and would silently ignore: it does not refuse unknown keys) cannot be written.
@@ -559,6 +639,7 @@ class StackConfig(Strict):
     element_web: ElementWeb = ElementWeb()
     cloudflare: Cloudflare = Cloudflare()
     tls: Tls = Tls()
+    backup: Backup = Backup()
     mas: Mas = Mas()
     protect: bool = Field(False, description="protect and retain stateful data (prod)")
     # Secret inputs: accepted only from `pulumi config set --secret` or ESC (checked by the loader).
@@ -567,6 +648,13 @@ class StackConfig(Strict):
     cloudflare_api_token: SecretStr | None = None
     ldap_bind_password: SecretStr | None = None
     tls_private_key: SecretStr | None = None
+    # The restic repository's credentials (backup.repository s3 or sftp).
+    backup_s3_access_key_id: SecretStr | None = None
+    backup_s3_secret_access_key: SecretStr | None = None
+    backup_sftp_private_key: SecretStr | None = None
+    # Synapse's signing key file, to bring a server's identity back from a backup when the
+    # Pulumi state that generated it is lost; unset = generated.
+    signing_key: SecretStr | None = None
     mas_database_password: SecretStr | None = None
     # provider name -> client secret, for mas.upstream_oauth2 (one secret key holding an object)
     mas_client_secrets: dict[str, SecretStr] | None = None
@@ -790,3 +878,30 @@ def _federation_names_and_authorities(cfg: StackConfig) -> list[Finding]:
         for i, path in enumerate(fed.trusted_ca_files):
             found += pem.problems(f"synapse.federation.trusted_ca_files[{i}]", path, ca=True)
     return found
+
+
+@check("backup", "backup_s3_access_key_id", "backup_s3_secret_access_key", "backup_sftp_private_key")
+def _backup_credentials(cfg: StackConfig) -> list[Finding]:
+    backup = cfg.backup
+    found: list[Finding] = []
+    wanted: tuple[str, ...] = ()
+    if isinstance(backup.repository, S3Repository):
+        wanted = ("backup_s3_access_key_id", "backup_s3_secret_access_key")
+    elif isinstance(backup.repository, SftpRepository):
+        wanted = ("backup_sftp_private_key",)
+    if backup.enabled:
+        for key in wanted:
+            if getattr(cfg, key) is None:
+                found.append((key, None, f"required with a backup.repository of kind {backup.repository.kind}; "
+                               "set it with --secret"))
+    return found
+
+
+@check("signing_key")
+def _signing_key(cfg: StackConfig) -> list[Finding]:
+    if cfg.signing_key is None:
+        return []
+    if not SIGNING_KEY_RE.match(cfg.signing_key.get_secret_value().strip()):
+        return [("signing_key", "[secret]", "must be a Synapse signing key file: one line "
+                 "'ed25519 <key id> <unpadded base64 seed>', as the backup holds it")]
+    return []

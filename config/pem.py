@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+# cryptography is imported where a file is checked: every stack's config check imports this
+# module, and most name no certificate file (loading cryptography costs more than the check).
+if TYPE_CHECKING:
+    from cryptography import x509
 
 PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 
@@ -19,6 +22,8 @@ def read_text(path: str) -> str:
 
 
 def certificates(path: str) -> list[x509.Certificate]:
+    from cryptography import x509
+
     return x509.load_pem_x509_certificates(Path(path).expanduser().read_bytes())
 
 
@@ -29,6 +34,8 @@ def problems(field: str, path: str, *, ca: bool, hostnames: tuple[str, ...] = ()
     one certificate per file). Otherwise it is a server certificate chain whose first certificate
     must name every one of `hostnames`.
     """
+    from cryptography import x509
+
     file = Path(path).expanduser()
     if not file.is_file():
         return [(field, path, "must name an existing file holding a PEM certificate")]
@@ -72,6 +79,8 @@ def _covered(hostname: str, names: set[str]) -> bool:
 
 
 def key_problems(field: str, pem: str) -> list[tuple[str, object, str]]:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError):

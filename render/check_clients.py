@@ -16,6 +16,7 @@ Checks, one line each, what Element X (matrix-rust-sdk) needs from a homeserver:
   media          authenticated media: /_matrix/client/v1/media/config answers 401 without a token
                  and 200 with one
 
+--cacert FILE trusts a private CA (a private federation's) instead of the system's roots.
 The logged-in checks need --user (password from $MATRIX_PASSWORD, else a prompt that does not
 echo) or --access-token (the token from $MATRIX_ACCESS_TOKEN, else a prompt); a password login
 is logged out again at the end. Without either they are reported as SKIP. Exit status: 1 when a
@@ -28,9 +29,11 @@ The checks are pure functions of the responses; `run` is the thin HTTP layer aro
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -314,7 +317,8 @@ def check_media(anonymous: Response, authenticated: Response | None) -> Verdict:
 
 
 def fetch(method: str, url: str, *, token: str | None = None, body: Any = None,
-          timeout: float = TIMEOUT_S) -> Response:
+          timeout: float = TIMEOUT_S, context: ssl.SSLContext | None = None) -> Response:
+    """One request; `context`: how to verify TLS (None: the system's trusted roots)."""
     headers = {"Accept": "application/json", "User-Agent": "matrix-stack check_clients"}
     data = None
     if body is not None:
@@ -324,7 +328,7 @@ def fetch(method: str, url: str, *, token: str | None = None, body: Any = None,
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             return Response(resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()})
     except urllib.error.HTTPError as err:
         return Response(err.code, err.read(), {k.lower(): v for k, v in err.headers.items()})
@@ -423,6 +427,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     who.add_argument("--access-token", action="store_true",
                      help=f"use an access token (from ${TOKEN_ENV}, else a prompt)")
     parser.add_argument("--calls", action="store_true", help="fail when no RTC transport (calls) is advertised")
+    parser.add_argument("--cacert", metavar="FILE",
+                        help="trust the CA certificates in FILE (PEM) instead of the system's, for a private CA")
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ
     if not _is_url(args.server):
@@ -439,7 +445,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if not creds.access_token:
             parser.error(f"--access-token needs a token: set ${TOKEN_ENV} or run in a terminal")
 
-    verdicts = run(args.server, creds, calls_required=args.calls)
+    context = None
+    if args.cacert:
+        try:
+            context = ssl.create_default_context(cafile=args.cacert)
+        except (OSError, ssl.SSLError) as err:
+            parser.error(f"--cacert: {args.cacert}: {err}")
+    verdicts = run(args.server, creds, calls_required=args.calls, get=functools.partial(fetch, context=context))
     for verdict in verdicts:
         print(verdict.line())
     failed = [v for v in verdicts if v.status == "FAIL"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import gc
 import hashlib
 import json
 import logging
@@ -117,6 +119,9 @@ class StackMocks(pulumi.runtime.Mocks):
 
 @dataclass(frozen=True)
 class Registered:
+    """One resource as the engine received it. Its inputs are decoded from the request's wire
+    form on first use: the render reads them all, a test a few, the benchmark none."""
+
     urn: str
     type: str
     name: str
@@ -126,9 +131,15 @@ class Registered:
     protect: bool
     retain_on_delete: bool
     delete_before_replace: bool
-    inputs: Mapping[str, Any]  # secrets still wrapped (see masked())
+    wire_inputs: Any  # the request's protobuf Struct
     dependencies: tuple[str, ...] = ()
     has_replacement_trigger: bool = False
+
+    @functools.cached_property
+    def inputs(self) -> Mapping[str, Any]:
+        """The inputs, secrets still wrapped (see masked())."""
+        decoded: Mapping[str, Any] = rpc.deserialize_properties(self.wire_inputs)
+        return decoded
 
     def masked(self) -> dict[str, Any]:
         return {
@@ -170,7 +181,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 protect=bool(request.protect),
                 retain_on_delete=bool(request.retainOnDelete),
                 delete_before_replace=bool(request.deleteBeforeReplace),
-                inputs=rpc.deserialize_properties(request.object),
+                wire_inputs=request.object,
                 dependencies=tuple(request.dependencies),
                 has_replacement_trigger=request.HasField("replacement_trigger"),
             ))
@@ -231,6 +242,8 @@ class _EngineLog(logging.Handler):
         self.logger = logging.Logger("matrix-stack.engine")  # not registered: one per run
         self.logger.addHandler(self)
         self.logger.propagate = False
+        # The runtime logs a debug line per resource: refused before a record is made.
+        self.logger.setLevel(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.warnings.append(record.getMessage())
@@ -242,6 +255,18 @@ def _config_map(raw: Mapping[str, Any]) -> dict[str, str]:
 
 def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, ...] = ()) -> Run:
     """Validate `raw` (the namespace's keys) and build the deployment under mocks."""
+    # As in __main__.py: no cyclic garbage collection while the program runs (see there).
+    # Restored afterwards, since the process (a test session, say) may go on.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(raw, stack=stack, secret_keys=secret_keys)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(raw: Mapping[str, Any], *, stack: str, secret_keys: tuple[str, ...]) -> Run:
     import config
     import stack as program
 
@@ -263,13 +288,8 @@ def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, .
                              logger=engine_log.logger)
     holder: dict[str, Any] = {}
 
-    def program_body() -> pulumi.Output[Any]:
+    def program_body() -> None:
         holder["deployment"] = program.build(cfg)
-
-        async def collect() -> list[dict[str, Any]]:
-            return await _resolve_services(holder["deployment"].services)
-
-        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
 
     pulumi.runtime.mocks.test(program_body)()  # type: ignore[no-untyped-call]
     result = Run(cfg=cfg, deployment=holder["deployment"], resources=sorted(monitor.registered, key=lambda r: r.urn),
@@ -278,8 +298,9 @@ def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, .
 
 
 def result_with_services(result: Run) -> Run:
-    # Resolved values were computed inside the run; resolve again synchronously from the
-    # finished outputs (all futures are done now).
+    # The runtime awaits every task the program started before the run returns, so every
+    # Output has settled: read the services' values from the finished futures. (Resolving them
+    # inside the run would hand the runtime one more Output to unwrap, value by value.)
     loop = asyncio.new_event_loop()
     try:
         result.services = loop.run_until_complete(_resolve_services(result.deployment.services))

@@ -9,6 +9,7 @@ For each stack, `--runs` paired runs, each half in a fresh interpreter:
     had them in sys.modules, and nothing else. Needed: pulumi and pydantic (the config), and the
     provider SDK of every resource type the run declared (docker:..., kubernetes:...); an SDK
     the run loaded without declaring any of its resources is reported as loaded in vain.
+Both halves run without the cyclic garbage collector, as __main__.py runs the program.
 Bytecode is cached as it is where `pulumi up` runs (pip compiles on install, Python caches the
 program's modules): the children run with PYTHONPYCACHEPREFIX under ~/.cache/matrix-stack and
 one discarded warm-up pair per stack fills it. Without a cache every run would compile the SDKs'
@@ -16,17 +17,24 @@ sources (Cloudflare's alone is 11 MB), on both sides of the ratio.
 
 Printed: medians of wall and CPU seconds (CPU = all threads of the process, the steadier figure
 on a loaded machine), the program/floor ratios, resources declared per wall and per CPU second,
-and peak resident memory (ru_maxrss) of both. The halves of a pair run back to back and their
+peak resident memory (ru_maxrss) of both, and how much of the program's CPU the mock engine took
+(registrations: what the engine and the provider plugins do in their own processes under
+`pulumi up`), with the ratio without it. The halves of a pair run back to back and their
 order alternates, so load from elsewhere falls on both.
 
---profile STACK prints where the program's time goes beyond its floor: `python -X importtime`
-totals per top-level package, and cProfile's most expensive calls.
+--profile STACK prints where the program's time goes beyond its floor: the CPU of each phase with
+the floor's modules imported beforehand (medians of 5), `python -X importtime` totals per
+top-level package, and cProfile's most expensive calls.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 
+# Both halves run as __main__.py runs the program under `pulumi up`: without the cyclic garbage
+# collector from the first import on. The floor's imports then cost what they cost the program.
+gc.disable()
 T0_WALL, T0_CPU = time.perf_counter(), time.process_time()
 
 import argparse  # noqa: E402
@@ -72,21 +80,22 @@ def child_program(stack: str) -> dict[str, Any]:
     from render import offline
     from render.__main__ import stack_config
 
-    # CPU spent in the mocks' stand-ins for provider work (bcrypt hashes of RandomPasswords,
-    # for one): under `pulumi up` the provider plugins do that work, not the program.
+    # CPU spent in the mock engine: decoding each registration's inputs, the stand-ins for
+    # provider work, encoding the outputs back, keeping the render's record. Under `pulumi up`
+    # the engine and the provider plugins do that work in their own processes, not the program.
     mock_cpu = [0.0]
     lock = threading.Lock()
-    new_resource = offline.StackMocks.new_resource
+    register = offline.RecordingMonitor.RegisterResource
 
-    def timed(self: Any, args: Any) -> Any:
+    def timed(self: Any, request: Any) -> Any:
         started = time.thread_time()
         try:
-            return new_resource(self, args)
+            return register(self, request)
         finally:
             with lock:
                 mock_cpu[0] += time.thread_time() - started
 
-    offline.StackMocks.new_resource = timed  # type: ignore[method-assign]
+    offline.RecordingMonitor.RegisterResource = timed  # type: ignore[method-assign]
     raw, secret = stack_config(stack)
     run = offline.run(raw, stack=stack, secret_keys=secret)
     figures = _elapsed()
@@ -97,6 +106,36 @@ def child_program(stack: str) -> dict[str, Any]:
     figures["sdk_modules"] = [m for m in loaded if m.split(".")[0] in needed]
     figures["unneeded"] = sorted({m.split(".")[0] for m in loaded} - needed)
     return figures
+
+
+def child_phases(stack: str, modules_file: str) -> dict[str, Any]:
+    """The program's CPU beyond the floor, phase by phase: the floor's modules are imported
+    first, so what each phase costs is the program's own work."""
+    child_floor(modules_file)
+    sys.path.insert(0, str(ROOT))
+    phases: dict[str, Any] = {}
+    started = time.process_time()
+
+    def phase(name: str) -> None:
+        nonlocal started
+        now = time.process_time()
+        phases[name] = now - started
+        started = now
+
+    import config
+    import stack as program  # noqa: F401  (the components, and the config rules they register)
+    from render import offline
+    from render.__main__ import stack_config
+
+    phase("import the program's modules (config models, components)")
+    raw, secret = stack_config(stack)
+    config.parse(raw, secret)
+    phase("parse and check the config")
+    offline.run(raw, stack=stack, secret_keys=secret)
+    phase("build: declare, register and resolve every resource (first run)")
+    offline.run(raw, stack=stack, secret_keys=secret)
+    phase("the same again (second run in the process)")
+    return phases
 
 
 def child_floor(modules_file: str) -> dict[str, Any]:
@@ -169,7 +208,7 @@ def report(row: dict[str, Any]) -> list[str]:
         f"  program  wall {p['wall']:6.2f} s   CPU {p['cpu']:6.2f} s   peak {p['peak_mb']:6.1f} MB",
         f"  floor    wall {f['wall']:6.2f} s   CPU {f['cpu']:6.2f} s   peak {f['peak_mb']:6.1f} MB",
         f"  ratio    wall {ratio_wall:6.2f} x   CPU {ratio_cpu:6.2f} x   peak +{p['peak_mb'] - f['peak_mb']:.1f} MB",
-        f"  of the program's CPU, the mocks' stand-ins for provider work {p['mock_cpu']:.2f} s; without them "
+        f"  of the program's CPU, the mock engine's (registrations) {p['mock_cpu']:.2f} s; without it "
         f"{p['cpu'] - p['mock_cpu']:.2f} s, {(p['cpu'] - p['mock_cpu']) / f['cpu']:.2f} x the floor",
         f"  resources/s  {row['resources'] / p['wall']:.0f} per wall s, {row['resources'] / p['cpu']:.0f} per CPU s"
         f"  ({row['resources'] / max(p['cpu'] - f['cpu'], 1e-3):.0f} per CPU s beyond the floor)",
@@ -201,12 +240,17 @@ def _import_times(args: list[str]) -> dict[str, int]:
 
 
 def profile(stack: str) -> None:
-    """Where the program's time goes beyond its floor: the imports the floor does not make, per
-    package, then cProfile's costliest calls."""
+    """Where the program's time goes beyond its floor: CPU per phase, the imports the floor does
+    not make, per package, then cProfile's costliest calls."""
     with tempfile.TemporaryDirectory() as tmp:
         warm = _child(["--child-program", stack])  # also warms the bytecode cache
         modules_file = os.path.join(tmp, "modules.json")
         Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
+        runs = [_child(["--child-phases", stack, modules_file]) for _ in range(5)]
+        print(f"CPU per phase beyond the floor, stack {stack} (floor's modules imported first; medians of 5, ms)")
+        for name in runs[0]:
+            print(f"  {statistics.median(r[name] for r in runs) * 1000:9.1f}  {name}")
+        print()
         floor = _import_times(["--child-floor", modules_file])
         program = _import_times(["--child-program", stack])
         beyond: dict[str, int] = defaultdict(int)
@@ -238,9 +282,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line per stack")
     parser.add_argument("--child-program", metavar="STACK", help=argparse.SUPPRESS)
     parser.add_argument("--child-floor", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--child-phases", nargs=2, metavar=("STACK", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_program:
         print(json.dumps(child_program(args.child_program)))
+        return
+    if args.child_phases:
+        print(json.dumps(child_phases(*args.child_phases)))
         return
     if args.child_floor:
         print(json.dumps(child_floor(args.child_floor)))

@@ -26,7 +26,10 @@ class SynapseCluster(pulumi.ComponentResource):
         super().__init__("matrix-stack:index:SynapseCluster", name, None, opts)
         values: dict[str, pulumi.Input[str]] = {}
         for secret in secret_names(cfg):
-            if secret == "signing_key":
+            if secret == "signing_key" and cfg.signing_key is not None:
+                # A server's identity brought back from a backup (README, "Backups").
+                values[secret] = pulumi.Output.secret(cfg.signing_key.get_secret_value().strip() + "\n")
+            elif secret == "signing_key":
                 values[secret] = gen.ed25519_signing_key(f"{name}-signing-key", self, protect=cfg.protect)
             elif secret == "postgres" and cfg.database_password is not None:
                 values[secret] = pulumi.Output.secret(cfg.database_password.get_secret_value())

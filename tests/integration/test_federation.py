@@ -19,6 +19,7 @@ from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import verify_signed_json
 from unpaddedbase64 import decode_base64
 
+from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import Access, read_access_log
 from .federation import Pair, Stack, boot_pair, misrouted
 from .federation_workload import MESSAGES, FederationFacts, run_fault, run_federation
@@ -185,6 +186,20 @@ def test_outbound_transactions_leave_only_from_federation_senders(fed: Booted) -
                    if stack.log_lines(name, "Sending transaction")}
         assert sending, f"{stack.spec.server_name}: no process sent a transaction"
         assert sending <= allowed, f"{stack.spec.server_name}: transactions from {sorted(sending - allowed)}"
+
+
+def test_element_x_readiness_check_passes_over_tls_from_the_delegated_server_name(fed: Booted) -> None:
+    # A user's run against a private deployment: the server name's well-known over TLS, the
+    # homeserver on its own host, the private CA trusted with --cacert.
+    pair, _facts = fed
+    pair.b.cluster.register("xavier", "correct-horse-battery-staple")
+    status, output = run_check(pair.b.cluster, f"https://{pair.b.spec.server_name}", "xavier",
+                               "correct-horse-battery-staple", "--cacert", str(pair.ca.path),
+                               env=pair.b.cluster.synapse_env)
+    print("\n" + output)
+    assert verdicts(output) == dict.fromkeys(REQUIREMENTS, "PASS"), output
+    assert status == 0, output
+    assert f"homeserver {pair.b.url}," in output
 
 
 def _sender_for(stack: Stack, destination: str) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from render import check_clients as cc
 from render.check_clients import Response
 from tests.conftest import ROOT
+from tests.pki import PrivateCA
 
 BASE = "https://matrix.example.org"
 
@@ -305,7 +308,8 @@ def test_main_reads_the_password_from_the_environment_and_exits_nonzero_on_a_fai
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(server: str, creds: cc.Credentials, *, calls_required: bool = False) -> list[cc.Verdict]:
+    def fake_run(server: str, creds: cc.Credentials, *, calls_required: bool = False,
+                 get: cc.Fetch = cc.fetch) -> list[cc.Verdict]:
         seen.update(server=server, creds=creds, calls=calls_required)
         return [cc.Verdict("well-known", "PASS", "ok"), cc.Verdict("media", "FAIL", "not 401")]
 
@@ -363,16 +367,37 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def local_server() -> Iterator[str]:
+def _serve(tls: ssl.SSLContext | None = None) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://localhost:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def local_server() -> Iterator[str]:
+    yield from _serve()
+
+
+@pytest.fixture
+def private_ca(tmp_path: Path) -> PrivateCA:
+    return PrivateCA(tmp_path)
+
+
+@pytest.fixture
+def tls_server(private_ca: PrivateCA, tmp_path: Path) -> Iterator[str]:
+    chain, key_pem = private_ca.issue("localhost", ("localhost",))
+    key = tmp_path / "localhost.key"
+    key.write_text(key_pem)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(chain, key)
+    yield from _serve(tls)
 
 
 def test_fetch_returns_headers_errors_and_bodies(local_server: str) -> None:
@@ -419,3 +444,18 @@ def test_the_stable_oauth_metadata_is_judged_first() -> None:
     verdicts = {v.requirement: v for v in cc.run("https://example.org", cc.Credentials(), get=fake)}
     assert verdicts["login"].status == "FAIL" and cc.AUTH_METADATA + " is unusable" in verdicts["login"].reason
     assert ("GET", BASE + cc.AUTH_METADATA_UNSTABLE, None, None) not in fake.requests
+
+
+def test_a_private_ca_is_trusted_only_when_given(tls_server: str, private_ca: PrivateCA) -> None:
+    untrusted = cc.fetch("GET", tls_server + cc.WELL_KNOWN_CLIENT, timeout=10)
+    assert untrusted.status == 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.error, untrusted
+    trusted = cc.fetch("GET", tls_server + cc.WELL_KNOWN_CLIENT, timeout=10,
+                       context=ssl.create_default_context(cafile=str(private_ca.path)))
+    assert trusted.status == 200 and trusted.json() == WELL_KNOWN
+
+
+def test_main_refuses_an_unreadable_ca_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cc.main(["https://example.org", "--cacert", str(tmp_path / "missing.pem")], environ={})
+    assert exit_.value.code == 2
+    assert "--cacert" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 
 PINS = {name: getattr(images, name) for name in (
     "SYNAPSE", "POSTGRES", "REDIS", "NGINX", "ELEMENT_CALL", "LK_JWT_SERVICE", "LIVEKIT", "NTFY",
-    "ELEMENT_WEB", "COTURN", "CERTBOT", "MAS")}
+    "ELEMENT_WEB", "COTURN", "CERTBOT", "RESTIC", "MAS")}
 
 # Everything on, on a Docker host with ACME (the certbot container) and coturn.
 EVERYTHING: dict[str, Any] = {

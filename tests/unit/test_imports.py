@@ -13,14 +13,15 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-# Runs in a fresh interpreter; prints the provider SDKs loaded after each path, cumulatively.
+# Runs in a fresh interpreter; prints the provider SDKs (and cryptography, which only a named
+# certificate file needs) loaded after each path, cumulatively.
 PROBE = r"""
 import json, runpy, sys
 root, stack_name, out = sys.argv[1:4]
 sys.path.insert(0, root)
 
 def sdks():
-    return sorted({m.split(".")[0] for m in sys.modules if m.startswith("pulumi_")})
+    return sorted({m.split(".")[0] for m in sys.modules if m.startswith(("pulumi_", "cryptography"))})
 
 seen = {}
 from render.__main__ import main as render_main, stack_config
@@ -55,7 +56,7 @@ def _sdks_loaded(stack: str, tmp_path: Path) -> dict[str, object]:
 def test_the_dev_stack_loads_neither_cloudflare_nor_kubernetes(tmp_path: Path) -> None:
     seen = _sdks_loaded("dev", tmp_path)
     for path in ("check", "render", "up"):
-        assert not {"pulumi_cloudflare", "pulumi_kubernetes", "pulumi_tls"} & set(seen[path]), (path, seen)  # type: ignore[arg-type]
+        assert not {"pulumi_cloudflare", "pulumi_kubernetes", "pulumi_tls", "cryptography"} & set(seen[path]), (path, seen)  # type: ignore[arg-type]
     assert seen["render"] == ["pulumi_docker", "pulumi_random"]
     assert seen["up_resources"] == len(json.loads((tmp_path / "out" / "resources.json").read_text()))
 

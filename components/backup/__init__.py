@@ -1,0 +1,1 @@
+"""Backups: restic snapshots of the databases, the media store and the signing key."""

@@ -1,0 +1,500 @@
+"""Backups with restic: the scripts the backup jobs run, the restore procedure and the command
+that lists snapshots. Pure functions of the typed config.
+
+A backup is two steps sharing one scratch directory:
+  1. `dump.sh`, in the pinned PostgreSQL image (the server's own image, so pg_dump is the
+     server's major version): `pg_dump -Fc` of every database the stack owns.
+  2. `backup.sh`, in the pinned restic image: one snapshot of the dumps, the key files that can
+     never be regenerated (Synapse's signing key) and the media store; then `restic forget
+     --prune` with the configured retention. `backup.sh check` runs `restic check`.
+Kubernetes runs them as a CronJob (the dump as its init container). Docker has no scheduler:
+BusyBox crond in the restic image runs backup.sh on its schedule, and backup.sh asks the dump
+container, which waits in a loop, for fresh dumps through marker files in the scratch volume.
+
+The snapshot holds absolute container paths (SCRATCH/dumps/<database>.dump, KEYS/<file>,
+the media store), which the restore procedure reads back by the same paths.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from components.platform import placement
+from components.synapse import homeserver as hs
+from config import images
+from config.model import (
+    BundledDatabase,
+    DockerTarget,
+    KubernetesTarget,
+    S3Repository,
+    SftpRepository,
+    StackConfig,
+    VolumeRepository,
+)
+
+BACKUP_SERVICE = "backup"
+CHECK_SERVICE = "backup-check"
+DUMP_SERVICE = "backup-dump"
+COMPONENT = "backup"
+# Every snapshot is taken under this host name, so `latest` and retention see one series
+# whichever container or pod took it (Docker gives containers random host names).
+SNAPSHOT_HOST = "matrix-stack"
+
+BIN = "/backup/bin"
+DUMP_SCRIPT = f"{BIN}/dump.sh"
+BACKUP_SCRIPT = f"{BIN}/backup.sh"
+CRONTAB_DIR = "/backup/crontabs"
+CRONTAB = f"{CRONTAB_DIR}/root"
+SCRATCH = "/backup/scratch"
+DUMPS = f"{SCRATCH}/dumps"
+KEYS = "/backup/keys"
+SECRETS = "/backup/secrets"
+PASSWORD_FILE = f"{SECRETS}/restic-password"
+PGPASS_FILE = f"{SECRETS}/pgpass"
+S3_ENV_FILE = f"{SECRETS}/s3.env"
+SFTP_KEY_FILE = f"{SECRETS}/sftp-key"
+KNOWN_HOSTS_FILE = "/backup/conf/known_hosts"
+CACHE = f"{SCRATCH}/cache"
+REPOSITORY_MOUNT = "/repository"
+# Docker: how long backup.sh waits for the dump container before it gives up.
+DUMP_WAIT_S = 3600
+# The files Synapse cannot regenerate: a new signing key breaks the server's federation identity.
+KEY_FILES = {"signing_key": hs.secret_path("signing_key")}
+
+
+@dataclass(frozen=True)
+class Database:
+    """A PostgreSQL database the stack owns, dumped to DUMPS/<name>.dump."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    # The service that runs the server, when the stack runs it (restore execs into it).
+    service: str | None = None
+    sslmode: str = "prefer"
+
+    @property
+    def dump_path(self) -> str:
+        return f"{DUMPS}/{self.name}.dump"
+
+    @property
+    def conninfo(self) -> str:
+        return f"host={self.host} port={self.port} dbname={self.name} user={self.user} sslmode={self.sslmode}"
+
+
+def synapse_database(cfg: StackConfig) -> Database:
+    db = cfg.synapse.database
+    if isinstance(db, BundledDatabase):
+        return Database(hs.DATABASE_NAME, hs.POSTGRES_SERVICE, hs.POSTGRES_PORT, hs.DATABASE_USER,
+                        service=hs.POSTGRES_SERVICE, sslmode="disable")
+    return Database(db.name, db.host, db.port, db.user, sslmode=db.sslmode)
+
+
+def dump_image(cfg: StackConfig) -> str:
+    """The image that runs pg_dump: the bundled server's own; with an external database, the
+    pinned PostgreSQL image (the operator keeps the server at its major version)."""
+    db = cfg.synapse.database
+    return db.image if isinstance(db, BundledDatabase) else images.POSTGRES
+
+
+# ---------------------------------------------------------------- the repository
+
+
+def repository_url(cfg: StackConfig) -> str:
+    repo = cfg.backup.repository
+    if isinstance(repo, S3Repository):
+        return f"s3:{repo.endpoint}/{repo.bucket}" + (f"/{repo.path.strip('/')}" if repo.path.strip("/") else "")
+    if isinstance(repo, SftpRepository):
+        return f"sftp:{repo.user}@{repo.host}:{repo.path}"
+    return REPOSITORY_MOUNT
+
+
+def sftp_command(cfg: StackConfig, key_file: str, known_hosts: str) -> str:
+    """The ssh command restic's sftp backend runs: the pinned host key, this key only."""
+    repo = cfg.backup.repository
+    assert isinstance(repo, SftpRepository)
+    return (f"ssh -i {key_file} -o IdentitiesOnly=yes -o UserKnownHostsFile={known_hosts} "
+            f"-o StrictHostKeyChecking=yes -p {repo.port} {repo.user}@{repo.host} -s sftp")
+
+
+def known_hosts(cfg: StackConfig) -> str:
+    repo = cfg.backup.repository
+    assert isinstance(repo, SftpRepository)
+    host = repo.host if repo.port == 22 else f"[{repo.host}]:{repo.port}"
+    return f"{host} {repo.known_hosts}"
+
+
+def s3_env(access_key_id: str, secret_access_key: str) -> str:
+    """The bucket's credentials as a file backup.sh sources (crond gives jobs no environment)."""
+    return (f"export AWS_ACCESS_KEY_ID={shlex.quote(access_key_id)}\n"
+            f"export AWS_SECRET_ACCESS_KEY={shlex.quote(secret_access_key)}\n")
+
+
+def pgpass(databases: Sequence[Database], passwords: Sequence[str]) -> str:
+    """libpq's password file: one line per database (':' and '\\' escaped)."""
+    def esc(text: str) -> str:
+        return text.replace("\\", "\\\\").replace(":", "\\:")
+
+    return "".join(f"{esc(d.host)}:{d.port}:{esc(d.name)}:{esc(d.user)}:{esc(p)}\n"
+                   for d, p in zip(databases, passwords, strict=True))
+
+
+def retention_flags(cfg: StackConfig) -> list[str]:
+    keep = cfg.backup.retention
+    flags: list[str] = []
+    for name, count in (("daily", keep.daily), ("weekly", keep.weekly), ("monthly", keep.monthly)):
+        if count:
+            flags += [f"--keep-{name}", str(count)]
+    return flags
+
+
+def snapshot_paths(databases: Sequence[Database]) -> list[str]:
+    """What one snapshot holds, in restic's argument order."""
+    return [DUMPS, KEYS, hs.MEDIA_STORE]
+
+
+# ---------------------------------------------------------------- the scripts
+
+
+def dump_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
+    """pg_dump -Fc of every database into DUMPS, each written beside and renamed when complete.
+    On Docker it waits for requests (SCRATCH/.request) and answers with .done or .failed."""
+    lines = [
+        "#!/bin/sh",
+        "# Dumps every database the stack owns (pg_dump -Fc, the server's major version).",
+        "set -eu",
+        f"export PGPASSFILE={PGPASS_FILE}",
+        "",
+        "dump() {",
+        f"  mkdir -p {DUMPS}",
+    ]
+    for db in databases:
+        partial = f"{db.dump_path}.partial"
+        lines += [
+            # Uncompressed: restic compresses, and finds the tables that did not change since
+            # the last snapshot (a compressed dump differs throughout).
+            f"  pg_dump -Fc -Z 0 -d {shlex.quote(db.conninfo)} -f {partial}",
+            f"  mv {partial} {db.dump_path}",
+            f"  echo \"dumped {db.name}: $(wc -c < {db.dump_path}) bytes\"",
+        ]
+    lines.append("}")
+    lines.append("")
+    if isinstance(cfg.target, DockerTarget):
+        lines += [
+            "# Docker: backup.sh, run by crond on its schedule, asks for fresh dumps.",
+            "while :; do",
+            f"  if [ -e {SCRATCH}/.request ]; then",
+            f"    rm -f {SCRATCH}/.request {SCRATCH}/.done {SCRATCH}/.failed",
+            f"    if (dump); then touch {SCRATCH}/.done; else touch {SCRATCH}/.failed; fi",
+            "  fi",
+            "  sleep 2",
+            "done",
+        ]
+    else:
+        lines.append("dump")
+    return "\n".join(lines) + "\n"
+
+
+def _repository_lines(cfg: StackConfig) -> list[str]:
+    repo = cfg.backup.repository
+    lines = [
+        f"export RESTIC_REPOSITORY={shlex.quote(repository_url(cfg))}",
+        f"export RESTIC_PASSWORD_FILE={PASSWORD_FILE}",
+        f"export RESTIC_CACHE_DIR={CACHE}",
+    ]
+    if isinstance(repo, S3Repository):
+        lines.append(f". {S3_ENV_FILE}")
+        if repo.region:
+            lines.append(f"export AWS_DEFAULT_REGION={shlex.quote(repo.region)}")
+    if isinstance(repo, SftpRepository):
+        option = f"sftp.command={sftp_command(cfg, SFTP_KEY_FILE, KNOWN_HOSTS_FILE)}"
+        lines.append(f"set -- -o {shlex.quote(option)}")
+    else:
+        lines.append("set --")
+    return lines
+
+
+def backup_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
+    """`backup.sh backup`: a snapshot, then forget --prune; `backup.sh check`: restic check."""
+    paths = " ".join(snapshot_paths(databases))
+    lines = [
+        "#!/bin/sh",
+        "# One restic snapshot of the database dumps, the key files and the media store.",
+        "set -eu",
+        'mode="${1:-backup}"',
+        *_repository_lines(cfg),
+        "",
+        f"mkdir -p {CACHE}",
+        "if ! restic \"$@\" cat config >/dev/null 2>&1; then",
+        '  if [ "$mode" != backup ]; then echo "no restic repository at $RESTIC_REPOSITORY" >&2; exit 1; fi',
+        '  restic "$@" init',
+        "fi",
+        "",
+        'if [ "$mode" = check ]; then',
+        '  exec restic "$@" check',
+        "fi",
+        "",
+    ]
+    if isinstance(cfg.target, DockerTarget):
+        lines += [
+            f"# Docker: ask the {DUMP_SERVICE} container for fresh dumps and wait for them.",
+            f"rm -f {SCRATCH}/.done {SCRATCH}/.failed",
+            f"touch {SCRATCH}/.request",
+            "waited=0",
+            f"until [ -e {SCRATCH}/.done ]; do",
+            f"  if [ -e {SCRATCH}/.failed ]; then echo \"the database dump failed: see the {DUMP_SERVICE} container's log\" >&2; exit 1; fi",
+            f"  if [ \"$waited\" -ge {DUMP_WAIT_S} ]; then echo \"no database dump within {DUMP_WAIT_S}s: is {DUMP_SERVICE} running?\" >&2; exit 1; fi",
+            "  sleep 2",
+            "  waited=$((waited + 2))",
+            "done",
+            "",
+        ]
+    missing = " ".join(db.dump_path for db in databases)
+    lines += [
+        f"for dump in {missing}; do",
+        '  if [ ! -s "$dump" ]; then echo "missing database dump $dump" >&2; exit 1; fi',
+        "done",
+        f"restic \"$@\" backup --json --host {SNAPSHOT_HOST} --tag {SNAPSHOT_HOST} {paths}",
+        f"restic \"$@\" forget --host {SNAPSHOT_HOST} {' '.join(retention_flags(cfg))} --prune",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def crontab(cfg: StackConfig) -> str:
+    """BusyBox crond's table on Docker: the job's output goes to the container's log (crond is
+    PID 1 there)."""
+    out = ">/proc/1/fd/1 2>/proc/1/fd/2"
+    return (f"{cfg.backup.schedule} /bin/sh {BACKUP_SCRIPT} backup {out}\n"
+            f"{cfg.backup.check_schedule} /bin/sh {BACKUP_SCRIPT} check {out}\n")
+
+
+# ---------------------------------------------------------------- restoring
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the restore procedure: why, and the exact command."""
+
+    why: str
+    command: str
+
+
+def _docker_prefix(cfg: StackConfig, service: str) -> str:
+    """DOCKER_HOST=... for a service on a remote Docker host (as create_admin_command)."""
+    host = placement.host_of(cfg, service)
+    if host is not None and host.url != "unix:///var/run/docker.sock":
+        return f"DOCKER_HOST={host.url} "
+    return ""
+
+
+def _password_step(stack: str) -> Step:
+    return Step("The repository's password, a Pulumi secret of the stack.",
+                f"export RESTIC_PASSWORD=\"$(pulumi stack output --stack {stack} --show-secrets backup_repository_password)\"")
+
+
+def _credential_steps(cfg: StackConfig, stack: str) -> list[Step]:
+    repo = cfg.backup.repository
+    get = f"pulumi config get --stack {stack} matrix-stack"
+    if isinstance(repo, S3Repository):
+        return [Step("The bucket's credentials, secret config of the stack.",
+                     f"export AWS_ACCESS_KEY_ID=\"$({get}:backup_s3_access_key_id)\" "
+                     f"AWS_SECRET_ACCESS_KEY=\"$({get}:backup_s3_secret_access_key)\"")]
+    if isinstance(repo, SftpRepository):
+        return [Step("The SFTP key and the server's pinned host key, in files the restore containers mount.",
+                     f"umask 077 && {get}:backup_sftp_private_key > sftp-key && "
+                     f"printf '%s\\n' {shlex.quote(known_hosts(cfg))} > known_hosts")]
+    return []
+
+
+def _docker_restic(cfg: StackConfig, args: str, mounts: Sequence[str] = (), stdin: bool = False) -> str:
+    repo = cfg.backup.repository
+    flags = ["--rm"] + (["-i"] if stdin else []) + ["-e", "RESTIC_PASSWORD"]
+    if isinstance(repo, S3Repository):
+        flags += ["-e", "AWS_ACCESS_KEY_ID", "-e", "AWS_SECRET_ACCESS_KEY"]
+        if repo.region:
+            flags += ["-e", f"AWS_DEFAULT_REGION={repo.region}"]
+    if isinstance(repo, VolumeRepository):
+        flags += ["-v", f"matrix-stack-{repo.name}:{REPOSITORY_MOUNT}:ro"]
+    if isinstance(repo, SftpRepository):
+        flags += ["-v", f"\"$PWD/sftp-key:{SFTP_KEY_FILE}:ro\"", "-v", f"\"$PWD/known_hosts:{KNOWN_HOSTS_FILE}:ro\""]
+    for mount in mounts:
+        flags += ["-v", mount]
+    repo_args = ["-r", shlex.quote(repository_url(cfg))]
+    if isinstance(repo, SftpRepository):
+        repo_args += ["-o", shlex.quote(f"sftp.command={sftp_command(cfg, SFTP_KEY_FILE, KNOWN_HOSTS_FILE)}")]
+    prefix = _docker_prefix(cfg, BACKUP_SERVICE)
+    return f"{prefix}docker run {' '.join(flags)} {cfg.backup.image} {' '.join(repo_args)} {args}"
+
+
+def synapse_services(cfg: StackConfig) -> list[str]:
+    """The services that read the database or the media store: stopped during a restore."""
+    return [p.name for p in hs.topology(cfg).processes] + ["synapse-proxy"]
+
+
+def _pg_restore(db: Database) -> str:
+    return (f"pg_restore -U {db.user} -d {db.name} --clean --if-exists --no-owner --role={db.user} "
+            "--single-transaction --exit-on-error")
+
+
+def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) -> list[Step]:
+    stopped = synapse_services(cfg)
+    media_volume = "matrix-stack-synapse-media"
+    steps = [_password_step(stack), *_credential_steps(cfg, stack)]
+    steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
+    steps += _key_steps(cfg, stack, lambda args: _docker_restic(cfg, args))
+    by_host: dict[str, list[str]] = {}
+    for name in stopped:
+        by_host.setdefault(_docker_prefix(cfg, name), []).append(name)
+    for prefix, names in by_host.items():
+        steps.append(Step("Stop every Synapse process and the proxy; PostgreSQL keeps running. After a lost "
+                          "host, run `pulumi up` first: it recreates the containers and empty volumes.",
+                          f"{prefix}docker stop {' '.join(reversed(names))}"))
+    for db in databases:
+        latest = _docker_restic(cfg, f"dump --host {SNAPSHOT_HOST} latest {db.dump_path}", stdin=True)
+        if db.service:
+            target = f"{_docker_prefix(cfg, db.service)}docker exec -i {db.service} {_pg_restore(db)}"
+        else:
+            target = (f"docker run --rm -i -e PGPASSWORD {dump_image(cfg)} {_pg_restore(db)} "
+                      f"-h {db.host} -p {db.port}")
+        steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
+                          "transaction.", f"{latest} | {target}"))
+    steps.append(Step("Restore the media store into its volume (files keep their owner).",
+                      _docker_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {hs.MEDIA_STORE}",
+                                     mounts=[f"{media_volume}:{hs.MEDIA_STORE}"])))
+    for prefix, names in by_host.items():
+        steps.append(Step("Start Synapse again: main first, then the workers and the proxy.",
+                          f"{prefix}docker start {' '.join(names)}"))
+    return steps
+
+
+def _key_steps(cfg: StackConfig, stack: str, restic: object) -> list[Step]:
+    assert callable(restic)
+    path = f"{KEYS}/signing_key"
+    return [Step("Only when the Pulumi state that generated it is lost too: bring Synapse's signing key (its "
+                 "federation identity) back into the stack, then run `pulumi up` to recreate what was lost.",
+                 f"{restic(f'dump --host {SNAPSHOT_HOST} latest {path}')} | "
+                 f"pulumi config set --stack {stack} --secret matrix-stack:signing_key")]
+
+
+def _kubectl(cfg: StackConfig) -> str:
+    target = cfg.target
+    assert isinstance(target, KubernetesTarget)
+    flags = []
+    if target.kubeconfig:
+        flags.append(f"--kubeconfig {target.kubeconfig}")
+    if target.context:
+        flags.append(f"--context {target.context}")
+    flags.append(f"-n {target.namespace}")
+    return f"kubectl {' '.join(flags)}"
+
+
+def _k8s_restic(cfg: StackConfig, args: str, mounts: Sequence[tuple[str, str, bool]] = ()) -> str:
+    """`kubectl run` of the restic image with the repository and the given claims mounted
+    (claim, path, read_only). The password comes from the operator's environment."""
+    repo = cfg.backup.repository
+    env = [{"name": "RESTIC_PASSWORD", "value": "$RESTIC_PASSWORD"}]
+    if isinstance(repo, S3Repository):
+        env += [{"name": "AWS_ACCESS_KEY_ID", "value": "$AWS_ACCESS_KEY_ID"},
+                {"name": "AWS_SECRET_ACCESS_KEY", "value": "$AWS_SECRET_ACCESS_KEY"}]
+        if repo.region:
+            env.append({"name": "AWS_DEFAULT_REGION", "value": repo.region})
+    claims = list(mounts)
+    if isinstance(repo, VolumeRepository):
+        claims.append((repo.name, REPOSITORY_MOUNT, True))
+    volumes = [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": ro}}
+               for i, (claim, _path, ro) in enumerate(claims)]
+    volume_mounts = [{"name": f"v{i}", "mountPath": path, "readOnly": ro} for i, (_claim, path, ro) in enumerate(claims)]
+    repo_args = ["-r", repository_url(cfg)]
+    if isinstance(repo, SftpRepository):
+        volumes.append({"name": "sftp", "secret": {"secretName": "backup-restore-sftp", "defaultMode": 0o400}})
+        volume_mounts.append({"name": "sftp", "mountPath": "/sftp", "readOnly": True})
+        repo_args += ["-o", f"sftp.command={sftp_command(cfg, '/sftp/sftp-key', '/sftp/known_hosts')}"]
+    container = {"name": "restic", "image": cfg.backup.image, "args": [*repo_args, *args.split()],
+                 "env": env, "volumeMounts": volume_mounts, "stdin": True}
+    overrides = {"apiVersion": "v1", "spec": {"containers": [container], "volumes": volumes,
+                                              "restartPolicy": "Never", "automountServiceAccountToken": False}}
+    # Double quotes so the shell puts the password in; JSON's own quotes escaped for it.
+    text = json.dumps(overrides, separators=(",", ":")).replace('"', '\\"')
+    return (f"{_kubectl(cfg)} run backup-restore --rm -i --quiet --restart=Never --image={cfg.backup.image} "
+            f"--overrides=\"{text}\"")
+
+
+def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) -> list[Step]:
+    kubectl = _kubectl(cfg)
+    steps = [_password_step(stack), *_credential_steps(cfg, stack)]
+    if isinstance(cfg.backup.repository, SftpRepository):
+        steps.append(Step("The SFTP files as a Secret the restore pod mounts (deleted at the end).",
+                          f"{kubectl} create secret generic backup-restore-sftp --from-file=sftp-key "
+                          "--from-file=known_hosts"))
+    steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
+    steps += _key_steps(cfg, stack, lambda args: _k8s_restic(cfg, args))
+    workloads = [f"{'statefulset' if hs.uses_media_store(cfg, p) else 'deployment'}/{p.name}"
+                 for p in hs.topology(cfg).processes] + ["deployment/synapse-proxy"]
+    steps.append(Step("Stop every Synapse process and the proxy; PostgreSQL keeps running. After a lost "
+                      "cluster, run `pulumi up` first: it recreates the workloads and empty claims.",
+                      f"{kubectl} scale --replicas=0 {' '.join(workloads)}"))
+    for db in databases:
+        latest = _k8s_restic(cfg, f"dump --host {SNAPSHOT_HOST} latest {db.dump_path}")
+        if db.service:
+            target = f"{kubectl} exec -i statefulset/{db.service} -- {_pg_restore(db)}"
+        else:
+            target = (f"{kubectl} run backup-pg-restore --rm -i --quiet --restart=Never --image={dump_image(cfg)} "
+                      f"--env=PGPASSWORD=\"$PGPASSWORD\" -- {_pg_restore(db)} -h {db.host} -p {db.port}")
+        steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
+                          "transaction.", f"{latest} | {target}"))
+    steps.append(Step("Restore the media store into its claim (files keep their owner).",
+                      _k8s_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {hs.MEDIA_STORE}",
+                                  mounts=[("synapse-media", hs.MEDIA_STORE, False)])))
+    steps.append(Step("Start Synapse again with the stack's replica counts.", f"pulumi up --stack {stack}"))
+    if isinstance(cfg.backup.repository, SftpRepository):
+        steps.append(Step("Remove the SFTP files.", f"{kubectl} delete secret backup-restore-sftp && rm sftp-key known_hosts"))
+    return steps
+
+
+def restore_procedure(cfg: StackConfig, databases: Sequence[Database], stack: str) -> list[Step]:
+    if isinstance(cfg.target, KubernetesTarget):
+        return kubernetes_restore(cfg, databases, stack)
+    return docker_restore(cfg, databases, stack)
+
+
+def procedure_text(steps: Sequence[Step]) -> str:
+    """The steps as a shell script to read and run in order: `# why` above each command."""
+    return "".join(f"# {i}. {step.why}\n{step.command}\n" for i, step in enumerate(steps, 1))
+
+
+def snapshots_command(cfg: StackConfig) -> str:
+    """The command that lists the snapshots, once RESTIC_PASSWORD (and the repository's
+    credentials) are exported as the restore procedure's first steps do."""
+    args = f"snapshots --host {SNAPSHOT_HOST}"
+    if isinstance(cfg.target, KubernetesTarget):
+        return _k8s_restic(cfg, args)
+    return _docker_restic(cfg, args)
+
+
+# ---------------------------------------------------------------- warnings
+
+
+def same_host_warnings(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """A volume repository on the Docker host of the database shares its fate."""
+    if not cfg.backup.enabled or not isinstance(cfg.backup.repository, VolumeRepository):
+        return []
+    if not isinstance(cfg.target, DockerTarget):
+        return []
+    backup = placement.host_of(cfg, BACKUP_SERVICE)
+    database = placement.host_of(cfg, hs.POSTGRES_SERVICE) if isinstance(cfg.synapse.database, BundledDatabase) \
+        else None
+    if backup is None or database is None or backup.name != database.name:
+        return []
+    return [("backup.repository.kind", "volume",
+             f"the restic repository is a volume on '{backup.name}', the Docker host that runs the database: losing "
+             "that host loses the backups with it; use kind s3 or sftp for a copy elsewhere")]
+
+
+def warnings(cfg: StackConfig) -> list[str]:
+    from config import Problem
+
+    return [str(Problem(key, advice, str(value))) for key, value, advice in same_host_warnings(cfg)]

@@ -1,0 +1,101 @@
+"""The backup jobs as target-neutral services (pure: secrets come in as values).
+
+Kubernetes: one scheduled service per job (`backup`, `backup-check`); the backup's dump runs
+first in the PostgreSQL image (its `steps`), in the same pod, sharing the scratch directory.
+Docker: the same two scheduled services (BusyBox crond in the restic image runs them), and
+`backup-dump`, the PostgreSQL image waiting for dump requests in the scratch volume, because
+a Docker host has no pod to run two images in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pulumi
+
+from components.platform.spec import File, Resources, Service, Volume
+from components.synapse import homeserver as hs
+from config import images
+from config.model import KubernetesTarget, S3Repository, SftpRepository, StackConfig, VolumeRepository
+
+from . import render
+from .render import Database
+
+# Secrets the jobs read: the repository's password (generated), each database's password and
+# the key files (the owning part's), the repository's credentials (config secrets).
+PASSWORD = "restic_password"
+MEDIA_VOLUME = "synapse-media"
+SCRATCH_VOLUME = "backup-scratch"
+
+
+def _pgpass(databases: Sequence[Database], passwords: Sequence[pulumi.Input[str]]) -> pulumi.Input[str]:
+    if all(isinstance(p, str) for p in passwords):
+        return render.pgpass(databases, [str(p) for p in passwords])
+    return pulumi.Output.all(*passwords).apply(lambda values: render.pgpass(databases, values))
+
+
+def _s3_env(secrets: Mapping[str, pulumi.Input[str]]) -> pulumi.Input[str]:
+    key_id, key = secrets["s3_access_key_id"], secrets["s3_secret_access_key"]
+    if isinstance(key_id, str) and isinstance(key, str):
+        return render.s3_env(key_id, key)
+    return pulumi.Output.all(key_id, key).apply(lambda values: render.s3_env(values[0], values[1]))
+
+
+def dump_user(cfg: StackConfig) -> str | None:
+    return images.facts_for(render.dump_image(cfg)).user
+
+
+def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[str, pulumi.Input[str]],
+             database_passwords: Sequence[pulumi.Input[str]]) -> list[Service]:
+    """The backup's services. `secrets`: restic_password, signing_key, and the repository's
+    credentials (s3_access_key_id and s3_secret_access_key, or sftp_private_key)."""
+    kubernetes = isinstance(cfg.target, KubernetesTarget)
+    repo = cfg.backup.repository
+    scripts = [File(render.BACKUP_SCRIPT, render.backup_script(cfg, databases), mode=0o555)]
+    secret_files = [File(render.PASSWORD_FILE, secrets[PASSWORD], secret=True, mode=0o400)]
+    for name in render.KEY_FILES:
+        secret_files.append(File(f"{render.KEYS}/{name}", secrets[name], secret=True, mode=0o400))
+    if isinstance(repo, S3Repository):
+        secret_files.append(File(render.S3_ENV_FILE, _s3_env(secrets), secret=True, mode=0o400))
+    if isinstance(repo, SftpRepository):
+        secret_files.append(File(render.SFTP_KEY_FILE, secrets["sftp_private_key"], secret=True, mode=0o400))
+        scripts.append(File(render.KNOWN_HOSTS_FILE, render.known_hosts(cfg) + "\n"))
+    dump_files = [File(render.DUMP_SCRIPT, render.dump_script(cfg, databases), mode=0o555),
+                  File(render.PGPASS_FILE, _pgpass(databases, database_passwords), secret=True, mode=0o400)]
+    volumes = [Volume(MEDIA_VOLUME, hs.MEDIA_STORE, read_only=True)]
+    if isinstance(repo, VolumeRepository):
+        volumes.append(Volume(repo.name, render.REPOSITORY_MOUNT, size=repo.size))
+    resources = Resources(cpu_request="100m", memory_request="256Mi", memory_limit="2Gi")
+    common = dict(component=render.COMPONENT, image=cfg.backup.image, read_only_root=True,
+                  resources=resources, labels={"matrix-stack.backup-job": "true"})
+    check = Service(name=render.CHECK_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "check"),
+                    files=[*scripts, *secret_files], volumes=list(volumes),
+                    writable_paths=(render.SCRATCH,) if kubernetes else (), **common)  # type: ignore[arg-type]
+    if kubernetes:
+        backup = Service(name=render.BACKUP_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "backup"),
+                         files=[*scripts, *secret_files, *dump_files], volumes=list(volumes),
+                         writable_paths=(render.SCRATCH,), **common)  # type: ignore[arg-type]
+        return [backup, check]
+    scratch = Volume(SCRATCH_VOLUME, render.SCRATCH, size="20Gi", owner=dump_user(cfg))
+    backup = Service(name=render.BACKUP_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "backup"),
+                     files=[*scripts, *secret_files], volumes=[*volumes, scratch], **common)  # type: ignore[arg-type]
+    check.volumes.append(scratch)
+    dump = Service(
+        name=render.DUMP_SERVICE,
+        component=render.COMPONENT,
+        image=render.dump_image(cfg),
+        entrypoint=("/bin/sh",),
+        args=(render.DUMP_SCRIPT,),
+        files=dump_files,
+        volumes=[scratch],
+        user=dump_user(cfg),
+        read_only_root=True,
+        resources=Resources(cpu_request="50m", memory_request="64Mi", memory_limit="1Gi"),
+    )
+    return [dump, backup, check]
+
+
+def synapse_secrets_needed() -> tuple[str, ...]:
+    """What the backup reads of the Synapse cluster's secrets."""
+    return ("postgres", *render.KEY_FILES)
+
