@@ -70,3 +70,18 @@ def test_a_docker_stack_with_cloudflare_and_acme_loads_no_kubernetes_and_tls_onl
     assert "pulumi_tls" not in seen["check"]  # type: ignore[operator]
     assert "pulumi_tls" in seen["render"]  # type: ignore[operator]
     assert "pulumi_cloudflare" in seen["render"]  # type: ignore[operator]
+
+
+def test_target_adapters_import_no_part() -> None:
+    """The adapters read the target-neutral spec only: no import reaches up into a part (the TLS
+    plan, the worker table, ...). components.secrets generates values, it is no part."""
+    allowed = ("components.platform", "components.secrets")
+    found = []
+    for path in sorted((ROOT / "components" / "platform").rglob("*.py")):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("from", "import") and words[1].startswith("components"):
+                module = words[1] if words[0] == "import" or words[1] != "components" else f"components.{words[3]}"
+                if not module.startswith(allowed):
+                    found.append(f"{path.relative_to(ROOT)}: {line.strip()}")
+    assert not found
