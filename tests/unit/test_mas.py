@@ -21,7 +21,7 @@ from components.synapse import routing
 from config import images
 from config.load import ConfigError, parse
 from config.model import StackConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stack_config
 
 SCHEMA_PATH = ROOT.parent / "shared" / "reference" / "mas" / f"config.schema.v{images.MAS_VERSION}.json"
 
@@ -91,6 +91,11 @@ SYN2MAS: dict[str, Any] = {**MONOLITH, "mas": {"enabled": True, "syn2mas": True,
 STACKS = {"monolith": MONOLITH, "workers": WORKERS, "every-setting": EVERY_SETTING, "syn2mas": SYN2MAS}
 
 
+def example(name: str) -> StackConfig:
+    raw, secret = stack_config(name, ROOT)
+    return parse(raw, tuple(secret))
+
+
 def cfg_of(raw: dict[str, Any]) -> StackConfig:
     return parse(copy.deepcopy(raw), SECRET_KEYS)
 
@@ -102,6 +107,13 @@ def cfg_of(raw: dict[str, Any]) -> StackConfig:
 def test_every_rendered_config_validates_against_mas_schema(schema: dict[str, Any], name: str) -> None:
     document = yaml.safe_load(render.config_yaml(cfg_of(STACKS[name])))
     assert validate(schema, document) == []
+
+
+@pytest.mark.parametrize("name", ["staging", "prod"])
+def test_the_example_stacks_enable_mas_and_their_config_validates(schema: dict[str, Any], name: str) -> None:
+    cfg = example(name)
+    assert cfg.mas.enabled
+    assert validate(schema, yaml.safe_load(render.config_yaml(cfg))) == []
 
 
 def test_the_every_setting_stack_uses_every_typed_setting() -> None:
