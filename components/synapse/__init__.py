@@ -90,6 +90,11 @@ def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
     """
     from components.platform.targets import target_of
 
+    if cfg.mas.owns_logins:
+        # Synapse has no shared-secret registration while MAS owns accounts: MAS makes the admin.
+        from components.mas import render as mas
+
+        return mas.create_admin_command(cfg, user)
     main = homeserver.topology(cfg).processes[0]
     register = (f"register_new_matrix_user -c {homeserver.SHARED_CONFIG} -a -u {user} "
                 f"http://localhost:{main.port}")
