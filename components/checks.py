@@ -1,14 +1,17 @@
-"""The stack-wide rules that need the components (worker table, placement, DNS, TLS), each
-registered with the keys it reads (config/checks.py): the loader runs a rule only when those
-keys validated. Importing this module registers them; stack.py does.
+"""The stack-wide rules that need the parts (worker table, placement, endpoints, certificates),
+each registered with the keys it reads (config/checks.py): the loader runs a rule only when those
+keys validated. A part's own rules live beside its declaration.
 
 The components are imported inside each rule: loading the config stays cheap.
 """
 
 from __future__ import annotations
 
-from config.checks import Finding, check
-from config.model import KubernetesTarget, StackConfig
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from config.checks import Check, Finding, check, register
+from config.model import StackConfig
 
 # What the worker topology is derived from (counts_for): the preset and every role's count.
 TOPOLOGY = ("synapse.workers",)
@@ -18,6 +21,10 @@ PART_SWITCHES = ("element_call.enabled", "ntfy.enabled", "coturn.enabled", "elem
 # What decides the public hostnames and their certificates (components/tls/plan.py).
 CERTIFICATES = ("target", "tls.mode", "server_name", "hostnames", "cloudflare.enabled", "cloudflare.proxy_http",
                 *PART_SWITCHES)
+STAND_IN = "stand-in"
+
+if TYPE_CHECKING:
+    from components.part import Part
 
 
 # First: every rule that derives the topology reads the preset, and must not run on a bad one.
@@ -47,20 +54,54 @@ def extra_config(cfg: StackConfig) -> list[Finding]:
     return homeserver.check_extra_config(cfg)
 
 
-@check(*CERTIFICATES, *TOPOLOGY, "synapse.database.kind")
-def placement(cfg: StackConfig) -> list[Finding]:
-    from components import parts
-    from components.mas import services as mas
-    from components.platform import placement
-    from components.synapse import services
-    from components.tls import ACME_SERVICE
-    from components.tls.plan import runs_acme_client
+def _merged(groups: list[list[str]]) -> list[list[str]]:
+    """Groups that share a member become one group (one host for all of them)."""
+    merged: list[set[str]] = []
+    for group in groups:
+        joined = set(group)
+        for other in [m for m in merged if m & joined]:
+            joined |= other
+            merged.remove(other)
+        merged.append(joined)
+    return [sorted(g) for g in merged]
 
-    cluster = services.service_names(cfg)
-    # The ACME client shares its certificate and webroot volumes with the proxy.
-    acme = [ACME_SERVICE] if runs_acme_client(cfg) else []
-    return placement.check(cfg, cluster + parts.service_names(cfg) + mas.service_names(cfg) + acme,
-                           [sorted(cluster + acme)])
+
+# The services are the ones the build declares: each enabled part's services() with stand-in secrets.
+# Files a previous rule refused are not read again (the CA files).
+@check(*CERTIFICATES, *TOPOLOGY, "synapse.database.kind", "synapse.federation.trusted_ca_files")
+def placement(cfg: StackConfig) -> list[Finding]:
+    from components.catalog import enabled_parts
+    from components.platform.targets import target_of
+
+    names: list[str] = []
+    together: list[list[str]] = []
+    for part in enabled_parts(cfg):
+        services = part.services(cfg, dict.fromkeys(part.secret_names(cfg), STAND_IN))
+        names += [s.name for s in services]
+        together += part.together(cfg, services)
+    from components.mas import services as mas  # its services, until MAS is a part of the catalog
+
+    names += [n for n in mas.service_names(cfg) if n not in names]
+    return target_of(cfg).placement_problems(names, _merged(together))
+
+
+@check("cloudflare.enabled", "cloudflare.zone", "hostnames", "server_name", *PART_SWITCHES)
+def hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
+    """Every public endpoint's hostname lies in the Cloudflare zone its record is written to."""
+    from components.catalog import endpoints
+
+    zone = cfg.cloudflare.zone
+    if not (cfg.cloudflare.enabled and zone):
+        return []
+    found: list[Finding] = []
+    seen: set[str] = set()
+    for host, endpoint in endpoints(cfg):
+        if host in seen or host == zone or host.endswith("." + zone):
+            continue
+        seen.add(host)
+        key = "server_name" if endpoint.key == "server" else f"hostnames.{endpoint.key}"
+        found.append((key, host, f"must be inside the Cloudflare zone {zone}"))
+    return found
 
 
 @check("mas.enabled", "mas.database.kind", "synapse.database.kind", "target")
@@ -77,27 +118,11 @@ def cloudflare_upload_limit(cfg: StackConfig) -> list[Finding]:
     return records.check(cfg)
 
 
-@check("coturn", "element_call.enabled", "element_call.livekit")
-def turn_ports(cfg: StackConfig) -> list[Finding]:
-    from components.coturn import render
-
-    return render.check(cfg)
-
-
-@check("element_call.enabled", "element_call.livekit.turn", "target")
-def livekit_turn(cfg: StackConfig) -> list[Finding]:
-    from components import parts
-
-    return parts.livekit_turn_check(cfg)
-
-
 @check(*CERTIFICATES)
-def kubernetes_certificates(cfg: StackConfig) -> list[Finding]:
-    if not isinstance(cfg.target, KubernetesTarget):
-        return []
-    from components.platform import kubernetes
+def target_certificates(cfg: StackConfig) -> list[Finding]:
+    from components.tls import plan
 
-    return kubernetes.check(cfg)
+    return plan.target_check(cfg)
 
 
 @check("tls", "tls_private_key", *CERTIFICATES)
@@ -105,3 +130,21 @@ def provided_certificate(cfg: StackConfig) -> list[Finding]:
     from components.tls import plan
 
     return plan.check(cfg)
+
+
+def _register_part_rules() -> None:
+    """Each part's own rules (Part.check), in catalog order, reading the part's keys."""
+    from components.catalog import PARTS
+
+    for part in PARTS:
+        register(Check(f"part:{part.name}", part.reads, _rule(part)))
+
+
+def _rule(part: Part) -> Callable[[StackConfig], list[Finding]]:
+    def run(cfg: StackConfig) -> list[Finding]:
+        return part.check(cfg) if part.enabled(cfg) else []
+
+    return run
+
+
+_register_part_rules()

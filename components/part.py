@@ -1,46 +1,150 @@
-"""What every optional part of the stack (Element Call, ntfy, coturn, Element Web) hands back to
-the stack: the public sites the routing proxy serves, homeserver keys, client well-known keys
-and secret files for Synapse, plus public URLs for the stack outputs.
+"""A part of the stack, declared once: its public endpoints, its services, what it hands the
+Synapse cluster and the stack outputs. The catalog (components/catalog.py) lists the parts;
+everything else (the proxy's sites, DNS records, certificate names, the Cloudflare zone check,
+Kubernetes Ingress hosts, placement checks) is derived from these declarations.
 
-The parts are built before the Synapse cluster, so these travel one way: parts -> Inputs ->
-SynapseCluster. Sites on another Docker host are reached through a published port
-(placement.reach), which has to be known before the part's containers are declared.
+A declaration is pure: `enabled`, `endpoints` and `services` read only the typed config (and
+secrets handed in), so config checks run them before any resource exists. `build` declares the
+part's own Pulumi resources (its generated secrets, provider resources such as a Pages project)
+under its component resource and returns a Contribution; the stack realizes every part's
+services on the target in one call once all parts are built.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pulumi
 
-from components.platform import placement
-from components.platform.spec import Site
-from components.synapse.services import PROXY_SERVICE
+from components.platform.spec import EdgeCertificate, File, Service, Site, Volume
+from config.checks import Finding
 from config.model import StackConfig
 
+if TYPE_CHECKING:
+    from components.platform.contract import Platform
 
-class Part(pulumi.ComponentResource):
-    """A ComponentResource with the contributions the stack collects into synapse Inputs."""
+# Build stages: parts that hand the cluster something, the cluster itself, parts that read what
+# was built (DNS reads the Pages project's CNAME target).
+BEFORE_CLUSTER, CLUSTER, AFTER_CLUSTER = 0, 1, 2
 
-    def __init__(self, type_token: str, name: str, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(type_token, name, None, opts)
-        self.sites: list[Site] = []
-        self.site_addresses: dict[str, str] = {}
-        self.homeserver: dict[str, Any] = {}
-        self.well_known_client: dict[str, object] = {}
-        self.secret_files: dict[str, pulumi.Input[str]] = {}
-        self.urls: dict[str, str] = {}
-        self.services: list[Any] = []
 
-    def expose(self, cfg: StackConfig, platform: Any, site: Site) -> None:
-        """Serve `site` from the routing proxy; publish its port if it lives on another host."""
-        host, _port, crosses = placement.reach(cfg, PROXY_SERVICE, site.upstream_service, site.upstream_port)
-        if crosses:
-            self.site_addresses[site.upstream_service] = host
-            ports = getattr(platform, "cross_host_ports", None)
-            if ports is not None:
-                ports.add((site.upstream_service, site.upstream_port))
-        self.sites.append(site)
+@dataclass(frozen=True)
+class Endpoint:
+    """A public hostname of the stack."""
+
+    key: str  # the hostname is cfg.host(key); "server" is the server name itself
+    # The service and port the routing proxy forwards the host's requests to; None when the proxy
+    # answers them itself (the Matrix host) or does not serve the host at all.
+    upstream_service: str | None = None
+    upstream_port: int = 0
+    # The routing proxy serves the host: it gets a server block, a certificate and an Ingress host.
+    served_by_proxy: bool = True
+    # Cloudflare may proxy its record (when cloudflare.proxy_http is on).
+    cloudflare_proxy: bool = True
+    # It carries WebRTC or TURN: DNS-only whatever the settings (Cloudflare's proxy passes HTTP only).
+    media: bool = False
+    # Its record is a CNAME to a target a resource provides (Contribution.cname_targets), such as a
+    # Cloudflare Pages project; the proxy does not serve it.
+    cname: bool = False
+    # The record's IPv4 address when it is not the proxy's (cloudflare.origin_ip), and whether the
+    # host gets an AAAA record for cloudflare.origin_ipv6.
+    address: str | None = None
+    ipv6: bool = True
+    websockets: bool = False
+    max_body: str = "1M"
+
+    def hostname(self, cfg: StackConfig) -> str:
+        return cfg.server_name if self.key == "server" else cfg.host(self.key)
+
+    def site(self, cfg: StackConfig) -> Site | None:
+        """The proxy's virtual host forwarding to the upstream, when there is one."""
+        if not (self.served_by_proxy and self.upstream_service):
+            return None
+        return Site(self.hostname(cfg), self.upstream_service, self.upstream_port,
+                    websockets=self.websockets, max_body=self.max_body)
+
+
+@dataclass
+class Contribution:
+    """What a built part hands the stack."""
+
+    parent: pulumi.Resource | None = None  # the part's component resource (its services' parent)
+    services: list[Service] = field(default_factory=list)
+    # Shared homeserver keys, merged across parts (merge_homeserver).
+    homeserver: dict[str, Any] = field(default_factory=dict)
+    well_known_client: dict[str, object] = field(default_factory=dict)
+    # Secret files every Synapse process reads (path -> value).
+    secret_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    outputs: dict[str, object] = field(default_factory=dict)
+    # For the routing proxy: certificate files and volumes, and whether ACME renews what it reads.
+    proxy_files: list[File] = field(default_factory=list)
+    proxy_volumes: list[Volume] = field(default_factory=list)
+    proxy_watches_acme: bool = False
+    # A certificate the program holds for edge hostnames (the Kubernetes Ingress reads it).
+    edge_certificate: EdgeCertificate | None = None
+    # endpoint key -> the CNAME target a resource provides (Endpoint.cname).
+    cname_targets: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+@dataclass
+class BuildContext:
+    platform: Platform
+    # The one explicit Cloudflare provider (None when Cloudflare is off): every user of the account
+    # shares it, so there is one token to rotate.
+    cloudflare_provider: Any = None
+    built: list[Contribution] = field(default_factory=list)  # the parts built before this one
+
+
+class Part:
+    """The declaration of one part. Subclasses override what they have."""
+
+    name: ClassVar[str]  # the component resource's name, and the part's name in messages
+    stage: ClassVar[int] = BEFORE_CLUSTER
+    # Config keys enabled(), endpoints() and services() read: rules judging them run only when
+    # these keys validated (config/checks.py).
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return True
+
+    def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        return []
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        """The secrets services() reads (stand-ins when a check calls it)."""
+        return ()
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return []
+
+    def check(self, cfg: StackConfig) -> list[Finding]:
+        """The part's own config rules (run when the keys in `reads` validated)."""
+        return []
+
+    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
+        """Groups of services (of `services`, what services() returned, and others') that share a
+        volume or a private network: one host each."""
+        return []
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        raise NotImplementedError
+
+
+class Component(pulumi.ComponentResource):
+    """A part's component resource: the parent of everything the part declares."""
+
+    def __init__(self, type_name: str, name: str, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(f"matrix-stack:index:{type_name}", name, None, opts)
+
+
+def derive(value: pulumi.Input[str], render: Callable[[str], str]) -> pulumi.Input[str]:
+    """A file rendered from a secret: plain when the secret is a plain stand-in (checks, tests),
+    an Output under Pulumi."""
+    if isinstance(value, str):
+        return render(value)
+    return pulumi.Output.from_input(value).apply(render)  # type: ignore[arg-type]
 
 
 def ws_url(http_url: str) -> str:

@@ -36,16 +36,33 @@ class Check:
 CHECKS: list[Check] = []
 
 
+# The modules whose import registers rules, in order: the config's own, then those that need
+# the parts (which register each part's own rules). The loader imports them by name, so loading
+# a config never depends on who imported what before.
+RULE_MODULES = ("config.model", "components.checks")
+
+
+def rules() -> list[Check]:
+    import importlib
+
+    for module in RULE_MODULES:
+        importlib.import_module(module)
+    return list(CHECKS)
+
+
+def register(rule: Check) -> None:
+    CHECKS[:] = [c for c in CHECKS if c.name != rule.name]  # a reloaded module replaces its rules
+    CHECKS.append(rule)
+
+
 def check(*reads: str) -> Callable[[Callable[[StackConfig], list[Finding]]], Callable[[StackConfig], list[Finding]]]:
     """Register a rule that reads the given key paths."""
 
-    def register(run: Callable[[StackConfig], list[Finding]]) -> Callable[[StackConfig], list[Finding]]:
-        name = f"{run.__module__}.{run.__qualname__}"
-        CHECKS[:] = [c for c in CHECKS if c.name != name]  # a reloaded module replaces its rules
-        CHECKS.append(Check(name, reads, run))
+    def decorate(run: Callable[[StackConfig], list[Finding]]) -> Callable[[StackConfig], list[Finding]]:
+        register(Check(f"{run.__module__}.{run.__qualname__}", reads, run))
         return run
 
-    return register
+    return decorate
 
 
 Path = tuple[str | int, ...]

@@ -23,7 +23,7 @@ import pulumi
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from . import model
-from .checks import CHECKS, touches
+from .checks import rules, touches
 from .model import StackConfig
 
 NAMESPACE = "matrix-stack"
@@ -379,7 +379,7 @@ def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackCo
     cfg, refused, invalid = _validate(raw)
     problems += refused
     if cfg is not None:
-        for rule in list(CHECKS):
+        for rule in rules():
             if any(touches(read, key) for read in rule.reads for key in invalid):
                 continue
             findings = rule.run(cfg)

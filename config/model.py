@@ -774,19 +774,6 @@ def _acme_email(cfg: StackConfig) -> list[Finding]:
     return []
 
 
-@check("cloudflare.enabled", "cloudflare.zone", "hostnames", "server_name", "coturn.enabled", "mas.enabled")
-def _hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
-    found: list[Finding] = []
-    if cfg.cloudflare.enabled and cfg.cloudflare.zone:
-        zone = cfg.cloudflare.zone
-        for name in ("matrix", "call", "jwt", "livekit", "app", "ntfy", *(("turn",) if cfg.coturn.enabled else ()),
-                     *(("auth",) if cfg.mas.enabled else ())):
-            host = cfg.host(name)
-            if host != zone and not host.endswith("." + zone):
-                found.append((f"hostnames.{name}", host, f"must be inside the Cloudflare zone {zone}"))
-    return found
-
-
 # Synapse settings MAS replaces: Synapse 1.163 refuses to start with any of them beside
 # matrix_authentication_service (synapse/config/mas.py, check_config_conflicts).
 SYNAPSE_AUTH_KEYS = ("password_config", "password_providers", "oidc_providers", "oidc_config", "saml2_config",

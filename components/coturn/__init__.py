@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import pulumi
 
 from components import image_facts
-from components import secrets as gen
-from components.part import Part
+from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
 from components.platform.spec import File, Port, PortRange, Service
 from components.synapse import homeserver as hs
+from config.checks import Finding
 from config.model import StackConfig
 
 from . import render
@@ -19,22 +19,31 @@ COMPONENT = "coturn"
 
 
 class Coturn(Part):
-    def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("matrix-stack:index:Coturn", name, opts)
-        self.shared_secret = gen.password(f"{name}-shared-secret", self, protect=cfg.protect)
+    name = "coturn"
+    reads = ("coturn", "element_call.enabled", "element_call.livekit")
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return cfg.coturn.enabled
+
+    def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        # Clients reach coturn directly; the record points at its own public address when set.
+        return [Endpoint("turn", served_by_proxy=False, media=True, address=cfg.coturn.external_ip, ipv6=False)]
+
+    def check(self, cfg: StackConfig) -> list[Finding]:
+        return render.check(cfg)
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        return ("shared_secret",)
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         turn = cfg.coturn
-        if not render.external_ip(cfg):
-            # Not an error (a host with a public address of its own works), but behind Docker's
-            # NAT or a load balancer coturn would advertise an address nobody can reach.
-            pulumi.log.warn("coturn.external_ip is unset: coturn advertises the address it sees "
-                            "locally; set it to the public IP", resource=self)
-        service = Service(
+        return [Service(
             name=render.SERVICE,
             component=COMPONENT,
             image=turn.image,
             entrypoint=render.command(),
             files=[File(render.CONFIG, render.turnserver_conf(cfg)),
-                   File(render.AUTH_CONFIG, self.shared_secret.apply(render.auth_conf), secret=True, mode=0o400)],
+                   File(render.AUTH_CONFIG, derive(secrets["shared_secret"], render.auth_conf), secret=True, mode=0o400)],
             ports=[Port("turn-udp", render.PORT, "udp", public=True),
                    Port("turn-tcp", render.PORT, "tcp", public=True)],
             port_ranges=[PortRange("relay", turn.relay_port_start, turn.relay_port_end, "udp")],
@@ -44,10 +53,24 @@ class Coturn(Part):
             capabilities_add=image_facts.capabilities(turn.image),
             read_only_root=True,
             writable_paths=("/tmp",),
+        )]
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        from components import secrets as gen
+
+        component = Component("Coturn", self.name)
+        shared_secret = gen.password(f"{self.name}-shared-secret", component, protect=cfg.protect)
+        if not render.external_ip(cfg):
+            # Not an error (a host with a public address of its own works), but behind Docker's
+            # NAT or a load balancer coturn would advertise an address nobody can reach.
+            pulumi.log.warn("coturn.external_ip is unset: coturn advertises the address it sees "
+                            "locally; set it to the public IP", resource=component)
+        outputs: dict[str, object] = {"turn_uris": ", ".join(render.turn_uris(cfg))}
+        component.register_outputs(dict(outputs))
+        return Contribution(
+            parent=component,
+            services=self.services(cfg, {"shared_secret": shared_secret}),
+            homeserver=render.homeserver(cfg),
+            secret_files={hs.secret_path("turn"): shared_secret},
+            outputs=outputs,
         )
-        self.services = [service]
-        self.homeserver = render.homeserver(cfg)
-        self.secret_files = {hs.secret_path("turn"): self.shared_secret}
-        self.urls = {"turn_uris": ", ".join(render.turn_uris(cfg))}
-        platform.run(self.services, parent=self)
-        self.register_outputs(dict(self.urls))

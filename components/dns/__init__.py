@@ -1,5 +1,5 @@
-"""PublicDns: the stack's Cloudflare records, through an explicit provider and a zone looked up
-by name.
+"""Public DNS: the stack's Cloudflare records (records.plan, from every part's endpoints),
+through the one explicit provider and a zone looked up by name.
 
 Cloudflare's SDK loads every module it has on import (seconds of CPU), so it is imported where a
 resource is declared: the checks and plans in `records` run for every stack, Cloudflare on or off."""
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pulumi
 
+from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Part
 from config.model import StackConfig
 
 from . import records
@@ -29,34 +30,36 @@ def provider(cfg: StackConfig) -> cloudflare.Provider:
     )
 
 
-class PublicDns(pulumi.ComponentResource):
-    def __init__(
-        self,
-        name: str,
-        cfg: StackConfig,
-        provider: cloudflare.Provider,
-        app_cname: pulumi.Input[str] | None = None,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+class PublicDns(Part):
+    name = "dns"
+    # After the other parts: a CNAME's target (the Pages project) is one of their resources.
+    stage = AFTER_CLUSTER
+    reads = ("cloudflare",)
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return cfg.cloudflare.enabled
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         import pulumi_cloudflare as cloudflare
 
-        super().__init__("matrix-stack:index:PublicDns", name, None, opts)
-        assert cfg.cloudflare.zone
+        provider = ctx.cloudflare_provider
+        component = Component("PublicDns", self.name)
+        assert cfg.cloudflare.zone and provider is not None
         zone = cloudflare.get_zone_output(
             filter={"match": "all", "name": cfg.cloudflare.zone},
             opts=pulumi.InvokeOptions(provider=provider),
         )
-        self.zone_id = zone.zone_id
+        cname_targets = {key: target for built in ctx.built for key, target in built.cname_targets.items()}
         comment = f"managed by matrix-stack {pulumi.get_stack()}"
-        self.records: dict[str, cloudflare.DnsRecord] = {}
+        names: dict[str, cloudflare.DnsRecord] = {}
         for record in records.plan(cfg):
-            content = record.content if record.content is not None else app_cname
+            content = record.content if record.content is not None else cname_targets.get(record.key)
             if content is None:
-                continue  # a Pages CNAME without a project: ElementWeb was not built
-            resource = f"{name}-{record.key}-{record.type.lower()}"
-            self.records[resource] = cloudflare.DnsRecord(
+                continue  # a CNAME whose target no part provided
+            resource = f"{self.name}-{record.key}-{record.type.lower()}"
+            names[resource] = cloudflare.DnsRecord(
                 resource,
-                zone_id=self.zone_id,
+                zone_id=zone.zone_id,
                 name=record.name,
                 type=record.type,
                 content=content,
@@ -64,6 +67,7 @@ class PublicDns(pulumi.ComponentResource):
                 proxied=record.proxied,
                 comment=comment,
                 # A type change for one name must delete the old record first.
-                opts=pulumi.ResourceOptions(parent=self, provider=provider, delete_before_replace=True),
+                opts=pulumi.ResourceOptions(parent=component, provider=provider, delete_before_replace=True),
             )
-        self.register_outputs({"zone_id": self.zone_id, "records": sorted(self.records)})
+        component.register_outputs({"zone_id": zone.zone_id, "records": sorted(names)})
+        return Contribution(parent=component, outputs={"dns_records": sorted(r.name for r in records.plan(cfg))})

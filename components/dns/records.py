@@ -1,6 +1,7 @@
 """Which Cloudflare DNS records the stack needs, and whether Cloudflare proxies each. Pure.
 
-Every HTTP(S) host is served by the routing proxy on 443 (federation included, through the
+One record set per public endpoint (components/part.Endpoint). Every HTTP(S) host is served by
+the routing proxy on 443 (federation included, through the
 /.well-known/matrix/server delegation the proxy serves: Cloudflare does not proxy 8448), so they
 all point at cloudflare.origin_ip. Media hosts are DNS-only whatever the settings: LiveKit's
 TURN domain and coturn must resolve to the real address, and WebRTC cannot pass Cloudflare's
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.part import Endpoint
 from config.model import StackConfig
 
 CLOUDFLARE_UPLOAD_LIMIT_MB = 100  # request bodies above this get 413 at the edge (Free and Pro)
@@ -34,54 +36,31 @@ def proxy_http(cfg: StackConfig) -> bool:
     return cfg.tls_mode == "origin_ca"
 
 
-def hosts(cfg: StackConfig) -> list[tuple[str, str, bool]]:
-    """(key, hostname, http) for every public host of this stack, in a fixed order."""
-    found: list[tuple[str, str, bool]] = [("server", cfg.server_name, True), ("matrix", cfg.host("matrix"), True)]
-    if cfg.element_call.enabled:
-        found += [("call", cfg.host("call"), True), ("jwt", cfg.host("jwt"), True),
-                  ("livekit", cfg.host("livekit"), False)]
-    if cfg.element_web.enabled:
-        found.append(("app", cfg.host("app"), True))
-    if cfg.ntfy.enabled:
-        found.append(("ntfy", cfg.host("ntfy"), True))
-    if cfg.coturn.enabled:
-        found.append(("turn", cfg.host("turn"), False))
-    return found
-
-
-def _turn_address(cfg: StackConfig) -> str | None:
-    return cfg.coturn.external_ip
-
-
 def plan(cfg: StackConfig) -> list[Record]:
-    """The records, one set per distinct hostname.
+    """The records, one set per distinct hostname (components/catalog.endpoints).
 
-    Two roles may share a hostname (hostnames.matrix equal to the server name, say): one record
-    then, DNS-only if any role on it needs the real address.
+    Two endpoints may share a hostname (hostnames.matrix equal to the server name, say): one record
+    then, DNS-only if any endpoint on it needs the real address.
     """
+    from components.catalog import endpoints
+
     proxied_http = proxy_http(cfg)
-    merged: dict[str, tuple[str, bool, list[str]]] = {}
-    for key, host, http in hosts(cfg):
-        proxied = http and proxied_http
-        if host in merged:
-            first, was, keys = merged[host]
-            merged[host] = (first, was and proxied, keys + [key])
-        else:
-            merged[host] = (key, proxied, [key])
-    pages = cfg.element_web.enabled and cfg.element_web.mode == "pages"
+    merged: dict[str, list[Endpoint]] = {}
+    for host, endpoint in endpoints(cfg):
+        merged.setdefault(host, []).append(endpoint)
     ipv4, ipv6 = cfg.cloudflare.origin_ip, cfg.cloudflare.origin_ipv6
     records: list[Record] = []
-    for host, (key, proxied, keys) in merged.items():
-        if pages and keys == ["app"]:
-            records.append(Record(key, host, "CNAME", None, True))  # Pages serves it: always proxied
+    for host, group in merged.items():
+        first, alone = group[0], len(group) == 1
+        if alone and first.cname:
+            records.append(Record(first.key, host, "CNAME", None, True))  # Pages serves it: always proxied
             continue
-        address = ipv4
-        if keys == ["turn"] and _turn_address(cfg):
-            address = _turn_address(cfg)
+        proxied = proxied_http and all(e.cloudflare_proxy and not e.media for e in group)
+        address = (first.address if alone else None) or ipv4
         if address:
-            records.append(Record(key, host, "A", address, proxied))
-        if ipv6 and keys != ["turn"]:
-            records.append(Record(key, host, "AAAA", ipv6, proxied))
+            records.append(Record(first.key, host, "A", address, proxied))
+        if ipv6 and (not alone or first.ipv6):
+            records.append(Record(first.key, host, "AAAA", ipv6, proxied))
     return records
 
 

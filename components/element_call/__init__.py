@@ -1,17 +1,17 @@
-"""ElementCall: the LiveKit SFU, lk-jwt-service (MatrixRTC authorisation) and the Element Call
+"""Element Call: the LiveKit SFU, lk-jwt-service (MatrixRTC authorisation) and the Element Call
 web app, plus the Synapse settings and well-known keys that make clients find them."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import pulumi
 
 from components import image_facts
-from components import secrets as gen
-from components.part import Part
-from components.platform.spec import File, Port, PortRange, Service, Site
+from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
+from components.platform.spec import File, Port, PortRange, Service
 from components.synapse.services import PROXY_SERVICE
+from config.checks import Finding
 from config.model import StackConfig
 
 from . import render
@@ -21,12 +21,38 @@ NOBODY = "65534:65534"
 
 
 class ElementCall(Part):
-    def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("matrix-stack:index:ElementCall", name, opts)
-        lk = cfg.element_call.livekit
-        self.livekit_secret = gen.password(f"{name}-livekit-secret", self, protect=cfg.protect, length=48)
-        keys = self.livekit_secret.apply(render.livekit_keys)
+    name = "element-call"
+    reads = ("element_call", "target")
 
+    def enabled(self, cfg: StackConfig) -> bool:
+        return cfg.element_call.enabled
+
+    def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        return [
+            Endpoint("call", render.WEB_SERVICE, render.WEB_PORT),
+            Endpoint("jwt", render.JWT_SERVICE, render.JWT_PORT),
+            # The signalling WebSocket goes through the proxy; the name is also LiveKit's TURN
+            # domain and its clients' media peer, so its record is DNS-only.
+            Endpoint("livekit", render.LIVEKIT_SERVICE, render.LIVEKIT_PORT, media=True, websockets=True),
+        ]
+
+    def check(self, cfg: StackConfig) -> list[Finding]:
+        # LiveKit's TURN domain is the livekit host name, whose record points at the proxy's host.
+        from components.platform import placement
+
+        if not cfg.element_call.livekit.turn:
+            return []
+        sfu, proxy = placement.host_of(cfg, render.LIVEKIT_SERVICE), placement.host_of(cfg, PROXY_SERVICE)
+        if sfu and proxy and sfu.name != proxy.name:
+            return [("element_call.livekit.turn", True, "LiveKit's embedded TURN answers on the livekit host "
+                     f"name, which points at the proxy's host '{proxy.name}': place livekit there too")]
+        return []
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        return ("livekit",)
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        lk = cfg.element_call.livekit
         ports = [Port("http", render.LIVEKIT_PORT),
                  Port("rtc-tcp", lk.rtc_tcp_port, public=True)]
         ranges = [PortRange("rtc-udp", lk.rtc_udp_port_start, lk.rtc_udp_port_end, "udp")]
@@ -39,7 +65,7 @@ class ElementCall(Part):
             image=lk.image,
             args=("--config", render.LIVEKIT_CONFIG),
             files=[File(render.LIVEKIT_CONFIG, render.livekit_yaml(cfg)),
-                   File(render.LIVEKIT_KEYS, keys, secret=True, mode=0o400)],
+                   File(render.LIVEKIT_KEYS, derive(secrets["livekit"], render.livekit_keys), secret=True, mode=0o400)],
             ports=ports,
             port_ranges=ranges,
             health=image_facts.http_check(lk.image, render.LIVEKIT_PORT),
@@ -47,13 +73,15 @@ class ElementCall(Part):
             capabilities_add=image_facts.capabilities(lk.image),
             read_only_root=True,
             writable_paths=("/tmp",),
+            # Its webhook to lk-jwt-service (a published port when they live on different hosts).
+            reaches=((render.JWT_SERVICE, render.JWT_PORT),),
         )
         jwt = Service(
             name=render.JWT_SERVICE,
             component=COMPONENT,
             image=cfg.element_call.jwt_image,
             env=dict(render.jwt_env(cfg)),
-            secret_env={"LIVEKIT_SECRET": self.livekit_secret},
+            secret_env={"LIVEKIT_SECRET": secrets["livekit"]},
             ports=[Port("http", render.JWT_PORT)],
             # The routing proxy forwards clients; LiveKit delivers its webhook.
             allowed_clients=(PROXY_SERVICE, render.LIVEKIT_SERVICE),
@@ -75,22 +103,23 @@ class ElementCall(Part):
             capabilities_add=image_facts.capabilities(cfg.element_call.image),
             writable_paths=("/tmp",),
         )
-        self.services = [livekit, jwt, web]
-        _host, _port, crosses = render.webhook_target(cfg)
-        published = getattr(platform, "cross_host_ports", None)
-        if crosses and published is not None:
-            # LiveKit's webhook reaches lk-jwt-service on another host through its published port.
-            published.add((render.JWT_SERVICE, render.JWT_PORT))
-        self.expose(cfg, platform, Site(cfg.host("call"), render.WEB_SERVICE, render.WEB_PORT))
-        self.expose(cfg, platform, Site(cfg.host("jwt"), render.JWT_SERVICE, render.JWT_PORT))
-        self.expose(cfg, platform, Site(cfg.host("livekit"), render.LIVEKIT_SERVICE, render.LIVEKIT_PORT,
-                                        websockets=True))
-        self.homeserver = render.homeserver(cfg)
-        self.well_known_client = render.well_known_client(cfg)
-        self.urls = {
+        return [livekit, jwt, web]
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        from components import secrets as gen
+
+        component = Component("ElementCall", self.name)
+        livekit_secret = gen.password(f"{self.name}-livekit-secret", component, protect=cfg.protect, length=48)
+        outputs: dict[str, object] = {
             "element_call_url": cfg.url("call"),
             "livekit_service_url": render.jwt_url(cfg),
             "livekit_url": render.livekit_url(cfg),
         }
-        platform.run(self.services, parent=self)
-        self.register_outputs(dict(self.urls))
+        component.register_outputs(dict(outputs))
+        return Contribution(
+            parent=component,
+            services=self.services(cfg, {"livekit": livekit_secret}),
+            homeserver=render.homeserver(cfg),
+            well_known_client=render.well_known_client(cfg),
+            outputs=outputs,
+        )

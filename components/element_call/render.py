@@ -14,7 +14,7 @@ import pulumi
 import yaml
 
 from components.part import ws_url
-from components.platform import placement
+from components.platform.targets import target_of
 from config import images
 from config.model import StackConfig
 
@@ -65,7 +65,7 @@ def livekit_url(cfg: StackConfig) -> str:
 
 def webhook_target(cfg: StackConfig) -> tuple[str, int, bool]:
     """(host, port, crosses_hosts) LiveKit dials to deliver its webhook to lk-jwt-service."""
-    return placement.reach(cfg, LIVEKIT_SERVICE, JWT_SERVICE, JWT_PORT)
+    return target_of(cfg).reach(LIVEKIT_SERVICE, JWT_SERVICE, JWT_PORT)
 
 
 def webhook_url(cfg: StackConfig) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import pulumi
 
 from components import image_facts
-from components import secrets as gen
-from components.part import Part
-from components.platform.spec import File, Port, Service, Site, Volume
+from components.part import BuildContext, Component, Contribution, Endpoint, Part
+from components.platform.spec import File, Port, Service, Volume
 from config.model import StackConfig
 
 from . import render
@@ -18,20 +17,25 @@ COMPONENT = "ntfy"
 
 
 class Ntfy(Part):
-    def __init__(self, name: str, cfg: StackConfig, platform: Any, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("matrix-stack:index:Ntfy", name, opts)
-        admin = gen.password_resource(f"{name}-admin-password", self, protect=cfg.protect, length=32)
-        self.admin_user = render.ADMIN_USER
-        self.admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
-        # ntfy applies auth-users at every start, so the user exists (and has this password)
-        # without a one-shot init command; the hash is stable across runs (stored in state).
-        users: pulumi.Output[str] = pulumi.Output.secret(admin.bcrypt_hash.apply(render.auth_users))
-        service = Service(
+    name = "ntfy"
+    reads = ("ntfy",)
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return cfg.ntfy.enabled
+
+    def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        return [Endpoint("ntfy", render.SERVICE, render.PORT, websockets=True, max_body="16M")]
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        return ("auth_users",)
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return [Service(
             name=render.SERVICE,
             component=COMPONENT,
             image=cfg.ntfy.image,
             args=("serve", "--config", render.CONFIG),
-            secret_env={"NTFY_AUTH_USERS": users},
+            secret_env={"NTFY_AUTH_USERS": secrets["auth_users"]},
             files=[File(render.CONFIG, render.server_yml(cfg))],
             ports=[Port("http", render.PORT)],
             volumes=[Volume("ntfy-cache", render.CACHE_DIR, size="2Gi"),
@@ -41,11 +45,23 @@ class Ntfy(Part):
             capabilities_add=image_facts.capabilities(cfg.ntfy.image),
             read_only_root=True,
             writable_paths=("/tmp",),
+        )]
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        from components import secrets as gen
+
+        component = Component("Ntfy", self.name)
+        admin = gen.password_resource(f"{self.name}-admin-password", component, protect=cfg.protect, length=32)
+        # ntfy applies auth-users at every start, so the user exists (and has this password)
+        # without a one-shot init command; the hash is stable across runs (stored in state).
+        users: pulumi.Output[str] = pulumi.Output.secret(admin.bcrypt_hash.apply(render.auth_users))
+        admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
+        urls = {"ntfy_url": render.base_url(cfg), "ntfy_push_gateway_url": render.push_gateway_url(cfg)}
+        component.register_outputs({**urls, "admin_user": render.ADMIN_USER})
+        return Contribution(
+            parent=component,
+            services=self.services(cfg, {"auth_users": users}),
+            homeserver=render.homeserver(cfg),
+            outputs={**urls, "ntfy_admin_user": render.ADMIN_USER,
+                     "ntfy_admin_password": admin_password},
         )
-        self.services = [service]
-        self.expose(cfg, platform, Site(cfg.host("ntfy"), render.SERVICE, render.PORT, websockets=True,
-                                        max_body="16M"))
-        self.homeserver = render.homeserver(cfg)
-        self.urls = {"ntfy_url": render.base_url(cfg), "ntfy_push_gateway_url": render.push_gateway_url(cfg)}
-        platform.run(self.services, parent=self)
-        self.register_outputs({**self.urls, "admin_user": self.admin_user})

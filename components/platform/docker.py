@@ -13,10 +13,12 @@ import shlex
 import pulumi
 import pulumi_docker as docker
 
-from config.model import DockerHost, DockerTarget, StackConfig
+from config.model import DockerHost, StackConfig
 
 from . import placement
+from .contract import Graph
 from .spec import Service, Volume, Wait
+from .targets import DockerHosts
 
 NETWORK = "matrix-stack"
 LOG_OPTS = {"max-size": "20m", "max-file": "5"}
@@ -51,19 +53,37 @@ def _file_digests(service: Service) -> dict[str, pulumi.Input[str]]:
     return digests
 
 
-class DockerPlatform:
-    kind = "docker"
+def start_order(services: list[Service]) -> list[Service]:
+    """The services with every one a service waits for or restarts with declared before it (the
+    container's replacement trigger and dependencies name those containers), else as given."""
+    by_name = {s.name: s for s in services}
+    ordered: list[Service] = []
+    placed: set[str] = set()
 
+    def place(service: Service, path: tuple[str, ...]) -> None:
+        if service.name in placed:
+            return
+        assert service.name not in path, f"start order cycle: {' -> '.join((*path, service.name))}"
+        for name in (*(w.service for w in service.waits), *service.restarts_with):
+            if name in by_name:
+                place(by_name[name], (*path, service.name))
+        placed.add(service.name)
+        ordered.append(service)
+
+    for service in services:
+        place(service, ())
+    return ordered
+
+
+class DockerPlatform(DockerHosts):
     def __init__(self, cfg: StackConfig):
-        assert isinstance(cfg.target, DockerTarget)
-        self.cfg = cfg
-        self.target = cfg.target
+        super().__init__(cfg)
         self._providers: dict[str, docker.Provider] = {}
         self._networks: dict[str, docker.Network] = {}
         self._images: dict[tuple[str, str], docker.RemoteImage] = {}
         self._volumes: dict[tuple[str, str], docker.Volume] = {}
         # (service, port) pairs another host dials: published on the owning host's address.
-        self.cross_host_ports: set[tuple[str, int]] = set()
+        self._cross_host_ports: set[tuple[str, int]] = set()
         self._containers: dict[str, docker.Container] = {}
         self._volume_owners: dict[tuple[str, str], docker.Container] = {}
 
@@ -107,8 +127,19 @@ class DockerPlatform:
 
     # ------------------------------------------------------------ services
 
-    def run(self, services: list[Service], parent: pulumi.Resource) -> list[docker.Container]:
-        return [self._container(service, parent) for service in services]
+    @property
+    def manifests(self) -> dict[str, dict[str, object]]:
+        return {}  # containers have no manifests; the offline render lists services and files
+
+    def realize(self, graph: Graph) -> None:
+        services = [s for s, _parent in graph.services]
+        for service in services:
+            for name, port in service.reaches:
+                if self.reach(service.name, name, port)[2]:
+                    self._cross_host_ports.add((name, port))
+        parents = {s.name: parent for s, parent in graph.services}
+        for service in start_order(services):
+            self._container(service, parents[service.name])
 
     def _volume_owner(self, host: DockerHost, volume: Volume, image: str, parent: pulumi.Resource) -> docker.Container:
         """A one-shot container that hands a fresh volume to the user the service runs as."""
@@ -143,7 +174,7 @@ class DockerPlatform:
         ports += [
             docker.ContainerPortArgs(internal=p.port, external=p.port, protocol=p.protocol, ip=host.address)
             for p in service.ports
-            if not p.public and (service.name, p.port) in self.cross_host_ports
+            if not p.public and (service.name, p.port) in self._cross_host_ports
         ]
         for r in service.port_ranges:
             ports += [docker.ContainerPortArgs(internal=n, external=n, protocol=r.protocol, ip=bind)

@@ -91,6 +91,25 @@ class Resources:
     memory_limit: str = "1Gi"
 
 
+@dataclass(frozen=True)
+class Edge:
+    """What the routing proxy serves: its hostnames in a fixed order, and whether they are HTTPS
+    (a target that fronts the proxy with its own TLS terminator, such as an Ingress, needs both)."""
+
+    hostnames: tuple[str, ...]
+    tls: bool
+
+
+@dataclass(frozen=True)
+class EdgeCertificate:
+    """A certificate the program holds for some public hostnames (Cloudflare Origin CA, or the
+    operator's own): the PEM chain and its (secret) key, as Pulumi values."""
+
+    hostnames: tuple[str, ...]
+    certificate: pulumi.Input[str]
+    private_key: pulumi.Input[str]
+
+
 @dataclass
 class Service:
     """One process kind: a container on a Docker host, or a Deployment/StatefulSet on Kubernetes."""
@@ -121,6 +140,16 @@ class Service:
     # Who may connect (NetworkPolicy on Kubernetes): None = anyone on the private network.
     allowed_clients: tuple[str, ...] | None = None
     metrics_port: int | None = None
+    metrics_path: str = "/metrics"
+    # The label (in `labels`) whose value groups this service's replicas and siblings for
+    # monitoring (Synapse's worker role): one ServiceMonitor per value, not per service.
+    monitor_group: str | None = None
+    # (service, port) pairs this service dials; a target whose services live on several hosts
+    # publishes those ports on the owning host (placement.reach says when).
+    reaches: tuple[tuple[str, int], ...] = ()
+    # The public entry point (the routing proxy): the hostnames it serves, for the target's own
+    # front door (Kubernetes Ingress). None for every other service.
+    edge: Edge | None = None
     # Services whose replacement must restart this one: it resolves their addresses once, at
     # start (nginx upstreams on a Docker network). Kubernetes Services keep stable addresses.
     # (A container Docker itself restarts is caught by the proxy's own address watch.)

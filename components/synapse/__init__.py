@@ -1,46 +1,96 @@
-"""SynapseCluster: main, every worker role from the worker table, PostgreSQL, Redis, the routing
-proxy and the secrets they share."""
+"""The Synapse cluster: main, every worker role from the worker table, PostgreSQL, Redis, the
+routing proxy and the secrets they share. The other parts' contributions are its inputs."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 import pulumi
 
-from components import secrets as gen
+from components.part import CLUSTER, BuildContext, Component, Contribution, Endpoint, Part, merge_homeserver
+from components.platform.spec import Service
 from config.model import StackConfig
 
 from . import homeserver
 from .services import Inputs, cluster_services, secret_names
 
 
-class SynapseCluster(pulumi.ComponentResource):
-    def __init__(
-        self,
-        name: str,
-        cfg: StackConfig,
-        platform: Any,
-        inputs: Inputs,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("matrix-stack:index:SynapseCluster", name, None, opts)
+class SynapseCluster(Part):
+    name = "synapse"
+    stage = CLUSTER
+    reads = ("synapse", "server_name", "hostnames", "target")
+
+    def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        # The proxy answers both itself: the client and federation APIs, and the well-known files.
+        return [Endpoint("server"), Endpoint("matrix")]
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        return secret_names(cfg) + (("smtp",) if cfg.smtp_password is not None else ()) + \
+            (("ldap_bind",) if cfg.ldap_bind_password is not None else ())
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return cluster_services(cfg, secrets, Inputs())
+
+    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
+        # One private network: the processes dial each other, PostgreSQL and Redis by name.
+        return [[s.name for s in services]]
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        from components import secrets as gen
+
+        component = Component("SynapseCluster", self.name)
         values: dict[str, pulumi.Input[str]] = {}
         for secret in secret_names(cfg):
             if secret == "signing_key" and cfg.signing_key is not None:
                 # A server's identity brought back from a backup (README, "Backups").
                 values[secret] = pulumi.Output.secret(cfg.signing_key.get_secret_value().strip() + "\n")
             elif secret == "signing_key":
-                values[secret] = gen.ed25519_signing_key(f"{name}-signing-key", self, protect=cfg.protect)
+                values[secret] = gen.ed25519_signing_key(f"{self.name}-signing-key", component, protect=cfg.protect)
             elif secret == "postgres" and cfg.database_password is not None:
                 values[secret] = pulumi.Output.secret(cfg.database_password.get_secret_value())
             else:
-                values[secret] = gen.password(f"{name}-{secret}", self, protect=cfg.protect)
+                values[secret] = gen.password(f"{self.name}-{secret}", component, protect=cfg.protect)
         if cfg.smtp_password is not None:
             values["smtp"] = pulumi.Output.secret(cfg.smtp_password.get_secret_value())
         if cfg.ldap_bind_password is not None:
             values["ldap_bind"] = pulumi.Output.secret(cfg.ldap_bind_password.get_secret_value())
-        self.registration_shared_secret = values["registration"]
-        self.services = cluster_services(cfg, values, inputs)
-        self.topology = homeserver.topology(cfg)
-        platform.run(self.services, parent=self)
-        self.register_outputs({"processes": [p.name for p in self.topology.processes]})
+        topology = homeserver.topology(cfg)
+        component.register_outputs({"processes": [p.name for p in topology.processes]})
+        return Contribution(
+            parent=component,
+            services=cluster_services(cfg, values, inputs(ctx.built)),
+            outputs={
+                "server_name": cfg.server_name,
+                "homeserver_url": cfg.url("matrix"),
+                "synapse_processes": [p.name for p in topology.processes],
+                "create_admin_command": create_admin_command(cfg),
+            },
+        )
+
+
+def inputs(built: list[Contribution]) -> Inputs:
+    """What the parts built before the cluster hand it, merged in build order."""
+    collected = Inputs()
+    for part in built:
+        merge_homeserver(collected.homeserver, part.homeserver)
+        collected.well_known_client.update(part.well_known_client)
+        collected.secret_files.update(part.secret_files)
+        collected.proxy_files += part.proxy_files
+        collected.proxy_volumes += part.proxy_volumes
+        collected.proxy_watches_acme = collected.proxy_watches_acme or part.proxy_watches_acme
+    return collected
+
+
+def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
+    """The command that registers the first Synapse admin, run against the main process.
+
+    register_new_matrix_user reads registration_shared_secret_path from homeserver.yaml and talks
+    to main's own listener, so it needs neither the secret nor the public URL.
+    """
+    from components.platform.targets import target_of
+
+    main = homeserver.topology(cfg).processes[0]
+    register = (f"register_new_matrix_user -c {homeserver.SHARED_CONFIG} -a -u {user} "
+                f"http://localhost:{main.port}")
+    # Main is a StatefulSet when it holds the media store.
+    return target_of(cfg).admin_command(main.name, homeserver.uses_media_store(cfg, main), register)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from components.platform.spec import Site
 from config import images
-from config.model import DockerTarget, StackConfig
+from config.model import StackConfig
 
 from .workers import MAIN, ROLE_BY_NAME, Balance, Process, Role, Topology
 
@@ -313,19 +313,18 @@ CLOUDFLARE_RANGES = (
     "2400:cb00::/32", "2606:4700::/32", "2803:f800::/32", "2405:b500::/32", "2405:8100::/32",
     "2a06:98c0::/29", "2c0f:f248::/32",
 )
-# Where a Kubernetes Ingress controller connects from: the cluster's private pod network.
-PRIVATE_PROXY_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
 
 def _real_ip(cfg: StackConfig) -> list[str]:
     """Restore the client's address from X-Forwarded-For when a trusted proxy (Cloudflare's edge,
     the Ingress) sits in front: Synapse's per-IP rate limits, the admin allowlist, inbound
     federation stickiness and the logs all need the real one, not the proxy's."""
+    from components.platform.targets import target_of
+
     trusted: list[str] = []
     if cfg.cloudflare.enabled:
         trusted += CLOUDFLARE_RANGES
-    if not isinstance(cfg.target, DockerTarget):
-        trusted += PRIVATE_PROXY_RANGES
+    trusted += target_of(cfg).trusted_proxy_ranges()
     if not trusted:
         return []
     return [*(f"set_real_ip_from {cidr};" for cidr in trusted), "real_ip_header X-Forwarded-For;",
@@ -360,11 +359,9 @@ def _delegated_auth(cfg: StackConfig, address: dict[str, str]) -> list[str]:
 def well_known_server(cfg: StackConfig) -> dict[str, object]:
     # Federation arrives on the HTTPS port through delegation (443 by default: Cloudflare does not
     # proxy 8448); a Docker host may publish the proxy on another port.
-    if isinstance(cfg.target, DockerTarget):
-        port = cfg.target.https_port if cfg.scheme == "https" else cfg.target.http_port
-    else:
-        port = 443 if cfg.scheme == "https" else 80
-    return {"m.server": f"{cfg.host('matrix')}:{port}"}
+    from components.platform.targets import target_of
+
+    return {"m.server": f"{cfg.host('matrix')}:{target_of(cfg).public_port(cfg.scheme)}"}
 
 
 def well_known_client(cfg: StackConfig, extra: dict[str, object]) -> dict[str, object]:

@@ -13,7 +13,8 @@ from typing import Any
 import pulumi
 
 from components import image_facts
-from components.platform.spec import File, HealthCheck, Port, Resources, Service, Site, Volume, Wait
+from components.part import derive
+from components.platform.spec import Edge, File, HealthCheck, Port, Resources, Service, Site, Volume, Wait
 from components.tls import PROXY_RUN, proxy_run_script
 from components.tls.plan import proxy_terminates_tls
 from config import images
@@ -29,6 +30,8 @@ SYNAPSE_USER = images.facts_for(images.SYNAPSE).user or "991:991"
 MAIN_START_PERIOD_S = 3600
 WORKER_START_PERIOD_S = 300
 PROXY_SERVICE = "synapse-proxy"
+ROLE_LABEL = "matrix-stack.synapse-role"
+METRICS_PATH = "/_synapse/metrics"
 SHARED_GROUP = "synapse-shared"
 POSTGRES_DATA = "/var/lib/postgresql/data"
 REDIS_CONF = "/conf/redis.conf"
@@ -50,8 +53,6 @@ class Inputs:
 
     homeserver: dict[str, Any] = field(default_factory=dict)  # extra shared keys (Element Call, TURN)
     well_known_client: dict[str, object] = field(default_factory=dict)
-    sites: list[Site] = field(default_factory=list)
-    site_addresses: dict[str, str] = field(default_factory=dict)  # service -> host the proxy dials
     # secret files other components provide to every Synapse process (path -> value)
     secret_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     # The proxy's certificates (components/tls): files, shared ACME volumes, and whether nginx
@@ -93,9 +94,8 @@ def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inp
     if cfg.synapse.smtp is not None:
         email = hs.email_config(cfg, password_placeholder="@@SMTP_PASSWORD@@")
         text = hs.dump(email or {})
-        content = pulumi.Output.from_input(secrets.get("smtp", "")).apply(
-            lambda pw: text.replace("@@SMTP_PASSWORD@@", pw.replace("'", "''"))
-        ) if "smtp" in secrets else text
+        content = derive(secrets["smtp"], lambda pw: text.replace("@@SMTP_PASSWORD@@", pw.replace("'", "''"))) \
+            if "smtp" in secrets else text
         files.append(File(hs.EMAIL_CONFIG, content, secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets"))
     if cfg.synapse.ldap and cfg.synapse.ldap.bind_dn and "ldap_bind" in secrets:
         files.append(File(hs.secret_path("ldap_bind"), secrets["ldap_bind"], secret=True, mode=0o400,
@@ -168,7 +168,10 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         waits=synapse_waits(cfg, process),
         scalable=bool(role and not role.single),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
-        labels={"matrix-stack.synapse-role": role.name if role else "main"},
+        metrics_path=METRICS_PATH,
+        # Monitoring groups a role's processes (one ServiceMonitor per role).
+        monitor_group=ROLE_LABEL,
+        labels={ROLE_LABEL: role.name if role else "main"},
     )
 
 
@@ -211,8 +214,8 @@ def redis_config() -> str:
     ])
 
 
-def redis_acl(password: pulumi.Input[str]) -> pulumi.Output[str]:
-    return pulumi.Output.from_input(password).apply(lambda pw: f"user default on >{pw} ~* &* +@all\n")
+def redis_acl(password: pulumi.Input[str]) -> pulumi.Input[str]:
+    return derive(password, lambda pw: f"user default on >{pw} ~* &* +@all\n")
 
 
 def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], clients: tuple[str, ...]) -> Service:
@@ -234,14 +237,31 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
 
 
 
+def sites(cfg: StackConfig) -> list[Site]:
+    """The parts' virtual hosts the proxy forwards (components/catalog.endpoints)."""
+    from components.catalog import endpoints
+
+    return [site for _host, endpoint in endpoints(cfg) if (site := endpoint.site(cfg)) is not None]
+
+
 def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
+    from components.platform.targets import target_of
+
+    target = target_of(cfg)
     topo = hs.topology(cfg)
-    address = {**addresses(cfg), **inputs.site_addresses}
-    conf = routing.render_nginx(cfg, topo, address, sites=inputs.sites,
+    served = sites(cfg)
+    # A site on another Docker host is dialled at that host's address (a published port).
+    site_addresses = {}
+    for site in served:
+        host, _port, crosses = target.reach(PROXY_SERVICE, site.upstream_service, site.upstream_port)
+        if crosses:
+            site_addresses[site.upstream_service] = host
+    address = {**addresses(cfg), **site_addresses}
+    conf = routing.render_nginx(cfg, topo, address, sites=served,
                                 well_known_client_extra=inputs.well_known_client)
-    ports = [Port("http", routing.PROXY_HTTP_PORT, public=True, host_port=_host_port(cfg, "http"))]
+    ports = [Port("http", routing.PROXY_HTTP_PORT, public=True, host_port=target.proxy_host_port("http"))]
     if proxy_terminates_tls(cfg):
-        ports.append(Port("https", routing.PROXY_HTTPS_PORT, public=True, host_port=_host_port(cfg, "https")))
+        ports.append(Port("https", routing.PROXY_HTTPS_PORT, public=True, host_port=target.proxy_host_port("https")))
     ports.append(Port("status", routing.PROXY_STATUS_PORT))
     # nginx resolves upstream names once: its run script waits for them, reloads nginx when an
     # address changes (Docker restarting a container) and, with ACME, when a certificate renews.
@@ -249,7 +269,7 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
     pools = routing.plan(topo, address).upstreams.values()
     upstream_hosts = tuple(sorted({server.rsplit(":", 1)[0] for pool in pools for server in pool.servers}
                                   | {address.get(site.upstream_service, site.upstream_service)
-                                     for site in inputs.sites}))
+                                     for site in served}))
     main = topo.processes[0]
     status = f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"
     run_script = File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, inputs.proxy_watches_acme, upstream_hosts,
@@ -271,21 +291,26 @@ def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
         read_only_root=True,
         writable_paths=("/tmp",),
         waits=(Wait(main.name, ("wget", "-qO-", f"http://{main.name}:{main.port}/health")),),
-        restarts_with=tuple(sorted(_routed(address, inputs))),
+        restarts_with=tuple(sorted(_routed(address, served))),
+        reaches=tuple((site.upstream_service, site.upstream_port) for site in served),
+        edge=Edge(_edge_hostnames(cfg, served), tls=cfg.tls_mode != "none"),
         scalable=True,
         replicas=1,
     )
 
 
-def _routed(address: dict[str, str], inputs: Inputs) -> set[str]:
+def _edge_hostnames(cfg: StackConfig, served: list[Site]) -> tuple[str, ...]:
+    """The proxy's hostnames in its server blocks' order: the Matrix host, the server name when
+    delegated, then the sites by name."""
+    names = [cfg.host("matrix")]
+    if cfg.server_name not in names:
+        names.append(cfg.server_name)
+    return tuple(names + [s.hostname for s in sorted(served, key=lambda s: s.hostname) if s.hostname not in names])
+
+
+def _routed(address: dict[str, str], served: list[Site]) -> set[str]:
     """The services the proxy sends requests to."""
-    return ({*address, *inputs.site_addresses, *(site.upstream_service for site in inputs.sites)}
-            - {hs.POSTGRES_SERVICE, hs.REDIS_SERVICE})
-
-
-def _host_port(cfg: StackConfig, kind: str) -> int | None:
-    target = cfg.target
-    return getattr(target, f"{kind}_port", None)
+    return {*address, *(site.upstream_service for site in served)} - {hs.POSTGRES_SERVICE, hs.REDIS_SERVICE}
 
 
 def cluster_services(
@@ -305,15 +330,3 @@ def cluster_services(
     services += processes
     services.append(proxy_service(cfg, inputs))
     return services
-
-
-def service_names(cfg: StackConfig) -> list[str]:
-    """The cluster's service names, for checks that run before anything is built (and outside
-    Pulumi: building the services themselves would create Outputs). Mirrors cluster_services."""
-    topo = hs.topology(cfg)
-    names = [p.name for p in topo.processes] + [PROXY_SERVICE]
-    if isinstance(cfg.synapse.database, BundledDatabase):
-        names.append(hs.POSTGRES_SERVICE)
-    if topo.workers:
-        names.append(hs.REDIS_SERVICE)
-    return names

@@ -7,12 +7,13 @@ proxied names' Ingress; cert-manager keeps the ACME ones, so nothing runs here."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
 
-from components.platform.spec import File, HealthCheck, Service, Volume
+from components.part import BuildContext, Component, Contribution, Part
+from components.platform.spec import EdgeCertificate, File, HealthCheck, Service, Volume
 from config import images
 from config.model import StackConfig
 
@@ -175,83 +176,87 @@ def acme_service(cfg: StackConfig, certs: list[Certificate]) -> Service:
     )
 
 
-@dataclass(frozen=True)
-class IssuedCertificate:
-    """A certificate the program issued, as Outputs: the PEM chain and its (secret) key."""
-
-    hostnames: tuple[str, ...]
-    certificate: pulumi.Output[str]
-    private_key: pulumi.Output[str]
-
-
 def component_needed(cfg: StackConfig) -> bool:
-    """Whether the Tls component has anything to do: a proxy to equip, or an Origin CA certificate."""
+    """Whether the Tls part has anything to do: a proxy to equip, or a certificate to hold."""
     return proxy_terminates_tls(cfg) or any(c.held for c in certificates(cfg))
 
 
-class Tls(pulumi.ComponentResource):
-    """Provisions the certificates; hands the Docker proxy its files and volumes, or keeps the
-    certificate the program holds (Origin CA or provided) in `held` for the Kubernetes Ingress."""
+class Tls(Part):
+    """Provisions the certificates; hands the proxy its files and volumes when it terminates TLS
+    itself, and the certificate the program holds (Origin CA or provided) to the edge (the
+    Kubernetes Ingress reads it)."""
 
-    def __init__(self, name: str, cfg: StackConfig, platform: Any, cloudflare_provider: Any = None,
-                 opts: pulumi.ResourceOptions | None = None):
-        super().__init__("matrix-stack:index:Tls", name, None, opts)
-        self.certificates = certificates(cfg)
-        self.proxy_files: list[File] = []
-        self.proxy_volumes: list[Volume] = []
-        self.services: list[Service] = []
-        self.held: IssuedCertificate | None = None
-        for cert in self.certificates:
+    name = "tls"
+    reads = ("tls", "tls_private_key", "target", "server_name", "hostnames", "cloudflare")
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return component_needed(cfg)
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return [acme_service(cfg, certificates(cfg))] if runs_acme_client(cfg) else []
+
+    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
+        from components.synapse.services import PROXY_SERVICE
+
+        # The ACME client shares its certificate and webroot volumes with the proxy.
+        return [[s.name for s in services] + [PROXY_SERVICE]] if services else []
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        component = Component("Tls", self.name)
+        certs = certificates(cfg)
+        out = Contribution(parent=component, services=self.services(cfg, {}))
+        for cert in certs:
             if not cert.held:
                 continue
             if cert.source == "origin_ca":
-                self.held = self._origin_ca(name, cert, cloudflare_provider)
+                out.edge_certificate = _origin_ca(self.name, component, cert, ctx.cloudflare_provider)
             else:
-                self.held = self._provided(cfg, cert)
+                out.edge_certificate = _provided(cfg, cert)
             if proxy_terminates_tls(cfg):
-                self.proxy_files += [
-                    File(cert.cert_path, self.held.certificate, mode=0o444),
-                    File(cert.key_path, self.held.private_key, secret=True, mode=0o400),
+                out.proxy_files += [
+                    File(cert.cert_path, out.edge_certificate.certificate, mode=0o444),
+                    File(cert.key_path, out.edge_certificate.private_key, secret=True, mode=0o400),
                 ]
-        if runs_acme_client(cfg):
-            self.services.append(acme_service(cfg, self.certificates))
-            self.proxy_volumes = [Volume(v.name, v.path, size=v.size, read_only=True) for v in ACME_VOLUMES]
-            platform.run(self.services, parent=self)
-        self.register_outputs({"certificates": [c.name for c in self.certificates]})
-
-    @staticmethod
-    def _provided(cfg: StackConfig, cert: Certificate) -> IssuedCertificate:
-        """The operator's certificate (a file beside the stack) and key (a Pulumi secret)."""
-        from config import pem
-
-        assert cfg.tls.certificate_file is not None and cfg.tls_private_key is not None
-        chain = pulumi.Output.from_input(pem.read_text(cfg.tls.certificate_file))
-        key = pulumi.Output.secret(cfg.tls_private_key.get_secret_value())
-        return IssuedCertificate(cert.hostnames, chain, key)
-
-    def _origin_ca(self, name: str, cert: Certificate, provider: Any) -> IssuedCertificate:
-        import pulumi_cloudflare as cloudflare
-        import pulumi_tls as tls
-
-        opts = pulumi.ResourceOptions(parent=self)
-        key = tls.PrivateKey(f"{name}-{cert.name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
-        csr = tls.CertRequest(
-            f"{name}-{cert.name}-csr",
-            private_key_pem=key.private_key_pem,
-            subject={"common_name": cert.hostnames[0]},
-            dns_names=list(cert.hostnames),
-            opts=opts,
-        )
-        issued = cloudflare.OriginCaCertificate(
-            f"{name}-{cert.name}-certificate",
-            csr=csr.cert_request_pem,
-            hostnames=list(cert.hostnames),
-            request_type="origin-ecc",
-            requested_validity=5475,  # 15 years, the longest Cloudflare issues
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
-        )
-        return IssuedCertificate(cert.hostnames, issued.certificate, pulumi.Output.secret(key.private_key_pem))
+        if out.services:
+            out.proxy_volumes = [Volume(v.name, v.path, size=v.size, read_only=True) for v in ACME_VOLUMES]
+            out.proxy_watches_acme = True
+        component.register_outputs({"certificates": [c.name for c in certs]})
+        return out
 
 
-__all__ = ["ACME_SERVICE", "PROXY_RUN", "IssuedCertificate", "Tls", "certificates", "component_needed", "proxy_run_script",
+def _provided(cfg: StackConfig, cert: Certificate) -> EdgeCertificate:
+    """The operator's certificate (a file beside the stack) and key (a Pulumi secret)."""
+    from config import pem
+
+    assert cfg.tls.certificate_file is not None and cfg.tls_private_key is not None
+    chain = pulumi.Output.from_input(pem.read_text(cfg.tls.certificate_file))
+    key = pulumi.Output.secret(cfg.tls_private_key.get_secret_value())
+    return EdgeCertificate(cert.hostnames, chain, key)
+
+
+def _origin_ca(name: str, component: Component, cert: Certificate, provider: Any) -> EdgeCertificate:
+    import pulumi_cloudflare as cloudflare
+    import pulumi_tls as tls
+
+    opts = pulumi.ResourceOptions(parent=component)
+    key = tls.PrivateKey(f"{name}-{cert.name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+    csr = tls.CertRequest(
+        f"{name}-{cert.name}-csr",
+        private_key_pem=key.private_key_pem,
+        subject={"common_name": cert.hostnames[0]},
+        dns_names=list(cert.hostnames),
+        opts=opts,
+    )
+    issued = cloudflare.OriginCaCertificate(
+        f"{name}-{cert.name}-certificate",
+        csr=csr.cert_request_pem,
+        hostnames=list(cert.hostnames),
+        request_type="origin-ecc",
+        requested_validity=5475,  # 15 years, the longest Cloudflare issues
+        opts=pulumi.ResourceOptions(parent=component, provider=provider),
+    )
+    return EdgeCertificate(cert.hostnames, issued.certificate, pulumi.Output.secret(key.private_key_pem))
+
+
+__all__ = ["ACME_SERVICE", "PROXY_RUN", "Tls", "certificates", "component_needed", "proxy_run_script",
            "proxy_terminates_tls"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config.model import DockerTarget, StackConfig
+from config.model import StackConfig
 
 TLS_DIR = "/etc/nginx/tls"
 ACME_DIR = "/etc/letsencrypt"
@@ -61,7 +61,9 @@ HELD_SOURCES = ("origin_ca", "provided")
 
 
 def proxy_terminates_tls(cfg: StackConfig) -> bool:
-    return isinstance(cfg.target, DockerTarget) and cfg.tls_mode != "none"
+    from components.platform.targets import target_of
+
+    return target_of(cfg).proxy_terminates_tls()
 
 
 def runs_acme_client(cfg: StackConfig) -> bool:
@@ -70,15 +72,10 @@ def runs_acme_client(cfg: StackConfig) -> bool:
 
 
 def http_hostnames(cfg: StackConfig) -> list[str]:
-    """Every hostname the routing proxy answers for, in a fixed order, without repeats."""
-    from components.dns import records
+    """Every hostname the routing proxy answers for (the endpoints it serves), in a fixed order."""
+    from components.catalog import proxy_hostnames
 
-    names: list[str] = []
-    for _key, host, http in records.hosts(cfg):
-        if http or _key == "livekit":  # LiveKit's signalling WebSocket goes through the proxy
-            if host not in names:
-                names.append(host)
-    return names
+    return proxy_hostnames(cfg)
 
 
 def _proxied(cfg: StackConfig) -> set[str]:
@@ -127,6 +124,14 @@ def certificate_for(cfg: StackConfig, hostname: str) -> Certificate | None:
         if hostname in cert.hostnames:
             return cert
     return None
+
+
+def target_check(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """What the target needs to serve the hostnames reached directly with trusted certificates."""
+    from components.platform.targets import target_of
+
+    direct = [h for h, source in certificate_sources(cfg).items() if source == "acme"]
+    return target_of(cfg).certificate_problems(direct)
 
 
 def check(cfg: StackConfig) -> list[tuple[str, object, str]]:

@@ -18,13 +18,13 @@ import pytest
 import yaml
 
 from render import offline
-from tests.conftest import ROOT, stack_raw
+from tests.conftest import ROOT, stack_config, stack_raw
 
 KUBERNETES_VERSION = "1.33.0"
 CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
 SKIPS_FILE = Path(__file__).with_name("checkov-skips.yaml")
-SECRET_KEYS = ("cloudflare_api_token",)
+SECRET_KEYS = stack_config("prod", ROOT)[1]  # the prod example's `secure:` keys
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 

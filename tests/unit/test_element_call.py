@@ -161,7 +161,7 @@ def test_sfu_on_another_docker_host_is_reached_through_a_published_port(program:
 
 def test_create_admin_command_per_target() -> None:
     import config
-    from components.parts import create_admin_command
+    from components.synapse import create_admin_command
 
     local = config.parse({"server_name": "localhost", "target": {"kind": "docker", "http_port": 8080}})
     assert create_admin_command(local) == (

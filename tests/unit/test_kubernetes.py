@@ -12,13 +12,25 @@ import pytest
 
 import config
 from components.platform import kubernetes as kube
-from components.platform.spec import File, HealthCheck, Port, PortRange, Resources, Service, Volume
+from components.platform.spec import (
+    Edge,
+    EdgeCertificate,
+    File,
+    HealthCheck,
+    Port,
+    PortRange,
+    Resources,
+    Service,
+    Volume,
+)
 from components.synapse import homeserver as hs
 from render import offline
-from tests.conftest import stack_raw
+from tests.conftest import ROOT, stack_config, stack_raw
 
 CTX = kube.Context(namespace="matrix", storage_class="fast", ingress_class="nginx",
-                   cert_manager_issuer="letsencrypt", max_body="100M", default_hostnames=("example.org",))
+                   cert_manager_issuer="letsencrypt", max_body="100M")
+# The prod example's secret keys (its `secure:` values).
+PROD_SECRETS = stack_config("prod", ROOT)[1]
 SYNAPSE_KINDS = ("Deployment", "StatefulSet")
 
 
@@ -170,12 +182,16 @@ def test_host_network_exposure_puts_the_sfu_on_the_node() -> None:
     assert objects["namespace-matrix"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
-PROXY_CONF = "server {\n    server_name example.org matrix.example.org;\n}\nserver {\n    server_name call.example.org;\n}\n"
+EDGE_HOSTS = ("example.org", "matrix.example.org", "call.example.org")
 
 
-def _proxy() -> Service:
-    return _svc("synapse-proxy", files=[File("/etc/nginx/nginx.conf", PROXY_CONF)],
-                ports=[Port("http", 8080, public=True), Port("status", 8081)])
+def _proxy(tls: bool = True) -> Service:
+    return _svc("synapse-proxy", files=[File("/etc/nginx/nginx.conf", "events {}\n")],
+                ports=[Port("http", 8080, public=True), Port("status", 8081)], edge=Edge(EDGE_HOSTS, tls))
+
+
+def _held(*hosts: str) -> EdgeCertificate:
+    return EdgeCertificate(hosts, "CERT", "KEY")
 
 
 def _backends(ingress: dict[str, Any]) -> list[dict[str, Any]]:
@@ -200,8 +216,7 @@ def test_ingress_routes_every_host_the_proxy_serves_to_its_plain_http_port() -> 
 
 
 def test_proxied_hosts_get_the_origin_ca_ingress_and_direct_ones_cert_manager() -> None:
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org", "matrix.example.org"}))
-    objects = kube.render([_proxy()], ctx, origin_ca=("CERT", "KEY"))
+    objects = kube.render([_proxy()], CTX, _held("example.org", "matrix.example.org"))
     origin, direct = objects["ingress-synapse-proxy-origin-ca"], objects["ingress-synapse-proxy"]
     assert origin["spec"]["tls"] == [{"hosts": ["example.org", "matrix.example.org"],
                                       "secretName": kube.ORIGIN_CA_SECRET}]
@@ -219,19 +234,12 @@ def test_proxied_hosts_get_the_origin_ca_ingress_and_direct_ones_cert_manager() 
 
 
 def test_an_ingress_without_hosts_is_not_emitted() -> None:
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org", "matrix.example.org", "call.example.org"}))
-    objects = kube.render([_proxy()], ctx, origin_ca=("CERT", "KEY"))
+    objects = kube.render([_proxy()], CTX, _held(*EDGE_HOSTS))
     assert [k for k in objects if k.startswith("ingress-")] == ["ingress-synapse-proxy-origin-ca"]
 
 
-def test_an_origin_ca_ingress_without_its_certificate_is_an_error() -> None:
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"example.org"}))
-    with pytest.raises(ValueError, match="Origin CA"):
-        kube.render([_proxy()], ctx)
-
-
 def test_a_plain_http_stack_gets_an_ingress_without_tls() -> None:
-    objects = kube.render([_proxy()], dataclasses.replace(CTX, tls=False))
+    objects = kube.render([_proxy(tls=False)], CTX)
     ingress = objects["ingress-synapse-proxy"]
     assert "tls" not in ingress["spec"]
     assert "cert-manager.io/cluster-issuer" not in ingress["metadata"]["annotations"]
@@ -239,10 +247,10 @@ def test_a_plain_http_stack_gets_an_ingress_without_tls() -> None:
 
 def test_rendering_is_deterministic() -> None:
     services = [_livekit(), _svc("db", volumes=[Volume("d", "/d")], files=[File("/c", "x", group="g")]), _proxy()]
-    ctx = dataclasses.replace(CTX, origin_ca_hosts=frozenset({"matrix.example.org", "example.org"}))
-    first = kube.render(copy.deepcopy(services), ctx, origin_ca=("CERT", "KEY"))
-    assert first == kube.render(services, ctx, origin_ca=("CERT", "KEY"))
-    assert list(first) == list(kube.render(services, ctx, origin_ca=("CERT", "KEY")))
+    held = _held("matrix.example.org", "example.org")
+    first = kube.render(copy.deepcopy(services), CTX, held)
+    assert first == kube.render(services, CTX, held)
+    assert list(first) == list(kube.render(services, CTX, held))
 
 
 # ---------------------------------------------------------------- the program under mocks
@@ -256,7 +264,7 @@ def prod_raw(**synapse: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prod() -> offline.Run:
-    raw, secret = stack_raw("prod"), ("cloudflare_api_token",)
+    raw, secret = stack_config("prod", ROOT)
     return offline.run(raw, stack="prod", secret_keys=secret)
 
 
@@ -319,7 +327,7 @@ def test_manifest_checksums_equal_the_declared_ones(prod: offline.Run) -> None:
 
 
 def test_ingress_body_limit_follows_max_upload_size(program: Callable[..., offline.Run]) -> None:
-    run = program(prod_raw(max_upload_size="80M"), secret_keys=("cloudflare_api_token",))
+    run = program(prod_raw(max_upload_size="80M"), secret_keys=PROD_SECRETS)
     for key in ("ingress-synapse-proxy", "ingress-synapse-proxy-origin-ca"):
         notes = run.deployment.manifests[key]["metadata"]["annotations"]
         assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "80M"
@@ -374,7 +382,7 @@ def test_without_cloudflare_one_cert_manager_ingress_serves_every_host(program: 
     raw = prod_raw()
     raw["cloudflare"] = {"enabled": False}
     raw.pop("cloudflare_api_token")
-    run = program(raw, stack="prod")
+    run = program(raw, stack="prod", secret_keys=PROD_SECRETS)
     ingresses = {k: v for k, v in run.deployment.manifests.items() if k.startswith("ingress-")}
     assert list(ingresses) == ["ingress-synapse-proxy"]
     ingress = ingresses["ingress-synapse-proxy"]
@@ -388,12 +396,12 @@ def test_direct_hostnames_without_a_cert_manager_issuer_are_a_config_error() -> 
     raw = prod_raw()
     raw["target"] = {k: v for k, v in raw["target"].items() if k != "cert_manager_issuer"}
     with pytest.raises(config.ConfigError) as err:
-        config.parse(raw, ("cloudflare_api_token",))
+        config.parse(raw, PROD_SECRETS)
     assert "target.cert_manager_issuer" in str(err.value)
     assert "livekit.example.org" in str(err.value)
     # Every hostname proxied (no Element Call, so no DNS-only LiveKit): no issuer needed.
     raw["element_call"] = {"enabled": False}
-    config.parse(raw, ("cloudflare_api_token",))
+    config.parse(raw, PROD_SECRETS)
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
@@ -406,7 +414,7 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     counts["generic"] += 1
     new = f"synapse-generic-{counts['generic']}"
     run = program(prod_raw(workers={"preset": "seed-000", "counts": {"generic": counts["generic"]}}),
-                  secret_keys=("cloudflare_api_token",))
+                  secret_keys=PROD_SECRETS)
     changed = _changed(prod.deployment.manifests, run.deployment.manifests)
     own = {k for k in changed if k.endswith(f"-{new}") or k.endswith(f"-{new}-env") or k.endswith(f"-{new}-files")}
     assert own >= {f"deployment-{new}", f"service-{new}", f"configmap-{new}-files"}
@@ -432,7 +440,7 @@ def test_a_new_event_persister_rolls_every_synapse_pod(prod: offline.Run,
     counts = dict(hs.topology(prod.cfg).counts)
     run = program(prod_raw(workers={"preset": "seed-000",
                                     "counts": {"event_persister": counts["event_persister"] + 1}}),
-                  secret_keys=("cloudflare_api_token",))
+                  secret_keys=PROD_SECRETS)
     annotation = kube.CHECKSUM_ANNOTATION
     for process in hs.topology(prod.cfg).processes:
         before = _pod(prod.deployment.manifests, process.name)["metadata"]["annotations"][annotation]
@@ -454,6 +462,6 @@ def test_pod_checksum_covers_secret_env_and_is_keyed() -> None:
     assert kube.checksum(base) != kube.checksum(rotated)
     # Keyed, the annotation says nothing a guess at the secrets could confirm.
     plain = kube.checksum(base)
-    assert kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k1") != plain
-    assert kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k1") != \
-        kube.digest([(n, str(v)) for n, v in kube._checksum_inputs(base)], "k2")
+    assert kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k1") != plain
+    assert kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k1") != \
+        kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k2")

@@ -14,7 +14,7 @@ from components.platform.docker import start_command
 from components.platform.spec import Wait
 from components.tls import proxy_run_script
 from render import offline
-from tests.conftest import stack_raw
+from tests.conftest import ROOT, stack_config, stack_raw
 
 CONTAINER = "docker:index/container:Container"
 
@@ -74,7 +74,7 @@ def test_config_checks_are_attached_one_shots_with_the_service_files(dev: offlin
 def test_dev_publishes_on_loopback_and_other_hosts_on_their_address(dev: offline.Run) -> None:
     published = [p for r in dev.of_type(CONTAINER) for p in r.plain_inputs().get("ports") or []]
     assert published and {p.get("ip") for p in published} == {"127.0.0.1"}
-    staging = offline.run(stack_raw("staging"), stack="staging", secret_keys=("cloudflare_api_token",))
+    staging = offline.run(*stack_config("staging", ROOT)[:1], stack="staging", secret_keys=stack_config("staging", ROOT)[1])
     proxy = _container(staging, "synapse-proxy").plain_inputs()
     assert {p.get("ip") for p in proxy["ports"]} == {"192.0.2.20"}
 
@@ -97,7 +97,7 @@ def test_proxy_health_is_not_static(dev: offline.Run) -> None:
 
 
 def test_kubernetes_workers_wait_for_main_and_main_for_postgres() -> None:
-    raw, secret = stack_raw("prod"), ("cloudflare_api_token",)
+    raw, secret = stack_config("prod", ROOT)
     prod = offline.run(raw, stack="prod", secret_keys=secret)
     manifests = prod.deployment.manifests
 

@@ -254,11 +254,16 @@ def test_proxy_restarts_with_its_upstreams_and_media_waits_for_its_volume_owner(
     assert owner.urn not in containers["synapse-main"].dependencies
 
 
-def test_the_checks_name_exactly_the_services_the_cluster_runs(program: Any) -> None:
-    from components.synapse import services as synapse_services
+def test_the_checks_name_exactly_the_services_the_stack_runs(program: Any) -> None:
+    """The placement rule reads each part's services() with stand-in secrets: the same services,
+    by name, that the build hands the target."""
+    from components import catalog
+    from components.checks import STAND_IN
 
     for counts in ({}, {"generic": 2, "media_repository": 1}):
-        raw = {"server_name": "localhost", "synapse": {"workers": {"counts": counts}}}
+        raw = {"server_name": "localhost", "synapse": {"workers": {"counts": counts}}, "ntfy": {"enabled": True}}
         run = program(raw)
-        built = {s["service"].name for s in run.services if s["service"].component == "synapse"}
-        assert set(synapse_services.service_names(run.cfg)) == built
+        built = sorted(s["service"].name for s in run.services)
+        checked = sorted(s.name for part in catalog.enabled_parts(run.cfg)
+                         for s in part.services(run.cfg, dict.fromkeys(part.secret_names(run.cfg), STAND_IN)))
+        assert checked == built

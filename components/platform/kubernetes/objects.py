@@ -1,10 +1,7 @@
-"""Kubernetes target: services become Deployments or StatefulSets in one namespace.
+"""Kubernetes objects for target-neutral services (spec.py), as plain dicts. Pure.
 
-Two layers. The pure layer (`render_*`) turns target-neutral services (spec.py) into plain
-Kubernetes object dicts; values may be plain strings or Pulumi Outputs and pass through
-untouched, so the same dicts feed both the Pulumi resources and the offline manifests.
-`KubernetesPlatform` then declares one Pulumi resource per object and keeps a resolved copy
-(secrets masked) in `manifests` for review.
+Values may be plain strings or Pulumi Outputs and pass through untouched, so the same dicts feed
+both the Pulumi resources (platform.py) and the offline manifests.
 
 Per service:
   - ConfigMap for plain files, Secret for secret files and secret env. Files that share a
@@ -18,14 +15,9 @@ Per service:
     exactly the pods that read the changed file.
   - PodDisruptionBudget for scalable roles; a NetworkPolicy per service: only the clients it
     names, else the namespace (the Docker network's equivalent), plus its public ports.
-Cluster-wide: the Namespace, the Ingresses in front of the routing proxy, LoadBalancer Services
-(or hostNetwork) for media ports, and ServiceMonitors per Synapse role when enabled.
-
-The Ingresses follow the certificate plan the Docker target uses (components/tls/plan.py):
-hostnames Cloudflare proxies share one Ingress whose TLS Secret holds the program's Cloudflare
-Origin CA certificate (cert-manager's HTTP-01 challenge ends at Cloudflare's edge); every other
-hostname is reached directly and shares one Ingress whose certificate cert-manager issues. The
-proxy behind both speaks plain HTTP.
+Cluster-wide: the Namespace, LoadBalancer Services (or hostNetwork) for media ports, and
+ServiceMonitors per monitoring group when enabled. The Ingresses in front of the routing proxy
+are edge.py's.
 """
 
 from __future__ import annotations
@@ -33,35 +25,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import json
 import math
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 
+from components.platform.spec import File, HealthCheck, Port, Service
 from config.model import KubernetesTarget, StackConfig
-
-from .spec import File, HealthCheck, Port, Service
 
 MASK = "[secret]"
 PART_OF = "matrix-stack"
 NAME_LABEL = "app.kubernetes.io/name"
 CHECKSUM_ANNOTATION = "matrix-stack/config-checksum"
-# Synapse processes carry their worker role in this label (components/synapse/services.py);
-# ServiceMonitors select one role each so dashboards can group by role.
-ROLE_LABEL = "matrix-stack.synapse-role"
-# cert-manager's Secret for the directly reached hostnames (the name predates the split, so
-# existing stacks keep their issued certificate).
-TLS_SECRET = "matrix-stack-tls"
-ORIGIN_CA_SECRET = "matrix-stack-origin-ca-tls"
-ORIGIN_CA_SUFFIX = "-origin-ca"
 EDGE_PORT_NAMES = ("https", "http")
-_SERVER_NAME_RE = re.compile(r"^\s*server_name\s+([^;]+);", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -76,25 +56,13 @@ class Context:
     service_monitors: bool = False
     # Synapse's max_upload_size: the Ingress body limit must not be lower (one value, every hop).
     max_body: str = "50M"
-    # Hostnames the Ingress routes when the proxy's config cannot be read (an unresolved Output).
-    default_hostnames: tuple[str, ...] = ()
-    # False when the stack runs plain HTTP (tls.mode none): the Ingress then carries no TLS.
-    tls: bool = True
-    # Hostnames whose certificate is the Cloudflare Origin CA one (proxied by Cloudflare).
-    origin_ca_hosts: frozenset[str] = frozenset()
     # Volumes mounted by more than one service: standalone ReadWriteMany claims.
     shared_volumes: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, cfg: StackConfig, shared_volumes: Iterable[str] = ()) -> Context:
-        from components.tls.plan import HELD_SOURCES, certificate_sources
-
         target = cfg.target
         assert isinstance(target, KubernetesTarget)
-        sources = certificate_sources(cfg)
-        hosts = [cfg.host("matrix")]
-        if cfg.server_name not in hosts:
-            hosts.append(cfg.server_name)
         return cls(
             namespace=target.namespace,
             storage_class=target.storage_class,
@@ -103,28 +71,8 @@ class Context:
             livekit_exposure=target.livekit_exposure,
             service_monitors=target.service_monitors,
             max_body=cfg.synapse.max_upload_size,
-            default_hostnames=tuple(hosts),
-            tls=cfg.tls_mode != "none",
-            # A provided certificate rides the same Ingress and Secret: the program holds both.
-            origin_ca_hosts=frozenset(h for h, source in sources.items() if source in HELD_SOURCES),
             shared_volumes=frozenset(shared_volumes),
         )
-
-
-def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    """Hostnames reached directly need cert-manager: nothing else fills their Ingress's Secret."""
-    from components.tls.plan import certificate_sources
-
-    target = cfg.target
-    if not isinstance(target, KubernetesTarget) or target.cert_manager_issuer:
-        return []
-    direct = [h for h, source in certificate_sources(cfg).items() if source == "acme"]
-    if not direct:
-        return []
-    return [("target.cert_manager_issuer", None,
-             "required: cert-manager issues the certificate of the hostnames reached directly, not "
-             f"through Cloudflare's proxy ({', '.join(direct)})")]
-
 
 # ---------------------------------------------------------------- small helpers
 
@@ -148,7 +96,7 @@ def digest(contents: Iterable[tuple[str, str]], key: str | None = None) -> str:
     return h.hexdigest()
 
 
-def _checksum_inputs(service: Service) -> list[tuple[str, pulumi.Input[str]]]:
+def checksum_inputs(service: Service) -> list[tuple[str, pulumi.Input[str]]]:
     # Secret env counts as well as files: a rotated database password must roll its readers.
     return [(f.path, f.content) for f in service.files] + \
         [(f"env:{k}", v) for k, v in sorted(service.secret_env.items())]
@@ -158,7 +106,7 @@ def checksum(service: Service, key: pulumi.Input[str] | None = None) -> pulumi.I
     """The checksum of what a pod reads: a string when every value is known and no key is given,
     else an Output. Keyed (an HMAC with a generated secret) under Pulumi, it is unmarked as
     secret: otherwise the whole pod template would show as secret in every diff."""
-    pairs = _checksum_inputs(service)
+    pairs = checksum_inputs(service)
     if key is None and all(isinstance(v, str) for _n, v in pairs):
         return digest((n, str(v)) for n, v in pairs)
     names = [n for n, _v in pairs]
@@ -198,7 +146,7 @@ def _meta(name: str, ctx: Context, extra_labels: Mapping[str, str] | None = None
 
 def is_edge(service: Service) -> bool:
     """The routing proxy: its public HTTP(S) ports are served through the Ingress."""
-    return any(p.public and p.protocol == "tcp" and p.name in EDGE_PORT_NAMES for p in service.ports)
+    return service.edge is not None
 
 
 def media_ports(service: Service) -> list[Port]:
@@ -563,98 +511,29 @@ def shared_claims(services: Iterable[Service], ctx: Context) -> dict[str, dict[s
     return {manifest_key(c): c for c in claims.values()}
 
 
-def served_hostnames(edge: Service, ctx: Context) -> list[str]:
-    """Every virtual host the routing proxy serves, read from its own config (one source of truth)."""
-    names: list[str] = []
-    for f in edge.files:
-        if isinstance(f.content, str) and not f.secret:
-            for match in _SERVER_NAME_RE.finditer(f.content):
-                names += [n for n in match.group(1).split() if n != "_" and n not in names]
-    return names or list(ctx.default_hostnames)
-
-
-def _ingress(edge: Service, ctx: Context, name: str, hosts: list[str], secret: str | None,
-             issuer: str | None) -> dict[str, Any]:
-    annotations = {
-        "nginx.ingress.kubernetes.io/proxy-body-size": ctx.max_body,
-        # Large uploads and slow federation peers (matrix-docker-ansible-deploy uses 300 s).
-        "nginx.ingress.kubernetes.io/proxy-read-timeout": "300",
-        "nginx.ingress.kubernetes.io/proxy-send-timeout": "300",
-    }
-    if issuer:
-        annotations["cert-manager.io/cluster-issuer"] = issuer
-    # The proxy stays plain behind the Ingress (components/tls/plan.py): its http port.
-    backend = {"service": {"name": edge.name, "port": {"name": "http"}}}
-    spec: dict[str, Any] = {"ingressClassName": ctx.ingress_class}
-    if secret:
-        spec["tls"] = [{"hosts": hosts, "secretName": secret}]
-    spec["rules"] = [{"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}
-                     for h in hosts]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": _meta(name, ctx, labels(edge), annotations), "spec": spec}
-
-
-def ingresses(edge: Service, ctx: Context) -> list[dict[str, Any]]:
-    """The Ingresses in front of the routing proxy: the Origin CA one for proxied hostnames,
-    the cert-manager one for the others; one without hosts is left out."""
-    if not any(p.name == "http" and p.public for p in edge.ports):
-        raise ValueError(f"{edge.name}: the Ingress needs a public plain http port")
-    hosts = served_hostnames(edge, ctx)
-    if not ctx.tls:
-        return [_ingress(edge, ctx, edge.name, hosts, None, None)] if hosts else []
-    origin = [h for h in hosts if h in ctx.origin_ca_hosts]
-    direct = [h for h in hosts if h not in ctx.origin_ca_hosts]
-    out = []
-    if origin:
-        # No cert-manager annotation: an HTTP-01 challenge would end at Cloudflare's edge.
-        out.append(_ingress(edge, ctx, edge.name + ORIGIN_CA_SUFFIX, origin, ORIGIN_CA_SECRET, None))
-    if direct:
-        out.append(_ingress(edge, ctx, edge.name, direct, TLS_SECRET, ctx.cert_manager_issuer))
-    return out
-
-
-def origin_ca_secret(ctx: Context, certificate: pulumi.Input[str], private_key: pulumi.Input[str]) -> dict[str, Any]:
-    """The Origin CA Ingress's Secret, in the kubernetes.io/tls form ingress controllers read."""
-    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": _meta(ORIGIN_CA_SECRET, ctx, {"app.kubernetes.io/component": "tls"}),
-            "stringData": {"tls.crt": certificate, "tls.key": private_key}}
-
-
-def edge_objects(edge: Service, ctx: Context,
-                 origin_ca: tuple[pulumi.Input[str], pulumi.Input[str]] | None) -> dict[str, dict[str, Any]]:
-    """The routing proxy's Ingresses, and the Origin CA Secret when an Ingress reads it.
-
-    `origin_ca` is (certificate, private key). Without it an Origin CA Ingress is an error: it
-    would point at a Secret nothing fills, and every proxied hostname would fail its handshake.
-    """
-    objects: dict[str, dict[str, Any]] = {}
-    for obj in ingresses(edge, ctx):
-        if obj["metadata"]["name"].endswith(ORIGIN_CA_SUFFIX):
-            if origin_ca is None:
-                raise ValueError("proxied hostnames need the Origin CA certificate (components/tls) "
-                                 "before the proxy's Ingress is rendered")
-            secret = origin_ca_secret(ctx, *origin_ca)
-            objects[manifest_key(secret)] = secret
-        objects[manifest_key(obj)] = obj
-    return objects
-
 
 def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dict[str, Any]]:
+    """One ServiceMonitor per monitoring group (a service's `monitor_group` label value, such as
+    Synapse's worker role), else per service."""
     if not ctx.service_monitors:
         return {}
     groups: dict[tuple[str, str], Service] = {}
     for service in services:
         if service.metrics_port:
-            groups.setdefault((service.component, service.labels.get(ROLE_LABEL, service.name)), service)
+            grouped = service.monitor_group and service.monitor_group in service.labels
+            groups.setdefault((service.component, service.labels[service.monitor_group] if grouped  # type: ignore[index]
+                                                  else service.name), service)
     out: dict[str, dict[str, Any]] = {}
-    for (component, role), service in groups.items():
+    for (component, group), service in groups.items():
         match = {"app.kubernetes.io/component": component, "app.kubernetes.io/part-of": PART_OF}
-        match.update({ROLE_LABEL: role} if ROLE_LABEL in service.labels else {NAME_LABEL: service.name})
-        name = f"{component}-{role}".replace("_", "-") if ROLE_LABEL in service.labels else service.name
+        key = service.monitor_group
+        grouped = bool(key and key in service.labels)
+        match.update({key: group} if key and grouped else {NAME_LABEL: service.name})
+        name = f"{component}-{group}".replace("_", "-") if grouped else service.name
         obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
                "metadata": _meta(name, ctx, {"app.kubernetes.io/component": component}),
                "spec": {"selector": {"matchLabels": match}, "namespaceSelector": {"matchNames": [ctx.namespace]},
-                        "endpoints": [{"port": "metrics", "path": "/_synapse/metrics", "interval": "30s"}]}}
+                        "endpoints": [{"port": "metrics", "path": service.metrics_path, "interval": "30s"}]}}
         out[manifest_key(obj)] = obj
     return out
 
@@ -667,42 +546,6 @@ def shared_volume_names(services: Iterable[Service]) -> set[str]:
     return {name for name, who in users.items() if len(who) > 1}
 
 
-def render(services: list[Service], ctx: Context,
-           origin_ca: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None) -> dict[str, dict[str, Any]]:
-    """Every object for `services` (contents as given: strings, or Outputs under Pulumi);
-    `origin_ca` is the Origin CA (certificate, private key) for the proxied hostnames' Ingress."""
-    ctx = dataclasses.replace(ctx, shared_volumes=ctx.shared_volumes | shared_volume_names(services))
-    objects: dict[str, dict[str, Any]] = {}
-    ns = namespace(ctx, services)
-    objects[manifest_key(ns)] = ns
-    objects.update(file_objects(services, ctx))
-    objects.update(shared_claims(services, ctx))
-    for service in services:
-        objects.update(render_service(service, ctx, checksum(service)))
-    for service in services:
-        if is_edge(service):
-            objects.update(edge_objects(service, ctx, origin_ca))
-    objects.update(service_monitors(services, ctx))
-    return objects
-
-
-# ---------------------------------------------------------------- Pulumi
-
-
-_CONSTRUCTORS: dict[str, Any] = {
-    "Namespace": k8s.core.v1.Namespace,
-    "ConfigMap": k8s.core.v1.ConfigMap,
-    "Secret": k8s.core.v1.Secret,
-    "PersistentVolumeClaim": k8s.core.v1.PersistentVolumeClaim,
-    "Service": k8s.core.v1.Service,
-    "Deployment": k8s.apps.v1.Deployment,
-    "StatefulSet": k8s.apps.v1.StatefulSet,
-    "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
-    "NetworkPolicy": k8s.networking.v1.NetworkPolicy,
-    "Ingress": k8s.networking.v1.Ingress,
-}
-
-
 def masked(service: Service) -> Service:
     """The service as the offline manifests show it: secret files and env replaced by MASK."""
     return dataclasses.replace(
@@ -711,142 +554,3 @@ def masked(service: Service) -> Service:
         secret_env={k: MASK for k in service.secret_env},
     )
 
-
-@dataclass
-class _Seen:
-    services: list[Service] = field(default_factory=list)
-    created: set[str] = field(default_factory=set)
-
-
-class KubernetesPlatform:
-    kind = "kubernetes"
-
-    def __init__(self, cfg: StackConfig):
-        assert isinstance(cfg.target, KubernetesTarget)
-        self.cfg = cfg
-        self.target = cfg.target
-        self.ctx = Context.of(cfg)
-        # The offline render's view: manifest key -> object, secrets masked, values resolved.
-        self.manifests: dict[str, dict[str, Any]] = {}
-        self._provider: k8s.Provider | None = None
-        self._checksum_key: pulumi.Output[str] | None = None
-        self._namespace: k8s.core.v1.Namespace | None = None
-        self._seen = _Seen()
-        self._origin_ca: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
-        self._origin_ca_parent: pulumi.Resource | None = None
-
-    def use_origin_ca(self, certificate: pulumi.Output[str], private_key: pulumi.Output[str],
-                      parent: pulumi.Resource) -> None:
-        """The Origin CA certificate for the proxied hostnames' Ingress; its Secret is declared
-        with that Ingress (then the namespace exists), under `parent` (the certificate's owner)."""
-        self._origin_ca = (certificate, private_key)
-        self._origin_ca_parent = parent
-
-    # ------------------------------------------------------------ shared resources
-
-    @property
-    def checksum_key(self) -> pulumi.Output[str]:
-        """The key of the pods' config checksums (see checksum)."""
-        if self._checksum_key is None:
-            from components import secrets as gen
-
-            self._checksum_key = gen.password("pod-checksum-key", None, protect=self.cfg.protect)
-        return self._checksum_key
-
-    @property
-    def provider(self) -> k8s.Provider:
-        if self._provider is None:
-            self._provider = k8s.Provider(
-                "kubernetes",
-                kubeconfig=self.target.kubeconfig,
-                context=self.target.context,
-                namespace=self.target.namespace,
-                # Off unless asked: with it on, a refresh during a brief API outage would drop
-                # every object from the state. Turn it on to tear down a cluster that is gone.
-                delete_unreachable=self.target.delete_unreachable,
-            )
-        return self._provider
-
-    def _opts(self, parent: pulumi.Resource | None, **extra: Any) -> pulumi.ResourceOptions:
-        depends = [self._namespace] if self._namespace is not None else []
-        return pulumi.ResourceOptions(parent=parent, provider=self.provider, depends_on=depends, **extra)
-
-    def _declare(self, key: str, obj: dict[str, Any], parent: pulumi.Resource | None, **extra: Any) -> None:
-        if key in self._seen.created:
-            return
-        self._seen.created.add(key)
-        kind = obj["kind"]
-        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
-        if kind == "Namespace":
-            self._namespace = k8s.core.v1.Namespace(key, metadata=body["metadata"],
-                                                    opts=pulumi.ResourceOptions(provider=self.provider))
-            return
-        if kind == "Secret":
-            body["string_data"] = {k: pulumi.Output.secret(v) for k, v in body.pop("stringData").items()}
-        if kind in _CONSTRUCTORS:
-            _CONSTRUCTORS[kind](key, **body, opts=self._opts(parent, **extra))
-        else:
-            k8s.apiextensions.CustomResource(key, api_version=obj["apiVersion"], kind=kind, **body,
-                                             opts=self._opts(parent, **extra))
-
-    # ------------------------------------------------------------ services
-
-    def run(self, services: list[Service], parent: pulumi.Resource) -> list[Service]:
-        self._seen.services += services
-        everything = self._seen.services
-        ctx = dataclasses.replace(self.ctx, shared_volumes=frozenset(shared_volume_names(everything)))
-        ns = namespace(ctx, everything)
-        self._declare(manifest_key(ns), ns, None)
-        self.manifests[manifest_key(ns)] = ns
-        # Group objects hold every reader's files, so they are declared from all services so far.
-        for key, obj in file_objects(everything, ctx).items():
-            if obj["metadata"]["name"] in {config_object_name(s, f) for s in services for f in s.files}:
-                self._declare(key, obj, parent)
-        for key, obj in shared_claims(services, ctx).items():
-            self._declare(key, obj, parent, protect=self.cfg.protect, retain_on_delete=self.cfg.protect)
-        for service in services:
-            owns_data = any(v.name not in ctx.shared_volumes for v in service.volumes)
-            protect = {"protect": self.cfg.protect, "retain_on_delete": self.cfg.protect} if owns_data else {}
-            for key, obj in render_service(service, ctx, checksum(service, self.checksum_key)).items():
-                self._declare(key, obj, parent, **(protect if obj["kind"] == "StatefulSet" else {}))
-            if is_edge(service):
-                for key, obj in edge_objects(service, ctx, self._origin_ca).items():
-                    owner = self._origin_ca_parent if obj["kind"] == "Secret" else parent
-                    self._declare(key, obj, owner)
-        for key, obj in service_monitors(services, ctx).items():
-            self._declare(key, obj, parent)
-        self._record(everything, ctx)
-        return services
-
-    def _record(self, services: list[Service], ctx: Context) -> None:
-        """Fill `manifests` once every value is known (immediately under mocks)."""
-        services = list(services)
-        values: list[Any] = []
-        for service in services:
-            values += [f.content for f in service.files]
-            values += list(service.env.values()) + list(service.secret_env.values())
-        values.append(self.checksum_key)
-
-        def resolved(flat: list[Any]) -> None:
-            if len(services) < len(self._seen.services):
-                return  # a later run() call renders a superset
-            it = iter(flat)
-            plain = []
-            for service in services:
-                files = [dataclasses.replace(f, content=next(it)) for f in service.files]
-                env = {k: next(it) for k in service.env}
-                secret_env = {k: next(it) for k in service.secret_env}
-                plain.append(dataclasses.replace(service, files=files, env=env, secret_env=secret_env))
-            # Checksums from the real contents, so they equal what the cluster sees.
-            key = next(it)
-            sums = {s.name: digest(((n, str(v)) for n, v in _checksum_inputs(s)), key) for s in plain}
-            shown = [masked(s) for s in plain]
-            objects = render(shown, ctx, (MASK, MASK) if self._origin_ca is not None else None)
-            for service in shown:
-                for key, obj in render_service(service, ctx, sums[service.name]).items():
-                    objects[key] = obj
-            self.manifests.clear()
-            # A JSON round trip: plain, unshared values (YAML would otherwise emit anchors).
-            self.manifests.update({k: json.loads(json.dumps(v)) for k, v in sorted(objects.items())})
-
-        pulumi.Output.all(*values).apply(resolved)

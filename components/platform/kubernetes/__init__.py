@@ -1,0 +1,95 @@
+"""Kubernetes target: services become Deployments or StatefulSets in one namespace.
+
+- objects.py: the plain object dicts for each service and the namespace-wide ones (pure);
+- edge.py: the Ingresses in front of the routing proxy and the held certificate's Secret (pure);
+- platform.py: the adapter that declares one Pulumi resource per object (loads the SDK).
+
+This module renders the whole graph (pure) and re-exports the builders tests and tools use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import pulumi
+
+from components.platform.spec import EdgeCertificate, Service
+
+from .edge import ORIGIN_CA_SECRET, ORIGIN_CA_SUFFIX, TLS_SECRET, edge_objects, ingresses, origin_ca_secret
+from .objects import (
+    CHECKSUM_ANNOTATION,
+    MASK,
+    NAME_LABEL,
+    PART_OF,
+    Context,
+    checksum,
+    checksum_inputs,
+    config_object_name,
+    digest,
+    file_key,
+    file_objects,
+    is_edge,
+    labels,
+    manifest_key,
+    masked,
+    namespace,
+    network_policy,
+    pod_template,
+    render_service,
+    service_monitors,
+    shared_claims,
+    shared_volume_names,
+    workload,
+)
+
+# The owner of an object that belongs to the held certificate rather than to a service.
+EDGE_CERTIFICATE = ":edge-certificate"
+Owned = tuple[str | None, str, dict]  # (owning service or EDGE_CERTIFICATE or None, key, object)
+
+
+def owned_objects(services: list[Service], ctx: Context, held: EdgeCertificate | None = None,
+            checksums: Mapping[str, pulumi.Input[str]] | None = None) -> Iterator[Owned]:
+    """Every object of the graph once, with the service that owns it. `checksums` (service name ->
+    config checksum) defaults to the plain sha256 of each service's files."""
+    ctx = dataclasses.replace(ctx, shared_volumes=ctx.shared_volumes | shared_volume_names(services))
+    ns = namespace(ctx, services)
+    yield None, manifest_key(ns), ns
+    readers: dict[str, str] = {}
+    for service in services:
+        for f in service.files:
+            readers.setdefault(config_object_name(service, f), service.name)
+    for key, obj in file_objects(services, ctx).items():
+        yield readers[obj["metadata"]["name"]], key, obj
+    for service in services:
+        for key, obj in shared_claims([service], ctx).items():
+            yield service.name, key, obj
+    for service in services:
+        sum_ = checksums[service.name] if checksums is not None else checksum(service)
+        for key, obj in render_service(service, ctx, sum_).items():
+            yield service.name, key, obj
+        if is_edge(service):
+            for key, obj in edge_objects(service, ctx, held).items():
+                yield (EDGE_CERTIFICATE if obj["kind"] == "Secret" else service.name), key, obj
+    for key, obj in service_monitors(services, ctx).items():
+        match = obj["spec"]["selector"]["matchLabels"]
+        owner = next(s.name for s in services if match.items() <= labels(s).items())
+        yield owner, key, obj
+
+
+def render(services: list[Service], ctx: Context, held: EdgeCertificate | None = None,
+           checksums: Mapping[str, pulumi.Input[str]] | None = None) -> dict[str, dict]:
+    """Every object for `services` (contents as given: strings, or Outputs under Pulumi), by key;
+    `held` is the certificate the program holds for some of the edge's hostnames."""
+    out: dict[str, dict] = {}
+    for _owner, key, obj in owned_objects(services, ctx, held, checksums):
+        out.setdefault(key, obj)
+    return out
+
+
+__all__ = [
+    "CHECKSUM_ANNOTATION", "EDGE_CERTIFICATE", "MASK", "NAME_LABEL", "ORIGIN_CA_SECRET", "ORIGIN_CA_SUFFIX",
+    "PART_OF", "TLS_SECRET", "Context", "checksum", "checksum_inputs", "digest", "edge_objects", "file_key", "file_objects",
+    "ingresses", "labels", "manifest_key", "masked", "namespace", "network_policy", "owned_objects",
+    "origin_ca_secret", "pod_template", "render", "render_service", "service_monitors", "workload",
+]
