@@ -11,6 +11,7 @@ from components.coturn import Coturn
 from components.dns import PublicDns
 from components.element_call import ElementCall
 from components.element_web import ElementWeb
+from components.mas import Mas, MasDatabase
 from components.ntfy import Ntfy
 from components.part import Endpoint, Part
 from components.synapse import SynapseCluster
@@ -23,6 +24,8 @@ PARTS: list[Part] = [
     ElementWeb(),
     Ntfy(),
     Coturn(),
+    Mas(),
+    MasDatabase(),
     Tls(),
     PublicDns(),
 ]

@@ -79,9 +79,6 @@ def placement(cfg: StackConfig) -> list[Finding]:
         services = part.services(cfg, dict.fromkeys(part.secret_names(cfg), STAND_IN))
         names += [s.name for s in services]
         together += part.together(cfg, services)
-    from components.mas import services as mas  # its services, until MAS is a part of the catalog
-
-    names += [n for n in mas.service_names(cfg) if n not in names]
     return target_of(cfg).placement_problems(names, _merged(together))
 
 
@@ -102,13 +99,6 @@ def hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
         key = "server_name" if endpoint.key == "server" else f"hostnames.{endpoint.key}"
         found.append((key, host, f"must be inside the Cloudflare zone {zone}"))
     return found
-
-
-@check("mas.enabled", "mas.database.kind", "synapse.database.kind", "target")
-def mas_beside_its_database(cfg: StackConfig) -> list[Finding]:
-    from components.mas import services as mas
-
-    return mas.placement_check(cfg)
 
 
 @check("cloudflare.enabled", "cloudflare.proxy_http", "tls.mode", "server_name", "synapse.max_upload_size")

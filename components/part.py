@@ -86,6 +86,9 @@ class Contribution:
     edge_certificate: EdgeCertificate | None = None
     # endpoint key -> the CNAME target a resource provides (Endpoint.cname).
     cname_targets: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Generated secrets a later part reads by name: the backup dumps the databases with their
+    # passwords and saves the key files that cannot be regenerated ("postgres", "signing_key").
+    shared_secrets: dict[str, pulumi.Input[str]] = field(default_factory=dict)
 
 
 @dataclass

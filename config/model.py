@@ -676,8 +676,9 @@ class StackConfig(Strict):
     # ------------------------------------------------------------ derived facts
 
     def host(self, name: str) -> str:
-        """The public hostname for `name` (matrix, call, jwt, livekit, app, ntfy, turn, auth)."""
-        explicit = getattr(self.hostnames, name)
+        """The public hostname of an endpoint key (matrix, call, jwt, ...): `hostnames.<key>` when
+        set, else `<key>.<server_name>` (the Matrix host: the server name itself)."""
+        explicit = getattr(self.hostnames, name, None)
         if explicit:
             return str(explicit)
         if name == "matrix":

@@ -1,2 +1,128 @@
 """The Matrix Authentication Service: logins, registration and sessions for Synapse over OAuth 2.0
 and OpenID Connect (Element X's sign-in and QR login), with its own site on `auth.` of the domain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Endpoint, Part
+from components.platform.spec import Service
+from config.checks import Finding
+from config.model import BundledDatabase, MasBundledDatabase, StackConfig
+
+from . import render
+from . import services as mas_services
+
+# What MAS shares with later parts by name (Contribution.shared_secrets): its database password
+# (the database setup, backups) and the files that cannot be regenerated without logging every
+# user out (backups).
+SHARED = {"database": "mas_database", "encryption": "mas_encryption", "rsa": "mas_rsa-4096", "ec": "mas_ec-p256"}
+
+
+class Mas(Part):
+    """MAS's own service, its site on `auth.`, what Synapse needs to delegate to it (homeserver
+    keys, the shared secret as a file) and its stack outputs."""
+
+    name = "mas"
+    reads = ("mas", "hostnames", "server_name", "target", "synapse.registration", "synapse.smtp",
+             "synapse.database.kind", "synapse.workers", "mas_client_secrets", "mas_database_password",
+             "smtp_password")
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return cfg.mas.enabled
+
+    def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        return [Endpoint("auth", render.SERVICE, render.HTTP_PORT)]
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        return tuple(n for n in mas_services.secret_names(cfg) if n != mas_services.SUPERUSER)
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return [mas_services.mas_service(cfg, secrets)]
+
+    def check(self, cfg: StackConfig) -> list[Finding]:
+        return mas_services.placement_check(cfg)
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        component = Component("Mas", self.name)
+        secrets = generate_secrets(cfg, self.name, component)
+        delegating = cfg.mas.owns_logins
+        outputs: dict[str, object] = {
+            "mas_url": render.public_base(cfg),
+            "mas_create_admin_command": render.create_admin_command(cfg),
+            "mas_syn2mas_commands": "\n\n".join(render.syn2mas_commands(cfg)),
+        }
+        component.register_outputs({"url": render.public_base(cfg)})
+        return Contribution(
+            parent=component,
+            services=self.services(cfg, secrets),
+            homeserver=render.homeserver(cfg) if delegating else {},
+            secret_files={render.SYNAPSE_SECRET_PATH: secrets["matrix"]} if delegating else {},
+            shared_secrets={shared: secrets[name] for name, shared in SHARED.items()},
+            outputs=outputs,
+        )
+
+
+class MasDatabase(Part):
+    """MAS's role and database in the bundled PostgreSQL, kept by the `mas-database` service
+    with the cluster's superuser password: after the cluster, which generates that password."""
+
+    name = "mas-database"
+    stage = AFTER_CLUSTER
+    reads = ("mas.enabled", "mas.database.kind", "mas.syn2mas", "synapse.database")
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return (cfg.mas.enabled and isinstance(cfg.mas.database, MasBundledDatabase)
+                and isinstance(cfg.synapse.database, BundledDatabase))
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        return (mas_services.SUPERUSER, "database")
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return [mas_services.database_setup_service(cfg, secrets)]
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        shared: dict[str, pulumi.Input[str]] = {}
+        for built in ctx.built:
+            shared.update(built.shared_secrets)
+        component = Component("MasDatabase", self.name)
+        component.register_outputs({})
+        secrets = {mas_services.SUPERUSER: shared["postgres"], "database": shared[SHARED["database"]]}
+        return Contribution(parent=component, services=self.services(cfg, secrets))
+
+
+def generate_secrets(cfg: StackConfig, name: str, parent: pulumi.Resource) -> dict[str, pulumi.Input[str]]:
+    """MAS's secrets (services.secret_names) except the bundled database's superuser password:
+    generated ones kept as Pulumi secrets (protected with the stack's data), the rest from the
+    secret config keys."""
+    import pulumi_random as random
+    import pulumi_tls as tls
+
+    from components import secrets as gen
+
+    opts = pulumi.ResourceOptions(parent=parent, protect=cfg.protect)
+    encryption = random.RandomBytes(f"{name}-encryption", length=32, opts=opts)
+    rsa = tls.PrivateKey(f"{name}-rsa", algorithm="RSA", rsa_bits=4096, opts=opts)
+    ec = tls.PrivateKey(f"{name}-ec", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+    values: dict[str, pulumi.Input[str]] = {
+        "encryption": pulumi.Output.secret(encryption.hex),
+        "rsa": pulumi.Output.secret(rsa.private_key_pem),
+        "ec": pulumi.Output.secret(ec.private_key_pem),
+        "matrix": gen.password(f"{name}-matrix-secret", parent, protect=cfg.protect),
+    }
+    if isinstance(cfg.mas.database, MasBundledDatabase):
+        values["database"] = gen.password(f"{name}-database-password", parent, protect=cfg.protect)
+    else:
+        assert cfg.mas_database_password is not None
+        values["database"] = pulumi.Output.secret(cfg.mas_database_password.get_secret_value())
+    if "smtp" in mas_services.secret_names(cfg):
+        assert cfg.smtp_password is not None
+        values["smtp"] = pulumi.Output.secret(cfg.smtp_password.get_secret_value())
+    client_secrets = cfg.mas_client_secrets or {}
+    for provider in cfg.mas.upstream_oauth2:
+        if provider.needs_secret:
+            values[mas_services.provider_secret(provider.name)] = pulumi.Output.secret(
+                client_secrets[provider.name].get_secret_value())
+    return values

@@ -154,7 +154,8 @@ def account_section(cfg: StackConfig) -> dict[str, Any]:
     mode = cfg.synapse.registration.mode
     mail = cfg.synapse.smtp is not None
     return {
-        "password_registration_enabled": cfg.mas.passwords and mode != "closed",
+        # While migrating, MAS's database must stay empty until syn2mas imports into it.
+        "password_registration_enabled": cfg.mas.passwords and mode != "closed" and not cfg.mas.syn2mas,
         "password_registration_email_required": mode == "email",
         "password_registration_token_required": mode == "token",
         # Both send a code by mail: without SMTP they could never complete.
@@ -314,29 +315,24 @@ def _kubectl(target: KubernetesTarget) -> str:
     return "kubectl " + " ".join(flags)
 
 
-def exec_prefix(cfg: StackConfig) -> str:
-    """How an operator runs mas-cli inside the running MAS service (it reads MAS_CONFIG)."""
-    target = cfg.target
-    if isinstance(target, KubernetesTarget):
-        return f"{_kubectl(target)} exec -it deployment/{SERVICE} --"
-    from components.platform import placement
+def mas_cli(cfg: StackConfig, args: str) -> str:
+    """`mas-cli <args>` run inside the running MAS service, on this stack's target (it reads
+    MAS_CONFIG from the service's environment)."""
+    from components.platform.targets import target_of
 
-    host = placement.host_of(cfg, SERVICE)
-    prefix = f"DOCKER_HOST={host.url} " if host is not None and host.url != "unix:///var/run/docker.sock" else ""
-    return f"{prefix}docker exec -it {SERVICE}"
+    return target_of(cfg).admin_command(SERVICE, False, f"mas-cli {args}")
 
 
 def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
     """Registers the first MAS admin. Interactive: mas-cli asks for the password and the other
     attributes, so no password lands in a process list or a shell history."""
-    return f"{exec_prefix(cfg)} mas-cli manage register-user --admin {user}"
+    return mas_cli(cfg, f"manage register-user --admin {user}")
 
 
 def syn2mas_commands(cfg: StackConfig) -> list[str]:
     """The ordered migration of an existing Synapse's users, devices, sessions and upstream links
     into MAS (MAS's docs/setup/migration.md), for this stack's target; docs/mas.md explains each
     step. Every command runs where the operator runs `pulumi`."""
-    mas = exec_prefix(cfg)
     synapse = [p.name for p in hs.topology(cfg).processes]
     synapse_conf = f"--synapse-config {SYN2MAS_SYNAPSE_CONFIG}"
     target = cfg.target
@@ -352,19 +348,20 @@ def syn2mas_commands(cfg: StackConfig) -> list[str]:
         dump = f"{docker} exec {hs.POSTGRES_SERVICE} pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
         stop = f"{docker} stop {' '.join(reversed(synapse))}"
     return [
-        f"# 1. Back up Synapse's database.\n{dump} > synapse-before-mas.dump",
-        "# 2. Start MAS beside Synapse's own logins (migration mode), with Synapse's password hashes accepted.\n"
+        "# 1. Start MAS beside Synapse's own logins (migration mode), accepting Synapse's password hashes.\n"
+        "#    This output exists from here on.\n"
         "pulumi config set --path matrix-stack:mas.enabled true\n"
         "pulumi config set --path matrix-stack:mas.syn2mas true\n"
         "pulumi config set --path matrix-stack:mas.import_synapse_passwords true\n"
         "pulumi up",
-        f"# 3. Check the migration (Synapse keeps serving); resolve every error it lists.\n"
-        f"{mas} mas-cli syn2mas check {synapse_conf}",
-        f"# 4. Rehearse: a full import into MAS, rolled back at the end.\n"
-        f"{mas} mas-cli syn2mas migrate {synapse_conf} --dry-run",
-        f"# 5. Stop Synapse (downtime starts), then import.\n{stop}\n{mas} mas-cli syn2mas migrate {synapse_conf}",
-        "# 6. Hand logins to MAS: Synapse delegates, the proxy routes login/logout/refresh to MAS, MAS's read\n"
-        "#    access to Synapse's database is revoked, and --refresh brings back what step 5 stopped.\n"
+        "# 2. Check the migration (Synapse keeps serving); resolve every error it lists.\n"
+        + mas_cli(cfg, f"syn2mas check {synapse_conf}"),
+        "# 3. Rehearse: a full import into MAS, rolled back at the end.\n"
+        + mas_cli(cfg, f"syn2mas migrate {synapse_conf} --dry-run"),
+        "# 4. Stop Synapse (downtime starts), back up its database as it now stays, and import.\n"
+        f"{stop}\n{dump} > synapse-before-mas.dump\n" + mas_cli(cfg, f"syn2mas migrate {synapse_conf}"),
+        "# 5. Hand logins to MAS: Synapse delegates, the proxy routes login/logout/refresh to MAS, MAS's read\n"
+        "#    access to Synapse's database is revoked, and --refresh brings back what step 4 stopped.\n"
         "pulumi config set --path matrix-stack:mas.syn2mas false\n"
         "pulumi up --refresh",
     ]

@@ -58,6 +58,7 @@ class SynapseCluster(Part):
         component.register_outputs({"processes": [p.name for p in topology.processes]})
         return Contribution(
             parent=component,
+            shared_secrets={name: values[name] for name in ("postgres", "signing_key")},
             services=cluster_services(cfg, values, inputs(ctx.built)),
             outputs={
                 "server_name": cfg.server_name,
@@ -89,6 +90,11 @@ def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
     """
     from components.platform.targets import target_of
 
+    if cfg.mas.owns_logins:
+        # Synapse has no shared-secret registration while MAS owns accounts: MAS makes the admin.
+        from components.mas import render as mas
+
+        return mas.create_admin_command(cfg, user)
     main = homeserver.topology(cfg).processes[0]
     register = (f"register_new_matrix_user -c {homeserver.SHARED_CONFIG} -a -u {user} "
                 f"http://localhost:{main.port}")

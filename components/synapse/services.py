@@ -313,6 +313,14 @@ def _routed(address: dict[str, str], served: list[Site]) -> set[str]:
     return {*address, *(site.upstream_service for site in served)} - {hs.POSTGRES_SERVICE, hs.REDIS_SERVICE}
 
 
+def database_guests(cfg: StackConfig) -> tuple[str, ...]:
+    """Services of other parts with a database of their own in the bundled PostgreSQL: they may
+    connect too (NetworkPolicy on Kubernetes)."""
+    from components.mas import services as mas
+
+    return tuple(mas.service_names(cfg)) if cfg.mas.database.kind == "bundled" else ()
+
+
 def cluster_services(
     cfg: StackConfig,
     secrets: Mapping[str, pulumi.Input[str]],
@@ -324,7 +332,7 @@ def cluster_services(
     clients = tuple(p.name for p in topo.processes)
     services: list[Service] = []
     if isinstance(cfg.synapse.database, BundledDatabase):
-        services.append(postgres_service(cfg, secrets, clients))
+        services.append(postgres_service(cfg, secrets, clients + database_guests(cfg)))
     if topo.workers:
         services.append(redis_service(cfg, secrets, clients))
     services += processes

@@ -4,7 +4,8 @@ Every fact about a role lives in its `Role` entry: the listener resources it nee
 it writes, the shared key that hands it a duty, whether it may scale out, and which request
 classes (route groups) it serves. The shared homeserver keys, each worker's file, the proxy's
 routes and the services are all derived from this table (homeserver.py, routing.py,
-component.py). Adding a role is one entry here.
+services.py). Adding a role is its entry here plus, when it serves requests no role serves yet,
+their route group (the path patterns in routing.py's ROUTE_GROUPS).
 
 Facts follow element-hq/synapse docs/workers.md and synapse/config/workers.py for the pinned
 version.

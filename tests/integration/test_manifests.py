@@ -220,7 +220,9 @@ def test_docker_containers_publish_distinct_ports_mount_absolute_paths_and_pin_i
         raw["tls"] = {"mode": "acme", "acme_email": "admin@example.org"}
     else:
         raw = stack_raw(stack)
-    run = offline.run(raw, stack="test", secret_keys=tuple(k for k in SECRET_KEYS if k in raw))
+    # Each example's own `secure:` keys (staging's backup credentials are not prod's).
+    secret_keys = set(stack_config("prod" if stack == "prod-on-docker" else stack, ROOT)[1])
+    run = offline.run(raw, stack="test", secret_keys=tuple(k for k in secret_keys if k in raw))
     containers = run.of_type("docker:index/container:Container")
     assert containers
     published: dict[tuple[str, str, int, str], str] = {}

@@ -451,3 +451,23 @@ def test_every_rule_reads_keys_the_config_has() -> None:
                 fields = [m.model_fields[part] for m in models if part in m.model_fields]
                 assert fields, f"{rule.name} reads {read}: no field {part!r}"
                 models = [m for f in fields for m in _models_in(f.annotation)]
+
+
+def test_the_stack_wide_rules_run_without_importing_the_stack() -> None:
+    """config.parse alone (a fresh interpreter, no `import stack`) judges placement and the parts."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    probe = ("import sys, config\n"
+             "try:\n"
+             "    config.parse({'server_name': 'localhost', 'target': {'kind': 'docker', 'hosts': [\n"
+             "        {'name': 'a', 'url': 'unix:///var/run/docker.sock', 'services': ['synapse-mian']}]}})\n"
+             "except config.ConfigError as e:\n"
+             "    print(e)\n"
+             "print('stack' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "target.hosts[0].services" in done.stdout and "synapse-mian" in done.stdout
+    assert done.stdout.strip().endswith("False")

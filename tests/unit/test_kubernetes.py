@@ -345,7 +345,7 @@ def test_prod_splits_the_ingress_by_certificate(prod: offline.Run) -> None:
     origin, direct = manifests["ingress-synapse-proxy-origin-ca"], manifests["ingress-synapse-proxy"]
     # Proxied by Cloudflare: the Origin CA certificate, no cert-manager (HTTP-01 ends at the edge).
     assert set(_hosts(origin)) == {"example.org", "call.example.org", "jwt.example.org", "app.example.org",
-                                   "ntfy.example.org"}
+                                   "ntfy.example.org", "auth.example.org"}
     assert origin["spec"]["tls"][0]["secretName"] == kube.ORIGIN_CA_SECRET
     assert "cert-manager.io/cluster-issuer" not in origin["metadata"]["annotations"]
     # DNS-only (WebRTC): browsers connect directly, so cert-manager's publicly trusted certificate.
@@ -366,7 +366,8 @@ def test_prod_origin_ca_secret_is_a_pulumi_secret_from_the_stack_provider(prod: 
     assert manifest["stringData"] == {"tls.crt": offline.MASK, "tls.key": offline.MASK}
     assert inputs["stringData"]["tls.key"] not in repr(prod.deployment.manifests)
     [issued] = prod.of_type("cloudflare:index/originCaCertificate:OriginCaCertificate")
-    [key] = prod.of_type("tls:index/privateKey:PrivateKey")
+    # The other private keys are MAS's signing keys.
+    [key] = [k for k in prod.of_type("tls:index/privateKey:PrivateKey") if not k.name.startswith("mas-")]
     # The mocks derive each output from its resource's name: the Secret holds exactly these two.
     assert offline.stand_in(issued.name, 64) in inputs["stringData"]["tls.crt"]
     assert offline.stand_in(key.name, 64) in inputs["stringData"]["tls.key"]
@@ -423,8 +424,8 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     # then, and only then, PostgreSQL restarts too.
     if hs.max_connections(prod.cfg) != hs.max_connections(run.cfg):
         expected |= {"statefulset-synapse-postgres"}
-    # The Redis and PostgreSQL policies list every Synapse process as a client.
-    expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis"}
+    # The Redis, PostgreSQL and MAS (token introspection) policies list every Synapse process as a client.
+    expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis", "networkpolicy-mas"}
     # The proxy reads the changed nginx.conf: its pod rolls through the checksum, nothing else.
     expected |= {"deployment-synapse-proxy"}
     assert changed == expected

@@ -21,7 +21,7 @@ from components.synapse import routing
 from config import images
 from config.load import ConfigError, parse
 from config.model import StackConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stack_config
 
 SCHEMA_PATH = ROOT.parent / "shared" / "reference" / "mas" / f"config.schema.v{images.MAS_VERSION}.json"
 
@@ -91,6 +91,11 @@ SYN2MAS: dict[str, Any] = {**MONOLITH, "mas": {"enabled": True, "syn2mas": True,
 STACKS = {"monolith": MONOLITH, "workers": WORKERS, "every-setting": EVERY_SETTING, "syn2mas": SYN2MAS}
 
 
+def example(name: str) -> StackConfig:
+    raw, secret = stack_config(name, ROOT)
+    return parse(raw, tuple(secret))
+
+
 def cfg_of(raw: dict[str, Any]) -> StackConfig:
     return parse(copy.deepcopy(raw), SECRET_KEYS)
 
@@ -102,6 +107,13 @@ def cfg_of(raw: dict[str, Any]) -> StackConfig:
 def test_every_rendered_config_validates_against_mas_schema(schema: dict[str, Any], name: str) -> None:
     document = yaml.safe_load(render.config_yaml(cfg_of(STACKS[name])))
     assert validate(schema, document) == []
+
+
+@pytest.mark.parametrize("name", ["staging", "prod"])
+def test_the_example_stacks_enable_mas_and_their_config_validates(schema: dict[str, Any], name: str) -> None:
+    cfg = example(name)
+    assert cfg.mas.enabled
+    assert validate(schema, yaml.safe_load(render.config_yaml(cfg))) == []
 
 
 def test_the_every_setting_stack_uses_every_typed_setting() -> None:
@@ -169,6 +181,9 @@ def test_registration_policy_maps_from_the_stacks() -> None:
     email = account("email", **smtp)
     assert email["password_registration_enabled"] and email["password_registration_email_required"]
     assert email["password_recovery_enabled"] and email["email_change_allowed"]
+    # While migrating, nobody registers in MAS: syn2mas imports into an empty database.
+    migrating = {**SYN2MAS, "synapse": {"registration": {"mode": "token"}}}
+    assert render.config(cfg_of(migrating))["account"]["password_registration_enabled"] is False
 
 
 # ---------------------------------------------------------------- bad input
@@ -307,6 +322,51 @@ def test_operator_commands_name_the_target() -> None:
     assert render.create_admin_command(k8s) == (
         "kubectl -n chat exec -it deployment/mas -- mas-cli manage register-user --admin admin")
     steps = render.syn2mas_commands(k8s)
-    assert [s.split("\n", 1)[0][:5] for s in steps] == ["# 1. ", "# 2. ", "# 3. ", "# 4. ", "# 5. ", "# 6. "]
-    assert "kubectl -n chat scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0" in steps[4]
-    assert "docker stop synapse-main" in render.syn2mas_commands(docker)[4]
+    assert [s.split("\n", 1)[0][:5] for s in steps] == ["# 1. ", "# 2. ", "# 3. ", "# 4. ", "# 5. "]
+    assert "kubectl -n chat scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0" in steps[3]
+    assert "kubectl -n chat exec statefulset/synapse-postgres -- pg_dump" in steps[3]
+    assert steps[3].index("scale") < steps[3].index("pg_dump") < steps[3].index("syn2mas migrate")
+    assert "docker stop synapse-main" in render.syn2mas_commands(docker)[3]
+
+
+# ---------------------------------------------------------------- the part, in the whole program
+
+CLOUDFLARE = {"enabled": True, "zone": "example.org", "account_id": "0" * 32, "origin_ip": "192.0.2.20"}
+
+
+def test_one_registration_gives_mas_its_site_record_certificate_and_ingress_host(program: Any) -> None:
+    docker = program({**MONOLITH, "cloudflare": CLOUDFLARE, "cloudflare_api_token": "t", "tls": {"mode": "origin_ca"}},
+                     secret_keys=("cloudflare_api_token",))
+    proxy = next(e for e in docker.services if e["service"].name == "synapse-proxy")
+    nginx = next(f["content"] for f in proxy["files"] if f["path"].endswith("nginx.conf"))
+    assert "server_name login.example.org;" not in nginx and "server_name auth.example.org;" in nginx
+    assert "auth.example.org" in docker.deployment.outputs["dns_records"]
+    certificates = [r.plain_inputs()["hostnames"] for r in docker.of_type(
+        "cloudflare:index/originCaCertificate:OriginCaCertificate")]
+    assert any("auth.example.org" in hosts for hosts in certificates), certificates
+    k8s = program({**MONOLITH, "target": {"kind": "kubernetes", "cert_manager_issuer": "le"}})
+    hosts = [rule["host"] for obj in k8s.deployment.manifests.values() if obj["kind"] == "Ingress"
+             for rule in obj["spec"]["rules"]]
+    assert "auth.example.org" in hosts
+    assert {"deployment-mas", "service-mas", "networkpolicy-mas", "deployment-mas-database"} <= set(
+        k8s.deployment.manifests)
+
+
+def test_the_program_wires_synapse_mas_and_the_bundled_database(program: Any) -> None:
+    run = program(WORKERS)
+    services = {e["service"].name: e for e in run.services}
+    assert {"mas", "mas-database"} <= set(services)
+    main_files = {f["path"]: f for f in services["synapse-main"]["files"]}
+    mas_files = {f["path"]: f for f in services["mas"]["files"]}
+    # One shared secret, a file on both sides.
+    assert main_files[render.SYNAPSE_SECRET_PATH]["content"] == mas_files[render.MATRIX_SECRET_FILE]["content"]
+    shared = yaml.safe_load(main_files[hs.SHARED_CONFIG]["content"])
+    assert shared["matrix_authentication_service"]["enabled"] is True
+    # The database setup uses the cluster's superuser password and MAS's own.
+    setup_env = services["mas-database"]["env"]
+    postgres_env = services["synapse-postgres"]["env"]
+    assert setup_env["PGPASSWORD"] == postgres_env["POSTGRES_PASSWORD"] and setup_env["PGPASSWORD"][1]
+    assert setup_env["MAS_DATABASE_PASSWORD"] == (mas_files[render.DATABASE_PASSWORD_FILE]["content"], True)
+    assert services["synapse-postgres"]["service"].allowed_clients is not None
+    assert {"mas", "mas-database"} <= set(services["synapse-postgres"]["service"].allowed_clients)
+    assert run.deployment.outputs["create_admin_command"] == run.deployment.outputs["mas_create_admin_command"]

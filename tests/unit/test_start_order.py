@@ -110,3 +110,23 @@ def test_kubernetes_workers_wait_for_main_and_main_for_postgres() -> None:
     assert init_names("deployment-synapse-generic-1") == ["wait-for-synapse-main", "check-config"]
     wait = manifests["deployment-synapse-generic-1"]["spec"]["template"]["spec"]["initContainers"][0]
     assert wait["securityContext"] and wait["resources"]
+
+
+def test_docker_declares_what_a_container_waits_for_or_restarts_with_first_whatever_the_order() -> None:
+    """The replacement trigger and dependencies of a container name containers declared before
+    it: the adapter orders the whole graph itself, not by the order parts were built in."""
+    from components.platform.docker import start_order
+    from components.platform.spec import Service, Wait
+
+    def svc(name: str, waits: tuple[str, ...] = (), restarts_with: tuple[str, ...] = ()) -> Service:
+        return Service(name=name, component="t", image="i", waits=tuple(Wait(w, ("true",)) for w in waits),
+                       restarts_with=restarts_with)
+
+    graph = [svc("proxy", waits=("main",), restarts_with=("main", "web", "call")), svc("worker", waits=("main",)),
+             svc("main", waits=("db",)), svc("web"), svc("call"), svc("db")]
+    for services in (graph, list(reversed(graph))):
+        order = [s.name for s in start_order(services)]
+        assert sorted(order) == sorted(s.name for s in graph)
+        for service in services:
+            before = order[: order.index(service.name)]
+            assert {w.service for w in service.waits} | set(service.restarts_with) <= set(before)
