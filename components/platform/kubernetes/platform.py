@@ -28,6 +28,7 @@ _CONSTRUCTORS: dict[str, Any] = {
     "Service": k8s.core.v1.Service,
     "Deployment": k8s.apps.v1.Deployment,
     "StatefulSet": k8s.apps.v1.StatefulSet,
+    "CronJob": k8s.batch.v1.CronJob,
     "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
     "NetworkPolicy": k8s.networking.v1.NetworkPolicy,
     "Ingress": k8s.networking.v1.Ingress,
