@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import shlex
+import typing
 
 import pulumi
 import pulumi_docker as docker
@@ -72,10 +73,15 @@ def _file_digests(service: Service) -> dict[str, pulumi.Input[str]]:
     for f in service.files:
         if f.secret:
             continue
-        digests[f"matrix-stack.file.{f.path}"] = pulumi.Output.from_input(f.content).apply(
-            lambda text: hashlib.sha256(text.encode()).hexdigest()
-        )
+        digests[f"matrix-stack.file.{f.path}"] = _sha256(f.content)
     return digests
+
+
+def _sha256(content: pulumi.Input[str]) -> pulumi.Input[str]:
+    # Most contents are rendered strings: hashed now, without an Output to resolve.
+    if isinstance(content, str):
+        return hashlib.sha256(content.encode()).hexdigest()
+    return pulumi.Output.from_input(typing.cast(pulumi.Output[str], content)).apply(_sha256)
 
 
 def start_order(services: list[Service]) -> list[Service]:
