@@ -7,6 +7,7 @@ The modules imported here are declarations only: each part loads its SDKs inside
 
 from __future__ import annotations
 
+from components.backup import Backup
 from components.coturn import Coturn
 from components.dns import PublicDns
 from components.element_call import ElementCall
@@ -28,6 +29,7 @@ PARTS: list[Part] = [
     MasDatabase(),
     Tls(),
     PublicDns(),
+    Backup(),
 ]
 
 

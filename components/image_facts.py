@@ -92,6 +92,16 @@ def violations(service: Service) -> list[str]:
             if cap not in service.capabilities_add:
                 found.append(f"{service.name}: drops {cap}, which a binary of {facts.image} carries "
                              "(the kernel refuses to exec it)")
+    if service.schedule and "crond" not in facts.programs:
+        found.append(f"{service.name}: runs on a schedule, which Docker hosts run with BusyBox crond, and "
+                     f"{facts.image} does not ship it")
+    for step in service.steps:
+        step_facts = facts_for(step.image)
+        if step.user is not None and step_facts.user is not None and step.user != step_facts.user:
+            found.append(f"{service.name}: its step {step.name} runs as {step.user}, but {step_facts.image}'s "
+                         f"user is {step_facts.user}")
+        for program in missing_programs(step_facts, step.command[:1]):
+            found.append(f"{service.name}: its step {step.name} calls {program}, which {step_facts.image} does not ship")
     if service.user is not None and facts.user is not None and service.user != facts.user:
         found.append(f"{service.name}: runs as {service.user}, but {facts.image}'s user is {facts.user}")
     if facts.steps_down and service.user is None and service.entrypoint is None and service.drop_capabilities:

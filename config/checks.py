@@ -12,6 +12,7 @@ does not stop the rule judging the others.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,10 +68,14 @@ def check(*reads: str) -> Callable[[Callable[[StackConfig], list[Finding]]], Cal
 Path = tuple[str | int, ...]
 
 
+# Both are asked about the same few key paths again and again (every rule's reads against every
+# refused key, on every parse): memoized.
+@functools.cache
 def split(path: str) -> Path:
     return tuple(path.split("."))
 
 
+@functools.cache
 def touches(read: str, invalid: Path) -> bool:
     """Whether an invalid key path is part of what `read` covers."""
     if read.endswith(".*"):

@@ -212,7 +212,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         # make install-world-bin installs the client programs too; the BusyBox applets the
         # backup's dump script calls.
         tools=BUSYBOX | {"pg_isready", "psql", "postgres", "pg_dump", "pg_restore",
-                         "mv", "wc", "mkdir", "touch", "rm", "sleep"},
+                         "cp", "chmod", "mv", "wc", "mkdir", "touch", "rm", "sleep"},
         port=5432,
     ),
     ImageFacts(
@@ -328,7 +328,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         wget=True,
         # apk add ca-certificates fuse openssh-client tzdata jq; BusyBox's crond runs the
         # scheduled backups on Docker hosts.
-        tools=BUSYBOX | {"restic", "ssh", "jq", "crond", "nice", "date", "touch", "rm", "mkdir", "sleep"},
+        tools=BUSYBOX | {"restic", "ssh", "jq", "crond", "nice", "cp", "chmod", "touch", "rm", "mkdir", "sleep"},
     ),
     ImageFacts(
         image=MAS,

@@ -1,1 +1,82 @@
-"""Backups: restic snapshots of the databases, the media store and the signing key."""
+"""Backups: restic snapshots of every database the stack owns, the key files that cannot be
+regenerated and the media store, on a schedule, with a restore procedure for the target
+(README, "Backups"). render.py renders the jobs and the procedure; services.py describes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Part
+from components.platform.spec import Service
+from components.synapse import homeserver as hs
+from config.model import S3Repository, SftpRepository, StackConfig
+
+from . import render
+from . import services as jobs
+
+STACK_OUTPUTS = ("backup_repository_password", "backup_restore_procedure", "backup_snapshots_command")
+
+
+class Backup(Part):
+    name = "backup"
+    # After the cluster (and MAS): it reads the database passwords and key files they generate.
+    stage = AFTER_CLUSTER
+    reads = ("backup", "synapse.database", "mas", "target", "backup_s3_access_key_id",
+             "backup_s3_secret_access_key", "backup_sftp_private_key")
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return cfg.backup.enabled
+
+    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
+        names = [jobs.PASSWORD, *jobs.database_secrets(cfg), *render.key_files(cfg)]
+        repo = cfg.backup.repository
+        if isinstance(repo, S3Repository):
+            names += ["s3_access_key_id", "s3_secret_access_key"]
+        if isinstance(repo, SftpRepository):
+            names.append("sftp_private_key")
+        return tuple(names)
+
+    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return jobs.services(cfg, render.databases(cfg), secrets,
+                             [secrets[name] for name in jobs.database_secrets(cfg)])
+
+    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
+        # The jobs mount the media store and share the scratch volume: one host with the
+        # processes that hold the media store.
+        media = [p.name for p in hs.topology(cfg).processes if hs.uses_media_store(cfg, p)]
+        return [[*(s.name for s in services), *media]]
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        from components import secrets as gen
+
+        for text in render.warnings(cfg):
+            pulumi.log.warn(text)
+        component = Component("Backup", self.name)
+        shared: dict[str, pulumi.Input[str]] = {}
+        for built in ctx.built:
+            shared.update(built.shared_secrets)
+        values: dict[str, pulumi.Input[str]] = {
+            jobs.PASSWORD: gen.password(f"{self.name}-repository-password", component, protect=cfg.protect)}
+        for name in self.secret_names(cfg):
+            if name in shared:
+                values[name] = shared[name]
+        if cfg.backup_s3_access_key_id is not None and cfg.backup_s3_secret_access_key is not None:
+            values["s3_access_key_id"] = pulumi.Output.secret(cfg.backup_s3_access_key_id.get_secret_value())
+            values["s3_secret_access_key"] = pulumi.Output.secret(cfg.backup_s3_secret_access_key.get_secret_value())
+        if cfg.backup_sftp_private_key is not None:
+            values["sftp_private_key"] = pulumi.Output.secret(cfg.backup_sftp_private_key.get_secret_value())
+        stack = pulumi.get_stack()
+        steps = render.restore_procedure(cfg, render.databases(cfg), stack)
+        component.register_outputs({})
+        return Contribution(
+            parent=component,
+            services=self.services(cfg, values),
+            outputs={
+                "backup_repository_password": values[jobs.PASSWORD],
+                "backup_restore_procedure": render.procedure_text(steps),
+                "backup_snapshots_command": render.snapshots_command(cfg),
+            },
+        )

@@ -29,6 +29,7 @@ from config.model import (
     BundledDatabase,
     DockerTarget,
     KubernetesTarget,
+    MasExternalDatabase,
     S3Repository,
     SftpRepository,
     StackConfig,
@@ -58,6 +59,9 @@ S3_ENV_FILE = f"{SECRETS}/s3.env"
 SFTP_KEY_FILE = f"{SECRETS}/sftp-key"
 KNOWN_HOSTS_FILE = "/backup/conf/known_hosts"
 CACHE = f"{SCRATCH}/cache"
+# Private copies of the mounted credentials: libpq and ssh refuse files others may read.
+PRIVATE_PGPASS = f"{SCRATCH}/.pgpass"
+PRIVATE_SFTP_KEY = f"{SCRATCH}/.sftp-key"
 REPOSITORY_MOUNT = "/repository"
 # Docker: how long backup.sh waits for the dump container before it gives up.
 DUMP_WAIT_S = 3600
@@ -92,6 +96,33 @@ def synapse_database(cfg: StackConfig) -> Database:
         return Database(hs.DATABASE_NAME, hs.POSTGRES_SERVICE, hs.POSTGRES_PORT, hs.DATABASE_USER,
                         service=hs.POSTGRES_SERVICE, sslmode="disable")
     return Database(db.name, db.host, db.port, db.user, sslmode=db.sslmode)
+
+
+def databases(cfg: StackConfig) -> list[Database]:
+    """Every database the stack owns: Synapse's, and MAS's when MAS is on."""
+    from components.mas import render as mas
+
+    found = [synapse_database(cfg)]
+    if cfg.mas.enabled:
+        db = cfg.mas.database
+        if isinstance(db, MasExternalDatabase):
+            found.append(Database(db.name, db.host, db.port, db.user, sslmode=db.sslmode))
+        else:
+            found.append(Database(mas.DATABASE_NAME, hs.POSTGRES_SERVICE, hs.POSTGRES_PORT, mas.DATABASE_USER,
+                                  service=hs.POSTGRES_SERVICE, sslmode="disable"))
+    return found
+
+
+def key_files(cfg: StackConfig) -> dict[str, str]:
+    """Name in the snapshot (under KEYS) -> the file its part reads: what cannot be regenerated
+    without breaking something (Synapse's federation identity; MAS's tokens and encrypted data)."""
+    from components.mas import render as mas
+
+    found = dict(KEY_FILES)
+    if cfg.mas.enabled:
+        found.update({"mas_encryption": mas.ENCRYPTION_FILE,
+                      **{f"mas_{name}": path for name, path in mas.SIGNING_KEYS.items()}})
+    return found
 
 
 def dump_image(cfg: StackConfig) -> str:
@@ -167,7 +198,11 @@ def dump_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
         "#!/bin/sh",
         "# Dumps every database the stack owns (pg_dump -Fc, the server's major version).",
         "set -eu",
-        f"export PGPASSFILE={PGPASS_FILE}",
+        # libpq ignores a password file others may read, and a mounted Secret is group-readable
+        # (fsGroup): a private copy.
+        f"cp {PGPASS_FILE} {PRIVATE_PGPASS}",
+        f"chmod 600 {PRIVATE_PGPASS}",
+        f"export PGPASSFILE={PRIVATE_PGPASS}",
         "",
         "dump() {",
         f"  mkdir -p {DUMPS}",
@@ -211,8 +246,9 @@ def _repository_lines(cfg: StackConfig) -> list[str]:
         if repo.region:
             lines.append(f"export AWS_DEFAULT_REGION={shlex.quote(repo.region)}")
     if isinstance(repo, SftpRepository):
-        option = f"sftp.command={sftp_command(cfg, SFTP_KEY_FILE, KNOWN_HOSTS_FILE)}"
-        lines.append(f"set -- -o {shlex.quote(option)}")
+        option = f"sftp.command={sftp_command(cfg, PRIVATE_SFTP_KEY, KNOWN_HOSTS_FILE)}"
+        lines += [f"cp {SFTP_KEY_FILE} {PRIVATE_SFTP_KEY}", f"chmod 600 {PRIVATE_SFTP_KEY}",
+                  f"set -- -o {shlex.quote(option)}"]
     else:
         lines.append("set --")
     return lines
@@ -331,8 +367,11 @@ def _docker_restic(cfg: StackConfig, args: str, mounts: Sequence[str] = (), stdi
 
 
 def synapse_services(cfg: StackConfig) -> list[str]:
-    """The services that read the database or the media store: stopped during a restore."""
-    return [p.name for p in hs.topology(cfg).processes] + ["synapse-proxy"]
+    """The services that write the databases or the media store: stopped during a restore
+    (main first when they start again)."""
+    from components.mas import render as mas
+
+    return [p.name for p in hs.topology(cfg).processes] + ["synapse-proxy"] + ([mas.SERVICE] if cfg.mas.enabled else [])
 
 
 def _pg_restore(db: Database) -> str:
@@ -350,7 +389,7 @@ def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) 
     for name in stopped:
         by_host.setdefault(_docker_prefix(cfg, name), []).append(name)
     for prefix, names in by_host.items():
-        steps.append(Step("Stop every Synapse process and the proxy; PostgreSQL keeps running. After a lost "
+        steps.append(Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
                           "host, run `pulumi up` first: it recreates the containers and empty volumes.",
                           f"{prefix}docker stop {' '.join(reversed(names))}"))
     for db in databases:
@@ -434,7 +473,11 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
     steps += _key_steps(cfg, stack, lambda args: _k8s_restic(cfg, args))
     workloads = [f"{'statefulset' if hs.uses_media_store(cfg, p) else 'deployment'}/{p.name}"
                  for p in hs.topology(cfg).processes] + ["deployment/synapse-proxy"]
-    steps.append(Step("Stop every Synapse process and the proxy; PostgreSQL keeps running. After a lost "
+    if cfg.mas.enabled:
+        from components.mas import render as mas
+
+        workloads.append(f"deployment/{mas.SERVICE}")
+    steps.append(Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
                       "cluster, run `pulumi up` first: it recreates the workloads and empty claims.",
                       f"{kubectl} scale --replicas=0 {' '.join(workloads)}"))
     for db in databases:

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import pulumi
 
-from components.platform.spec import File, Resources, Service, Volume
+from components.platform.spec import File, Resources, Service, Step, Volume
 from components.synapse import homeserver as hs
+from components.synapse.services import SYNAPSE_USER
 from config import images
 from config.model import KubernetesTarget, S3Repository, SftpRepository, StackConfig, VolumeRepository
 
@@ -45,6 +46,12 @@ def dump_user(cfg: StackConfig) -> str | None:
     return images.facts_for(render.dump_image(cfg)).user
 
 
+def database_secrets(cfg: StackConfig) -> list[str]:
+    """The secret holding each database's password, in render.databases order: names the
+    owning parts share with the backup (Contribution.shared_secrets)."""
+    return ["postgres"] + (["mas_database"] if cfg.mas.enabled else [])
+
+
 def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[str, pulumi.Input[str]],
              database_passwords: Sequence[pulumi.Input[str]]) -> list[Service]:
     """The backup's services. `secrets`: restic_password, signing_key, and the repository's
@@ -53,7 +60,7 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
     repo = cfg.backup.repository
     scripts = [File(render.BACKUP_SCRIPT, render.backup_script(cfg, databases), mode=0o555)]
     secret_files = [File(render.PASSWORD_FILE, secrets[PASSWORD], secret=True, mode=0o400)]
-    for name in render.KEY_FILES:
+    for name in render.key_files(cfg):
         secret_files.append(File(f"{render.KEYS}/{name}", secrets[name], secret=True, mode=0o400))
     if isinstance(repo, S3Repository):
         secret_files.append(File(render.S3_ENV_FILE, _s3_env(secrets), secret=True, mode=0o400))
@@ -66,20 +73,27 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
     if isinstance(repo, VolumeRepository):
         volumes.append(Volume(repo.name, render.REPOSITORY_MOUNT, size=repo.size))
     resources = Resources(cpu_request="100m", memory_request="256Mi", memory_limit="2Gi")
-    common = dict(component=render.COMPONENT, image=cfg.backup.image, read_only_root=True,
-                  resources=resources, labels={"matrix-stack.backup-job": "true"})
-    check = Service(name=render.CHECK_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "check"),
-                    files=[*scripts, *secret_files], volumes=list(volumes),
-                    writable_paths=(render.SCRATCH,) if kubernetes else (), **common)  # type: ignore[arg-type]
+    schedule, check_schedule = cfg.backup.schedule, cfg.backup.check_schedule
+    # The dumps and restic's cache: a volume, since a database's dump outgrows a scratch dir.
+    scratch = Volume(SCRATCH_VOLUME, render.SCRATCH, size="20Gi")
     if kubernetes:
-        backup = Service(name=render.BACKUP_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "backup"),
-                         files=[*scripts, *secret_files, *dump_files], volumes=list(volumes),
-                         writable_paths=(render.SCRATCH,), **common)  # type: ignore[arg-type]
+        # The media store's owner, so nothing needs root; the claims' group (fsGroup) lets it
+        # write the repository and the scratch claim. The dump runs first in the same pod, as
+        # the PostgreSQL image's user.
+        user = SYNAPSE_USER
+        dump_step = Step("dump", render.dump_image(cfg), ("/bin/sh", render.DUMP_SCRIPT), user=dump_user(cfg))
+        backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files, *dump_files],
+                      [*volumes, scratch], resources, user=user, steps=(dump_step,))
+        check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
+                     [*volumes, scratch], resources, user=user)
         return [backup, check]
-    scratch = Volume(SCRATCH_VOLUME, render.SCRATCH, size="20Gi", owner=dump_user(cfg))
-    backup = Service(name=render.BACKUP_SERVICE, entrypoint=("/bin/sh",), args=(render.BACKUP_SCRIPT, "backup"),
-                     files=[*scripts, *secret_files], volumes=[*volumes, scratch], **common)  # type: ignore[arg-type]
-    check.volumes.append(scratch)
+    # Docker: crond runs the jobs as root (docker.scheduled); the dump container runs as root
+    # too (its command is our script, not the image's entrypoint), without capabilities, and
+    # the scratch volume they share is root's.
+    backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files], [*volumes, scratch],
+                  resources)
+    check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
+                 [*volumes, scratch], resources)
     dump = Service(
         name=render.DUMP_SERVICE,
         component=render.COMPONENT,
@@ -88,14 +102,25 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
         args=(render.DUMP_SCRIPT,),
         files=dump_files,
         volumes=[scratch],
-        user=dump_user(cfg),
         read_only_root=True,
         resources=Resources(cpu_request="50m", memory_request="64Mi", memory_limit="1Gi"),
     )
     return [dump, backup, check]
 
 
-def synapse_secrets_needed() -> tuple[str, ...]:
-    """What the backup reads of the Synapse cluster's secrets."""
-    return ("postgres", *render.KEY_FILES)
-
+def _job(cfg: StackConfig, name: str, mode: str, schedule: str, files: list[File], volumes: list[Volume],
+         resources: Resources, *, user: str | None = None, steps: tuple[Step, ...] = ()) -> Service:
+    return Service(
+        name=name,
+        component=render.COMPONENT,
+        image=cfg.backup.image,
+        entrypoint=("/bin/sh",),
+        args=(render.BACKUP_SCRIPT, mode),
+        files=list(files),
+        volumes=list(volumes),
+        user=user,
+        read_only_root=True,
+        resources=resources,
+        schedule=schedule,
+        steps=steps,
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 import yaml
 
+from components import yaml_text
 from components.part import ws_url
 from components.platform.targets import target_of
 from config import images
@@ -120,7 +121,7 @@ def livekit_config(cfg: StackConfig) -> dict[str, Any]:
 
 
 def livekit_yaml(cfg: StackConfig) -> str:
-    return yaml.safe_dump(livekit_config(cfg), sort_keys=False, default_flow_style=False)
+    return yaml_text.dump(livekit_config(cfg), sort_keys=False, default_flow_style=False)
 
 
 def livekit_keys(secret: str) -> str:

@@ -8,11 +8,11 @@ without an account (element-call-and-ntfy.md, 8.3).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
-import yaml
-
+from components import yaml_text
 from components.synapse import homeserver as hs
 from config import images
 from config.model import StackConfig
@@ -58,7 +58,7 @@ def server_config(cfg: StackConfig) -> dict[str, Any]:
 
 
 def server_yml(cfg: StackConfig) -> str:
-    return yaml.safe_dump(server_config(cfg), sort_keys=False, default_flow_style=False)
+    return yaml_text.dump(server_config(cfg), sort_keys=False, default_flow_style=False)
 
 
 def auth_users(bcrypt_hash: str) -> str:
@@ -93,11 +93,15 @@ def private_ranges(cfg: StackConfig) -> list[str]:
 def _blocked(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     """Inside Synapse's default ip_range_blacklist (which is wider than "private": CGNAT,
     documentation ranges...)."""
-    for cidr in hs.PRIVATE_RANGES:
-        blocked = ipaddress.ip_network(cidr)
+    for blocked in _blocklist():
         if blocked.version == network.version and network.subnet_of(blocked):  # type: ignore[arg-type]
             return True
     return False
+
+
+@functools.cache
+def _blocklist() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(cidr) for cidr in hs.PRIVATE_RANGES)
 
 
 def homeserver(cfg: StackConfig) -> dict[str, Any]:

@@ -6,9 +6,11 @@ delivered as uploads, so a changed file replaces exactly the containers that rea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import shlex
+import typing
 
 import pulumi
 import pulumi_docker as docker
@@ -17,7 +19,7 @@ from config.model import DockerHost, StackConfig
 
 from . import placement
 from .contract import Graph
-from .spec import Service, Volume, Wait
+from .spec import File, Service, Volume, Wait
 from .targets import DockerHosts
 
 NETWORK = "matrix-stack"
@@ -30,6 +32,30 @@ def start_command(waits: tuple[Wait, ...], command: list[str]) -> list[str]:
     lines = [f"until {shlex.join(w.command)} >/dev/null 2>&1; do echo 'waiting for {w.service}'; sleep 2; done"
              for w in waits]
     return ["/bin/sh", "-c", "\n".join([*lines, 'exec "$@"']), command[0], *command]
+
+
+CRONTABS = "/etc/crontabs"
+
+
+def scheduled(service: Service) -> Service:
+    """A scheduled service as the container Docker runs: BusyBox crond in the foreground (PID 1)
+    runs the service's command on its schedule, the output going to the container's log. crond
+    reads only root's own crontab files and sets each job's user and groups, so it runs as root
+    with SETUID and SETGID."""
+    if not service.schedule:
+        return service
+    if service.steps:
+        raise ValueError(f"{service.name}: steps need a pod; on Docker run them as a service of their own")
+    command = shlex.join([*(service.entrypoint or ()), *service.args])
+    table = f"{service.schedule} {command} >/proc/1/fd/1 2>/proc/1/fd/2\n"
+    return dataclasses.replace(
+        service,
+        entrypoint=("crond", "-f", "-d", "8", "-c", CRONTABS),
+        args=(),
+        files=[*service.files, File(f"{CRONTABS}/root", table)],
+        user=None,
+        capabilities_add=tuple(sorted({*service.capabilities_add, "SETGID", "SETUID"})),
+    )
 
 
 def _check_passed(service: str, code: int | None) -> str:
@@ -47,10 +73,15 @@ def _file_digests(service: Service) -> dict[str, pulumi.Input[str]]:
     for f in service.files:
         if f.secret:
             continue
-        digests[f"matrix-stack.file.{f.path}"] = pulumi.Output.from_input(f.content).apply(
-            lambda text: hashlib.sha256(text.encode()).hexdigest()
-        )
+        digests[f"matrix-stack.file.{f.path}"] = _sha256(f.content)
     return digests
+
+
+def _sha256(content: pulumi.Input[str]) -> pulumi.Input[str]:
+    # Most contents are rendered strings: hashed now, without an Output to resolve.
+    if isinstance(content, str):
+        return hashlib.sha256(content.encode()).hexdigest()
+    return pulumi.Output.from_input(typing.cast(pulumi.Output[str], content)).apply(_sha256)
 
 
 def start_order(services: list[Service]) -> list[Service]:
@@ -139,7 +170,7 @@ class DockerPlatform(DockerHosts):
                     self._cross_host_ports.add((name, port))
         parents = {s.name: parent for s, parent in graph.services}
         for service in start_order(services):
-            self._container(service, parents[service.name])
+            self._container(scheduled(service), parents[service.name])
 
     def _volume_owner(self, host: DockerHost, volume: Volume, image: str, parent: pulumi.Resource) -> docker.Container:
         """A one-shot container that hands a fresh volume to the user the service runs as."""

@@ -85,6 +85,19 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class Step:
+    """A one-shot command in an image of its own, run to completion before each run of a
+    scheduled service, in the same pod (a Kubernetes init container), with the service's files,
+    volumes and scratch directories. Kubernetes only: a Docker host has no pod, so a component
+    needing a step there runs it as a service of its own."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    user: str | None = None  # "uid:gid"; None: the image's own
+
+
+@dataclass(frozen=True)
 class Resources:
     cpu_request: str = "100m"
     memory_request: str = "128Mi"
@@ -159,6 +172,12 @@ class Service:
     drop_capabilities: bool = True
     capabilities_add: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
+    # A cron expression (five fields, UTC; config/cron.py): the service runs to completion on
+    # this schedule instead of running all the time (Kubernetes: a CronJob; Docker: BusyBox
+    # crond in the service's image runs its command).
+    schedule: str | None = None
+    # Steps run before each scheduled run (Kubernetes only, see Step).
+    steps: tuple[Step, ...] = ()
 
     @property
     def stateful(self) -> bool:

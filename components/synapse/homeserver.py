@@ -8,10 +8,10 @@ reach Synapse through `*_path` keys pointing at secret files, or through the env
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import yaml
-
+from components import yaml_text
 from config.model import ExternalDatabase, StackConfig
 
 from .workers import GENERIC_APP, ROLES, STREAMS, Process, Role, Topology, counts_for
@@ -62,12 +62,20 @@ DATABASE_USER = "synapse"
 
 
 def topology(cfg: StackConfig) -> Topology:
-    return Topology.of(counts_for(cfg.synapse.workers.preset, cfg.synapse.workers.counts))
+    workers = cfg.synapse.workers
+    return _topology(workers.preset, tuple(workers.counts.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _topology(preset: str, counts: tuple[tuple[str, int], ...]) -> Topology:
+    # Asked for dozens of times per run (every file, route and check): one immutable Topology
+    # per worker table, its process list built once.
+    return Topology.of(counts_for(preset, dict(counts)))
 
 
 def dump(data: dict[str, Any]) -> str:
     """YAML with stable key order: the order we build dicts in, never sorted by chance."""
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+    return yaml_text.dump(data, sort_keys=False, default_flow_style=False, width=1000)
 
 
 def _listener(port: int, resources: tuple[str, ...], *, x_forwarded: bool = True) -> dict[str, Any]:

@@ -13,6 +13,7 @@ version.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -172,8 +173,9 @@ class Topology:
     def of(cls, counts: dict[str, int]) -> Topology:
         return cls(tuple((role.name, counts.get(role.name, 0)) for role in ROLES if counts.get(role.name, 0)))
 
-    @property
+    @functools.cached_property
     def workers(self) -> tuple[Process, ...]:
+        # Asked for by every route, file and check that looks at the topology: built once.
         return tuple(
             Process(worker_name(ROLE_BY_NAME[name], i), ROLE_BY_NAME[name], i)
             for name, count in self.counts

@@ -77,6 +77,23 @@ def backup_entries(result: offline.Run, restic_password: str) -> list[dict[str, 
             for s in built]
 
 
+def crontab_jobs(result: offline.Run) -> dict[str, tuple[str, list[str]]]:
+    """container name -> (schedule, command) of each crontab the Docker target uploads."""
+    from components.platform.docker import CRONTABS
+
+    jobs: dict[str, tuple[str, list[str]]] = {}
+    for container in result.of_type("docker:index/container:Container"):
+        inputs = container.plain_inputs()
+        for upload in inputs.get("uploads") or []:
+            if upload["file"] != f"{CRONTABS}/root":
+                continue
+            [line] = [ln for ln in upload["content"].splitlines() if ln.strip()]
+            words = line.split()
+            command = shlex.split(" ".join(words[5:]).split(" >/proc/1/fd/1")[0])
+            jobs[inputs["name"]] = (" ".join(words[:5]), command)
+    return jobs
+
+
 _ABSOLUTE = re.compile(r"(?<![\w.:@-])(/[A-Za-z0-9_.@/-]+)")
 _CONNINFO_HOST = re.compile(r"\bhost=([A-Za-z0-9.-]+)")
 
@@ -128,15 +145,20 @@ class Jobs:
     """The backup's services run as their containers would: the dump service waiting for
     requests, the backup job once (crond's run), the check job once."""
 
-    def __init__(self, entries: Sequence[dict[str, Any]], reloc: Relocation, base: Path):
+    def __init__(self, entries: Sequence[dict[str, Any]], reloc: Relocation, base: Path,
+                 crontab: Mapping[str, list[str]] | None = None):
         self.services = {e["service"].name: e["service"] for e in entries}
+        self.crontab = dict(crontab or {})
         self.reloc = reloc
         self.base = base
         self.env = {**os.environ, "PATH": f"{RESTIC_BIN.parent}:{PG_BIN}:{os.environ.get('PATH', '')}"}
 
     def _command(self, name: str) -> list[str]:
+        """What the container runs: crond's job for a scheduled service (from the crontab the
+        Docker target uploads), else the container's command."""
         service = self.services[name]
-        return [*(service.entrypoint or ()), *(self.reloc.path(a) for a in service.args)]
+        command = self.crontab.get(name) or [*(service.entrypoint or ()), *service.args]
+        return [self.reloc.path(a) for a in command]
 
     def backup(self) -> BackupRun:
         dump = None

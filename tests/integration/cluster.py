@@ -564,6 +564,19 @@ class Cluster:
 
     # ------------------------------------------------------------ stop
 
+    def stop_processes(self, names: Iterable[str]) -> None:
+        """Stop the named processes (those running), as `docker stop` does: SIGTERM, then SIGKILL."""
+        for name in names:
+            proc = self.procs.get(name)
+            if proc is None or proc.popen.poll() is not None:
+                continue
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(timeout=5)
+
     def stop(self) -> None:
         # Reverse start order, one tier at a time (proxy, workers, main, redis, postgres), so no
         # process sees its dependencies vanish first and logs spurious shutdown errors.

@@ -32,6 +32,7 @@ from .backup_drill import (
     Jobs,
     Restore,
     backup_entries,
+    crontab_jobs,
     database_dir,
     du_bytes,
     materialize_backup,
@@ -44,7 +45,8 @@ from .workload import PASSWORD, Facts, run_workload
 COUNTS = {"event_persister": 1, "media_repository": 1}
 # Random bytes: nothing for restic to compress or deduplicate within the first backup.
 MEDIA_SIZES = (1024, 200 * 1024, 3 * 1024 * 1024, 5 * 1024 * 1024)
-RESTIC_PASSWORD = "drill-repository-password"  # what the stack output would hold
+# The repository's password when the stack renders no backup service of its own.
+RESTIC_PASSWORD = "drill-repository-password"
 
 
 def drill_config() -> dict[str, Any]:
@@ -130,10 +132,18 @@ def drill() -> Iterator[Drill]:
     result = render(raw)
     base = Path(tempfile.mkdtemp(prefix="backup-drill-"))
     entries = backup_entries(result, RESTIC_PASSWORD)
+    # What the backup service received: the stack output the procedure's first step reads.
+    restic_password = next(f["content"] for e in entries for f in e["files"]
+                           if f["path"] == backup_render.PASSWORD_FILE)
     reloc = relocation(result, entries, base)
     cluster = Cluster(result, workdir=base)
     materialize_backup(entries, reloc)
-    jobs = Jobs(entries, reloc, base)
+    # crond's jobs as the Docker target schedules them.
+    crontab = crontab_jobs(result)
+    assert {name: schedule for name, (schedule, _command) in crontab.items()} == {
+        backup_render.BACKUP_SERVICE: result.cfg.backup.schedule,
+        backup_render.CHECK_SERVICE: result.cfg.backup.check_schedule}
+    jobs = Jobs(entries, reloc, base, {name: command for name, (_schedule, command) in crontab.items()})
     ok = False
     try:
         # 1. Boot, use it.
@@ -176,7 +186,12 @@ def drill() -> Iterator[Drill]:
             redeployed = render(restored_raw, secret_keys)
             outcome.generated_keys = [r.name for r in redeployed.resources if r.name.startswith("synapse-signing-key")]
             again = Cluster(redeployed, workdir=base)
+            materialize_backup(entries, reloc)  # the cluster wrote the backup's files unrelocated
             again.start_postgres()
+            # The redeployed Synapse starts on the empty database and creates its schema, which
+            # the restore then replaces (pg_restore --clean).
+            again.start_redis()
+            again.start_main()
             return again
 
         def stop(names: list[str]) -> None:
@@ -184,17 +199,17 @@ def drill() -> Iterator[Drill]:
             assert set(names) == expected, f"the procedure stops {names}, the cluster runs {sorted(expected)}"
             if state["cluster"] is None:
                 state["cluster"] = redeploy()
+            state["cluster"].stop_processes(names)
 
         def start(names: list[str]) -> None:
             again = state["cluster"]
             assert names[0] == "synapse-main", names
-            again.start_redis()
             again.start_main()
             again.start_workers()
             again.start_proxy()
 
         restore = Restore(result.cfg, {e["service"].name: e["service"] for e in [*result.services, *entries]},
-                          reloc, base, RESTIC_PASSWORD, stop, start, base / "pg-socket",
+                          reloc, base, restic_password, stop, start, base / "pg-socket",
                           hs.POSTGRES_PORT)
         for step in steps:
             restore.step(step.command)

@@ -194,16 +194,36 @@ def _what_runs(run: offline.Run) -> dict[str, dict[str, Any]]:
             "env": {k: v for k, (v, _secret) in item["env"].items()},
         }
         for item in run.services
+        # The backup's jobs differ by target in shape (compared below).
+        if item["service"].component != "backup"
     }
 
 
+def _backup_jobs(run: offline.Run) -> dict[str, tuple[Any, ...]]:
+    """Each backup job and its dump: (image, command, schedule)."""
+    jobs: dict[str, tuple[Any, ...]] = {}
+    for item in run.services:
+        service = item["service"]
+        if service.component != "backup":
+            continue
+        jobs[service.name] = (service.image, (*(service.entrypoint or ()), *service.args), service.schedule)
+        for step in service.steps:
+            jobs[f"{service.name}-{step.name}"] = (step.image, step.command, None)
+    return jobs
+
+
 def test_docker_and_kubernetes_run_the_same_services() -> None:
-    docker = _what_runs(_run(_parity_raw({"kind": "docker"})))
+    docker_run = _run(_parity_raw({"kind": "docker"}))
     kube_target = {k: v for k, v in stack_raw("prod")["target"].items()}
-    kube = _what_runs(_run(_parity_raw(kube_target)))
+    kube_run = _run(_parity_raw(kube_target))
+    docker, kube = _what_runs(docker_run), _what_runs(kube_run)
     assert sorted(docker) == sorted(kube)
     for name in sorted(docker):
         assert docker[name] == kube[name], name
+    # The backup dumps in a container of its own on Docker (no pods there), as its job's step
+    # on Kubernetes: the same images, commands and schedules.
+    assert _backup_jobs(docker_run) == _backup_jobs(kube_run)
+    assert set(_backup_jobs(docker_run)) == {"backup", "backup-check", "backup-dump"}
 
 
 # ---------------------------------------------------------------- the Docker target's invariants

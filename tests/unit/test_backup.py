@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shlex
 from typing import Any
 
@@ -163,11 +164,11 @@ def test_the_scripts_call_only_what_their_images_ship() -> None:
     backup = render.backup_script(cfg, dbs)
     dump_programs = images.facts_for(render.dump_image(cfg)).programs
     restic_programs = images.facts_for(cfg.backup.image).programs
-    for program in ("pg_dump", "mv", "wc", "mkdir", "rm", "touch", "sleep"):
-        assert f" {program} " in dump or f"({program} " in dump, program
+    for program in ("pg_dump", "cp", "chmod", "mv", "wc", "mkdir", "rm", "touch", "sleep"):
+        assert re.search(rf"(^|[\s(]){program} ", dump, re.M), program
         assert program in dump_programs, program
     for program in ("restic", "mkdir", "rm", "touch", "sleep"):
-        assert f"{program} " in backup, program
+        assert re.search(rf"(^|[\s(]){program} ", backup, re.M), program
         assert program in restic_programs, program
     assert "crond" in restic_programs and "ssh" in restic_programs
 
@@ -179,7 +180,9 @@ def test_the_dump_runs_in_the_servers_own_image() -> None:
                                                     {"restic_password": "p", "signing_key": "k"}, ["pw"])
                 if s.name == render.DUMP_SERVICE)
     assert dump.image == "postgres:16.11-alpine"
-    assert dump.user == images.facts_for(images.POSTGRES).user
+    # Our script, not the image's entrypoint: root without capabilities, sharing root's scratch
+    # volume with the backup that crond runs as root.
+    assert dump.user is None and dump.drop_capabilities and dump.entrypoint == ("/bin/sh",)
 
 
 def test_the_backup_holds_the_dumps_the_keys_and_the_media_store() -> None:
@@ -268,3 +271,125 @@ def test_the_kubernetes_procedure_runs_pods_of_the_pinned_image() -> None:
     assert "deployment/synapse-proxy" in scale
     assert commands[-1] == "pulumi up --stack prod"
     assert any("exec -i statefulset/synapse-postgres -- pg_restore" in c for c in commands)
+
+
+def test_mas_adds_its_database_and_keys() -> None:
+    raw = with_backup(PUBLIC | {"mas": {"enabled": True}})
+    cfg = _cfg(raw)
+    dbs = render.databases(cfg)
+    assert [(d.name, d.user, d.service) for d in dbs] == [("synapse", "synapse", "synapse-postgres"),
+                                                          ("mas", "mas", "synapse-postgres")]
+    dump = render.dump_script(cfg, dbs)
+    assert "dbname=mas user=mas" in dump and "-f /backup/scratch/dumps/mas.dump.partial" in dump
+    assert set(render.key_files(cfg)) == {"signing_key", "mas_encryption", "mas_rsa-4096", "mas_ec-p256"}
+    steps = render.restore_procedure(cfg, dbs, "prod")
+    assert sum("pg_restore -U mas -d mas" in s.command for s in steps) == 1
+    assert render.databases(_cfg(with_backup())) == [render.synapse_database(_cfg(with_backup()))]
+
+
+# ---------------------------------------------------------------- the part in the stack
+
+
+def _stack(name: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    from render.__main__ import stack_config
+    from tests.conftest import ROOT
+
+    raw, secret = stack_config(name, ROOT)
+    return raw, tuple(secret)
+
+
+def test_dev_has_no_backup(program: Any) -> None:
+    raw, secret = _stack("dev")
+    run = program(raw, secret_keys=secret)
+    assert not [e for e in run.services if e["service"].component == render.COMPONENT]
+    assert not [k for k in run.deployment.outputs if k.startswith("backup_")]
+
+
+def test_prod_schedules_cron_jobs_with_the_dump_as_their_first_step(program: Any) -> None:
+    raw, secret = _stack("prod")
+    run = program(raw, secret_keys=secret, stack="prod")
+    manifests = run.deployment.manifests
+    job = manifests["cronjob-backup"]
+    assert job["spec"]["schedule"] == "30 3 * * *" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [dump] = pod["initContainers"]
+    assert (dump["image"], dump["command"]) == (images.POSTGRES, ["/bin/sh", render.DUMP_SCRIPT])
+    assert dump["securityContext"]["runAsUser"] == 70  # the PostgreSQL image's user
+    [restic] = pod["containers"]
+    assert (restic["image"], restic["command"] + restic["args"]) == (
+        images.RESTIC, ["/bin/sh", render.BACKUP_SCRIPT, "backup"])
+    assert pod["restartPolicy"] == "Never"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"synapse-media", "backup-scratch"}  # the bucket holds the repository
+    check = manifests["cronjob-backup-check"]["spec"]
+    assert check["schedule"] == "0 5 * * 0"
+    assert check["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] == [render.BACKUP_SCRIPT, "check"]
+    password = run.by_name("backup-repository-password")
+    assert password.type == "random:index/randomPassword:RandomPassword" and password.protect
+
+
+def test_staging_runs_the_jobs_under_crond_beside_a_dump_container(program: Any) -> None:
+    raw, secret = _stack("staging")
+    run = program(raw, secret_keys=secret, stack="staging")
+    containers = {r.name: r.plain_inputs() for r in run.of_type("docker:index/container:Container")}
+    for name, mode, schedule in (("backup", "backup", "30 3 * * *"), ("backup-check", "check", "0 5 * * 0")):
+        inputs = containers[name]
+        assert inputs["entrypoints"] == ["crond", "-f", "-d", "8", "-c", "/etc/crontabs"]
+        assert inputs["capabilities"] == {"drops": ["ALL"], "adds": ["SETGID", "SETUID"]}
+        [table] = [u["content"] for u in inputs["uploads"] if u["file"] == "/etc/crontabs/root"]
+        assert table == f"{schedule} /bin/sh {render.BACKUP_SCRIPT} {mode} >/proc/1/fd/1 2>/proc/1/fd/2\n"
+    dump = containers["backup-dump"]
+    assert dump["entrypoints"] == ["/bin/sh"] and dump["command"] == [render.DUMP_SCRIPT]
+    assert dump["image"].startswith(images.POSTGRES)
+    outputs = run.deployment.outputs
+    procedure = outputs["backup_restore_procedure"]
+    assert procedure.startswith("# 1. ") and "--stack staging" in procedure
+    assert "DOCKER_HOST=ssh://deploy@staging.example.org docker stop" in procedure
+    assert outputs["backup_snapshots_command"] in procedure
+    assert "sftp:matrix-backup@vault.example.net:/srv/restic/matrix-staging" in outputs["backup_snapshots_command"]
+
+
+def test_a_volume_repository_warns_in_the_stacks_diagnostics(program: Any) -> None:
+    run = program({"server_name": "localhost", "backup": {"enabled": True}})
+    assert [w for w in run.warnings if "backup.repository.kind" in w]
+    assert not [w for w in program({"server_name": "localhost"}).warnings if "backup" in w]
+
+
+def test_a_scheduled_service_needs_crond_and_docker_refuses_steps() -> None:
+    import dataclasses
+
+    from components.platform.docker import scheduled
+    from components.platform.spec import Service, Step
+
+    job = Service(name="job", component="test", image=images.LK_JWT_SERVICE, schedule="0 * * * *")
+    assert image_facts.violations(job) == [
+        f"job: runs on a schedule, which Docker hosts run with BusyBox crond, and {images.LK_JWT_SERVICE} "
+        "does not ship it"]
+    stepped = dataclasses.replace(job, image=images.RESTIC, steps=(Step("s", images.POSTGRES, ("true",)),))
+    with pytest.raises(ValueError, match="steps need a pod"):
+        scheduled(stepped)
+
+
+def test_the_restore_pods_validate_against_the_kubernetes_schema() -> None:
+    import kubernetes_validate
+
+    for repository in (S3, SFTP, {}):
+        raw = with_backup(**({"repository": repository} if repository else {}))
+        raw.update(target={"kind": "kubernetes", "cert_manager_issuer": "le"}, mas={"enabled": True},
+                   backup_s3_access_key_id=SECRET, backup_s3_secret_access_key=SECRET, backup_sftp_private_key=SECRET)
+        cfg = _cfg(raw)
+        commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+        runs = [c for c in commands if " run backup-restore " in c]
+        assert len(runs) == 5  # snapshots, the key, two databases, the media
+        for command in runs:
+            pod = _overrides(command)
+            pod.update(kind="Pod", metadata={"name": "backup-restore"})
+            kubernetes_validate.validate(pod, "1.33.0", strict=True)
+        assert any(c.endswith("deployment/synapse-proxy deployment/mas") for c in commands)
+
+
+def test_mas_stops_and_starts_with_synapse_on_docker() -> None:
+    cfg = _cfg(with_backup(PUBLIC | {"mas": {"enabled": True}}))
+    commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+    assert "docker stop mas synapse-proxy synapse-main" in commands
+    assert "docker start synapse-main synapse-proxy mas" in commands

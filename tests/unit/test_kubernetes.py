@@ -280,8 +280,10 @@ def test_prod_declares_workloads_services_budgets_and_policies(prod: offline.Run
         assert f"deployment-{process}" in workloads or f"statefulset-{process}" in workloads
         assert f"service-{process}" in names["kubernetes:core/v1:Service"]
     assert "statefulset-synapse-postgres" in names["kubernetes:apps/v1:StatefulSet"]
-    # Three media workers share one media store: a single ReadWriteMany claim.
-    assert names["kubernetes:core/v1:PersistentVolumeClaim"] == {"persistentvolumeclaim-synapse-media"}
+    # Three media workers (and the backup jobs) share one media store: a single ReadWriteMany
+    # claim; the backup's scratch claim is the jobs' own.
+    assert names["kubernetes:core/v1:PersistentVolumeClaim"] == {"persistentvolumeclaim-synapse-media",
+                                                                  "persistentvolumeclaim-backup-scratch"}
     assert {"poddisruptionbudget-synapse-generic-1", "poddisruptionbudget-synapse-proxy"} \
         <= names["kubernetes:policy/v1:PodDisruptionBudget"]
     assert "poddisruptionbudget-synapse-typing-1" not in names["kubernetes:policy/v1:PodDisruptionBudget"]

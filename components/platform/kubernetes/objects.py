@@ -352,8 +352,19 @@ def pod_template(service: Service, ctx: Context, config_checksum: pulumi.Input[s
             "command": list(service.init_args), **({"env": env} if env else {}),
             "resources": resources, "securityContext": container_security(service), "volumeMounts": mounts,
         })
+    for step in service.steps:
+        # The step's own image and user; the service's files, volumes and scratch directories.
+        runs_as = dataclasses.replace(service, image=step.image, user=step.user)
+        init.append({
+            "name": step.name, "image": step.image, "imagePullPolicy": "IfNotPresent",
+            "command": list(step.command), **({"env": env} if env else {}),
+            "resources": resources, "securityContext": container_security(runs_as), "volumeMounts": mounts,
+        })
     if init:
         spec["initContainers"] = init
+    if service.schedule:
+        # A run that fails is the next schedule's to retry, not the kubelet's.
+        spec["restartPolicy"] = "Never"
     if host_network(service, ctx):
         # Media on the node's own addresses: no NAT between the SFU and the client's ICE candidates.
         spec.update({"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"})
@@ -366,7 +377,27 @@ def pod_template(service: Service, ctx: Context, config_checksum: pulumi.Input[s
 # ---------------------------------------------------------------- per-service objects
 
 
+def cron_job(service: Service, ctx: Context, config_checksum: pulumi.Input[str]) -> dict[str, Any]:
+    """A scheduled service: one Job per schedule tick, never two at once, a day to catch up on a
+    missed tick; its volumes are standalone claims (shared_volume_names)."""
+    meta = _meta(service.name, ctx, labels(service))
+    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta, "spec": {
+        "schedule": service.schedule,
+        "timeZone": "Etc/UTC",
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 86400,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {"metadata": {"labels": labels(service)}, "spec": {
+            "backoffLimit": 0,
+            "template": pod_template(service, ctx, config_checksum),
+        }},
+    }}
+
+
 def workload(service: Service, ctx: Context, config_checksum: pulumi.Input[str]) -> dict[str, Any]:
+    if service.schedule:
+        return cron_job(service, ctx, config_checksum)
     meta = _meta(service.name, ctx, labels(service))
     spec: dict[str, Any] = {
         "replicas": service.replicas,
@@ -539,11 +570,16 @@ def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dic
 
 
 def shared_volume_names(services: Iterable[Service]) -> set[str]:
+    """Volumes that are standalone claims: mounted by several services, or by a scheduled one
+    (a CronJob has no claim templates)."""
     users: dict[str, set[str]] = {}
+    scheduled: set[str] = set()
     for service in services:
         for v in service.volumes:
             users.setdefault(v.name, set()).add(service.name)
-    return {name for name, who in users.items() if len(who) > 1}
+            if service.schedule:
+                scheduled.add(v.name)
+    return {name for name, who in users.items() if len(who) > 1} | scheduled
 
 
 def masked(service: Service) -> Service:

@@ -1,11 +1,12 @@
 """The Kubernetes adapter: declares one Pulumi resource per object of the whole graph, once, and
-keeps a resolved copy (secrets masked) in `manifests` for the offline render."""
+offers a resolved copy (secrets masked) in `manifests` for the offline render."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pulumi
@@ -27,17 +28,54 @@ _CONSTRUCTORS: dict[str, Any] = {
     "Service": k8s.core.v1.Service,
     "Deployment": k8s.apps.v1.Deployment,
     "StatefulSet": k8s.apps.v1.StatefulSet,
+    "CronJob": k8s.batch.v1.CronJob,
     "PodDisruptionBudget": k8s.policy.v1.PodDisruptionBudget,
     "NetworkPolicy": k8s.networking.v1.NetworkPolicy,
     "Ingress": k8s.networking.v1.Ingress,
 }
 
 
+class _Manifests(Mapping[str, Mapping[str, Any]]):
+    """Rendered on first read, from the settled Outputs: only the offline render and tests read
+    them, after the run, so `pulumi up` never spends time on them."""
+
+    def __init__(self) -> None:
+        self._render: Callable[[], dict[str, dict[str, Any]]] | None = None
+        self._objects: dict[str, dict[str, Any]] | None = None
+
+    def _rendered(self) -> dict[str, dict[str, Any]]:
+        if self._objects is None:
+            self._objects = self._render() if self._render is not None else {}
+        return self._objects
+
+    def __getitem__(self, key: str) -> Mapping[str, Any]:
+        return self._rendered()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rendered())
+
+    def __len__(self) -> int:
+        return len(self._rendered())
+
+
+def _settled(values: list[Any]) -> list[Any]:
+    """The values of Inputs whose Outputs have all resolved (the run is over)."""
+
+    async def values_of() -> list[Any]:
+        return [await v.future() if isinstance(v, pulumi.Output) else v for v in values]
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(values_of())
+    finally:
+        loop.close()
+
+
 class KubernetesPlatform(KubernetesCluster):
     def __init__(self, cfg: StackConfig):
         super().__init__(cfg)
         self.ctx = Context.of(cfg)
-        self._manifests: dict[str, dict[str, Any]] = {}
+        self._manifests = _Manifests()
         self._provider: k8s.Provider | None = None
         self._checksum_key: pulumi.Output[str] | None = None
 
@@ -103,15 +141,15 @@ class KubernetesPlatform(KubernetesCluster):
         self._record(services, graph.edge_certificate)
 
     def _record(self, services: list[Service], held: EdgeCertificate | None) -> None:
-        """Fill `manifests` once every value is known (immediately under mocks)."""
+        """Make `manifests` render from every value once read (after the run, under mocks)."""
         values: list[Any] = []
         for service in services:
             values += [f.content for f in service.files]
             values += list(service.env.values()) + list(service.secret_env.values())
         values.append(self.checksum_key)
 
-        def resolved(flat: list[Any]) -> None:
-            it = iter(flat)
+        def resolved() -> dict[str, dict[str, Any]]:
+            it = iter(_settled(values))
             plain = []
             for service in services:
                 files = [dataclasses.replace(f, content=next(it)) for f in service.files]
@@ -124,8 +162,7 @@ class KubernetesPlatform(KubernetesCluster):
             shown_held = dataclasses.replace(held, certificate=MASK, private_key=MASK) if held else None
             rendered = render([masked(s) for s in plain], self.ctx, shown_held, sums)
             # A JSON round trip: plain, unshared values (YAML would otherwise emit anchors).
-            self._manifests.clear()
-            self._manifests.update({k: json.loads(json.dumps(v)) for k, v in sorted(rendered.items())})
+            return {k: json.loads(json.dumps(v)) for k, v in sorted(rendered.items())}
 
-        pulumi.Output.all(*values).apply(resolved)
+        self._manifests._render = resolved
 
