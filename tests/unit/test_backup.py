@@ -393,3 +393,23 @@ def test_mas_stops_and_starts_with_synapse_on_docker() -> None:
     commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
     assert "docker stop mas synapse-proxy synapse-main" in commands
     assert "docker start synapse-main synapse-proxy mas" in commands
+
+
+def test_a_monolith_keeps_its_media_claim_when_backups_are_switched_on(program: Any) -> None:
+    """On a monolith only main writes the media store: its StatefulSet keeps its claim template
+    with or without backups (a template is immutable, and a new standalone claim would start
+    empty), and the backup pod mounts main's claim read-only on main's node."""
+    raw, secret = _stack("prod")
+    raw["synapse"] = {**raw["synapse"], "workers": {"preset": "monolith"}}
+    before = {**raw, "backup": {"enabled": False}}
+    manifests = [program(r, secret_keys=secret, stack="prod").deployment.manifests for r in (before, raw)]
+    for m in manifests:
+        templates = m["statefulset-synapse-main"]["spec"]["volumeClaimTemplates"]
+        assert [t["metadata"]["name"] for t in templates] == ["synapse-media"]
+        assert "persistentvolumeclaim-synapse-media" not in m
+    pod = manifests[1]["cronjob-backup"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [media] = [v for v in pod["volumes"] if v["name"] == "synapse-media"]
+    assert media["persistentVolumeClaim"] == {"claimName": "synapse-media-synapse-main-0", "readOnly": True}
+    [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "synapse-main"
+    assert term["topologyKey"] == "kubernetes.io/hostname"

@@ -23,6 +23,7 @@ from .objects import (
     NAME_LABEL,
     PART_OF,
     Context,
+    borrowed_volumes,
     checksum,
     checksum_inputs,
     config_object_name,
@@ -52,7 +53,8 @@ def owned_objects(services: list[Service], ctx: Context, held: EdgeCertificate |
             checksums: Mapping[str, pulumi.Input[str]] | None = None) -> Iterator[Owned]:
     """Every object of the graph once, with the service that owns it. `checksums` (service name ->
     config checksum) defaults to the plain sha256 of each service's files."""
-    ctx = dataclasses.replace(ctx, shared_volumes=ctx.shared_volumes | shared_volume_names(services))
+    ctx = dataclasses.replace(ctx, shared_volumes=ctx.shared_volumes | shared_volume_names(services),
+                              borrowed=tuple(sorted(borrowed_volumes(services).items())))
     ns = namespace(ctx, services)
     yield None, manifest_key(ns), ns
     readers: dict[str, str] = {}

@@ -58,6 +58,9 @@ class Context:
     max_body: str = "50M"
     # Volumes mounted by more than one service: standalone ReadWriteMany claims.
     shared_volumes: frozenset[str] = frozenset()
+    # (volume, owner): volumes one workload owns (its claim template) that others only read; the
+    # readers mount the owner's pod's claim on the owner's node (borrowed_volumes).
+    borrowed: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, cfg: StackConfig, shared_volumes: Iterable[str] = ()) -> Context:
@@ -276,8 +279,12 @@ def pod_volumes(service: Service, ctx: Context) -> tuple[list[dict[str, Any]], l
         mounts.append({"name": vol, "mountPath": f.path, "subPath": key, "readOnly": True})
     for v in service.volumes:
         vol = _volume_name(v.name)
+        owner = dict(ctx.borrowed).get(v.name)
         if v.name in ctx.shared_volumes:
             volumes[vol] = {"name": vol, "persistentVolumeClaim": {"claimName": v.name, "readOnly": v.read_only}}
+        elif owner is not None and owner != service.name:
+            # The claim its owner's StatefulSet made from its template: <template>-<pod>.
+            volumes[vol] = {"name": vol, "persistentVolumeClaim": {"claimName": f"{vol}-{owner}-0", "readOnly": True}}
         mounts.append({"name": vol, "mountPath": v.path, "readOnly": v.read_only})
     for i, path in enumerate(service.writable_paths):
         vol = f"scratch-{i}"
@@ -365,6 +372,13 @@ def pod_template(service: Service, ctx: Context, config_checksum: pulumi.Input[s
     if service.schedule:
         # A run that fails is the next schedule's to retry, not the kubelet's.
         spec["restartPolicy"] = "Never"
+    lenders = sorted({owner for name, owner in ctx.borrowed if owner != service.name
+                      and any(v.name == name for v in service.volumes)})
+    if lenders:
+        # A ReadWriteOnce claim serves the pods of one node: run beside the pod that owns it.
+        spec["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {NAME_LABEL: owner, "app.kubernetes.io/part-of": PART_OF}},
+             "topologyKey": "kubernetes.io/hostname"} for owner in lenders]}}
     if host_network(service, ctx):
         # Media on the node's own addresses: no NAT between the SFU and the client's ICE candidates.
         spec.update({"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"})
@@ -379,7 +393,8 @@ def pod_template(service: Service, ctx: Context, config_checksum: pulumi.Input[s
 
 def cron_job(service: Service, ctx: Context, config_checksum: pulumi.Input[str]) -> dict[str, Any]:
     """A scheduled service: one Job per schedule tick, never two at once, a day to catch up on a
-    missed tick; its volumes are standalone claims (shared_volume_names)."""
+    missed tick; its volumes are standalone claims (shared_volume_names) or borrowed from their
+    owner's pod (borrowed_volumes)."""
     meta = _meta(service.name, ctx, labels(service))
     return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta, "spec": {
         "schedule": service.schedule,
@@ -409,7 +424,7 @@ def workload(service: Service, ctx: Context, config_checksum: pulumi.Input[str])
         return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec}
     claims = []
     for v in service.volumes:
-        if v.name in ctx.shared_volumes:
+        if v.name in ctx.shared_volumes or dict(ctx.borrowed).get(v.name, service.name) != service.name:
             continue
         claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": v.size}}}
         if ctx.storage_class:
@@ -569,9 +584,26 @@ def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dic
     return out
 
 
+def borrowed_volumes(services: Iterable[Service]) -> dict[str, str]:
+    """volume -> owner, for volumes that one long-running, single-replica workload writes and
+    others only read (the backup reading a monolith's media store). The owner keeps its claim
+    template, so switching a reader on never swaps the owner's data for an empty claim."""
+    writers: dict[str, list[Service]] = {}
+    read: set[str] = set()
+    for service in services:
+        for v in service.volumes:
+            if v.read_only:
+                read.add(v.name)
+            else:
+                writers.setdefault(v.name, []).append(service)
+    return {name: who[0].name for name, who in writers.items()
+            if name in read and len(who) == 1 and not who[0].schedule and who[0].replicas == 1}
+
+
 def shared_volume_names(services: Iterable[Service]) -> set[str]:
     """Volumes that are standalone claims: mounted by several services, or by a scheduled one
-    (a CronJob has no claim templates)."""
+    (a CronJob has no claim templates), unless borrowed from their one owner."""
+    services = list(services)
     users: dict[str, set[str]] = {}
     scheduled: set[str] = set()
     for service in services:
@@ -579,7 +611,8 @@ def shared_volume_names(services: Iterable[Service]) -> set[str]:
             users.setdefault(v.name, set()).add(service.name)
             if service.schedule:
                 scheduled.add(v.name)
-    return {name for name, who in users.items() if len(who) > 1} | scheduled
+    shared = {name for name, who in users.items() if len(who) > 1} | scheduled
+    return shared - set(borrowed_volumes(services))
 
 
 def masked(service: Service) -> Service:
