@@ -41,6 +41,11 @@ def build_order(cfg: StackConfig) -> list[Part]:
     return sorted(enabled_parts(cfg), key=lambda part: part.stage)
 
 
+def bundled_database_clients(cfg: StackConfig) -> tuple[str, ...]:
+    """Every part's services that connect to the bundled PostgreSQL, besides Synapse's own."""
+    return tuple(name for part in enabled_parts(cfg) for name in part.database_clients(cfg))
+
+
 def endpoints(cfg: StackConfig) -> list[tuple[str, Endpoint]]:
     """Every public endpoint of this stack with its hostname, in catalog order: the one list the
     proxy's sites, DNS records, certificates, the zone check and the Ingress hosts derive from."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from config.checks import Check, Finding, check, register
-from config.model import StackConfig
+from config.model import BundledDatabase, StackConfig
 
 # What the worker topology is derived from (counts_for): the preset and every role's count.
 TOPOLOGY = ("synapse.workers",)
@@ -70,8 +70,9 @@ def _merged(groups: list[list[str]]) -> list[list[str]]:
 # Files a previous rule refused are not read again (the CA files).
 @check(*CERTIFICATES, *TOPOLOGY, "synapse.database.kind", "synapse.federation.trusted_ca_files")
 def placement(cfg: StackConfig) -> list[Finding]:
-    from components.catalog import enabled_parts
+    from components.catalog import bundled_database_clients, enabled_parts
     from components.platform.targets import target_of
+    from components.synapse.homeserver import POSTGRES_SERVICE
 
     names: list[str] = []
     together: list[list[str]] = []
@@ -79,6 +80,10 @@ def placement(cfg: StackConfig) -> list[Finding]:
         services = part.services(cfg, dict.fromkeys(part.secret_names(cfg), STAND_IN))
         names += [s.name for s in services]
         together += part.together(cfg, services)
+    clients = bundled_database_clients(cfg)
+    if clients and isinstance(cfg.synapse.database, BundledDatabase):
+        # The bundled PostgreSQL listens on its host's private network only.
+        together.append([POSTGRES_SERVICE, *clients])
     return target_of(cfg).placement_problems(names, _merged(together))
 
 

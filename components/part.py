@@ -122,6 +122,11 @@ class Part:
     def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return []
 
+    def database_clients(self, cfg: StackConfig) -> tuple[str, ...]:
+        """Its services that connect to the bundled PostgreSQL (a database of their own, a dump):
+        the database admits them, and they share its host."""
+        return ()
+
     def check(self, cfg: StackConfig) -> list[Finding]:
         """The part's own config rules (run when the keys in `reads` validated)."""
         return []

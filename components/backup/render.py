@@ -367,8 +367,11 @@ def _docker_restic(cfg: StackConfig, args: str, mounts: Sequence[str] = (), stdi
 
 
 def synapse_services(cfg: StackConfig) -> list[str]:
-    """The services that read the database or the media store: stopped during a restore."""
-    return [p.name for p in hs.topology(cfg).processes] + ["synapse-proxy"]
+    """The services that write the databases or the media store: stopped during a restore
+    (main first when they start again)."""
+    from components.mas import render as mas
+
+    return [p.name for p in hs.topology(cfg).processes] + ["synapse-proxy"] + ([mas.SERVICE] if cfg.mas.enabled else [])
 
 
 def _pg_restore(db: Database) -> str:
@@ -386,7 +389,7 @@ def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) 
     for name in stopped:
         by_host.setdefault(_docker_prefix(cfg, name), []).append(name)
     for prefix, names in by_host.items():
-        steps.append(Step("Stop every Synapse process and the proxy; PostgreSQL keeps running. After a lost "
+        steps.append(Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
                           "host, run `pulumi up` first: it recreates the containers and empty volumes.",
                           f"{prefix}docker stop {' '.join(reversed(names))}"))
     for db in databases:
@@ -470,7 +473,11 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
     steps += _key_steps(cfg, stack, lambda args: _k8s_restic(cfg, args))
     workloads = [f"{'statefulset' if hs.uses_media_store(cfg, p) else 'deployment'}/{p.name}"
                  for p in hs.topology(cfg).processes] + ["deployment/synapse-proxy"]
-    steps.append(Step("Stop every Synapse process and the proxy; PostgreSQL keeps running. After a lost "
+    if cfg.mas.enabled:
+        from components.mas import render as mas
+
+        workloads.append(f"deployment/{mas.SERVICE}")
+    steps.append(Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
                       "cluster, run `pulumi up` first: it recreates the workloads and empty claims.",
                       f"{kubectl} scale --replicas=0 {' '.join(workloads)}"))
     for db in databases:

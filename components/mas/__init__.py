@@ -9,7 +9,6 @@ import pulumi
 
 from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Endpoint, Part
 from components.platform.spec import Service
-from config.checks import Finding
 from config.model import BundledDatabase, MasBundledDatabase, StackConfig
 
 from . import render
@@ -42,8 +41,8 @@ class Mas(Part):
     def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return [mas_services.mas_service(cfg, secrets)]
 
-    def check(self, cfg: StackConfig) -> list[Finding]:
-        return mas_services.placement_check(cfg)
+    def database_clients(self, cfg: StackConfig) -> tuple[str, ...]:
+        return (render.SERVICE,) if _bundled(cfg) else ()
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("Mas", self.name)
@@ -74,8 +73,10 @@ class MasDatabase(Part):
     reads = ("mas.enabled", "mas.database.kind", "mas.syn2mas", "synapse.database")
 
     def enabled(self, cfg: StackConfig) -> bool:
-        return (cfg.mas.enabled and isinstance(cfg.mas.database, MasBundledDatabase)
-                and isinstance(cfg.synapse.database, BundledDatabase))
+        return cfg.mas.enabled and _bundled(cfg)
+
+    def database_clients(self, cfg: StackConfig) -> tuple[str, ...]:
+        return (render.DATABASE_SETUP_SERVICE,)
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return (mas_services.SUPERUSER, "database")
@@ -91,6 +92,11 @@ class MasDatabase(Part):
         component.register_outputs({})
         secrets = {mas_services.SUPERUSER: shared["postgres"], "database": shared[SHARED["database"]]}
         return Contribution(parent=component, services=self.services(cfg, secrets))
+
+
+def _bundled(cfg: StackConfig) -> bool:
+    """MAS's database is a second one in the bundled PostgreSQL."""
+    return isinstance(cfg.mas.database, MasBundledDatabase) and isinstance(cfg.synapse.database, BundledDatabase)
 
 
 def generate_secrets(cfg: StackConfig, name: str, parent: pulumi.Resource) -> dict[str, pulumi.Input[str]]:

@@ -14,7 +14,7 @@ from components.platform.spec import File, HealthCheck, Port, Resources, Service
 from components.synapse import homeserver as hs
 from components.synapse.services import PROXY_SERVICE
 from config import images
-from config.model import BundledDatabase, DockerTarget, MasBundledDatabase, StackConfig
+from config.model import BundledDatabase, MasBundledDatabase, StackConfig
 
 from . import render
 
@@ -121,34 +121,3 @@ def services(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list
     if isinstance(cfg.mas.database, MasBundledDatabase):
         out.append(database_setup_service(cfg, secrets))
     return out
-
-
-def service_names(cfg: StackConfig) -> list[str]:
-    """The services MAS adds (placement checks run before anything is built)."""
-    if not cfg.mas.enabled:
-        return []
-    names = [render.SERVICE]
-    if isinstance(cfg.mas.database, MasBundledDatabase):
-        names.append(render.DATABASE_SETUP_SERVICE)
-    return names
-
-
-def placement_check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    """With the bundled database, MAS and its database setup run on PostgreSQL's Docker host:
-    PostgreSQL listens only on that host's private network."""
-    from components.platform import placement
-
-    if not (cfg.mas.enabled and isinstance(cfg.mas.database, MasBundledDatabase)
-            and isinstance(cfg.synapse.database, BundledDatabase) and isinstance(cfg.target, DockerTarget)):
-        return []
-    database = placement.host_of(cfg, hs.POSTGRES_SERVICE)
-    assert database is not None
-    found: list[tuple[str, object, str]] = []
-    for name in service_names(cfg):
-        host = placement.host_of(cfg, name)
-        if host is not None and host.name != database.name:
-            index = cfg.target.hosts.index(host)
-            found.append((f"target.hosts[{index}].services", host.services,
-                          f"places {name} on '{host.name}', but its database lives in the bundled PostgreSQL on "
-                          f"'{database.name}', reachable only there: place {name} on '{database.name}' too"))
-    return found

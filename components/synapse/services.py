@@ -314,11 +314,11 @@ def _routed(address: dict[str, str], served: list[Site]) -> set[str]:
 
 
 def database_guests(cfg: StackConfig) -> tuple[str, ...]:
-    """Services of other parts with a database of their own in the bundled PostgreSQL: they may
-    connect too (NetworkPolicy on Kubernetes)."""
-    from components.mas import services as mas
+    """Other parts' services that connect to the bundled PostgreSQL: they may connect too
+    (NetworkPolicy on Kubernetes)."""
+    from components.catalog import bundled_database_clients
 
-    return tuple(mas.service_names(cfg)) if cfg.mas.database.kind == "bundled" else ()
+    return bundled_database_clients(cfg)
 
 
 def cluster_services(

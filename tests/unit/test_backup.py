@@ -368,3 +368,28 @@ def test_a_scheduled_service_needs_crond_and_docker_refuses_steps() -> None:
     stepped = dataclasses.replace(job, image=images.RESTIC, steps=(Step("s", images.POSTGRES, ("true",)),))
     with pytest.raises(ValueError, match="steps need a pod"):
         scheduled(stepped)
+
+
+def test_the_restore_pods_validate_against_the_kubernetes_schema() -> None:
+    import kubernetes_validate
+
+    for repository in (S3, SFTP, {}):
+        raw = with_backup(**({"repository": repository} if repository else {}))
+        raw.update(target={"kind": "kubernetes", "cert_manager_issuer": "le"}, mas={"enabled": True},
+                   backup_s3_access_key_id=SECRET, backup_s3_secret_access_key=SECRET, backup_sftp_private_key=SECRET)
+        cfg = _cfg(raw)
+        commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+        runs = [c for c in commands if " run backup-restore " in c]
+        assert len(runs) == 5  # snapshots, the key, two databases, the media
+        for command in runs:
+            pod = _overrides(command)
+            pod.update(kind="Pod", metadata={"name": "backup-restore"})
+            kubernetes_validate.validate(pod, "1.33.0", strict=True)
+        assert any(c.endswith("deployment/synapse-proxy deployment/mas") for c in commands)
+
+
+def test_mas_stops_and_starts_with_synapse_on_docker() -> None:
+    cfg = _cfg(with_backup(PUBLIC | {"mas": {"enabled": True}}))
+    commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+    assert "docker stop mas synapse-proxy synapse-main" in commands
+    assert "docker start synapse-main synapse-proxy mas" in commands

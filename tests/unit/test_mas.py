@@ -231,8 +231,9 @@ def test_mas_on_another_docker_host_than_its_bundled_database_is_refused() -> No
     hosts = [{"name": "db", "url": "ssh://db.example.org", "address": "10.0.0.1"},
              {"name": "edge", "url": "ssh://edge.example.org", "address": "10.0.0.2", "services": ["mas*"]}]
     found = problems_of({**MONOLITH, "target": {"kind": "docker", "hosts": hosts}})
-    assert [p for p in found if p.startswith("matrix-stack:target.hosts[1].services: places mas on 'edge'")]
-    assert [p for p in found if "places mas-database on 'edge'" in p]
+    # PostgreSQL listens on its host's private network only: MAS and its setup share its host.
+    [placed] = [p for p in found if p.startswith("matrix-stack:target.hosts: ")]
+    assert "mas, mas-database" in placed and "synapse-postgres" in placed and "must be placed on one host" in placed
     # With an external MAS database MAS may run anywhere.
     external = {**MONOLITH, "target": {"kind": "docker", "hosts": hosts}, "mas_database_password": "x",
                 "mas": {"enabled": True, "database": {"kind": "external", "host": "db.example.org"}}}
