@@ -174,6 +174,9 @@ _RESTIC_DOCKERFILE = Source("restic/restic", "docker/Dockerfile.release", "v0.19
                             "the Dockerfile the release publishes as restic/restic:0.19.1 "
                             "(helpers/prepare-release/main.go, updateDocker)")
 _RESTIC_ENTRYPOINT = Source("restic/restic", "docker/entrypoint.sh", "v0.19.1")
+_RESTIC_TOOLS = Source("alpinelinux/aports", "main/busybox/busyboxconfig", "f246c3719d",
+                       "the BusyBox of the alpine base the Dockerfile names: CONFIG_CROND=y, FEATURE_CROND_D=y "
+                       "(crond -d); restic, ssh (openssh-client) and jq from docker/Dockerfile.release at v0.19.1")
 
 _MAS_TAG = "v1.22.0"  # git tag f28451c4e5; the image tag is the version without 'v' (build.yaml, type=semver)
 _MAS_DOCKERFILE = Source("element-hq/matrix-authentication-service", "Dockerfile", _MAS_TAG)
@@ -320,7 +323,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=RESTIC,
-        sources=_sources(_RESTIC_DOCKERFILE, entrypoint=_RESTIC_ENTRYPOINT),
+        sources=_sources(_RESTIC_DOCKERFILE, entrypoint=_RESTIC_ENTRYPOINT, tools=_RESTIC_TOOLS),
         user=None,  # FROM alpine:latest, no USER
         # /entrypoint.sh runs `nice -n $NICE /usr/bin/restic "$@"` (ionice when IONICE_CLASS is set).
         entrypoint=("/entrypoint.sh",),
