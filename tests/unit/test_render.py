@@ -88,3 +88,22 @@ def test_a_run_after_another_stacks_run_has_its_own_root() -> None:
     run = offline.run(stack_raw("dev"), stack="dev")
     roots = {r.parent for r in run.resources if "::pulumi:pulumi:Stack::" in r.parent}
     assert roots == {"urn:pulumi:dev::matrix-stack::pulumi:pulumi:Stack::matrix-stack-dev"}
+
+
+def test_a_run_pauses_the_cyclic_collector_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import stack
+
+    during: list[bool] = []
+    build = stack.build
+
+    def watched(cfg: object) -> object:
+        during.append(gc.isenabled())
+        return build(cfg)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stack, "build", watched)
+    assert gc.isenabled()
+    offline.run(stack_raw("dev"), stack="dev")
+    assert during == [False]
+    assert gc.isenabled()  # a test session (or any caller) keeps collecting afterwards
