@@ -21,6 +21,7 @@ import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from components.platform import placement
 from components.synapse import homeserver as hs
@@ -433,14 +434,12 @@ def _kubectl(cfg: StackConfig) -> str:
 
 def _k8s_restic(cfg: StackConfig, args: str, mounts: Sequence[tuple[str, str, bool]] = ()) -> str:
     """`kubectl run` of the restic image with the repository and the given claims mounted
-    (claim, path, read_only). The password comes from the operator's environment."""
+    (claim, path, read_only). The password and credentials come from the restore's Secret
+    (_k8s_secret_step), never from the pod's spec."""
     repo = cfg.backup.repository
-    env = [{"name": "RESTIC_PASSWORD", "value": "$RESTIC_PASSWORD"}]
-    if isinstance(repo, S3Repository):
-        env += [{"name": "AWS_ACCESS_KEY_ID", "value": "$AWS_ACCESS_KEY_ID"},
-                {"name": "AWS_SECRET_ACCESS_KEY", "value": "$AWS_SECRET_ACCESS_KEY"}]
-        if repo.region:
-            env.append({"name": "AWS_DEFAULT_REGION", "value": repo.region})
+    env = _secret_env(*_restore_secret_keys(cfg))
+    if isinstance(repo, S3Repository) and repo.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": repo.region})
     claims = list(mounts)
     if isinstance(repo, VolumeRepository):
         claims.append((repo.name, REPOSITORY_MOUNT, True))
@@ -456,15 +455,37 @@ def _k8s_restic(cfg: StackConfig, args: str, mounts: Sequence[tuple[str, str, bo
                  "env": env, "volumeMounts": volume_mounts, "stdin": True}
     overrides = {"apiVersion": "v1", "spec": {"containers": [container], "volumes": volumes,
                                               "restartPolicy": "Never", "automountServiceAccountToken": False}}
-    # Double quotes so the shell puts the password in; JSON's own quotes escaped for it.
-    text = json.dumps(overrides, separators=(",", ":")).replace('"', '\\"')
     return (f"{_kubectl(cfg)} run backup-restore --rm -i --quiet --restart=Never --image={cfg.backup.image} "
-            f"--overrides=\"{text}\"")
+            f"--overrides={shlex.quote(json.dumps(overrides, separators=(',', ':')))}")
+
+
+RESTORE_SECRET = "backup-restore-env"
+
+
+def _restore_secret_keys(cfg: StackConfig) -> list[str]:
+    return ["RESTIC_PASSWORD"] + (["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+                                  if isinstance(cfg.backup.repository, S3Repository) else [])
+
+
+def _secret_env(*keys: str) -> list[dict[str, Any]]:
+    return [{"name": k, "valueFrom": {"secretKeyRef": {"name": RESTORE_SECRET, "key": k}}} for k in keys]
+
+
+def _k8s_secret_step(cfg: StackConfig, databases: Sequence[Database]) -> Step:
+    """The restore pods' password and credentials as a Secret, written from the operator's
+    environment through a pipe: no command line and no pod spec holds them. An external
+    database's password (PGPASSWORD) rides along."""
+    keys = _restore_secret_keys(cfg) + (["PGPASSWORD"] if any(db.service is None for db in databases) else [])
+    fmt = "".join(f"{k}=%s\\n" for k in keys)
+    values = " ".join(f'"${k}"' for k in keys)
+    return Step("The password (and credentials) as a Secret the restore pods read (deleted at the end).",
+                f"printf '{fmt}' {values} | {_kubectl(cfg)} create secret generic {RESTORE_SECRET} "
+                "--from-env-file=/dev/stdin")
 
 
 def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) -> list[Step]:
     kubectl = _kubectl(cfg)
-    steps = [_password_step(stack), *_credential_steps(cfg, stack)]
+    steps = [_password_step(stack), *_credential_steps(cfg, stack), _k8s_secret_step(cfg, databases)]
     if isinstance(cfg.backup.repository, SftpRepository):
         steps.append(Step("The SFTP files as a Secret the restore pod mounts (deleted at the end).",
                           f"{kubectl} create secret generic backup-restore-sftp --from-file=sftp-key "
@@ -485,14 +506,19 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
         if db.service:
             target = f"{kubectl} exec -i statefulset/{db.service} -- {_pg_restore(db)}"
         else:
+            pod = {"apiVersion": "v1", "spec": {"containers": [{
+                "name": "pg-restore", "image": dump_image(cfg), "stdin": True, "env": _secret_env("PGPASSWORD"),
+                "command": [*shlex.split(_pg_restore(db)), "-h", db.host, "-p", str(db.port)]}],
+                "restartPolicy": "Never", "automountServiceAccountToken": False}}
             target = (f"{kubectl} run backup-pg-restore --rm -i --quiet --restart=Never --image={dump_image(cfg)} "
-                      f"--env=PGPASSWORD=\"$PGPASSWORD\" -- {_pg_restore(db)} -h {db.host} -p {db.port}")
+                      f"--overrides={shlex.quote(json.dumps(pod, separators=(',', ':')))}")
         steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
                           "transaction.", f"{latest} | {target}"))
     steps.append(Step("Restore the media store into its claim (files keep their owner).",
                       _k8s_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {hs.MEDIA_STORE}",
                                   mounts=[("synapse-media", hs.MEDIA_STORE, False)])))
     steps.append(Step("Start Synapse again with the stack's replica counts.", f"pulumi up --stack {stack}"))
+    steps.append(Step("Remove the restore's Secret.", f"{kubectl} delete secret {RESTORE_SECRET}"))
     if isinstance(cfg.backup.repository, SftpRepository):
         steps.append(Step("Remove the SFTP files.", f"{kubectl} delete secret backup-restore-sftp && rm sftp-key known_hosts"))
     return steps

@@ -153,7 +153,7 @@ def test_a_volume_on_the_databases_docker_host_is_warned_about() -> None:
 
 
 def _cfg(raw: dict[str, Any]) -> Any:
-    secrets = tuple(k for k in raw if k.startswith("backup_"))
+    secrets = tuple(k for k in raw if k.startswith("backup_") or k == "database_password")
     return parse(raw, secrets)
 
 
@@ -269,8 +269,14 @@ def test_the_kubernetes_procedure_runs_pods_of_the_pinned_image() -> None:
     scale = next(c for c in commands if " scale " in c)
     assert "statefulset/synapse-media-repository-1" in scale and "deployment/synapse-main" in scale
     assert "deployment/synapse-proxy" in scale
-    assert commands[-1] == "pulumi up --stack prod"
+    assert commands[-2:] == ["pulumi up --stack prod", "kubectl -n chat delete secret backup-restore-env"]
     assert any("exec -i statefulset/synapse-postgres -- pg_restore" in c for c in commands)
+    # The password and credentials reach the pods through a Secret written from a pipe: no
+    # command line, pod spec or stack output holds them.
+    [made] = [c for c in commands if "create secret generic backup-restore-env" in c]
+    assert made.startswith("printf ") and "--from-env-file=/dev/stdin" in made
+    for command in runs:
+        assert "$RESTIC_PASSWORD" not in command and "$AWS_SECRET_ACCESS_KEY" not in command
 
 
 def test_mas_adds_its_database_and_keys() -> None:
@@ -413,3 +419,24 @@ def test_a_monolith_keeps_its_media_claim_when_backups_are_switched_on(program: 
     [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == "synapse-main"
     assert term["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_an_external_database_is_restored_by_a_pod_that_reads_its_password_from_the_secret() -> None:
+    import kubernetes_validate
+
+    raw = with_backup(repository=S3)
+    raw.update(target={"kind": "kubernetes", "cert_manager_issuer": "le"},
+               synapse={"database": {"kind": "external", "host": "db.example.net", "name": "synapse",
+                                     "user": "synapse"}},
+               database_password=SECRET, backup_s3_access_key_id=SECRET, backup_s3_secret_access_key=SECRET)
+    cfg = _cfg(raw)
+    commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+    [made] = [c for c in commands if "create secret generic backup-restore-env" in c]
+    assert '"$PGPASSWORD"' in made
+    [restore] = [c.split(" | ")[1] for c in commands if " run backup-pg-restore " in c]
+    assert "$PGPASSWORD" not in restore
+    word = next(w for w in shlex.split(restore) if w.startswith("--overrides="))
+    pod = json.loads(word.split("=", 1)[1])
+    assert pod["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["key"] == "PGPASSWORD"
+    pod.update(kind="Pod", metadata={"name": "backup-pg-restore"})
+    kubernetes_validate.validate(pod, "1.33.0", strict=True)
