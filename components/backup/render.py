@@ -322,10 +322,9 @@ class Step:
 
 def _docker_prefix(cfg: StackConfig, service: str) -> str:
     """DOCKER_HOST=... for a service on a remote Docker host (as create_admin_command)."""
-    host = placement.host_of(cfg, service)
-    if host is not None and host.url != "unix:///var/run/docker.sock":
-        return f"DOCKER_HOST={host.url} "
-    return ""
+    from components.platform.targets import DockerHosts
+
+    return DockerHosts(cfg).docker(service).removesuffix("docker")
 
 
 def _password_step(stack: str) -> Step:
@@ -421,15 +420,9 @@ def _key_steps(cfg: StackConfig, stack: str, restic: object) -> list[Step]:
 
 
 def _kubectl(cfg: StackConfig) -> str:
-    target = cfg.target
-    assert isinstance(target, KubernetesTarget)
-    flags = []
-    if target.kubeconfig:
-        flags.append(f"--kubeconfig {target.kubeconfig}")
-    if target.context:
-        flags.append(f"--context {target.context}")
-    flags.append(f"-n {target.namespace}")
-    return f"kubectl {' '.join(flags)}"
+    from components.platform.targets import KubernetesCluster
+
+    return KubernetesCluster(cfg).kubectl
 
 
 def _k8s_restic(cfg: StackConfig, args: str, mounts: Sequence[tuple[str, str, bool]] = ()) -> str:

@@ -305,16 +305,6 @@ def database_ready_command() -> tuple[str, ...]:
 # ---------------------------------------------------------------- operator commands
 
 
-def _kubectl(target: KubernetesTarget) -> str:
-    flags = []
-    if target.context:
-        flags.append(f"--context {target.context}")
-    if target.kubeconfig:
-        flags.append(f"--kubeconfig {target.kubeconfig}")
-    flags.append(f"-n {target.namespace}")
-    return "kubectl " + " ".join(flags)
-
-
 def mas_cli(cfg: StackConfig, args: str) -> str:
     """`mas-cli <args>` run inside the running MAS service, on this stack's target (it reads
     MAS_CONFIG from the service's environment)."""
@@ -337,14 +327,15 @@ def syn2mas_commands(cfg: StackConfig) -> list[str]:
     synapse_conf = f"--synapse-config {SYN2MAS_SYNAPSE_CONFIG}"
     target = cfg.target
     if isinstance(target, KubernetesTarget):
-        k = _kubectl(target)
+        from components.platform.targets import KubernetesCluster
+
+        k = KubernetesCluster(cfg).kubectl
         dump = f"{k} exec statefulset/{hs.POSTGRES_SERVICE} -- pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
         stop = f"{k} scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0"
     else:
-        from components.platform import placement
+        from components.platform.targets import DockerHosts
 
-        host = placement.host_of(cfg, hs.POSTGRES_SERVICE)
-        docker = f"DOCKER_HOST={host.url} docker" if host and host.url != "unix:///var/run/docker.sock" else "docker"
+        docker = DockerHosts(cfg).docker(hs.POSTGRES_SERVICE)
         dump = f"{docker} exec {hs.POSTGRES_SERVICE} pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
         stop = f"{docker} stop {' '.join(reversed(synapse))}"
     return [

@@ -42,10 +42,13 @@ class DockerHosts:
     def proxy_host_port(self, scheme: str) -> int | None:
         return self.public_port(scheme)
 
-    def admin_command(self, service: str, stateful: bool, command: str) -> str:
+    def docker(self, service: str) -> str:
+        """The docker command that talks to the engine `service` runs on."""
         host = placement.host_of(self.cfg, service)
-        prefix = f"DOCKER_HOST={host.url} " if host is not None and host.url != LOCAL_ENGINE else ""
-        return f"{prefix}docker exec -it {service} {command}"
+        return f"DOCKER_HOST={host.url} docker" if host is not None and host.url != LOCAL_ENGINE else "docker"
+
+    def admin_command(self, service: str, stateful: bool, command: str) -> str:
+        return f"{self.docker(service)} exec -it {service} {command}"
 
     def certificate_problems(self, direct_hostnames: Sequence[str]) -> list[Finding]:
         return []  # the proxy's ACME client obtains them (tls.acme_email is the config's own rule)
@@ -80,15 +83,17 @@ class KubernetesCluster:
     def proxy_host_port(self, scheme: str) -> int | None:
         return None
 
-    def admin_command(self, service: str, stateful: bool, command: str) -> str:
+    @property
+    def kubectl(self) -> str:
+        """The kubectl command for the stack's cluster and namespace."""
         target = self.target
-        flags = [f"-n {target.namespace}"]
-        if target.kubeconfig:
-            flags.insert(0, f"--kubeconfig {target.kubeconfig}")
-        if target.context:
-            flags.insert(0, f"--context {target.context}")
+        flags = [f"--context {target.context}"] if target.context else []
+        flags += [f"--kubeconfig {target.kubeconfig}"] if target.kubeconfig else []
+        return " ".join(["kubectl", *flags, f"-n {target.namespace}"])
+
+    def admin_command(self, service: str, stateful: bool, command: str) -> str:
         kind = "statefulset" if stateful else "deployment"
-        return f"kubectl {' '.join(flags)} exec -it {kind}/{service} -- {command}"
+        return f"{self.kubectl} exec -it {kind}/{service} -- {command}"
 
     def certificate_problems(self, direct_hostnames: Sequence[str]) -> list[Finding]:
         # Nothing else fills the Secret of the Ingress for hostnames reached directly.
