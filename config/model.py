@@ -195,10 +195,15 @@ class BundledDatabase(Strict):
     cp_max: Annotated[int, Field(ge=1, le=50)] = 5
 
 
-class ExternalDatabase(Strict):
+class ExternalPostgres(Strict):
+    """A PostgreSQL server the stack does not run."""
+
     kind: Literal["external"]
     host: str
     port: Port = 5432
+
+
+class ExternalDatabase(ExternalPostgres):
     name: str = "synapse"
     user: str = "synapse"
     sslmode: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
@@ -535,10 +540,7 @@ class MasBundledDatabase(Strict):
     kind: Literal["bundled"] = "bundled"
 
 
-class MasExternalDatabase(Strict):
-    kind: Literal["external"]
-    host: str
-    port: Port = 5432
+class MasExternalDatabase(ExternalPostgres):
     name: str = "mas"
     user: str = "mas"
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
