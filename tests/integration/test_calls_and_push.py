@@ -69,6 +69,16 @@ class Stack:
     def log(self) -> list[Access]:
         return read_access_log(self.cluster.access_log)
 
+    def logged(self, match: Any, timeout: float = 15.0) -> list[Access]:
+        """The access log's matching lines, once there is one: nginx writes a request's line when
+        the request ends, after the upstream (a stand-in that has already recorded it) answered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [a for a in self.log() if match(a)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
@@ -356,7 +366,7 @@ def test_a_message_is_pushed_by_the_pusher_worker_to_ntfy_through_the_proxy(stac
     assert note["devices"][0]["pushkey"] == f"{ntfy.base_url(stack.cfg)}/upTestTopic?up=1"
     assert note["room_id"] == room_id
     # It came through the proxy's ntfy site, by the public name the pusher's URL carries.
-    hops = [a for a in stack.log() if a.path == ntfy.PUSH_PATH]
+    hops = stack.logged(lambda a: a.path == ntfy.PUSH_PATH)
     assert hops and all(a.route == f"site-{ntfy.SERVICE}" and a.status == 200 for a in hops), hops
     # The pusher worker sent it; main never pushes.
     deadline = time.monotonic() + 10
