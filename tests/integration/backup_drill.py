@@ -123,10 +123,7 @@ def materialize_backup(entries: Sequence[dict[str, Any]], reloc: Relocation) -> 
                 content = pgpass_text(reloc, content)
             elif f["path"].endswith(".sh"):
                 content = shell_text(reloc, content)
-            target = Path(reloc.path(f["path"]))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-            os.chmod(target, f["mode"])
+            reloc.write(f["path"], content, f["mode"])
         for volume in service.volumes:
             Path(reloc.path(volume.path)).mkdir(parents=True, exist_ok=True)
 

@@ -179,6 +179,14 @@ class Relocation:
             out.append(line)
         return "\n".join(out) + "\n"
 
+    def write(self, path: str, content: str, mode: int) -> None:
+        """A rendered file at its relocated path, with its mode (secrets keep their restrictive
+        one and belong to whoever runs the process: us)."""
+        target = Path(self.path(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        os.chmod(target, mode)
+
     def args(self, args: Iterable[str]) -> list[str]:
         return [f"listen_addresses={self.address}" if a.startswith("listen_addresses=") else self.path(a)
                 for a in args]
@@ -225,11 +233,7 @@ def materialize(result: offline.Run, base: Path, address: str = LOOPBACK,
                 content = reloc.nginx_text(content)
             elif f["path"].endswith("redis.conf"):
                 content = reloc.redis_text(content)
-            target = Path(reloc.path(f["path"]))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-            # Secrets keep their restrictive mode and belong to whoever runs the process (us).
-            os.chmod(target, f["mode"])
+            reloc.write(f["path"], content, f["mode"])
         for volume in service.volumes:
             Path(reloc.path(volume.path)).mkdir(parents=True, exist_ok=True)
         for scratch in service.writable_paths:

@@ -70,6 +70,22 @@ class FederationFacts:
     key_documents: dict[str, Any] = field(default_factory=dict)  # server name -> /_matrix/key/v2/server
 
 
+async def typing_seen(typist: nio.AsyncClient, watcher: nio.AsyncClient, room_id: str) -> bool:
+    """The typist starts typing; the watcher syncs until its server relays that over federation."""
+    _ok(await typist.room_typing(room_id, True, timeout=30000), nio.RoomTypingResponse, f"{typist.user_id} typing")
+    seen = False
+
+    def sees_typing(resp: nio.SyncResponse) -> bool:
+        nonlocal seen
+        info = resp.rooms.join.get(room_id)
+        seen = seen or bool(info and any(
+            isinstance(e, nio.TypingNoticeEvent) and typist.user_id in e.users for e in info.ephemeral))
+        return seen
+
+    await sync_until(watcher, sees_typing, f"{watcher.user_id} sees {typist.user_id} typing")
+    return seen
+
+
 async def _sync(c: nio.AsyncClient, what: str, timeout_ms: int = 2000) -> nio.SyncResponse:
     sync_filter = {"room": {"timeline": {"limit": 100}}}
     return _ok(await c.sync(timeout=timeout_ms, sync_filter=sync_filter), nio.SyncResponse, what)
@@ -177,24 +193,8 @@ async def _run(pair: Pair) -> FederationFacts:
         await exchange(bob, alice, room_id, MESSAGES, "b-to-a", facts.b_to_a)
 
         # Typing, both ways.
-        _ok(await alice.room_typing(room_id, True, timeout=30000), nio.RoomTypingResponse, "alice typing")
-
-        def bob_sees_typing(resp: nio.SyncResponse) -> bool:
-            info = resp.rooms.join.get(room_id)
-            facts.typing_b_saw_a = facts.typing_b_saw_a or bool(info and any(
-                isinstance(e, nio.TypingNoticeEvent) and alice.user_id in e.users for e in info.ephemeral))
-            return facts.typing_b_saw_a
-
-        await sync_until(bob, bob_sees_typing, "bob sees alice typing")
-        _ok(await bob.room_typing(room_id, True, timeout=30000), nio.RoomTypingResponse, "bob typing")
-
-        def alice_sees_typing(resp: nio.SyncResponse) -> bool:
-            info = resp.rooms.join.get(room_id)
-            facts.typing_a_saw_b = facts.typing_a_saw_b or bool(info and any(
-                isinstance(e, nio.TypingNoticeEvent) and bob.user_id in e.users for e in info.ephemeral))
-            return facts.typing_a_saw_b
-
-        await sync_until(alice, alice_sees_typing, "alice sees bob typing")
+        facts.typing_b_saw_a = await typing_seen(alice, bob, room_id)
+        facts.typing_a_saw_b = await typing_seen(bob, alice, room_id)
 
         # Read receipts, both ways.
         last_a, last_b = facts.a_to_b.sent_ids[-1], facts.b_to_a.sent_ids[-1]
