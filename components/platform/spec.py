@@ -134,6 +134,9 @@ class Service:
     entrypoint: tuple[str, ...] | None = None
     env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     secret_env: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Services whose secret env is the same (every Synapse process's database password) carry one
+    # group name, so targets can store it once (one Secret) and roll every reader, as File.group.
+    secret_env_group: str | None = None
     files: list[File] = field(default_factory=list)
     ports: list[Port] = field(default_factory=list)
     port_ranges: list[PortRange] = field(default_factory=list)
@@ -148,15 +151,17 @@ class Service:
     init_args: tuple[str, ...] | None = None
     # Services that must be ready first, in order (PostgreSQL before main, main before workers).
     waits: tuple[Wait, ...] = ()
-    # Roles that scale out get a PodDisruptionBudget on Kubernetes.
+    # Roles that scale out get a PodDisruptionBudget on Kubernetes (one per role, see role_label).
     scalable: bool = False
     # Who may connect (NetworkPolicy on Kubernetes): None = anyone on the private network.
     allowed_clients: tuple[str, ...] | None = None
     metrics_port: int | None = None
     metrics_path: str = "/metrics"
-    # The label (in `labels`) whose value groups this service's replicas and siblings for
-    # monitoring (Synapse's worker role): one ServiceMonitor per value, not per service.
-    monitor_group: str | None = None
+    # The label (in `labels`) whose value names the role this service is one instance of
+    # (Synapse's worker role). Targets treat a role's instances together: one ServiceMonitor, one
+    # NetworkPolicy and, when scalable, one PodDisruptionBudget per role, not per service, so a
+    # node drain takes down at most one instance of a role at a time.
+    role_label: str | None = None
     # (service, port) pairs this service dials; a target whose services live on several hosts
     # publishes those ports on the owning host (placement.reach says when).
     reaches: tuple[tuple[str, int], ...] = ()

@@ -33,6 +33,8 @@ PROXY_SERVICE = "synapse-proxy"
 ROLE_LABEL = "matrix-stack.synapse-role"
 METRICS_PATH = "/_synapse/metrics"
 SHARED_GROUP = "synapse-shared"
+# Every Synapse process reads the same secret env (the database password): stored once.
+ENV_GROUP = f"{SHARED_GROUP}-env"
 POSTGRES_DATA = "/var/lib/postgresql/data"
 REDIS_CONF = "/conf/redis.conf"
 REDIS_ACL = "/secrets/users.acl"
@@ -151,6 +153,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         entrypoint=command[:3],
         args=command[3:],
         secret_env={"PGPASSWORD": secrets["postgres"]},
+        secret_env_group=ENV_GROUP,
         files=files,
         ports=ports,
         volumes=volumes,
@@ -169,8 +172,8 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         scalable=bool(role and not role.single),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
         metrics_path=METRICS_PATH,
-        # Monitoring groups a role's processes (one ServiceMonitor per role).
-        monitor_group=ROLE_LABEL,
+        # A role's processes are monitored, guarded from disruption and admitted together.
+        role_label=ROLE_LABEL,
         labels={ROLE_LABEL: role.name if role else "main"},
     )
 

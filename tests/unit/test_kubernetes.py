@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ from components.platform.spec import (
     Volume,
 )
 from components.synapse import homeserver as hs
+from components.synapse import services as synapse_services
 from render import offline
 from tests.conftest import ROOT, stack_config, stack_raw
 
@@ -142,9 +145,126 @@ def test_secret_env_comes_from_a_secret_never_inline() -> None:
     assert objects["secret-web-env"]["stringData"] == {"PGPASSWORD": "pw"}
 
 
+def test_services_sharing_a_secret_env_group_read_one_secret() -> None:
+    a = _svc("a", secret_env={"PGPASSWORD": "pw"}, secret_env_group="db-env")
+    b = _svc("b", secret_env={"PGPASSWORD": "pw", "EXTRA": "x"}, secret_env_group="db-env")
+    c = _svc("c", secret_env={"PGPASSWORD": "pw"})
+    objects = kube.render([a, b, c], CTX)
+    assert [k for k, o in objects.items() if o["kind"] == "Secret"] == ["secret-db-env", "secret-c-env"]
+    assert objects["secret-db-env"]["stringData"] == {"EXTRA": "x", "PGPASSWORD": "pw"}
+    # Each reader refers to the group's Secret, for exactly the keys it reads.
+    refs = {name: [e["valueFrom"]["secretKeyRef"] for e in _pod(objects, name)["spec"]["containers"][0]["env"]]
+            for name in ("a", "b", "c")}
+    assert refs == {"a": [{"name": "db-env", "key": "PGPASSWORD"}],
+                    "b": [{"name": "db-env", "key": "EXTRA"}, {"name": "db-env", "key": "PGPASSWORD"}],
+                    "c": [{"name": "c-env", "key": "PGPASSWORD"}]}
+    with pytest.raises(ValueError, match="db-env: PGPASSWORD differs"):
+        kube.render([a, dataclasses.replace(b, secret_env={"PGPASSWORD": "other"})], CTX)
+
+
+def test_a_changed_secret_env_rolls_exactly_the_pods_that_read_it() -> None:
+    def cluster(password: str, extra: str, token: str) -> dict[str, str]:
+        services = [_svc("a", secret_env={"PGPASSWORD": password}, secret_env_group="db-env"),
+                    _svc("b", secret_env={"PGPASSWORD": password, "EXTRA": extra}, secret_env_group="db-env"),
+                    _svc("c", secret_env={"TOKEN": token}),
+                    _svc("d", files=[File("/conf/x", "1")])]
+        objects = kube.render(services, CTX)
+        return {s.name: _pod(objects, s.name)["metadata"]["annotations"][kube.CHECKSUM_ANNOTATION] for s in services}
+
+    before = cluster("pw", "x", "t")
+
+    def rolled(after: dict[str, str]) -> set[str]:
+        return {name for name in before if before[name] != after[name]}
+
+    assert rolled(cluster("pw2", "x", "t")) == {"a", "b"}
+    assert rolled(cluster("pw", "x2", "t")) == {"b"}
+    assert rolled(cluster("pw", "x", "t2")) == {"c"}
+
+
+ROLE = "example.org/role"
+
+
+def _worker(index: int, **kw: Any) -> Service:
+    """One instance of a scalable role, listening on its own port numbers."""
+    return _svc(f"worker-{index}", ports=[Port("http", 9100 + index)], metrics_port=19100 + index, scalable=True,
+                role_label=ROLE, labels={ROLE: "worker"}, **kw)
+
+
+def _may_evict_together(objects: dict[str, dict[str, Any]], names: list[str]) -> bool:
+    """Whether the eviction API lets the pods of these one-replica workloads (all healthy) go at
+    the same time: every budget selecting some of them must allow that many unavailable."""
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+            for o in objects.values() if o["kind"] in SYNAPSE_KINDS}
+    for budget in (o for o in objects.values() if o["kind"] == "PodDisruptionBudget"):
+        match = budget["spec"]["selector"]["matchLabels"]
+        if len([n for n in names if match.items() <= pods[n].items()]) > budget["spec"]["maxUnavailable"]:
+            return False
+    return True
+
+
+def _budgets_of(objects: dict[str, dict[str, Any]], name: str) -> list[str]:
+    labels = _pod(objects, name)["metadata"]["labels"]
+    return [k for k, o in objects.items() if o["kind"] == "PodDisruptionBudget"
+            and o["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+
+
 def test_scalable_roles_get_a_disruption_budget_that_still_lets_nodes_drain() -> None:
     objects = kube.render([_svc(scalable=True)], CTX)
     assert objects["poddisruptionbudget-web"]["spec"]["maxUnavailable"] == 1
+
+
+def test_a_scalable_role_gets_one_budget_over_all_its_instances() -> None:
+    single = _svc("single", role_label=ROLE, labels={ROLE: "single"})
+    objects = kube.render([_worker(1), _worker(2), _worker(3), single, _svc("proxy", scalable=True)], CTX)
+    assert sorted(k for k, o in objects.items() if o["kind"] == "PodDisruptionBudget") == \
+        ["poddisruptionbudget-proxy", "poddisruptionbudget-test-worker"]
+    workers = ["worker-1", "worker-2", "worker-3"]
+    for name in workers:
+        assert _budgets_of(objects, name) == ["poddisruptionbudget-test-worker"]
+        assert _may_evict_together(objects, [name, "proxy", "single"])
+    # A drain takes down one instance of the role at a time, never two.
+    for pair in itertools.combinations(workers, 2):
+        assert not _may_evict_together(objects, list(pair)), pair
+    with pytest.raises(ValueError, match="some instances are scalable"):
+        kube.render([_worker(1), dataclasses.replace(_worker(2), scalable=False)], CTX)
+
+
+def _admitted(policies: list[dict[str, Any]], pod: dict[str, Any]) -> set[tuple[int, str, str]]:
+    """(port, protocol, peers) the policies selecting `pod` admit: named ports resolved to the
+    pod's own container ports, numbered ones as numbered, whether or not anything listens."""
+    declared = [p for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    out = set()
+    for policy in policies:
+        if not policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items():
+            continue
+        for rule in policy["spec"]["ingress"]:
+            peers = json.dumps(rule.get("from"), sort_keys=True)
+            for port in rule.get("ports") or [{"port": d["containerPort"], "protocol": d["protocol"]} for d in declared]:
+                if isinstance(port["port"], str):
+                    out |= {(d["containerPort"], d["protocol"], peers) for d in declared
+                            if d.get("name") == port["port"] and d["protocol"] == port["protocol"]}
+                else:
+                    out |= {(n, port["protocol"], peers) for n in range(port["port"], port.get("endPort", port["port"]) + 1)}
+    return out
+
+
+def _policies(objects: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects.values() if o["kind"] == "NetworkPolicy"]
+
+
+def test_a_role_shares_one_policy_that_admits_each_pod_exactly_its_own_ports() -> None:
+    workers = [_worker(1), _worker(2), _worker(3)]
+    objects = kube.render(workers, CTX)
+    assert [p["metadata"]["name"] for p in _policies(objects)] == ["test-worker"]
+    for worker in workers:
+        pod = _pod(objects, worker.name)
+        own = _admitted([kube.network_policy(worker, CTX)], pod)
+        assert {(n, "TCP") for n, _proto, _peers in own} == {(worker.ports[0].port, "TCP"), (worker.metrics_port, "TCP")}
+        # Exactly as strict as the instance's own policy: no sibling's port number is admitted.
+        assert _admitted(_policies(objects), pod) == own
+    # Instances whose rules differ keep a policy each.
+    apart = kube.render([_worker(1), _worker(2, allowed_clients=("proxy",))], CTX)
+    assert sorted(p["metadata"]["name"] for p in _policies(apart)) == ["worker-1", "worker-2"]
 
 
 def test_allowed_clients_restrict_the_network_policy_to_those_pods() -> None:
@@ -284,10 +404,10 @@ def test_prod_declares_workloads_services_budgets_and_policies(prod: offline.Run
     # claim; the backup's scratch claim is the jobs' own.
     assert names["kubernetes:core/v1:PersistentVolumeClaim"] == {"persistentvolumeclaim-synapse-media",
                                                                   "persistentvolumeclaim-backup-scratch"}
-    assert {"poddisruptionbudget-synapse-generic-1", "poddisruptionbudget-synapse-proxy"} \
+    assert {"poddisruptionbudget-synapse-generic", "poddisruptionbudget-synapse-proxy"} \
         <= names["kubernetes:policy/v1:PodDisruptionBudget"]
-    assert "poddisruptionbudget-synapse-typing-1" not in names["kubernetes:policy/v1:PodDisruptionBudget"]
-    assert {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis"} \
+    assert "poddisruptionbudget-synapse-typing" not in names["kubernetes:policy/v1:PodDisruptionBudget"]
+    assert {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis", "networkpolicy-synapse-generic"} \
         <= names["kubernetes:networking.k8s.io/v1:NetworkPolicy"]
     assert names["kubernetes:networking.k8s.io/v1:Ingress"] == {"ingress-synapse-proxy", "ingress-synapse-proxy-origin-ca"}
     monitors = names["kubernetes:monitoring.coreos.com/v1:ServiceMonitor"]
@@ -297,6 +417,60 @@ def test_prod_declares_workloads_services_budgets_and_policies(prod: offline.Run
     for r in prod.resources:
         if r.type.startswith("kubernetes:"):
             assert r.provider.startswith(provider.urn), r.name
+
+
+def _roles(prod: offline.Run) -> dict[str, list[str]]:
+    """Synapse's processes by worker role (main its own)."""
+    by_role: dict[str, list[str]] = {}
+    for process in hs.topology(prod.cfg).processes:
+        by_role.setdefault(process.role.name if process.role else "main", []).append(process.name)
+    return by_role
+
+
+def test_prod_drains_at_most_one_instance_of_a_synapse_role_at_a_time(prod: offline.Run) -> None:
+    manifests = prod.deployment.manifests
+    scalable: dict[str, list[str]] = {}
+    for process in hs.topology(prod.cfg).processes:
+        if process.role and not process.role.single:
+            scalable.setdefault(process.role.name, []).append(process.name)
+    assert max(len(names) for names in scalable.values()) > 1
+    for role, names in scalable.items():
+        budget = f"poddisruptionbudget-synapse-{role.replace('_', '-')}"
+        for name in names:
+            # Every instance is covered by its role's budget, and only by it.
+            assert _budgets_of(manifests, name) == [budget], name
+            assert _may_evict_together(manifests, [name])
+        for pair in itertools.combinations(names, 2):
+            assert not _may_evict_together(manifests, list(pair)), pair
+    # Instances of different roles, and the proxy, may go at the same time.
+    assert _may_evict_together(manifests, [names[0] for names in scalable.values()] + [synapse_services.PROXY_SERVICE])
+    assert _budgets_of(manifests, "synapse-typing-1") == []
+
+
+def test_every_synapse_process_reads_the_one_shared_env_secret(prod: offline.Run) -> None:
+    manifests = prod.deployment.manifests
+    for process in hs.topology(prod.cfg).processes:
+        pod = _pod(manifests, process.name)["spec"]
+        refs = {e["valueFrom"]["secretKeyRef"]["name"] for c in pod["containers"] + pod.get("initContainers", [])
+                for e in c.get("env", []) if "valueFrom" in e}
+        assert refs == {synapse_services.ENV_GROUP}, process.name
+        assert f"secret-{process.name}-env" not in manifests
+    shared = prod.by_name(f"secret-{synapse_services.ENV_GROUP}")
+    assert set(shared.plain_inputs()["stringData"]) == {"PGPASSWORD"}
+    assert shared.masked()["inputs"]["stringData"] == offline.MASK
+
+
+def test_prod_policies_admit_each_synapse_pod_exactly_its_own_ports(prod: offline.Run) -> None:
+    manifests = prod.deployment.manifests
+    policies = _policies(manifests)
+    # One policy per role, however many instances it has.
+    role_policies = [p for p in policies if synapse_services.ROLE_LABEL in p["spec"]["podSelector"]["matchLabels"]]
+    assert sorted(p["metadata"]["name"] for p in role_policies) == \
+        sorted(f"synapse-{role.replace('_', '-')}" for role in _roles(prod))
+    services = {item["service"].name: item["service"] for item in prod.services}
+    for process in hs.topology(prod.cfg).processes:
+        pod = _pod(manifests, process.name)
+        assert _admitted(policies, pod) == _admitted([kube.network_policy(services[process.name], CTX)], pod)
 
 
 def test_prod_protects_the_data_it_owns(prod: offline.Run) -> None:
@@ -419,7 +593,7 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     run = program(prod_raw(workers={"preset": "seed-000", "counts": {"generic": counts["generic"]}}),
                   secret_keys=PROD_SECRETS)
     changed = _changed(prod.deployment.manifests, run.deployment.manifests)
-    own = {k for k in changed if k.endswith(f"-{new}") or k.endswith(f"-{new}-env") or k.endswith(f"-{new}-files")}
+    own = {k for k in changed if k.endswith(f"-{new}") or k.endswith(f"-{new}-files")}
     assert own >= {f"deployment-{new}", f"service-{new}", f"configmap-{new}-files"}
     expected = own | {"configmap-synapse-proxy-files"}
     # PostgreSQL's max_connections grows with the process count (homeserver.max_connections):
@@ -430,6 +604,7 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis", "networkpolicy-mas"}
     # The proxy reads the changed nginx.conf: its pod rolls through the checksum, nothing else.
     expected |= {"deployment-synapse-proxy"}
+    # The role's budget and policy already cover the new instance; it reads the shared env Secret.
     assert changed == expected
     proxy_before = copy.deepcopy(prod.deployment.manifests["deployment-synapse-proxy"])
     proxy_after = copy.deepcopy(run.deployment.manifests["deployment-synapse-proxy"])

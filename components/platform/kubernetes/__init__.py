@@ -1,6 +1,7 @@
 """Kubernetes target: services become Deployments or StatefulSets in one namespace.
 
 - objects.py: the plain object dicts for each service and the namespace-wide ones (pure);
+- roles.py: what a role's instances share: disruption budget, network policy, monitor (pure);
 - edge.py: the Ingresses in front of the routing proxy and the held certificate's Secret (pure);
 - platform.py: the adapter that declares one Pulumi resource per object (loads the SDK).
 
@@ -28,6 +29,7 @@ from .objects import (
     checksum_inputs,
     config_object_name,
     digest,
+    env_secrets,
     file_key,
     file_objects,
     is_edge,
@@ -35,14 +37,13 @@ from .objects import (
     manifest_key,
     masked,
     namespace,
-    network_policy,
     pod_template,
     render_service,
-    service_monitors,
     shared_claims,
     shared_volume_names,
     workload,
 )
+from .roles import disruption_budgets, network_policies, network_policy, roles, service_monitors
 
 # The owner of an object that belongs to the held certificate rather than to a service.
 EDGE_CERTIFICATE = ":edge-certificate"
@@ -66,6 +67,8 @@ def owned_objects(services: list[Service], ctx: Context, held: EdgeCertificate |
     for service in services:
         for key, obj in shared_claims([service], ctx).items():
             yield service.name, key, obj
+    for owner, obj in [*env_secrets(services, ctx), *disruption_budgets(services, ctx), *network_policies(services, ctx)]:
+        yield owner, manifest_key(obj), obj
     for service in services:
         sum_ = checksums[service.name] if checksums is not None else checksum(service)
         for key, obj in render_service(service, ctx, sum_).items():
@@ -92,6 +95,6 @@ def render(services: list[Service], ctx: Context, held: EdgeCertificate | None =
 __all__ = [
     "CHECKSUM_ANNOTATION", "EDGE_CERTIFICATE", "MASK", "NAME_LABEL", "ORIGIN_CA_SECRET", "ORIGIN_CA_SUFFIX",
     "PART_OF", "TLS_SECRET", "Context", "checksum", "checksum_inputs", "digest", "edge_objects", "file_key", "file_objects",
-    "ingresses", "labels", "manifest_key", "masked", "namespace", "network_policy", "owned_objects",
-    "origin_ca_secret", "pod_template", "render", "render_service", "service_monitors", "workload",
+    "ingresses", "labels", "manifest_key", "masked", "namespace", "network_policies", "network_policy", "owned_objects",
+    "origin_ca_secret", "pod_template", "render", "render_service", "roles", "service_monitors", "workload",
 ]

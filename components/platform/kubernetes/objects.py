@@ -5,7 +5,8 @@ both the Pulumi resources (platform.py) and the offline manifests.
 
 Per service:
   - ConfigMap for plain files, Secret for secret files and secret env. Files that share a
-    `group` (the shared homeserver.yaml) live in ONE object mounted by every reader (subPath).
+    `group` (the shared homeserver.yaml) live in ONE object mounted by every reader (subPath);
+    so does secret env that shares a `secret_env_group` (Synapse's database password).
   - Deployment, or StatefulSet when the service has volumes. A volume one service owns is a
     volumeClaimTemplate; a volume several services mount (the media store of several media
     workers) is one standalone ReadWriteMany claim.
@@ -13,11 +14,9 @@ Per service:
     (instance_map, upstreams) is the service name, as on a Docker network.
   - The pod template carries the sha256 of every file the pod reads: a config change rolls
     exactly the pods that read the changed file.
-  - PodDisruptionBudget for scalable roles; a NetworkPolicy per service: only the clients it
-    names, else the namespace (the Docker network's equivalent), plus its public ports.
-Cluster-wide: the Namespace, LoadBalancer Services (or hostNetwork) for media ports, and
-ServiceMonitors per monitoring group when enabled. The Ingresses in front of the routing proxy
-are edge.py's.
+Cluster-wide: the Namespace and LoadBalancer Services (or hostNetwork) for media ports. A role's
+disruption budget, network policy and ServiceMonitor are roles.py's; the Ingresses in front of
+the routing proxy are edge.py's.
 """
 
 from __future__ import annotations
@@ -203,12 +202,29 @@ def file_objects(services: Iterable[Service], ctx: Context) -> dict[str, dict[st
     return objects
 
 
-def env_secret(service: Service, ctx: Context) -> dict[str, Any] | None:
-    if not service.secret_env:
-        return None
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _meta(f"{service.name}-env", ctx, {"app.kubernetes.io/component": service.component}),
-            "stringData": dict(sorted(service.secret_env.items()))}
+def env_secret_name(service: Service) -> str:
+    return service.secret_env_group or f"{service.name}-env"
+
+
+def env_secrets(services: Iterable[Service], ctx: Context) -> list[tuple[str, dict[str, Any]]]:
+    """(first reader, Secret) for the secret env of `services`, one per `secret_env_group` or per
+    service. Each pod refers only to the keys it reads; its checksum covers only their values."""
+    grouped: dict[str, dict[str, Any]] = {}
+    reader: dict[str, Service] = {}
+    for service in services:
+        if not service.secret_env:
+            continue
+        name = env_secret_name(service)
+        entries = grouped.setdefault(name, {})
+        reader.setdefault(name, service)
+        for key, value in service.secret_env.items():
+            if key in entries and entries[key] is not value and entries[key] != value:
+                raise ValueError(f"secret env group {name}: {key} differs between readers")
+            entries[key] = value
+    return [(reader[name].name, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                 "metadata": _meta(name, ctx, {"app.kubernetes.io/component": reader[name].component}),
+                                 "stringData": dict(sorted(entries.items()))})
+            for name, entries in grouped.items()]
 
 
 # ---------------------------------------------------------------- pods
@@ -299,7 +315,7 @@ def _is_secret_source(service: Service, source: str) -> bool:
 
 def env_vars(service: Service) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(service.env.items())]
-    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": f"{service.name}-env", "key": k}}}
+    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": env_secret_name(service), "key": k}}}
             for k in sorted(service.secret_env)]
     return env
 
@@ -474,57 +490,11 @@ def services_for(service: Service, ctx: Context) -> list[dict[str, Any]]:
     return out
 
 
-def disruption_budget(service: Service, ctx: Context) -> dict[str, Any] | None:
-    if not service.scalable:
-        return None
-    # maxUnavailable, not minAvailable: a one-replica role must still let a node drain.
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": _meta(service.name, ctx, labels(service)),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(service)}}}
-
-
-def network_policy(service: Service, ctx: Context) -> dict[str, Any]:
-    """Who may connect, mirroring the Docker target's private network.
-
-    `allowed_clients` names the only pods that may connect (PostgreSQL, Redis). Otherwise any
-    pod of the namespace may (the Docker network's members). Public HTTP ports also admit the
-    ingress controller from its own namespace, metrics admit Prometheus from any namespace, and
-    media ports admit everyone (clients reach them through the LoadBalancer).
-    """
-    private = [_np_port(p) for p in service.ports if not (p.public and p in media_ports(service))]
-    rules: list[dict[str, Any]] = []
-    if private:
-        if service.allowed_clients is not None:
-            peers: list[dict[str, Any]] = [{"podSelector": {"matchExpressions": [
-                {"key": NAME_LABEL, "operator": "In", "values": sorted(service.allowed_clients)}]}}]
-        else:
-            peers = [{"podSelector": {}}]
-        if service.allowed_clients is None or service.allowed_clients:
-            rules.append({"from": peers, "ports": private})
-    edge = [_np_port(p) for p in service.ports if p.public and p.name in EDGE_PORT_NAMES]
-    if edge:
-        rules.append({"from": [{"namespaceSelector": {}}], "ports": edge})
-    if service.metrics_port:
-        rules.append({"from": [{"namespaceSelector": {}}], "ports": [{"port": service.metrics_port, "protocol": "TCP"}]})
-    public = [_np_port(p) for p in media_ports(service)]
-    public += [{"port": r.start, "endPort": r.end, "protocol": r.protocol.upper()} for r in service.port_ranges]
-    if public:
-        rules.append({"ports": public})
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": _meta(service.name, ctx, labels(service)),
-            "spec": {"podSelector": {"matchLabels": selector(service)}, "policyTypes": ["Ingress"],
-                     "ingress": rules}}
-
-
-def _np_port(port: Port) -> dict[str, Any]:
-    return {"port": port.port, "protocol": port.protocol.upper()}
-
-
 def render_service(service: Service, ctx: Context, config_checksum: pulumi.Input[str]) -> dict[str, dict[str, Any]]:
-    """Every object of one service except its files' ConfigMaps/Secrets (see file_objects)."""
-    objects = [env_secret(service, ctx), workload(service, ctx, config_checksum), *services_for(service, ctx),
-               disruption_budget(service, ctx), network_policy(service, ctx)]
-    return {manifest_key(o): o for o in objects if o is not None}
+    """The workload and Services of one service (its files and secret env may be shared: see
+    file_objects and env_secrets; its budget and policy are its role's: see roles.py)."""
+    objects = [workload(service, ctx, config_checksum), *services_for(service, ctx)]
+    return {manifest_key(o): o for o in objects}
 
 
 # ---------------------------------------------------------------- cluster-wide objects
@@ -556,32 +526,6 @@ def shared_claims(services: Iterable[Service], ctx: Context) -> dict[str, dict[s
                               "spec": spec}
     return {manifest_key(c): c for c in claims.values()}
 
-
-
-def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dict[str, Any]]:
-    """One ServiceMonitor per monitoring group (a service's `monitor_group` label value, such as
-    Synapse's worker role), else per service."""
-    if not ctx.service_monitors:
-        return {}
-    groups: dict[tuple[str, str], Service] = {}
-    for service in services:
-        if service.metrics_port:
-            grouped = service.monitor_group and service.monitor_group in service.labels
-            groups.setdefault((service.component, service.labels[service.monitor_group] if grouped  # type: ignore[index]
-                                                  else service.name), service)
-    out: dict[str, dict[str, Any]] = {}
-    for (component, group), service in groups.items():
-        match = {"app.kubernetes.io/component": component, "app.kubernetes.io/part-of": PART_OF}
-        key = service.monitor_group
-        grouped = bool(key and key in service.labels)
-        match.update({key: group} if key and grouped else {NAME_LABEL: service.name})
-        name = f"{component}-{group}".replace("_", "-") if grouped else service.name
-        obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-               "metadata": _meta(name, ctx, {"app.kubernetes.io/component": component}),
-               "spec": {"selector": {"matchLabels": match}, "namespaceSelector": {"matchNames": [ctx.namespace]},
-                        "endpoints": [{"port": "metrics", "path": service.metrics_path, "interval": "30s"}]}}
-        out[manifest_key(obj)] = obj
-    return out
 
 
 def borrowed_volumes(services: Iterable[Service]) -> dict[str, str]:

@@ -1,0 +1,164 @@
+"""What a role's instances share on Kubernetes, as plain dicts. Pure.
+
+A role is the services sharing a `role_label` value (Synapse's worker role: generic-1..6), or a
+service alone. Per role:
+  - a PodDisruptionBudget when it scales out: at most one of its pods is evicted at a time;
+  - a NetworkPolicy: only the clients it names, else the namespace (the Docker network's
+    equivalent), plus its public ports;
+  - a ServiceMonitor over its Services with a metrics port, when enabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.platform.spec import Port, Service
+
+from .objects import EDGE_PORT_NAMES, NAME_LABEL, PART_OF, Context, _meta, labels, manifest_key, media_ports, selector
+
+
+@dataclass(frozen=True)
+class Role:
+    """The instances of one role (services sharing a `role_label` value), or a service alone."""
+
+    name: str
+    members: tuple[Service, ...]
+    # What selects exactly the members' pods, and the labels of the role's own objects.
+    selector: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    grouped: bool = False
+
+
+def role_of(service: Service) -> str | None:
+    """The service's role: the value of its `role_label`, when it declares one."""
+    return service.labels.get(service.role_label) if service.role_label else None
+
+
+def roles(services: Iterable[Service]) -> list[Role]:
+    """Services by role, in the order of each role's first instance. A role selects its instances
+    by component and role label; every service so selected is an instance, whether or not it
+    declares the label itself, so the role's objects never reach a pod they were not made for."""
+    services = list(services)
+    of: dict[str, Role] = {}
+    for service in services:
+        value = role_of(service)
+        if value is None or service.name in of:
+            continue
+        assert service.role_label is not None
+        match = {"app.kubernetes.io/component": service.component, "app.kubernetes.io/part-of": PART_OF,
+                 service.role_label: value}
+        role = Role(f"{service.component}-{value}".replace("_", "-"),
+                    tuple(m for m in services if match.items() <= labels(m).items()), match,
+                    {"app.kubernetes.io/component": service.component, service.role_label: value}, grouped=True)
+        of.update({m.name: role for m in role.members})
+    out: dict[str, Role] = {}
+    for service in services:
+        role = of.get(service.name) or Role(service.name, (service,), selector(service), labels(service))
+        if out.setdefault(role.name, role) is not role:
+            raise ValueError(f"{role.name} names both a role and a service")
+    return list(out.values())
+
+
+def disruption_budgets(services: Iterable[Service], ctx: Context) -> list[tuple[str, dict[str, Any]]]:
+    """(first instance, PodDisruptionBudget) per scalable role: at most one of a role's pods is
+    evicted at a time, however many instances (each a one-replica workload) the role has. The
+    disruption controller sums the scale of every workload the selector reaches."""
+    out = []
+    for role in roles(services):
+        scalable = {m.scalable for m in role.members}
+        if scalable == {False}:
+            continue
+        if len(scalable) > 1:
+            raise ValueError(f"role {role.name}: some instances are scalable and some are not")
+        # maxUnavailable, not minAvailable: a one-replica role must still let a node drain.
+        out.append((role.members[0].name, {
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(role.name, ctx, role.labels),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": role.selector}}}))
+    return out
+
+
+def ingress_rules(service: Service, by_name: bool = False) -> list[dict[str, Any]]:
+    """Who may connect, mirroring the Docker target's private network.
+
+    `allowed_clients` names the only pods that may connect (PostgreSQL, Redis). Otherwise any
+    pod of the namespace may (the Docker network's members). Public HTTP ports also admit the
+    ingress controller from its own namespace, metrics admit Prometheus from any namespace, and
+    media ports admit everyone (clients reach them through the LoadBalancer). `by_name` names
+    the container's ports instead of numbering them (port ranges stay numbers).
+    """
+    def port(p: Port) -> dict[str, Any]:
+        return {"port": p.name if by_name else p.port, "protocol": p.protocol.upper()}
+
+    private = [port(p) for p in service.ports if not (p.public and p in media_ports(service))]
+    rules: list[dict[str, Any]] = []
+    if private:
+        if service.allowed_clients is not None:
+            peers: list[dict[str, Any]] = [{"podSelector": {"matchExpressions": [
+                {"key": NAME_LABEL, "operator": "In", "values": sorted(service.allowed_clients)}]}}]
+        else:
+            peers = [{"podSelector": {}}]
+        if service.allowed_clients is None or service.allowed_clients:
+            rules.append({"from": peers, "ports": private})
+    edge = [port(p) for p in service.ports if p.public and p.name in EDGE_PORT_NAMES]
+    if edge:
+        rules.append({"from": [{"namespaceSelector": {}}], "ports": edge})
+    if service.metrics_port:
+        rules.append({"from": [{"namespaceSelector": {}}],
+                      "ports": [{"port": "metrics" if by_name else service.metrics_port, "protocol": "TCP"}]})
+    public = [port(p) for p in media_ports(service)]
+    public += [{"port": r.start, "endPort": r.end, "protocol": r.protocol.upper()} for r in service.port_ranges]
+    if public:
+        rules.append({"ports": public})
+    return rules
+
+
+def _policy(name: str, meta_labels: dict[str, str], match: dict[str, str], rules: list[dict[str, Any]],
+            ctx: Context) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(name, ctx, meta_labels),
+            "spec": {"podSelector": {"matchLabels": match}, "policyTypes": ["Ingress"], "ingress": rules}}
+
+
+def network_policy(service: Service, ctx: Context) -> dict[str, Any]:
+    """The policy of one service on its own (see ingress_rules)."""
+    return _policy(service.name, labels(service), selector(service), ingress_rules(service), ctx)
+
+
+def network_policies(services: Iterable[Service], ctx: Context) -> list[tuple[str, dict[str, Any]]]:
+    """(first instance, NetworkPolicy): one per role, else per service.
+
+    A role's instances listen on different port numbers (each Synapse worker its own). A policy
+    admitting the union of those numbers would, in each pod, also admit its siblings' numbers,
+    where nothing of its own listens: harmless today, but a rule no pod asked for. The role's
+    policy names its ports instead: a named port resolves in each selected pod to that pod's own
+    container port, so every pod admits exactly its own ports from exactly the peers its own
+    policy would admit. Instances whose rules differ even by name keep a policy each.
+    """
+    out = []
+    for role in roles(services):
+        rules = [ingress_rules(m, by_name=True) for m in role.members]
+        if role.grouped and all(r == rules[0] for r in rules):
+            out.append((role.members[0].name, _policy(role.name, role.labels, role.selector, rules[0], ctx)))
+        else:
+            out += [(m.name, network_policy(m, ctx)) for m in role.members]
+    return out
+
+
+def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dict[str, Any]]:
+    """One ServiceMonitor per role (see roles: Synapse's worker role), else per service, over the
+    Services with a metrics port."""
+    if not ctx.service_monitors:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for role in roles(s for s in services if s.metrics_port):
+        first = role.members[0]
+        match = role.selector if role.grouped else {
+            "app.kubernetes.io/component": first.component, "app.kubernetes.io/part-of": PART_OF, NAME_LABEL: first.name}
+        obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+               "metadata": _meta(role.name, ctx, {"app.kubernetes.io/component": first.component}),
+               "spec": {"selector": {"matchLabels": match}, "namespaceSelector": {"matchNames": [ctx.namespace]},
+                        "endpoints": [{"port": "metrics", "path": first.metrics_path, "interval": "30s"}]}}
+        out[manifest_key(obj)] = obj
+    return out
