@@ -6,8 +6,10 @@ tests/integration/test_docker_engine.py."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import subprocess
+import typing
 from types import SimpleNamespace
 from typing import Any
 
@@ -236,3 +238,33 @@ def test_the_script_passes_when_every_check_passes() -> None:
     done = _sh(check_script([("a", ["true"]), ("b", ["sh", "-c", "exit 0"])]))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["== a", "== b", "== every configuration passed"]
+
+
+# ---------------------------------------------------------------- the label a checked service carries
+
+
+def test_a_preview_labels_checked_services_passed_and_the_update_waits_for_the_exit_code(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preview cannot know a replaced check's exit code; were the label unknown there, every
+    service sharing the check would show as replaced. The update fails on a failed check."""
+    from components.platform import docker as adapter
+
+    try:
+        previous: asyncio.AbstractEventLoop | None = asyncio.get_event_loop()
+    except RuntimeError:
+        previous = None
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        failed = SimpleNamespace(exit_code=pulumi.Output.from_input(1))
+        monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: True)
+        assert adapter._check_label(failed, "synapse-check-config") == "passed"  # type: ignore[arg-type]
+        monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: False)
+        label = adapter._check_label(failed, "synapse-check-config")  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="synapse-check-config: the configuration check exited with 1"):
+            loop.run_until_complete(typing.cast(pulumi.Output[str], label).future())
+        passed = adapter._check_label(SimpleNamespace(exit_code=pulumi.Output.from_input(0)), "x")  # type: ignore[arg-type]
+        assert loop.run_until_complete(typing.cast(pulumi.Output[str], passed).future()) == "passed"
+    finally:
+        asyncio.set_event_loop(previous)
+        loop.close()
