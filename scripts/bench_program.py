@@ -9,18 +9,22 @@ For each stack, `--runs` paired runs, each half in a fresh interpreter:
     had them in sys.modules, and nothing else. Needed: pulumi and pydantic (the config), and the
     provider SDK of every resource type the run declared (docker:..., kubernetes:...); an SDK
     the run loaded without declaring any of its resources is reported as loaded in vain.
-Both halves run without the cyclic garbage collector, as __main__.py runs the program.
+  - SDK: the same resources declared again by the SDK alone (scripts/replay_graph.py: the graph
+    the program run declared, with its types, inputs and options, and no program), under the
+    same mocks. (floor + SDK) is the least any program declaring this graph can cost; the
+    program's own work is what it costs beyond that.
+All three run without the cyclic garbage collector, as __main__.py runs the program.
 Bytecode is cached as it is where `pulumi up` runs (pip compiles on install, Python caches the
 program's modules): the children run with PYTHONPYCACHEPREFIX under ~/.cache/matrix-stack and
 one discarded warm-up pair per stack fills it. Without a cache every run would compile the SDKs'
 sources (Cloudflare's alone is 11 MB), on both sides of the ratio.
 
 Printed: medians of wall and CPU seconds (CPU = all threads of the process, the steadier figure
-on a loaded machine), the program/floor ratios, resources declared per wall and per CPU second,
+on a loaded machine), the program/floor and SDK/floor ratios, resources declared per wall and per CPU second,
 peak resident memory (ru_maxrss) of both, and how much of the program's CPU the mock engine took
 (registrations: what the engine and the provider plugins do in their own processes under
 `pulumi up`), with the ratio without it. The halves of a pair run back to back and their
-order alternates, so load from elsewhere falls on both.
+order rotates, so load from elsewhere falls on all of them.
 
 --profile STACK prints where the program's time goes beyond its floor: the CPU of each phase with
 the floor's modules imported beforehand (medians of 5), `python -X importtime` totals per
@@ -73,7 +77,7 @@ def _elapsed() -> dict[str, float]:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def child_program(stack: str) -> dict[str, Any]:
+def child_program(stack: str, graph_out: str | None = None) -> dict[str, Any]:
     import threading
 
     sys.path.insert(0, str(ROOT))
@@ -105,6 +109,33 @@ def child_program(stack: str) -> dict[str, Any]:
     needed = needed_packages({r.type for r in run.resources})
     figures["sdk_modules"] = [m for m in loaded if m.split(".")[0] in needed]
     figures["unneeded"] = sorted({m.split(".")[0] for m in loaded} - needed)
+    if graph_out:
+        import replay_graph
+
+        Path(graph_out).write_text(json.dumps(replay_graph.record(run.registered)))
+    return figures
+
+
+def child_replay(stack: str, graph_file: str, modules_file: str) -> dict[str, Any]:
+    """The SDK alone: the floor's imports, then the recorded graph declared again under the same
+    mocks (so SDK - floor is the SDK's work on these resources)."""
+    import functools
+
+    _import_all(modules_file)
+    sys.path.insert(0, str(ROOT))
+    import replay_graph
+
+    from render import offline
+
+    # Reading the recorded graph is the replay's own work, not the SDK's: not counted.
+    started_wall, started_cpu = time.perf_counter(), time.process_time()
+    graph = json.loads(Path(graph_file).read_text())
+    reading = {"wall": time.perf_counter() - started_wall, "cpu": time.process_time() - started_cpu}
+    offline.declare(functools.partial(replay_graph.replay, graph), {}, stack=stack)
+    figures = _elapsed()
+    figures["wall"] -= reading["wall"]
+    figures["cpu"] -= reading["cpu"]
+    figures["resources"] = len(graph)
     return figures
 
 
@@ -147,15 +178,21 @@ def child_phases(stack: str, modules_file: str) -> dict[str, Any]:
     return phases
 
 
-def child_floor(modules_file: str) -> dict[str, Any]:
-    import importlib
-
+def _import_all(modules_file: str) -> list[str]:
+    """Import the listed modules; the names that failed."""
     failed = []
     for name in json.loads(Path(modules_file).read_text()):
         try:
-            importlib.import_module(name)
+            # __import__, not importlib.import_module: only the import statement's path is
+            # logged by `python -X importtime`, which --profile compares with the program's.
+            __import__(name)
         except Exception:  # a module the SDK registered under a name it cannot be imported by
             failed.append(name)
+    return failed
+
+
+def child_floor(modules_file: str) -> dict[str, Any]:
+    failed = _import_all(modules_file)
     figures: dict[str, Any] = _elapsed()
     figures["failed"] = failed
     return figures
@@ -177,30 +214,35 @@ def _child(args: list[str], extra: list[str] | None = None) -> dict[str, Any]:
 
 
 def measure(stack: str, runs: int) -> dict[str, Any]:
-    programs: list[dict[str, Any]] = []
-    floors: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        modules_file = os.path.join(tmp, "modules.json")
-        warm = _child(["--child-program", stack])
+        modules_file, graph_file = os.path.join(tmp, "modules.json"), os.path.join(tmp, "graph.json")
+        warm = _child(["--child-program", stack, "--graph-out", graph_file])
         Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
-        _child(["--child-floor", modules_file])
+        kinds = {
+            "program": ["--child-program", stack],
+            "floor": ["--child-floor", modules_file],
+            "sdk": ["--child-replay", stack, graph_file, modules_file],
+        }
+        _child(kinds["floor"]), _child(kinds["sdk"])  # warm-ups, discarded
+        results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        order = list(kinds)
         for i in range(runs):
-            # The halves of a pair alternate which goes first.
-            if i % 2 == 0:
-                programs.append(_child(["--child-program", stack]))
-                floors.append(_child(["--child-floor", modules_file]))
-            else:
-                floors.append(_child(["--child-floor", modules_file]))
-                programs.append(_child(["--child-program", stack]))
+            # One round runs each kind back to back; which goes first rotates.
+            for kind in order[i % 3:] + order[: i % 3]:
+                results[kind].append(_child(kinds[kind]))
+    programs, floors, sdks = results["program"], results["floor"], results["sdk"]
     med = {key: statistics.median(r[key] for r in programs) for key in ("wall", "cpu", "peak_mb", "mock_cpu")}
     floor = {key: statistics.median(r[key] for r in floors) for key in ("wall", "cpu", "peak_mb")}
+    sdk = {key: statistics.median(r[key] for r in sdks) for key in ("wall", "cpu", "peak_mb")}
     modules = programs[0]["sdk_modules"]
     return {
         "stack": stack,
         "runs": runs,
         "program": med,
         "floor": floor,
+        "sdk": sdk,
         "resources": programs[0]["resources"],
+        "replayed": sdks[0]["resources"],
         "packages": sorted({m.split(".")[0] for m in modules}),
         "module_count": len(modules),
         "unneeded": programs[0]["unneeded"],
@@ -209,14 +251,19 @@ def measure(stack: str, runs: int) -> dict[str, Any]:
 
 
 def report(row: dict[str, Any]) -> list[str]:
-    p, f = row["program"], row["floor"]
+    p, f, sdk = row["program"], row["floor"], row["sdk"]
     ratio_wall, ratio_cpu = p["wall"] / f["wall"], p["cpu"] / f["cpu"]
+    sdk_ratio = sdk["cpu"] / f["cpu"]
     lines = [
         f"stack {row['stack']}: {row['resources']} resources; SDKs needed: {', '.join(row['packages'])} "
         f"({row['module_count']} modules)",
         f"  program  wall {p['wall']:6.2f} s   CPU {p['cpu']:6.2f} s   peak {p['peak_mb']:6.1f} MB",
         f"  floor    wall {f['wall']:6.2f} s   CPU {f['cpu']:6.2f} s   peak {f['peak_mb']:6.1f} MB",
         f"  ratio    wall {ratio_wall:6.2f} x   CPU {ratio_cpu:6.2f} x   peak +{p['peak_mb'] - f['peak_mb']:.1f} MB",
+        f"  SDK      wall {sdk['wall']:6.2f} s   CPU {sdk['cpu']:6.2f} s   peak {sdk['peak_mb']:6.1f} MB   "
+        f"({row['replayed']} resources declared again by the SDK alone: {sdk_ratio:.2f} x the floor)",
+        f"  split    of the program's {p['cpu'] - f['cpu']:.2f} s CPU beyond the floor, the SDK's work on its resources "
+        f"{sdk['cpu'] - f['cpu']:.2f} s, the program's own {p['cpu'] - sdk['cpu']:.2f} s",
         f"  of the program's CPU, the mock engine's (registrations) {p['mock_cpu']:.2f} s; without it "
         f"{p['cpu'] - p['mock_cpu']:.2f} s, {(p['cpu'] - p['mock_cpu']) / f['cpu']:.2f} x the floor",
         f"  resources/s  {row['resources'] / p['wall']:.0f} per wall s, {row['resources'] / p['cpu']:.0f} per CPU s"
@@ -225,6 +272,8 @@ def report(row: dict[str, Any]) -> list[str]:
     goal = GOALS.get(row["stack"])
     if goal is not None:
         verdict = "met" if ratio_cpu <= goal else "MISSED (see --profile)"
+        if ratio_cpu > goal and sdk_ratio > goal:
+            verdict += f"; out of reach for these {row['resources']} resources: the SDK alone takes {sdk_ratio:.2f} x"
         lines.append(f"  goal     CPU ratio <= {goal}x: {verdict}")
     memory_ok = p["peak_mb"] <= f["peak_mb"] + MEMORY_HEADROOM_MB
     lines.append(f"  goal     peak <= floor + {MEMORY_HEADROOM_MB:.0f} MB: {'met' if memory_ok else 'MISSED'}")
@@ -292,9 +341,14 @@ def main() -> None:
     parser.add_argument("--child-program", metavar="STACK", help=argparse.SUPPRESS)
     parser.add_argument("--child-floor", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--child-phases", nargs=2, metavar=("STACK", "FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-replay", nargs=3, metavar=("STACK", "GRAPH", "MODULES"), help=argparse.SUPPRESS)
+    parser.add_argument("--graph-out", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_program:
-        print(json.dumps(child_program(args.child_program)))
+        print(json.dumps(child_program(args.child_program, args.graph_out)))
+        return
+    if args.child_replay:
+        print(json.dumps(child_replay(*args.child_replay)))
         return
     if args.child_phases:
         print(json.dumps(child_phases(*args.child_phases)))
