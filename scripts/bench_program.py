@@ -1,10 +1,13 @@
 """The program's own cost per stack, against the cost of importing the SDKs it needs (prints figures).
 
     .venv/bin/python scripts/bench_program.py [--runs 5] [--stacks dev staging prod] [--profile STACK]
+    .venv/bin/python scripts/bench_program.py --instructions [--stacks ...]   # under valgrind
 
-For each stack, `--runs` paired runs, each half in a fresh interpreter:
-  - program: the real program under Pulumi's mocks (render.offline.run of Pulumi.STACK.yaml:
-    config parse and checks, build, every Output resolved), timed from the first import;
+For each stack, `--runs` rounds of three runs, each in a fresh interpreter:
+  - program: what __main__.py runs under `pulumi up` (config.load(), stack.build(), export),
+    under Pulumi's mocks (render.offline.declare) with the config of Pulumi.STACK.yaml handed over
+    as the engine hands it (values parsed), timed from the first import; the runtime awaits
+    every Output before the run ends;
   - floor: importing exactly the SDK modules the stack needs, in the order the program run itself
     had them in sys.modules, and nothing else. Needed: pulumi and pydantic (the config), and the
     provider SDK of every resource type the run declared (docker:..., kubernetes:...); an SDK
@@ -44,6 +47,7 @@ T0_WALL, T0_CPU = time.perf_counter(), time.process_time()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -77,12 +81,13 @@ def _elapsed() -> dict[str, float]:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def child_program(stack: str, graph_out: str | None = None) -> dict[str, Any]:
+def child_program(stack: str, config_file: str, graph_out: str | None = None) -> dict[str, Any]:
+    """What __main__.py runs under `pulumi up` (load the config, build, export), under the mocks.
+    The stack's config arrives as the engine hands it over: values already parsed."""
     import threading
 
     sys.path.insert(0, str(ROOT))
     from render import offline
-    from render.__main__ import stack_config
 
     # CPU spent in the mock engine: decoding each registration's inputs, the stand-ins for
     # provider work, encoding the outputs back, keeping the render's record. Under `pulumi up`
@@ -100,20 +105,39 @@ def child_program(stack: str, graph_out: str | None = None) -> dict[str, Any]:
                 mock_cpu[0] += time.thread_time() - started
 
     offline.RecordingMonitor.RegisterResource = timed  # type: ignore[method-assign]
-    raw, secret = stack_config(stack)
-    run = offline.run(raw, stack=stack, secret_keys=secret)
+    given = json.loads(Path(config_file).read_text())
+
+    def main() -> None:
+        import config
+        import stack as program
+
+        program.export(program.build(config.load()))
+
+    monitor, _log = offline.declare(main, given["raw"], stack=stack, secret_keys=tuple(given["secret"]))
     figures = _elapsed()
     figures["mock_cpu"] = mock_cpu[0]
-    figures["resources"] = len(run.resources)
+    figures["resources"] = len(monitor.registered)
     loaded = [m for m, mod in list(sys.modules.items()) if mod is not None and is_sdk(m)]
-    needed = needed_packages({r.type for r in run.resources})
+    needed = needed_packages({r.type for r in monitor.registered})
     figures["sdk_modules"] = [m for m in loaded if m.split(".")[0] in needed]
     figures["unneeded"] = sorted({m.split(".")[0] for m in loaded} - needed)
     if graph_out:
         import replay_graph
 
-        Path(graph_out).write_text(json.dumps(replay_graph.record(run.registered)))
+        Path(graph_out).write_text(json.dumps(replay_graph.record(monitor.registered)))
     return figures
+
+
+def _stack_config_file(stack: str, directory: str) -> str:
+    """Pulumi.STACK.yaml's keys as the engine hands them to the program (secure values as
+    stand-ins), in a file for the program's runs."""
+    sys.path.insert(0, str(ROOT))
+    from render.__main__ import stack_config
+
+    raw, secret = stack_config(stack)
+    path = os.path.join(directory, f"{stack}-config.json")
+    Path(path).write_text(json.dumps({"raw": raw, "secret": list(secret)}))
+    return path
 
 
 def child_replay(stack: str, graph_file: str, modules_file: str) -> dict[str, Any]:
@@ -139,7 +163,7 @@ def child_replay(stack: str, graph_file: str, modules_file: str) -> dict[str, An
     return figures
 
 
-def child_phases(stack: str, modules_file: str) -> dict[str, Any]:
+def child_phases(stack: str, config_file: str, modules_file: str) -> dict[str, Any]:
     """The program's CPU beyond the floor, phase by phase: the floor's modules are imported
     first, so what each phase costs is the program's own work."""
     import importlib
@@ -153,6 +177,8 @@ def child_phases(stack: str, modules_file: str) -> dict[str, Any]:
             except Exception:  # as in child_floor
                 pass
     sys.path.insert(0, str(ROOT))
+    given = json.loads(Path(config_file).read_text())
+    raw, secret = given["raw"], tuple(given["secret"])
     phases: dict[str, Any] = {}
     started = time.process_time()
 
@@ -163,17 +189,19 @@ def child_phases(stack: str, modules_file: str) -> dict[str, Any]:
         started = now
 
     import config
-    import stack as program  # noqa: F401  (the components, and the config rules they register)
+    import stack as program
     from render import offline
-    from render.__main__ import stack_config
 
     phase("import the program's modules (config models, components)")
-    raw, secret = stack_config(stack)
-    config.parse(raw, secret)
+    cfg = config.parse(raw, secret)
     phase("parse and check the config")
-    offline.run(raw, stack=stack, secret_keys=secret)
+
+    def build() -> None:
+        program.export(program.build(cfg))
+
+    offline.declare(build, raw, stack=stack, secret_keys=secret)
     phase("build: declare, register and resolve every resource (first run)")
-    offline.run(raw, stack=stack, secret_keys=secret)
+    offline.declare(build, raw, stack=stack, secret_keys=secret)
     phase("the same again (second run in the process)")
     return phases
 
@@ -216,10 +244,11 @@ def _child(args: list[str], extra: list[str] | None = None) -> dict[str, Any]:
 def measure(stack: str, runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         modules_file, graph_file = os.path.join(tmp, "modules.json"), os.path.join(tmp, "graph.json")
-        warm = _child(["--child-program", stack, "--graph-out", graph_file])
+        config_file = _stack_config_file(stack, tmp)
+        warm = _child(["--child-program", stack, config_file, "--graph-out", graph_file])
         Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
         kinds = {
-            "program": ["--child-program", stack],
+            "program": ["--child-program", stack, config_file],
             "floor": ["--child-floor", modules_file],
             "sdk": ["--child-replay", stack, graph_file, modules_file],
         }
@@ -248,6 +277,32 @@ def measure(stack: str, runs: int) -> dict[str, Any]:
         "unneeded": programs[0]["unneeded"],
         "floor_failed": floors[0]["failed"],
     }
+
+
+def instructions(stack: str) -> dict[str, int]:
+    """Instructions each of the three kinds of run executes, counted by valgrind's callgrind: one
+    run each, the same count whatever else the machine is doing (about 50 times slower)."""
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        modules_file, graph_file = os.path.join(tmp, "modules.json"), os.path.join(tmp, "graph.json")
+        config_file = _stack_config_file(stack, tmp)
+        warm = _child(["--child-program", stack, config_file, "--graph-out", graph_file])
+        Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
+        kinds = {
+            "program": ["--child-program", stack, config_file],
+            "floor": ["--child-floor", modules_file],
+            "sdk": ["--child-replay", stack, graph_file, modules_file],
+        }
+        for kind, args in kinds.items():
+            _child(args)  # fills the bytecode cache for this kind
+            done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                                   sys.executable, __file__, *args],
+                                  cwd=ROOT, env=_child_env(), capture_output=True, text=True, check=False)
+            found = re.search(r"Collected : (\d+)", done.stderr)
+            if done.returncode != 0 or not found:
+                raise SystemExit(f"bench_program: callgrind of {args} failed:\n{done.stderr[-3000:]}")
+            counts[kind] = int(found.group(1))
+    return counts
 
 
 def report(row: dict[str, Any]) -> list[str]:
@@ -301,16 +356,17 @@ def profile(stack: str) -> None:
     """Where the program's time goes beyond its floor: CPU per phase, the imports the floor does
     not make, per package, then cProfile's costliest calls."""
     with tempfile.TemporaryDirectory() as tmp:
-        warm = _child(["--child-program", stack])  # also warms the bytecode cache
+        config_file = _stack_config_file(stack, tmp)
+        warm = _child(["--child-program", stack, config_file])  # also warms the bytecode cache
         modules_file = os.path.join(tmp, "modules.json")
         Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
-        runs = [_child(["--child-phases", stack, modules_file]) for _ in range(5)]
+        runs = [_child(["--child-phases", stack, config_file, modules_file]) for _ in range(5)]
         print(f"CPU per phase beyond the floor, stack {stack} (floor's modules imported first; medians of 5, ms)")
         for name in runs[0]:
             print(f"  {statistics.median(r[name] for r in runs) * 1000:9.1f}  {name}")
         print()
         floor = _import_times(["--child-floor", modules_file])
-        program = _import_times(["--child-program", stack])
+        program = _import_times(["--child-program", stack, config_file])
         beyond: dict[str, int] = defaultdict(int)
         for name, us in program.items():
             if name not in floor:
@@ -322,7 +378,7 @@ def profile(stack: str) -> None:
         if warm["unneeded"]:
             print(f"  loaded in vain: {', '.join(warm['unneeded'])}")
         out = os.path.join(tmp, "program.prof")
-        _child(["--child-program", stack], extra=["-m", "cProfile", "-o", out])
+        _child(["--child-program", stack, config_file], extra=["-m", "cProfile", "-o", out])
         import pstats
 
         print(f"\ncProfile, stack {stack}: the program's own functions by cumulative time")
@@ -338,14 +394,16 @@ def main() -> None:
     parser.add_argument("--stacks", nargs="+", default=list(STACKS))
     parser.add_argument("--profile", metavar="STACK")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line per stack")
-    parser.add_argument("--child-program", metavar="STACK", help=argparse.SUPPRESS)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions under valgrind instead of timing (deterministic, slow)")
+    parser.add_argument("--child-program", nargs=2, metavar=("STACK", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--child-floor", metavar="FILE", help=argparse.SUPPRESS)
-    parser.add_argument("--child-phases", nargs=2, metavar=("STACK", "FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-phases", nargs=3, metavar=("STACK", "CONFIG", "MODULES"), help=argparse.SUPPRESS)
     parser.add_argument("--child-replay", nargs=3, metavar=("STACK", "GRAPH", "MODULES"), help=argparse.SUPPRESS)
     parser.add_argument("--graph-out", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_program:
-        print(json.dumps(child_program(args.child_program, args.graph_out)))
+        print(json.dumps(child_program(*args.child_program, args.graph_out)))
         return
     if args.child_replay:
         print(json.dumps(child_replay(*args.child_replay)))
@@ -359,7 +417,16 @@ def main() -> None:
     if args.profile:
         profile(args.profile)
         return
-    print(f"program under mocks vs. its SDK import floor; medians of {args.runs} paired runs, "
+    if args.instructions:
+        print("instructions executed (valgrind callgrind, one run each): program, floor, SDK alone")
+        for stack in args.stacks:
+            n = instructions(stack)
+            print(f"stack {stack}: program {n['program'] / 1e9:.3f} G, floor {n['floor'] / 1e9:.3f} G, "
+                  f"SDK alone {n['sdk'] / 1e9:.3f} G; program {n['program'] / n['floor']:.2f} x the floor, "
+                  f"SDK alone {n['sdk'] / n['floor']:.2f} x; the program's own work "
+                  f"{(n['program'] - n['sdk']) / n['floor']:.2f} x the floor", flush=True)
+        return
+    print(f"program under mocks vs. its SDK import floor; medians of {args.runs} rounds, "
           f"each in a fresh interpreter ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     for stack in args.stacks:
         row = measure(stack, args.runs)
