@@ -15,7 +15,7 @@ import gc
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +197,7 @@ class Run:
     resources: list[Registered]
     services: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what pulumi.log.warn told the engine
+    registered: list[Registered] = field(default_factory=list)  # as `resources`, in registration order
 
     def of_type(self, type_token: str) -> list[Registered]:
         return [r for r in self.resources if r.type == type_token]
@@ -271,6 +272,20 @@ def _run(raw: Mapping[str, Any], *, stack: str, secret_keys: tuple[str, ...]) ->
     import stack as program
 
     cfg = config.parse(raw, secret_keys)  # raises ConfigError before anything is declared
+    holder: dict[str, Any] = {}
+
+    def program_body() -> None:
+        holder["deployment"] = program.build(cfg)
+
+    monitor, engine_log = declare(program_body, raw, stack=stack, secret_keys=secret_keys)
+    result = Run(cfg=cfg, deployment=holder["deployment"], resources=sorted(monitor.registered, key=lambda r: r.urn),
+                 warnings=engine_log.warnings, registered=monitor.registered)
+    return result_with_services(result)
+
+
+def declare(body: Callable[[], None], raw: Mapping[str, Any], *, stack: str,
+            secret_keys: tuple[str, ...] = ()) -> tuple[RecordingMonitor, _EngineLog]:
+    """Run `body` as a Pulumi program under the mocks: what it declared, and what it logged."""
     mocks = StackMocks()
     monitor = RecordingMonitor(mocks)
     engine_log = _EngineLog()
@@ -286,15 +301,8 @@ def _run(raw: Mapping[str, Any], *, stack: str, secret_keys: tuple[str, ...]) ->
     pulumi.runtime.set_all_config(_config_map(raw), [f"{PROJECT}:{k}" for k in secret_keys])
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor,
                              logger=engine_log.logger)
-    holder: dict[str, Any] = {}
-
-    def program_body() -> None:
-        holder["deployment"] = program.build(cfg)
-
-    pulumi.runtime.mocks.test(program_body)()  # type: ignore[no-untyped-call]
-    result = Run(cfg=cfg, deployment=holder["deployment"], resources=sorted(monitor.registered, key=lambda r: r.urn),
-                 warnings=engine_log.warnings)
-    return result_with_services(result)
+    pulumi.runtime.mocks.test(body)()  # type: ignore[no-untyped-call]
+    return monitor, engine_log
 
 
 def result_with_services(result: Run) -> Run:

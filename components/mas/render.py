@@ -16,8 +16,7 @@ import hashlib
 import shlex
 from typing import Any
 
-import yaml
-
+from components import yaml_text
 from components.synapse import homeserver as hs
 from config.model import (
     ClaimImport,
@@ -213,7 +212,7 @@ def config(cfg: StackConfig) -> dict[str, Any]:
 
 
 def config_yaml(cfg: StackConfig) -> str:
-    return yaml.safe_dump(config(cfg), sort_keys=False, default_flow_style=False, width=1000)
+    return yaml_text.dump(config(cfg), sort_keys=False, default_flow_style=False, width=1000)
 
 
 # ---------------------------------------------------------------- Synapse's side

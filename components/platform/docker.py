@@ -19,6 +19,7 @@ from config.model import DockerHost, StackConfig
 
 from . import placement
 from .contract import Graph
+from .docker_checks import CheckGroup, check_groups
 from .spec import File, Service, Volume, Wait
 from .targets import DockerHosts
 
@@ -66,11 +67,41 @@ def _check_passed(service: str, code: int | None) -> str:
     return "passed"
 
 
-def _file_digests(service: Service) -> dict[str, pulumi.Input[str]]:
+def _check_label(check: docker.Container, name: str) -> pulumi.Input[str]:
+    """The label a checked service carries: "passed", once its check has passed. A preview
+    cannot run a replaced check, and its unknown exit code would show every service sharing that
+    check as replaced; the update itself waits for the check and keeps the label when it passes."""
+    if pulumi.runtime.is_dry_run():
+        return "passed"
+    return check.exit_code.apply(functools.partial(_check_passed, name))
+
+
+def _uploads(files: list[File], user: str | None) -> list[docker.ContainerUploadArgs]:
+    return [
+        docker.ContainerUploadArgs(
+            file=f.path,
+            content=pulumi.Output.secret(f.content) if f.secret else f.content,
+            permissions=oct(f.mode)[2:].zfill(4),
+            owner=user.split(":")[0] if (f.secret and user) else None,
+        )
+        for f in files
+    ]
+
+
+def _envs(service: Service) -> tuple[list[str], list[pulumi.Output[str]]]:
+    """The service's plain env as NAME=value strings, and its secret env as secret Outputs."""
+    envs = [f"{k}={v}" for k, v in sorted(service.env.items())]
+    secret_envs: list[pulumi.Output[str]] = [
+        pulumi.Output.secret(pulumi.Output.concat(k, "=", v)) for k, v in sorted(service.secret_env.items())
+    ]
+    return envs, secret_envs
+
+
+def _file_digests(files: list[File]) -> dict[str, pulumi.Input[str]]:
     """A label per plain file with its content's sha256. One secret upload makes Pulumi store the
     whole `uploads` list as secret, so without these a preview could not say which file changed."""
     digests: dict[str, pulumi.Input[str]] = {}
-    for f in service.files:
+    for f in files:
         if f.secret:
             continue
         digests[f"matrix-stack.file.{f.path}"] = _sha256(f.content)
@@ -117,6 +148,8 @@ class DockerPlatform(DockerHosts):
         self._cross_host_ports: set[tuple[str, int]] = set()
         self._containers: dict[str, docker.Container] = {}
         self._volume_owners: dict[tuple[str, str], docker.Container] = {}
+        self._check_groups: dict[str, CheckGroup] = {}  # service name -> its configuration check
+        self._checks: dict[str, docker.Container] = {}  # check name -> its container
 
     # ------------------------------------------------------------ per-host resources
 
@@ -169,8 +202,15 @@ class DockerPlatform(DockerHosts):
                 if self.reach(service.name, name, port)[2]:
                     self._cross_host_ports.add((name, port))
         parents = {s.name: parent for s, parent in graph.services}
-        for service in start_order(services):
-            self._container(scheduled(service), parents[service.name])
+        ordered = [scheduled(s) for s in start_order(services)]
+        self._check_groups = check_groups(ordered, self._host_name, several_hosts=len(self.target.hosts) > 1)
+        for service in ordered:
+            self._container(service, parents[service.name])
+
+    def _host_name(self, service: str) -> str:
+        host = placement.host_of(self.cfg, service)
+        assert host is not None
+        return host.name
 
     def _volume_owner(self, host: DockerHost, volume: Volume, image: str, parent: pulumi.Resource) -> docker.Container:
         """A one-shot container that hands a fresh volume to the user the service runs as."""
@@ -210,19 +250,8 @@ class DockerPlatform(DockerHosts):
         for r in service.port_ranges:
             ports += [docker.ContainerPortArgs(internal=n, external=n, protocol=r.protocol, ip=bind)
                       for n in range(r.start, r.end + 1)]
-        uploads = [
-            docker.ContainerUploadArgs(
-                file=f.path,
-                content=pulumi.Output.secret(f.content) if f.secret else f.content,
-                permissions=oct(f.mode)[2:].zfill(4),
-                owner=service.user.split(":")[0] if (f.secret and service.user) else None,
-            )
-            for f in service.files
-        ]
-        envs = [f"{k}={v}" for k, v in sorted(service.env.items())]
-        secret_envs: list[pulumi.Output[str]] = [
-            pulumi.Output.secret(pulumi.Output.concat(k, "=", v)) for k, v in sorted(service.secret_env.items())
-        ]
+        uploads = _uploads(service.files, service.user)
+        envs, secret_envs = _envs(service)
         health = service.health
         owners = [self._volume_owner(host, v, service.image, parent) for v in service.volumes if v.owner]
         upstreams = [self._containers[name] for name in service.restarts_with if name in self._containers]
@@ -233,12 +262,14 @@ class DockerPlatform(DockerHosts):
         if service.waits:
             assert entrypoint, f"{service.name}: waits need an explicit entrypoint to wrap"
             entrypoint, command = start_command(service.waits, [*entrypoint, *(command or [])]), None
-        labels: dict[str, pulumi.Input[str]] = {"matrix-stack.component": service.component, **service.labels, **_file_digests(service)}
+        labels: dict[str, pulumi.Input[str]] = {"matrix-stack.component": service.component, **service.labels,
+                                                **_file_digests(service.files)}
         checks = []
         if service.init_args:
-            check = self._config_check(service, host, uploads, envs, secret_envs, owners, parent)
+            group = self._check_groups[service.name]
+            check = self._config_check(group, host, parent)
             checks.append(check)
-            labels["matrix-stack.config-check"] = check.exit_code.apply(functools.partial(_check_passed, service.name))
+            labels["matrix-stack.config-check"] = _check_label(check, group.name if group.combined else service.name)
         container = docker.Container(
             service.name,
             name=service.name,
@@ -283,24 +314,29 @@ class DockerPlatform(DockerHosts):
         self._containers[service.name] = container
         return container
 
-    def _config_check(self, service: Service, host: DockerHost, uploads: list[docker.ContainerUploadArgs],
-                      envs: list[str], secret_envs: list[pulumi.Output[str]],
-                      owners: list[docker.Container], parent: pulumi.Resource) -> docker.Container:
-        """The service's one-shot check (Service.init_args) with the files and env the service
-        gets: replaced whenever they change, and attached, so the provider waits for its exit
-        before the service's own container is (re)created."""
-        assert service.init_args
-        return docker.Container(
-            f"{service.name}-check-config",
-            name=f"{service.name}-check-config",
-            image=self.image(host, service.image).image_id,
-            entrypoints=list(service.init_args),
+    def _config_check(self, group: CheckGroup, host: DockerHost, parent: pulumi.Resource) -> docker.Container:
+        """The group's one-shot check (Service.init_args, components/platform/docker_checks.py)
+        with the files and env its services get: replaced whenever any of them changes, and
+        attached, so the provider waits for its exit before any member's own container is
+        (re)created."""
+        if group.name in self._checks:
+            return self._checks[group.name]
+        first = group.members[0]
+        files = group.files
+        envs, secret_envs = _envs(first)
+        volumes = group.volumes
+        owners = [self._volume_owner(host, v, first.image, parent) for v in volumes if v.owner]
+        self._checks[group.name] = docker.Container(
+            group.name,
+            name=group.name,
+            image=self.image(host, first.image).image_id,
+            entrypoints=group.entrypoint,
             envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
-            uploads=uploads,
+            uploads=_uploads(files, first.user),
             # Synapse's check creates the directories its config names (the media store).
             volumes=[docker.ContainerVolumeArgs(volume_name=self.volume(host, v.name).name, container_path=v.path,
-                                                read_only=v.read_only) for v in service.volumes],
-            user=service.user,
+                                                read_only=v.read_only) for v in volumes],
+            user=first.user,
             attach=True,
             must_run=False,
             restart="no",
@@ -310,6 +346,7 @@ class DockerPlatform(DockerHosts):
             security_opts=["no-new-privileges:true"],
             network_mode="none",
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
-                {"matrix-stack.component": "config-check", **_file_digests(service)}.items())],
+                {"matrix-stack.component": "config-check", **_file_digests(files)}.items())],
             opts=self._opts(host, parent, delete_before_replace=True, depends_on=owners),
         )
+        return self._checks[group.name]

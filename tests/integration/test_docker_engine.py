@@ -143,30 +143,42 @@ def test_fresh_stack_is_healthy_without_crash_restarts(deployed: Deployed) -> No
     assert {n for n, h in seen.health.items() if h == "none"} == set()
 
 
+SHARED_CHECK = "synapse-check-config"
+
+
 def test_config_checks_ran_before_synapse(deployed: Deployed) -> None:
-    synapse = [n for n in deployed.containers if n.startswith("synapse-") and n not in
-               ("synapse-postgres", "synapse-redis", "synapse-proxy")]
-    assert synapse
+    """One check container ran every Synapse process's check (in the Synapse image's sh), and
+    passed before any Synapse container was created."""
+    synapse = list(deployed.run.deployment.outputs["synapse_processes"])
+    assert len(synapse) == 5 and set(synapse) <= set(deployed.containers)
+    assert deployed.applied.one_shots.get(SHARED_CHECK) == 0
+    finished = deployed.client.api.inspect_container(SHARED_CHECK)["State"]["FinishedAt"]
+    log = deployed.client.api.logs(SHARED_CHECK).decode(errors="replace")
+    assert log.count("Config parses OK!") == len(synapse), log
     for name in synapse:
-        assert deployed.applied.one_shots.get(f"{name}-check-config") == 0, name
+        assert f"== {name}\n" in log, name
         created = deployed.client.api.inspect_container(name)["Created"]
-        check = deployed.client.api.inspect_container(f"{name}-check-config")["State"]["FinishedAt"]
-        assert check < created, f"{name} was created before its config check finished"
+        assert finished < created, f"{name} was created before the config check finished"
 
 
 def test_a_failing_config_check_stops_before_synapse(engine: Engine, dev_run: offline.Run,
                                                      deployed: Deployed) -> None:
-    """A broken homeserver.yaml: the real Synapse config check exits non-zero, and main's
-    container is not created. Runs against a copy of the declarations on a scratch network."""
+    """One worker's broken file: the real Synapse config check exits non-zero in the shared check
+    container, whose log names that worker, so no Synapse container is replaced. Runs against a
+    copy of the declarations."""
     client = deployed.client
-    check = dev_run.by_name("synapse-main-check-config")
-    inputs = check.plain_inputs()
+    inputs = dev_run.by_name(SHARED_CHECK).plain_inputs()
     inputs["name"] = "broken-check-config"
-    inputs["uploads"] = [dict(u, content=u["content"] + "\nlisteners: 12\n") if u["file"] == "/conf/homeserver.yaml"
-                         else u for u in inputs["uploads"]]
-    with pytest.raises(ApplyError, match="exited with"):
-        Applier(client, dev_run).create_container(inputs)
-    client.api.remove_container("broken-check-config", force=True)
+    broken = "/conf/workers/synapse-generic-1.yaml"
+    inputs["uploads"] = [dict(u, content=u["content"] + "\nworker_listeners: [{port: not-a-port, type: http}]\n")
+                         if u["file"] == broken else u for u in inputs["uploads"]]
+    try:
+        with pytest.raises(ApplyError, match="exited with 1") as failed:
+            Applier(client, dev_run).create_container(inputs)
+        assert "the configuration check failed for: synapse-generic-1\n" in str(failed.value)
+        assert "Listener configuration is lacking a valid 'port' option" in str(failed.value)
+    finally:
+        client.api.remove_container("broken-check-config", force=True)
 
 
 def test_published_ports_bind_loopback_on_dev(deployed: Deployed) -> None:

@@ -3,12 +3,15 @@
 `python -m synapse.config -c shared -c worker` runs HomeServerConfig.load_config (including the
 worker rules, e.g. a missing instance_map.main) without a database or network. It needs the
 signing key and every *_path secret, so the rendered files are written out relocated exactly as
-the boot harness does.
+the boot harness does. The Docker target's shared check script (one container runs every
+process's check) runs under a real sh with the same validator.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import boot_config, materialize, render, synapse_python
+from ..conftest import stack_raw
+from .cluster import Relocation, boot_config, materialize, render, synapse_python
 
 
 def _every_setting() -> dict[str, object]:
@@ -91,3 +95,59 @@ def _counts(result: object) -> dict[str, int]:
 
     workers = result.cfg.synapse.workers  # type: ignore[attr-defined]
     return counts_for(workers.preset, dict(workers.counts))
+
+
+# ---------------------------------------------------------------- the Docker target's shared check
+
+CHECK = "synapse-check-config"
+
+
+def _shared_check(result: object, reloc: Relocation, bin_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The rendered check container's command and env, with its container paths relocated and
+    `python` on PATH being Synapse's."""
+    inputs = result.by_name(CHECK).plain_inputs()  # type: ignore[attr-defined]
+    shell, flag, script = inputs["entrypoints"]
+    assert (shell, flag) == ("/bin/sh", "-c")
+    script = re.sub(r"(?<= )/\S+", lambda m: reloc.path(m.group(0)), script)
+    assert " /conf/" not in script
+    bin_dir.mkdir(exist_ok=True)
+    # A wrapper, not a symlink: a venv's python finds its packages through the path it runs as.
+    wrapper = bin_dir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(synapse_python())} "$@"\n')
+    wrapper.chmod(0o755)
+    env = dict(os.environ) | dict(e.split("=", 1) for e in inputs["envs"])
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    return [shell, flag, script], env
+
+
+def _logged(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """Exit code and output, stdout and stderr interleaved as the container's log keeps them."""
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                          timeout=600)
+    return done.returncode, done.stdout
+
+
+def test_the_shared_check_script_passes_every_dev_process_and_names_a_broken_one(tmp_path: Path) -> None:
+    result = render(stack_raw("dev"))
+    processes = list(result.deployment.outputs["synapse_processes"])
+    assert len(processes) == 5
+    reloc = materialize(result, tmp_path / "files")
+    cmd, env = _shared_check(result, reloc, tmp_path / "bin")
+
+    code, out = _logged(cmd, env, tmp_path)
+    assert code == 0, out
+    assert out.count("Config parses OK!") == len(processes), out
+    for name in processes:
+        assert f"== {name}\n" in out
+
+    # One worker's file refused by Synapse: the check still runs every process, fails, and its
+    # log names exactly that process.
+    broken = "synapse-event-persister-1"
+    path = Path(reloc.path(f"/conf/workers/{broken}.yaml"))
+    path.write_text(path.read_text() + "worker_listeners: [{port: not-a-port, type: http}]\n")
+    code, out = _logged(cmd, env, tmp_path)
+    assert code == 1, out
+    own = out[out.index(f"== {broken}\n"):out.index("== synapse-media-repository-1\n")]
+    assert "Listener configuration is lacking a valid 'port' option" in own, out
+    assert out.count("Config parses OK!") == len(processes) - 1, out
+    assert f"== the configuration check failed for: {broken}\n" in out, out

@@ -79,14 +79,16 @@ def base_run() -> offline.Run:
 
 def test_adding_a_generic_worker_adds_its_container_and_changes_only_the_proxy(base_run: offline.Run) -> None:
     bigger = offline.run(dev(generic=2), stack="test")
-    # The worker and its config check (a one-shot that runs before the worker is created).
-    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-generic-2"),
-                                                               (CONTAINER, "synapse-generic-2-check-config")}
+    # The worker; the Synapse processes' shared config check also checks its file now.
+    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-generic-2")}
     assert resource_keys(base_run) - resource_keys(bigger) == set()
 
     before, after = containers(base_run), containers(bigger)
     changed = sorted(name for name in before if before[name] != after[name])
-    assert changed == ["synapse-proxy"]
+    assert changed == ["synapse-check-config", "synapse-proxy"]
+    check_before, check_after = before["synapse-check-config"], after["synapse-check-config"]
+    assert set(uploads(check_after)) - set(uploads(check_before)) == {"/conf/workers/synapse-generic-2.yaml"}
+    assert "synapse-generic-2" in check_after["entrypoints"][2] and "synapse-generic-2" not in check_before["entrypoints"][2]
     # Within the proxy, only nginx.conf changed, and it now routes to the new worker.
     proxy_before, proxy_after = before["synapse-proxy"], after["synapse-proxy"]
     assert {k: v for k, v in proxy_before.items() if k not in ("uploads", "labels")} == \
@@ -118,8 +120,7 @@ def test_adding_an_event_persister_changes_the_shared_file_and_every_synapse_con
     base_run: offline.Run,
 ) -> None:
     bigger = offline.run(dev(event_persister=2), stack="test")
-    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2"),
-                                                               (CONTAINER, "synapse-event-persister-2-check-config")}
+    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2")}
     before, after = containers(base_run), containers(bigger)
     processes = set(synapse_processes(base_run))
     assert "synapse-main" in processes and len(processes) == 5
