@@ -135,10 +135,14 @@ def synapse_waits(cfg: StackConfig, process: Process) -> tuple[Wait, ...]:
 def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                     secrets: Mapping[str, pulumi.Input[str]]) -> Service:
     files = list(common)
+    # A process's own file joins the shared group too: each path is its process's alone, so the
+    # group stays one object (one ConfigMap on Kubernetes, not one per process) while every pod
+    # mounts, and its checksum covers, only the files it reads.
     if not process.is_main:
-        files.append(File(hs.worker_config_path(process), hs.dump(hs.worker_config(process, metrics=cfg.synapse.metrics))))
+        files.append(File(hs.worker_config_path(process), hs.dump(hs.worker_config(process, metrics=cfg.synapse.metrics)),
+                          group=SHARED_GROUP))
     elif (own := hs.main_config(cfg)) is not None:
-        files.append(File(hs.MAIN_CONFIG, hs.dump(own)))
+        files.append(File(hs.MAIN_CONFIG, hs.dump(own), group=SHARED_GROUP))
     volumes = [Volume("synapse-media", hs.MEDIA_STORE, size=cfg.synapse.media_size, owner=SYNAPSE_USER)] \
         if hs.uses_media_store(cfg, process) else []
     role = process.role

@@ -593,9 +593,17 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     run = program(prod_raw(workers={"preset": "seed-000", "counts": {"generic": counts["generic"]}}),
                   secret_keys=PROD_SECRETS)
     changed = _changed(prod.deployment.manifests, run.deployment.manifests)
-    own = {k for k in changed if k.endswith(f"-{new}") or k.endswith(f"-{new}-files")}
-    assert own >= {f"deployment-{new}", f"service-{new}", f"configmap-{new}-files"}
-    expected = own | {"configmap-synapse-proxy-files"}
+    own = {k for k in changed if k.endswith(f"-{new}")}
+    assert own >= {f"deployment-{new}", f"service-{new}"}
+    # Its worker file is one more key of the Synapse processes' shared ConfigMap, which no other
+    # pod mounts: every other Synapse pod stays as it was.
+    shared = "configmap-synapse-shared"
+    added = run.deployment.manifests[shared]["data"].keys() - prod.deployment.manifests[shared]["data"].keys()
+    process = next(p for p in hs.topology(run.cfg).workers if p.name == new)
+    assert added == {kube.file_key(hs.worker_config_path(process))}
+    assert {k: v for k, v in run.deployment.manifests[shared]["data"].items() if k not in added} == \
+        prod.deployment.manifests[shared]["data"]
+    expected = own | {shared, "configmap-synapse-proxy-files"}
     # PostgreSQL's max_connections grows with the process count (homeserver.max_connections):
     # then, and only then, PostgreSQL restarts too.
     if hs.max_connections(prod.cfg) != hs.max_connections(run.cfg):
