@@ -14,8 +14,8 @@ For each stack, `--runs` rounds of three runs, each in a fresh interpreter:
     the run loaded without declaring any of its resources is reported as loaded in vain.
   - SDK: the same resources declared again by the SDK alone (scripts/replay_graph.py: the graph
     the program run declared, with its types, inputs and options, and no program), under the
-    same mocks. (floor + SDK) is the least any program declaring this graph can cost; the
-    program's own work is what it costs beyond that.
+    same mocks. (floor + SDK) estimates what any program declaring this graph costs at least;
+    the program's own work is what it costs beyond that.
 All three run without the cyclic garbage collector, as __main__.py runs the program.
 Bytecode is cached as it is where `pulumi up` runs (pip compiles on install, Python caches the
 program's modules): the children run with PYTHONPYCACHEPREFIX under ~/.cache/matrix-stack and
@@ -328,7 +328,7 @@ def report(row: dict[str, Any]) -> list[str]:
     if goal is not None:
         verdict = "met" if ratio_cpu <= goal else "MISSED (see --profile)"
         if ratio_cpu > goal and sdk_ratio > goal:
-            verdict += f"; out of reach for these {row['resources']} resources: the SDK alone takes {sdk_ratio:.2f} x"
+            verdict += f"; the SDK's work on these {row['resources']} resources alone is {sdk_ratio:.2f} x"
         lines.append(f"  goal     CPU ratio <= {goal}x: {verdict}")
     memory_ok = p["peak_mb"] <= f["peak_mb"] + MEMORY_HEADROOM_MB
     lines.append(f"  goal     peak <= floor + {MEMORY_HEADROOM_MB:.0f} MB: {'met' if memory_ok else 'MISSED'}")

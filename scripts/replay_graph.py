@@ -1,15 +1,16 @@
-"""The SDK's own share of a run: the resource graph a program run declared, declared again
-without the program.
+"""The SDK's share of a run: the resource graph a program run declared, declared again without
+the program.
 
 `record(run)` keeps what the engine received, in registration order: each resource's type, name,
 parent, provider, dependencies, options and inputs (secrets marked). `replay(graph)` declares the
 same resources through the same SDK classes, under the same mocks, with nothing else: no config,
-no parts, no rendering. Its cost is what the SDK and the mock engine spend on these resources,
-whatever program declares them, so (floor + replay) is the least a program can cost for this graph.
+no parts, no rendering. Its cost estimates what the SDK and the mock engine spend on these
+resources, whatever program declares them.
 
-It is a lower bound: inputs arrive as the wire form's plain dicts (keys already the engine's
-names, so the SDK skips translating nested types), and the program's Output arithmetic (apply,
-all, concat) and replacement triggers are not repeated.
+An estimate, not a bound either way: inputs arrive as the wire form's plain dicts (keys already
+the engine's names, so the SDK translates no nested type) with every value known, and the
+program's Output arithmetic (apply, all, concat) and replacement triggers are not repeated;
+while nothing in the replay's inputs is shared the way the program shares objects.
 """
 
 from __future__ import annotations
@@ -24,38 +25,49 @@ from typing import Any
 SECRET = "__secret__"
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, path: tuple[Any, ...], secrets: list[list[Any]]) -> Any:
+    """The value with its secrets unwrapped; the path of each secret goes to `secrets`."""
     from pulumi.runtime import rpc
 
     if rpc.is_rpc_secret(value):
-        return {SECRET: _plain(value["value"])}
+        secrets.append(list(path))
+        return _plain(value["value"], path, [])
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, (*path, k), secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, (*path, i), secrets) for i, v in enumerate(value)]
     return value
 
 
 def record(registered: list[Any]) -> list[dict[str, Any]]:
-    """The graph as JSON-ready dicts, from render.offline's Registered records."""
-    return [{
-        "urn": r.urn, "type": r.type, "name": r.name, "custom": r.custom, "parent": r.parent,
-        "provider": r.provider, "dependencies": list(r.dependencies), "protect": r.protect,
-        "retain_on_delete": r.retain_on_delete, "delete_before_replace": r.delete_before_replace,
-        "inputs": _plain(dict(r.inputs)),
-    } for r in registered]
+    """The graph as JSON-ready dicts, from render.offline's Registered records. Secrets are kept
+    as the paths of the values to wrap again, so the replay walks no input it need not touch."""
+    graph = []
+    for r in registered:
+        secrets: list[list[Any]] = []
+        inputs = _plain(dict(r.inputs), (), secrets)
+        graph.append({
+            "urn": r.urn, "type": r.type, "name": r.name, "custom": r.custom, "parent": r.parent,
+            "provider": r.provider, "dependencies": list(r.dependencies), "protect": r.protect,
+            "retain_on_delete": r.retain_on_delete, "delete_before_replace": r.delete_before_replace,
+            "inputs": inputs, "secrets": secrets,
+        })
+    return graph
 
 
-def _input(value: Any) -> Any:
+def _with_secrets(inputs: dict[str, Any], secrets: list[list[Any]]) -> dict[str, Any]:
+    """`inputs` with the value at each secret path wrapped as a secret Output again."""
     import pulumi
 
-    if isinstance(value, dict):
-        if set(value) == {SECRET}:
-            return pulumi.Output.secret(_input(value[SECRET]))
-        return {k: _input(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_input(v) for v in value]
-    return value
+    for path in secrets:
+        if not path:
+            continue
+        *parents, last = path
+        holder: Any = inputs
+        for step in parents:
+            holder = holder[step]
+        holder[last] = pulumi.Output.secret(holder[last])
+    return inputs
 
 
 def _decoded(value: Any) -> Any:
@@ -117,7 +129,7 @@ def replay(graph: list[dict[str, Any]]) -> None:
             made[r["urn"]] = pulumi.ComponentResource(r["type"], r["name"], None, opts)
             continue
         cls, generic = _sdk_class(r["type"])
-        inputs = {k: _input(v) for k, v in r["inputs"].items()}
+        inputs = _with_secrets(r["inputs"], r["secrets"])
         if r["type"].startswith("pulumi:providers:"):
             # A provider's inputs travel JSON-encoded (false as "false"): pass the values.
             inputs = {k: _decoded(v) for k, v in inputs.items()}
