@@ -241,18 +241,25 @@ def _child(args: list[str], extra: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def _kinds(stack: str, tmp: str) -> dict[str, list[str]]:
+    """The child arguments of each kind of run, after one program run that records the graph
+    and the SDK modules it loaded (and fills the bytecode cache)."""
+    modules_file, graph_file = os.path.join(tmp, "modules.json"), os.path.join(tmp, "graph.json")
+    config_file = _stack_config_file(stack, tmp)
+    warm = _child(["--child-program", stack, config_file, "--graph-out", graph_file])
+    Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
+    return {
+        "program": ["--child-program", stack, config_file],
+        "floor": ["--child-floor", modules_file],
+        "sdk": ["--child-replay", stack, graph_file, modules_file],
+    }
+
+
 def measure(stack: str, runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        modules_file, graph_file = os.path.join(tmp, "modules.json"), os.path.join(tmp, "graph.json")
-        config_file = _stack_config_file(stack, tmp)
-        warm = _child(["--child-program", stack, config_file, "--graph-out", graph_file])
-        Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
-        kinds = {
-            "program": ["--child-program", stack, config_file],
-            "floor": ["--child-floor", modules_file],
-            "sdk": ["--child-replay", stack, graph_file, modules_file],
-        }
-        _child(kinds["floor"]), _child(kinds["sdk"])  # warm-ups, discarded
+        kinds = _kinds(stack, tmp)
+        for warm_up in (kinds["floor"], kinds["sdk"]):  # discarded
+            _child(warm_up)
         results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
         order = list(kinds)
         for i in range(runs):
@@ -284,16 +291,7 @@ def instructions(stack: str) -> dict[str, int]:
     run each, the same count whatever else the machine is doing (about 50 times slower)."""
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        modules_file, graph_file = os.path.join(tmp, "modules.json"), os.path.join(tmp, "graph.json")
-        config_file = _stack_config_file(stack, tmp)
-        warm = _child(["--child-program", stack, config_file, "--graph-out", graph_file])
-        Path(modules_file).write_text(json.dumps(warm["sdk_modules"]))
-        kinds = {
-            "program": ["--child-program", stack, config_file],
-            "floor": ["--child-floor", modules_file],
-            "sdk": ["--child-replay", stack, graph_file, modules_file],
-        }
-        for kind, args in kinds.items():
+        for kind, args in _kinds(stack, tmp).items():
             _child(args)  # fills the bytecode cache for this kind
             done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                                    sys.executable, __file__, *args],
