@@ -15,8 +15,9 @@ none: both keep the service's own check, `<service>-check-config`, running `init
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pulumi
 
@@ -25,6 +26,15 @@ from config import images
 from .spec import File, Service, Volume
 
 SUFFIX = "check-config"
+_Mounted = TypeVar("_Mounted", File, Volume)
+
+
+def _first_per_path(items: Iterable[_Mounted]) -> list[_Mounted]:
+    """The first item at each path, in order."""
+    seen: dict[str, _Mounted] = {}
+    for item in items:
+        seen.setdefault(item.path, item)
+    return list(seen.values())
 
 
 @dataclass
@@ -42,21 +52,13 @@ class CheckGroup:
     @property
     def files(self) -> list[File]:
         """Every member's files, each path once, in the order the members list them."""
-        seen: dict[str, File] = {}
-        for service in self.members:
-            for f in service.files:
-                seen.setdefault(f.path, f)
-        return list(seen.values())
+        return _first_per_path(f for service in self.members for f in service.files)
 
     @property
     def volumes(self) -> list[Volume]:
         """Every member's volumes, each mount path once (the check creates the directories the
         configs name, such as the media store, on the volumes the services will use)."""
-        seen: dict[str, Volume] = {}
-        for service in self.members:
-            for v in service.volumes:
-                seen.setdefault(v.path, v)
-        return list(seen.values())
+        return _first_per_path(v for service in self.members for v in service.volumes)
 
     @property
     def entrypoint(self) -> list[str]:
