@@ -4,9 +4,8 @@ The placement check and the build call the same pure services(), so every file i
 twice per run. A document is looked up by repr(), which is exact for the plain values YAML can
 hold (1, '1', True and 1.0 differ, and so does key order) and cheap beside the emitter.
 
-PyYAML's pure-Python emitter was the costliest step of a render; libyaml's (CSafeDumper, shipped
-in PyYAML's wheels) emits the same text for the same options several times faster. The pure one
-stays the fallback where PyYAML was built without libyaml.
+PyYAML's pure-Python emitter, not libyaml's: libyaml refuses strings Python's accepts (a lone
+surrogate raises UnicodeEncodeError), and a config value must fail as a config error or render.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any
 
 import yaml
 
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _TEXTS: dict[tuple[str, tuple[tuple[str, Any], ...]], str] = {}
 _MAX = 512
 
@@ -25,7 +23,7 @@ def dump(data: Any, **options: Any) -> str:
     key = (repr(data), tuple(sorted(options.items())))
     text = _TEXTS.get(key)
     if text is None:
-        text = yaml.dump(data, Dumper=_DUMPER, **options)
+        text = yaml.safe_dump(data, **options)
         if len(_TEXTS) >= _MAX:
             _TEXTS.clear()
         _TEXTS[key] = text
