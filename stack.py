@@ -1,8 +1,9 @@
 """build(cfg): the whole deployment from one typed config. __main__.py and the offline render
 both call it; tests call it under Pulumi's mocks with many configs.
 
-Every part in the catalog that the config enables is built in stage order; the target then
-realizes every part's services in one call."""
+The view of the stack is resolved once from the enabled parts' declarations; every part the
+config enables is then built in stage order, reading the view; the target realizes every part's
+services in one call. This is the one module that knows every part (through the catalog)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from dataclasses import dataclass, field
 import pulumi
 
 from components import catalog
-from components.part import BuildContext
+from components.part import BuildContext, Contribution
 from components.platform import make_platform
 from components.platform.contract import Graph
 from components.platform.spec import Service
 from components.synapse import idle
+from components.view import resolve
 from config.model import StackConfig
 
 
@@ -33,19 +35,24 @@ def build(cfg: StackConfig) -> Deployment:
     # Warnings, not errors: these topologies deploy and run, but pay for workers with no work.
     for text in idle.warnings(cfg):
         pulumi.log.warn(text)
+    view, parts = resolve(cfg, catalog.PARTS)
     platform = make_platform(cfg)
-    ctx = BuildContext(platform)
+    ctx = BuildContext(platform, view)
     if cfg.cloudflare.enabled:
         from components import dns
 
         ctx.cloudflare_provider = dns.provider(cfg)
     graph = Graph()
     outputs: dict[str, object] = {}
-    for part in catalog.build_order(cfg):
+    by_name: dict[str, Contribution] = {}
+    for part in sorted(parts, key=lambda part: part.stage):
         built = part.build(cfg, ctx)
         ctx.built.append(built)
+        by_name[part.name] = built
         if built.parent is not None:
-            graph.add(built.services, built.parent)
+            # A part whose resources another part's component owned before keeps them (aliases).
+            former = by_name.get(part.formerly_part) if part.formerly_part else None
+            graph.add(built.services, built.parent, former.parent if former is not None else None)
         if built.edge_certificate is not None:
             graph.edge_certificate, graph.edge_certificate_owner = built.edge_certificate, built.parent
         outputs.update(built.outputs)

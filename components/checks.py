@@ -1,6 +1,7 @@
 """The stack-wide rules that need the parts (worker table, placement, endpoints, certificates),
 each registered with the keys it reads (config/checks.py): the loader runs a rule only when those
-keys validated. A part's own rules live beside its declaration.
+keys validated. A part's own rules live beside its declaration. Like stack.py, this module sees
+the catalog: it resolves the view the parts' rules read.
 
 The components are imported inside each rule: loading the config stays cheap.
 """
@@ -10,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from components import catalog
+from components.view import StackView, resolve
 from config.checks import Check, Finding, check, register
 from config.model import BundledDatabase, StackConfig
 
 # What the worker topology is derived from (counts_for): the preset and every role's count.
 TOPOLOGY = ("synapse.workers",)
-# Which optional parts run.
-PART_SWITCHES = ("element_call.enabled", "ntfy.enabled", "coturn.enabled", "element_web.enabled",
-                 "element_web.mode", "mas.enabled", "mas.database.kind")
+# Which optional parts run: each part declares the keys its enabled() reads.
+PART_SWITCHES = catalog.switches()
 # What decides the public hostnames and their certificates (components/tls/plan.py).
 CERTIFICATES = ("target", "tls.mode", "server_name", "hostnames", "cloudflare.enabled", "cloudflare.proxy_http",
                 *PART_SWITCHES)
@@ -25,6 +27,18 @@ STAND_IN = "stand-in"
 
 if TYPE_CHECKING:
     from components.part import Part
+
+_resolved: list[tuple[StackConfig, tuple[StackView, list[Part]]]] = []
+
+
+def view_of(cfg: StackConfig) -> tuple[StackView, list[Part]]:
+    """The view of the config being checked, and its parts: resolved once per config."""
+    for seen, resolved in _resolved:
+        if seen is cfg:
+            return resolved
+    resolved = resolve(cfg, catalog.PARTS)
+    _resolved[:] = [(cfg, resolved)]
+    return resolved
 
 
 # First: every rule that derives the topology reads the preset, and must not run on a bad one.
@@ -70,34 +84,31 @@ def _merged(groups: list[list[str]]) -> list[list[str]]:
 # Files a previous rule refused are not read again (the CA files).
 @check(*CERTIFICATES, *TOPOLOGY, "synapse.database.kind", "synapse.federation.trusted_ca_files")
 def placement(cfg: StackConfig) -> list[Finding]:
-    from components.catalog import bundled_database_clients, enabled_parts
-    from components.platform.targets import target_of
     from components.synapse.homeserver import POSTGRES_SERVICE
 
+    view, parts = view_of(cfg)
     names: list[str] = []
     together: list[list[str]] = []
-    for part in enabled_parts(cfg):
-        services = part.services(cfg, dict.fromkeys(part.secret_names(cfg), STAND_IN))
+    for part in parts:
+        services = part.services(cfg, view, dict.fromkeys(part.secret_names(cfg), STAND_IN))
         names += [s.name for s in services]
-        together += part.together(cfg, services)
-    clients = bundled_database_clients(cfg)
+        together += part.together(cfg, view, services)
+    clients = [c for claim in view.databases if claim.bundled for c in claim.clients]
     if clients and isinstance(cfg.synapse.database, BundledDatabase):
         # The bundled PostgreSQL listens on its host's private network only.
         together.append([POSTGRES_SERVICE, *clients])
-    return target_of(cfg).placement_problems(names, _merged(together))
+    return view.target.placement_problems(names, _merged(together))
 
 
 @check("cloudflare.enabled", "cloudflare.zone", "hostnames", "server_name", *PART_SWITCHES)
 def hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
     """Every public endpoint's hostname lies in the Cloudflare zone its record is written to."""
-    from components.catalog import endpoints
-
     zone = cfg.cloudflare.zone
     if not (cfg.cloudflare.enabled and zone):
         return []
     found: list[Finding] = []
     seen: set[str] = set()
-    for host, endpoint in endpoints(cfg):
+    for host, endpoint in view_of(cfg)[0].endpoints:
         if host in seen or host == zone or host.endswith("." + zone):
             continue
         seen.add(host)
@@ -108,36 +119,35 @@ def hostnames_in_zone(cfg: StackConfig) -> list[Finding]:
 
 @check("cloudflare.enabled", "cloudflare.proxy_http", "tls.mode", "server_name", "synapse.max_upload_size")
 def cloudflare_upload_limit(cfg: StackConfig) -> list[Finding]:
-    from components.dns import records
+    from components.dns import upload_limit_check
 
-    return records.check(cfg)
+    return upload_limit_check(cfg)
 
 
 @check(*CERTIFICATES)
 def target_certificates(cfg: StackConfig) -> list[Finding]:
-    from components.tls import plan
+    from components.tls import target_check
 
-    return plan.target_check(cfg)
+    return target_check(view_of(cfg)[0])
 
 
 @check("tls", "tls_private_key", *CERTIFICATES)
 def provided_certificate(cfg: StackConfig) -> list[Finding]:
-    from components.tls import plan
+    from components.tls import provided_check
 
-    return plan.check(cfg)
+    return provided_check(cfg, view_of(cfg)[0])
 
 
 def _register_part_rules() -> None:
     """Each part's own rules (Part.check), in catalog order, reading the part's keys."""
-    from components.catalog import PARTS
-
-    for part in PARTS:
+    for part in catalog.PARTS:
         register(Check(f"part:{part.name}", part.reads, _rule(part)))
 
 
 def _rule(part: Part) -> Callable[[StackConfig], list[Finding]]:
     def run(cfg: StackConfig) -> list[Finding]:
-        return part.check(cfg) if part.enabled(cfg) else []
+        view, parts = view_of(cfg)
+        return part.check(cfg, view) if part in parts else []
 
     return run
 

@@ -1,13 +1,16 @@
-"""A part of the stack, declared once: its public endpoints, its services, what it hands the
-Synapse cluster and the stack outputs. The catalog (components/catalog.py) lists the parts;
-everything else (the proxy's sites, DNS records, certificate names, the Cloudflare zone check,
-Kubernetes Ingress hosts, placement checks) is derived from these declarations.
+"""A part of the stack, declared once: its public endpoints, the routes and documents it adds
+to the routing proxy, the databases it claims, its services, what it hands the Synapse cluster
+and the stack outputs. The catalog (components/catalog.py) lists the parts; the view
+(components/view) resolves every enabled part's declarations once into the facts that cross
+parts (the proxy's sites, DNS records, certificates, databases), and every part reads the rest
+of the stack there. No part imports another.
 
-A declaration is pure: `enabled`, `endpoints` and `services` read only the typed config (and
-secrets handed in), so config checks run them before any resource exists. `build` declares the
-part's own Pulumi resources (its generated secrets, provider resources such as a Pages project)
-under its component resource and returns a Contribution; the stack realizes every part's
-services on the target in one call once all parts are built.
+A declaration is pure: `enabled`, `endpoints`, `well_known_client`, `edge_routes`,
+`edge_service` and `database_claims` read only the typed config, and `services` the config, the
+view and secrets handed in, so config checks run them before any resource exists. `build`
+declares the part's own Pulumi resources (its generated secrets, provider resources such as a
+Pages project) under its component resource and returns a Contribution; the stack realizes every
+part's services on the target in one call once all parts are built.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pulumi
 
-from components.platform.spec import EdgeCertificate, File, Service, Site, Volume
+from components.platform.spec import EdgeCertificate, File, Service, Site, Volume, Wait
 from config.checks import Finding
 from config.model import StackConfig
 
 if TYPE_CHECKING:
     from components.platform.contract import Platform
+    from components.view import StackView
+
+# Where every Synapse process finds the secret files other parts hand it (Contribution.secret_files).
+HOMESERVER_SECRETS_DIR = "/secrets"
 
 # Build stages: parts that hand the cluster something, the cluster itself, parts that read what
 # was built (DNS reads the Pages project's CNAME target).
@@ -66,6 +73,37 @@ class Endpoint:
                     websockets=self.websockets, max_body=self.max_body)
 
 
+@dataclass(frozen=True)
+class DatabaseClaim:
+    """A database a part's services use. On the bundled PostgreSQL the server admits exactly the
+    claimants' clients, which share its host; its connection limit counts their pools."""
+
+    database: str
+    user: str
+    clients: tuple[str, ...]  # the services that connect
+    pool: int  # connections the clients hold at most, together
+    bundled: bool  # on the stack's own PostgreSQL (else an external server the operator runs)
+
+
+@dataclass(frozen=True)
+class EdgeRoutes:
+    """Routes a part adds to one of the routing proxy's virtual hosts, as nginx text (the part
+    owns its routing; components/nginx.py has the shared vocabulary). The proxy renders the server
+    block: its listeners and certificate, every part's preamble, the well-known documents, every
+    part's locations (by `order`), and a 404 for the rest."""
+
+    host_key: str  # the endpoint key of the host (Endpoint.key)
+    order: int  # among the routes of one host: lower first (a more specific route first)
+    http: tuple[str, ...] = ()  # lines of nginx's http block: maps, upstream pools
+    preamble: tuple[str, ...] = ()  # server-block lines before any location
+    locations: tuple[str, ...] = ()
+    # The names nginx resolves (it resolves once: its run script waits for them and reloads when
+    # an address changes), and the services it sends requests to.
+    upstream_hosts: tuple[str, ...] = ()
+    routed: tuple[str, ...] = ()
+    waits: tuple[Wait, ...] = ()  # what the proxy waits for before it starts
+
+
 @dataclass
 class Contribution:
     """What a built part hands the stack."""
@@ -74,8 +112,7 @@ class Contribution:
     services: list[Service] = field(default_factory=list)
     # Shared homeserver keys, merged across parts (merge_homeserver).
     homeserver: dict[str, Any] = field(default_factory=dict)
-    well_known_client: dict[str, object] = field(default_factory=dict)
-    # Secret files every Synapse process reads (path -> value).
+    # Secret files every Synapse process reads (path under HOMESERVER_SECRETS_DIR -> value).
     secret_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     outputs: dict[str, object] = field(default_factory=dict)
     # For the routing proxy: certificate files and volumes, and whether ACME renews what it reads.
@@ -94,6 +131,7 @@ class Contribution:
 @dataclass
 class BuildContext:
     platform: Platform
+    view: StackView
     # The one explicit Cloudflare provider (None when Cloudflare is off): every user of the account
     # shares it, so there is one token to rotate.
     cloudflare_provider: Any = None
@@ -108,30 +146,51 @@ class Part:
     # Config keys enabled(), endpoints() and services() read: rules judging them run only when
     # these keys validated (config/checks.py).
     reads: ClassVar[tuple[str, ...]] = ()
+    # The keys enabled() reads: whether the part runs (the stack-wide rules that depend on which
+    # parts run read these of every part).
+    switches: ClassVar[tuple[str, ...]] = ()
+    # The part whose component owned this part's resources before they moved here (their aliases).
+    formerly_part: ClassVar[str | None] = None
 
     def enabled(self, cfg: StackConfig) -> bool:
         return True
 
+    def needed(self, cfg: StackConfig, view: StackView) -> bool:
+        """Whether an enabled part has anything to do in this stack (a part without endpoints may
+        decide from the view: TLS, when no hostname needs a certificate)."""
+        return True
+
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        return []
+
+    def well_known_client(self, cfg: StackConfig) -> dict[str, object]:
+        """Keys it adds to the client well-known document."""
+        return {}
+
+    def edge_routes(self, cfg: StackConfig) -> list[EdgeRoutes]:
+        """Routes it adds to the routing proxy's virtual hosts."""
+        return []
+
+    def edge_service(self, cfg: StackConfig) -> str | None:
+        """The name of the service every public site goes through, when this part runs it."""
+        return None
+
+    def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
+        """The databases its services use."""
         return []
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         """The secrets services() reads (stand-ins when a check calls it)."""
         return ()
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return []
 
-    def database_clients(self, cfg: StackConfig) -> tuple[str, ...]:
-        """Its services that connect to the bundled PostgreSQL (a database of their own, a dump):
-        the database admits them, and they share its host."""
-        return ()
-
-    def check(self, cfg: StackConfig) -> list[Finding]:
+    def check(self, cfg: StackConfig, view: StackView) -> list[Finding]:
         """The part's own config rules (run when the keys in `reads` validated)."""
         return []
 
-    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
+    def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         """Groups of services (of `services`, what services() returned, and others') that share a
         volume or a private network: one host each."""
         return []

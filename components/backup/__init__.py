@@ -12,6 +12,7 @@ import pulumi
 from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Part
 from components.platform.spec import Service
 from components.synapse import homeserver as hs
+from components.view import StackView
 from config.model import S3Repository, SftpRepository, StackConfig
 
 from . import render
@@ -22,6 +23,7 @@ STACK_OUTPUTS = ("backup_repository_password", "backup_restore_procedure", "back
 
 class Backup(Part):
     name = "backup"
+    switches = ("backup.enabled",)
     # After the cluster (and MAS): it reads the database passwords and key files they generate.
     stage = AFTER_CLUSTER
     reads = ("backup", "synapse.database", "mas", "target", "backup_s3_access_key_id",
@@ -39,11 +41,11 @@ class Backup(Part):
             names.append("sftp_private_key")
         return tuple(names)
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return jobs.services(cfg, render.databases(cfg), secrets,
                              [secrets[name] for name in jobs.database_secrets(cfg)])
 
-    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
+    def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         # The jobs mount the media store and share the scratch volume: one host with the
         # processes that hold the media store.
         media = [p.name for p in hs.topology(cfg).processes if hs.uses_media_store(cfg, p)]
@@ -73,7 +75,7 @@ class Backup(Part):
         component.register_outputs({})
         return Contribution(
             parent=component,
-            services=self.services(cfg, values),
+            services=self.services(cfg, ctx.view, values),
             outputs={
                 "backup_repository_password": values[jobs.PASSWORD],
                 "backup_restore_procedure": render.procedure_text(steps),

@@ -9,7 +9,7 @@ import pulumi
 from components import image_facts
 from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
 from components.platform.spec import File, Port, PortRange, Service
-from components.synapse import homeserver as hs
+from components.view import StackView
 from config.checks import Finding
 from config.model import StackConfig
 
@@ -20,6 +20,7 @@ COMPONENT = "coturn"
 
 class Coturn(Part):
     name = "coturn"
+    switches = ("coturn.enabled",)
     reads = ("coturn", "element_call.enabled", "element_call.livekit")
 
     def enabled(self, cfg: StackConfig) -> bool:
@@ -29,13 +30,13 @@ class Coturn(Part):
         # Clients reach coturn directly; the record points at its own public address when set.
         return [Endpoint("turn", served_by_proxy=False, media=True, address=cfg.coturn.external_ip, ipv6=False)]
 
-    def check(self, cfg: StackConfig) -> list[Finding]:
+    def check(self, cfg: StackConfig, view: StackView) -> list[Finding]:
         return render.check(cfg)
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return ("shared_secret",)
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         turn = cfg.coturn
         return [Service(
             name=render.SERVICE,
@@ -69,8 +70,8 @@ class Coturn(Part):
         component.register_outputs(dict(outputs))
         return Contribution(
             parent=component,
-            services=self.services(cfg, {"shared_secret": shared_secret}),
+            services=self.services(cfg, ctx.view, {"shared_secret": shared_secret}),
             homeserver=render.homeserver(cfg),
-            secret_files={hs.secret_path("turn"): shared_secret},
+            secret_files={render.SYNAPSE_SECRET_PATH: shared_secret},
             outputs=outputs,
         )

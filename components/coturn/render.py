@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from components.synapse import homeserver as hs
+from components.part import HOMESERVER_SECRETS_DIR
 from config import images
 from config.model import StackConfig
 
@@ -20,6 +20,8 @@ CONFIG = images.config_path(images.COTURN)
 AUTH_CONFIG = "/secrets/turn-auth.conf"
 RUNTIME_CONFIG = "/tmp/turnserver.conf"
 PORT = 3478
+# Where Synapse reads the shared secret it signs TURN credentials with.
+SYNAPSE_SECRET_PATH = f"{HOMESERVER_SECRETS_DIR}/turn_shared_secret"
 
 # Peers a relay may never reach (CVE-2020-26262): private, loopback, link-local, CGNAT and
 # documentation ranges. This also denies Docker bridges (172.16.0.0/12), which is the point:
@@ -96,7 +98,7 @@ def turn_uris(cfg: StackConfig) -> list[str]:
 def homeserver(cfg: StackConfig) -> dict[str, Any]:
     return {
         "turn_uris": turn_uris(cfg),
-        "turn_shared_secret_path": hs.secret_path("turn"),
+        "turn_shared_secret_path": SYNAPSE_SECRET_PATH,
         "turn_user_lifetime": "1h",
         "turn_allow_guests": False,
     }

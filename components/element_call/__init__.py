@@ -10,7 +10,7 @@ import pulumi
 from components import image_facts
 from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
 from components.platform.spec import File, Port, PortRange, Service
-from components.synapse.services import PROXY_SERVICE
+from components.view import StackView
 from config.checks import Finding
 from config.model import StackConfig
 
@@ -22,6 +22,7 @@ NOBODY = "65534:65534"
 
 class ElementCall(Part):
     name = "element-call"
+    switches = ("element_call.enabled",)
     reads = ("element_call", "target")
 
     def enabled(self, cfg: StackConfig) -> bool:
@@ -36,13 +37,16 @@ class ElementCall(Part):
             Endpoint("livekit", render.LIVEKIT_SERVICE, render.LIVEKIT_PORT, media=True, websockets=True),
         ]
 
-    def check(self, cfg: StackConfig) -> list[Finding]:
+    def well_known_client(self, cfg: StackConfig) -> dict[str, object]:
+        return render.well_known_client(cfg)
+
+    def check(self, cfg: StackConfig, view: StackView) -> list[Finding]:
         # LiveKit's TURN domain is the livekit host name, whose record points at the proxy's host.
         from components.platform import placement
 
-        if not cfg.element_call.livekit.turn:
+        if not (cfg.element_call.livekit.turn and view.edge_service):
             return []
-        sfu, proxy = placement.host_of(cfg, render.LIVEKIT_SERVICE), placement.host_of(cfg, PROXY_SERVICE)
+        sfu, proxy = placement.host_of(cfg, render.LIVEKIT_SERVICE), placement.host_of(cfg, view.edge_service)
         if sfu and proxy and sfu.name != proxy.name:
             return [("element_call.livekit.turn", True, "LiveKit's embedded TURN answers on the livekit host "
                      f"name, which points at the proxy's host '{proxy.name}': place livekit there too")]
@@ -51,7 +55,7 @@ class ElementCall(Part):
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return ("livekit",)
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         lk = cfg.element_call.livekit
         ports = [Port("http", render.LIVEKIT_PORT),
                  Port("rtc-tcp", lk.rtc_tcp_port, public=True)]
@@ -84,7 +88,7 @@ class ElementCall(Part):
             secret_env={"LIVEKIT_SECRET": secrets["livekit"]},
             ports=[Port("http", render.JWT_PORT)],
             # The routing proxy forwards clients; LiveKit delivers its webhook.
-            allowed_clients=(PROXY_SERVICE, render.LIVEKIT_SERVICE),
+            allowed_clients=(*((view.edge_service,) if view.edge_service else ()), render.LIVEKIT_SERVICE),
             # FROM scratch: only a checker the image is known to ship could run (see its facts).
             health=image_facts.http_check(cfg.element_call.jwt_image, render.JWT_PORT),
             # The image has no user of its own; its static binary needs none.
@@ -118,8 +122,7 @@ class ElementCall(Part):
         component.register_outputs(dict(outputs))
         return Contribution(
             parent=component,
-            services=self.services(cfg, {"livekit": livekit_secret}),
+            services=self.services(cfg, ctx.view, {"livekit": livekit_secret}),
             homeserver=render.homeserver(cfg),
-            well_known_client=render.well_known_client(cfg),
             outputs=outputs,
         )

@@ -10,6 +10,7 @@ import pulumi
 from components import image_facts
 from components.part import BuildContext, Component, Contribution, Endpoint, Part
 from components.platform.spec import File, Port, Service
+from components.view import StackView
 from config.model import StackConfig
 
 from . import render
@@ -23,6 +24,7 @@ def _pages(cfg: StackConfig) -> bool:
 
 class ElementWeb(Part):
     name = "element-web"
+    switches = ("element_web.enabled", "element_web.mode")
     reads = ("element_web",)
 
     def enabled(self, cfg: StackConfig) -> bool:
@@ -34,7 +36,7 @@ class ElementWeb(Part):
             return [Endpoint("app", served_by_proxy=False, cname=True)]
         return [Endpoint("app", render.SERVICE, render.PORT)]
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         if _pages(cfg):
             return []
         web = cfg.element_web
@@ -52,7 +54,7 @@ class ElementWeb(Part):
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("ElementWeb", self.name)
-        contribution = Contribution(parent=component, services=self.services(cfg, {}),
+        contribution = Contribution(parent=component, services=self.services(cfg, ctx.view, {}),
                                     outputs={"element_web_url": cfg.url("app")})
         if _pages(cfg):
             contribution.cname_targets["app"] = _pages_project(cfg, component, ctx.cloudflare_provider)

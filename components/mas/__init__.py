@@ -7,8 +7,19 @@ from collections.abc import Mapping
 
 import pulumi
 
-from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Endpoint, Part
+from components.nginx import indent, proxy_block, set_route
+from components.part import (
+    AFTER_CLUSTER,
+    BuildContext,
+    Component,
+    Contribution,
+    DatabaseClaim,
+    EdgeRoutes,
+    Endpoint,
+    Part,
+)
 from components.platform.spec import Service
+from components.view import StackView
 from config.model import BundledDatabase, MasBundledDatabase, StackConfig
 
 from . import render
@@ -25,6 +36,7 @@ class Mas(Part):
     keys, the shared secret as a file) and its stack outputs."""
 
     name = "mas"
+    switches = ("mas.enabled",)
     reads = ("mas", "hostnames", "server_name", "target", "synapse.registration", "synapse.smtp",
              "synapse.database.kind", "synapse.workers", "mas_client_secrets", "mas_database_password",
              "smtp_password")
@@ -38,11 +50,23 @@ class Mas(Part):
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return tuple(n for n in mas_services.secret_names(cfg) if n != mas_services.SUPERUSER)
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return [mas_services.mas_service(cfg, secrets)]
+    def edge_routes(self, cfg: StackConfig) -> list[EdgeRoutes]:
+        if not cfg.mas.owns_logins:
+            return []
+        # Its compatibility layer answers login, logout and refresh: first on the Matrix host, so
+        # no Synapse route can match them (MAS's reverse-proxy guide).
+        upstream = f"{render.SERVICE}:{render.HTTP_PORT}"
+        return [EdgeRoutes("matrix", 0, locations=(
+            f"location ~ {render.COMPAT_PATTERN} {{", *indent([set_route("mas"), *proxy_block(upstream)]), "}"))]
 
-    def database_clients(self, cfg: StackConfig) -> tuple[str, ...]:
-        return (render.SERVICE,) if _bundled(cfg) else ()
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return [mas_services.mas_service(cfg, secrets, view.edge_service)]
+
+    def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
+        if not _bundled(cfg):
+            return []
+        return [DatabaseClaim(render.DATABASE_NAME, render.DATABASE_USER, (render.SERVICE,), render.DATABASE_POOL,
+                              bundled=True)]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("Mas", self.name)
@@ -53,10 +77,13 @@ class Mas(Part):
             "mas_create_admin_command": render.create_admin_command(cfg),
             "mas_syn2mas_commands": "\n\n".join(render.syn2mas_commands(cfg)),
         }
+        if delegating:
+            # Synapse has no shared-secret registration while MAS owns accounts: MAS makes the admin.
+            outputs["create_admin_command"] = outputs["mas_create_admin_command"]
         component.register_outputs({"url": render.public_base(cfg)})
         return Contribution(
             parent=component,
-            services=self.services(cfg, secrets),
+            services=self.services(cfg, ctx.view, secrets),
             homeserver=render.homeserver(cfg) if delegating else {},
             secret_files={render.SYNAPSE_SECRET_PATH: secrets["matrix"]} if delegating else {},
             shared_secrets={shared: secrets[name] for name, shared in SHARED.items()},
@@ -70,18 +97,21 @@ class MasDatabase(Part):
 
     name = "mas-database"
     stage = AFTER_CLUSTER
+    switches = ("mas.enabled", "mas.database.kind")
     reads = ("mas.enabled", "mas.database.kind", "mas.syn2mas", "synapse.database")
 
     def enabled(self, cfg: StackConfig) -> bool:
         return cfg.mas.enabled and _bundled(cfg)
 
-    def database_clients(self, cfg: StackConfig) -> tuple[str, ...]:
-        return (render.DATABASE_SETUP_SERVICE,)
+    def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
+        # It keeps MAS's role and database, logged in as the server's superuser: one connection.
+        return [DatabaseClaim(render.DATABASE_NAME, render.DATABASE_USER, (render.DATABASE_SETUP_SERVICE,), 1,
+                              bundled=True)]
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return (mas_services.SUPERUSER, "database")
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return [mas_services.database_setup_service(cfg, secrets)]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
@@ -91,7 +121,7 @@ class MasDatabase(Part):
         component = Component("MasDatabase", self.name)
         component.register_outputs({})
         secrets = {mas_services.SUPERUSER: shared["postgres"], "database": shared[SHARED["database"]]}
-        return Contribution(parent=component, services=self.services(cfg, secrets))
+        return Contribution(parent=component, services=self.services(cfg, ctx.view, secrets))
 
 
 def _bundled(cfg: StackConfig) -> bool:

@@ -12,7 +12,6 @@ import pulumi
 from components import image_facts
 from components.platform.spec import File, HealthCheck, Port, Resources, Service
 from components.synapse import homeserver as hs
-from components.synapse.services import PROXY_SERVICE
 from config import images
 from config.model import BundledDatabase, MasBundledDatabase, StackConfig
 
@@ -48,7 +47,8 @@ def _secret(path: str, value: pulumi.Input[str]) -> File:
     return File(path, value, secret=True, mode=0o400)
 
 
-def mas_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> Service:
+def mas_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], proxy: str | None) -> Service:
+    """MAS; `proxy` is the routing proxy's service (the view's edge service), which forwards clients."""
     image = cfg.mas.image
     files = [
         File(render.CONFIG, render.config_yaml(cfg)),
@@ -89,7 +89,7 @@ def mas_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> S
         # a running one.
         init_args=(*images.facts_for(image).entrypoint, "config", "check"),
         # The routing proxy forwards clients; Synapse introspects tokens.
-        allowed_clients=(PROXY_SERVICE, *(p.name for p in hs.topology(cfg).processes)),
+        allowed_clients=(*((proxy,) if proxy else ()), *(p.name for p in hs.topology(cfg).processes)),
     )
 
 
@@ -116,8 +116,8 @@ def database_setup_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[
     )
 
 
-def services(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-    out = [mas_service(cfg, secrets)]
+def services(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], proxy: str | None) -> list[Service]:
+    out = [mas_service(cfg, secrets, proxy)]
     if isinstance(cfg.mas.database, MasBundledDatabase):
         out.append(database_setup_service(cfg, secrets))
     return out

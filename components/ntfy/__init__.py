@@ -9,6 +9,7 @@ import pulumi
 from components import image_facts
 from components.part import BuildContext, Component, Contribution, Endpoint, Part
 from components.platform.spec import File, Port, Service, Volume
+from components.view import StackView
 from config.model import StackConfig
 
 from . import render
@@ -18,6 +19,7 @@ COMPONENT = "ntfy"
 
 class Ntfy(Part):
     name = "ntfy"
+    switches = ("ntfy.enabled",)
     reads = ("ntfy",)
 
     def enabled(self, cfg: StackConfig) -> bool:
@@ -29,7 +31,7 @@ class Ntfy(Part):
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return ("auth_users",)
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return [Service(
             name=render.SERVICE,
             component=COMPONENT,
@@ -60,7 +62,7 @@ class Ntfy(Part):
         component.register_outputs({**urls, "admin_user": render.ADMIN_USER})
         return Contribution(
             parent=component,
-            services=self.services(cfg, {"auth_users": users}),
+            services=self.services(cfg, ctx.view, {"auth_users": users}),
             homeserver=render.homeserver(cfg),
             outputs={**urls, "ntfy_admin_user": render.ADMIN_USER,
                      "ntfy_admin_password": admin_password},

@@ -13,7 +13,7 @@ import ipaddress
 from typing import Any
 
 from components import yaml_text
-from components.synapse import homeserver as hs
+from components.network import PRIVATE_RANGES
 from config import images
 from config.model import StackConfig
 
@@ -101,7 +101,7 @@ def _blocked(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
 
 @functools.cache
 def _blocklist() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(cidr) for cidr in hs.PRIVATE_RANGES)
+    return tuple(ipaddress.ip_network(cidr) for cidr in PRIVATE_RANGES)
 
 
 def homeserver(cfg: StackConfig) -> dict[str, Any]:

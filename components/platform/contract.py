@@ -32,12 +32,23 @@ class Graph:
     certificate the program holds for the edge (None when it holds none)."""
 
     services: list[tuple[Service, pulumi.Resource]] = field(default_factory=list)
+    # (component, the component that owned its services' resources before): those resources keep
+    # their state through an alias of the former parent.
+    former_parents: list[tuple[pulumi.Resource, pulumi.Resource]] = field(default_factory=list)
     edge_certificate: EdgeCertificate | None = None
     # The component resource that owns the held certificate (its Kubernetes Secret is parented there).
     edge_certificate_owner: pulumi.Resource | None = None
 
-    def add(self, services: Sequence[Service], parent: pulumi.Resource) -> None:
+    def add(self, services: Sequence[Service], parent: pulumi.Resource,
+            former_parent: pulumi.Resource | None = None) -> None:
         self.services += [(s, parent) for s in services]
+        if former_parent is not None:
+            self.former_parents.append((parent, former_parent))
+
+    def aliases(self, parent: pulumi.Resource | None) -> list[pulumi.Alias]:
+        """The aliases that carry a resource declared under `parent` over from the component that
+        owned it before."""
+        return [pulumi.Alias(parent=former) for now, former in self.former_parents if now is parent]
 
 
 class Target(Protocol):

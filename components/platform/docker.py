@@ -139,6 +139,7 @@ def start_order(services: list[Service]) -> list[Service]:
 
 class DockerPlatform(DockerHosts):
     def __init__(self, cfg: StackConfig):
+        self._graph = Graph()
         super().__init__(cfg)
         self._providers: dict[str, docker.Provider] = {}
         self._networks: dict[str, docker.Network] = {}
@@ -161,6 +162,9 @@ class DockerPlatform(DockerHosts):
         return self._providers[host.name]
 
     def _opts(self, host: DockerHost, parent: pulumi.Resource | None, **extra: object) -> pulumi.ResourceOptions:
+        aliases = self._graph.aliases(parent) if parent is not None else []
+        if aliases:
+            extra["aliases"] = aliases
         return pulumi.ResourceOptions(provider=self.provider(host), parent=parent, **extra)  # type: ignore[arg-type]
 
     def network(self, host: DockerHost) -> docker.Network:
@@ -196,6 +200,7 @@ class DockerPlatform(DockerHosts):
         return {}  # containers have no manifests; the offline render lists services and files
 
     def realize(self, graph: Graph) -> None:
+        self._graph = graph
         services = [s for s, _parent in graph.services]
         for service in services:
             for name, port in service.reaches:

@@ -1,5 +1,6 @@
-"""The Synapse cluster: main, every worker role from the worker table, PostgreSQL, Redis, the
-routing proxy and the secrets they share. The other parts' contributions are its inputs."""
+"""The Synapse cluster: main, every worker role from the worker table, PostgreSQL, Redis and the
+secrets they share, and its routes on the routing proxy. The other parts' contributions are its
+inputs."""
 
 from __future__ import annotations
 
@@ -7,12 +8,24 @@ from collections.abc import Mapping
 
 import pulumi
 
-from components.part import CLUSTER, BuildContext, Component, Contribution, Endpoint, Part, merge_homeserver
+from components.part import (
+    CLUSTER,
+    BuildContext,
+    Component,
+    Contribution,
+    DatabaseClaim,
+    EdgeRoutes,
+    Endpoint,
+    Part,
+    merge_homeserver,
+)
+from components.platform.contract import Target
 from components.platform.spec import Service
+from components.view import StackView
 from config.model import StackConfig
 
 from . import homeserver
-from .services import Inputs, cluster_services, secret_names
+from .services import Inputs, cluster_services, routes, secret_names
 
 
 class SynapseCluster(Part):
@@ -28,10 +41,13 @@ class SynapseCluster(Part):
         return secret_names(cfg) + (("smtp",) if cfg.smtp_password is not None else ()) + \
             (("ldap_bind",) if cfg.ldap_bind_password is not None else ())
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return cluster_services(cfg, secrets, Inputs())
+    def edge_routes(self, cfg: StackConfig) -> list[EdgeRoutes]:
+        return [routes(cfg)]
 
-    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return cluster_services(cfg, secrets, Inputs(), _guests(view))
+
+    def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         # One private network: the processes dial each other, PostgreSQL and Redis by name.
         return [[s.name for s in services]]
 
@@ -56,17 +72,26 @@ class SynapseCluster(Part):
             values["ldap_bind"] = pulumi.Output.secret(cfg.ldap_bind_password.get_secret_value())
         topology = homeserver.topology(cfg)
         component.register_outputs({"processes": [p.name for p in topology.processes]})
+        outputs: dict[str, object] = {
+            "server_name": cfg.server_name,
+            "homeserver_url": cfg.url("matrix"),
+            "synapse_processes": [p.name for p in topology.processes],
+        }
+        if not cfg.mas.owns_logins:
+            # Synapse has no shared-secret registration while MAS owns accounts: MAS's part
+            # outputs the command that makes the admin.
+            outputs["create_admin_command"] = create_admin_command(cfg, ctx.view.target)
         return Contribution(
             parent=component,
             shared_secrets={name: values[name] for name in ("postgres", "signing_key")},
-            services=cluster_services(cfg, values, inputs(ctx.built)),
-            outputs={
-                "server_name": cfg.server_name,
-                "homeserver_url": cfg.url("matrix"),
-                "synapse_processes": [p.name for p in topology.processes],
-                "create_admin_command": create_admin_command(cfg),
-            },
+            services=cluster_services(cfg, values, inputs(ctx.built), _guests(ctx.view)),
+            outputs=outputs,
         )
+
+
+def _guests(view: StackView) -> list[DatabaseClaim]:
+    """The other parts' claims on the bundled PostgreSQL."""
+    return [claim for claim in view.databases if claim.bundled]
 
 
 def inputs(built: list[Contribution]) -> Inputs:
@@ -74,29 +99,18 @@ def inputs(built: list[Contribution]) -> Inputs:
     collected = Inputs()
     for part in built:
         merge_homeserver(collected.homeserver, part.homeserver)
-        collected.well_known_client.update(part.well_known_client)
         collected.secret_files.update(part.secret_files)
-        collected.proxy_files += part.proxy_files
-        collected.proxy_volumes += part.proxy_volumes
-        collected.proxy_watches_acme = collected.proxy_watches_acme or part.proxy_watches_acme
     return collected
 
 
-def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
+def create_admin_command(cfg: StackConfig, target: Target, user: str = "admin") -> str:
     """The command that registers the first Synapse admin, run against the main process.
 
     register_new_matrix_user reads registration_shared_secret_path from homeserver.yaml and talks
     to main's own listener, so it needs neither the secret nor the public URL.
     """
-    from components.platform.targets import target_of
-
-    if cfg.mas.owns_logins:
-        # Synapse has no shared-secret registration while MAS owns accounts: MAS makes the admin.
-        from components.mas import render as mas
-
-        return mas.create_admin_command(cfg, user)
     main = homeserver.topology(cfg).processes[0]
     register = (f"register_new_matrix_user -c {homeserver.SHARED_CONFIG} -a -u {user} "
                 f"http://localhost:{main.port}")
     # Main is a StatefulSet when it holds the media store.
-    return target_of(cfg).admin_command(main.name, homeserver.uses_media_store(cfg, main), register)
+    return target.admin_command(main.name, homeserver.uses_media_store(cfg, main), register)

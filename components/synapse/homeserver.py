@@ -12,12 +12,14 @@ import functools
 from typing import Any
 
 from components import yaml_text
+from components.network import PRIVATE_RANGES
+from components.part import HOMESERVER_SECRETS_DIR
 from config.model import ExternalDatabase, StackConfig
 
 from .workers import GENERIC_APP, ROLES, STREAMS, Process, Role, Topology, counts_for
 
 CONF_DIR = "/conf"
-SECRETS_DIR = "/secrets"
+SECRETS_DIR = HOMESERVER_SECRETS_DIR
 MEDIA_STORE = "/media_store"
 DATA_DIR = "/data"
 
@@ -45,7 +47,6 @@ SECRET_FILES = {
     "replication": "worker_replication_secret",
     "redis": "redis_password",
     "ldap_bind": "ldap_bind_password",
-    "turn": "turn_shared_secret",
 }
 
 
@@ -159,16 +160,12 @@ def database_section(cfg: StackConfig, address: dict[str, str]) -> dict[str, Any
     return {"name": "psycopg2", "allow_unsafe_locale": False, "args": args}
 
 
-def max_connections(cfg: StackConfig) -> int:
+def max_connections(cfg: StackConfig, guest_pools: int) -> int:
     """Bundled PostgreSQL's max_connections: every process's pool plus room for admin tools,
     rounded up to a hundred so that adding a worker rarely changes it (a change restarts
-    PostgreSQL)."""
+    PostgreSQL). `guest_pools`: the other parts' claims on it (components/part.DatabaseClaim)."""
     processes = len(topology(cfg).processes)
-    needed = cfg.synapse.database.cp_max * processes + 20
-    if cfg.mas.enabled and cfg.mas.database.kind == "bundled":
-        from components.mas.render import DATABASE_POOL
-
-        needed += DATABASE_POOL + 1  # MAS's pool and its database setup
+    needed = cfg.synapse.database.cp_max * processes + 20 + guest_pools
     return max(100, -(-needed // 100) * 100)
 
 
@@ -320,15 +317,6 @@ def _merge_under(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[key] = value
         elif isinstance(into[key], dict) and isinstance(value, dict):
             _merge_under(into[key], value)
-
-
-# Never fetch URL previews from, nor push to, private networks (Synapse's documented list).
-PRIVATE_RANGES = [
-    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "192.0.0.0/24",
-    "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24",
-    "203.0.113.0/24", "224.0.0.0/4", "::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "ff00::/8",
-    "fec0::/10",
-]
 
 
 def email_config(cfg: StackConfig, password_placeholder: str = "") -> dict[str, Any] | None:

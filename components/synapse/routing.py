@@ -1,4 +1,5 @@
-"""The routing proxy: which process serves each request, rendered as nginx.conf. Pure.
+"""Synapse's routes on the routing proxy: which process serves each request, as the nginx text
+the edge places in the Matrix host (components/part.EdgeRoutes). Pure.
 
 Route groups hold the endpoint regexes of element-hq/synapse docs/workers.md (matched
 case-insensitively, as Synapse's own docker nginx does). Which process serves a group comes from
@@ -9,11 +10,11 @@ anything unmatched under /_matrix or /_synapse/client falls through to main.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from components.platform.spec import Site
-from config import images
+from components.nginx import indent, proxy_block, set_route
+from components.part import EdgeRoutes
+from components.platform.spec import Wait
 from config.model import StackConfig
 
 from .workers import MAIN, ROLE_BY_NAME, Balance, Process, Role, Topology
@@ -236,180 +237,21 @@ def plan(topo: Topology, address: dict[str, str]) -> RoutingPlan:
     return routing
 
 
-# ---------------------------------------------------------------- nginx text
+# ---------------------------------------------------------------- the proxy's routes
 
-
-PROXY_HTTP_PORT = 8080
-PROXY_HTTPS_PORT = 8443
-PROXY_STATUS_PORT = 8081  # private: health and stub_status for metrics
-NGINX_CONF = images.config_path(images.NGINX)
-
-CORS_HEADERS = (
-    ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"),
-    ("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization"),
-)
 
 _HASH_KEYS = {"user": "$synapse_user", "room": "$synapse_room", "source_ip": "$remote_addr"}
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _json_location(path: str, document: dict[str, object]) -> list[str]:
-    body = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    lines = [f"location = {path} {{", "    default_type application/json;"]
-    lines += [f'    add_header {k} "{v}" always;' for k, v in CORS_HEADERS]
-    lines += [f"    return 200 {_quote(body)};", "}"]
-    return lines
-
-
-def _indent(lines: list[str], depth: int = 1) -> list[str]:
-    pad = "    " * depth
-    return [pad + line if line else line for line in lines]
-
-
-def _proxy_block(upstream: str, *, websockets: bool = False, timeout: str = "300s") -> list[str]:
-    # No URI after the upstream: nginx must pass the path untouched or federation signatures
-    # break (Synapse's reverse proxy docs).
-    lines = [
-        f"proxy_pass http://{upstream};",
-        "proxy_set_header Host $host;",
-        "proxy_set_header X-Forwarded-For $remote_addr;",
-        "proxy_set_header X-Forwarded-Proto $scheme;",
-        "proxy_http_version 1.1;",
-        f"proxy_read_timeout {timeout};",
-    ]
-    if websockets:
-        lines += ["proxy_set_header Upgrade $http_upgrade;", "proxy_set_header Connection $connection_upgrade;",
-                  "proxy_buffering off;"]
-    else:
-        lines.append('proxy_set_header Connection "";')
-    return lines
+# Before any other part's routes on the Matrix host, after MAS's logins (components/mas).
+ROUTES_ORDER = 10
 
 
 def _admin_acl(allowlist: list[str]) -> list[str]:
     return [f"allow {cidr};" for cidr in allowlist] + ["deny all;"]
 
 
-def _listen(cfg: StackConfig, hostname: str) -> list[str]:
-    """The listen lines of one public server block: plain HTTP, or TLS with that host's
-    certificate (components/tls/plan.py decides which certificate each host gets)."""
-    from components.tls.plan import certificate_for, proxy_terminates_tls
-
-    cert = certificate_for(cfg, hostname) if proxy_terminates_tls(cfg) else None
-    if cert is None:
-        return [f"listen {PROXY_HTTP_PORT};"]
-    return [f"listen {PROXY_HTTPS_PORT} ssl http2;", f"ssl_certificate {cert.cert_path};",
-            f"ssl_certificate_key {cert.key_path};", "ssl_protocols TLSv1.2 TLSv1.3;"]
-
-
-# Cloudflare's published edge ranges (cloudflare.com/ips); they change rarely.
-CLOUDFLARE_RANGES = (
-    "173.245.48.0/20", "103.21.244.0/22", "103.22.200.0/22", "103.31.4.0/22", "141.101.64.0/18",
-    "108.162.192.0/18", "190.93.240.0/20", "188.114.96.0/20", "197.234.240.0/22", "198.41.128.0/17",
-    "162.158.0.0/15", "104.16.0.0/13", "104.24.0.0/14", "172.64.0.0/13", "131.0.72.0/22",
-    "2400:cb00::/32", "2606:4700::/32", "2803:f800::/32", "2405:b500::/32", "2405:8100::/32",
-    "2a06:98c0::/29", "2c0f:f248::/32",
-)
-
-
-def _real_ip(cfg: StackConfig) -> list[str]:
-    """Restore the client's address from X-Forwarded-For when a trusted proxy (Cloudflare's edge,
-    the Ingress) sits in front: Synapse's per-IP rate limits, the admin allowlist, inbound
-    federation stickiness and the logs all need the real one, not the proxy's."""
-    from components.platform.targets import target_of
-
-    trusted: list[str] = []
-    if cfg.cloudflare.enabled:
-        trusted += CLOUDFLARE_RANGES
-    trusted += target_of(cfg).trusted_proxy_ranges()
-    if not trusted:
-        return []
-    return [*(f"set_real_ip_from {cidr};" for cidr in trusted), "real_ip_header X-Forwarded-For;",
-            "real_ip_recursive on;"]
-
-
-def _plain_http_server(cfg: StackConfig) -> list[str]:
-    """With TLS, port 80 only answers ACME HTTP-01 challenges and redirects to HTTPS."""
-    from components.tls.plan import ACME_WEBROOT, certificates, proxy_terminates_tls
-
-    if not proxy_terminates_tls(cfg):
-        return []
-    lines = ["", "server {", f"    listen {PROXY_HTTP_PORT} default_server;", "    set $synapse_route redirect;"]
-    if any(c.source == "acme" for c in certificates(cfg)):
-        lines += ["    location /.well-known/acme-challenge/ {", f"        root {ACME_WEBROOT};", "    }"]
-    lines += ["    location / {", "        return 301 https://$host$request_uri;", "    }", "}"]
-    return lines
-
-
-def _delegated_auth(cfg: StackConfig, address: dict[str, str]) -> list[str]:
-    """With MAS owning logins, its compatibility layer answers login, logout and refresh: the
-    first location, so no Synapse route can match them (MAS's reverse-proxy guide)."""
-    if not cfg.mas.owns_logins:
-        return []
-    from components.mas import render as mas
-
-    upstream = f"{address.get(mas.SERVICE, mas.SERVICE)}:{mas.HTTP_PORT}"
-    return [f"location ~ {mas.COMPAT_PATTERN} {{",
-            *_indent(["set $synapse_route mas;", *_proxy_block(upstream)]), "}"]
-
-
-def well_known_server(cfg: StackConfig) -> dict[str, object]:
-    # Federation arrives on the HTTPS port through delegation (443 by default: Cloudflare does not
-    # proxy 8448); a Docker host may publish the proxy on another port.
-    from components.platform.targets import target_of
-
-    return {"m.server": f"{cfg.host('matrix')}:{target_of(cfg).public_port(cfg.scheme)}"}
-
-
-def well_known_client(cfg: StackConfig, extra: dict[str, object]) -> dict[str, object]:
-    doc: dict[str, object] = {"m.homeserver": {"base_url": cfg.url("matrix")}}
-    doc.update(extra)
-    return doc
-
-
-def render_nginx(
-    cfg: StackConfig,
-    topo: Topology,
-    address: dict[str, str],
-    *,
-    sites: list[Site],
-    well_known_client_extra: dict[str, object],
-    resolver: str | None = None,
-) -> str:
-    routing = plan(topo, address)
-    syn = cfg.synapse
-    lines: list[str] = [
-        "# Rendered by matrix-stack from the worker table; do not edit by hand.",
-        "worker_processes auto;",
-        "pid /tmp/nginx.pid;",
-        "error_log /dev/stderr warn;",
-        "events {",
-        "    worker_connections 4096;",
-        "}",
-        "http {",
-    ]
+def _http(cfg: StackConfig, routing: RoutingPlan) -> list[str]:
+    """The http-block lines: the sticky maps the pools hash on, and the pools."""
     http: list[str] = [
-        "default_type application/octet-stream;",
-        "server_tokens off;",
-        "sendfile on;",
-        "client_body_temp_path /tmp/nginx-client-body;",
-        "proxy_temp_path /tmp/nginx-proxy;",
-        "fastcgi_temp_path /tmp/nginx-fastcgi;",
-        "uwsgi_temp_path /tmp/nginx-uwsgi;",
-        "scgi_temp_path /tmp/nginx-scgi;",
-        # The route name in the access log shows which role served each request.
-        "log_format matrix '$remote_addr $host \"$request\" $status route=$synapse_route "
-        "upstream=$upstream_addr time=$request_time';",
-        "access_log /dev/stdout matrix;",
-        *_real_ip(cfg),
-        "",
-        "map $http_upgrade $connection_upgrade {",
-        "    default upgrade;",
-        "    '' close;",
-        "}",
         # Sync stickiness: the user's localpart from the access token (syt_<localpart>_...), or
         # the whole token when it is not a Synapse token.
         "map $http_authorization $synapse_token_user {",
@@ -426,6 +268,7 @@ def render_nginx(
         '    "~^/_matrix/client/[^/]+/(join|knock)/(?<synapse_join_target>[^/]+)" $synapse_join_target;',
         "}",
     ]
+    syn = cfg.synapse
     if syn.federation.deny:
         http += ["map $http_authorization $synapse_origin_denied {", "    default 0;"]
         for denied in sorted(syn.federation.deny):
@@ -436,8 +279,6 @@ def render_nginx(
     for var, (reads, writes) in sorted(routing.method_maps.items()):
         http += [f"map $request_method {var} {{", f"    default {writes};", f"    GET {reads};",
                  f"    HEAD {reads};", "}"]
-    if resolver:
-        http.append(f"resolver {resolver} valid=10s;")
     for pool in routing.upstreams.values():
         http.append(f"upstream {pool.name} {{")
         if pool.balance in _HASH_KEYS:
@@ -447,62 +288,46 @@ def render_nginx(
         http += [f"    server {address_port} max_fails=0;" for address_port in pool.servers]
         http.append("    keepalive 32;")
         http.append("}")
-    http.append("")
+    return http
 
-    # ---- the Matrix host: client and federation API
-    matrix_host = cfg.host("matrix")
-    well_known = [
-        *_json_location("/.well-known/matrix/server", well_known_server(cfg)),
-        *_json_location("/.well-known/matrix/client", well_known_client(cfg, well_known_client_extra)),
-    ]
-    server: list[str] = [*_listen(cfg, matrix_host), f"server_name {matrix_host};",
-                         f"client_max_body_size {syn.max_upload_size};",
-                         "set $synapse_route none;"]
-    if syn.federation.deny:
-        server += ["if ($synapse_origin_denied) {", "    return 403;", "}"]
-    server += well_known
-    server += _delegated_auth(cfg, address)
+
+def _locations(cfg: StackConfig, routing: RoutingPlan) -> list[str]:
+    """Each route group's locations, then the admin API and main's catch-all."""
+    syn = cfg.synapse
+    server: list[str] = []
     for loc in routing.locations:
-        body = [f"set $synapse_route {loc.group};"]
+        body = [set_route(loc.group)]
         if loc.admin:
             body += _admin_acl(syn.admin_api_allowlist)
-        body += _proxy_block(loc.upstream)
+        body += proxy_block(loc.upstream)
         server.append(f"location ~* {loc.pattern} {{")
-        server += _indent(body)
+        server += indent(body)
         server.append("}")
     # Admin API: reachable only from the allowlist (nobody by default).
     server.append("location ~* ^/_synapse/admin/ {")
-    server += _indent(["set $synapse_route main;", *_admin_acl(syn.admin_api_allowlist),
-                       *_proxy_block("synapse_main")])
+    server += indent([set_route("main"), *_admin_acl(syn.admin_api_allowlist), *proxy_block("synapse_main")])
     server.append("}")
     # Everything else Synapse serves publicly goes to main; replication and metrics never do.
     server.append("location ~* ^(/_matrix|/_synapse/client) {")
-    server += _indent(["set $synapse_route main;", *_proxy_block("synapse_main")])
+    server += indent([set_route("main"), *proxy_block("synapse_main")])
     server.append("}")
-    server += ["location / {", "    return 404;", "}"]
-    http += ["server {", *_indent(server), "}"]
+    return server
 
-    # ---- the server name, when delegated to another host: only the well-known documents
-    if cfg.server_name != matrix_host:
-        delegated = [*_listen(cfg, cfg.server_name), f"server_name {cfg.server_name};",
-                     "set $synapse_route well-known;", *well_known, "location / {", "    return 404;", "}"]
-        http += ["", "server {", *_indent(delegated), "}"]
 
-    # ---- other public sites (Element Call, ntfy, Element Web ...)
-    for site in sorted(sites, key=lambda s: s.hostname):
-        body = [*_listen(cfg, site.hostname), f"server_name {site.hostname};",
-                f"client_max_body_size {site.max_body};", f"set $synapse_route site-{site.upstream_service};"]
-        for path, document in sorted(site.static_json.items()):
-            body += _json_location(path, json.loads(document))
-        upstream = f"{address.get(site.upstream_service, site.upstream_service)}:{site.upstream_port}"
-        body += ["location / {", *_indent(_proxy_block(upstream, websockets=site.websockets)), "}"]
-        http += ["", "server {", *_indent(body), "}"]
-
-    http += _plain_http_server(cfg)
-    # Private listener: health for the target's checks, stub_status for metrics scraping.
-    http += ["", "server {", f"    listen {PROXY_STATUS_PORT};", "    access_log off;",
-             "    location = /health {", "        return 200 'OK';", "    }",
-             "    location = /stub_status {", "        stub_status;", "    }", "}"]
-    lines += _indent(http)
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+def edge_routes(cfg: StackConfig, topo: Topology, address: dict[str, str], waits: tuple[Wait, ...]) -> EdgeRoutes:
+    """The Matrix host's routes on the proxy: every route group to the process that serves it."""
+    routing = plan(topo, address)
+    syn = cfg.synapse
+    preamble = [f"client_max_body_size {syn.max_upload_size};", set_route("none")]
+    if syn.federation.deny:
+        preamble += ["if ($synapse_origin_denied) {", "    return 403;", "}"]
+    pools = routing.upstreams.values()
+    return EdgeRoutes(
+        "matrix", ROUTES_ORDER,
+        http=tuple(_http(cfg, routing)),
+        preamble=tuple(preamble),
+        locations=tuple(_locations(cfg, routing)),
+        upstream_hosts=tuple(sorted({server.rsplit(":", 1)[0] for pool in pools for server in pool.servers})),
+        routed=tuple(p.name for p in topo.processes),
+        waits=waits,
+    )

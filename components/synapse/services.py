@@ -5,18 +5,15 @@ routing proxy. Derived from the typed config and the worker table; secrets come 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 
 from components import image_facts
-from components.part import derive
-from components.platform.spec import Edge, File, HealthCheck, Port, Resources, Service, Site, Volume, Wait
-from components.tls import PROXY_RUN, proxy_run_script
-from components.tls.plan import proxy_terminates_tls
+from components.part import DatabaseClaim, EdgeRoutes, derive
+from components.platform.spec import File, HealthCheck, Port, Resources, Service, Volume, Wait
 from config import images
 from config.model import BundledDatabase, StackConfig
 
@@ -29,7 +26,6 @@ COMPONENT = "synapse"
 SYNAPSE_USER = images.facts_for(images.SYNAPSE).user or "991:991"
 MAIN_START_PERIOD_S = 3600
 WORKER_START_PERIOD_S = 300
-PROXY_SERVICE = "synapse-proxy"
 ROLE_LABEL = "matrix-stack.synapse-role"
 METRICS_PATH = "/_synapse/metrics"
 SHARED_GROUP = "synapse-shared"
@@ -51,17 +47,11 @@ def secret_names(cfg: StackConfig) -> tuple[str, ...]:
 
 @dataclass
 class Inputs:
-    """What other components hand the Synapse cluster."""
+    """What other parts hand the Synapse cluster."""
 
     homeserver: dict[str, Any] = field(default_factory=dict)  # extra shared keys (Element Call, TURN)
-    well_known_client: dict[str, object] = field(default_factory=dict)
-    # secret files other components provide to every Synapse process (path -> value)
+    # secret files other parts provide to every Synapse process (path -> value)
     secret_files: dict[str, pulumi.Input[str]] = field(default_factory=dict)
-    # The proxy's certificates (components/tls): files, shared ACME volumes, and whether nginx
-    # must reload when ACME renews a certificate.
-    proxy_files: list[File] = field(default_factory=list)
-    proxy_volumes: list[Volume] = field(default_factory=list)
-    proxy_watches_acme: bool = False
 
 
 def addresses(cfg: StackConfig) -> dict[str, str]:
@@ -182,14 +172,16 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
     )
 
 
-def postgres_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], clients: tuple[str, ...]) -> Service:
+def postgres_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], clients: tuple[str, ...],
+                     guests: Sequence[DatabaseClaim]) -> Service:
+    """The bundled PostgreSQL: Synapse's processes (`clients`) and the other parts' claims on it."""
     db = cfg.synapse.database
     assert isinstance(db, BundledDatabase)
     return Service(
         name=hs.POSTGRES_SERVICE,
         component=COMPONENT,
         image=db.image,
-        args=("postgres", "-c", f"max_connections={hs.max_connections(cfg)}", "-c", "listen_addresses=*"),
+        args=("postgres", "-c", f"max_connections={hs.max_connections(cfg, sum(g.pool for g in guests))}", "-c", "listen_addresses=*"),
         env={
             "POSTGRES_USER": hs.DATABASE_USER,
             "POSTGRES_DB": hs.DATABASE_NAME,
@@ -204,7 +196,7 @@ def postgres_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]],
         resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
         # The entrypoint chowns PGDATA and steps down to the postgres user itself.
         drop_capabilities=not images.facts_for(db.image).steps_down,
-        allowed_clients=clients,
+        allowed_clients=clients + tuple(c for g in guests for c in g.clients if c not in clients),
     )
 
 
@@ -244,94 +236,19 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
 
 
 
-def sites(cfg: StackConfig) -> list[Site]:
-    """The parts' virtual hosts the proxy forwards (components/catalog.endpoints)."""
-    from components.catalog import endpoints
-
-    return [site for _host, endpoint in endpoints(cfg) if (site := endpoint.site(cfg)) is not None]
-
-
-def proxy_service(cfg: StackConfig, inputs: Inputs) -> Service:
-    from components.platform.targets import target_of
-
-    target = target_of(cfg)
+def routes(cfg: StackConfig) -> EdgeRoutes:
+    """Synapse's routes on the proxy; the proxy starts once main is healthy."""
     topo = hs.topology(cfg)
-    served = sites(cfg)
-    # A site on another Docker host is dialled at that host's address (a published port).
-    site_addresses = {}
-    for site in served:
-        host, _port, crosses = target.reach(PROXY_SERVICE, site.upstream_service, site.upstream_port)
-        if crosses:
-            site_addresses[site.upstream_service] = host
-    address = {**addresses(cfg), **site_addresses}
-    conf = routing.render_nginx(cfg, topo, address, sites=served,
-                                well_known_client_extra=inputs.well_known_client)
-    ports = [Port("http", routing.PROXY_HTTP_PORT, public=True, host_port=target.proxy_host_port("http"))]
-    if proxy_terminates_tls(cfg):
-        ports.append(Port("https", routing.PROXY_HTTPS_PORT, public=True, host_port=target.proxy_host_port("https")))
-    ports.append(Port("status", routing.PROXY_STATUS_PORT))
-    # nginx resolves upstream names once: its run script waits for them, reloads nginx when an
-    # address changes (Docker restarting a container) and, with ACME, when a certificate renews.
-    # The names nginx dials: its upstream pools and the sites (not processes without routes).
-    pools = routing.plan(topo, address).upstreams.values()
-    upstream_hosts = tuple(sorted({server.rsplit(":", 1)[0] for pool in pools for server in pool.servers}
-                                  | {address.get(site.upstream_service, site.upstream_service)
-                                     for site in served}))
     main = topo.processes[0]
-    status = f"http://127.0.0.1:{routing.PROXY_STATUS_PORT}/health"
-    run_script = File(PROXY_RUN, proxy_run_script(routing.NGINX_CONF, inputs.proxy_watches_acme, upstream_hosts,
-                                                  health_url=status), mode=0o555)
-    return Service(
-        name=PROXY_SERVICE,
-        component=COMPONENT,
-        image=images.NGINX,
-        entrypoint=("/bin/sh",),
-        args=(PROXY_RUN,),
-        files=[File(routing.NGINX_CONF, conf), run_script, *inputs.proxy_files],
-        volumes=list(inputs.proxy_volumes),
-        ports=ports,
-        # Healthy only while nginx holds every upstream's current address (Kubernetes probes the
-        # status path: its Services keep their addresses).
-        health=dataclasses.replace(image_facts.http_check(images.NGINX, routing.PROXY_STATUS_PORT, "/health"),
-                                   command=("/bin/sh", PROXY_RUN, "health")),
-        user=image_facts.user(images.NGINX),
-        read_only_root=True,
-        writable_paths=("/tmp",),
-        waits=(Wait(main.name, ("wget", "-qO-", f"http://{main.name}:{main.port}/health")),),
-        restarts_with=tuple(sorted(_routed(address, served))),
-        reaches=tuple((site.upstream_service, site.upstream_port) for site in served),
-        edge=Edge(_edge_hostnames(cfg, served), tls=cfg.tls_mode != "none"),
-        scalable=True,
-        replicas=1,
-    )
-
-
-def _edge_hostnames(cfg: StackConfig, served: list[Site]) -> tuple[str, ...]:
-    """The proxy's hostnames in its server blocks' order: the Matrix host, the server name when
-    delegated, then the sites by name."""
-    names = [cfg.host("matrix")]
-    if cfg.server_name not in names:
-        names.append(cfg.server_name)
-    return tuple(names + [s.hostname for s in sorted(served, key=lambda s: s.hostname) if s.hostname not in names])
-
-
-def _routed(address: dict[str, str], served: list[Site]) -> set[str]:
-    """The services the proxy sends requests to."""
-    return {*address, *(site.upstream_service for site in served)} - {hs.POSTGRES_SERVICE, hs.REDIS_SERVICE}
-
-
-def database_guests(cfg: StackConfig) -> tuple[str, ...]:
-    """Other parts' services that connect to the bundled PostgreSQL: they may connect too
-    (NetworkPolicy on Kubernetes)."""
-    from components.catalog import bundled_database_clients
-
-    return bundled_database_clients(cfg)
+    waits = (Wait(main.name, ("wget", "-qO-", f"http://{main.name}:{main.port}/health")),)
+    return routing.edge_routes(cfg, topo, addresses(cfg), waits)
 
 
 def cluster_services(
     cfg: StackConfig,
     secrets: Mapping[str, pulumi.Input[str]],
     inputs: Inputs,
+    database_guests: Sequence[DatabaseClaim],
 ) -> list[Service]:
     topo = hs.topology(cfg)
     common = shared_files(cfg, inputs) + secret_files(cfg, secrets, inputs)
@@ -339,9 +256,8 @@ def cluster_services(
     clients = tuple(p.name for p in topo.processes)
     services: list[Service] = []
     if isinstance(cfg.synapse.database, BundledDatabase):
-        services.append(postgres_service(cfg, secrets, clients + database_guests(cfg)))
+        services.append(postgres_service(cfg, secrets, clients, database_guests))
     if topo.workers:
         services.append(redis_service(cfg, secrets, clients))
     services += processes
-    services.append(proxy_service(cfg, inputs))
     return services

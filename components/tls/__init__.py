@@ -1,5 +1,5 @@
 """Certificates for the public hostnames: Cloudflare Origin CA for proxied names, ACME for names
-browsers reach directly. See plan.py for why.
+browsers reach directly. See components/view/certificates.py for why.
 
 Docker: the routing proxy reads the Origin CA certificate as files, and a certbot container
 keeps the ACME ones. Kubernetes: the Origin CA certificate is handed to the adapter for the
@@ -14,24 +14,16 @@ import pulumi
 
 from components.part import BuildContext, Component, Contribution, Part
 from components.platform.spec import EdgeCertificate, File, HealthCheck, Service, Volume
+from components.view import StackView
+from components.view.certificates import ACME_DIR, ACME_SERVED, ACME_WEBROOT, Certificate
 from config import images
+from config.checks import Finding
 from config.model import StackConfig
-
-from .plan import (
-    ACME_DIR,
-    ACME_SERVED,
-    ACME_WEBROOT,
-    Certificate,
-    certificates,
-    proxy_terminates_tls,
-    runs_acme_client,
-)
 
 COMPONENT = "tls"
 ACME_SERVICE = "acme"
 ACME_SCRIPT = "/conf/acme/run.sh"
 ACME_PLACEHOLDER = "/conf/acme/placeholder.py"
-PROXY_RUN = "/conf/proxy-run.sh"
 PROXY_UID = (images.facts_for(images.NGINX).user or "101").split(":")[0]  # the proxy's nginx user
 RENEW_EVERY_S = 12 * 3600
 
@@ -57,7 +49,7 @@ def acme_script(cfg: StackConfig, certs: list[Certificate]) -> str:
         '    mv "$served/$1/privkey.pem.new" "$served/$1/privkey.pem"',
         "}",
     ]
-    # One certificate per hostname (plan.py), so the loops run over names.
+    # One certificate per hostname (components/view/certificates.py), so the loops run over names.
     names = " ".join(c.name for c in acme)
     lines += [
         f"for name in {names}; do",
@@ -106,61 +98,6 @@ cert = (
 '''
 
 
-UPSTREAMS_LOADED = "/tmp/upstreams.loaded"
-
-
-def proxy_run_script(nginx_conf: str, watch_acme: bool, upstream_hosts: tuple[str, ...] = (),
-                     health_url: str = "") -> str:
-    """nginx in the foreground; with ACME, a watcher reloads it when a certificate changes.
-
-    With upstream host names, nginx (which resolves them once, at start or reload) starts only
-    once every name resolves, and a watcher reloads it when an address changes (Docker gives a
-    restarted container a new address). `health` as the first argument checks that nginx holds
-    the current addresses and answers."""
-    lines = ["#!/bin/sh", "# Rendered by matrix-stack.", "set -eu"]
-    if upstream_hosts:
-        lines += [
-            f'UPSTREAMS="{" ".join(upstream_hosts)}"',
-            "addresses() {",
-            '    for h in $UPSTREAMS; do',
-            """        printf '%s=%s\\n' "$h" "$(getent hosts "$h" | cut -d' ' -f1 | sort | paste -sd, -)\"""",
-            "    done",
-            "}",
-            'if [ "${1:-}" = health ]; then',
-            f'    [ "$(addresses)" = "$(cat {UPSTREAMS_LOADED})" ] || exit 1',
-            f"    exec wget -qO- {health_url}",
-            "fi",
-            "until ! addresses | grep -q '=$'; do echo 'waiting for upstream addresses'; sleep 1; done",
-            f"addresses > {UPSTREAMS_LOADED}",
-            "watch_upstreams() {",
-            "    while sleep 2; do",
-            "        now=$(addresses)",
-            f'        [ "$now" = "$(cat {UPSTREAMS_LOADED})" ] && continue',
-            "        printf '%s\\n' \"$now\" | grep -q '=$' && continue",
-            f"        if nginx -t -q -c {nginx_conf}; then",
-            f"            printf '%s\\n' \"$now\" > {UPSTREAMS_LOADED}",
-            f"            nginx -c {nginx_conf} -s reload",
-            "        fi",
-            "    done",
-            "}",
-            "watch_upstreams &",
-        ]
-    if watch_acme:
-        lines += [
-            "watch_certificates() {",
-            '    last=""',
-            "    while sleep 60; do",
-            f'        now=$(cat {ACME_SERVED}/*/fullchain.pem 2>/dev/null | md5sum)',
-            f'        if [ -n "$last" ] && [ "$now" != "$last" ]; then nginx -c {nginx_conf} -s reload; fi',
-            '        last="$now"',
-            "    done",
-            "}",
-            "watch_certificates &",
-        ]
-    lines += [f"exec nginx -c {nginx_conf} -g 'daemon off;'", ""]
-    return "\n".join(lines)
-
-
 def acme_service(cfg: StackConfig, certs: list[Certificate]) -> Service:
     return Service(
         name=ACME_SERVICE,
@@ -176,11 +113,6 @@ def acme_service(cfg: StackConfig, certs: list[Certificate]) -> Service:
     )
 
 
-def component_needed(cfg: StackConfig) -> bool:
-    """Whether the Tls part has anything to do: a proxy to equip, or a certificate to hold."""
-    return proxy_terminates_tls(cfg) or any(c.held for c in certificates(cfg))
-
-
 class Tls(Part):
     """Provisions the certificates; hands the proxy its files and volumes when it terminates TLS
     itself, and the certificate the program holds (Origin CA or provided) to the edge (the
@@ -189,22 +121,23 @@ class Tls(Part):
     name = "tls"
     reads = ("tls", "tls_private_key", "target", "server_name", "hostnames", "cloudflare")
 
-    def enabled(self, cfg: StackConfig) -> bool:
-        return component_needed(cfg)
+    def needed(self, cfg: StackConfig, view: StackView) -> bool:
+        """Whether it has anything to do: a proxy to equip, or a certificate to hold."""
+        return view.proxy_terminates_tls or any(c.held for c in view.certificates)
 
-    def services(self, cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return [acme_service(cfg, certificates(cfg))] if runs_acme_client(cfg) else []
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        return [acme_service(cfg, list(view.certificates))] if view.runs_acme_client else []
 
-    def together(self, cfg: StackConfig, services: list[Service]) -> list[list[str]]:
-        from components.synapse.services import PROXY_SERVICE
-
+    def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         # The ACME client shares its certificate and webroot volumes with the proxy.
-        return [[s.name for s in services] + [PROXY_SERVICE]] if services else []
+        if not (services and view.edge_service):
+            return []
+        return [[s.name for s in services] + [view.edge_service]]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("Tls", self.name)
-        certs = certificates(cfg)
-        out = Contribution(parent=component, services=self.services(cfg, {}))
+        certs = list(ctx.view.certificates)
+        out = Contribution(parent=component, services=self.services(cfg, ctx.view, {}))
         for cert in certs:
             if not cert.held:
                 continue
@@ -212,7 +145,7 @@ class Tls(Part):
                 out.edge_certificate = _origin_ca(self.name, component, cert, ctx.cloudflare_provider)
             else:
                 out.edge_certificate = _provided(cfg, cert)
-            if proxy_terminates_tls(cfg):
+            if ctx.view.proxy_terminates_tls:
                 out.proxy_files += [
                     File(cert.cert_path, out.edge_certificate.certificate, mode=0o444),
                     File(cert.key_path, out.edge_certificate.private_key, secret=True, mode=0o400),
@@ -258,5 +191,30 @@ def _origin_ca(name: str, component: Component, cert: Certificate, provider: Any
     return EdgeCertificate(cert.hostnames, issued.certificate, pulumi.Output.secret(key.private_key_pem))
 
 
-__all__ = ["ACME_SERVICE", "PROXY_RUN", "Tls", "certificates", "component_needed", "proxy_run_script",
-           "proxy_terminates_tls"]
+def target_check(view: StackView) -> list[Finding]:
+    """What the target needs to serve the hostnames reached directly with trusted certificates."""
+    direct = [h for h, source in view.certificate_sources.items() if source == "acme"]
+    return view.target.certificate_problems(direct)
+
+
+def provided_check(cfg: StackConfig, view: StackView) -> list[Finding]:
+    """tls.mode provided: the certificate file and the secret key, checked before any resource."""
+    from config import pem
+
+    found: list[Finding] = []
+    if cfg.tls_mode != "provided":
+        if cfg.tls.certificate_file is not None:
+            found.append(("tls.certificate_file", cfg.tls.certificate_file, "only used with tls.mode: provided"))
+        if cfg.tls_private_key is not None:
+            found.append(("tls_private_key", None, "only used with tls.mode: provided"))
+        return found
+    if cfg.tls.certificate_file is None:
+        found.append(("tls.certificate_file", None, "required when tls.mode is 'provided'"))
+    else:
+        found += pem.problems("tls.certificate_file", cfg.tls.certificate_file, ca=False,
+                              hostnames=tuple(view.proxy_hostnames))
+    if cfg.tls_private_key is None:
+        found.append(("tls_private_key", None, "required when tls.mode is 'provided'; set it with --secret"))
+    else:
+        found += pem.key_problems("tls_private_key", cfg.tls_private_key.get_secret_value())
+    return found

@@ -11,12 +11,12 @@ from typing import Any
 
 import pulumi
 import pytest
+from components.tls.plan import certificates
 
 import config
 from components import catalog
 from components.part import BuildContext, Component, Contribution, Endpoint, Part
 from components.platform.spec import Port, Service
-from components.tls.plan import certificates
 from render import offline
 from tests.conftest import ROOT, stack_config
 

@@ -9,10 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import config
-import stack  # noqa: F401  (registers the stack-wide config checks)
-from components.tls import PLACEHOLDER_PY, acme_script, proxy_run_script
 from components.tls.plan import (
     certificate_source,
     certificate_sources,
@@ -20,6 +16,10 @@ from components.tls.plan import (
     proxy_terminates_tls,
     runs_acme_client,
 )
+
+import config
+import stack  # noqa: F401  (registers the stack-wide config checks)
+from components.tls import PLACEHOLDER_PY, acme_script, proxy_run_script
 
 ORIGIN_IP = "203.0.113.10"
 TOKEN = ("cloudflare_api_token",)

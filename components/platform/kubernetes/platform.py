@@ -132,7 +132,10 @@ class KubernetesPlatform(KubernetesCluster):
                 extra = {"protect": self.cfg.protect, "retain_on_delete": self.cfg.protect}
             if kind == "Secret":
                 body["string_data"] = {k: pulumi.Output.secret(v) for k, v in body.pop("stringData").items()}
-            opts = pulumi.ResourceOptions(parent=parents[owner], provider=self.provider,
+            parent = parents[owner]
+            if parent is not None and (aliases := graph.aliases(parent)):
+                extra["aliases"] = aliases
+            opts = pulumi.ResourceOptions(parent=parent, provider=self.provider,
                                           depends_on=[namespace] if namespace is not None else [], **extra)
             if kind in _CONSTRUCTORS:
                 _CONSTRUCTORS[kind](key, **body, opts=opts)

@@ -1,4 +1,5 @@
-"""Which certificate each public hostname gets. Pure.
+"""Which certificate each public hostname gets. Pure: the view computes it once from the
+hostnames the parts declare and the DNS records.
 
 - A hostname Cloudflare proxies gets a Cloudflare Origin CA certificate: free, 15 years, no
   renewal, but trusted only by Cloudflare's edge, so it is right exactly where every client
@@ -17,6 +18,7 @@ cert-manager issues (the publicly trusted equivalent of the Docker target's ACME
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from config.model import StackConfig
@@ -60,52 +62,22 @@ class Certificate:
 HELD_SOURCES = ("origin_ca", "provided")
 
 
-def proxy_terminates_tls(cfg: StackConfig) -> bool:
-    from components.platform.targets import target_of
-
-    return target_of(cfg).proxy_terminates_tls()
-
-
-def runs_acme_client(cfg: StackConfig) -> bool:
-    """The Docker target's certbot container; on Kubernetes cert-manager does that job."""
-    return proxy_terminates_tls(cfg) and any(c.source == "acme" for c in certificates(cfg))
-
-
-def http_hostnames(cfg: StackConfig) -> list[str]:
-    """Every hostname the routing proxy answers for (the endpoints it serves), in a fixed order."""
-    from components.catalog import proxy_hostnames
-
-    return proxy_hostnames(cfg)
-
-
-def _proxied(cfg: StackConfig) -> set[str]:
-    if not cfg.cloudflare.enabled:
-        return set()
-    from components.dns import records
-
-    return {r.name for r in records.plan(cfg) if r.proxied}
-
-
-def certificate_sources(cfg: StackConfig) -> dict[str, str]:
-    """hostname -> "origin_ca" or "acme", in http_hostnames order, on either target.
+def certificate_sources(cfg: StackConfig, hostnames: Sequence[str], proxied: Collection[str]) -> dict[str, str]:
+    """hostname -> "origin_ca", "provided" or "acme", for the hostnames the routing proxy answers
+    for (in their order), on either target; `proxied` are the names Cloudflare proxies.
 
     A hostname missing from the result gets no certificate: the stack runs plain HTTP.
     """
     if cfg.tls_mode == "none":
         return {}
     if cfg.tls_mode == "provided":
-        return {h: "provided" for h in http_hostnames(cfg)}
-    proxied = _proxied(cfg) if cfg.tls_mode == "origin_ca" else set()
-    return {h: "origin_ca" if h in proxied else "acme" for h in http_hostnames(cfg)}
+        return {h: "provided" for h in hostnames}
+    proxied = proxied if cfg.tls_mode == "origin_ca" else ()
+    return {h: "origin_ca" if h in proxied else "acme" for h in hostnames}
 
 
-def certificate_source(cfg: StackConfig, hostname: str) -> str | None:
-    return certificate_sources(cfg).get(hostname)
-
-
-def certificates(cfg: StackConfig) -> list[Certificate]:
+def certificates(sources: Mapping[str, str]) -> list[Certificate]:
     """The certificates to obtain, on either target (what serves them is the target's business)."""
-    sources = certificate_sources(cfg)
     origin = tuple(h for h, source in sources.items() if source == "origin_ca")
     provided = tuple(h for h, source in sources.items() if source == "provided")
     acme = tuple(h for h, source in sources.items() if source == "acme")
@@ -117,41 +89,3 @@ def certificates(cfg: StackConfig) -> list[Certificate]:
     # One ACME certificate per hostname: a failed challenge on one name cannot block the others.
     certs += [Certificate(host, "acme", (host,)) for host in acme]
     return certs
-
-
-def certificate_for(cfg: StackConfig, hostname: str) -> Certificate | None:
-    for cert in certificates(cfg):
-        if hostname in cert.hostnames:
-            return cert
-    return None
-
-
-def target_check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    """What the target needs to serve the hostnames reached directly with trusted certificates."""
-    from components.platform.targets import target_of
-
-    direct = [h for h, source in certificate_sources(cfg).items() if source == "acme"]
-    return target_of(cfg).certificate_problems(direct)
-
-
-def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    """tls.mode provided: the certificate file and the secret key, checked before any resource."""
-    from config import pem
-
-    found: list[tuple[str, object, str]] = []
-    if cfg.tls_mode != "provided":
-        if cfg.tls.certificate_file is not None:
-            found.append(("tls.certificate_file", cfg.tls.certificate_file, "only used with tls.mode: provided"))
-        if cfg.tls_private_key is not None:
-            found.append(("tls_private_key", None, "only used with tls.mode: provided"))
-        return found
-    if cfg.tls.certificate_file is None:
-        found.append(("tls.certificate_file", None, "required when tls.mode is 'provided'"))
-    else:
-        found += pem.problems("tls.certificate_file", cfg.tls.certificate_file, ca=False,
-                              hostnames=tuple(http_hostnames(cfg)))
-    if cfg.tls_private_key is None:
-        found.append(("tls_private_key", None, "required when tls.mode is 'provided'; set it with --secret"))
-    else:
-        found += pem.key_problems("tls_private_key", cfg.tls_private_key.get_secret_value())
-    return found

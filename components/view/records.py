@@ -1,4 +1,5 @@
-"""Which Cloudflare DNS records the stack needs, and whether Cloudflare proxies each. Pure.
+"""Which Cloudflare DNS records the stack needs, and whether Cloudflare proxies each. Pure: a
+function of the config and the endpoints the parts declare (the view computes it once).
 
 One record set per public endpoint (components/part.Endpoint). Every HTTP(S) host is served by
 the routing proxy on 443 (federation included, through the
@@ -10,12 +11,11 @@ HTTP proxy (deployment-pitfalls.md 1.2).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components.part import Endpoint
 from config.model import StackConfig
-
-CLOUDFLARE_UPLOAD_LIMIT_MB = 100  # request bodies above this get 413 at the edge (Free and Pro)
 
 
 @dataclass(frozen=True)
@@ -36,17 +36,17 @@ def proxy_http(cfg: StackConfig) -> bool:
     return cfg.tls_mode == "origin_ca"
 
 
-def plan(cfg: StackConfig) -> list[Record]:
-    """The records, one set per distinct hostname (components/catalog.endpoints).
+def plan(cfg: StackConfig, endpoints: Sequence[tuple[str, Endpoint]]) -> list[Record]:
+    """The records, one set per distinct hostname of the endpoints (hostname, endpoint).
 
     Two endpoints may share a hostname (hostnames.matrix equal to the server name, say): one record
     then, DNS-only if any endpoint on it needs the real address.
     """
-    from components.catalog import endpoints
-
+    if not cfg.cloudflare.enabled:
+        return []
     proxied_http = proxy_http(cfg)
     merged: dict[str, list[Endpoint]] = {}
-    for host, endpoint in endpoints(cfg):
+    for host, endpoint in endpoints:
         merged.setdefault(host, []).append(endpoint)
     ipv4, ipv6 = cfg.cloudflare.origin_ip, cfg.cloudflare.origin_ipv6
     records: list[Record] = []
@@ -62,19 +62,3 @@ def plan(cfg: StackConfig) -> list[Record]:
         if ipv6 and (not alone or first.ipv6):
             records.append(Record(first.key, host, "AAAA", ipv6, proxied))
     return records
-
-
-def _megabytes(size: str) -> int:
-    number, unit = int(size[:-1]), size[-1]
-    return number * {"K": 1, "M": 1024, "G": 1024 * 1024}[unit] // 1024
-
-
-def check(cfg: StackConfig) -> list[tuple[str, object, str]]:
-    if not cfg.cloudflare.enabled:
-        return []
-    problems: list[tuple[str, object, str]] = []
-    if proxy_http(cfg) and _megabytes(cfg.synapse.max_upload_size) > CLOUDFLARE_UPLOAD_LIMIT_MB:
-        problems.append(("synapse.max_upload_size", cfg.synapse.max_upload_size,
-                         f"at most {CLOUDFLARE_UPLOAD_LIMIT_MB}M while Cloudflare proxies the Matrix host "
-                         "(it answers 413 above that); or set cloudflare.proxy_http: false"))
-    return problems

@@ -1,0 +1,215 @@
+"""The routing proxy's files: nginx.conf from the view (every part's virtual hosts, certificates
+and routes) and the run script that keeps nginx's upstream addresses current. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from components.nginx import indent, json_location, proxy_block, set_route
+from components.part import EdgeRoutes
+from components.platform.spec import Site
+from components.view import StackView
+from components.view.certificates import ACME_SERVED, ACME_WEBROOT
+from config import images
+from config.model import StackConfig
+
+PROXY_HTTP_PORT = 8080
+PROXY_HTTPS_PORT = 8443
+PROXY_STATUS_PORT = 8081  # private: health and stub_status for metrics
+NGINX_CONF = images.config_path(images.NGINX)
+PROXY_RUN = "/conf/proxy-run.sh"
+UPSTREAMS_LOADED = "/tmp/upstreams.loaded"
+
+# Cloudflare's published edge ranges (cloudflare.com/ips); they change rarely.
+CLOUDFLARE_RANGES = (
+    "173.245.48.0/20", "103.21.244.0/22", "103.22.200.0/22", "103.31.4.0/22", "141.101.64.0/18",
+    "108.162.192.0/18", "190.93.240.0/20", "188.114.96.0/20", "197.234.240.0/22", "198.41.128.0/17",
+    "162.158.0.0/15", "104.16.0.0/13", "104.24.0.0/14", "172.64.0.0/13", "131.0.72.0/22",
+    "2400:cb00::/32", "2606:4700::/32", "2803:f800::/32", "2405:b500::/32", "2405:8100::/32",
+    "2a06:98c0::/29", "2c0f:f248::/32",
+)
+
+
+def listen(view: StackView, hostname: str) -> list[str]:
+    """The listen lines of one public server block: plain HTTP, or TLS with that host's
+    certificate (the view's certificate plan decides which certificate each host gets)."""
+    cert = view.certificate_for(hostname) if view.proxy_terminates_tls else None
+    if cert is None:
+        return [f"listen {PROXY_HTTP_PORT};"]
+    return [f"listen {PROXY_HTTPS_PORT} ssl http2;", f"ssl_certificate {cert.cert_path};",
+            f"ssl_certificate_key {cert.key_path};", "ssl_protocols TLSv1.2 TLSv1.3;"]
+
+
+def real_ip(cfg: StackConfig, view: StackView) -> list[str]:
+    """Restore the client's address from X-Forwarded-For when a trusted proxy (Cloudflare's edge,
+    the Ingress) sits in front: Synapse's per-IP rate limits, the admin allowlist, inbound
+    federation stickiness and the logs all need the real one, not the proxy's."""
+    trusted: list[str] = []
+    if cfg.cloudflare.enabled:
+        trusted += CLOUDFLARE_RANGES
+    trusted += view.target.trusted_proxy_ranges()
+    if not trusted:
+        return []
+    return [*(f"set_real_ip_from {cidr};" for cidr in trusted), "real_ip_header X-Forwarded-For;",
+            "real_ip_recursive on;"]
+
+
+def plain_http_server(view: StackView) -> list[str]:
+    """With TLS, port 80 only answers ACME HTTP-01 challenges and redirects to HTTPS."""
+    if not view.proxy_terminates_tls:
+        return []
+    lines = ["", "server {", f"    listen {PROXY_HTTP_PORT} default_server;", f"    {set_route('redirect')}"]
+    if any(c.source == "acme" for c in view.certificates):
+        lines += ["    location /.well-known/acme-challenge/ {", f"        root {ACME_WEBROOT};", "    }"]
+    lines += ["    location / {", "        return 301 https://$host$request_uri;", "    }", "}"]
+    return lines
+
+
+def well_known_server(cfg: StackConfig, view: StackView) -> dict[str, object]:
+    # Federation arrives on the HTTPS port through delegation (443 by default: Cloudflare does not
+    # proxy 8448); a Docker host may publish the proxy on another port.
+    return {"m.server": f"{cfg.host('matrix')}:{view.target.public_port(cfg.scheme)}"}
+
+
+def well_known_client(cfg: StackConfig, extra: Mapping[str, object]) -> dict[str, object]:
+    doc: dict[str, object] = {"m.homeserver": {"base_url": cfg.url("matrix")}}
+    doc.update(extra)
+    return doc
+
+
+def _host_routes(routes: Sequence[EdgeRoutes], key: str) -> list[EdgeRoutes]:
+    return sorted((r for r in routes if r.host_key == key), key=lambda r: r.order)
+
+
+def render_nginx(cfg: StackConfig, view: StackView, sites: Sequence[Site], upstreams: Mapping[str, str]) -> str:
+    """nginx.conf: the Matrix host with every part's routes and the well-known documents, the
+    server name's well-known documents when it is delegated, each part's site, the HTTP redirect
+    and the private status listener. `upstreams` maps a site's service to the address it is
+    dialled at when that is not its name (another Docker host)."""
+    lines: list[str] = [
+        "# Rendered by matrix-stack from the worker table; do not edit by hand.",
+        "worker_processes auto;",
+        "pid /tmp/nginx.pid;",
+        "error_log /dev/stderr warn;",
+        "events {",
+        "    worker_connections 4096;",
+        "}",
+        "http {",
+    ]
+    http: list[str] = [
+        "default_type application/octet-stream;",
+        "server_tokens off;",
+        "sendfile on;",
+        "client_body_temp_path /tmp/nginx-client-body;",
+        "proxy_temp_path /tmp/nginx-proxy;",
+        "fastcgi_temp_path /tmp/nginx-fastcgi;",
+        "uwsgi_temp_path /tmp/nginx-uwsgi;",
+        "scgi_temp_path /tmp/nginx-scgi;",
+        # The route name in the access log shows which role served each request.
+        "log_format matrix '$remote_addr $host \"$request\" $status route=$synapse_route "
+        "upstream=$upstream_addr time=$request_time';",
+        "access_log /dev/stdout matrix;",
+        *real_ip(cfg, view),
+        "",
+        "map $http_upgrade $connection_upgrade {",
+        "    default upgrade;",
+        "    '' close;",
+        "}",
+    ]
+    for routes in view.edge_routes:
+        http += routes.http
+    http.append("")
+
+    # ---- the Matrix host: the parts' routes (Synapse's client and federation API, MAS's logins)
+    matrix_host = cfg.host("matrix")
+    well_known = [
+        *json_location("/.well-known/matrix/server", well_known_server(cfg, view)),
+        *json_location("/.well-known/matrix/client", well_known_client(cfg, view.well_known_client)),
+    ]
+    matrix_routes = _host_routes(view.edge_routes, "matrix")
+    server: list[str] = [*listen(view, matrix_host), f"server_name {matrix_host};"]
+    for routes in matrix_routes:
+        server += routes.preamble
+    server += well_known
+    for routes in matrix_routes:
+        server += routes.locations
+    server += ["location / {", "    return 404;", "}"]
+    http += ["server {", *indent(server), "}"]
+
+    # ---- the server name, when delegated to another host: only the well-known documents
+    if cfg.server_name != matrix_host:
+        delegated = [*listen(view, cfg.server_name), f"server_name {cfg.server_name};",
+                     set_route("well-known"), *well_known, "location / {", "    return 404;", "}"]
+        http += ["", "server {", *indent(delegated), "}"]
+
+    # ---- other public sites (Element Call, ntfy, Element Web ...)
+    for site in sorted(sites, key=lambda s: s.hostname):
+        body = [*listen(view, site.hostname), f"server_name {site.hostname};",
+                f"client_max_body_size {site.max_body};", set_route(f"site-{site.upstream_service}")]
+        for path, document in sorted(site.static_json.items()):
+            body += json_location(path, json.loads(document))
+        upstream = f"{upstreams.get(site.upstream_service, site.upstream_service)}:{site.upstream_port}"
+        body += ["location / {", *indent(proxy_block(upstream, websockets=site.websockets)), "}"]
+        http += ["", "server {", *indent(body), "}"]
+
+    http += plain_http_server(view)
+    # Private listener: health for the target's checks, stub_status for metrics scraping.
+    http += ["", "server {", f"    listen {PROXY_STATUS_PORT};", "    access_log off;",
+             "    location = /health {", "        return 200 'OK';", "    }",
+             "    location = /stub_status {", "        stub_status;", "    }", "}"]
+    lines += indent(http)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def proxy_run_script(nginx_conf: str, watch_acme: bool, upstream_hosts: tuple[str, ...] = (),
+                     health_url: str = "") -> str:
+    """nginx in the foreground; with ACME, a watcher reloads it when a certificate changes.
+
+    With upstream host names, nginx (which resolves them once, at start or reload) starts only
+    once every name resolves, and a watcher reloads it when an address changes (Docker gives a
+    restarted container a new address). `health` as the first argument checks that nginx holds
+    the current addresses and answers."""
+    lines = ["#!/bin/sh", "# Rendered by matrix-stack.", "set -eu"]
+    if upstream_hosts:
+        lines += [
+            f'UPSTREAMS="{" ".join(upstream_hosts)}"',
+            "addresses() {",
+            '    for h in $UPSTREAMS; do',
+            """        printf '%s=%s\\n' "$h" "$(getent hosts "$h" | cut -d' ' -f1 | sort | paste -sd, -)\"""",
+            "    done",
+            "}",
+            'if [ "${1:-}" = health ]; then',
+            f'    [ "$(addresses)" = "$(cat {UPSTREAMS_LOADED})" ] || exit 1',
+            f"    exec wget -qO- {health_url}",
+            "fi",
+            "until ! addresses | grep -q '=$'; do echo 'waiting for upstream addresses'; sleep 1; done",
+            f"addresses > {UPSTREAMS_LOADED}",
+            "watch_upstreams() {",
+            "    while sleep 2; do",
+            "        now=$(addresses)",
+            f'        [ "$now" = "$(cat {UPSTREAMS_LOADED})" ] && continue',
+            "        printf '%s\\n' \"$now\" | grep -q '=$' && continue",
+            f"        if nginx -t -q -c {nginx_conf}; then",
+            f"            printf '%s\\n' \"$now\" > {UPSTREAMS_LOADED}",
+            f"            nginx -c {nginx_conf} -s reload",
+            "        fi",
+            "    done",
+            "}",
+            "watch_upstreams &",
+        ]
+    if watch_acme:
+        lines += [
+            "watch_certificates() {",
+            '    last=""',
+            "    while sleep 60; do",
+            f'        now=$(cat {ACME_SERVED}/*/fullchain.pem 2>/dev/null | md5sum)',
+            f'        if [ -n "$last" ] && [ "$now" != "$last" ]; then nginx -c {nginx_conf} -s reload; fi',
+            '        last="$now"',
+            "    done",
+            "}",
+            "watch_certificates &",
+        ]
+    lines += [f"exec nginx -c {nginx_conf} -g 'daemon off;'", ""]
+    return "\n".join(lines)

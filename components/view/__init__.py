@@ -1,0 +1,109 @@
+"""The resolved view of the stack: every fact that crosses parts, computed once from the enabled
+parts' declarations (components/part.py) and handed to every part's `services`, `check`,
+`together` and `build`. A part never imports another part; what it needs of the rest of the
+stack it reads here.
+
+The view is pure: it reads the typed config and the parts' declarations, which read only the
+config, so the config checks resolve the same view before any resource exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from components.part import DatabaseClaim, EdgeRoutes, Endpoint, Part
+from components.platform.contract import Target
+from components.platform.spec import Site
+from components.platform.targets import target_of
+from config.model import StackConfig
+
+from . import certificates as certificate_plan
+from . import records as record_plan
+from .certificates import Certificate
+from .records import Record
+
+
+@dataclass(frozen=True)
+class StackView:
+    target: Target
+    # Every public endpoint with its hostname, in catalog order: the one list the proxy's sites,
+    # DNS records, certificates, the zone check and the Ingress hosts derive from.
+    endpoints: tuple[tuple[str, Endpoint], ...]
+    records: tuple[Record, ...]
+    # hostname -> "origin_ca", "provided" or "acme" (absent: plain HTTP).
+    certificate_sources: Mapping[str, str]
+    certificates: tuple[Certificate, ...]
+    # Keys other parts add to the client well-known document (Element Call's foci).
+    well_known_client: Mapping[str, object]
+    # Routes parts add to the routing proxy's virtual hosts (Synapse's worker routing, MAS's logins).
+    edge_routes: tuple[EdgeRoutes, ...]
+    # The service every public site goes through (None when no part runs one).
+    edge_service: str | None
+    # Every database the stack's parts claim, in catalog order.
+    databases: tuple[DatabaseClaim, ...]
+    # Names of the enabled parts, in catalog order.
+    parts: tuple[str, ...] = field(default=())
+
+    @property
+    def proxy_hostnames(self) -> list[str]:
+        """Every hostname the routing proxy answers for, in endpoint order, without repeats."""
+        names: list[str] = []
+        for host, endpoint in self.endpoints:
+            if endpoint.served_by_proxy and host not in names:
+                names.append(host)
+        return names
+
+    def sites(self, cfg: StackConfig) -> list[Site]:
+        """The parts' virtual hosts the proxy forwards to their services."""
+        return [site for _host, endpoint in self.endpoints if (site := endpoint.site(cfg)) is not None]
+
+    def certificate_for(self, hostname: str) -> Certificate | None:
+        for cert in self.certificates:
+            if hostname in cert.hostnames:
+                return cert
+        return None
+
+    @property
+    def proxy_terminates_tls(self) -> bool:
+        return self.target.proxy_terminates_tls()
+
+    @property
+    def runs_acme_client(self) -> bool:
+        """The Docker target's certbot container; on Kubernetes cert-manager does that job."""
+        return self.proxy_terminates_tls and any(c.source == "acme" for c in self.certificates)
+
+
+def resolve(cfg: StackConfig, parts: Sequence[Part]) -> tuple[StackView, list[Part]]:
+    """The view of the stack the config describes, and the parts it enables (in `parts` order).
+
+    A part's endpoints come first: a part without endpoints (TLS) may decide whether it is needed
+    from the certificates those endpoints call for (Part.needed)."""
+    enabled = [part for part in parts if part.enabled(cfg)]
+    endpoints = tuple((endpoint.hostname(cfg), endpoint) for part in enabled for endpoint in part.endpoints(cfg))
+    target = target_of(cfg)
+    records = tuple(record_plan.plan(cfg, endpoints))
+    proxied = {r.name for r in records if r.proxied}
+    hostnames: list[str] = []
+    for host, endpoint in endpoints:
+        if endpoint.served_by_proxy and host not in hostnames:
+            hostnames.append(host)
+    sources = certificate_plan.certificate_sources(cfg, hostnames, proxied)
+    well_known: dict[str, object] = {}
+    for part in enabled:
+        well_known.update(part.well_known_client(cfg))
+    edge_service = next((name for part in enabled if (name := part.edge_service(cfg)) is not None), None)
+    view = StackView(
+        target=target,
+        endpoints=endpoints,
+        records=records,
+        certificate_sources=sources,
+        certificates=tuple(certificate_plan.certificates(sources)),
+        well_known_client=well_known,
+        edge_routes=tuple(route for part in enabled for route in part.edge_routes(cfg)),
+        edge_service=edge_service,
+        databases=tuple(claim for part in enabled for claim in part.database_claims(cfg)),
+    )
+    needed = [part for part in enabled if part.needed(cfg, view)]
+    return dataclasses.replace(view, parts=tuple(part.name for part in needed)), needed
