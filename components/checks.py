@@ -1,6 +1,7 @@
 """The stack-wide rules that need the parts (worker table, placement, endpoints, certificates),
-each registered with the keys it reads (config/checks.py): the loader runs a rule only when those
-keys validated. A part's own rules live beside its declaration.
+each with the keys it reads (config/checks.py): the loader runs a rule only when those keys
+validated. A part's own rules live beside its declaration. stack.parse and stack.load hand RULES
+to the loader, after the config's own (config/rules.py).
 
 The components are imported inside each rule: loading the config stays cheap.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from config.checks import Check, Finding, check, register
+from config.checks import Check, Finding, Rules
 from config.model import BundledDatabase, StackConfig
 
 # What the worker topology is derived from (counts_for): the preset and every role's count.
@@ -22,6 +23,9 @@ PART_SWITCHES = ("element_call.enabled", "ntfy.enabled", "coturn.enabled", "elem
 CERTIFICATES = ("target", "tls.mode", "server_name", "hostnames", "cloudflare.enabled", "cloudflare.proxy_http",
                 *PART_SWITCHES)
 STAND_IN = "stand-in"
+
+RULES = Rules()
+check = RULES.check
 
 if TYPE_CHECKING:
     from components.part import Part
@@ -132,7 +136,7 @@ def _register_part_rules() -> None:
     from components.catalog import PARTS
 
     for part in PARTS:
-        register(Check(f"part:{part.name}", part.reads, _rule(part)))
+        RULES.append(Check(f"part:{part.name}", part.reads, _rule(part)))
 
 
 def _rule(part: Part) -> Callable[[StackConfig], list[Finding]]:
