@@ -1,18 +1,22 @@
 """build(cfg): the whole deployment from one typed config. __main__.py and the offline render
 both call it; tests call it under Pulumi's mocks with many configs.
 
+parse(raw, secret_keys) and load(): the typed config judged by every rule, the config's own and
+the stack-wide ones that need the parts (components/checks.py), which only this layer knows.
+
 The view of the stack is resolved once from the enabled parts' declarations; every part the
 config enables is then built in stage order, reading the view; the target realizes every part's
 services in one call. This is the one module that knows every part (through the catalog)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pulumi
 
-from components import catalog
+import config
+from components import catalog, checks
 from components.part import BuildContext, Contribution
 from components.platform import make_platform
 from components.platform.contract import Graph
@@ -29,6 +33,16 @@ class Deployment:
     outputs: dict[str, object] = field(default_factory=dict)
     # Kubernetes target: manifest key -> object, secrets masked (the offline render writes them).
     manifests: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+
+def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackConfig:
+    """config.parse with the stack-wide rules: raises config.ConfigError with every problem."""
+    return config.parse(raw, secret_keys, rules=checks.RULES)
+
+
+def load() -> StackConfig:
+    """The running stack's config (config.load) with the stack-wide rules."""
+    return config.load(rules=checks.RULES)
 
 
 def build(cfg: StackConfig) -> Deployment:

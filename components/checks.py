@@ -1,7 +1,8 @@
 """The stack-wide rules that need the parts (worker table, placement, endpoints, certificates),
-each registered with the keys it reads (config/checks.py): the loader runs a rule only when those
-keys validated. A part's own rules live beside its declaration. Like stack.py, this module sees
-the catalog: it resolves the view the parts' rules read.
+each with the keys it reads (config/checks.py): the loader runs a rule only when those keys
+validated. A part's own rules live beside its declaration. stack.parse and stack.load hand RULES
+to the loader, after the config's own (config/rules.py). Like stack.py, this module sees the
+catalog: it resolves the view the parts' rules read.
 
 The components are imported inside each rule: loading the config stays cheap.
 """
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from components import catalog
 from components.view import StackView, resolve
-from config.checks import Check, Finding, check, register
+from config.checks import Check, Finding, Rules
 from config.model import BundledDatabase, StackConfig
 
 # What the worker topology is derived from (counts_for): the preset and every role's count.
@@ -24,6 +25,9 @@ PART_SWITCHES = catalog.switches()
 CERTIFICATES = ("target", "tls.mode", "server_name", "hostnames", "cloudflare.enabled", "cloudflare.proxy_http",
                 *PART_SWITCHES)
 STAND_IN = "stand-in"
+
+RULES = Rules()
+check = RULES.check
 
 if TYPE_CHECKING:
     from components.part import Part
@@ -141,7 +145,7 @@ def provided_certificate(cfg: StackConfig) -> list[Finding]:
 def _register_part_rules() -> None:
     """Each part's own rules (Part.check), in catalog order, reading the part's keys."""
     for part in catalog.PARTS:
-        register(Check(f"part:{part.name}", part.reads, _rule(part)))
+        RULES.append(Check(f"part:{part.name}", part.reads, _rule(part)))
 
 
 def _rule(part: Part) -> Callable[[StackConfig], list[Finding]]:

@@ -1,18 +1,19 @@
 """The typed stack config: models, defaults and loading."""
 
-from .checks import CHECKS, check
+from .checks import Check, Finding, Rules
 from .load import NAMESPACE, ConfigError, Problem, load, parse
 from .model import DockerTarget, KubernetesTarget, StackConfig
 
 __all__ = [
-    "CHECKS",
+    "Check",
     "NAMESPACE",
     "ConfigError",
     "DockerTarget",
+    "Finding",
     "KubernetesTarget",
     "Problem",
+    "Rules",
     "StackConfig",
-    "check",
     "load",
     "parse",
 ]

@@ -5,6 +5,10 @@ and then runs each rule whose keys all validated. A rule whose own input is inva
 (its verdict would be about a default the user never wrote); every other rule still runs, so
 one bad section never hides another section's problems.
 
+The loader runs the config's own rules (config/rules.py) and then the rules its caller hands it:
+the stack-wide rules that need the parts (components/checks.py) come from the layer above
+(stack.parse, stack.load), so the config never imports the components.
+
 A key path in `reads` covers everything below it (`synapse.workers`); a path ending in `.*`
 reads the entries of a mapping one by one (`synapse.workers.counts.*`), so one refused entry
 does not stop the rule judging the others.
@@ -22,47 +26,27 @@ if TYPE_CHECKING:
 
 # (key path, the offending value or None, what is allowed)
 Finding = tuple[str, object, str]
+Rule = Callable[["StackConfig"], list[Finding]]
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
     reads: tuple[str, ...]
-    run: Callable[[StackConfig], list[Finding]]
+    run: Rule
 
 
-# Every registered rule, run in registration order: the config's own (config/model.py) first,
-# then those that need the components (worker table, placement, DNS), registered by them.
-CHECKS: list[Check] = []
+class Rules(list[Check]):
+    """Rules in the order the loader runs them: each module of rules keeps its own."""
 
+    def check(self, *reads: str) -> Callable[[Rule], Rule]:
+        """Add the decorated function as a rule that reads the given key paths."""
 
-# The modules whose import registers rules, in order: the config's own, then those that need
-# the parts (which register each part's own rules). The loader imports them by name, so loading
-# a config never depends on who imported what before.
-RULE_MODULES = ("config.model", "components.checks")
+        def decorate(run: Rule) -> Rule:
+            self.append(Check(f"{run.__module__}.{run.__qualname__}", reads, run))
+            return run
 
-
-def rules() -> list[Check]:
-    import importlib
-
-    for module in RULE_MODULES:
-        importlib.import_module(module)
-    return list(CHECKS)
-
-
-def register(rule: Check) -> None:
-    CHECKS[:] = [c for c in CHECKS if c.name != rule.name]  # a reloaded module replaces its rules
-    CHECKS.append(rule)
-
-
-def check(*reads: str) -> Callable[[Callable[[StackConfig], list[Finding]]], Callable[[StackConfig], list[Finding]]]:
-    """Register a rule that reads the given key paths."""
-
-    def decorate(run: Callable[[StackConfig], list[Finding]]) -> Callable[[StackConfig], list[Finding]]:
-        register(Check(f"{run.__module__}.{run.__qualname__}", reads, run))
-        return run
-
-    return decorate
+        return decorate
 
 
 Path = tuple[str | int, ...]

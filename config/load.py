@@ -3,7 +3,9 @@
 Every problem is collected and reported at once, each naming the key path, the bad value and
 what is allowed. A value that does not validate is replaced by its default so the rest can be
 judged, and the rules over the validated config (config/checks.py) each run unless a key they
-read is itself invalid: one bad section never hides another section's problems.
+read is itself invalid: one bad section never hides another section's problems. The rules are the
+config's own (config/rules.py), then those the caller hands in: the stack-wide rules that need
+the parts come from the layer above (stack.parse, stack.load), never imported from here.
 
 The error is a `pulumi.RunError`, which the Pulumi CLI prints without a Python traceback;
 `python -m render` prints the same text.
@@ -16,15 +18,27 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from . import model
-from .checks import rules, touches
-from .model import StackConfig
+from .checks import Check, touches
+from .model import (
+    BUCKET_RE,
+    DURATION_RE,
+    HOST_KEY_RE,
+    HOSTNAME_RE,
+    REPOSITORY_PATH_RE,
+    S3_ENDPOINT_RE,
+    SERVICE_NAME_RE,
+    SFTP_PATH_RE,
+    SIZE_RE,
+    UNIX_USER_RE,
+    StackConfig,
+)
+from .rules import RULES
 
 NAMESPACE = "matrix-stack"
 SECRET_FIELDS = tuple(
@@ -33,16 +47,16 @@ SECRET_FIELDS = tuple(
 )
 
 _PATTERN_WORDS = {
-    model.HOSTNAME_RE.pattern: "a DNS hostname (lowercase letters, digits, '-' and '.')",
-    model.SERVICE_NAME_RE.pattern: "a name of lowercase letters, digits and '-'",
-    model.SIZE_RE.pattern: "a size such as 50M or 2G",
-    model.DURATION_RE.pattern: "a duration such as 30s or 24h",
-    model.S3_ENDPOINT_RE.pattern: "a URL of scheme and host only, such as https://s3.example.com",
-    model.BUCKET_RE.pattern: "a bucket name of 3 to 63 lowercase letters, digits, '.' and '-'",
-    model.REPOSITORY_PATH_RE.pattern: "a path of letters, digits, '.', '_', '-' and '/'",
-    model.SFTP_PATH_RE.pattern: "an absolute path of letters, digits, '.', '_', '-' and '/'",
-    model.UNIX_USER_RE.pattern: "a user name of lowercase letters, digits, '_', '.' and '-'",
-    model.HOST_KEY_RE.pattern: "one public host key, '<type> <base64>' (ssh-keyscan's line without the host)",
+    HOSTNAME_RE.pattern: "a DNS hostname (lowercase letters, digits, '-' and '.')",
+    SERVICE_NAME_RE.pattern: "a name of lowercase letters, digits and '-'",
+    SIZE_RE.pattern: "a size such as 50M or 2G",
+    DURATION_RE.pattern: "a duration such as 30s or 24h",
+    S3_ENDPOINT_RE.pattern: "a URL of scheme and host only, such as https://s3.example.com",
+    BUCKET_RE.pattern: "a bucket name of 3 to 63 lowercase letters, digits, '.' and '-'",
+    REPOSITORY_PATH_RE.pattern: "a path of letters, digits, '.', '_', '-' and '/'",
+    SFTP_PATH_RE.pattern: "an absolute path of letters, digits, '.', '_', '-' and '/'",
+    UNIX_USER_RE.pattern: "a user name of lowercase letters, digits, '_', '.' and '-'",
+    HOST_KEY_RE.pattern: "one public host key, '<type> <base64>' (ssh-keyscan's line without the host)",
 }
 
 
@@ -364,11 +378,12 @@ def _validate(raw: Mapping[str, object]) -> tuple[StackConfig | None, list[Probl
     return None, problems, invalid
 
 
-def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackConfig:
+def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = (), *, rules: Sequence[Check] = ()) -> StackConfig:
     """Validate the namespace's raw values (key without namespace -> decoded value).
 
-    Every problem is reported at once: schema errors, and the rules of config/checks.py, each of
-    which runs unless a key it reads is itself invalid."""
+    Every problem is reported at once: schema errors, then the config's own rules (config/rules.py)
+    and after them `rules` (the stack-wide ones, from stack.parse), each of which runs unless a key
+    it reads is itself invalid."""
     problems: list[Problem] = []
     secret = set(secret_keys)
     for field in SECRET_FIELDS:
@@ -379,7 +394,7 @@ def parse(raw: Mapping[str, object], secret_keys: Iterable[str] = ()) -> StackCo
     cfg, refused, invalid = _validate(raw)
     problems += refused
     if cfg is not None:
-        for rule in rules():
+        for rule in (*RULES, *rules):
             if any(touches(read, key) for read in rule.reads for key in invalid):
                 continue
             findings = rule.run(cfg)
@@ -414,6 +429,7 @@ def raw_from_pulumi() -> tuple[dict[str, object], set[str]]:
     return values, secret
 
 
-def load() -> StackConfig:
+def load(*, rules: Sequence[Check] = ()) -> StackConfig:
+    """The running stack's config, judged by the config's own rules and then `rules`."""
     values, secret = raw_from_pulumi()
-    return parse(values, secret)
+    return parse(values, secret, rules=rules)

@@ -268,10 +268,9 @@ def run(raw: Mapping[str, Any], *, stack: str = "dev", secret_keys: tuple[str, .
 
 
 def _run(raw: Mapping[str, Any], *, stack: str, secret_keys: tuple[str, ...]) -> Run:
-    import config
     import stack as program
 
-    cfg = config.parse(raw, secret_keys)  # raises ConfigError before anything is declared
+    cfg = program.parse(raw, secret_keys)  # raises ConfigError before anything is declared
     holder: dict[str, Any] = {}
 
     def program_body() -> None:

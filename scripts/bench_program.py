@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_program.py --instructions [--stacks ...]   # under valgrind
 
 For each stack, `--runs` rounds of three runs, each in a fresh interpreter:
-  - program: what __main__.py runs under `pulumi up` (config.load(), stack.build(), export),
+  - program: what __main__.py runs under `pulumi up` (stack.load(), stack.build(), export),
     under Pulumi's mocks (render.offline.declare) with the config of Pulumi.STACK.yaml handed over
     as the engine hands it (values parsed), timed from the first import; the runtime awaits
     every Output before the run ends;
@@ -108,10 +108,9 @@ def child_program(stack: str, config_file: str, graph_out: str | None = None) ->
     given = json.loads(Path(config_file).read_text())
 
     def main() -> None:
-        import config
         import stack as program
 
-        program.export(program.build(config.load()))
+        program.export(program.build(program.load()))
 
     monitor, _log = offline.declare(main, given["raw"], stack=stack, secret_keys=tuple(given["secret"]))
     figures = _elapsed()
@@ -188,12 +187,11 @@ def child_phases(stack: str, config_file: str, modules_file: str) -> dict[str, A
         phases[name] = now - started
         started = now
 
-    import config
     import stack as program
     from render import offline
 
     phase("import the program's modules (config models, components)")
-    cfg = config.parse(raw, secret)
+    cfg = program.parse(raw, secret)
     phase("parse and check the config")
 
     def build() -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from components.mas import render
 from components.synapse import homeserver as hs
-from config.load import parse
+from stack import parse
 
 from .cluster import PG_BIN, require_binaries
 

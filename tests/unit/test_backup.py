@@ -15,8 +15,9 @@ import pytest
 from components import image_facts
 from components.backup import render
 from components.backup import services as backup_services
-from config import ConfigError, cron, images, parse
+from config import ConfigError, cron, images
 from config.model import StackConfig
+from stack import parse
 
 PUBLIC: dict[str, Any] = {"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}}
 S3 = {"kind": "s3", "endpoint": "https://s3.example.net", "bucket": "matrix-backups"}

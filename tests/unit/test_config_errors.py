@@ -10,9 +10,9 @@ from typing import Any
 import pulumi
 import pytest
 
-import stack  # noqa: F401  (registers the worker-table and placement checks)
-from config import ConfigError, Problem, parse
+from config import ConfigError, Problem
 from config.model import StackConfig
+from stack import parse
 
 LOCAL: dict[str, Any] = {"server_name": "localhost"}
 PUBLIC: dict[str, Any] = {"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}}
@@ -439,11 +439,13 @@ def test_schema_errors_everywhere_do_not_hide_the_worker_table() -> None:
 
 def test_every_rule_reads_keys_the_config_has() -> None:
     """A misspelt key in a rule's reads would let it judge a default: each must name a field."""
-    from config.checks import CHECKS
+    from components.checks import RULES as STACK_RULES
     from config.load import _models_in
+    from config.rules import RULES
 
-    assert len(CHECKS) >= 10
-    for rule in CHECKS:
+    rules = [*RULES, *STACK_RULES]
+    assert len(rules) >= 10
+    for rule in rules:
         assert rule.reads, rule.name
         for read in rule.reads:
             models: list[Any] = [StackConfig]
@@ -453,21 +455,25 @@ def test_every_rule_reads_keys_the_config_has() -> None:
                 models = [m for f in fields for m in _models_in(f.annotation)]
 
 
-def test_the_stack_wide_rules_run_without_importing_the_stack() -> None:
-    """config.parse alone (a fresh interpreter, no `import stack`) judges placement and the parts."""
+def test_the_config_alone_imports_no_part_and_the_stack_hands_in_its_rules() -> None:
+    """config.parse (a fresh interpreter) runs the config's own rules and imports no component;
+    stack.parse hands the loader the stack-wide rules too, and judges placement and the parts."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
     probe = ("import sys, config\n"
+             "raw = {'server_name': 'localhost', 'target': {'kind': 'docker', 'hosts': [\n"
+             "    {'name': 'a', 'url': 'unix:///var/run/docker.sock', 'services': ['synapse-mian']}]}}\n"
+             "config.parse(raw)\n"
+             "print(sorted(m for m in sys.modules if m == 'stack' or m.startswith('components')))\n"
+             "import stack\n"
              "try:\n"
-             "    config.parse({'server_name': 'localhost', 'target': {'kind': 'docker', 'hosts': [\n"
-             "        {'name': 'a', 'url': 'unix:///var/run/docker.sock', 'services': ['synapse-mian']}]}})\n"
+             "    stack.parse(raw)\n"
              "except config.ConfigError as e:\n"
-             "    print(e)\n"
-             "print('stack' in sys.modules)\n")
+             "    print(e)\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[]\n"), done.stdout
     assert "target.hosts[0].services" in done.stdout and "synapse-mian" in done.stdout
-    assert done.stdout.strip().endswith("False")

@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import stack  # noqa: F401  (registers the worker-table and placement checks)
-from config import ConfigError, parse
+from config import ConfigError
 from config.load import SECRET_FIELDS
 from config.model import Cloudflare, StackConfig
+from stack import parse
 from tests.conftest import stack_raw
 
 SECRET = "s3cret-Value-That-Must-Not-Leak"
@@ -279,9 +279,11 @@ BLOCK_RULES = [("synapse.registration", "synapse.smtp")]
 
 def _read_together(a: str, b: str) -> bool:
     """Whether some rule reads both parts: then a mistake in one may stop it judging the other."""
-    from config.checks import CHECKS, split, touches
+    from components.checks import RULES as STACK_RULES
+    from config.checks import split, touches
+    from config.rules import RULES
 
-    for check in CHECKS:
+    for check in [*RULES, *STACK_RULES]:
         if any(touches(r, split(a)) for r in check.reads) and any(touches(r, split(b)) for r in check.reads):
             return True
     return any((_overlap(a, x) and _overlap(b, y)) or (_overlap(a, y) and _overlap(b, x)) for x, y in BLOCK_RULES)

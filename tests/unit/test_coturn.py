@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import config
+import stack
 from components.coturn import render
 
 # Options coturn 4.7.0 marks DEPRECATED (README.turnserver, src/apps/relay/mainrelay.c at 4.7.0).
@@ -10,8 +10,8 @@ DEPRECATED = ("no-software-attribute",)
 
 
 def _conf() -> list[str]:
-    cfg = config.parse({"server_name": "example.org", "tls": {"acme_email": "ops@example.org"},
-                        "coturn": {"enabled": True, "external_ip": "192.0.2.7"}})
+    cfg = stack.parse({"server_name": "example.org", "tls": {"acme_email": "ops@example.org"},
+                       "coturn": {"enabled": True, "external_ip": "192.0.2.7"}})
     return render.turnserver_conf(cfg).splitlines()
 
 

@@ -160,18 +160,18 @@ def test_sfu_on_another_docker_host_is_reached_through_a_published_port(program:
 
 
 def test_create_admin_command_per_target() -> None:
-    import config
+    import stack
     from components.synapse import create_admin_command
 
-    local = config.parse({"server_name": "localhost", "target": {"kind": "docker", "http_port": 8080}})
+    local = stack.parse({"server_name": "localhost", "target": {"kind": "docker", "http_port": 8080}})
     assert create_admin_command(local) == (
         "docker exec -it synapse-main register_new_matrix_user -c /conf/homeserver.yaml -a -u admin "
         "http://localhost:8008")
-    remote = config.parse(BASE)
+    remote = stack.parse(BASE)
     assert create_admin_command(remote).startswith("DOCKER_HOST=ssh://deploy@one.example.org docker exec -it synapse-main ")
-    k8s = config.parse({"server_name": "example.org", "tls": {"mode": "acme"},
-                        "target": {"kind": "kubernetes", "namespace": "chat", "context": "prod",
-                                   "cert_manager_issuer": "letsencrypt"}})
+    k8s = stack.parse({"server_name": "example.org", "tls": {"mode": "acme"},
+                       "target": {"kind": "kubernetes", "namespace": "chat", "context": "prod",
+                                  "cert_manager_issuer": "letsencrypt"}})
     command = create_admin_command(k8s)
     assert command.startswith("kubectl --context prod -n chat exec -it ")
     assert command.endswith("-- register_new_matrix_user -c /conf/homeserver.yaml -a -u admin http://localhost:8008")
@@ -218,16 +218,17 @@ def test_jwt_service_docker_check_only_with_a_checker_the_image_is_known_to_ship
 
 def test_element_call_is_refused_on_a_localhost_stack() -> None:
     import config
+    import stack
 
     with pytest.raises(config.ConfigError) as refused:
-        config.parse({"server_name": "localhost", "element_call": {"enabled": True}})
+        stack.parse({"server_name": "localhost", "element_call": {"enabled": True}})
     message = str(refused.value)
     assert "matrix-stack:element_call.enabled" in message
     assert "federation" in message and "OpenID" in message and "LIVEKIT_URL" in message
     # Unset, it is off on a localhost stack (the dev stack) and on everywhere else.
-    assert config.parse({"server_name": "localhost"}).element_call.enabled is False
-    assert config.parse({"server_name": "call.localhost"}).element_call.enabled is False
-    assert config.parse({"server_name": "example.org", "tls": {"acme_email": "a@example.org"}}).element_call.enabled
+    assert stack.parse({"server_name": "localhost"}).element_call.enabled is False
+    assert stack.parse({"server_name": "call.localhost"}).element_call.enabled is False
+    assert stack.parse({"server_name": "example.org", "tls": {"acme_email": "a@example.org"}}).element_call.enabled
 
 
 def test_the_dev_stack_runs_no_element_call(program: Any, dev_raw: dict[str, Any]) -> None:

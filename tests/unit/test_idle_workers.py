@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import config
-import stack  # noqa: F401  (registers the worker-table checks)
+import stack
 from components.synapse import idle
 from components.synapse.workers import ROLES
 
@@ -19,7 +19,7 @@ OFF = {"element_call": {"enabled": False}, "ntfy": {"enabled": False}, "element_
 
 
 def _cfg(synapse: dict[str, Any]) -> config.StackConfig:
-    return config.parse({"server_name": "localhost", "synapse": synapse, **OFF})
+    return stack.parse({"server_name": "localhost", "synapse": synapse, **OFF})
 
 
 def _warned(cfg: config.StackConfig) -> dict[str, str]:
@@ -107,5 +107,5 @@ def test_the_render_prints_the_warnings(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert render_main.main(["--stack", "idle", "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err.splitlines()
     printed = [line for line in err if line.startswith("render: warning: ")]
-    assert [line.removeprefix("render: warning: ") for line in printed] == idle.warnings(config.parse(IDLE))
+    assert [line.removeprefix("render: warning: ") for line in printed] == idle.warnings(stack.parse(IDLE))
     assert any("matrix-stack:synapse.workers.counts.generic: " in line for line in printed)

@@ -26,8 +26,8 @@ def sdks():
 seen = {}
 from render.__main__ import main as render_main, stack_config
 raw, secret = stack_config(stack_name)
-import config, stack
-config.parse(raw, secret)
+import stack
+stack.parse(raw, secret)
 seen["check"] = sdks()
 assert render_main(["--stack", stack_name, "--out", out]) == 0
 seen["render"] = sdks()

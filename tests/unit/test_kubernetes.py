@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import config
+import stack
 from components.platform import kubernetes as kube
 from components.platform.spec import (
     Edge,
@@ -573,12 +574,12 @@ def test_direct_hostnames_without_a_cert_manager_issuer_are_a_config_error() -> 
     raw = prod_raw()
     raw["target"] = {k: v for k, v in raw["target"].items() if k != "cert_manager_issuer"}
     with pytest.raises(config.ConfigError) as err:
-        config.parse(raw, PROD_SECRETS)
+        stack.parse(raw, PROD_SECRETS)
     assert "target.cert_manager_issuer" in str(err.value)
     assert "livekit.example.org" in str(err.value)
     # Every hostname proxied (no Element Call, so no DNS-only LiveKit): no issuer needed.
     raw["element_call"] = {"enabled": False}
-    config.parse(raw, PROD_SECRETS)
+    stack.parse(raw, PROD_SECRETS)
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:

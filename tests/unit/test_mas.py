@@ -13,14 +13,14 @@ import jsonschema
 import pytest
 import yaml
 
-import components.checks  # noqa: F401  (registers the stack-wide rules)
 from components.mas import render
 from components.mas import services as mas_services
 from components.synapse import homeserver as hs
 from components.synapse import routing
 from config import images
-from config.load import ConfigError, parse
+from config.load import ConfigError
 from config.model import StackConfig
+from stack import parse
 from tests.conftest import ROOT, stack_config
 
 SCHEMA_PATH = ROOT.parent / "shared" / "reference" / "mas" / f"config.schema.v{images.MAS_VERSION}.json"

@@ -14,6 +14,7 @@ import pytest
 from components.tls.plan import certificates
 
 import config
+import stack
 from components import catalog
 from components.part import BuildContext, Component, Contribution, Endpoint, Part
 from components.platform.spec import Port, Service
@@ -99,7 +100,7 @@ def test_the_zone_check_covers_a_registered_part() -> None:
     raw = {**copy.deepcopy(STAGING), "hostnames": {"matrix": "matrix.example.org"}}
     raw["cloudflare"] = {**raw["cloudflare"], "zone": "matrix.example.org"}
     with pytest.raises(config.ConfigError) as caught:
-        config.parse(raw, STAGING_SECRETS)
+        stack.parse(raw, STAGING_SECRETS)
     refused = {p.path for p in caught.value.problems}
     assert {"server_name", "hostnames.admin", "hostnames.call", "hostnames.ntfy"} <= refused
     assert "hostnames.matrix" not in refused
@@ -143,7 +144,7 @@ def test_every_hostname_list_derives_from_the_endpoints(name: str) -> None:
     outside = copy.deepcopy(raw)
     outside["cloudflare"] = {**outside["cloudflare"], "zone": "elsewhere.example"}
     with pytest.raises(config.ConfigError) as caught:
-        config.parse(outside, secrets)
+        stack.parse(outside, secrets)
     judged = {p.value.strip("'") for p in caught.value.problems if "Cloudflare zone" in p.message}
     assert judged == every
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import config
-import stack  # noqa: F401  (registers the stack-wide config checks)
+import stack
 from render import offline
 from tests.pki import PrivateCA
 
@@ -41,12 +41,12 @@ def _raw(ca: PrivateCA, **synapse_federation: Any) -> dict[str, Any]:
 
 def _problems(raw: dict[str, Any], secret_keys: tuple[str, ...] = KEY) -> dict[str, str]:
     with pytest.raises(config.ConfigError) as caught:
-        config.parse(raw, secret_keys)
+        stack.parse(raw, secret_keys)
     return {p.path: f"{p.message} (got {p.value})" for p in caught.value.problems}
 
 
 def test_a_private_federation_config_parses(ca: PrivateCA) -> None:
-    cfg = config.parse(_raw(ca), KEY)
+    cfg = stack.parse(_raw(ca), KEY)
     assert cfg.tls_mode == "provided"
 
 
@@ -81,8 +81,8 @@ def test_a_whitelist_without_the_stacks_own_server_name_is_refused(ca: PrivateCA
     assert list(problems) == ["synapse.federation.domain_whitelist"]
     assert "example.org" in problems["synapse.federation.domain_whitelist"]
     assert "empty list federates with nobody" in problems["synapse.federation.domain_whitelist"]
-    config.parse(_raw(ca, domain_whitelist=[]), KEY)  # Synapse's "federate with nobody"
-    config.parse(_raw(ca, domain_whitelist=["example.org", "other.example"]), KEY)
+    stack.parse(_raw(ca, domain_whitelist=[]), KEY)  # Synapse's "federate with nobody"
+    stack.parse(_raw(ca, domain_whitelist=["example.org", "other.example"]), KEY)
 
 
 def test_denying_the_stacks_own_server_name_is_refused(ca: PrivateCA) -> None:
@@ -113,7 +113,7 @@ def test_provided_tls_needs_the_file_and_a_secret_key(ca: PrivateCA) -> None:
     # A plaintext key is refused and never echoed.
     raw = _raw(ca)
     with pytest.raises(config.ConfigError) as caught:
-        config.parse(raw, ())
+        stack.parse(raw, ())
     assert "PRIVATE KEY" not in str(caught.value)
     assert any(p.path == "tls_private_key" for p in caught.value.problems)
     raw["tls_private_key"] = "not a key"

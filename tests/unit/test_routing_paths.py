@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-import config
-import stack  # noqa: F401  (registers the worker-table checks)
+import stack
 from components.synapse import homeserver as hs
 from components.synapse import routing
 from components.synapse import services as synapse_services
@@ -33,7 +32,7 @@ def _route(plan: routing.RoutingPlan, method: str, path: str) -> str:
 
 @pytest.fixture(scope="module")
 def every_role_plan() -> routing.RoutingPlan:
-    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": EVERY_ROLE}}})
+    cfg = stack.parse({"server_name": "localhost", "synapse": {"workers": {"counts": EVERY_ROLE}}})
     return routing.plan(hs.topology(cfg), synapse_services.addresses(cfg))
 
 
@@ -96,7 +95,7 @@ def test_each_request_reaches_the_process_that_serves_it(
 
 
 def test_without_writers_reads_go_to_workers_and_writes_to_main() -> None:
-    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": {"generic": 2}}}})
+    cfg = stack.parse({"server_name": "localhost", "synapse": {"workers": {"counts": {"generic": 2}}}})
     plan = routing.plan(hs.topology(cfg), synapse_services.addresses(cfg))
     assert _route(plan, "GET", f"{C}/user/@u:x/account_data/m.direct") == "synapse_generic"
     assert _route(plan, "PUT", f"{C}/user/@u:x/account_data/m.direct") == "synapse_main"
@@ -117,7 +116,7 @@ def test_without_writers_reads_go_to_workers_and_writes_to_main() -> None:
 def test_the_server_keys_are_answered_by_a_federation_listener_when_one_exists(
     counts: dict[str, int], expected: str
 ) -> None:
-    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": counts}}})
+    cfg = stack.parse({"server_name": "localhost", "synapse": {"workers": {"counts": counts}}})
     topo, address = hs.topology(cfg), synapse_services.addresses(cfg)
     plan = routing.plan(topo, address)
     assert _route(plan, "GET", "/_matrix/key/v2/server") == expected
@@ -138,7 +137,7 @@ def test_the_server_keys_are_answered_by_a_federation_listener_when_one_exists(
     ({}, "synapse_main"),
 ], ids=["sync", "generic", "monolith"])
 def test_sliding_sync_is_sticky_by_user_on_a_sync_or_generic_worker(counts: dict[str, int], expected: str) -> None:
-    cfg = config.parse({"server_name": "localhost", "synapse": {"workers": {"counts": counts}}})
+    cfg = stack.parse({"server_name": "localhost", "synapse": {"workers": {"counts": counts}}})
     plan = routing.plan(hs.topology(cfg), synapse_services.addresses(cfg))
     assert _route(plan, "POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync") == expected
     # Case-insensitive, as nginx matches, and only the sync endpoint itself.

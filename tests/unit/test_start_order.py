@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import config
+import stack
 from components.platform.docker import start_command
 from components.platform.spec import Wait
 from components.tls import proxy_run_script
@@ -84,10 +85,10 @@ def test_bind_address_is_typed() -> None:
     raw = copy.deepcopy(stack_raw("dev"))
     raw["target"]["hosts"][0]["bind_address"] = "localhost"
     with pytest.raises(config.ConfigError) as err:
-        config.parse(raw)
+        stack.parse(raw)
     assert "target.hosts.0.bind_address" in str(err.value) or "bind_address" in str(err.value)
     raw["target"]["hosts"][0]["bind_address"] = "::1"
-    assert config.parse(raw).target.hosts[0].published_address == "::1"  # type: ignore[union-attr]
+    assert stack.parse(raw).target.hosts[0].published_address == "::1"  # type: ignore[union-attr]
 
 
 def test_proxy_health_is_not_static(dev: offline.Run) -> None:

@@ -18,7 +18,7 @@ from components.tls.plan import (
 )
 
 import config
-import stack  # noqa: F401  (registers the stack-wide config checks)
+import stack
 from components.tls import PLACEHOLDER_PY, acme_script, proxy_run_script
 
 ORIGIN_IP = "203.0.113.10"
@@ -29,7 +29,7 @@ def _cfg(**overrides: Any) -> config.StackConfig:
     raw: dict[str, Any] = {"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}}
     raw.update(overrides)
     secret = TOKEN if "cloudflare_api_token" in raw else ()
-    return config.parse(raw, secret)
+    return stack.parse(raw, secret)
 
 
 def _cloudflare(**tls: Any) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def _cloudflare(**tls: Any) -> dict[str, Any]:
 
 
 def test_localhost_runs_plain_http() -> None:
-    cfg = config.parse({"server_name": "localhost"})
+    cfg = stack.parse({"server_name": "localhost"})
     assert not proxy_terminates_tls(cfg)
     assert certificates(cfg) == []
 

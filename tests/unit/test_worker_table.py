@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-import stack  # noqa: F401  (registers the worker-table checks)
 from components.synapse import homeserver as hs
 from components.synapse import routing, services
 from components.synapse.workers import (
@@ -28,8 +27,9 @@ from components.synapse.workers import (
     counts_for,
     worker_name,
 )
-from config import ConfigError, parse
+from config import ConfigError
 from config.model import StackConfig
+from stack import parse
 
 # Route groups of streams only their writer (or main) may write. device_lists is not among them:
 # in the pinned Synapse every worker registers the device and key-upload servlets and forwards
