@@ -41,3 +41,24 @@ def dev_raw() -> dict[str, Any]:
 
 def load_yaml(text: str) -> Any:
     return yaml.safe_load(text)
+
+
+def stack_view(cfg: Any) -> Any:
+    """The resolved view of a parsed stack config (what every part reads)."""
+    from components.checks import view_of
+
+    return view_of(cfg)[0]
+
+
+def nginx_conf(cfg: Any) -> str:
+    """The routing proxy's nginx.conf for a parsed stack config."""
+    from components.edge import proxy_service
+    from components.edge.render import NGINX_CONF
+
+    service = proxy_service(cfg, stack_view(cfg), [], [], False)
+    return str(next(f.content for f in service.files if f.path == NGINX_CONF))
+
+
+def guest_pools(cfg: Any) -> int:
+    """The connections the other parts' claims hold on the bundled PostgreSQL."""
+    return sum(claim.pool for claim in stack_view(cfg).databases if claim.bundled)

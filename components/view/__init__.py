@@ -10,7 +10,8 @@ config, so the config checks resolve the same view before any resource exists.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from components.part import DatabaseClaim, EdgeRoutes, Endpoint, Part
@@ -37,14 +38,20 @@ class StackView:
     certificates: tuple[Certificate, ...]
     # Keys other parts add to the client well-known document (Element Call's foci).
     well_known_client: Mapping[str, object]
-    # Routes parts add to the routing proxy's virtual hosts (Synapse's worker routing, MAS's logins).
-    edge_routes: tuple[EdgeRoutes, ...]
     # The service every public site goes through (None when no part runs one).
     edge_service: str | None
     # Every database the stack's parts claim, in catalog order.
     databases: tuple[DatabaseClaim, ...]
+    # The routes parts add to the routing proxy's virtual hosts (Synapse's worker routing, MAS's
+    # logins), computed when first read: they need the worker table, which a rule about another
+    # part must not depend on.
+    routes_of: Callable[[], tuple[EdgeRoutes, ...]] = field(repr=False, compare=False)
     # Names of the enabled parts, in catalog order.
     parts: tuple[str, ...] = field(default=())
+
+    @functools.cached_property
+    def edge_routes(self) -> tuple[EdgeRoutes, ...]:
+        return self.routes_of()
 
     @property
     def proxy_hostnames(self) -> list[str]:
@@ -101,7 +108,7 @@ def resolve(cfg: StackConfig, parts: Sequence[Part]) -> tuple[StackView, list[Pa
         certificate_sources=sources,
         certificates=tuple(certificate_plan.certificates(sources)),
         well_known_client=well_known,
-        edge_routes=tuple(route for part in enabled for route in part.edge_routes(cfg)),
+        routes_of=lambda: tuple(route for part in enabled for route in part.edge_routes(cfg)),
         edge_service=edge_service,
         databases=tuple(claim for part in enabled for claim in part.database_claims(cfg)),
     )

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components.synapse import routing  # noqa: E402
+from components.edge.render import NGINX_CONF  # noqa: E402
 from components.synapse.workers import ROLES  # noqa: E402
 from render import offline  # noqa: E402
 
@@ -528,7 +528,7 @@ class Cluster:
         # nginx as the proxy's run script finally runs it. The script's address watch serves a
         # container network whose addresses move; the engine test runs it there. On loopback
         # they never move.
-        conf = str(self.file(routing.NGINX_CONF))
+        conf = str(self.file(NGINX_CONF))
         args = ["nginx", "-c", conf, "-g", "daemon off;"]
         check = subprocess.run(["nginx", "-t", "-c", conf], capture_output=True, text=True)
         if check.returncode != 0:

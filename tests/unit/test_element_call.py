@@ -161,18 +161,19 @@ def test_sfu_on_another_docker_host_is_reached_through_a_published_port(program:
 
 def test_create_admin_command_per_target() -> None:
     import stack
+    from components.platform.targets import target_of
     from components.synapse import create_admin_command
 
     local = stack.parse({"server_name": "localhost", "target": {"kind": "docker", "http_port": 8080}})
-    assert create_admin_command(local) == (
+    assert create_admin_command(local, target_of(local)) == (
         "docker exec -it synapse-main register_new_matrix_user -c /conf/homeserver.yaml -a -u admin "
         "http://localhost:8008")
     remote = stack.parse(BASE)
-    assert create_admin_command(remote).startswith("DOCKER_HOST=ssh://deploy@one.example.org docker exec -it synapse-main ")
+    assert create_admin_command(remote, target_of(remote)).startswith("DOCKER_HOST=ssh://deploy@one.example.org docker exec -it synapse-main ")
     k8s = stack.parse({"server_name": "example.org", "tls": {"mode": "acme"},
                        "target": {"kind": "kubernetes", "namespace": "chat", "context": "prod",
                                   "cert_manager_issuer": "letsencrypt"}})
-    command = create_admin_command(k8s)
+    command = create_admin_command(k8s, target_of(k8s))
     assert command.startswith("kubectl --context prod -n chat exec -it ")
     assert command.endswith("-- register_new_matrix_user -c /conf/homeserver.yaml -a -u admin http://localhost:8008")
 

@@ -14,6 +14,7 @@ import pytest
 
 import config
 import stack
+from components.edge import PROXY_SERVICE
 from components.platform import kubernetes as kube
 from components.platform.spec import (
     Edge,
@@ -29,7 +30,7 @@ from components.platform.spec import (
 from components.synapse import homeserver as hs
 from components.synapse import services as synapse_services
 from render import offline
-from tests.conftest import ROOT, stack_config, stack_raw
+from tests.conftest import ROOT, guest_pools, stack_config, stack_raw
 
 CTX = kube.Context(namespace="matrix", storage_class="fast", ingress_class="nginx",
                    cert_manager_issuer="letsencrypt", max_body="100M")
@@ -444,7 +445,7 @@ def test_prod_drains_at_most_one_instance_of_a_synapse_role_at_a_time(prod: offl
         for pair in itertools.combinations(names, 2):
             assert not _may_evict_together(manifests, list(pair)), pair
     # Instances of different roles, and the proxy, may go at the same time.
-    assert _may_evict_together(manifests, [names[0] for names in scalable.values()] + [synapse_services.PROXY_SERVICE])
+    assert _may_evict_together(manifests, [names[0] for names in scalable.values()] + [PROXY_SERVICE])
     assert _budgets_of(manifests, "synapse-typing-1") == []
 
 
@@ -607,7 +608,7 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     expected = own | {shared, "configmap-synapse-proxy-files"}
     # PostgreSQL's max_connections grows with the process count (homeserver.max_connections):
     # then, and only then, PostgreSQL restarts too.
-    if hs.max_connections(prod.cfg) != hs.max_connections(run.cfg):
+    if hs.max_connections(prod.cfg, guest_pools(prod.cfg)) != hs.max_connections(run.cfg, guest_pools(run.cfg)):
         expected |= {"statefulset-synapse-postgres"}
     # The Redis, PostgreSQL and MAS (token introspection) policies list every Synapse process as a client.
     expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis", "networkpolicy-mas"}

@@ -16,12 +16,11 @@ import yaml
 from components.mas import render
 from components.mas import services as mas_services
 from components.synapse import homeserver as hs
-from components.synapse import routing
 from config import images
 from config.load import ConfigError
 from config.model import StackConfig
 from stack import parse
-from tests.conftest import ROOT, stack_config
+from tests.conftest import ROOT, guest_pools, nginx_conf, stack_config
 
 SCHEMA_PATH = ROOT.parent / "shared" / "reference" / "mas" / f"config.schema.v{images.MAS_VERSION}.json"
 
@@ -263,9 +262,7 @@ def test_synapse_delegates_to_mas_and_enables_qr_login() -> None:
 
 def test_login_logout_and_refresh_go_to_mas_before_any_synapse_route() -> None:
     cfg = cfg_of(WORKERS)
-    topo = hs.topology(cfg)
-    address = {n: n for n in hs._all_names(cfg)}
-    conf = routing.render_nginx(cfg, topo, address, sites=[], well_known_client_extra={})
+    conf = nginx_conf(cfg)
     locations = re.findall(r"^\s*location (?:~\*? )?(\S+) \{", conf, re.M)
     first_route = next(i for i, pattern in enumerate(locations) if pattern.startswith("^"))
     assert locations[first_route] == render.COMPAT_PATTERN
@@ -276,13 +273,12 @@ def test_login_logout_and_refresh_go_to_mas_before_any_synapse_route() -> None:
         assert pattern.match(path), path
     assert not pattern.match("/_matrix/client/v3/sync")
     # Without MAS (or while migrating) Synapse keeps them.
-    plain = routing.render_nginx(cfg_of({**WORKERS, "mas": {"enabled": False}}), topo, address, sites=[],
-                                 well_known_client_extra={})
+    plain = nginx_conf(cfg_of({**WORKERS, "mas": {"enabled": False}}))
     assert render.COMPAT_PATTERN not in plain
 
 
 def test_the_bundled_database_counts_mas_pool() -> None:
-    assert hs.max_connections(cfg_of(MONOLITH)) >= 5 + 20 + render.DATABASE_POOL
+    assert hs.max_connections(cfg_of(MONOLITH), guest_pools(cfg_of(MONOLITH))) >= 5 + 20 + render.DATABASE_POOL
 
 
 # ---------------------------------------------------------------- services
@@ -294,7 +290,7 @@ def stand_ins(cfg: StackConfig) -> dict[str, str]:
 
 def test_services_carry_every_secret_as_a_file_or_secret_env() -> None:
     cfg = cfg_of(EVERY_SETTING)
-    [mas] = mas_services.services(cfg, stand_ins(cfg))
+    [mas] = mas_services.services(cfg, stand_ins(cfg), "synapse-proxy")
     paths = {f.path: f for f in mas.files}
     assert mas.env == {"MAS_CONFIG": render.CONFIG} and render.CONFIG in paths
     assert not paths[render.CONFIG].secret
@@ -308,7 +304,7 @@ def test_services_carry_every_secret_as_a_file_or_secret_env() -> None:
 
 def test_the_bundled_database_gets_a_setup_service_with_the_superuser_password() -> None:
     cfg = cfg_of(MONOLITH)
-    mas, setup = mas_services.services(cfg, stand_ins(cfg))
+    mas, setup = mas_services.services(cfg, stand_ins(cfg), "synapse-proxy")
     assert setup.name == render.DATABASE_SETUP_SERVICE
     assert setup.secret_env == {"PGPASSWORD": "<postgres>", "MAS_DATABASE_PASSWORD": "<database>"}
     assert [f.path for f in setup.files] == [render.DATABASE_SETUP_SQL]

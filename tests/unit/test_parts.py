@@ -11,15 +11,15 @@ from typing import Any
 
 import pulumi
 import pytest
-from components.tls.plan import certificates
 
 import config
 import stack
 from components import catalog
 from components.part import BuildContext, Component, Contribution, Endpoint, Part
 from components.platform.spec import Port, Service
+from components.view import StackView
 from render import offline
-from tests.conftest import ROOT, stack_config
+from tests.conftest import ROOT, stack_config, stack_view
 
 STAGING, STAGING_SECRETS = stack_config("staging", ROOT)
 PROD, PROD_SECRETS = stack_config("prod", ROOT)
@@ -34,14 +34,15 @@ class AdminUi(Part):
     def endpoints(self, cfg: config.StackConfig) -> list[Endpoint]:
         return [Endpoint("admin", "admin-ui", 8080)]
 
-    def services(self, cfg: config.StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    def services(self, cfg: config.StackConfig, view: StackView,
+                 secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return [Service(name="admin-ui", component="admin-ui", image="example/admin-ui:1.0.0",
                         ports=[Port("http", 8080)])]
 
     def build(self, cfg: config.StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("AdminUi", self.name)
         component.register_outputs({})
-        return Contribution(parent=component, services=self.services(cfg, {}))
+        return Contribution(parent=component, services=self.services(cfg, ctx.view, {}))
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def _ingress_hosts(run: offline.Run) -> set[str]:
 
 
 def _certificate_names(run: offline.Run) -> set[str]:
-    return {h for cert in certificates(run.cfg) for h in cert.hostnames}
+    return {h for cert in stack_view(run.cfg).certificates for h in cert.hostnames}
 
 
 @pytest.mark.usefixtures("with_admin_ui")
@@ -132,9 +133,10 @@ def test_every_hostname_list_derives_from_the_endpoints(name: str) -> None:
     raw, secrets = _stacks()[name]
     run = offline.run(raw, stack=name, secret_keys=secrets)
     cfg = run.cfg
-    every = {host for host, _endpoint in catalog.endpoints(cfg)}
-    served = set(catalog.proxy_hostnames(cfg))
-    elsewhere = {host for host, e in catalog.endpoints(cfg) if not e.served_by_proxy} - served
+    view = stack_view(cfg)
+    every = {host for host, _endpoint in view.endpoints}
+    served = set(view.proxy_hostnames)
+    elsewhere = {host for host, e in view.endpoints if not e.served_by_proxy} - served
     assert _nginx_hosts(run) == served
     assert _certificate_names(run) == served
     assert _dns_names(run) == every == served | elsewhere

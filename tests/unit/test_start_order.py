@@ -11,9 +11,9 @@ import pytest
 
 import config
 import stack
+from components.edge.render import proxy_run_script
 from components.platform.docker import start_command
 from components.platform.spec import Wait
-from components.tls import proxy_run_script
 from render import offline
 from tests.conftest import ROOT, stack_config, stack_raw
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from components.tls import PROXY_RUN
+from components.edge.render import PROXY_RUN
 from render import offline
 from tests.conftest import load_yaml, stack_raw
 
@@ -258,13 +258,13 @@ def test_proxy_restarts_with_its_upstreams_and_media_waits_for_its_volume_owner(
 def test_the_checks_name_exactly_the_services_the_stack_runs(program: Any) -> None:
     """The placement rule reads each part's services() with stand-in secrets: the same services,
     by name, that the build hands the target."""
-    from components import catalog
-    from components.checks import STAND_IN
+    from components.checks import STAND_IN, view_of
 
     for counts in ({}, {"generic": 2, "media_repository": 1}):
         raw = {"server_name": "localhost", "synapse": {"workers": {"counts": counts}}, "ntfy": {"enabled": True}}
         run = program(raw)
         built = sorted(s["service"].name for s in run.services)
-        checked = sorted(s.name for part in catalog.enabled_parts(run.cfg)
-                         for s in part.services(run.cfg, dict.fromkeys(part.secret_names(run.cfg), STAND_IN)))
+        view, parts = view_of(run.cfg)
+        checked = sorted(s.name for part in parts
+                         for s in part.services(run.cfg, view, dict.fromkeys(part.secret_names(run.cfg), STAND_IN)))
         assert checked == built

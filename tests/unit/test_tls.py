@@ -9,17 +9,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from components.tls.plan import (
-    certificate_source,
-    certificate_sources,
-    certificates,
-    proxy_terminates_tls,
-    runs_acme_client,
-)
 
 import config
 import stack
-from components.tls import PLACEHOLDER_PY, acme_script, proxy_run_script
+from components.edge.render import proxy_run_script
+from components.tls import PLACEHOLDER_PY, acme_script
+from components.view.certificates import Certificate
+from tests.conftest import stack_view
+
+
+def certificates(cfg: config.StackConfig) -> list[Certificate]:
+    return list(stack_view(cfg).certificates)
+
+
+def certificate_sources(cfg: config.StackConfig) -> dict[str, str]:
+    return dict(stack_view(cfg).certificate_sources)
+
+
+def certificate_source(cfg: config.StackConfig, hostname: str) -> str | None:
+    return stack_view(cfg).certificate_sources.get(hostname)
+
+
+def proxy_terminates_tls(cfg: config.StackConfig) -> bool:
+    return bool(stack_view(cfg).proxy_terminates_tls)
+
+
+def runs_acme_client(cfg: config.StackConfig) -> bool:
+    return bool(stack_view(cfg).runs_acme_client)
 
 ORIGIN_IP = "203.0.113.10"
 TOKEN = ("cloudflare_api_token",)

@@ -3,6 +3,7 @@ Pure functions, plus the real nginx checking the rendered nginx.conf."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from components.edge import render as edge_render
 from components.synapse import homeserver as hs
 from components.synapse import routing, services
 from components.synapse.workers import (
@@ -30,6 +32,7 @@ from components.synapse.workers import (
 from config import ConfigError
 from config.model import StackConfig
 from stack import parse
+from tests.conftest import guest_pools, nginx_conf, stack_view
 
 # Route groups of streams only their writer (or main) may write. device_lists is not among them:
 # in the pinned Synapse every worker registers the device and key-upload servlets and forwards
@@ -293,8 +296,16 @@ def test_location_order_is_the_route_group_order_and_deterministic() -> None:
 
 
 def render(cfg: StackConfig, address: dict[str, str] | None = None) -> str:
-    topo = hs.topology(cfg)
-    return routing.render_nginx(cfg, topo, address or services.addresses(cfg), sites=[], well_known_client_extra={})
+    """nginx.conf; with `address`, Synapse's processes and the sites dialled there instead (so
+    that `nginx -t` resolves them)."""
+    if address is None:
+        return nginx_conf(cfg)
+    view = stack_view(cfg)
+    synapse_routes = routing.edge_routes(cfg, hs.topology(cfg), address, ())
+    routes = tuple(synapse_routes if r.order == routing.ROUTES_ORDER else r for r in view.edge_routes)
+    view = dataclasses.replace(view, routes_of=lambda: routes)
+    sites = view.sites(cfg)
+    return edge_render.render_nginx(cfg, view, sites, {s.upstream_service: "127.0.0.1" for s in sites})
 
 
 def _location_blocks(conf: str) -> dict[str, str]:
@@ -404,9 +415,9 @@ def test_max_connections_fits_every_pool_and_moves_in_hundreds() -> None:
     small, seed = cfg_with({"generic": 1}), parse({"server_name": "localhost", "synapse": {"workers": {"preset": "seed-000"}}})
     for cfg in (small, seed, cfg_with(EVERY_ROLE)):
         processes = len(hs.topology(cfg).processes)
-        assert hs.max_connections(cfg) >= cfg.synapse.database.cp_max * processes + 20
-        assert hs.max_connections(cfg) % 100 == 0
+        assert hs.max_connections(cfg, guest_pools(cfg)) >= cfg.synapse.database.cp_max * processes + 20
+        assert hs.max_connections(cfg, guest_pools(cfg)) % 100 == 0
     # One more worker in seed-000 (20 processes, 5 per pool) needs no PostgreSQL restart.
     bigger = parse({"server_name": "localhost",
                     "synapse": {"workers": {"preset": "seed-000", "counts": {"generic": 7}}}})
-    assert hs.max_connections(bigger) == hs.max_connections(seed)
+    assert hs.max_connections(bigger, 0) == hs.max_connections(seed, 0)
