@@ -14,9 +14,10 @@ from components.dns import PublicDns
 from components.edge import EdgeProxy
 from components.element_call import ElementCall
 from components.element_web import ElementWeb
-from components.mas import Mas, MasDatabase
+from components.mas import Mas
 from components.ntfy import Ntfy
 from components.part import Part
+from components.postgres import BundledPostgres
 from components.synapse import SynapseCluster
 from components.tls import Tls
 
@@ -28,7 +29,7 @@ PARTS: list[Part] = [
     Ntfy(),
     Coturn(),
     Mas(),
-    MasDatabase(),
+    BundledPostgres(),
     Tls(),
     PublicDns(),
     Backup(),

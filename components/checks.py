@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from components import catalog
 from components.view import StackView, resolve
 from config.checks import Check, Finding, Rules
-from config.model import BundledDatabase, StackConfig
+from config.model import StackConfig
 
 # What the worker topology is derived from (counts_for): the preset and every role's count.
 TOPOLOGY = ("synapse.workers",)
@@ -88,8 +88,6 @@ def _merged(groups: list[list[str]]) -> list[list[str]]:
 # Files a previous rule refused are not read again (the CA files).
 @check(*CERTIFICATES, *TOPOLOGY, "synapse.database.kind", "synapse.federation.trusted_ca_files")
 def placement(cfg: StackConfig) -> list[Finding]:
-    from components.synapse.homeserver import POSTGRES_SERVICE
-
     view, parts = view_of(cfg)
     names: list[str] = []
     together: list[list[str]] = []
@@ -97,10 +95,6 @@ def placement(cfg: StackConfig) -> list[Finding]:
         services = part.services(cfg, view, dict.fromkeys(part.secret_names(cfg), STAND_IN))
         names += [s.name for s in services]
         together += part.together(cfg, view, services)
-    clients = [c for claim in view.databases if claim.bundled for c in claim.clients]
-    if clients and isinstance(cfg.synapse.database, BundledDatabase):
-        # The bundled PostgreSQL listens on its host's private network only.
-        together.append([POSTGRES_SERVICE, *clients])
     return view.target.placement_problems(names, _merged(together))
 
 

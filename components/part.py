@@ -74,15 +74,85 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class ExternalServer:
+    """A PostgreSQL server the operator runs."""
+
+    host: str
+    port: int
+    sslmode: str
+
+
+@dataclass(frozen=True)
 class DatabaseClaim:
-    """A database a part's services use. On the bundled PostgreSQL the server admits exactly the
-    claimants' clients, which share its host; its connection limit counts their pools."""
+    """A database a part's services use, and its role. On the bundled PostgreSQL the server
+    admits exactly the claimants' clients, which share its host; its connection limit counts
+    their pools; its setup step keeps each claim's role and database. The backup dumps every
+    claimed database."""
 
     database: str
     user: str
     clients: tuple[str, ...]  # the services that connect
     pool: int  # connections the clients hold at most, together
-    bundled: bool  # on the stack's own PostgreSQL (else an external server the operator runs)
+    password_secret: str  # the shared secret (Contribution.shared_secrets) holding the role's password
+    external: ExternalServer | None = None  # None: on the bundled PostgreSQL
+    # The server's owner: the bundled image creates this role and database at first start, and
+    # the setup step logs in as it.
+    owner: bool = False
+    # The role may read every database while this holds (pg_read_all_data; MAS's syn2mas).
+    reads_all_data: bool = False
+
+    @property
+    def bundled(self) -> bool:
+        return self.external is None
+
+
+@dataclass(frozen=True)
+class DatabaseServer:
+    """The bundled PostgreSQL, as its clients dial it."""
+
+    service: str
+    port: int
+    image: str
+
+
+@dataclass(frozen=True)
+class KeptFile:
+    """A secret file its part cannot regenerate without breaking something (a server's federation
+    identity, every session): the backup saves it, the restore brings it back."""
+
+    name: str  # the shared secret (Contribution.shared_secrets) holding it; its name in a snapshot
+    path: str  # where the part's services read it
+
+
+@dataclass(frozen=True)
+class MediaStore:
+    """The homeserver's media: a volume its services mount (the backup reads it)."""
+
+    volume: str
+    path: str
+    owner: str  # "uid:gid" that owns the files
+    services: tuple[str, ...]  # the services that mount it
+
+
+@dataclass(frozen=True)
+class Writer:
+    """A service the restore stops while it replaces the data, and starts again after."""
+
+    service: str
+    stateful: bool  # it holds a volume of its own (a StatefulSet on Kubernetes)
+
+
+@dataclass(frozen=True)
+class Homeserver:
+    """What other parts need of the homeserver: its processes (the clients of what they serve),
+    main's address on the private network, and the settings tools read from its config."""
+
+    processes: tuple[str, ...]
+    internal_url: str
+    # homeserver.yaml keys for tools that read the homeserver's settings (MAS's syn2mas), given
+    # the bundled database server: server_name, public_baseurl, the database section and the
+    # registration keys, without secret paths.
+    tool_config: Callable[[DatabaseServer | None], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -178,6 +248,26 @@ class Part:
     def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
         """The databases its services use."""
         return []
+
+    def database_server(self, cfg: StackConfig) -> DatabaseServer | None:
+        """The PostgreSQL server it runs for the stack's claims."""
+        return None
+
+    def kept_files(self, cfg: StackConfig) -> list[KeptFile]:
+        """Its secret files that cannot be regenerated."""
+        return []
+
+    def media_store(self, cfg: StackConfig) -> MediaStore | None:
+        return None
+
+    def writers(self, cfg: StackConfig) -> list[Writer]:
+        """Its services that a restore stops while it replaces the data (what writes the
+        databases or the media, and what lets clients reach them)."""
+        return []
+
+    def homeserver(self, cfg: StackConfig) -> Homeserver | None:
+        """The homeserver it runs."""
+        return None
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         """The secrets services() reads (stand-ins when a check calls it)."""

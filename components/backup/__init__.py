@@ -11,13 +11,13 @@ import pulumi
 
 from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Part
 from components.platform.spec import Service
-from components.synapse import homeserver as hs
 from components.view import StackView
 from config.model import S3Repository, SftpRepository, StackConfig
 
 from . import render
 from . import services as jobs
 
+STAND_IN = "stand-in"
 STACK_OUTPUTS = ("backup_repository_password", "backup_restore_procedure", "backup_snapshots_command")
 
 
@@ -33,7 +33,7 @@ class Backup(Part):
         return cfg.backup.enabled
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
-        names = [jobs.PASSWORD, *jobs.database_secrets(cfg), *render.key_files(cfg)]
+        names = [jobs.PASSWORD]
         repo = cfg.backup.repository
         if isinstance(repo, S3Repository):
             names += ["s3_access_key_id", "s3_secret_access_key"]
@@ -42,19 +42,22 @@ class Backup(Part):
         return tuple(names)
 
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return jobs.services(cfg, render.databases(cfg), secrets,
-                             [secrets[name] for name in jobs.database_secrets(cfg)])
+        # The databases' passwords and the key files are their parts' secrets: stand-ins in a check.
+        databases = render.databases(view)
+        shared = [*jobs.database_secrets(databases), *render.key_files(view)]
+        values = {**dict.fromkeys(shared, STAND_IN), **secrets}
+        return jobs.services(cfg, view, databases, values, [values[name] for name in jobs.database_secrets(databases)])
 
     def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         # The jobs mount the media store and share the scratch volume: one host with the
         # processes that hold the media store.
-        media = [p.name for p in hs.topology(cfg).processes if hs.uses_media_store(cfg, p)]
+        media = list(view.media_store.services) if view.media_store is not None else []
         return [[*(s.name for s in services), *media]]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         from components import secrets as gen
 
-        for text in render.warnings(cfg):
+        for text in render.warnings(cfg, ctx.view):
             pulumi.log.warn(text)
         component = Component("Backup", self.name)
         shared: dict[str, pulumi.Input[str]] = {}
@@ -62,16 +65,17 @@ class Backup(Part):
             shared.update(built.shared_secrets)
         values: dict[str, pulumi.Input[str]] = {
             jobs.PASSWORD: gen.password(f"{self.name}-repository-password", component, protect=cfg.protect)}
-        for name in self.secret_names(cfg):
-            if name in shared:
-                values[name] = shared[name]
+        databases = render.databases(ctx.view)
+        # The databases' passwords and the key files, shared by the parts that own them.
+        for name in [*jobs.database_secrets(databases), *render.key_files(ctx.view)]:
+            values[name] = shared[name]
         if cfg.backup_s3_access_key_id is not None and cfg.backup_s3_secret_access_key is not None:
             values["s3_access_key_id"] = pulumi.Output.secret(cfg.backup_s3_access_key_id.get_secret_value())
             values["s3_secret_access_key"] = pulumi.Output.secret(cfg.backup_s3_secret_access_key.get_secret_value())
         if cfg.backup_sftp_private_key is not None:
             values["sftp_private_key"] = pulumi.Output.secret(cfg.backup_sftp_private_key.get_secret_value())
         stack = pulumi.get_stack()
-        steps = render.restore_procedure(cfg, render.databases(cfg), stack)
+        steps = render.restore_procedure(cfg, ctx.view, databases, stack)
         component.register_outputs({})
         return Contribution(
             parent=component,

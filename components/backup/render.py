@@ -23,14 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from components.part import MediaStore
 from components.platform import placement
-from components.synapse import homeserver as hs
+from components.view import StackView
 from config import images
 from config.model import (
-    BundledDatabase,
     DockerTarget,
     KubernetesTarget,
-    MasExternalDatabase,
     S3Repository,
     SftpRepository,
     StackConfig,
@@ -66,8 +65,6 @@ PRIVATE_SFTP_KEY = f"{SCRATCH}/.sftp-key"
 REPOSITORY_MOUNT = "/repository"
 # Docker: how long backup.sh waits for the dump container before it gives up.
 DUMP_WAIT_S = 3600
-# The files Synapse cannot regenerate: a new signing key breaks the server's federation identity.
-KEY_FILES = {"signing_key": hs.secret_path("signing_key")}
 
 
 @dataclass(frozen=True)
@@ -81,6 +78,8 @@ class Database:
     # The service that runs the server, when the stack runs it (restore execs into it).
     service: str | None = None
     sslmode: str = "prefer"
+    # The shared secret holding the password (components/part.DatabaseClaim.password_secret).
+    password_secret: str = ""
 
     @property
     def dump_path(self) -> str:
@@ -91,46 +90,32 @@ class Database:
         return f"host={self.host} port={self.port} dbname={self.name} user={self.user} sslmode={self.sslmode}"
 
 
-def synapse_database(cfg: StackConfig) -> Database:
-    db = cfg.synapse.database
-    if isinstance(db, BundledDatabase):
-        return Database(hs.DATABASE_NAME, hs.POSTGRES_SERVICE, hs.POSTGRES_PORT, hs.DATABASE_USER,
-                        service=hs.POSTGRES_SERVICE, sslmode="disable")
-    return Database(db.name, db.host, db.port, db.user, sslmode=db.sslmode)
-
-
-def databases(cfg: StackConfig) -> list[Database]:
-    """Every database the stack owns: Synapse's, and MAS's when MAS is on."""
-    from components.mas import render as mas
-
-    found = [synapse_database(cfg)]
-    if cfg.mas.enabled:
-        db = cfg.mas.database
-        if isinstance(db, MasExternalDatabase):
-            found.append(Database(db.name, db.host, db.port, db.user, sslmode=db.sslmode))
+def databases(view: StackView) -> list[Database]:
+    """Every database the stack's parts claim (Synapse's, MAS's ...), in the view's order."""
+    found: list[Database] = []
+    for claim in view.databases:
+        if claim.external is not None:
+            ext = claim.external
+            found.append(Database(claim.database, ext.host, ext.port, claim.user, sslmode=ext.sslmode,
+                                  password_secret=claim.password_secret))
         else:
-            found.append(Database(mas.DATABASE_NAME, hs.POSTGRES_SERVICE, hs.POSTGRES_PORT, mas.DATABASE_USER,
-                                  service=hs.POSTGRES_SERVICE, sslmode="disable"))
+            server = view.database_server
+            assert server is not None
+            found.append(Database(claim.database, server.service, server.port, claim.user, service=server.service,
+                                  sslmode="disable", password_secret=claim.password_secret))
     return found
 
 
-def key_files(cfg: StackConfig) -> dict[str, str]:
+def key_files(view: StackView) -> dict[str, str]:
     """Name in the snapshot (under KEYS) -> the file its part reads: what cannot be regenerated
     without breaking something (Synapse's federation identity; MAS's tokens and encrypted data)."""
-    from components.mas import render as mas
-
-    found = dict(KEY_FILES)
-    if cfg.mas.enabled:
-        found.update({"mas_encryption": mas.ENCRYPTION_FILE,
-                      **{f"mas_{name}": path for name, path in mas.SIGNING_KEYS.items()}})
-    return found
+    return {kept.name: kept.path for kept in view.kept_files}
 
 
-def dump_image(cfg: StackConfig) -> str:
-    """The image that runs pg_dump: the bundled server's own; with an external database, the
+def dump_image(view: StackView) -> str:
+    """The image that runs pg_dump: the bundled server's own; with only external databases, the
     pinned PostgreSQL image (the operator keeps the server at its major version)."""
-    db = cfg.synapse.database
-    return db.image if isinstance(db, BundledDatabase) else images.POSTGRES
+    return view.database_server.image if view.database_server is not None else images.POSTGRES
 
 
 # ---------------------------------------------------------------- the repository
@@ -184,9 +169,9 @@ def retention_flags(cfg: StackConfig) -> list[str]:
     return flags
 
 
-def snapshot_paths(databases: Sequence[Database]) -> list[str]:
+def snapshot_paths(view: StackView) -> list[str]:
     """What one snapshot holds, in restic's argument order."""
-    return [DUMPS, KEYS, hs.MEDIA_STORE]
+    return [DUMPS, KEYS, *((view.media_store.path,) if view.media_store is not None else ())]
 
 
 # ---------------------------------------------------------------- the scripts
@@ -255,9 +240,9 @@ def _repository_lines(cfg: StackConfig) -> list[str]:
     return lines
 
 
-def backup_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
+def backup_script(cfg: StackConfig, view: StackView, databases: Sequence[Database]) -> str:
     """`backup.sh backup`: a snapshot, then forget --prune; `backup.sh check`: restic check."""
-    paths = " ".join(snapshot_paths(databases))
+    paths = " ".join(snapshot_paths(view))
     lines = [
         "#!/bin/sh",
         "# One restic snapshot of the database dumps, the key files and the media store.",
@@ -366,12 +351,15 @@ def _docker_restic(cfg: StackConfig, args: str, mounts: Sequence[str] = (), stdi
     return f"{prefix}docker run {' '.join(flags)} {cfg.backup.image} {' '.join(repo_args)} {args}"
 
 
-def synapse_services(cfg: StackConfig) -> list[str]:
-    """The services that write the databases or the media store: stopped during a restore
-    (main first when they start again)."""
-    from components.mas import render as mas
+def _stopped(view: StackView) -> list[str]:
+    """The services that write the databases or the media store, or let clients in: stopped
+    during a restore (PostgreSQL keeps running to take the dumps)."""
+    return [writer.service for writer in view.writers]
 
-    return [p.name for p in hs.topology(cfg).processes] + ["synapse-proxy"] + ([mas.SERVICE] if cfg.mas.enabled else [])
+
+def _media(view: StackView) -> MediaStore:
+    assert view.media_store is not None
+    return view.media_store
 
 
 def _pg_restore(db: Database) -> str:
@@ -379,9 +367,10 @@ def _pg_restore(db: Database) -> str:
             "--single-transaction --exit-on-error")
 
 
-def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) -> list[Step]:
-    stopped = synapse_services(cfg)
-    media_volume = "matrix-stack-synapse-media"
+def docker_restore(cfg: StackConfig, view: StackView, databases: Sequence[Database], stack: str) -> list[Step]:
+    stopped = _stopped(view)
+    media = _media(view)
+    media_volume = f"matrix-stack-{media.volume}"
     steps = [_password_step(stack), *_credential_steps(cfg, stack)]
     steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
     steps += _key_steps(cfg, stack, lambda args: _docker_restic(cfg, args))
@@ -397,13 +386,13 @@ def docker_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) 
         if db.service:
             target = f"{_docker_prefix(cfg, db.service)}docker exec -i {db.service} {_pg_restore(db)}"
         else:
-            target = (f"docker run --rm -i -e PGPASSWORD {dump_image(cfg)} {_pg_restore(db)} "
+            target = (f"docker run --rm -i -e PGPASSWORD {dump_image(view)} {_pg_restore(db)} "
                       f"-h {db.host} -p {db.port}")
         steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
                           "transaction.", f"{latest} | {target}"))
     steps.append(Step("Restore the media store into its volume (files keep their owner).",
-                      _docker_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {hs.MEDIA_STORE}",
-                                     mounts=[f"{media_volume}:{hs.MEDIA_STORE}"])))
+                      _docker_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {media.path}",
+                                     mounts=[f"{media_volume}:{media.path}"])))
     for prefix, names in by_host.items():
         steps.append(Step("Start Synapse again: main first, then the workers and the proxy.",
                           f"{prefix}docker start {' '.join(names)}"))
@@ -476,7 +465,7 @@ def _k8s_secret_step(cfg: StackConfig, databases: Sequence[Database]) -> Step:
                 "--from-env-file=/dev/stdin")
 
 
-def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: str) -> list[Step]:
+def kubernetes_restore(cfg: StackConfig, view: StackView, databases: Sequence[Database], stack: str) -> list[Step]:
     kubectl = _kubectl(cfg)
     steps = [_password_step(stack), *_credential_steps(cfg, stack), _k8s_secret_step(cfg, databases)]
     if isinstance(cfg.backup.repository, SftpRepository):
@@ -485,12 +474,8 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
                           "--from-file=known_hosts"))
     steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
     steps += _key_steps(cfg, stack, lambda args: _k8s_restic(cfg, args))
-    workloads = [f"{'statefulset' if hs.uses_media_store(cfg, p) else 'deployment'}/{p.name}"
-                 for p in hs.topology(cfg).processes] + ["deployment/synapse-proxy"]
-    if cfg.mas.enabled:
-        from components.mas import render as mas
-
-        workloads.append(f"deployment/{mas.SERVICE}")
+    workloads = [f"{'statefulset' if writer.stateful else 'deployment'}/{writer.service}" for writer in view.writers]
+    media = _media(view)
     steps.append(Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
                       "cluster, run `pulumi up` first: it recreates the workloads and empty claims.",
                       f"{kubectl} scale --replicas=0 {' '.join(workloads)}"))
@@ -500,16 +485,16 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
             target = f"{kubectl} exec -i statefulset/{db.service} -- {_pg_restore(db)}"
         else:
             pod = {"apiVersion": "v1", "spec": {"containers": [{
-                "name": "pg-restore", "image": dump_image(cfg), "stdin": True, "env": _secret_env("PGPASSWORD"),
+                "name": "pg-restore", "image": dump_image(view), "stdin": True, "env": _secret_env("PGPASSWORD"),
                 "command": [*shlex.split(_pg_restore(db)), "-h", db.host, "-p", str(db.port)]}],
                 "restartPolicy": "Never", "automountServiceAccountToken": False}}
-            target = (f"{kubectl} run backup-pg-restore --rm -i --quiet --restart=Never --image={dump_image(cfg)} "
+            target = (f"{kubectl} run backup-pg-restore --rm -i --quiet --restart=Never --image={dump_image(view)} "
                       f"--overrides={shlex.quote(json.dumps(pod, separators=(',', ':')))}")
         steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
                           "transaction.", f"{latest} | {target}"))
     steps.append(Step("Restore the media store into its claim (files keep their owner).",
-                      _k8s_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {hs.MEDIA_STORE}",
-                                  mounts=[("synapse-media", hs.MEDIA_STORE, False)])))
+                      _k8s_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {media.path}",
+                                  mounts=[(media.volume, media.path, False)])))
     steps.append(Step("Start Synapse again with the stack's replica counts.", f"pulumi up --stack {stack}"))
     steps.append(Step("Remove the restore's Secret.", f"{kubectl} delete secret {RESTORE_SECRET}"))
     if isinstance(cfg.backup.repository, SftpRepository):
@@ -517,10 +502,10 @@ def kubernetes_restore(cfg: StackConfig, databases: Sequence[Database], stack: s
     return steps
 
 
-def restore_procedure(cfg: StackConfig, databases: Sequence[Database], stack: str) -> list[Step]:
+def restore_procedure(cfg: StackConfig, view: StackView, databases: Sequence[Database], stack: str) -> list[Step]:
     if isinstance(cfg.target, KubernetesTarget):
-        return kubernetes_restore(cfg, databases, stack)
-    return docker_restore(cfg, databases, stack)
+        return kubernetes_restore(cfg, view, databases, stack)
+    return docker_restore(cfg, view, databases, stack)
 
 
 def procedure_text(steps: Sequence[Step]) -> str:
@@ -540,15 +525,15 @@ def snapshots_command(cfg: StackConfig) -> str:
 # ---------------------------------------------------------------- warnings
 
 
-def same_host_warnings(cfg: StackConfig) -> list[tuple[str, object, str]]:
+def same_host_warnings(cfg: StackConfig, view: StackView) -> list[tuple[str, object, str]]:
     """A volume repository on the Docker host of the database shares its fate."""
     if not cfg.backup.enabled or not isinstance(cfg.backup.repository, VolumeRepository):
         return []
     if not isinstance(cfg.target, DockerTarget):
         return []
     backup = placement.host_of(cfg, BACKUP_SERVICE)
-    database = placement.host_of(cfg, hs.POSTGRES_SERVICE) if isinstance(cfg.synapse.database, BundledDatabase) \
-        else None
+    server = view.database_server
+    database = placement.host_of(cfg, server.service) if server is not None else None
     if backup is None or database is None or backup.name != database.name:
         return []
     return [("backup.repository.kind", "volume",
@@ -556,7 +541,7 @@ def same_host_warnings(cfg: StackConfig) -> list[tuple[str, object, str]]:
              "that host loses the backups with it; use kind s3 or sftp for a copy elsewhere")]
 
 
-def warnings(cfg: StackConfig) -> list[str]:
+def warnings(cfg: StackConfig, view: StackView) -> list[str]:
     from config import Problem
 
-    return [str(Problem(key, advice, str(value))) for key, value, advice in same_host_warnings(cfg)]
+    return [str(Problem(key, advice, str(value))) for key, value, advice in same_host_warnings(cfg, view)]

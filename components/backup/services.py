@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 import pulumi
 
 from components.platform.spec import File, Resources, Service, Step, Volume
-from components.synapse import homeserver as hs
-from components.synapse.services import SYNAPSE_USER
+from components.view import StackView
 from config import images
 from config.model import KubernetesTarget, S3Repository, SftpRepository, StackConfig, VolumeRepository
 
@@ -25,7 +24,6 @@ from .render import Database
 # Secrets the jobs read: the repository's password (generated), each database's password and
 # the key files (the owning part's), the repository's credentials (config secrets).
 PASSWORD = "restic_password"
-MEDIA_VOLUME = "synapse-media"
 SCRATCH_VOLUME = "backup-scratch"
 
 
@@ -42,25 +40,25 @@ def _s3_env(secrets: Mapping[str, pulumi.Input[str]]) -> pulumi.Input[str]:
     return pulumi.Output.all(key_id, key).apply(lambda values: render.s3_env(values[0], values[1]))
 
 
-def dump_user(cfg: StackConfig) -> str | None:
-    return images.facts_for(render.dump_image(cfg)).user
+def dump_user(view: StackView) -> str | None:
+    return images.facts_for(render.dump_image(view)).user
 
 
-def database_secrets(cfg: StackConfig) -> list[str]:
+def database_secrets(databases: Sequence[Database]) -> list[str]:
     """The secret holding each database's password, in render.databases order: names the
     owning parts share with the backup (Contribution.shared_secrets)."""
-    return ["postgres"] + (["mas_database"] if cfg.mas.enabled else [])
+    return [db.password_secret for db in databases]
 
 
-def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[str, pulumi.Input[str]],
-             database_passwords: Sequence[pulumi.Input[str]]) -> list[Service]:
+def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
+             secrets: Mapping[str, pulumi.Input[str]], database_passwords: Sequence[pulumi.Input[str]]) -> list[Service]:
     """The backup's services. `secrets`: restic_password, signing_key, and the repository's
     credentials (s3_access_key_id and s3_secret_access_key, or sftp_private_key)."""
     kubernetes = isinstance(cfg.target, KubernetesTarget)
     repo = cfg.backup.repository
-    scripts = [File(render.BACKUP_SCRIPT, render.backup_script(cfg, databases), mode=0o555)]
+    scripts = [File(render.BACKUP_SCRIPT, render.backup_script(cfg, view, databases), mode=0o555)]
     secret_files = [File(render.PASSWORD_FILE, secrets[PASSWORD], secret=True, mode=0o400)]
-    for name in render.key_files(cfg):
+    for name in render.key_files(view):
         secret_files.append(File(f"{render.KEYS}/{name}", secrets[name], secret=True, mode=0o400))
     if isinstance(repo, S3Repository):
         secret_files.append(File(render.S3_ENV_FILE, _s3_env(secrets), secret=True, mode=0o400))
@@ -69,7 +67,8 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
         scripts.append(File(render.KNOWN_HOSTS_FILE, render.known_hosts(cfg) + "\n"))
     dump_files = [File(render.DUMP_SCRIPT, render.dump_script(cfg, databases), mode=0o555),
                   File(render.PGPASS_FILE, _pgpass(databases, database_passwords), secret=True, mode=0o400)]
-    volumes = [Volume(MEDIA_VOLUME, hs.MEDIA_STORE, read_only=True)]
+    media = view.media_store
+    volumes = [Volume(media.volume, media.path, read_only=True)] if media is not None else []
     if isinstance(repo, VolumeRepository):
         volumes.append(Volume(repo.name, render.REPOSITORY_MOUNT, size=repo.size))
     resources = Resources(cpu_request="100m", memory_request="256Mi", memory_limit="2Gi")
@@ -80,8 +79,8 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
         # The media store's owner, so nothing needs root; the claims' group (fsGroup) lets it
         # write the repository and the scratch claim. The dump runs first in the same pod, as
         # the PostgreSQL image's user.
-        user = SYNAPSE_USER
-        dump_step = Step("dump", render.dump_image(cfg), ("/bin/sh", render.DUMP_SCRIPT), user=dump_user(cfg))
+        user = media.owner if media is not None else None
+        dump_step = Step("dump", render.dump_image(view), ("/bin/sh", render.DUMP_SCRIPT), user=dump_user(view))
         backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files, *dump_files],
                       [*volumes, scratch], resources, user=user, steps=(dump_step,))
         check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
@@ -97,7 +96,7 @@ def services(cfg: StackConfig, databases: Sequence[Database], secrets: Mapping[s
     dump = Service(
         name=render.DUMP_SERVICE,
         component=render.COMPONENT,
-        image=render.dump_image(cfg),
+        image=render.dump_image(view),
         entrypoint=("/bin/sh",),
         args=(render.DUMP_SCRIPT,),
         files=dump_files,

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import pulumi
 
 from components import image_facts
-from components.part import CLUSTER, BuildContext, Component, Contribution, Part
+from components.part import CLUSTER, BuildContext, Component, Contribution, Part, Writer
 from components.platform.spec import Edge as EdgeHosts
 from components.platform.spec import File, Port, Service, Site, Volume
 from components.view import StackView
@@ -36,6 +36,10 @@ class EdgeProxy(Part):
 
     def edge_service(self, cfg: StackConfig) -> str | None:
         return PROXY_SERVICE
+
+    def writers(self, cfg: StackConfig) -> list[Writer]:
+        # Stopped during a restore, so no client reaches a half-restored server.
+        return [Writer(PROXY_SERVICE, False)]
 
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return [proxy_service(cfg, view, [], [], False)]

@@ -9,18 +9,20 @@ import pulumi
 
 from components.nginx import indent, proxy_block, set_route
 from components.part import (
-    AFTER_CLUSTER,
     BuildContext,
     Component,
     Contribution,
     DatabaseClaim,
     EdgeRoutes,
     Endpoint,
+    ExternalServer,
+    KeptFile,
     Part,
+    Writer,
 )
 from components.platform.spec import Service
 from components.view import StackView
-from config.model import BundledDatabase, MasBundledDatabase, StackConfig
+from config.model import MasBundledDatabase, MasExternalDatabase, StackConfig
 
 from . import render
 from . import services as mas_services
@@ -60,13 +62,25 @@ class Mas(Part):
             f"location ~ {render.COMPAT_PATTERN} {{", *indent([set_route("mas"), *proxy_block(upstream)]), "}"))]
 
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return [mas_services.mas_service(cfg, secrets, view.edge_service)]
+        return [mas_services.mas_service(cfg, view, secrets)]
 
     def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
-        if not _bundled(cfg):
-            return []
+        db = cfg.mas.database
+        # syn2mas reads Synapse's database as MAS's role, only while migrating.
+        if isinstance(db, MasExternalDatabase):
+            return [DatabaseClaim(db.name, db.user, (render.SERVICE,), render.DATABASE_POOL, SHARED["database"],
+                                  external=ExternalServer(db.host, db.port, db.sslmode),
+                                  reads_all_data=cfg.mas.syn2mas)]
         return [DatabaseClaim(render.DATABASE_NAME, render.DATABASE_USER, (render.SERVICE,), render.DATABASE_POOL,
-                              bundled=True)]
+                              SHARED["database"], reads_all_data=cfg.mas.syn2mas)]
+
+    def kept_files(self, cfg: StackConfig) -> list[KeptFile]:
+        # Without them every session ends and the data MAS encrypted is lost.
+        return [KeptFile(SHARED["encryption"], render.ENCRYPTION_FILE),
+                *(KeptFile(f"mas_{kid}", path) for kid, path in render.SIGNING_KEYS.items())]
+
+    def writers(self, cfg: StackConfig) -> list[Writer]:
+        return [Writer(render.SERVICE, False)]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("Mas", self.name)
@@ -75,7 +89,7 @@ class Mas(Part):
         outputs: dict[str, object] = {
             "mas_url": render.public_base(cfg),
             "mas_create_admin_command": render.create_admin_command(cfg),
-            "mas_syn2mas_commands": "\n\n".join(render.syn2mas_commands(cfg)),
+            "mas_syn2mas_commands": "\n\n".join(render.syn2mas_commands(cfg, ctx.view)),
         }
         if delegating:
             # Synapse has no shared-secret registration while MAS owns accounts: MAS makes the admin.
@@ -89,44 +103,6 @@ class Mas(Part):
             shared_secrets={shared: secrets[name] for name, shared in SHARED.items()},
             outputs=outputs,
         )
-
-
-class MasDatabase(Part):
-    """MAS's role and database in the bundled PostgreSQL, kept by the `mas-database` service
-    with the cluster's superuser password: after the cluster, which generates that password."""
-
-    name = "mas-database"
-    stage = AFTER_CLUSTER
-    switches = ("mas.enabled", "mas.database.kind")
-    reads = ("mas.enabled", "mas.database.kind", "mas.syn2mas", "synapse.database")
-
-    def enabled(self, cfg: StackConfig) -> bool:
-        return cfg.mas.enabled and _bundled(cfg)
-
-    def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
-        # It keeps MAS's role and database, logged in as the server's superuser: one connection.
-        return [DatabaseClaim(render.DATABASE_NAME, render.DATABASE_USER, (render.DATABASE_SETUP_SERVICE,), 1,
-                              bundled=True)]
-
-    def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
-        return (mas_services.SUPERUSER, "database")
-
-    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return [mas_services.database_setup_service(cfg, secrets)]
-
-    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
-        shared: dict[str, pulumi.Input[str]] = {}
-        for built in ctx.built:
-            shared.update(built.shared_secrets)
-        component = Component("MasDatabase", self.name)
-        component.register_outputs({})
-        secrets = {mas_services.SUPERUSER: shared["postgres"], "database": shared[SHARED["database"]]}
-        return Contribution(parent=component, services=self.services(cfg, ctx.view, secrets))
-
-
-def _bundled(cfg: StackConfig) -> bool:
-    """MAS's database is a second one in the bundled PostgreSQL."""
-    return isinstance(cfg.mas.database, MasBundledDatabase) and isinstance(cfg.synapse.database, BundledDatabase)
 
 
 def generate_secrets(cfg: StackConfig, name: str, parent: pulumi.Resource) -> dict[str, pulumi.Input[str]]:

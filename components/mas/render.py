@@ -13,11 +13,12 @@ secret, database, SMTP and upstream client secrets from files (its `*_file` keys
 from __future__ import annotations
 
 import hashlib
-import shlex
 from typing import Any
 
 from components import yaml_text
-from components.synapse import homeserver as hs
+from components.network import LOOPBACK, PRIVATE_NETWORKS
+from components.part import HOMESERVER_SECRETS_DIR
+from components.view import StackView
 from config.model import (
     ClaimImport,
     KubernetesTarget,
@@ -27,8 +28,6 @@ from config.model import (
 )
 
 SERVICE = "mas"
-# Keeps MAS's database and role present in the bundled PostgreSQL (see database_setup_sql).
-DATABASE_SETUP_SERVICE = "mas-database"
 HTTP_PORT = 8080  # the image's own default web listener
 HEALTH_PORT = 8081  # the image's default internal listener; bound on every address for probes
 
@@ -48,10 +47,10 @@ DATABASE_USER = "mas"
 DATABASE_POOL = 10  # MAS's max_connections, counted into the bundled PostgreSQL's limit
 
 # Synapse reads the shared secret from here (beside its own secrets).
-SYNAPSE_SECRET_PATH = f"{hs.SECRETS_DIR}/mas_shared_secret"
+SYNAPSE_SECRET_PATH = f"{HOMESERVER_SECRETS_DIR}/mas_shared_secret"
 
 # Where the routing proxy may sit: Docker's private networks, a Kubernetes pod network, loopback.
-TRUSTED_PROXIES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "fd00::/8", "::1/128")
+TRUSTED_PROXIES = PRIVATE_NETWORKS + LOOPBACK
 
 # Crockford's base32, the ULID alphabet.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -75,11 +74,11 @@ def public_base(cfg: StackConfig) -> str:
     return cfg.url("auth") + "/"
 
 
-def synapse_endpoint(cfg: StackConfig) -> str:
+def synapse_endpoint(view: StackView) -> str:
     """Synapse's client API as MAS dials it: main's own listener on the private network (MAS's
     /_synapse/mas calls are served by main)."""
-    main = hs.topology(cfg).processes[0]
-    return f"http://{main.name}:{main.port}/"
+    assert view.homeserver is not None
+    return view.homeserver.internal_url
 
 
 def mas_endpoint() -> str:
@@ -101,10 +100,12 @@ def http_section(cfg: StackConfig) -> dict[str, Any]:
     }
 
 
-def database_section(cfg: StackConfig) -> dict[str, Any]:
+def database_section(cfg: StackConfig, view: StackView) -> dict[str, Any]:
     db = cfg.mas.database
     if isinstance(db, MasBundledDatabase):
-        section: dict[str, Any] = {"host": hs.POSTGRES_SERVICE, "port": hs.POSTGRES_PORT,
+        server = view.database_server
+        assert server is not None
+        section: dict[str, Any] = {"host": server.service, "port": server.port,
                                    "username": DATABASE_USER, "database": DATABASE_NAME}
     else:
         section = {"host": db.host, "port": db.port, "username": db.user, "database": db.name,
@@ -114,8 +115,8 @@ def database_section(cfg: StackConfig) -> dict[str, Any]:
     return section
 
 
-def matrix_section(cfg: StackConfig) -> dict[str, Any]:
-    return {"kind": "synapse", "homeserver": cfg.server_name, "endpoint": synapse_endpoint(cfg),
+def matrix_section(cfg: StackConfig, view: StackView) -> dict[str, Any]:
+    return {"kind": "synapse", "homeserver": cfg.server_name, "endpoint": synapse_endpoint(view),
             "secret_file": MATRIX_SECRET_FILE}
 
 
@@ -195,12 +196,12 @@ def provider_section(cfg: StackConfig, provider: UpstreamProvider) -> dict[str, 
     return out
 
 
-def config(cfg: StackConfig) -> dict[str, Any]:
+def config(cfg: StackConfig, view: StackView) -> dict[str, Any]:
     """MAS's config.yaml."""
     conf: dict[str, Any] = {
         "http": http_section(cfg),
-        "database": database_section(cfg),
-        "matrix": matrix_section(cfg),
+        "database": database_section(cfg, view),
+        "matrix": matrix_section(cfg, view),
         "secrets": secrets_section(),
         "passwords": passwords_section(cfg),
         "email": email_section(cfg),
@@ -211,8 +212,8 @@ def config(cfg: StackConfig) -> dict[str, Any]:
     return conf
 
 
-def config_yaml(cfg: StackConfig) -> str:
-    return yaml_text.dump(config(cfg), sort_keys=False, default_flow_style=False, width=1000)
+def config_yaml(cfg: StackConfig, view: StackView) -> str:
+    return yaml_text.dump(config(cfg, view), sort_keys=False, default_flow_style=False, width=1000)
 
 
 # ---------------------------------------------------------------- Synapse's side
@@ -234,31 +235,6 @@ def homeserver(cfg: StackConfig) -> dict[str, Any]:
 COMPAT_PATTERN = "^/_matrix/client/(.*)/(login|logout|refresh)"
 
 
-# ---------------------------------------------------------------- the bundled database
-
-
-def database_setup_sql(cfg: StackConfig) -> str:
-    """Idempotent SQL (psql) that creates MAS's role and database in the bundled PostgreSQL and
-    sets the role's password. The image's init scripts run only when the cluster is first
-    created, so a stack that turns MAS on later needs this on an existing cluster; it runs at
-    every start and then every minute (a restored or recreated cluster gets it back)."""
-    return "\n".join([
-        r"\set ON_ERROR_STOP on",
-        r"\getenv mas_password MAS_DATABASE_PASSWORD",
-        f"SELECT format('CREATE ROLE %I LOGIN', '{DATABASE_USER}') "
-        f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{DATABASE_USER}') \\gexec",
-        f"ALTER ROLE {DATABASE_USER} WITH LOGIN PASSWORD :'mas_password';",
-        # UTF8 with C collation, as the Synapse database (MAS has no requirement of its own).
-        f"SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L LC_COLLATE %L LC_CTYPE %L TEMPLATE template0', "
-        f"'{DATABASE_NAME}', '{DATABASE_USER}', 'UTF8', 'C', 'C') "
-        f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE_NAME}') \\gexec",
-        # syn2mas reads Synapse's database as this role, only while migrating (PostgreSQL 14+).
-        f"{'GRANT' if cfg.mas.syn2mas else 'REVOKE'} pg_read_all_data {'TO' if cfg.mas.syn2mas else 'FROM'} "
-        f"{DATABASE_USER};",
-        "",
-    ])
-
-
 # ---------------------------------------------------------------- syn2mas
 
 
@@ -269,36 +245,14 @@ SYN2MAS_READS = ("password_config", "bcrypt_rounds", "allow_guest_access", "enab
                  "saml2_config", "jwt_config", "oidc_config", "oidc_providers")
 
 
-def syn2mas_synapse_config(cfg: StackConfig) -> str:
-    """Synapse's settings as syn2mas reads them, from the same functions as homeserver.yaml,
-    except that it reads Synapse's database as MAS's role (granted read access meanwhile)."""
-    database = hs.database_section(cfg, {hs.POSTGRES_SERVICE: hs.POSTGRES_SERVICE})
-    database["args"]["user"] = DATABASE_USER
-    conf: dict[str, Any] = {"server_name": cfg.server_name, "public_baseurl": cfg.url("matrix") + "/",
-                            "database": database}
-    conf.update({k: v for k, v in hs.registration_keys(cfg).items() if not k.endswith("_path")})
+def syn2mas_synapse_config(cfg: StackConfig, view: StackView) -> str:
+    """Synapse's settings as syn2mas reads them (the homeserver's own, from the view), except
+    that it reads Synapse's database as MAS's role (granted read access meanwhile)."""
+    assert view.homeserver is not None
+    conf = view.homeserver.tool_config(view.database_server)
+    conf["database"]["args"]["user"] = DATABASE_USER
     conf.update({k: cfg.synapse.extra_config[k] for k in SYN2MAS_READS if k in cfg.synapse.extra_config})
-    return hs.dump(conf)
-
-
-DATABASE_SETUP_SQL = "/conf/mas-database.sql"
-SETUP_INTERVAL_S = 60
-
-
-def database_setup_script() -> str:
-    """The setup service's loop: psql as the bundled cluster's superuser (PGPASSWORD), retried
-    until PostgreSQL answers, then again every minute."""
-    psql = shlex.join(["psql", "-q", "-h", hs.POSTGRES_SERVICE, "-p", str(hs.POSTGRES_PORT), "-U", hs.DATABASE_USER,
-                       "-d", "postgres", "-f", DATABASE_SETUP_SQL])
-    return f"while true; do {psql} || echo 'MAS database setup failed; retrying'; sleep {SETUP_INTERVAL_S}; done"
-
-
-def database_ready_command() -> tuple[str, ...]:
-    """Healthy once MAS's own role logs in to its database (PGPASSWORD is MAS's password there)."""
-    return ("sh", "-c", f"PGPASSWORD=\"$MAS_DATABASE_PASSWORD\" pg_isready -q -h {hs.POSTGRES_SERVICE} "
-            f"-p {hs.POSTGRES_PORT} -U {DATABASE_USER} -d {DATABASE_NAME} && PGPASSWORD=\"$MAS_DATABASE_PASSWORD\" "
-            f"psql -qAt -h {hs.POSTGRES_SERVICE} -p {hs.POSTGRES_PORT} -U {DATABASE_USER} -d {DATABASE_NAME} "
-            "-c 'SELECT 1' >/dev/null")
+    return yaml_text.dump(conf, sort_keys=False, default_flow_style=False, width=1000)
 
 
 # ---------------------------------------------------------------- operator commands
@@ -318,25 +272,35 @@ def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
     return mas_cli(cfg, f"manage register-user --admin {user}")
 
 
-def syn2mas_commands(cfg: StackConfig) -> list[str]:
+def syn2mas_commands(cfg: StackConfig, view: StackView) -> list[str]:
     """The ordered migration of an existing Synapse's users, devices, sessions and upstream links
     into MAS (MAS's docs/setup/migration.md), for this stack's target; docs/mas.md explains each
     step. Every command runs where the operator runs `pulumi`."""
-    synapse = [p.name for p in hs.topology(cfg).processes]
+    assert view.homeserver is not None
+    synapse = list(view.homeserver.processes)
+    # The homeserver's database: the claim its processes hold.
+    database = next(c for c in view.databases if set(synapse) <= set(c.clients))
     synapse_conf = f"--synapse-config {SYN2MAS_SYNAPSE_CONFIG}"
     target = cfg.target
+    server = view.database_server.service if view.database_server is not None and database.bundled else None
+    if database.external is not None:
+        # The operator's own server: pg_dump from where the operator runs pulumi.
+        ext = database.external
+        dump = f"pg_dump -h {ext.host} -p {ext.port} -U {database.user} -Fc {database.database}"
     if isinstance(target, KubernetesTarget):
         from components.platform.targets import KubernetesCluster
 
         k = KubernetesCluster(cfg).kubectl
-        dump = f"{k} exec statefulset/{hs.POSTGRES_SERVICE} -- pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
+        if server is not None:
+            dump = f"{k} exec statefulset/{server} -- pg_dump -U {database.user} -Fc {database.database}"
         stop = f"{k} scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0"
     else:
         from components.platform.targets import DockerHosts
 
-        docker = DockerHosts(cfg).docker(hs.POSTGRES_SERVICE)
-        dump = f"{docker} exec {hs.POSTGRES_SERVICE} pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
-        stop = f"{docker} stop {' '.join(reversed(synapse))}"
+        hosts = DockerHosts(cfg)
+        if server is not None:
+            dump = f"{hosts.docker(server)} exec {server} pg_dump -U {database.user} -Fc {database.database}"
+        stop = f"{hosts.docker(synapse[0])} stop {' '.join(reversed(synapse))}"
     return [
         "# 1. Start MAS beside Synapse's own logins (migration mode), accepting Synapse's password hashes.\n"
         "#    This output exists from here on.\n"

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
-from components.platform.spec import File, HealthCheck, Port, Resources, Service
-from components.synapse import homeserver as hs
+from components.platform.spec import File, Port, Resources, Service
+from components.view import StackView
 from config import images
-from config.model import BundledDatabase, MasBundledDatabase, StackConfig
+from config.model import MasBundledDatabase, StackConfig
 
 from . import render
 
@@ -47,11 +47,10 @@ def _secret(path: str, value: pulumi.Input[str]) -> File:
     return File(path, value, secret=True, mode=0o400)
 
 
-def mas_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], proxy: str | None) -> Service:
-    """MAS; `proxy` is the routing proxy's service (the view's edge service), which forwards clients."""
+def mas_service(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> Service:
     image = cfg.mas.image
     files = [
-        File(render.CONFIG, render.config_yaml(cfg)),
+        File(render.CONFIG, render.config_yaml(cfg, view)),
         _secret(render.ENCRYPTION_FILE, secrets["encryption"]),
         _secret(render.SIGNING_KEYS["rsa-4096"], secrets["rsa"]),
         _secret(render.SIGNING_KEYS["ec-p256"], secrets["ec"]),
@@ -66,8 +65,8 @@ def mas_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], prox
     secret_env: dict[str, pulumi.Input[str]] = {}
     if cfg.mas.syn2mas:
         # syn2mas reads Synapse's database as MAS's own role (granted read access in this mode;
-        # render.database_setup_sql); libpq's PGPASSWORD is how it gets that role's password.
-        files.append(File(render.SYN2MAS_SYNAPSE_CONFIG, render.syn2mas_synapse_config(cfg)))
+        # its database claim); libpq's PGPASSWORD is how it gets that role's password.
+        files.append(File(render.SYN2MAS_SYNAPSE_CONFIG, render.syn2mas_synapse_config(cfg, view)))
         secret_env["PGPASSWORD"] = secrets["database"]
     return Service(
         name=render.SERVICE,
@@ -89,35 +88,10 @@ def mas_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], prox
         # a running one.
         init_args=(*images.facts_for(image).entrypoint, "config", "check"),
         # The routing proxy forwards clients; Synapse introspects tokens.
-        allowed_clients=(*((proxy,) if proxy else ()), *(p.name for p in hs.topology(cfg).processes)),
+        allowed_clients=(*((view.edge_service,) if view.edge_service else ()),
+                         *(view.homeserver.processes if view.homeserver else ())),
     )
 
 
-def database_setup_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]]) -> Service:
-    """Keeps MAS's role and database in the bundled PostgreSQL, on a new or an existing cluster
-    (see render.database_setup_sql), with the postgres image's psql."""
-    db = cfg.synapse.database
-    image = db.image if isinstance(db, BundledDatabase) else images.POSTGRES
-    return Service(
-        name=render.DATABASE_SETUP_SERVICE,
-        component=COMPONENT,
-        image=image,
-        entrypoint=("/bin/sh",),
-        args=("-c", render.database_setup_script()),
-        files=[File(render.DATABASE_SETUP_SQL, render.database_setup_sql(cfg))],
-        secret_env={"PGPASSWORD": secrets[SUPERUSER], "MAS_DATABASE_PASSWORD": secrets["database"]},
-        health=HealthCheck(render.database_ready_command(), interval_s=30),
-        user=POSTGRES_IMAGE_USER,
-        read_only_root=True,
-        writable_paths=("/tmp",),
-        resources=Resources(cpu_request="10m", memory_request="16Mi", memory_limit="64Mi"),
-        # Nothing connects to it.
-        allowed_clients=(),
-    )
-
-
-def services(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], proxy: str | None) -> list[Service]:
-    out = [mas_service(cfg, secrets, proxy)]
-    if isinstance(cfg.mas.database, MasBundledDatabase):
-        out.append(database_setup_service(cfg, secrets))
-    return out
+def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    return [mas_service(cfg, view, secrets)]

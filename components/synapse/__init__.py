@@ -1,6 +1,6 @@
-"""The Synapse cluster: main, every worker role from the worker table, PostgreSQL, Redis and the
-secrets they share, and its routes on the routing proxy. The other parts' contributions are its
-inputs."""
+"""The Synapse cluster: main, every worker role from the worker table, Redis and the secrets they
+share; its routes on the routing proxy, its database claim, media store and key file. The other
+parts' contributions are its inputs."""
 
 from __future__ import annotations
 
@@ -16,16 +16,21 @@ from components.part import (
     DatabaseClaim,
     EdgeRoutes,
     Endpoint,
+    ExternalServer,
+    Homeserver,
+    KeptFile,
+    MediaStore,
     Part,
+    Writer,
     merge_homeserver,
 )
 from components.platform.contract import Target
 from components.platform.spec import Service
 from components.view import StackView
-from config.model import StackConfig
+from config.model import ExternalDatabase, StackConfig
 
 from . import homeserver
-from .services import Inputs, cluster_services, routes, secret_names
+from .services import MEDIA_VOLUME, SYNAPSE_USER, Inputs, cluster_services, routes, secret_names
 
 
 class SynapseCluster(Part):
@@ -44,11 +49,41 @@ class SynapseCluster(Part):
     def edge_routes(self, cfg: StackConfig) -> list[EdgeRoutes]:
         return [routes(cfg)]
 
+    def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
+        db = cfg.synapse.database
+        processes = tuple(p.name for p in homeserver.topology(cfg).processes)
+        # Pools stay small per process: they multiply by the process count.
+        pool = db.cp_max * len(processes)
+        if isinstance(db, ExternalDatabase):
+            return [DatabaseClaim(db.name, db.user, processes, pool, "postgres",
+                                  external=ExternalServer(db.host, db.port, db.sslmode))]
+        # The bundled server's owner: its image creates Synapse's role and database.
+        return [DatabaseClaim(homeserver.DATABASE_NAME, homeserver.DATABASE_USER, processes, pool, "postgres",
+                              owner=True)]
+
+    def kept_files(self, cfg: StackConfig) -> list[KeptFile]:
+        # A new signing key breaks the server's federation identity.
+        return [KeptFile("signing_key", homeserver.secret_path("signing_key"))]
+
+    def media_store(self, cfg: StackConfig) -> MediaStore | None:
+        topology = homeserver.topology(cfg)
+        holders = tuple(p.name for p in topology.processes if homeserver.uses_media_store(cfg, p))
+        return MediaStore(MEDIA_VOLUME, homeserver.MEDIA_STORE, SYNAPSE_USER, holders)
+
+    def writers(self, cfg: StackConfig) -> list[Writer]:
+        return [Writer(p.name, homeserver.uses_media_store(cfg, p)) for p in homeserver.topology(cfg).processes]
+
+    def homeserver(self, cfg: StackConfig) -> Homeserver | None:
+        topology = homeserver.topology(cfg)
+        main = topology.processes[0]
+        return Homeserver(tuple(p.name for p in topology.processes), f"http://{main.name}:{main.port}/",
+                          homeserver.tool_config(cfg))
+
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return cluster_services(cfg, secrets, Inputs(), _guests(view))
+        return cluster_services(cfg, secrets, Inputs(), view.database_server)
 
     def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
-        # One private network: the processes dial each other, PostgreSQL and Redis by name.
+        # One private network: the processes dial each other and Redis by name.
         return [[s.name for s in services]]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
@@ -84,14 +119,9 @@ class SynapseCluster(Part):
         return Contribution(
             parent=component,
             shared_secrets={name: values[name] for name in ("postgres", "signing_key")},
-            services=cluster_services(cfg, values, inputs(ctx.built), _guests(ctx.view)),
+            services=cluster_services(cfg, values, inputs(ctx.built), ctx.view.database_server),
             outputs=outputs,
         )
-
-
-def _guests(view: StackView) -> list[DatabaseClaim]:
-    """The other parts' claims on the bundled PostgreSQL."""
-    return [claim for claim in view.databases if claim.bundled]
 
 
 def inputs(built: list[Contribution]) -> Inputs:

@@ -9,11 +9,12 @@ reach Synapse through `*_path` keys pointing at secret files, or through the env
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from components import yaml_text
 from components.network import PRIVATE_RANGES
-from components.part import HOMESERVER_SECRETS_DIR
+from components.part import HOMESERVER_SECRETS_DIR, DatabaseServer
 from config.model import ExternalDatabase, StackConfig
 
 from .workers import GENERIC_APP, ROLES, STREAMS, Process, Role, Topology, counts_for
@@ -54,12 +55,13 @@ def secret_path(name: str) -> str:
     return f"{SECRETS_DIR}/{SECRET_FILES[name]}"
 
 
-POSTGRES_SERVICE = "synapse-postgres"
 REDIS_SERVICE = "synapse-redis"
-POSTGRES_PORT = 5432
 REDIS_PORT = 6379
+# Synapse's database and role on the bundled PostgreSQL (its owner: components/postgres).
 DATABASE_NAME = "synapse"
 DATABASE_USER = "synapse"
+# The bundled server as a check renders the keys (the view names the real one).
+_ANY_SERVER = DatabaseServer("database", 5432, "")
 
 
 def topology(cfg: StackConfig) -> Topology:
@@ -145,14 +147,15 @@ def worker_keys(cfg: StackConfig, topo: Topology, address: dict[str, str]) -> di
     return keys
 
 
-def database_section(cfg: StackConfig, address: dict[str, str]) -> dict[str, Any]:
+def database_section(cfg: StackConfig, server: DatabaseServer | None) -> dict[str, Any]:
+    """Synapse's database: the external server, or the bundled one (`server`, from the view)."""
     db = cfg.synapse.database
     args: dict[str, Any]
     if isinstance(db, ExternalDatabase):
         args = {"user": db.user, "database": db.name, "host": db.host, "port": db.port, "sslmode": db.sslmode}
     else:
-        args = {"user": DATABASE_USER, "database": DATABASE_NAME, "host": address[POSTGRES_SERVICE],
-                "port": POSTGRES_PORT}
+        assert server is not None
+        args = {"user": DATABASE_USER, "database": DATABASE_NAME, "host": server.service, "port": server.port}
     # The password comes from PGPASSWORD in each process's environment (libpq reads it), so no
     # file carries it. Pools stay small per process: they multiply by the process count.
     args.update({"cp_min": 1, "cp_max": db.cp_max, "keepalives_idle": 10, "keepalives_interval": 10,
@@ -160,13 +163,17 @@ def database_section(cfg: StackConfig, address: dict[str, str]) -> dict[str, Any
     return {"name": "psycopg2", "allow_unsafe_locale": False, "args": args}
 
 
-def max_connections(cfg: StackConfig, guest_pools: int) -> int:
-    """Bundled PostgreSQL's max_connections: every process's pool plus room for admin tools,
-    rounded up to a hundred so that adding a worker rarely changes it (a change restarts
-    PostgreSQL). `guest_pools`: the other parts' claims on it (components/part.DatabaseClaim)."""
-    processes = len(topology(cfg).processes)
-    needed = cfg.synapse.database.cp_max * processes + 20 + guest_pools
-    return max(100, -(-needed // 100) * 100)
+def tool_config(cfg: StackConfig) -> Callable[[DatabaseServer | None], dict[str, Any]]:
+    """Synapse's settings as tools that read its database read them (MAS's syn2mas), from the
+    same functions as homeserver.yaml."""
+
+    def render(server: DatabaseServer | None) -> dict[str, Any]:
+        conf: dict[str, Any] = {"server_name": cfg.server_name, "public_baseurl": cfg.url("matrix") + "/",
+                                "database": database_section(cfg, server)}
+        conf.update({k: v for k, v in registration_keys(cfg).items() if not k.endswith("_path")})
+        return conf
+
+    return render
 
 
 def registration_keys(cfg: StackConfig) -> dict[str, Any]:
@@ -236,11 +243,11 @@ def ldap_module(cfg: StackConfig) -> list[dict[str, Any]]:
 # with the worker table, the proxy and the secrets).
 def managed_keys(cfg: StackConfig, contributions: dict[str, Any] | None = None) -> set[str]:
     address = {name: name for name in _all_names(cfg)}
-    return set(shared_config(cfg, address, contributions or {}, with_extra=False))
+    return set(shared_config(cfg, address, contributions or {}, server=_ANY_SERVER, with_extra=False))
 
 
 def _all_names(cfg: StackConfig) -> list[str]:
-    return [p.name for p in topology(cfg).processes] + [POSTGRES_SERVICE, REDIS_SERVICE]
+    return [p.name for p in topology(cfg).processes] + [REDIS_SERVICE]
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -256,12 +263,14 @@ def shared_config(
     address: dict[str, str],
     contributions: dict[str, Any],
     *,
+    server: DatabaseServer | None,
     with_extra: bool = True,
 ) -> dict[str, Any]:
     """homeserver.yaml: every key that must be identical in every process.
 
-    `address` maps service names (synapse-main, workers, postgres, redis) to the host other
-    processes dial; `contributions` are keys other components need (Element Call, TURN, ntfy).
+    `address` maps service names (synapse-main, workers, redis) to the host other processes
+    dial; `server` is the bundled PostgreSQL; `contributions` are keys other parts need
+    (Element Call, TURN, ntfy).
     """
     syn = cfg.synapse
     topo = topology(cfg)
@@ -280,7 +289,7 @@ def shared_config(
         "suppress_key_server_warning": True,
         "enable_metrics": syn.metrics,
         "listeners": main_listeners(cfg, topo),
-        "database": database_section(cfg, address),
+        "database": database_section(cfg, server),
     }
     hs.update(registration_keys(cfg))
     if not syn.federation.enabled:

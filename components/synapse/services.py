@@ -1,18 +1,18 @@
-"""The Synapse cluster as target-neutral services: PostgreSQL, Redis, main, every worker, and the
-routing proxy. Derived from the typed config and the worker table; secrets come in as values
+"""The Synapse cluster as target-neutral services: Redis, main and every worker (the bundled
+PostgreSQL is components/postgres, the routing proxy components/edge). Derived from the typed config and the worker table; secrets come in as values
 (Pulumi Outputs in a deployment, stand-ins in tests) and only ever land in secret files or env.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 
 from components import image_facts
-from components.part import DatabaseClaim, EdgeRoutes, derive
+from components.part import DatabaseServer, EdgeRoutes, derive
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Volume, Wait
 from config import images
 from config.model import BundledDatabase, StackConfig
@@ -28,10 +28,11 @@ MAIN_START_PERIOD_S = 3600
 WORKER_START_PERIOD_S = 300
 ROLE_LABEL = "matrix-stack.synapse-role"
 METRICS_PATH = "/_synapse/metrics"
+# What the main process's start waits for when the database is the operator's own.
+EXTERNAL_DATABASE = "synapse-postgres"
 SHARED_GROUP = "synapse-shared"
 # Every Synapse process reads the same secret env (the database password): stored once.
 ENV_GROUP = f"{SHARED_GROUP}-env"
-POSTGRES_DATA = "/var/lib/postgresql/data"
 REDIS_CONF = "/conf/redis.conf"
 REDIS_ACL = "/secrets/users.acl"
 # PostgreSQL's password reaches libpq as PGPASSWORD; every other generated secret is a file.
@@ -55,19 +56,15 @@ class Inputs:
 
 
 def addresses(cfg: StackConfig) -> dict[str, str]:
-    """Synapse processes, PostgreSQL and Redis share one private network: dial by name."""
-    names = [p.name for p in hs.topology(cfg).processes] + [hs.POSTGRES_SERVICE, hs.REDIS_SERVICE]
-    db = cfg.synapse.database
-    address = {name: name for name in names}
-    if not isinstance(db, BundledDatabase):
-        address[hs.POSTGRES_SERVICE] = db.host
-    return address
+    """Synapse's processes and Redis share one private network: dial by name."""
+    names = [p.name for p in hs.topology(cfg).processes] + [hs.REDIS_SERVICE]
+    return {name: name for name in names}
 
 
-def shared_files(cfg: StackConfig, inputs: Inputs) -> list[File]:
+def shared_files(cfg: StackConfig, inputs: Inputs, server: DatabaseServer | None) -> list[File]:
     from config import pem
 
-    shared = hs.shared_config(cfg, addresses(cfg), inputs.homeserver)
+    shared = hs.shared_config(cfg, addresses(cfg), inputs.homeserver, server=server)
     files = [
         File(hs.SHARED_CONFIG, hs.dump(shared), group=SHARED_GROUP),
         File(hs.LOG_CONFIG, hs.dump(hs.log_config()), group=SHARED_GROUP),
@@ -97,23 +94,27 @@ def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inp
     return files
 
 
-def _postgres_wait(cfg: StackConfig) -> Wait:
+def _postgres_wait(cfg: StackConfig, server: DatabaseServer | None) -> Wait:
     """A login as Synapse's own database user (libpq reads PGPASSWORD): the server is up, past
     recovery, and the database exists."""
     db = cfg.synapse.database
-    host, port, user, name = (hs.POSTGRES_SERVICE, hs.POSTGRES_PORT, hs.DATABASE_USER, hs.DATABASE_NAME) \
-        if isinstance(db, BundledDatabase) else (db.host, db.port, db.user, db.name)
+    if isinstance(db, BundledDatabase):
+        assert server is not None
+        host, port, user, name = server.service, server.port, hs.DATABASE_USER, hs.DATABASE_NAME
+    else:
+        host, port, user, name = db.host, db.port, db.user, db.name
     probe = (f"import psycopg2; psycopg2.connect(host={host!r}, port={port}, user={user!r}, dbname={name!r}, "
              "connect_timeout=3).close()")
-    return Wait(hs.POSTGRES_SERVICE, ("python", "-c", probe))
+    # Named after the bundled server's service, which an external server stands in for.
+    return Wait(server.service if server is not None else EXTERNAL_DATABASE, ("python", "-c", probe))
 
 
-def synapse_waits(cfg: StackConfig, process: Process) -> tuple[Wait, ...]:
+def synapse_waits(cfg: StackConfig, process: Process, server: DatabaseServer | None) -> tuple[Wait, ...]:
     """Main starts once PostgreSQL (and Redis, with workers) answer; workers start once main is
     healthy, i.e. has prepared the schema (a worker exits on an uninitialised database)."""
     topo = hs.topology(cfg)
     if process.is_main:
-        waits = [_postgres_wait(cfg)]
+        waits = [_postgres_wait(cfg, server)]
         if topo.workers:
             probe = f"import socket; socket.create_connection(({hs.REDIS_SERVICE!r}, {hs.REDIS_PORT}), 3).close()"
             waits.append(Wait(hs.REDIS_SERVICE, ("python", "-c", probe)))
@@ -122,8 +123,11 @@ def synapse_waits(cfg: StackConfig, process: Process) -> tuple[Wait, ...]:
     return (Wait(main.name, ("curl", "-fsS", f"http://{main.name}:{main.port}/health")),)
 
 
+MEDIA_VOLUME = "synapse-media"
+
+
 def synapse_process(cfg: StackConfig, process: Process, common: list[File],
-                    secrets: Mapping[str, pulumi.Input[str]]) -> Service:
+                    secrets: Mapping[str, pulumi.Input[str]], server: DatabaseServer | None) -> Service:
     files = list(common)
     # A process's own file joins the shared group too: each path is its process's alone, so the
     # group stays one object (one ConfigMap on Kubernetes, not one per process) while every pod
@@ -133,7 +137,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                           group=SHARED_GROUP))
     elif (own := hs.main_config(cfg)) is not None:
         files.append(File(hs.MAIN_CONFIG, hs.dump(own), group=SHARED_GROUP))
-    volumes = [Volume("synapse-media", hs.MEDIA_STORE, size=cfg.synapse.media_size, owner=SYNAPSE_USER)] \
+    volumes = [Volume(MEDIA_VOLUME, hs.MEDIA_STORE, size=cfg.synapse.media_size, owner=SYNAPSE_USER)] \
         if hs.uses_media_store(cfg, process) else []
     role = process.role
     ports = [Port("http", process.port)]
@@ -162,41 +166,13 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                             memory_request="512Mi" if process.is_main else "256Mi",
                             memory_limit="4Gi" if process.is_main else "2Gi"),
         init_args=("python", "-m", "synapse.config", *command[3:]),
-        waits=synapse_waits(cfg, process),
+        waits=synapse_waits(cfg, process, server),
         scalable=bool(role and not role.single),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
         metrics_path=METRICS_PATH,
         # A role's processes are monitored, guarded from disruption and admitted together.
         role_label=ROLE_LABEL,
         labels={ROLE_LABEL: role.name if role else "main"},
-    )
-
-
-def postgres_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], clients: tuple[str, ...],
-                     guests: Sequence[DatabaseClaim]) -> Service:
-    """The bundled PostgreSQL: Synapse's processes (`clients`) and the other parts' claims on it."""
-    db = cfg.synapse.database
-    assert isinstance(db, BundledDatabase)
-    return Service(
-        name=hs.POSTGRES_SERVICE,
-        component=COMPONENT,
-        image=db.image,
-        args=("postgres", "-c", f"max_connections={hs.max_connections(cfg, sum(g.pool for g in guests))}", "-c", "listen_addresses=*"),
-        env={
-            "POSTGRES_USER": hs.DATABASE_USER,
-            "POSTGRES_DB": hs.DATABASE_NAME,
-            # Synapse refuses databases without C collation and UTF8 (docs/postgres.md).
-            "POSTGRES_INITDB_ARGS": "--encoding=UTF8 --locale=C",
-            "PGDATA": f"{POSTGRES_DATA}/pgdata",
-        },
-        secret_env={"POSTGRES_PASSWORD": secrets["postgres"]},
-        ports=[Port("postgres", hs.POSTGRES_PORT)],
-        volumes=[Volume("synapse-postgres", POSTGRES_DATA, size=db.size)],
-        health=HealthCheck(("pg_isready", "-U", hs.DATABASE_USER, "-d", hs.DATABASE_NAME)),
-        resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
-        # The entrypoint chowns PGDATA and steps down to the postgres user itself.
-        drop_capabilities=not images.facts_for(db.image).steps_down,
-        allowed_clients=clients + tuple(c for g in guests for c in g.clients if c not in clients),
     )
 
 
@@ -248,15 +224,13 @@ def cluster_services(
     cfg: StackConfig,
     secrets: Mapping[str, pulumi.Input[str]],
     inputs: Inputs,
-    database_guests: Sequence[DatabaseClaim],
+    server: DatabaseServer | None,
 ) -> list[Service]:
     topo = hs.topology(cfg)
-    common = shared_files(cfg, inputs) + secret_files(cfg, secrets, inputs)
-    processes = [synapse_process(cfg, p, common, secrets) for p in topo.processes]
+    common = shared_files(cfg, inputs, server) + secret_files(cfg, secrets, inputs)
+    processes = [synapse_process(cfg, p, common, secrets, server) for p in topo.processes]
     clients = tuple(p.name for p in topo.processes)
     services: list[Service] = []
-    if isinstance(cfg.synapse.database, BundledDatabase):
-        services.append(postgres_service(cfg, secrets, clients, database_guests))
     if topo.workers:
         services.append(redis_service(cfg, secrets, clients))
     services += processes

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from components.part import DatabaseClaim, EdgeRoutes, Endpoint, Part
+from components.part import (
+    DatabaseClaim,
+    DatabaseServer,
+    EdgeRoutes,
+    Endpoint,
+    Homeserver,
+    KeptFile,
+    MediaStore,
+    Part,
+    Writer,
+)
 from components.platform.contract import Target
 from components.platform.spec import Site
 from components.platform.targets import target_of
@@ -24,6 +35,8 @@ from . import certificates as certificate_plan
 from . import records as record_plan
 from .certificates import Certificate
 from .records import Record
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,8 +53,14 @@ class StackView:
     well_known_client: Mapping[str, object]
     # The service every public site goes through (None when no part runs one).
     edge_service: str | None
-    # Every database the stack's parts claim, in catalog order.
+    # Every database the stack's parts claim, in catalog order, and the bundled server (None when
+    # every database is external).
     databases: tuple[DatabaseClaim, ...]
+    database_server: DatabaseServer | None
+    kept_files: tuple[KeptFile, ...]
+    media_store: MediaStore | None
+    writers: tuple[Writer, ...]
+    homeserver: Homeserver | None
     # The routes parts add to the routing proxy's virtual hosts (Synapse's worker routing, MAS's
     # logins), computed when first read: they need the worker table, which a rule about another
     # part must not depend on.
@@ -100,7 +119,7 @@ def resolve(cfg: StackConfig, parts: Sequence[Part]) -> tuple[StackView, list[Pa
     well_known: dict[str, object] = {}
     for part in enabled:
         well_known.update(part.well_known_client(cfg))
-    edge_service = next((name for part in enabled if (name := part.edge_service(cfg)) is not None), None)
+    edge_service = _one(part.edge_service(cfg) for part in enabled)
     view = StackView(
         target=target,
         endpoints=endpoints,
@@ -111,6 +130,18 @@ def resolve(cfg: StackConfig, parts: Sequence[Part]) -> tuple[StackView, list[Pa
         routes_of=lambda: tuple(route for part in enabled for route in part.edge_routes(cfg)),
         edge_service=edge_service,
         databases=tuple(claim for part in enabled for claim in part.database_claims(cfg)),
+        database_server=_one(part.database_server(cfg) for part in enabled),
+        kept_files=tuple(kept for part in enabled for kept in part.kept_files(cfg)),
+        media_store=_one(part.media_store(cfg) for part in enabled),
+        writers=tuple(writer for part in enabled for writer in part.writers(cfg)),
+        homeserver=_one(part.homeserver(cfg) for part in enabled),
     )
     needed = [part for part in enabled if part.needed(cfg, view)]
     return dataclasses.replace(view, parts=tuple(part.name for part in needed)), needed
+
+
+def _one(declared: Iterable[T | None]) -> T | None:
+    """The one part's declaration of a fact only one part may declare."""
+    found = [d for d in declared if d is not None]
+    assert len(found) <= 1, f"declared by more than one part: {found}"
+    return found[0] if found else None

@@ -1,0 +1,130 @@
+"""The bundled PostgreSQL: one server for every database the parts claim (components/part.py
+DatabaseClaim). It admits exactly its claimants' clients, sizes its connection limit from their
+pools, and one setup service keeps every claimant's role and database, on a new or an existing
+cluster. Runs when the Synapse database is bundled (synapse.database.kind)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pulumi
+
+from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, DatabaseClaim, DatabaseServer, Part
+from components.platform.spec import File, HealthCheck, Port, Resources, Service, Volume
+from components.view import StackView
+from config import images
+from config.model import BundledDatabase, StackConfig
+
+from . import render
+
+# Its name and component label from the days it was the Synapse cluster's own database: a change
+# would replace its container, and a StatefulSet's selector cannot change at all.
+SERVICE = "synapse-postgres"
+COMPONENT = "synapse"
+SETUP_SERVICE = f"{SERVICE}-setup"
+PORT = 5432
+DATA = "/var/lib/postgresql/data"
+VOLUME = "synapse-postgres"
+# What the setup step runs as: the postgres image's own user (psql needs no root).
+IMAGE_USER = images.facts_for(images.POSTGRES).user
+STAND_IN = "stand-in"
+
+
+def _bundled(cfg: StackConfig) -> BundledDatabase | None:
+    db = cfg.synapse.database
+    return db if isinstance(db, BundledDatabase) else None
+
+
+class BundledPostgres(Part):
+    name = "postgres"
+    # After the parts whose claims it keeps: it reads the passwords they generate.
+    stage = AFTER_CLUSTER
+    switches = ("synapse.database.kind",)
+    reads = ("synapse.database", "synapse.workers", "mas.enabled", "mas.database", "mas.syn2mas")
+    # Its server was the Synapse cluster's child before the database became a part of its own.
+    formerly_part = "synapse"
+
+    def enabled(self, cfg: StackConfig) -> bool:
+        return _bundled(cfg) is not None
+
+    def database_server(self, cfg: StackConfig) -> DatabaseServer | None:
+        db = _bundled(cfg)
+        return DatabaseServer(SERVICE, PORT, db.image) if db is not None else None
+
+    def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+        # The passwords are the claimants' secrets, which they generate: a check sees stand-ins.
+        claims = [claim for claim in view.databases if claim.bundled]
+        return services(cfg, claims, {claim.password_secret: STAND_IN for claim in claims})
+
+    def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
+        # It listens on its host's private network only: every client shares its host.
+        clients = [c for claim in view.databases if claim.bundled for c in claim.clients]
+        return [[SERVICE, *clients, *(s.name for s in services if s.name != SERVICE)]]
+
+    def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
+        shared: dict[str, pulumi.Input[str]] = {}
+        for built in ctx.built:
+            shared.update(built.shared_secrets)
+        claims = [claim for claim in ctx.view.databases if claim.bundled]
+        component = Component("BundledPostgres", self.name)
+        component.register_outputs({"databases": [claim.database for claim in claims]})
+        return Contribution(parent=component,
+                            services=services(cfg, claims, {c.password_secret: shared[c.password_secret]
+                                                            for c in claims}))
+
+
+def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
+             passwords: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+    """The server and, when a claimant besides the owner needs a role and a database, the setup
+    service that keeps them. `passwords` maps each claim's password secret to its value."""
+    db = _bundled(cfg)
+    assert db is not None
+    owner = next(claim for claim in claims if claim.owner)
+    guests = [claim for claim in claims if not claim.owner]
+    clients: list[str] = []
+    for claim in claims:
+        clients += [c for c in claim.clients if c not in clients]
+    if guests:
+        clients.append(SETUP_SERVICE)
+    server = Service(
+        name=SERVICE,
+        component=COMPONENT,
+        image=db.image,
+        args=("postgres", "-c", f"max_connections={render.max_connections(claims)}", "-c", "listen_addresses=*"),
+        env={
+            "POSTGRES_USER": owner.user,
+            "POSTGRES_DB": owner.database,
+            # Synapse refuses databases without C collation and UTF8 (docs/postgres.md).
+            "POSTGRES_INITDB_ARGS": "--encoding=UTF8 --locale=C",
+            "PGDATA": f"{DATA}/pgdata",
+        },
+        secret_env={"POSTGRES_PASSWORD": passwords[owner.password_secret]},
+        ports=[Port("postgres", PORT)],
+        volumes=[Volume(VOLUME, DATA, size=db.size)],
+        health=HealthCheck(("pg_isready", "-U", owner.user, "-d", owner.database)),
+        resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
+        # The entrypoint chowns PGDATA and steps down to the postgres user itself.
+        drop_capabilities=not images.facts_for(db.image).steps_down,
+        allowed_clients=tuple(clients),
+    )
+    if not guests:
+        return [server]
+    env = {render.password_variable(owner): passwords[owner.password_secret]}
+    env.update({render.password_variable(claim): passwords[claim.password_secret] for claim in guests})
+    setup = Service(
+        name=SETUP_SERVICE,
+        component=COMPONENT,
+        image=db.image,
+        entrypoint=("/bin/sh",),
+        args=("-c", render.setup_script(SERVICE, PORT, owner)),
+        files=[File(render.SETUP_SQL, render.setup_sql(guests))],
+        secret_env=env,
+        health=HealthCheck(render.ready_command(SERVICE, PORT, guests), interval_s=30),
+        user=IMAGE_USER,
+        read_only_root=True,
+        writable_paths=("/tmp",),
+        resources=Resources(cpu_request="10m", memory_request="16Mi", memory_limit="64Mi"),
+        # Nothing connects to it.
+        allowed_clients=(),
+    )
+    return [server, setup]

@@ -1,0 +1,69 @@
+"""The bundled PostgreSQL's setup step and its limits, from the parts' database claims. Pure."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+from components.part import DatabaseClaim
+
+SETUP_SQL = "/conf/databases.sql"
+SETUP_INTERVAL_S = 60
+# Room for the operator's own sessions (psql, pg_dump) beside every claimant's pool.
+ADMIN_CONNECTIONS = 20
+
+
+def max_connections(claims: Sequence[DatabaseClaim]) -> int:
+    """Every claimant's pool plus room for admin tools, rounded up to a hundred so that adding a
+    worker rarely changes it (a change restarts PostgreSQL)."""
+    needed = sum(claim.pool for claim in claims) + ADMIN_CONNECTIONS
+    return max(100, -(-needed // 100) * 100)
+
+
+def password_variable(claim: DatabaseClaim) -> str:
+    """The environment variable holding a claim's password in the setup service: libpq's own for
+    the owner, whose role the setup logs in as."""
+    return "PGPASSWORD" if claim.owner else f"{claim.user.upper().replace('-', '_')}_PASSWORD"
+
+
+def setup_sql(guests: Sequence[DatabaseClaim]) -> str:
+    """Idempotent SQL (psql) that keeps each claimant's role, password and database. The image's
+    init scripts run only when the cluster is first created, so a stack that adds a claimant
+    later needs this on an existing cluster; it runs at every start and then every minute (a
+    restored or recreated cluster gets it back)."""
+    lines = [r"\set ON_ERROR_STOP on"]
+    for claim in guests:
+        variable = f"{claim.user}_password"
+        lines += [
+            f"\\getenv {variable} {password_variable(claim)}",
+            f"SELECT format('CREATE ROLE %I LOGIN', '{claim.user}') "
+            f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{claim.user}') \\gexec",
+            f"ALTER ROLE {claim.user} WITH LOGIN PASSWORD :'{variable}';",
+            # UTF8 with C collation, as Synapse's database requires.
+            f"SELECT format('CREATE DATABASE %I OWNER %I ENCODING %L LC_COLLATE %L LC_CTYPE %L TEMPLATE template0', "
+            f"'{claim.database}', '{claim.user}', 'UTF8', 'C', 'C') "
+            f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{claim.database}') \\gexec",
+            # Read access to every database only while the claimant needs it (PostgreSQL 14+).
+            f"{'GRANT' if claim.reads_all_data else 'REVOKE'} pg_read_all_data "
+            f"{'TO' if claim.reads_all_data else 'FROM'} {claim.user};",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def setup_script(host: str, port: int, owner: DatabaseClaim) -> str:
+    """The setup service's loop: psql as the server's owner, retried until PostgreSQL answers,
+    then again every minute."""
+    psql = shlex.join(["psql", "-q", "-h", host, "-p", str(port), "-U", owner.user, "-d", "postgres", "-f", SETUP_SQL])
+    return f"while true; do {psql} || echo 'database setup failed; retrying'; sleep {SETUP_INTERVAL_S}; done"
+
+
+def ready_command(host: str, port: int, guests: Sequence[DatabaseClaim]) -> tuple[str, ...]:
+    """Healthy once every claimant's own role logs in to its database."""
+    checks = []
+    for claim in guests:
+        login = f"PGPASSWORD=\"${password_variable(claim)}\""
+        checks.append(f"{login} pg_isready -q -h {host} -p {port} -U {claim.user} -d {claim.database} && "
+                      f"{login} psql -qAt -h {host} -p {port} -U {claim.user} -d {claim.database} "
+                      "-c 'SELECT 1' >/dev/null")
+    return ("sh", "-c", " && ".join(checks))
