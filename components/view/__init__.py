@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -53,24 +53,42 @@ class StackView:
     well_known_client: Mapping[str, object]
     # The service every public site goes through (None when no part runs one).
     edge_service: str | None
-    # Every database the stack's parts claim, in catalog order, and the bundled server (None when
-    # every database is external).
-    databases: tuple[DatabaseClaim, ...]
+    # The bundled PostgreSQL (None when every database is external).
     database_server: DatabaseServer | None
-    kept_files: tuple[KeptFile, ...]
-    media_store: MediaStore | None
-    writers: tuple[Writer, ...]
-    homeserver: Homeserver | None
-    # The routes parts add to the routing proxy's virtual hosts (Synapse's worker routing, MAS's
-    # logins), computed when first read: they need the worker table, which a rule about another
-    # part must not depend on.
-    routes_of: Callable[[], tuple[EdgeRoutes, ...]] = field(repr=False, compare=False)
-    # Names of the enabled parts, in catalog order.
+    # The config and the enabled parts, in catalog order: the facts below derive from the worker
+    # table, so they are computed when first read (a rule about another part must not depend on
+    # the worker table being valid).
+    cfg: StackConfig = field(repr=False, compare=False)
+    enabled: tuple[Part, ...] = field(repr=False, compare=False)
+    # Names of the parts that run, in catalog order.
     parts: tuple[str, ...] = field(default=())
 
     @functools.cached_property
     def edge_routes(self) -> tuple[EdgeRoutes, ...]:
-        return self.routes_of()
+        """The routes parts add to the routing proxy's virtual hosts (Synapse's worker routing,
+        MAS's logins)."""
+        return tuple(route for part in self.enabled for route in part.edge_routes(self.cfg))
+
+    @functools.cached_property
+    def databases(self) -> tuple[DatabaseClaim, ...]:
+        """Every database the stack's parts claim, in catalog order."""
+        return tuple(claim for part in self.enabled for claim in part.database_claims(self.cfg))
+
+    @functools.cached_property
+    def kept_files(self) -> tuple[KeptFile, ...]:
+        return tuple(kept for part in self.enabled for kept in part.kept_files(self.cfg))
+
+    @functools.cached_property
+    def media_store(self) -> MediaStore | None:
+        return _one(part.media_store(self.cfg) for part in self.enabled)
+
+    @functools.cached_property
+    def writers(self) -> tuple[Writer, ...]:
+        return tuple(writer for part in self.enabled for writer in part.writers(self.cfg))
+
+    @functools.cached_property
+    def homeserver(self) -> Homeserver | None:
+        return _one(part.homeserver(self.cfg) for part in self.enabled)
 
     @property
     def proxy_hostnames(self) -> list[str]:
@@ -127,14 +145,10 @@ def resolve(cfg: StackConfig, parts: Sequence[Part]) -> tuple[StackView, list[Pa
         certificate_sources=sources,
         certificates=tuple(certificate_plan.certificates(sources)),
         well_known_client=well_known,
-        routes_of=lambda: tuple(route for part in enabled for route in part.edge_routes(cfg)),
         edge_service=edge_service,
-        databases=tuple(claim for part in enabled for claim in part.database_claims(cfg)),
         database_server=_one(part.database_server(cfg) for part in enabled),
-        kept_files=tuple(kept for part in enabled for kept in part.kept_files(cfg)),
-        media_store=_one(part.media_store(cfg) for part in enabled),
-        writers=tuple(writer for part in enabled for writer in part.writers(cfg)),
-        homeserver=_one(part.homeserver(cfg) for part in enabled),
+        cfg=cfg,
+        enabled=tuple(enabled),
     )
     needed = [part for part in enabled if part.needed(cfg, view)]
     return dataclasses.replace(view, parts=tuple(part.name for part in needed)), needed

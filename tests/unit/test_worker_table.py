@@ -303,7 +303,8 @@ def render(cfg: StackConfig, address: dict[str, str] | None = None) -> str:
     view = stack_view(cfg)
     synapse_routes = routing.edge_routes(cfg, hs.topology(cfg), address, ())
     routes = tuple(synapse_routes if r.order == routing.ROUTES_ORDER else r for r in view.edge_routes)
-    view = dataclasses.replace(view, routes_of=lambda: routes)
+    view = dataclasses.replace(view)
+    view.__dict__["edge_routes"] = routes  # the cached property, read by the renderer
     sites = view.sites(cfg)
     return edge_render.render_nginx(cfg, view, sites, {s.upstream_service: "127.0.0.1" for s in sites})
 
