@@ -20,7 +20,6 @@ from components import yaml_text
 from components.synapse import homeserver as hs
 from config.model import (
     ClaimImport,
-    KubernetesTarget,
     MasBundledDatabase,
     StackConfig,
     UpstreamProvider,
@@ -320,23 +319,17 @@ def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
 
 def syn2mas_commands(cfg: StackConfig) -> list[str]:
     """The ordered migration of an existing Synapse's users, devices, sessions and upstream links
-    into MAS (MAS's docs/setup/migration.md), for this stack's target; docs/mas.md explains each
-    step. Every command runs where the operator runs `pulumi`."""
-    synapse = [p.name for p in hs.topology(cfg).processes]
+    into MAS (MAS's docs/setup/migration.md), in this stack's target's operator verbs; docs/mas.md
+    explains each step. Every command runs where the operator runs `pulumi`."""
+    from components.platform.contract import Workload
+    from components.platform.targets import target_of
+
+    target = target_of(cfg)
+    synapse = [Workload(p.name, hs.uses_media_store(cfg, p)) for p in hs.topology(cfg).processes]
     synapse_conf = f"--synapse-config {SYN2MAS_SYNAPSE_CONFIG}"
-    target = cfg.target
-    if isinstance(target, KubernetesTarget):
-        from components.platform.targets import KubernetesCluster
-
-        k = KubernetesCluster(cfg).kubectl
-        dump = f"{k} exec statefulset/{hs.POSTGRES_SERVICE} -- pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
-        stop = f"{k} scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0"
-    else:
-        from components.platform.targets import DockerHosts
-
-        docker = DockerHosts(cfg).docker(hs.POSTGRES_SERVICE)
-        dump = f"{docker} exec {hs.POSTGRES_SERVICE} pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}"
-        stop = f"{docker} stop {' '.join(reversed(synapse))}"
+    dump = target.exec_command(hs.POSTGRES_SERVICE, True, f"pg_dump -U {hs.DATABASE_USER} -Fc {hs.DATABASE_NAME}")
+    # Every Synapse process carries its role's label (a target may stop them by it).
+    stop = "\n".join(target.stop(synapse, label="matrix-stack.synapse-role"))
     return [
         "# 1. Start MAS beside Synapse's own logins (migration mode), accepting Synapse's password hashes.\n"
         "#    This output exists from here on.\n"
