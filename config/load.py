@@ -36,7 +36,10 @@ from .model import (
     SFTP_PATH_RE,
     SIZE_RE,
     UNIX_USER_RE,
+    Database,
+    Repository,
     StackConfig,
+    Target,
 )
 from .rules import RULES
 
@@ -168,12 +171,19 @@ def _quoted(path: str) -> str:
 _INDEXED = re.compile(r"^[A-Za-z0-9_-]+(\[[0-9]+\])+$")
 
 
+def _tags(union: object) -> tuple[str, ...]:
+    """The `kind` tags of a discriminated union of models (Annotated[A | B, Field(discriminator)])."""
+    members = typing.get_args(typing.get_args(union)[0])
+    return tuple(tag for member in members for tag in typing.get_args(member.model_fields["kind"].annotation))
+
+
 # Discriminated unions: the field holding one, and the tags pydantic inserts into an error's
-# location below it (the user never wrote them).
+# location below it (the user never wrote them). Read from the unions, so a new member (a target,
+# say) is known here without a word.
 _TAGGED = {
-    "target": ("docker", "kubernetes"),
-    "database": ("bundled", "external"),
-    "repository": ("volume", "s3", "sftp"),
+    "target": _tags(Target),
+    "database": _tags(Database),
+    "repository": _tags(Repository),
 }
 
 

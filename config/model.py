@@ -172,6 +172,11 @@ class KubernetesTarget(Strict):
         False, description="let `pulumi destroy` drop objects of a cluster that no longer answers"
     )
 
+    @property
+    def http_port(self) -> int:
+        """The port clients reach HTTP on: the Ingress controller's."""
+        return 80
+
 
 Target = Annotated[DockerTarget | KubernetesTarget, Field(discriminator="kind")]
 
@@ -699,6 +704,7 @@ class StackConfig(Strict):
 
     def url(self, name: str) -> str:
         host = self.host(name)
-        if self.local and isinstance(self.target, DockerTarget) and self.target.http_port != 80:
+        # Every target's config tells the port clients reach HTTP on (`http_port`).
+        if self.local and self.target.http_port != 80:
             return f"{self.scheme}://{host}:{self.target.http_port}"
         return f"{self.scheme}://{host}"

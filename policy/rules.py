@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -77,19 +77,12 @@ def _k8s_name(props: dict[str, Any]) -> str:
 
 
 def _files(args: Any, suffix: str) -> Iterator[tuple[str, str]]:
-    """(where, text) of every file named `*suffix` the resource delivers: Docker container uploads,
-    or ConfigMap data keys (the Kubernetes adapter flattens paths into keys ending in the name)."""
-    props = _props(args)
-    if args.resource_type == DOCKER_CONTAINER:
-        for upload in props.get("uploads") or []:
-            if isinstance(upload, dict) and str(upload.get("file", "")).endswith(suffix):
-                content = upload.get("content")
-                if isinstance(content, str):
-                    yield f"{props.get('name', args.name)}:{upload['file']}", content
-    elif args.resource_type == K8S_CONFIGMAP:
-        for key, content in sorted((props.get("data") or {}).items()):
-            if str(key).endswith(suffix) and isinstance(content, str):
-                yield f"ConfigMap {_k8s_name(props) or args.name}:{key}", content
+    """(where, text) of every file named `*suffix` the resource delivers (TargetResources.files)."""
+    reader = _READERS.files.get(args.resource_type)
+    if reader is not None:
+        for where, name, content in reader(args, _props(args)):
+            if name.endswith(suffix):
+                yield where, content
 
 
 def _stack(args: Any) -> str:
@@ -186,6 +179,113 @@ def admin_api_exposures(text: str) -> list[str]:
     return bad
 
 
+# ---------------------------------------------------------------- what each target's resources hold
+#
+# The rules are written once; what they read from a resource depends on the target's resource
+# type, and each target says it here in one entry of TARGETS (the pack runs in its own
+# virtualenv and imports nothing of the program, so it keeps its own table).
+
+Files = Callable[[Any, dict[str, Any]], Iterator[tuple[str, str, str]]]  # (where, file name or key, text)
+Pairs = Callable[[Any, dict[str, Any]], Iterator[tuple[str, str]]]
+Messages = Callable[[Any, dict[str, Any]], Iterator[str]]
+
+
+@dataclass(frozen=True)
+class TargetResources:
+    """What the rules read from one target's resources, by Pulumi type token."""
+
+    files: dict[str, Files] = field(default_factory=dict)  # the files a resource delivers
+    routes: dict[str, Pairs] = field(default_factory=dict)  # (where, path) a resource routes from outside
+    exposures: dict[str, Messages] = field(default_factory=dict)  # a private service published
+    images: dict[str, Pairs] = field(default_factory=dict)  # (where, image) a resource runs
+    holds_data: dict[str, Callable[[dict[str, Any]], bool]] = field(default_factory=dict)
+
+
+def _private(name: str) -> bool:
+    return name in PRIVATE_SERVICES
+
+
+def _container_uploads(args: Any, props: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for upload in props.get("uploads") or []:
+        content = upload.get("content") if isinstance(upload, dict) else None
+        if isinstance(content, str):
+            yield f"{props.get('name', args.name)}:{upload['file']}", str(upload.get("file", "")), content
+
+
+def _container_ports(args: Any, props: dict[str, Any]) -> Iterator[str]:
+    name = str(props.get("name") or args.name)
+    if _private(name) and props.get("ports"):
+        yield f"container {name} publishes ports {props['ports']!r}: keep it on the private network"
+
+
+def _remote_image(args: Any, props: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    yield f"RemoteImage {args.name}", str(props.get("name") or "")
+
+
+DOCKER = TargetResources(
+    files={DOCKER_CONTAINER: _container_uploads},
+    exposures={DOCKER_CONTAINER: _container_ports},
+    images={DOCKER_IMAGE: _remote_image},
+    holds_data={DOCKER_VOLUME: lambda props: True},
+)
+
+
+def _configmap_data(args: Any, props: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    # The Kubernetes adapter flattens paths into keys ending in the file's name.
+    for key, content in sorted((props.get("data") or {}).items()):
+        if isinstance(content, str):
+            yield f"ConfigMap {_k8s_name(props) or args.name}:{key}", str(key), content
+
+
+def _ingress_paths(args: Any, props: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for rule in (props.get("spec") or {}).get("rules") or []:
+        for path in ((rule or {}).get("http") or {}).get("paths") or []:
+            yield f"Ingress {args.name}", str((path or {}).get("path") or "")
+
+
+def _service_type(args: Any, props: dict[str, Any]) -> Iterator[str]:
+    name = _k8s_name(props) or args.name
+    if any(name == s or name.startswith(s + "-") for s in PRIVATE_SERVICES):
+        kind = (props.get("spec") or {}).get("type") or "ClusterIP"
+        if kind != "ClusterIP":
+            yield f"Service {name} is of type {kind}: it must be ClusterIP"
+
+
+def _pod_images(args: Any, props: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    spec = props.get("spec") or {}
+    if args.resource_type == "kubernetes:batch/v1:CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+    pod = spec if args.resource_type == "kubernetes:core/v1:Pod" else ((spec.get("template") or {}).get("spec") or {})
+    for group in ("initContainers", "containers"):
+        for container in pod.get(group) or []:
+            yield f"{args.name} container {container.get('name', '?')}", str(container.get("image") or "")
+
+
+KUBERNETES = TargetResources(
+    files={K8S_CONFIGMAP: _configmap_data},
+    routes={K8S_INGRESS: _ingress_paths},
+    exposures={K8S_SERVICE: _service_type},
+    images=dict.fromkeys(K8S_WORKLOADS, _pod_images),
+    holds_data={K8S_PVC: lambda props: True,
+                K8S_STATEFULSET: lambda props: bool((props.get("spec") or {}).get("volumeClaimTemplates"))},
+)
+
+TARGETS = {"docker": DOCKER, "kubernetes": KUBERNETES}
+
+
+def _merged(targets: dict[str, TargetResources]) -> TargetResources:
+    merged = TargetResources()
+    for resources in targets.values():
+        for table in ("files", "routes", "exposures", "images", "holds_data"):
+            getattr(merged, table).update(getattr(resources, table))
+    return merged
+
+
+_READERS = _merged(TARGETS)
+# The types whose resources may hold data (the protection rule's scope).
+STATEFUL_TYPES = set(_READERS.holds_data)
+
+
 # ---------------------------------------------------------------- the rules
 
 
@@ -195,12 +295,10 @@ def no_public_admin_api(args: ResourceValidationArgs, report_violation: ReportVi
     for where, text in _files(args, "nginx.conf"):
         for location in admin_api_exposures(text):
             report_violation(f"{where}: '{location}' serves the Synapse admin API without 'deny all'", None)
-    if args.resource_type == K8S_INGRESS:
-        for rule in (_props(args).get("spec") or {}).get("rules") or []:
-            for path in ((rule or {}).get("http") or {}).get("paths") or []:
-                value = str((path or {}).get("path") or "")
-                if value.startswith(ADMIN_PREFIX) or value.startswith("/_synapse/adm"):
-                    report_violation(f"Ingress {args.name}: path {value} exposes the Synapse admin API", None)
+    reader = _READERS.routes.get(args.resource_type)
+    for where, value in reader(args, _props(args)) if reader is not None else ():
+        if value.startswith(ADMIN_PREFIX) or value.startswith("/_synapse/adm"):
+            report_violation(f"{where}: path {value} exposes the Synapse admin API", None)
 
 
 def registration_needs_token_or_captcha(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -226,18 +324,9 @@ def registration_needs_token_or_captcha(args: ResourceValidationArgs, report_vio
 
 def database_and_redis_private(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     """PostgreSQL and Redis are never published: no Docker ports, only ClusterIP Services."""
-    props = _props(args)
-    if args.resource_type == DOCKER_CONTAINER:
-        name = str(props.get("name") or args.name)
-        if name in PRIVATE_SERVICES and props.get("ports"):
-            report_violation(f"container {name} publishes ports {props['ports']!r}: keep it on the private network",
-                             None)
-    elif args.resource_type == K8S_SERVICE:
-        name = _k8s_name(props) or args.name
-        if any(name == s or name.startswith(s + "-") for s in PRIVATE_SERVICES):
-            kind = (props.get("spec") or {}).get("type") or "ClusterIP"
-            if kind != "ClusterIP":
-                report_violation(f"Service {name} is of type {kind}: it must be ClusterIP", None)
+    reader = _READERS.exposures.get(args.resource_type)
+    for message in reader(args, _props(args)) if reader is not None else ():
+        report_violation(message, None)
 
 
 def image_problem(image: str) -> str | None:
@@ -255,33 +344,18 @@ def image_problem(image: str) -> str | None:
 
 def images_pinned(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     """Docker images and Kubernetes container images name a version tag or a digest."""
-    props = _props(args)
-    images: list[tuple[str, str]] = []
-    if args.resource_type == DOCKER_IMAGE:
-        images.append((f"RemoteImage {args.name}", str(props.get("name") or "")))
-    elif args.resource_type in K8S_WORKLOADS:
-        spec = props.get("spec") or {}
-        if args.resource_type == "kubernetes:batch/v1:CronJob":
-            spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
-        pod = spec if args.resource_type == "kubernetes:core/v1:Pod" else ((spec.get("template") or {}).get("spec") or {})
-        for group in ("initContainers", "containers"):
-            for container in pod.get(group) or []:
-                images.append((f"{args.name} container {container.get('name', '?')}", str(container.get("image") or "")))
-    for where, image in images:
+    reader = _READERS.images.get(args.resource_type)
+    for where, image in reader(args, _props(args)) if reader is not None else ():
         problem = image_problem(image) if image else "has no image"
         if problem:
             report_violation(f"{where}: image '{image}' {problem}; pin a version tag or digest", None)
 
 
-STATEFUL_TYPES = {DOCKER_VOLUME, K8S_STATEFULSET, K8S_PVC}
-
-
 def holds_data(args: Any) -> bool:
     """Volumes and PVCs, and StatefulSets that own volume claim templates (one that only mounts a
     shared claim holds nothing itself: the claim is what must be protected)."""
-    if args.resource_type == K8S_STATEFULSET:
-        return bool((_props(args).get("spec") or {}).get("volumeClaimTemplates"))
-    return args.resource_type in STATEFUL_TYPES
+    judge = _READERS.holds_data.get(args.resource_type)
+    return judge is not None and judge(_props(args))
 
 
 def stateful_protected_in_prod(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:

@@ -128,9 +128,9 @@ def fingerprints(resources: list[offline.Registered]) -> dict[str, dict[str, str
 
 
 def _placement(result: offline.Run, service: Any) -> dict[str, Any]:
-    from components.platform import placement
+    from components.platform.targets import target_of
 
-    host = placement.host_of(result.cfg, service.name)
+    host = target_of(result.cfg).host_of(service.name)
     if host is not None:
         return {"docker_host": host.name, "url": host.url}
     return {"replicas": service.replicas}

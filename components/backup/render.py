@@ -17,19 +17,16 @@ the media store), which the restore procedure reads back by the same paths.
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from components.part import MediaStore
-from components.platform import placement
+from components.platform.contract import Handover, Mount, OneShot, OperatorStep, Workload
+from components.platform.targets import target_of
 from components.view import StackView
 from config import images
 from config.model import (
-    DockerTarget,
-    KubernetesTarget,
     S3Repository,
     SftpRepository,
     StackConfig,
@@ -204,7 +201,7 @@ def dump_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
         ]
     lines.append("}")
     lines.append("")
-    if isinstance(cfg.target, DockerTarget):
+    if not target_of(cfg).scheduled_steps:
         lines += [
             "# Docker: backup.sh, run by crond on its schedule, asks for fresh dumps.",
             "while :; do",
@@ -261,7 +258,7 @@ def backup_script(cfg: StackConfig, view: StackView, databases: Sequence[Databas
         "fi",
         "",
     ]
-    if isinstance(cfg.target, DockerTarget):
+    if not target_of(cfg).scheduled_steps:
         lines += [
             f"# Docker: ask the {DUMP_SERVICE} container for fresh dumps and wait for them.",
             f"rm -f {SCRATCH}/.done {SCRATCH}/.failed",
@@ -295,21 +292,18 @@ def crontab(cfg: StackConfig) -> str:
 
 
 # ---------------------------------------------------------------- restoring
+#
+# Written in the target's operator verbs (contract.Target): the target says how a command runs
+# in a service, stops and starts services, runs an image once and hands the operator's secrets
+# and files to those runs.
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step of the restore procedure: why, and the exact command."""
+Step = OperatorStep
 
-    why: str
-    command: str
-
-
-def _docker_prefix(cfg: StackConfig, service: str) -> str:
-    """DOCKER_HOST=... for a service on a remote Docker host (as create_admin_command)."""
-    from components.platform.targets import DockerHosts
-
-    return DockerHosts(cfg).docker(service).removesuffix("docker")
+# What the restore's runs are called where the target names them (pods), and what it stores the
+# operator's secrets and files in.
+RESTORE = "backup-restore"
+SFTP_FILES = (("sftp-key", SFTP_KEY_FILE), ("known_hosts", KNOWN_HOSTS_FILE))
 
 
 def _password_step(stack: str) -> Step:
@@ -331,30 +325,42 @@ def _credential_steps(cfg: StackConfig, stack: str) -> list[Step]:
     return []
 
 
-def _docker_restic(cfg: StackConfig, args: str, mounts: Sequence[str] = (), stdin: bool = False) -> str:
+def _restore_secret_keys(cfg: StackConfig) -> list[str]:
+    return ["RESTIC_PASSWORD"] + (["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+                                  if isinstance(cfg.backup.repository, S3Repository) else [])
+
+
+def _handover(cfg: StackConfig, databases: Sequence[Database] = ()) -> Handover:
+    """What the restore's runs take from the operator's shell: the repository's password and
+    credentials, an external database's password (PGPASSWORD), the SFTP files."""
+    keys = _restore_secret_keys(cfg) + (["PGPASSWORD"] if any(db.service is None for db in databases) else [])
+    files = SFTP_FILES if isinstance(cfg.backup.repository, SftpRepository) else ()
+    return Handover(RESTORE, "restore", tuple(keys), "The password (and credentials)", files, "sftp", "the SFTP files")
+
+
+def _restic(cfg: StackConfig, handover: Handover, args: str, mounts: Sequence[Mount] = (), stdin: bool = False) -> str:
+    """The pinned restic image run once against the repository, beside the backup jobs."""
+    target = target_of(cfg)
     repo = cfg.backup.repository
-    flags = ["--rm"] + (["-i"] if stdin else []) + ["-e", "RESTIC_PASSWORD"]
-    if isinstance(repo, S3Repository):
-        flags += ["-e", "AWS_ACCESS_KEY_ID", "-e", "AWS_SECRET_ACCESS_KEY"]
-        if repo.region:
-            flags += ["-e", f"AWS_DEFAULT_REGION={repo.region}"]
+    env: tuple[tuple[str, str], ...] = ()
+    if isinstance(repo, S3Repository) and repo.region:
+        env = (("AWS_DEFAULT_REGION", repo.region),)
     if isinstance(repo, VolumeRepository):
-        flags += ["-v", f"matrix-stack-{repo.name}:{REPOSITORY_MOUNT}:ro"]
+        mounts = (*mounts, Mount(repo.name, REPOSITORY_MOUNT, read_only=True))
+    repo_args = ["-r", repository_url(cfg)]
     if isinstance(repo, SftpRepository):
-        flags += ["-v", f"\"$PWD/sftp-key:{SFTP_KEY_FILE}:ro\"", "-v", f"\"$PWD/known_hosts:{KNOWN_HOSTS_FILE}:ro\""]
-    for mount in mounts:
-        flags += ["-v", mount]
-    repo_args = ["-r", shlex.quote(repository_url(cfg))]
-    if isinstance(repo, SftpRepository):
-        repo_args += ["-o", shlex.quote(f"sftp.command={sftp_command(cfg, SFTP_KEY_FILE, KNOWN_HOSTS_FILE)}")]
-    prefix = _docker_prefix(cfg, BACKUP_SERVICE)
-    return f"{prefix}docker run {' '.join(flags)} {cfg.backup.image} {' '.join(repo_args)} {args}"
+        files = target.hand_over(handover).files
+        repo_args += ["-o", f"sftp.command={sftp_command(cfg, files['sftp-key'], files['known_hosts'])}"]
+    return target.run_once(OneShot(
+        RESTORE, "restic", cfg.backup.image, (*repo_args, *args.split()), handover,
+        secret_env=tuple(_restore_secret_keys(cfg)), env=env, mounts=tuple(mounts),
+        files=isinstance(repo, SftpRepository), stdin=stdin, beside=BACKUP_SERVICE))
 
 
-def _stopped(view: StackView) -> list[str]:
-    """The services that write the databases or the media store, or let clients in: stopped
-    during a restore (PostgreSQL keeps running to take the dumps)."""
-    return [writer.service for writer in view.writers]
+def _stopped(view: StackView) -> list[Workload]:
+    """The services that write the databases or the media store, or let clients in, in start
+    order (main first): stopped during a restore (PostgreSQL keeps running to take the dumps)."""
+    return [Workload(writer.service, writer.stateful) for writer in view.writers]
 
 
 def _media(view: StackView) -> MediaStore:
@@ -367,36 +373,16 @@ def _pg_restore(db: Database) -> str:
             "--single-transaction --exit-on-error")
 
 
-def docker_restore(cfg: StackConfig, view: StackView, databases: Sequence[Database], stack: str) -> list[Step]:
-    stopped = _stopped(view)
-    media = _media(view)
-    media_volume = f"matrix-stack-{media.volume}"
-    steps = [_password_step(stack), *_credential_steps(cfg, stack)]
-    steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
-    steps += _key_steps(cfg, stack, lambda args: _docker_restic(cfg, args))
-    by_host: dict[str, list[str]] = {}
-    for name in stopped:
-        by_host.setdefault(_docker_prefix(cfg, name), []).append(name)
-    for prefix, names in by_host.items():
-        steps.append(Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
-                          "host, run `pulumi up` first: it recreates the containers and empty volumes.",
-                          f"{prefix}docker stop {' '.join(reversed(names))}"))
-    for db in databases:
-        latest = _docker_restic(cfg, f"dump --host {SNAPSHOT_HOST} latest {db.dump_path}", stdin=True)
-        if db.service:
-            target = f"{_docker_prefix(cfg, db.service)}docker exec -i {db.service} {_pg_restore(db)}"
-        else:
-            target = (f"docker run --rm -i -e PGPASSWORD {dump_image(view)} {_pg_restore(db)} "
-                      f"-h {db.host} -p {db.port}")
-        steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
-                          "transaction.", f"{latest} | {target}"))
-    steps.append(Step("Restore the media store into its volume (files keep their owner).",
-                      _docker_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {media.path}",
-                                     mounts=[f"{media_volume}:{media.path}"])))
-    for prefix, names in by_host.items():
-        steps.append(Step("Start Synapse again: main first, then the workers and the proxy.",
-                          f"{prefix}docker start {' '.join(names)}"))
-    return steps
+def _pg_restore_target(cfg: StackConfig, view: StackView, handover: Handover, db: Database) -> str:
+    """The command that reads a dump on stdin and restores it: inside the bundled server, else in
+    the pinned PostgreSQL image run once against the external server (with PGPASSWORD)."""
+    target = target_of(cfg)
+    if db.service:
+        return target.exec_command(db.service, True, _pg_restore(db), stdin=True)
+    return target.run_once(OneShot(
+        "backup-pg-restore", "pg-restore", dump_image(view),
+        (*shlex.split(_pg_restore(db)), "-h", db.host, "-p", str(db.port)), handover,
+        command=True, secret_env=("PGPASSWORD",), stdin=True))
 
 
 def _key_steps(cfg: StackConfig, stack: str, restic: object) -> list[Step]:
@@ -408,104 +394,30 @@ def _key_steps(cfg: StackConfig, stack: str, restic: object) -> list[Step]:
                  f"pulumi config set --stack {stack} --secret matrix-stack:signing_key")]
 
 
-def _kubectl(cfg: StackConfig) -> str:
-    from components.platform.targets import KubernetesCluster
-
-    return KubernetesCluster(cfg).kubectl
-
-
-def _k8s_restic(cfg: StackConfig, args: str, mounts: Sequence[tuple[str, str, bool]] = ()) -> str:
-    """`kubectl run` of the restic image with the repository and the given claims mounted
-    (claim, path, read_only). The password and credentials come from the restore's Secret
-    (_k8s_secret_step), never from the pod's spec."""
-    repo = cfg.backup.repository
-    env = _secret_env(*_restore_secret_keys(cfg))
-    if isinstance(repo, S3Repository) and repo.region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": repo.region})
-    claims = list(mounts)
-    if isinstance(repo, VolumeRepository):
-        claims.append((repo.name, REPOSITORY_MOUNT, True))
-    volumes = [{"name": f"v{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": ro}}
-               for i, (claim, _path, ro) in enumerate(claims)]
-    volume_mounts = [{"name": f"v{i}", "mountPath": path, "readOnly": ro} for i, (_claim, path, ro) in enumerate(claims)]
-    repo_args = ["-r", repository_url(cfg)]
-    if isinstance(repo, SftpRepository):
-        volumes.append({"name": "sftp", "secret": {"secretName": "backup-restore-sftp", "defaultMode": 0o400}})
-        volume_mounts.append({"name": "sftp", "mountPath": "/sftp", "readOnly": True})
-        repo_args += ["-o", f"sftp.command={sftp_command(cfg, '/sftp/sftp-key', '/sftp/known_hosts')}"]
-    container = {"name": "restic", "image": cfg.backup.image, "args": [*repo_args, *args.split()],
-                 "env": env, "volumeMounts": volume_mounts, "stdin": True}
-    overrides = {"apiVersion": "v1", "spec": {"containers": [container], "volumes": volumes,
-                                              "restartPolicy": "Never", "automountServiceAccountToken": False}}
-    return (f"{_kubectl(cfg)} run backup-restore --rm -i --quiet --restart=Never --image={cfg.backup.image} "
-            f"--overrides={shlex.quote(json.dumps(overrides, separators=(',', ':')))}")
-
-
-RESTORE_SECRET = "backup-restore-env"
-
-
-def _restore_secret_keys(cfg: StackConfig) -> list[str]:
-    return ["RESTIC_PASSWORD"] + (["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
-                                  if isinstance(cfg.backup.repository, S3Repository) else [])
-
-
-def _secret_env(*keys: str) -> list[dict[str, Any]]:
-    return [{"name": k, "valueFrom": {"secretKeyRef": {"name": RESTORE_SECRET, "key": k}}} for k in keys]
-
-
-def _k8s_secret_step(cfg: StackConfig, databases: Sequence[Database]) -> Step:
-    """The restore pods' password and credentials as a Secret, written from the operator's
-    environment through a pipe: no command line and no pod spec holds them. An external
-    database's password (PGPASSWORD) rides along."""
-    keys = _restore_secret_keys(cfg) + (["PGPASSWORD"] if any(db.service is None for db in databases) else [])
-    fmt = "".join(f"{k}=%s\\n" for k in keys)
-    values = " ".join(f'"${k}"' for k in keys)
-    return Step("The password (and credentials) as a Secret the restore pods read (deleted at the end).",
-                f"printf '{fmt}' {values} | {_kubectl(cfg)} create secret generic {RESTORE_SECRET} "
-                "--from-env-file=/dev/stdin")
-
-
-def kubernetes_restore(cfg: StackConfig, view: StackView, databases: Sequence[Database], stack: str) -> list[Step]:
-    kubectl = _kubectl(cfg)
-    steps = [_password_step(stack), *_credential_steps(cfg, stack), _k8s_secret_step(cfg, databases)]
-    if isinstance(cfg.backup.repository, SftpRepository):
-        steps.append(Step("The SFTP files as a Secret the restore pod mounts (deleted at the end).",
-                          f"{kubectl} create secret generic backup-restore-sftp --from-file=sftp-key "
-                          "--from-file=known_hosts"))
-    steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
-    steps += _key_steps(cfg, stack, lambda args: _k8s_restic(cfg, args))
-    workloads = [f"{'statefulset' if writer.stateful else 'deployment'}/{writer.service}" for writer in view.writers]
-    media = _media(view)
-    steps.append(Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
-                      "cluster, run `pulumi up` first: it recreates the workloads and empty claims.",
-                      f"{kubectl} scale --replicas=0 {' '.join(workloads)}"))
-    for db in databases:
-        latest = _k8s_restic(cfg, f"dump --host {SNAPSHOT_HOST} latest {db.dump_path}")
-        if db.service:
-            target = f"{kubectl} exec -i statefulset/{db.service} -- {_pg_restore(db)}"
-        else:
-            pod = {"apiVersion": "v1", "spec": {"containers": [{
-                "name": "pg-restore", "image": dump_image(view), "stdin": True, "env": _secret_env("PGPASSWORD"),
-                "command": [*shlex.split(_pg_restore(db)), "-h", db.host, "-p", str(db.port)]}],
-                "restartPolicy": "Never", "automountServiceAccountToken": False}}
-            target = (f"{kubectl} run backup-pg-restore --rm -i --quiet --restart=Never --image={dump_image(view)} "
-                      f"--overrides={shlex.quote(json.dumps(pod, separators=(',', ':')))}")
-        steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
-                          "transaction.", f"{latest} | {target}"))
-    steps.append(Step("Restore the media store into its claim (files keep their owner).",
-                      _k8s_restic(cfg, f"restore --host {SNAPSHOT_HOST} latest --target / --include {media.path}",
-                                  mounts=[(media.volume, media.path, False)])))
-    steps.append(Step("Start Synapse again with the stack's replica counts.", f"pulumi up --stack {stack}"))
-    steps.append(Step("Remove the restore's Secret.", f"{kubectl} delete secret {RESTORE_SECRET}"))
-    if isinstance(cfg.backup.repository, SftpRepository):
-        steps.append(Step("Remove the SFTP files.", f"{kubectl} delete secret backup-restore-sftp && rm sftp-key known_hosts"))
-    return steps
-
-
 def restore_procedure(cfg: StackConfig, view: StackView, databases: Sequence[Database], stack: str) -> list[Step]:
-    if isinstance(cfg.target, KubernetesTarget):
-        return kubernetes_restore(cfg, view, databases, stack)
-    return docker_restore(cfg, view, databases, stack)
+    target = target_of(cfg)
+    terms = target.terms
+    handover = _handover(cfg, databases)
+    session = target.hand_over(handover)
+    steps = [_password_step(stack), *_credential_steps(cfg, stack), *session.before]
+    steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
+    steps += _key_steps(cfg, stack, lambda args: _restic(cfg, handover, args))
+    workloads = _stopped(view)
+    media = _media(view)
+    steps += [Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
+                   f"{terms.place}, run `pulumi up` first: it recreates the {terms.workloads} and empty "
+                   f"{terms.volume}s.", command) for command in target.stop(workloads)]
+    for db in databases:
+        latest = _restic(cfg, handover, f"dump --host {SNAPSHOT_HOST} latest {db.dump_path}", stdin=True)
+        steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
+                          "transaction.", f"{latest} | {_pg_restore_target(cfg, view, handover, db)}"))
+    steps.append(Step(f"Restore the media store into its {terms.volume} (files keep their owner).",
+                      _restic(cfg, handover, f"restore --host {SNAPSHOT_HOST} latest --target / --include {media.path}",
+                              mounts=[Mount(media.volume, media.path)])))
+    why = ("Start Synapse again: main first, then the workers and the proxy." if terms.starts_in_order
+           else "Start Synapse again with the stack's replica counts.")
+    steps += [Step(why, command) for command in target.start(workloads, stack)]
+    return [*steps, *session.after]
 
 
 def procedure_text(steps: Sequence[Step]) -> str:
@@ -516,10 +428,7 @@ def procedure_text(steps: Sequence[Step]) -> str:
 def snapshots_command(cfg: StackConfig) -> str:
     """The command that lists the snapshots, once RESTIC_PASSWORD (and the repository's
     credentials) are exported as the restore procedure's first steps do."""
-    args = f"snapshots --host {SNAPSHOT_HOST}"
-    if isinstance(cfg.target, KubernetesTarget):
-        return _k8s_restic(cfg, args)
-    return _docker_restic(cfg, args)
+    return _restic(cfg, _handover(cfg), f"snapshots --host {SNAPSHOT_HOST}")
 
 
 # ---------------------------------------------------------------- warnings
@@ -529,11 +438,10 @@ def same_host_warnings(cfg: StackConfig, view: StackView) -> list[tuple[str, obj
     """A volume repository on the Docker host of the database shares its fate."""
     if not cfg.backup.enabled or not isinstance(cfg.backup.repository, VolumeRepository):
         return []
-    if not isinstance(cfg.target, DockerTarget):
-        return []
-    backup = placement.host_of(cfg, BACKUP_SERVICE)
+    target = target_of(cfg)
+    backup = target.host_of(BACKUP_SERVICE)
     server = view.database_server
-    database = placement.host_of(cfg, server.service) if server is not None else None
+    database = target.host_of(server.service) if server is not None else None
     if backup is None or database is None or backup.name != database.name:
         return []
     return [("backup.repository.kind", "volume",

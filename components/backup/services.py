@@ -1,10 +1,11 @@
 """The backup jobs as target-neutral services (pure: secrets come in as values).
 
-Kubernetes: one scheduled service per job (`backup`, `backup-check`); the backup's dump runs
-first in the PostgreSQL image (its `steps`), in the same pod, sharing the scratch directory.
-Docker: the same two scheduled services (BusyBox crond in the restic image runs them), and
-`backup-dump`, the PostgreSQL image waiting for dump requests in the scratch volume, because
-a Docker host has no pod to run two images in turn.
+A target whose scheduled services run steps (Target.scheduled_steps; Kubernetes): one scheduled
+service per job (`backup`, `backup-check`); the backup's dump runs first in the PostgreSQL image
+(its `steps`), in the same pod, sharing the scratch directory. Otherwise (Docker): the same two
+scheduled services (BusyBox crond in the restic image runs them), and `backup-dump`, the
+PostgreSQL image waiting for dump requests in the scratch volume, because a Docker host has no
+pod to run two images in turn.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pulumi
 from components.platform.spec import File, Resources, Service, Step, Volume
 from components.view import StackView
 from config import images
-from config.model import KubernetesTarget, S3Repository, SftpRepository, StackConfig, VolumeRepository
+from config.model import S3Repository, SftpRepository, StackConfig, VolumeRepository
 
 from . import render
 from .render import Database
@@ -54,7 +55,9 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
              secrets: Mapping[str, pulumi.Input[str]], database_passwords: Sequence[pulumi.Input[str]]) -> list[Service]:
     """The backup's services. `secrets`: restic_password, signing_key, and the repository's
     credentials (s3_access_key_id and s3_secret_access_key, or sftp_private_key)."""
-    kubernetes = isinstance(cfg.target, KubernetesTarget)
+    # One scheduled job that runs the dump as its step (Kubernetes: in the same pod), or the jobs
+    # beside a dump service that answers their requests (Docker).
+    dump_as_step = view.target.scheduled_steps
     repo = cfg.backup.repository
     scripts = [File(render.BACKUP_SCRIPT, render.backup_script(cfg, view, databases), mode=0o555)]
     secret_files = [File(render.PASSWORD_FILE, secrets[PASSWORD], secret=True, mode=0o400)]
@@ -75,7 +78,7 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
     schedule, check_schedule = cfg.backup.schedule, cfg.backup.check_schedule
     # The dumps and restic's cache: a volume, since a database's dump outgrows a scratch dir.
     scratch = Volume(SCRATCH_VOLUME, render.SCRATCH, size="20Gi")
-    if kubernetes:
+    if dump_as_step:
         # The media store's owner, so nothing needs root; the claims' group (fsGroup) lets it
         # write the repository and the scratch claim. The dump runs first in the same pod, as
         # the PostgreSQL image's user.

@@ -42,11 +42,9 @@ class ElementCall(Part):
 
     def check(self, cfg: StackConfig, view: StackView) -> list[Finding]:
         # LiveKit's TURN domain is the livekit host name, whose record points at the proxy's host.
-        from components.platform import placement
-
         if not (cfg.element_call.livekit.turn and view.edge_service):
             return []
-        sfu, proxy = placement.host_of(cfg, render.LIVEKIT_SERVICE), placement.host_of(cfg, view.edge_service)
+        sfu, proxy = view.target.host_of(render.LIVEKIT_SERVICE), view.target.host_of(view.edge_service)
         if sfu and proxy and sfu.name != proxy.name:
             return [("element_call.livekit.turn", True, "LiveKit's embedded TURN answers on the livekit host "
                      f"name, which points at the proxy's host '{proxy.name}': place livekit there too")]

@@ -21,7 +21,6 @@ from components.part import HOMESERVER_SECRETS_DIR
 from components.view import StackView
 from config.model import (
     ClaimImport,
-    KubernetesTarget,
     MasBundledDatabase,
     StackConfig,
     UpstreamProvider,
@@ -274,33 +273,27 @@ def create_admin_command(cfg: StackConfig, user: str = "admin") -> str:
 
 def syn2mas_commands(cfg: StackConfig, view: StackView) -> list[str]:
     """The ordered migration of an existing Synapse's users, devices, sessions and upstream links
-    into MAS (MAS's docs/setup/migration.md), for this stack's target; docs/mas.md explains each
-    step. Every command runs where the operator runs `pulumi`."""
+    into MAS (MAS's docs/setup/migration.md), in this stack's target's operator verbs; docs/mas.md
+    explains each step. Every command runs where the operator runs `pulumi`."""
+    from components.platform.contract import Workload
+
     assert view.homeserver is not None
-    synapse = list(view.homeserver.processes)
+    target = view.target
+    writers = {w.service: w.stateful for w in view.writers}
+    synapse = [Workload(name, writers.get(name, False)) for name in view.homeserver.processes]
     # The homeserver's database: the claim its processes hold.
-    database = next(c for c in view.databases if set(synapse) <= set(c.clients))
+    database = next(c for c in view.databases if set(view.homeserver.processes) <= set(c.clients))
     synapse_conf = f"--synapse-config {SYN2MAS_SYNAPSE_CONFIG}"
-    target = cfg.target
-    server = view.database_server.service if view.database_server is not None and database.bundled else None
+    pg_dump = f"pg_dump -U {database.user} -Fc {database.database}"
     if database.external is not None:
         # The operator's own server: pg_dump from where the operator runs pulumi.
         ext = database.external
         dump = f"pg_dump -h {ext.host} -p {ext.port} -U {database.user} -Fc {database.database}"
-    if isinstance(target, KubernetesTarget):
-        from components.platform.targets import KubernetesCluster
-
-        k = KubernetesCluster(cfg).kubectl
-        if server is not None:
-            dump = f"{k} exec statefulset/{server} -- pg_dump -U {database.user} -Fc {database.database}"
-        stop = f"{k} scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0"
     else:
-        from components.platform.targets import DockerHosts
-
-        hosts = DockerHosts(cfg)
-        if server is not None:
-            dump = f"{hosts.docker(server)} exec {server} pg_dump -U {database.user} -Fc {database.database}"
-        stop = f"{hosts.docker(synapse[0])} stop {' '.join(reversed(synapse))}"
+        assert view.database_server is not None
+        dump = target.exec_command(view.database_server.service, True, pg_dump)
+    # Every Synapse process carries its role's label (a target may stop them by it).
+    stop = "\n".join(target.stop(synapse, label="matrix-stack.synapse-role"))
     return [
         "# 1. Start MAS beside Synapse's own logins (migration mode), accepting Synapse's password hashes.\n"
         "#    This output exists from here on.\n"

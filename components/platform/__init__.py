@@ -1,19 +1,15 @@
 """Target adapters: how target-neutral services (spec.py) become Pulumi resources. The contract
-they fulfil is contract.py; their config-only facts are targets.py."""
+they fulfil is contract.py; the registry of targets, their config-only facts and operator verbs,
+is targets.py."""
 
 from __future__ import annotations
 
-from config.model import DockerTarget, StackConfig
+from config.model import StackConfig
 
 from .contract import Platform
+from .targets import registration
 
 
 def make_platform(cfg: StackConfig) -> Platform:
-    # Imported here: each adapter loads its provider SDK.
-    if isinstance(cfg.target, DockerTarget):
-        from .docker import DockerPlatform
-
-        return DockerPlatform(cfg)
-    from .kubernetes.platform import KubernetesPlatform
-
-    return KubernetesPlatform(cfg)
+    # The loader imports the adapter, which loads its provider SDK.
+    return registration(cfg).platform()(cfg)

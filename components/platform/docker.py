@@ -17,11 +17,10 @@ import pulumi_docker as docker
 
 from config.model import DockerHost, StackConfig
 
-from . import placement
 from .contract import Graph
 from .docker_checks import CheckGroup, check_groups
+from .docker_hosts import DockerHosts
 from .spec import File, Service, Volume, Wait
-from .targets import DockerHosts
 
 NETWORK = "matrix-stack"
 LOG_OPTS = {"max-size": "20m", "max-file": "5"}
@@ -188,7 +187,7 @@ class DockerPlatform(DockerHosts):
         if key not in self._volumes:
             self._volumes[key] = docker.Volume(
                 f"volume-{host.name}-{name}",
-                name=f"matrix-stack-{name}",
+                name=self.volume_name(name),
                 opts=self._opts(host, None, protect=self.cfg.protect, retain_on_delete=self.cfg.protect),
             )
         return self._volumes[key]
@@ -213,9 +212,7 @@ class DockerPlatform(DockerHosts):
             self._container(service, parents[service.name])
 
     def _host_name(self, service: str) -> str:
-        host = placement.host_of(self.cfg, service)
-        assert host is not None
-        return host.name
+        return self.docker_host(service).name
 
     def _volume_owner(self, host: DockerHost, volume: Volume, image: str, parent: pulumi.Resource) -> docker.Container:
         """A one-shot container that hands a fresh volume to the user the service runs as."""
@@ -239,8 +236,7 @@ class DockerPlatform(DockerHosts):
         return self._volume_owners[key]
 
     def _container(self, service: Service, parent: pulumi.Resource) -> docker.Container:
-        host = placement.host_of(self.cfg, service.name)
-        assert host is not None
+        host = self.docker_host(service.name)
         bind = host.published_address
         ports = [
             docker.ContainerPortArgs(internal=p.port, external=p.host_port or p.port, protocol=p.protocol, ip=bind)

@@ -13,8 +13,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.platform.contract import Graph
+from components.platform.kubernetes_cluster import KubernetesCluster
 from components.platform.spec import EdgeCertificate, Service
-from components.platform.targets import KubernetesCluster
 from config.model import StackConfig
 
 from . import EDGE_CERTIFICATE, owned_objects, render
