@@ -169,7 +169,9 @@ def check_docker(url: str) -> Verdict:
 # ---------------------------------------------------------------- published ports
 
 
-_PUBLISHED = re.compile(r"^(?P<ip>.*):(?P<port>\d+)->\d+/(?P<proto>\w+)$")
+# `docker ps` lists a published port as 127.0.0.1:8080->8080/tcp, and consecutive ones as a
+# range, 0.0.0.0:50000-50100->50000-50100/udp.
+_PUBLISHED = re.compile(r"^(?P<ip>.*):(?P<first>\d+)(?:-(?P<last>\d+))?->[\d-]+/(?P<proto>\w+)$")
 
 
 def ports_held_by_containers(url: str) -> dict[tuple[str, int, str], str]:
@@ -182,7 +184,8 @@ def ports_held_by_containers(url: str) -> dict[tuple[str, int, str], str]:
             match = _PUBLISHED.match(item.strip())
             if match:
                 address = match["ip"].strip("[]") or "0.0.0.0"
-                held[(address, int(match["port"]), match["proto"])] = name
+                for port in range(int(match["first"]), int(match["last"] or match["first"]) + 1):
+                    held[(address, port, match["proto"])] = name
     return held
 
 

@@ -130,8 +130,8 @@ class Checkout:
         return f"file://{self.state}"
 
     def run(self, script: str, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
-        environ = {**self.env, **env}
-        environ = {k: v for k, v in environ.items() if v is not None}
+        merged: dict[str, str | None] = {**self.env, **env}
+        environ = {k: v for k, v in merged.items() if v is not None}
         return subprocess.run(["bash", str(self.root / "scripts" / script), *args], env=environ, cwd=self.home,
                               capture_output=True, text=True, timeout=300)
 
@@ -247,7 +247,7 @@ def test_up_dev_ends_with_the_server_the_first_admin_and_the_client_check(
 
 DOCKER_STOPPED = ("the Docker engine at unix:///var/run/docker.sock is not running: start it "
                   "(sudo systemctl start docker) and rerun")
-FAILURES = {
+FAILURES: dict[str, tuple[dict[str, str | None], str]] = {
     "docker stopped": ({"STANDIN_DOCKER": "stopped"}, DOCKER_STOPPED),
     "docker refuses the user": ({"STANDIN_DOCKER": "denied"},
                                 f"you may not use the Docker engine's socket {SOCKET}: add yourself to the docker "
@@ -287,8 +287,11 @@ def test_a_taken_port_gives_its_line_and_creates_nothing(checkout: Checkout) -> 
     _created_nothing(checkout)
 
 
-def test_a_port_taken_by_another_container_names_it(checkout: Checkout) -> None:
-    run = checkout.run("up-dev", STANDIN_DOCKER_PS=f"some-web\t127.0.0.1:{checkout.port}->80/tcp")
+@pytest.mark.parametrize("listed", ["127.0.0.1:{port}->80/tcp", "0.0.0.0:{below}-{above}->7000-7002/tcp, :::{below}-{above}->7000-7002/tcp"])
+def test_a_port_taken_by_another_container_names_it(checkout: Checkout, listed: str) -> None:
+    """As `docker ps` lists them: one port, or a range of them (on every address)."""
+    ports = listed.format(port=checkout.port, below=checkout.port - 1, above=checkout.port + 1)
+    run = checkout.run("up-dev", STANDIN_DOCKER_PS=f"some-web\t{ports}")
     assert run.returncode == 1, _output(run)
     assert (f"  FAIL  127.0.0.1:{checkout.port}/tcp, which the dev stack publishes for synapse-proxy, is taken by "
             "the container some-web: stop it, or choose another port (matrix-stack:target.http_port)\n") in run.stdout
