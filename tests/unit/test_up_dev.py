@@ -119,6 +119,9 @@ class Checkout:
             "STANDIN_PULUMI": str(self.released),
             "STANDIN_INSTALLER_ARGS": str(self.installer_args),
             "STANDIN_SERVE_PID": str(self.server_pid),
+            # A test where the deployment should go ahead says so: elsewhere an `up` the script
+            # should not have reached fails at once, instead of waiting for a server.
+            "STANDIN_UP_FAILS": "1",
         }
 
     @property
@@ -189,7 +192,7 @@ def succeeded(tmp_path_factory: pytest.TempPathFactory,
     c = Checkout(tmp_path_factory.mktemp("up-dev"), dev_program)
     try:
         # `pulumi up` starts the proxy: here, a stand-in answering as the logged-out server does.
-        run = c.run("up-dev", STANDIN_SERVE=json.dumps([sys.executable, str(STAND_INS / "homeserver.py"), str(c.port)]))
+        run = c.run("up-dev", STANDIN_UP_FAILS=None, STANDIN_SERVE=json.dumps([sys.executable, str(STAND_INS / "homeserver.py"), str(c.port)]))
     finally:
         c.stop_server()  # the port is free again for the other tests
     return c, run
@@ -303,7 +306,7 @@ def test_a_later_run_accepts_the_port_its_own_proxy_holds(checkout: Checkout) ->
     server = subprocess.Popen([sys.executable, str(STAND_INS / "homeserver.py"), str(checkout.port)],
                               start_new_session=True)
     checkout.server_pid.write_text(str(server.pid))
-    run = checkout.run("up-dev", STANDIN_DOCKER_PS=f"synapse-proxy\t127.0.0.1:{checkout.port}->8080/tcp\n"
+    run = checkout.run("up-dev", STANDIN_UP_FAILS=None, STANDIN_DOCKER_PS=f"synapse-proxy\t127.0.0.1:{checkout.port}->8080/tcp\n"
                                                    "synapse-main\t")
     assert run.returncode == 0, _output(run)
     assert (f"  ok    127.0.0.1:{checkout.port}/tcp published by the stack's own synapse-proxy, already running"
@@ -356,6 +359,7 @@ def test_a_missing_or_old_cli_is_replaced_by_the_pinned_release_in_the_checkout(
 def deployed(checkout: Checkout) -> Checkout:
     """The dev stack's state as `pulumi up` left it (through the stand-in)."""
     env = {**checkout.env, "PULUMI_BACKEND_URL": checkout.backend}
+    del env["STANDIN_UP_FAILS"]
     for args in (["stack", "select", "dev", "--create"], ["up", "--stack", "dev", "--yes"]):
         subprocess.run([str(checkout.bin / "pulumi"), *args], env=env, check=True, capture_output=True)
     checkout.log.write_text("")

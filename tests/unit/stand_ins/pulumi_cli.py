@@ -5,7 +5,7 @@ run. It deploys nothing.
 Environment: STANDIN_LOG (a JSON line per call), STANDIN_OUTPUTS (what `stack output --json`
 prints), STANDIN_EXPORT (the resources `up` leaves in the state), STANDIN_SERVE (a JSON argv `up`
 starts in the background, as the real `up` starts the containers; its pid goes to
-STANDIN_SERVE_PID). The version is read from `pulumi-version` beside this file.
+STANDIN_SERVE_PID; with STANDIN_UP_FAILS, `up` fails as on a provider's error). The version is read from `pulumi-version` beside this file.
 """
 
 import json
@@ -77,6 +77,9 @@ def main(args: list[str]) -> None:
             path.write_text(json.dumps({"version": 3, "deployment": {"resources": []}}))
             print(f"Created stack '{stack}'")
     elif args[:1] == ["up"]:
+        if os.environ.get("STANDIN_UP_FAILS"):
+            print("error: update failed", file=sys.stderr)
+            sys.exit(255)
         stack = option(args, "--stack", "-s") or "dev"
         path = state_file(stack)
         if not path.exists():
