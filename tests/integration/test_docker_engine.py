@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,9 +96,9 @@ def dev_run() -> offline.Run:
 
 
 @pytest.fixture(scope="module")
-def deployed(engine: Engine, dev_run: offline.Run) -> Iterator[Deployed]:
+def deployed(engine: Engine, dev_run: offline.Run, say: Callable[[str], None]) -> Iterator[Deployed]:
     client = engine.client()
-    image_s = engine_stack.ensure_images(client, dev_run)
+    image_s = engine_stack.ensure_images(client, dev_run, say)
     remove_declared(client, dev_run)
     try:
         applied = engine_stack.apply(client, dev_run)
