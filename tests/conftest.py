@@ -39,6 +39,22 @@ def dev_raw() -> dict[str, Any]:
     return stack_raw("dev")
 
 
+@pytest.fixture(scope="session")
+def say(pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """Prints a line at once, even while pytest captures the tests' output: a fixture that
+    builds for minutes says what it is doing and how far along it is, never sits silent."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say_now(line: str) -> None:
+        if capture is None:
+            print(line, flush=True)
+            return
+        with capture.global_and_fixture_disabled():
+            print(line, flush=True)
+
+    return say_now
+
+
 def load_yaml(text: str) -> Any:
     return yaml.safe_load(text)
 

@@ -11,6 +11,10 @@ lk-jwt-service and ntfy are PLACEHOLDERS serving only their declared port and he
 What this proves: the adapter's containers, with their files, users, capabilities, networks,
 health checks, restart policy, ordering and published ports, work on a real engine. What it does
 not: the real images, or the Pulumi engine and pulumi-docker themselves.
+
+The same engine answers scripts/up-dev's Docker pre-flight (scripts/dev_stack.py) through the
+real docker CLI: running, stopped, refusing a user who may not use its socket, and, once the stack
+runs, holding the proxy's published port.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +36,15 @@ import pytest
 
 from render import offline
 
-from ..conftest import stack_raw
+from ..conftest import ROOT, stack_raw
 from .cluster import WORKLOAD_RATE_LIMITS
 from .engine import stack as engine_stack
 from .engine.applier import Applied, Applier, ApplyError, remove_declared
 from .engine.dockerd import Engine, EngineError
 from .workload import PASSWORD, Facts, run_workload
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import dev_stack  # noqa: E402
 
 RECOVERY_S = 15.0
 REBOOT_HEALTHY_S = 60.0
@@ -88,9 +96,9 @@ def dev_run() -> offline.Run:
 
 
 @pytest.fixture(scope="module")
-def deployed(engine: Engine, dev_run: offline.Run) -> Iterator[Deployed]:
+def deployed(engine: Engine, dev_run: offline.Run, say: Callable[[str], None]) -> Iterator[Deployed]:
     client = engine.client()
-    image_s = engine_stack.ensure_images(client, dev_run)
+    image_s = engine_stack.ensure_images(client, dev_run, say)
     remove_declared(client, dev_run)
     try:
         applied = engine_stack.apply(client, dev_run)
@@ -128,6 +136,41 @@ def _route_served(path: str, since: float, timeout: float = 120.0) -> float:
             pass
         time.sleep(0.5)
     raise AssertionError(f"{path} not served through the proxy within {timeout:.0f}s")
+
+
+# ---------------------------------------------------------------- scripts/up-dev's pre-flight
+
+
+def test_preflight_finds_the_running_engine(engine: Engine) -> None:
+    verdict = dev_stack.check_docker(engine.url)
+    version = engine.client().version()["Version"]
+    assert verdict == dev_stack.Verdict(True, f"Docker Engine {version} at {engine.url}")
+
+
+def test_preflight_says_a_stopped_engine_is_not_running(engine: Engine) -> None:
+    engine.stop()
+    try:
+        verdict = dev_stack.check_docker(engine.url)
+    finally:
+        engine.start()
+    assert verdict == dev_stack.Verdict(False, f"the Docker engine at {engine.url} is not running: start it "
+                                               "(sudo systemctl start docker) and rerun")
+
+
+def test_preflight_says_the_user_may_not_use_the_socket(engine: Engine, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real docker CLI, run as a user outside the socket's owner and group (nobody)."""
+    real = shutil.which("docker")
+    assert real is not None
+    as_nobody = tmp_path / "docker"
+    as_nobody.write_text(f'#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups '
+                         f'env HOME=/nonexistent {real} "$@"\n')
+    as_nobody.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    verdict = dev_stack.check_docker(engine.url)
+    assert verdict == dev_stack.Verdict(False, f"you may not use the Docker engine's socket {engine.socket}: add "
+                                               "yourself to the docker group (sudo usermod -aG docker $USER), log "
+                                               "in again and rerun")
 
 
 # ---------------------------------------------------------------- the fresh stack
@@ -188,6 +231,23 @@ def test_published_ports_bind_loopback_on_dev(deployed: Deployed) -> None:
         bindings += [(name, port, b["HostIp"]) for port, binds in ports.items() for b in binds]
     assert bindings, "the proxy publishes at least its HTTP port"
     assert [b for b in bindings if b[2] != "127.0.0.1"] == []
+
+
+def test_preflight_tells_the_stacks_own_port_from_a_taken_one(deployed: Deployed) -> None:
+    """A later up-dev: the running proxy publishes 8080, which is the stack's own, and any other
+    container's claim on it is refused, naming the proxy (read with the real `docker ps`)."""
+    def published(container: str) -> dev_stack.Published:
+        return dev_stack.Published(container, "127.0.0.1", 8080, "tcp", deployed.engine.url)
+
+    plan = dev_stack.Plan(stack="dev", engines=[deployed.engine.url],
+                          published=[published("synapse-proxy"), published("another-proxy")],
+                          port_keys={8080: "matrix-stack:target.http_port"}, resources=0, containers=0, images=0)
+    own, other = dev_stack.check_ports(plan, [deployed.engine.url])
+    assert own == dev_stack.Verdict(True, "127.0.0.1:8080/tcp published by the stack's own synapse-proxy, "
+                                          "already running")
+    assert other == dev_stack.Verdict(False, "127.0.0.1:8080/tcp, which the dev stack publishes for another-proxy, "
+                                             "is taken by the container synapse-proxy: stop it, or choose another "
+                                             "port (matrix-stack:target.http_port)")
 
 
 def test_first_admin_command_runs_as_printed(deployed: Deployed) -> None:

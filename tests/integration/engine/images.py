@@ -29,8 +29,10 @@ import os
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,34 @@ MIRROR = "http://deb.debian.org/debian"
 
 
 Context = dict[str, tuple[bytes, int]]  # build context path -> (content, mode)
+Say = Callable[[str], None]
+TICK_S = 30.0
+
+
+@contextmanager
+def ticking(say: Say, doing: str, every: float = TICK_S) -> Iterator[Callable[[str], None]]:
+    """Says `doing` now, then every `every` seconds how long it has taken, until the block ends:
+    a debootstrap, a download or an apt-get inside a build prints nothing of its own for
+    minutes. The block may update what it is doing through the function it is given."""
+    started = time.monotonic()
+    current = [doing]
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every):
+            say(f"{current[0]}: {time.monotonic() - started:.0f}s so far")
+
+    say(doing)
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    outcome = "failed after"
+    try:
+        yield lambda now: current.__setitem__(0, now)
+        outcome = "done in"
+    finally:
+        done.set()
+        ticker.join()
+        say(f"{doing}: {outcome} {time.monotonic() - started:.0f}s")
 
 
 @dataclass(frozen=True)
@@ -56,7 +86,7 @@ class StandIn:
     dockerfile: str
     files: Context = field(default_factory=dict)
     # Large context made only when building (wheels, binaries); its version is in the Dockerfile.
-    extra: Callable[[], Context] | None = None
+    extra: Callable[[Say], Context] | None = None
     placeholder: bool = False
 
     def key(self) -> str:
@@ -121,7 +151,7 @@ exec busybox httpd -f -p "$PLACEHOLDER_PORT" -h /srv/placeholder
 SYNAPSE_REQUIREMENT = f"matrix-synapse[redis]=={images.SYNAPSE_VERSION}"
 
 
-def synapse_wheels() -> Context:
+def synapse_wheels(say: Say = print) -> Context:
     """The pinned Synapse and its dependencies from PyPI, downloaded by this (Debian 12,
     Python 3.11) machine's pip for the same Debian and Python the image has: the image installs
     them offline, so it needs no access to PyPI of its own."""
@@ -129,8 +159,9 @@ def synapse_wheels() -> Context:
     if not (wheelhouse / ".complete").exists():
         shutil.rmtree(wheelhouse, ignore_errors=True)
         wheelhouse.mkdir(parents=True)
-        subprocess.run(["python3", "-m", "pip", "download", "-q", "-d", str(wheelhouse), SYNAPSE_REQUIREMENT],
-                       check=True, timeout=1800)
+        with ticking(say, f"downloading {SYNAPSE_REQUIREMENT} and its dependencies from PyPI (once per version)"):
+            subprocess.run(["python3", "-m", "pip", "download", "-q", "-d", str(wheelhouse), SYNAPSE_REQUIREMENT],
+                           check=True, timeout=1800)
         (wheelhouse / ".complete").touch()
     return {f"wheels/{p.name}": (p.read_bytes(), 0o644) for p in sorted(wheelhouse.iterdir()) if p.name != ".complete"}
 
@@ -191,16 +222,18 @@ def nginx() -> StandIn:
     ]))
 
 
-def livekit_binary() -> Path:
-    """The LiveKit server from its Go module at the pinned tag, cached per version."""
+def livekit_binary(say: Say = print) -> Path:
+    """The LiveKit server from its Go module at the pinned tag, cached per version (scripts/test
+    builds it first, saying how far along it is)."""
     version = images.LIVEKIT.rsplit(":", 1)[1]
     gobin = GO_BIN_CACHE / f"livekit-{version}"
     binary = gobin / "server"
     if not binary.exists():
         gobin.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOBIN": str(gobin), "CGO_ENABLED": "0"}
-        subprocess.run(["go", "install", f"github.com/livekit/livekit-server/cmd/server@{version}"],
-                       env=env, check=True, timeout=3600)
+        with ticking(say, f"building LiveKit {version} (go install, once per tag)"):
+            subprocess.run(["go", "install", f"github.com/livekit/livekit-server/cmd/server@{version}"],
+                           env=env, check=True, timeout=3600)
     return binary
 
 
@@ -212,7 +245,7 @@ def livekit() -> StandIn:
         "COPY livekit-server /livekit-server",
         'ENTRYPOINT ["/livekit-server"]',
         "",
-    ]), extra=lambda: {"livekit-server": (livekit_binary().read_bytes(), 0o755)})
+    ]), extra=lambda say: {"livekit-server": (livekit_binary(say).read_bytes(), 0o755)})
 
 
 def placeholder(ref: str, port: int, health: list[str]) -> StandIn:
@@ -258,10 +291,10 @@ def stand_ins_for(containers: list[dict[str, object]], ports: dict[str, int]) ->
     return list(chosen.values())
 
 
-def _context(stand_in: StandIn) -> io.BytesIO:
+def _context(stand_in: StandIn, say: Say) -> io.BytesIO:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        extra = stand_in.extra() if stand_in.extra else {}
+        extra = stand_in.extra(say) if stand_in.extra else {}
         for name, (content, mode) in {"Dockerfile": (stand_in.dockerfile.encode(), 0o644), **stand_in.files,
                                       **extra}.items():
             info = tarfile.TarInfo(name)
@@ -285,7 +318,29 @@ def _load(client: docker.DockerClient, tarball: Path) -> None:
         client.images.load(f)
 
 
-def base_image(client: docker.DockerClient) -> None:
+def _debootstrap(rootfs: Path, say: Say) -> None:
+    """debootstrap, saying each of its phases (retrieving, validating, extracting, unpacking,
+    configuring: one line per package, counted here) as it reaches it."""
+    with ticking(say, "the Debian bookworm base: debootstrap (once)") as now:
+        proc = subprocess.Popen([*DEBOOTSTRAP, str(rootfs), MIRROR], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        phase, count = "", 0
+        tail: list[str] = []
+        for line in proc.stdout:
+            tail = [*tail[-30:], line.rstrip()]
+            words = line.split()
+            if len(words) >= 2 and words[0] == "I:":
+                if words[1] != phase:
+                    phase, count = words[1], 0
+                    say(f"  debootstrap: {phase} ...")
+                count += 1
+                now(f"the Debian bookworm base: debootstrap, {phase} ({count} so far)")
+        if proc.wait(timeout=1800) != 0:
+            raise RuntimeError("debootstrap failed:\n" + "\n".join(tail))
+
+
+def base_image(client: docker.DockerClient, say: Say = print) -> None:
     """A Debian bookworm rootfs from debootstrap, imported once and cached."""
     if _has(client, BASE):
         return
@@ -294,8 +349,7 @@ def base_image(client: docker.DockerClient) -> None:
         IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
         rootfs = IMAGE_CACHE / "rootfs.tmp"
         shutil.rmtree(rootfs, ignore_errors=True)
-        subprocess.run([*DEBOOTSTRAP, str(rootfs), MIRROR], check=True, timeout=1800,
-                       stdout=subprocess.DEVNULL)
+        _debootstrap(rootfs, say)
         subprocess.run(["tar", "-C", str(rootfs), "-cf", f"{tarball}.tmp", "."], check=True)
         os.replace(f"{tarball}.tmp", tarball)
         shutil.rmtree(rootfs, ignore_errors=True)
@@ -315,42 +369,65 @@ def _save(client: docker.DockerClient, refs: list[str], tarball: Path) -> None:
     os.replace(f"{tarball}.tmp", tarball)
 
 
-def ensure(client: docker.DockerClient, stand_ins: Iterable[StandIn]) -> dict[str, float]:
+def _megabytes(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.0f} MB"
+
+
+def build(client: docker.DockerClient, stand_in: StandIn, label: str, say: Say) -> None:
+    """`docker build` of the stand-in, saying each Dockerfile step as the engine reaches it."""
+    log: list[str] = []
+    with ticking(say, f"{label}: building") as now:
+        context = _context(stand_in, say)
+        for chunk in client.api.build(fileobj=context, custom_context=True, tag=stand_in.ref, network_mode="host",
+                                      rm=True, forcerm=True, decode=True):
+            text = str(chunk.get("stream") or "")
+            log.append(text)
+            if chunk.get("error"):
+                raise RuntimeError(f"building the stand-in {stand_in.ref} failed:\n{''.join(log)[-3000:]}"
+                                   f"{chunk['error']}")
+            if text.startswith("Step "):
+                step = text.strip()
+                say(f"{label}: {step[:110]}")
+                now(f"{label}: {step.split(' :', 1)[0].lower()}")
+
+
+def ensure(client: docker.DockerClient, stand_ins: Iterable[StandIn], say: Say = print) -> dict[str, float]:
     """Every stand-in present in the engine. A warm cache is one `docker save` bundle of all of
     them (shared layers stored once), keyed by every image's recipe; otherwise each image is
-    loaded from its own cached tarball, or built and saved. Returns seconds spent per step."""
+    loaded from its own cached tarball, or built and saved. Says what it does as it goes (a cold
+    build takes many minutes). Returns seconds spent per step."""
     chosen = list(stand_ins)
     spent: dict[str, float] = {}
     key = hashlib.sha256("".join(sorted(s.key() for s in chosen)).encode()).hexdigest()[:16]
     bundle = IMAGE_CACHE / f"stand-ins-{key}.tar"
     started = time.monotonic()
     if bundle.exists() and not all(_has(client, s.ref) for s in chosen):
-        _load(client, bundle)
+        with ticking(say, f"stand-in images: loading the cached bundle of {len(chosen)} ({_megabytes(bundle)})"):
+            _load(client, bundle)
         spent["load bundle"] = time.monotonic() - started
-    for stand_in in chosen:
+    for number, stand_in in enumerate(chosen, 1):
         started = time.monotonic()
         if _has(client, stand_in.ref):
             continue
+        label = f"stand-in image {number}/{len(chosen)} {stand_in.ref}"
         tarball = stand_in.tarball()
         if tarball.exists():
-            _load(client, tarball)
+            with ticking(say, f"{label}: loading {tarball.name} ({_megabytes(tarball)})"):
+                _load(client, tarball)
         else:
-            base_image(client)
-            try:
-                client.images.build(fileobj=_context(stand_in), custom_context=True, tag=stand_in.ref,
-                                    network_mode="host", rm=True, forcerm=True)
-            except docker.errors.BuildError as exc:
-                log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
-                raise RuntimeError(f"building the stand-in {stand_in.ref} failed:\n{log[-3000:]}") from exc
+            base_image(client, say)
+            build(client, stand_in, label, say)
             IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
             for stale in IMAGE_CACHE.glob(tarball.name.rsplit("-", 1)[0] + "-*.tar"):
                 stale.unlink()
-            _save(client, [stand_in.ref], tarball)
+            with ticking(say, f"{label}: saving to the cache"):
+                _save(client, [stand_in.ref], tarball)
         spent[stand_in.ref] = time.monotonic() - started
     if not bundle.exists():
         started = time.monotonic()
         for stale in IMAGE_CACHE.glob("stand-ins-*.tar"):
             stale.unlink()
-        _save(client, [s.ref for s in chosen], bundle)
+        with ticking(say, f"stand-in images: saving the bundle of {len(chosen)} to the cache"):
+            _save(client, [s.ref for s in chosen], bundle)
         spent["save bundle"] = time.monotonic() - started
     return spent

@@ -31,8 +31,8 @@ def service_ports(run: Run) -> dict[str, int]:
     return {s["service"].name: s["service"].ports[0].port for s in run.services if s["service"].ports}
 
 
-def ensure_images(client: docker.DockerClient, run: Run) -> dict[str, float]:
-    return images.ensure(client, images.stand_ins_for(declared_containers(run), service_ports(run)))
+def ensure_images(client: docker.DockerClient, run: Run, say: images.Say = print) -> dict[str, float]:
+    return images.ensure(client, images.stand_ins_for(declared_containers(run), service_ports(run)), say)
 
 
 @dataclass
