@@ -54,8 +54,9 @@ def _needle(image: str) -> str:
     constant of its own, NAME_VERSION = "version"."""
     lines = (ROOT / IMAGES_PY).read_text().splitlines()
     version = tag(image).removeprefix("v")
-    found = [line for line in lines if re.fullmatch(r'[A-Z][A-Z_]* = "%s"' % re.escape(image), line)
-             or re.fullmatch(r'[A-Z][A-Z_]*_VERSION = "%s"' % re.escape(version), line)]
+    plain = re.compile(r'[A-Z][A-Z_]* = "' + re.escape(image) + '"')
+    versioned = re.compile(r'[A-Z][A-Z_]*_VERSION = "' + re.escape(version) + '"')
+    found = [line for line in lines if plain.fullmatch(line) or versioned.fullmatch(line)]
     assert len(found) == 1, f"{image}: {len(found)} lines pin it in {IMAGES_PY}"
     return found[0]
 
