@@ -43,6 +43,20 @@ RESTIC = "restic/restic:0.19.1"
 MAS_VERSION = "1.22.0"
 MAS = f"ghcr.io/element-hq/matrix-authentication-service:{MAS_VERSION}"
 
+# Held back (2026-12-06), with newer releases known: a pin moves only when its source at the new
+# tag can be read here, and LiveKit's only when its proof can run.
+# - LIVEKIT v1.13.11: v1.13.6 and later replace pion's webrtc, dtls and ice with LiveKit forks
+#   the Go module proxy refuses (403), so the tests cannot build the SFU they boot. Risk: fixes
+#   since v1.13.5 are missing (an auth token echoed in an error and logged, #4756; the runtime
+#   image and Go rebuilt for the eMudhra CA compromise, #5034/#5044; TURN config validation).
+# - LK_JWT_SERVICE 0.8.0 (Rust since 0.7.0; MSC4195 requests, application-service mode): no
+#   source at a tag after v0.5.0 here, and no crate on crates.io. It also keeps the calls model
+#   standalone (element_call/render.py, transports).
+# - ELEMENT_CALL v0.26.1, MAS 1.26.0 (RUSTSEC-2026-0258, h2, fixed 1.24.0; its config schema too),
+#   ELEMENT_WEB v1.12.30 (GHSA-wqmv-r2qj-2j9p, fixed 1.12.28), NTFY v2.27.0: their repositories'
+#   snapshots here end before those tags (element-call v0.24.0, MAS v1.22.0, ntfy v2.13.0;
+#   element-web is too large to fetch). The advisories stay open on these stacks until they move.
+
 # BusyBox applets every Alpine-based image has on PATH (alpine-baselayout + busybox).
 BUSYBOX = frozenset({"sh", "wget", "grep", "sed", "ls", "cat", "test", "["})
 # What a Debian "slim" base has that our checks could call (dash as /bin/sh, coreutils, grep, sed).
