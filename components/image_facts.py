@@ -78,8 +78,9 @@ def missing_programs(facts: ImageFacts, command: tuple[str, ...]) -> list[str]:
 
 def violations(service: Service) -> list[str]:
     """How `service` breaks its image's facts: a health check calling a program the image lacks,
-    a capability its binaries carry dropped, a user other than the image's own, or an entrypoint
-    that steps down itself deprived of the capabilities it needs."""
+    a capability its binaries carry dropped, a user other than the image's own, an entrypoint
+    that steps down itself deprived of the capabilities it needs, or one that needs a writable
+    directory under a read-only root."""
     facts = facts_for(service.image)
     found: list[str] = []
     if service.health is not None:
@@ -104,6 +105,10 @@ def violations(service: Service) -> list[str]:
             found.append(f"{service.name}: its step {step.name} calls {program}, which {step_facts.image} does not ship")
     if service.user is not None and facts.user is not None and service.user != facts.user:
         found.append(f"{service.name}: runs as {service.user}, but {facts.image}'s user is {facts.user}")
+    if (facts.writable_workdir and service.user is not None and service.user.split(":")[0] not in ("0", "root")
+            and service.read_only_root and facts.writable_workdir not in service.writable_paths):
+        found.append(f"{service.name}: {facts.image}'s entrypoint refuses to start unless {facts.writable_workdir} "
+                     "is writable by its user, and the root is read-only without it among the writable paths")
     if facts.steps_down and service.user is None and service.entrypoint is None and service.drop_capabilities:
         found.append(f"{service.name}: {facts.image}'s entrypoint steps down from root itself and needs "
                      "its capabilities; run it as its user or keep them")

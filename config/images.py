@@ -20,23 +20,42 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+# renovate: depName=matrixdotorg/synapse extractVersion=^v(?<version>.+)$
 SYNAPSE_VERSION = "1.163.2"
 
 SYNAPSE = f"matrixdotorg/synapse:v{SYNAPSE_VERSION}"
-POSTGRES = "postgres:16.10-alpine"
-REDIS = "redis:7.4.6-alpine"
-NGINX = "nginx:1.29.1-alpine"
+POSTGRES = "postgres:16.15-alpine"
+# Valkey, not Redis: Redis 7.4+ is source-available (RSALv2/SSPLv1), Valkey is BSD-3-Clause and
+# speaks the same protocol, config file and ACL file; Synapse's replication needs nothing more.
+# The name stays REDIS: it is the stack's Redis-protocol server (synapse.redis in the config).
+REDIS = "valkey/valkey:8.1.8-alpine"
+NGINX = "nginx:1.31.6-alpine"
 ELEMENT_CALL = "ghcr.io/element-hq/element-call:v0.24.0"
 LK_JWT_SERVICE = "ghcr.io/element-hq/lk-jwt-service:0.6.0"
 LIVEKIT = "livekit/livekit-server:v1.13.5"
 NTFY = "binwiederhier/ntfy:v2.14.0"
 ELEMENT_WEB = "vectorim/element-web:v1.12.26"
-COTURN = "coturn/coturn:4.7.0"
+COTURN = "coturn/coturn:4.17.0"
 CERTBOT = "certbot/certbot:v4.1.1"
 RESTIC = "restic/restic:0.19.1"
 # The tag whose config schema ../shared/reference/mas/ holds (a new pin needs that version's schema).
+# renovate: depName=ghcr.io/element-hq/matrix-authentication-service
 MAS_VERSION = "1.22.0"
 MAS = f"ghcr.io/element-hq/matrix-authentication-service:{MAS_VERSION}"
+
+# Held back (2026-12-06), with newer releases known: a pin moves only when its source at the new
+# tag can be read here, and LiveKit's only when its proof can run.
+# - LIVEKIT v1.13.11: v1.13.6 and later replace pion's webrtc, dtls and ice with LiveKit forks
+#   the Go module proxy refuses (403), so the tests cannot build the SFU they boot. Risk: fixes
+#   since v1.13.5 are missing (an auth token echoed in an error and logged, #4756; the runtime
+#   image and Go rebuilt for the eMudhra CA compromise, #5034/#5044; TURN config validation).
+# - LK_JWT_SERVICE 0.8.0 (Rust since 0.7.0; MSC4195 requests, application-service mode): no
+#   source at a tag after v0.5.0 here, and no crate on crates.io. It also keeps the calls model
+#   standalone (element_call/render.py, transports).
+# - ELEMENT_CALL v0.26.1, MAS 1.26.0 (RUSTSEC-2026-0258, h2, fixed 1.24.0; its config schema too),
+#   ELEMENT_WEB v1.12.30 (GHSA-wqmv-r2qj-2j9p, fixed 1.12.28), NTFY v2.27.0: their repositories'
+#   snapshots here end before those tags (element-call v0.24.0, MAS v1.22.0, ntfy v2.13.0;
+#   element-web is too large to fetch). The advisories stay open on these stacks until they move.
 
 # BusyBox applets every Alpine-based image has on PATH (alpine-baselayout + busybox).
 BUSYBOX = frozenset({"sh", "wget", "grep", "sed", "ls", "cat", "test", "["})
@@ -64,6 +83,10 @@ class ImageFacts:
 
     image: str
     sources: Mapping[str, Source]
+    # The tag these facts were read for and the day they were read (YYYY-MM-DD). A pin bumped
+    # without its facts re-read fails the freshness tests (tests/unit/test_image_freshness.py).
+    read_for: str
+    read_on: str
     # "uid:gid" the image runs its program as: its USER, or the user its entrypoint steps down
     # to. None: root, and no user of its own (FROM scratch, or no USER line).
     user: str | None = None
@@ -80,6 +103,9 @@ class ImageFacts:
     # when one of them is outside the bounding set, so a service must keep them.
     file_capabilities: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     port: int | None = None
+    # A directory the entrypoint refuses to start without write access to, when it runs as a
+    # user other than root (valkey's checks its WORKDIR): a read-only root must keep it writable.
+    writable_workdir: str | None = None
     config_path: str | None = None
     health_path: str | None = None
     # A health-check program of the image's own (a FROM scratch image has nothing else).
@@ -102,7 +128,7 @@ class ImageFacts:
         return tuple(sorted({cap for caps in self.file_capabilities.values() for cap in caps}))
 
 
-FACTS = tuple(f.name for f in fields(ImageFacts) if f.name not in ("image", "sources"))
+FACTS = tuple(f.name for f in fields(ImageFacts) if f.name not in ("image", "sources", "read_for", "read_on"))
 
 
 def _sources(default: Source, **specific: Source) -> dict[str, Source]:
@@ -127,16 +153,32 @@ _SYNAPSE_NOTE = "main after v1.157.1; no later tag in the reachable snapshot, do
 _SYNAPSE_DOCKERFILE = Source("element-hq/synapse", "docker/Dockerfile", _SYNAPSE_TREE, _SYNAPSE_NOTE)
 _SYNAPSE_START = Source("element-hq/synapse", "docker/start.py", _SYNAPSE_TREE, _SYNAPSE_NOTE)
 
-_POSTGRES_DOCKERFILE = Source("docker-library/postgres", "16/alpine3.22/Dockerfile", "1cb68aee8f",
-                              "the commit that set PG_VERSION 16.10")
-_POSTGRES_ENTRYPOINT = Source("docker-library/postgres", "16/alpine3.22/docker-entrypoint.sh", "1cb68aee8f")
+_POSTGRES_DOCKERFILE = Source("docker-library/repo-info", "repos/postgres/remote/16.15-alpine.md", "14ad5cc17d",
+                              "the published image's build history (alpine 3.24): PG_VERSION=16.15, "
+                              "addgroup -g 70 / adduser -u 70 postgres, gosu 1.19 with su-exec linked to it, "
+                              "make install-world-bin, ENTRYPOINT docker-entrypoint.sh, EXPOSE 5432")
+_POSTGRES_ENTRYPOINT = Source("docker-library/repo-info", "repos/postgres/remote/16.15-alpine.md", "14ad5cc17d",
+                              "COPY docker-entrypoint.sh docker-ensure-initdb.sh; the script itself, unchanged in "
+                              "kind (chown PGDATA, then gosu postgres), read at 1cb68aee8f "
+                              "(docker-library/postgres 16/alpine3.22)")
 
-_REDIS_IMAGE = Source("docker-library/repo-info", "repos/redis/remote/7.4.6-alpine.md", "0b4b06aa69",
-                      "the published image's build history, read from the maxmood96/repo-info mirror: "
-                      "addgroup -S -g 1000 redis; adduser -S -G redis -u 999 redis")
+# valkey-container keeps one directory per version line and tags no releases: the commit is the one
+# whose 8.1/alpine/Dockerfile builds 8.1.8 (the image valkey/valkey:8.1.8-alpine).
+_REDIS_IMAGE = Source("valkey-io/valkey-container", "8.1/alpine/Dockerfile", "00a2b21188",
+                      "VALKEY_VERSION 8.1.8 on alpine:3.23: addgroup -S -g 1000 valkey; adduser -S -G valkey "
+                      "-u 999 valkey; apk add setpriv; ENTRYPOINT docker-entrypoint.sh; EXPOSE 6379; "
+                      "valkey-server and valkey-cli in /usr/local/bin")
+_REDIS_ENTRYPOINT = Source("valkey-io/valkey-container", "docker-entrypoint.sh", "2a80026d51",
+                           "the template copied into every version directory: as root, chown the WORKDIR to "
+                           "valkey and exec setpriv --reuid=valkey --regid=valkey --clear-groups")
 
-_NGINX_DOCKERFILE = Source("nginx/docker-nginx", "mainline/alpine-slim/Dockerfile", "1.29.1")
-_NGINX_ALPINE = Source("nginx/docker-nginx", "mainline/alpine/Dockerfile", "1.29.1")
+# docker-nginx's snapshot here ends at 1.29.8; 1.31.6 is read from the published image's build
+# history, which holds both Dockerfiles (alpine-slim's steps, then alpine's).
+_NGINX_DOCKERFILE = Source("docker-library/repo-info", "repos/nginx/remote/1.31-alpine.md", "073c780cc1",
+                           "nginx:1.31-alpine = 1.31.6 (ENV NGINX_VERSION=1.31.6, alpine 3.24): addgroup -g 101 / "
+                           "adduser -u 101 nginx; ENTRYPOINT /docker-entrypoint.sh; EXPOSE 80")
+_NGINX_ALPINE = Source("docker-library/repo-info", "repos/nginx/remote/1.31-alpine.md", "073c780cc1",
+                       "the alpine variant's last step: apk add --no-cache curl ca-certificates")
 
 _ELEMENT_CALL_DOCKERFILE = Source("element-hq/element-call", "Dockerfile", "v0.24.0")
 _NGINX_UNPRIVILEGED = Source("nginx/docker-nginx-unprivileged", "mainline/alpine-slim/Dockerfile", "e26803b",
@@ -165,8 +207,9 @@ _ELEMENT_WEB_DOCKERFILE = Source("element-hq/element-web", "Dockerfile", "036353
                                  "v1.12.26 is not in the reachable snapshot (the repository is too large to "
                                  "fetch); read from the stored file")
 
-_COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", "docker/4.7.0-r4",
-                            "the image tag 4.7.0 is 4.7.0-r4 (docker/coturn/README.md at that tag)")
+_COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", "docker/4.17.0-r0",
+                            "the image tag 4.17.0 is 4.17.0-r0 on debian trixie-slim (docker/coturn/README.md at "
+                            "that tag); 4.17.1 has a git tag but no image tag in the snapshot")
 
 _CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1")
 
@@ -192,6 +235,8 @@ _MAS_CONFIG = Source("element-hq/matrix-authentication-service", "crates/cli/src
 IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ImageFacts(
         image=SYNAPSE,
+        read_for="v1.163.2",
+        read_on="2026-12-01",
         sources=_sources(_SYNAPSE_DOCKERFILE, user=_SYNAPSE_START, steps_down=_SYNAPSE_START,
                          config_path=_SYNAPSE_START),
         user="991:991",  # start.py: "if we are running as root, use user 991"
@@ -206,6 +251,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=POSTGRES,
+        read_for="16.15-alpine",
+        read_on="2026-12-06",
         sources=_sources(_POSTGRES_DOCKERFILE, steps_down=_POSTGRES_ENTRYPOINT),
         user="70:70",  # addgroup -g 70 / adduser -u 70 postgres
         steps_down=True,  # gosu (su-exec) after chowning PGDATA
@@ -220,17 +267,23 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=REDIS,
-        sources=_sources(_REDIS_IMAGE),
-        user="999:1000",  # alpine already has a gid 999, so the redis group is 1000
-        steps_down=True,
+        read_for="8.1.8-alpine",
+        read_on="2026-12-06",
+        sources=_sources(_REDIS_IMAGE, steps_down=_REDIS_ENTRYPOINT, writable_workdir=_REDIS_ENTRYPOINT),
+        user="999:1000",  # alpine already has a gid 999, so the valkey group is 1000
+        steps_down=True,  # setpriv, after chowning /data
         entrypoint=("docker-entrypoint.sh",),
         shell=True,
         wget=True,
-        tools=BUSYBOX | {"redis-cli", "redis-server"},
+        tools=BUSYBOX | {"valkey-cli", "valkey-server"},
         port=6379,
+        # Not root: `[ ! -w . ]` exits "directory is not writable by current user" (WORKDIR /data).
+        writable_workdir="/data",
     ),
     ImageFacts(
         image=NGINX,
+        read_for="1.31.6-alpine",
+        read_on="2026-12-06",
         sources=_sources(_NGINX_DOCKERFILE, curl=_NGINX_ALPINE),
         user="101:101",  # addgroup -g 101 / adduser -u 101 nginx
         entrypoint=("/docker-entrypoint.sh",),
@@ -243,6 +296,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=ELEMENT_CALL,
+        read_for="v0.24.0",
+        read_on="2026-12-01",
         sources=_sources(_NGINX_UNPRIVILEGED, config_path=_ELEMENT_CALL_DOCKERFILE,
                          health_path=_ELEMENT_CALL_DOCKERFILE),
         user="101:101",  # nginx-unprivileged: USER $UID (101)
@@ -256,6 +311,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=LK_JWT_SERVICE,
+        read_for="0.6.0",
+        read_on="2026-12-01",
         sources=_sources(_JWT_DOCKERFILE, healthcheck_binary=_JWT_HEALTHCHECK, health_path=_JWT_HANDLER,
                          config_path=_JWT_CONFIG),
         user=None,  # FROM scratch, no USER
@@ -267,6 +324,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=LIVEKIT,
+        read_for="v1.13.5",
+        read_on="2026-12-01",
         sources=_sources(_LIVEKIT_DOCKERFILE, health_path=_LIVEKIT_SERVER, port=_LIVEKIT_SERVER),
         user=None,  # FROM alpine, no USER
         entrypoint=("/livekit-server",),
@@ -278,6 +337,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=NTFY,
+        read_for="v2.14.0",
+        read_on="2026-12-01",
         sources=_sources(_NTFY_DOCKERFILE, health_path=_NTFY_SERVER, config_path=_NTFY_CONFIG, port=_NTFY_PORT),
         user=None,  # FROM alpine, no USER (a non-root user was added and reverted upstream)
         entrypoint=("ntfy",),
@@ -290,6 +351,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=ELEMENT_WEB,
+        read_for="v1.12.26",
+        read_on="2026-12-01",
         sources=_sources(_ELEMENT_WEB_DOCKERFILE),
         user="101:101",  # USER nginx on nginx:alpine-slim (uid 101)
         entrypoint=("/docker-entrypoint.sh",),
@@ -302,6 +365,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=COTURN,
+        read_for="4.17.0",
+        read_on="2026-12-06",
         sources=_sources(_COTURN_DOCKERFILE),
         user="65534:65534",  # USER nobody:nogroup
         entrypoint=("docker-entrypoint.sh",),
@@ -313,6 +378,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=CERTBOT,
+        read_for="v4.1.1",
+        read_on="2026-12-01",
         sources=_sources(_CERTBOT_DOCKERFILE),
         user=None,  # FROM python:3.12-alpine3.20, no USER
         entrypoint=("certbot",),
@@ -323,6 +390,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=RESTIC,
+        read_for="0.19.1",
+        read_on="2026-12-01",
         sources=_sources(_RESTIC_DOCKERFILE, entrypoint=_RESTIC_ENTRYPOINT, tools=_RESTIC_TOOLS),
         user=None,  # FROM alpine:latest, no USER
         # /entrypoint.sh runs `nice -n $NICE /usr/bin/restic "$@"` (ionice when IONICE_CLASS is set).
@@ -335,6 +404,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
     ImageFacts(
         image=MAS,
+        read_for="1.22.0",
+        read_on="2026-12-01",
         sources=_sources(_MAS_DOCKERFILE, user=_MAS_NONROOT, port=_MAS_HTTP, health_path=_MAS_HEALTH,
                          config_path=_MAS_CONFIG),
         user="65532:65532",  # FROM gcr.io/distroless/cc-debian13:nonroot, no USER of its own

@@ -51,9 +51,10 @@ def turnserver_conf(cfg: StackConfig) -> str:
     lines = [
         "# Rendered by matrix-stack; the shared secret is appended from a secret file at start.",
         f"listening-port={PORT}",
-        # No TURN over TLS (5349): the stack delivers no certificate to coturn yet.
+        # No TURN over TLS (5349): the stack delivers no certificate to coturn yet. DTLS and the
+        # CLI are off by default in the pinned coturn (4.17.0 starts DTLS listeners only with
+        # --dtls, the CLI only with --cli; no-dtls and no-cli are deprecated there).
         "no-tls",
-        "no-dtls",
         "fingerprint",
         # Time-limited credentials derived from the secret Synapse shares (turn_shared_secret).
         "use-auth-secret",
@@ -66,13 +67,12 @@ def turnserver_conf(cfg: StackConfig) -> str:
     if ip:
         lines.append(f"external-ip={ip}")
     lines += [
-        "no-cli",
         "no-tcp-relay",
         "no-multicast-peers",
         # No software attribute: coturn >= 4.7 leaves it out by default (no-software-attribute is
         # deprecated there).
+        # simple-log (no rollover) is a no-op with stdout (coturn 4.17.0 ChangeLog, #2028).
         "log-file=stdout",
-        "simple-log",
         "pidfile=/tmp/turnserver.pid",
         "total-quota=100",
         "bps-capacity=0",

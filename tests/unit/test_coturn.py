@@ -1,12 +1,15 @@
-"""coturn's rendered turnserver.conf against what the pinned coturn (4.7.0) reads."""
+"""coturn's rendered turnserver.conf against what the pinned coturn (4.17.0) reads."""
 
 from __future__ import annotations
 
 import stack
 from components.coturn import render
 
-# Options coturn 4.7.0 marks DEPRECATED (README.turnserver, src/apps/relay/mainrelay.c at 4.7.0).
-DEPRECATED = ("no-software-attribute",)
+# Options coturn 4.17.0 marks deprecated (src/apps/relay/mainrelay.c at 4.17.0): its defaults
+# already do what they asked for (no software attribute since 4.7, no CLI since 4.10, no DTLS
+# listeners without --dtls since 4.17).
+DEPRECATED = ("no-software-attribute", "no-cli", "no-dtls", "no-rfc5780", "rfc3489-compatibility",
+              "keep-address-family")
 
 
 def _conf() -> list[str]:
@@ -20,3 +23,5 @@ def test_no_deprecated_options() -> None:
     assert not options & set(DEPRECATED)
     # The software attribute is off by default since 4.7.0, which is what the option asked for.
     assert "software-attribute" not in options
+    # Nor the CLI (its default port 5766 on loopback) nor DTLS listeners are asked for.
+    assert not options & {"cli", "cli-ip", "cli-port", "dtls"}

@@ -56,7 +56,7 @@ def test_every_pin_has_facts_and_every_fact_a_source(name: str) -> None:
 
 
 def test_facts_are_keyed_by_repository_so_a_custom_tag_keeps_them() -> None:
-    assert images.facts_for("redis:7.4.7-alpine") is images.facts_for(images.REDIS)
+    assert images.facts_for("valkey/valkey:8.1.9-alpine") is images.facts_for(images.REDIS)
     assert images.facts_for("ghcr.io/element-hq/lk-jwt-service@sha256:" + "0" * 64).image == images.LK_JWT_SERVICE
     assert images.repository("registry.example:5000/team/app:1.2") == "registry.example:5000/team/app"
     with pytest.raises(KeyError, match="no image facts"):
@@ -73,11 +73,23 @@ def test_services_keep_to_their_image_facts(program: Any, stack: str) -> None:
     assert problems == []
 
 
-def test_redis_runs_as_the_alpine_images_redis_user(program: Any) -> None:
-    # The Alpine image's redis group is 1000: gid 999 was taken by the base image (ping).
+def test_redis_runs_as_the_alpine_images_valkey_user(program: Any) -> None:
+    # The Alpine image's valkey group is 1000: gid 999 was taken by the base image (ping).
     run = program(EVERYTHING)
     redis = next(e["service"] for e in run.services if e["service"].name == "synapse-redis")
     assert redis.user == "999:1000" == images.facts_for(images.REDIS).user
+    # Valkey's programs, which the image ships (its Dockerfile links only valkey-* names).
+    assert redis.args[0] == "valkey-server" and "valkey-cli" in redis.health.command[-1]
+    # Its entrypoint exits unless the WORKDIR is writable by that user: the read-only root keeps /data.
+    assert redis.read_only_root and redis.writable_paths == ("/data",)
+
+
+def test_an_unwritable_workdir_the_entrypoint_needs_is_caught() -> None:
+    service = _service(images.REDIS, user="999:1000", read_only_root=True)
+    assert image_facts.violations(service) == [
+        f"probe: {images.REDIS}'s entrypoint refuses to start unless /data is writable by its user, "
+        "and the root is read-only without it among the writable paths"]
+    assert image_facts.violations(dataclasses.replace(service, writable_paths=("/data",))) == []
 
 
 def test_coturn_keeps_the_capability_turnserver_carries_on_both_targets(program: Any) -> None:
@@ -108,7 +120,7 @@ def test_a_health_check_calling_a_program_the_image_lacks_is_caught() -> None:
     assert image_facts.violations(_service(images.SYNAPSE, health=HealthCheck(("wget", "-q", "x")))) != []
     # Inside `sh -c`, every command of the pipeline counts.
     script = _service(images.REDIS, user="999:1000",
-                      health=HealthCheck(("sh", "-c", "redis-cli ping | jq -e . && curl -f x")))
+                      health=HealthCheck(("sh", "-c", "valkey-cli ping | jq -e . && curl -f x")))
     assert [p.split(" calls ")[1].split(",")[0] for p in image_facts.violations(script)] == ["jq", "curl"]
 
 

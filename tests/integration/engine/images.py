@@ -12,7 +12,8 @@ paths, the tools its health check calls):
   postgres image's contract: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB,
   POSTGRES_INITDB_ARGS and PGDATA on first start, then `postgres` as user postgres (uid/gid 70,
   as in the alpine image).
-- Redis: Debian's redis-server (7.0; the pinned image is 7.4), user redis 999:1000, /data.
+- Redis: Debian's redis-server (7.0) under the pinned Valkey image's program names (valkey-server,
+  valkey-cli; Debian 12 has no Valkey), user 999:1000, /data.
 - nginx: Debian's nginx-light (1.22; the pinned image is 1.29), user nginx 101:101, wget.
 - LiveKit: `go install github.com/livekit/livekit-server/cmd/server@<pinned tag>` as
   /livekit-server, the real image's entrypoint.
@@ -133,7 +134,7 @@ exec "$@"
 """
 
 REDIS_ENTRYPOINT = r"""#!/bin/sh
-# The redis image's contract: as root, hand /data to redis and drop to it.
+# The valkey image's contract: as root, hand /data to its user and drop to it.
 set -eu
 if [ "$(id -u)" = 0 ]; then
     chown -R redis:redis /data
@@ -202,11 +203,14 @@ def redis() -> StandIn:
         f"FROM {BASE}",
         "RUN groupadd -g 1000 redis && useradd -u 999 -g 1000 -M -s /bin/false redis",
         _apt("redis-server"),
+        # The rendered service calls the Valkey image's programs: the same protocol, config and ACL file.
+        "RUN ln -s /usr/bin/redis-server /usr/local/bin/valkey-server && "
+        "ln -s /usr/bin/redis-cli /usr/local/bin/valkey-cli",
         "RUN mkdir -p /data && chown redis:redis /data",
         "WORKDIR /data",
         "COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh",
         'ENTRYPOINT ["docker-entrypoint.sh"]',
-        'CMD ["redis-server"]',
+        'CMD ["valkey-server"]',
         "",
     ]), {"docker-entrypoint.sh": (REDIS_ENTRYPOINT.encode(), 0o755)})
 
