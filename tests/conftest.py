@@ -75,6 +75,13 @@ def nginx_conf(cfg: Any) -> str:
     return str(next(f.content for f in service.files if f.path == NGINX_CONF))
 
 
-def guest_pools(cfg: Any) -> int:
-    """The connections the other parts' claims hold on the bundled PostgreSQL."""
-    return sum(claim.pool for claim in stack_view(cfg).databases if claim.bundled)
+def max_connections(cfg: Any) -> int:
+    """The bundled PostgreSQL's max_connections for a parsed stack config."""
+    from components.postgres import render
+
+    return render.max_connections([claim for claim in stack_view(cfg).databases if claim.bundled])
+
+
+def database_server(cfg: Any) -> Any:
+    """The bundled PostgreSQL as the view names it."""
+    return stack_view(cfg).database_server

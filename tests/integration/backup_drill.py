@@ -30,12 +30,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from components import postgres
 from components.backup import render as backup_render
 from components.backup import services as backup_services
 from components.platform.spec import Service
-from components.synapse import homeserver as hs
 from config import images
 from render import offline
+from tests.conftest import stack_view
 
 from .cluster import PG_BIN, Cluster, Relocation, relocation_for
 
@@ -69,9 +70,9 @@ def backup_entries(result: offline.Run, restic_password: str) -> list[dict[str, 
     main = next(e for e in result.services if e["service"].name == "synapse-main")
     files = {f["path"]: f["content"] for f in main["files"]}
     secrets = {backup_services.PASSWORD: restic_password,
-               **{name: files[path] for name, path in backup_render.KEY_FILES.items()}}
+               **{name: files[path] for name, path in backup_render.key_files(stack_view(cfg)).items()}}
     password = main["env"]["PGPASSWORD"][0]
-    built = backup_services.services(cfg, [backup_render.synapse_database(cfg)], secrets, [password])
+    built = backup_services.services(cfg, stack_view(cfg), backup_render.databases(stack_view(cfg))[:1], secrets, [password])
     return [{"service": s, "env": {}, "files": [{"path": f.path, "content": f.content, "secret": f.secret,
                                                    "mode": f.mode, "group": f.group} for f in s.files]}
             for s in built]
@@ -303,7 +304,7 @@ class Restore:
 
 
 def database_dir(cluster: Cluster) -> Path:
-    return Path(cluster.reloc.path(cluster.env_of(hs.POSTGRES_SERVICE)["PGDATA"]))
+    return Path(cluster.reloc.path(cluster.env_of(postgres.SERVICE)["PGDATA"]))
 
 
 def du_bytes(path: Path) -> int:

@@ -38,6 +38,7 @@ import aiohttp
 import nio
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from components import postgres
 from components.synapse import homeserver, routing
 from components.synapse.workers import MAIN, Process, Topology
 from tests.pki import PrivateCA
@@ -131,7 +132,7 @@ class Stack:
     def sql(self, query: str) -> list[str]:
         """Rows (tab-separated) from this stack's database, over the harness's local socket."""
         sock = self.cluster.base / "pg-socket"
-        cmd = [str(PG_BIN / "psql"), "-h", str(sock), "-p", str(homeserver.POSTGRES_PORT), "-U", "postgres",
+        cmd = [str(PG_BIN / "psql"), "-h", str(sock), "-p", str(postgres.PORT), "-U", "postgres",
                "-d", homeserver.DATABASE_NAME, "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", query]
         done = subprocess.run(self.cluster._as_postgres(cmd), capture_output=True, text=True, check=True,
                               cwd=self.cluster.base)
@@ -236,7 +237,7 @@ def expected_route(topo: Topology, address: str, path: str) -> tuple[str, set[in
     the routing plan's locations in order (nginx's first matching regex), else main."""
     import re
 
-    names = [p.name for p in topo.processes] + [homeserver.POSTGRES_SERVICE, homeserver.REDIS_SERVICE]
+    names = [p.name for p in topo.processes] + [postgres.SERVICE, homeserver.REDIS_SERVICE]
     plan = routing.plan(topo, {n: address for n in names})
     ports_of = {u.name: {int(s.rsplit(":", 1)[1]) for s in u.servers} for u in plan.upstreams.values()}
     for loc in plan.locations:

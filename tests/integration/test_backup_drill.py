@@ -23,8 +23,10 @@ from typing import Any
 import nio
 import pytest
 
+from components import postgres
 from components.backup import render as backup_render
 from components.synapse import homeserver as hs
+from tests.conftest import stack_view
 
 from .backup_drill import (
     STACK,
@@ -170,7 +172,7 @@ def drill() -> Iterator[Drill]:
         Path(reloc.path(backup_render.SCRATCH)).mkdir()
 
         # 4. The documented procedure, step by step.
-        steps = backup_render.restore_procedure(result.cfg, [backup_render.synapse_database(result.cfg)], STACK)
+        steps = backup_render.restore_procedure(result.cfg, stack_view(result.cfg), backup_render.databases(stack_view(result.cfg))[:1], STACK)
         outcome.steps = [s.command for s in steps]
         started = time.monotonic()
         state: dict[str, Any] = {"cluster": None}
@@ -210,7 +212,7 @@ def drill() -> Iterator[Drill]:
 
         restore = Restore(result.cfg, {e["service"].name: e["service"] for e in [*result.services, *entries]},
                           reloc, base, restic_password, stop, start, base / "pg-socket",
-                          hs.POSTGRES_PORT)
+                          postgres.PORT)
         for step in steps:
             restore.step(step.command)
             if " snapshots " in step.command + " ":

@@ -1,5 +1,5 @@
 """MAS's database in the bundled PostgreSQL, on a real PostgreSQL cluster that already exists
-(the image's init scripts would not run there): the setup SQL the `mas-database` service runs,
+(the image's init scripts would not run there): the setup SQL the bundled PostgreSQL's setup service runs,
 executed by the real psql the way its loop runs it, creates the role and the database, is
 idempotent, follows a rotated password, and grants Synapse-database read access only in
 migration mode.
@@ -22,9 +22,12 @@ from typing import Any
 
 import pytest
 
+from components import postgres as bundled_postgres
 from components.mas import render
+from components.postgres import render as postgres_render
 from components.synapse import homeserver as hs
 from stack import parse
+from tests.conftest import stack_view
 
 from .cluster import PG_BIN, require_binaries
 
@@ -83,20 +86,23 @@ class Postgres:
                               env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
 
     def setup(self, raw: dict[str, Any], mas_password: str) -> subprocess.CompletedProcess[str]:
-        """One pass of the mas-database service's loop: its rendered SQL file, run by psql with
-        the service's own arguments (host and port rewritten for loopback) and environment."""
+        """One pass of the bundled PostgreSQL's setup service's loop: its rendered SQL file, run by
+        psql with the service's own arguments (host and port rewritten for loopback) and
+        environment."""
         cfg = parse(copy.deepcopy(raw), ())
-        sql = self.base / "mas-database.sql"
-        sql.write_text(render.database_setup_sql(cfg))
-        script = render.database_setup_script()
+        claims = [claim for claim in stack_view(cfg).databases if claim.bundled]
+        owner = next(claim for claim in claims if claim.owner)
+        sql = self.base / "databases.sql"
+        sql.write_text(postgres_render.setup_sql([claim for claim in claims if not claim.owner]))
+        script = postgres_render.setup_script(bundled_postgres.SERVICE, bundled_postgres.PORT, owner)
         psql = script.split("while true; do ", 1)[1].split(" || ", 1)[0].split()
-        assert psql[:2] == ["psql", "-q"] and render.DATABASE_SETUP_SQL in psql
-        args = [str(sql) if a == render.DATABASE_SETUP_SQL else a for a in psql]
+        assert psql[:2] == ["psql", "-q"] and postgres_render.SETUP_SQL in psql
+        args = [str(sql) if a == postgres_render.SETUP_SQL else a for a in psql]
         args[args.index("-h") + 1] = "127.0.0.1"
         args[args.index("-p") + 1] = str(self.port)
         args[0] = str(PG_BIN / "psql")
         return subprocess.run(args, env={**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD,
-                                         "MAS_DATABASE_PASSWORD": mas_password}, capture_output=True, text=True)
+                                         "MAS_PASSWORD": mas_password}, capture_output=True, text=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -18,6 +18,12 @@ from components.backup import services as backup_services
 from config import ConfigError, cron, images
 from config.model import StackConfig
 from stack import parse
+from tests.conftest import stack_view
+
+
+def _synapse_db(cfg: StackConfig) -> render.Database:
+    """Synapse's database as the backup dumps it (the first the view lists)."""
+    return render.databases(stack_view(cfg))[0]
 
 PUBLIC: dict[str, Any] = {"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}}
 S3 = {"kind": "s3", "endpoint": "https://s3.example.net", "bucket": "matrix-backups"}
@@ -134,20 +140,20 @@ def test_a_restored_signing_key_replaces_the_generated_one(program: Any) -> None
 
 def test_a_volume_on_the_databases_docker_host_is_warned_about() -> None:
     cfg = parse(with_backup())
-    assert render.warnings(cfg) == [
+    assert render.warnings(cfg, stack_view(cfg)) == [
         "matrix-stack:backup.repository.kind: the restic repository is a volume on 'local', the Docker host that runs "
         "the database: losing that host loses the backups with it; use kind s3 or sftp for a copy elsewhere "
         "(got volume)"]
-    assert render.warnings(parse(with_backup(repository=S3) | {"backup_s3_access_key_id": SECRET,
-                                                                "backup_s3_secret_access_key": SECRET},
-                                 ("backup_s3_access_key_id", "backup_s3_secret_access_key"))) == []
+    s3 = parse(with_backup(repository=S3) | {"backup_s3_access_key_id": SECRET, "backup_s3_secret_access_key": SECRET},
+               ("backup_s3_access_key_id", "backup_s3_secret_access_key"))
+    assert render.warnings(s3, stack_view(s3)) == []
     two_hosts = with_backup()
     two_hosts["target"] = {"kind": "docker", "hosts": [
         {"name": "db", "url": "ssh://db.example.org", "address": "10.0.0.1"},
         {"name": "vault", "url": "ssh://vault.example.org", "address": "10.0.0.2", "services": ["backup*"]}]}
     # The model alone: the placement check knows the backup's services once the stack builds them.
-    assert render.warnings(StackConfig.model_validate(two_hosts)) == []
-    assert render.warnings(parse(PUBLIC)) == []  # off
+    assert render.warnings(StackConfig.model_validate(two_hosts), stack_view(StackConfig.model_validate(two_hosts))) == []
+    assert render.warnings(parse(PUBLIC), stack_view(parse(PUBLIC))) == []  # off
 
 
 # ---------------------------------------------------------------- scripts and services
@@ -160,10 +166,10 @@ def _cfg(raw: dict[str, Any]) -> Any:
 
 def test_the_scripts_call_only_what_their_images_ship() -> None:
     cfg = _cfg(with_backup())
-    dbs = [render.synapse_database(cfg)]
+    dbs = [_synapse_db(cfg)]
     dump = render.dump_script(cfg, dbs)
-    backup = render.backup_script(cfg, dbs)
-    dump_programs = images.facts_for(render.dump_image(cfg)).programs
+    backup = render.backup_script(cfg, stack_view(cfg), dbs)
+    dump_programs = images.facts_for(render.dump_image(stack_view(cfg))).programs
     restic_programs = images.facts_for(cfg.backup.image).programs
     for program in ("pg_dump", "cp", "chmod", "mv", "wc", "mkdir", "rm", "touch", "sleep"):
         assert re.search(rf"(^|[\s(]){program} ", dump, re.M), program
@@ -176,8 +182,8 @@ def test_the_scripts_call_only_what_their_images_ship() -> None:
 
 def test_the_dump_runs_in_the_servers_own_image() -> None:
     cfg = _cfg(with_backup(PUBLIC | {"synapse": {"database": {"image": "postgres:16.11-alpine"}}}))
-    assert render.dump_image(cfg) == "postgres:16.11-alpine"
-    dump = next(s for s in backup_services.services(cfg, [render.synapse_database(cfg)],
+    assert render.dump_image(stack_view(cfg)) == "postgres:16.11-alpine"
+    dump = next(s for s in backup_services.services(cfg, stack_view(cfg), [_synapse_db(cfg)],
                                                     {"restic_password": "p", "signing_key": "k"}, ["pw"])
                 if s.name == render.DUMP_SERVICE)
     assert dump.image == "postgres:16.11-alpine"
@@ -188,7 +194,7 @@ def test_the_dump_runs_in_the_servers_own_image() -> None:
 
 def test_the_backup_holds_the_dumps_the_keys_and_the_media_store() -> None:
     cfg = _cfg(with_backup(retention={"daily": 3, "weekly": 0, "monthly": 2}))
-    script = render.backup_script(cfg, [render.synapse_database(cfg)])
+    script = render.backup_script(cfg, stack_view(cfg), [_synapse_db(cfg)])
     backup_line = next(line for line in script.splitlines() if " backup --json" in line)
     assert shlex.split(backup_line)[-3:] == [render.DUMPS, render.KEYS, "/media_store"]
     forget = next(line for line in script.splitlines() if " forget " in line)
@@ -204,7 +210,7 @@ def test_every_backup_service_keeps_to_its_image_facts(repository: dict[str, Any
     cfg = _cfg(raw)
     secrets = {name: f"stand-in-{name}-value" for name in (
         "restic_password", "signing_key", "s3_access_key_id", "s3_secret_access_key", "sftp_private_key")}
-    built = backup_services.services(cfg, [render.synapse_database(cfg)], secrets, ["stand-in-database-password"])
+    built = backup_services.services(cfg, stack_view(cfg), [_synapse_db(cfg)], secrets, ["stand-in-database-password"])
     assert [s.name for s in built] == [render.DUMP_SERVICE, render.BACKUP_SERVICE, render.CHECK_SERVICE]
     assert [p for s in built for p in image_facts.violations(s)] == []
     secret_paths = {f.path for s in built for f in s.files if f.secret}
@@ -219,7 +225,7 @@ def test_every_backup_service_keeps_to_its_image_facts(repository: dict[str, Any
 
 def test_the_docker_procedure_restores_in_order_with_the_pinned_image() -> None:
     cfg = _cfg(with_backup())
-    steps = render.restore_procedure(cfg, [render.synapse_database(cfg)], "prod")
+    steps = render.restore_procedure(cfg, stack_view(cfg), [_synapse_db(cfg)], "prod")
     commands = [s.command for s in steps]
     assert commands[0] == ('export RESTIC_PASSWORD="$(pulumi stack output --stack prod --show-secrets '
                            'backup_repository_password)"')
@@ -238,7 +244,7 @@ def test_a_remote_docker_host_is_named_in_each_command() -> None:
     raw = with_backup()
     raw["target"] = {"kind": "docker", "hosts": [{"name": "one", "url": "ssh://deploy@one.example.org"}]}
     cfg = _cfg(raw)
-    commands = [s.command for s in render.restore_procedure(cfg, [render.synapse_database(cfg)], "staging")]
+    commands = [s.command for s in render.restore_procedure(cfg, stack_view(cfg), [_synapse_db(cfg)], "staging")]
     assert all(c.startswith("DOCKER_HOST=ssh://deploy@one.example.org docker ") for c in commands
                if "docker" in c.split()[0:2] or c.split()[0].startswith("DOCKER_HOST"))
     assert sum(c.startswith("DOCKER_HOST=") for c in commands) == 6
@@ -255,7 +261,7 @@ def test_the_kubernetes_procedure_runs_pods_of_the_pinned_image() -> None:
                synapse={"workers": {"preset": "seed-000"}},
                backup_s3_access_key_id=SECRET, backup_s3_secret_access_key=SECRET)
     cfg = _cfg(raw)
-    steps = render.restore_procedure(cfg, [render.synapse_database(cfg)], "prod")
+    steps = render.restore_procedure(cfg, stack_view(cfg), [_synapse_db(cfg)], "prod")
     commands = [s.command for s in steps]
     runs = [c for c in commands if "kubectl -n chat run backup-restore" in c]
     assert len(runs) == 4  # snapshots, the key, the database, the media
@@ -283,15 +289,15 @@ def test_the_kubernetes_procedure_runs_pods_of_the_pinned_image() -> None:
 def test_mas_adds_its_database_and_keys() -> None:
     raw = with_backup(PUBLIC | {"mas": {"enabled": True}})
     cfg = _cfg(raw)
-    dbs = render.databases(cfg)
+    dbs = render.databases(stack_view(cfg))
     assert [(d.name, d.user, d.service) for d in dbs] == [("synapse", "synapse", "synapse-postgres"),
                                                           ("mas", "mas", "synapse-postgres")]
     dump = render.dump_script(cfg, dbs)
     assert "dbname=mas user=mas" in dump and "-f /backup/scratch/dumps/mas.dump.partial" in dump
-    assert set(render.key_files(cfg)) == {"signing_key", "mas_encryption", "mas_rsa-4096", "mas_ec-p256"}
-    steps = render.restore_procedure(cfg, dbs, "prod")
+    assert set(render.key_files(stack_view(cfg))) == {"signing_key", "mas_encryption", "mas_rsa-4096", "mas_ec-p256"}
+    steps = render.restore_procedure(cfg, stack_view(cfg), dbs, "prod")
     assert sum("pg_restore -U mas -d mas" in s.command for s in steps) == 1
-    assert render.databases(_cfg(with_backup())) == [render.synapse_database(_cfg(with_backup()))]
+    assert render.databases(stack_view(_cfg(with_backup()))) == [_synapse_db(_cfg(with_backup()))]
 
 
 # ---------------------------------------------------------------- the part in the stack
@@ -385,7 +391,7 @@ def test_the_restore_pods_validate_against_the_kubernetes_schema() -> None:
         raw.update(target={"kind": "kubernetes", "cert_manager_issuer": "le"}, mas={"enabled": True},
                    backup_s3_access_key_id=SECRET, backup_s3_secret_access_key=SECRET, backup_sftp_private_key=SECRET)
         cfg = _cfg(raw)
-        commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+        commands = [s.command for s in render.restore_procedure(cfg, stack_view(cfg), render.databases(stack_view(cfg)), "prod")]
         runs = [c for c in commands if " run backup-restore " in c]
         assert len(runs) == 5  # snapshots, the key, two databases, the media
         for command in runs:
@@ -397,7 +403,7 @@ def test_the_restore_pods_validate_against_the_kubernetes_schema() -> None:
 
 def test_mas_stops_and_starts_with_synapse_on_docker() -> None:
     cfg = _cfg(with_backup(PUBLIC | {"mas": {"enabled": True}}))
-    commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+    commands = [s.command for s in render.restore_procedure(cfg, stack_view(cfg), render.databases(stack_view(cfg)), "prod")]
     assert "docker stop mas synapse-proxy synapse-main" in commands
     assert "docker start synapse-main synapse-proxy mas" in commands
 
@@ -431,7 +437,7 @@ def test_an_external_database_is_restored_by_a_pod_that_reads_its_password_from_
                                      "user": "synapse"}},
                database_password=SECRET, backup_s3_access_key_id=SECRET, backup_s3_secret_access_key=SECRET)
     cfg = _cfg(raw)
-    commands = [s.command for s in render.restore_procedure(cfg, render.databases(cfg), "prod")]
+    commands = [s.command for s in render.restore_procedure(cfg, stack_view(cfg), render.databases(stack_view(cfg)), "prod")]
     [made] = [c for c in commands if "create secret generic backup-restore-env" in c]
     assert '"$PGPASSWORD"' in made
     [restore] = [c.split(" | ")[1] for c in commands if " run backup-pg-restore " in c]

@@ -30,7 +30,7 @@ from components.platform.spec import (
 from components.synapse import homeserver as hs
 from components.synapse import services as synapse_services
 from render import offline
-from tests.conftest import ROOT, guest_pools, stack_config, stack_raw
+from tests.conftest import ROOT, max_connections, stack_config, stack_raw
 
 CTX = kube.Context(namespace="matrix", storage_class="fast", ingress_class="nginx",
                    cert_manager_issuer="letsencrypt", max_body="100M")
@@ -606,9 +606,9 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     assert {k: v for k, v in run.deployment.manifests[shared]["data"].items() if k not in added} == \
         prod.deployment.manifests[shared]["data"]
     expected = own | {shared, "configmap-synapse-proxy-files"}
-    # PostgreSQL's max_connections grows with the process count (homeserver.max_connections):
+    # PostgreSQL's max_connections grows with the process count (components/postgres):
     # then, and only then, PostgreSQL restarts too.
-    if hs.max_connections(prod.cfg, guest_pools(prod.cfg)) != hs.max_connections(run.cfg, guest_pools(run.cfg)):
+    if max_connections(prod.cfg) != max_connections(run.cfg):
         expected |= {"statefulset-synapse-postgres"}
     # The Redis, PostgreSQL and MAS (token introspection) policies list every Synapse process as a client.
     expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis", "networkpolicy-mas"}

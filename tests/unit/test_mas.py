@@ -13,14 +13,17 @@ import jsonschema
 import pytest
 import yaml
 
+from components import postgres
 from components.mas import render
 from components.mas import services as mas_services
+from components.postgres import render as postgres_render
 from components.synapse import homeserver as hs
+from components.view import StackView
 from config import images
 from config.load import ConfigError
 from config.model import StackConfig
 from stack import parse
-from tests.conftest import ROOT, guest_pools, nginx_conf, stack_config
+from tests.conftest import ROOT, max_connections, nginx_conf, stack_config, stack_view
 
 SCHEMA_PATH = ROOT.parent / "shared" / "reference" / "mas" / f"config.schema.v{images.MAS_VERSION}.json"
 
@@ -99,12 +102,16 @@ def cfg_of(raw: dict[str, Any]) -> StackConfig:
     return parse(copy.deepcopy(raw), SECRET_KEYS)
 
 
+def _with_view(cfg: StackConfig) -> tuple[StackConfig, StackView]:
+    return cfg, stack_view(cfg)
+
+
 # ---------------------------------------------------------------- MAS's own schema
 
 
 @pytest.mark.parametrize("name", sorted(STACKS))
 def test_every_rendered_config_validates_against_mas_schema(schema: dict[str, Any], name: str) -> None:
-    document = yaml.safe_load(render.config_yaml(cfg_of(STACKS[name])))
+    document = yaml.safe_load(render.config_yaml(*_with_view(cfg_of(STACKS[name]))))
     assert validate(schema, document) == []
 
 
@@ -112,11 +119,11 @@ def test_every_rendered_config_validates_against_mas_schema(schema: dict[str, An
 def test_the_example_stacks_enable_mas_and_their_config_validates(schema: dict[str, Any], name: str) -> None:
     cfg = example(name)
     assert cfg.mas.enabled
-    assert validate(schema, yaml.safe_load(render.config_yaml(cfg))) == []
+    assert validate(schema, yaml.safe_load(render.config_yaml(*_with_view(cfg)))) == []
 
 
 def test_the_every_setting_stack_uses_every_typed_setting() -> None:
-    conf = render.config(cfg_of(EVERY_SETTING))
+    conf = render.config(*_with_view(cfg_of(EVERY_SETTING)))
     google, dex = conf["upstream_oauth2"]["providers"]
     assert conf["http"]["public_base"] == "https://login.example.org/"
     assert conf["database"] == {"host": "db.example.org", "port": 5433, "username": "auth", "database": "auth",
@@ -132,7 +139,7 @@ def test_the_every_setting_stack_uses_every_typed_setting() -> None:
 
 
 def test_a_misspelt_key_fails_the_closed_schema_but_not_the_published_one(schema: dict[str, Any]) -> None:
-    document = yaml.safe_load(render.config_yaml(cfg_of(EVERY_SETTING)))
+    document = yaml.safe_load(render.config_yaml(*_with_view(cfg_of(EVERY_SETTING))))
     document["database"]["pasword_file"] = document["database"].pop("password_file")
     document["upstream_oauth2"]["providers"][0]["claims_imports"]["localpart"]["acton"] = "require"
     problems = validate(schema, document)
@@ -143,7 +150,7 @@ def test_a_misspelt_key_fails_the_closed_schema_but_not_the_published_one(schema
 
 
 def test_a_wrong_value_fails_the_schema(schema: dict[str, Any]) -> None:
-    document = yaml.safe_load(render.config_yaml(cfg_of(EVERY_SETTING)))
+    document = yaml.safe_load(render.config_yaml(*_with_view(cfg_of(EVERY_SETTING))))
     document["email"]["mode"] = "ssl"
     document["upstream_oauth2"]["providers"][0]["id"] = "not-a-ulid"
     problems = validate(schema, document)
@@ -151,7 +158,7 @@ def test_a_wrong_value_fails_the_schema(schema: dict[str, Any]) -> None:
 
 
 def test_no_secret_is_inline() -> None:
-    text = render.config_yaml(cfg_of(EVERY_SETTING))
+    text = render.config_yaml(*_with_view(cfg_of(EVERY_SETTING)))
     conf = yaml.safe_load(text)
     assert "stand-in" not in text
     assert set(conf["secrets"]) == {"encryption_file", "keys"}
@@ -172,7 +179,7 @@ def test_provider_ids_are_stable_ulids() -> None:
 def test_registration_policy_maps_from_the_stacks() -> None:
     def account(mode: str, **synapse: Any) -> dict[str, Any]:
         raw = {**MONOLITH, "synapse": {"registration": {"mode": mode}, **synapse}}
-        return render.config(cfg_of(raw))["account"]
+        return render.config(*_with_view(cfg_of(raw)))["account"]
 
     smtp = {"smtp": {"host": "smtp.example.org", "from_address": "m@example.org"}}
     assert account("closed")["password_registration_enabled"] is False
@@ -182,7 +189,7 @@ def test_registration_policy_maps_from_the_stacks() -> None:
     assert email["password_recovery_enabled"] and email["email_change_allowed"]
     # While migrating, nobody registers in MAS: syn2mas imports into an empty database.
     migrating = {**SYN2MAS, "synapse": {"registration": {"mode": "token"}}}
-    assert render.config(cfg_of(migrating))["account"]["password_registration_enabled"] is False
+    assert render.config(*_with_view(cfg_of(migrating)))["account"]["password_registration_enabled"] is False
 
 
 # ---------------------------------------------------------------- bad input
@@ -232,7 +239,8 @@ def test_mas_on_another_docker_host_than_its_bundled_database_is_refused() -> No
     found = problems_of({**MONOLITH, "target": {"kind": "docker", "hosts": hosts}})
     # PostgreSQL listens on its host's private network only: MAS and its setup share its host.
     [placed] = [p for p in found if p.startswith("matrix-stack:target.hosts: ")]
-    assert "mas, mas-database" in placed and "synapse-postgres" in placed and "must be placed on one host" in placed
+    assert "mas, synapse-main, synapse-postgres, synapse-postgres-setup" in placed
+    assert "must be placed on one host" in placed
     # With an external MAS database MAS may run anywhere.
     external = {**MONOLITH, "target": {"kind": "docker", "hosts": hosts}, "mas_database_password": "x",
                 "mas": {"enabled": True, "database": {"kind": "external", "host": "db.example.org"}}}
@@ -249,7 +257,8 @@ def test_syn2mas_needs_synapse_hashes_and_bundled_databases() -> None:
 
 def test_synapse_delegates_to_mas_and_enables_qr_login() -> None:
     cfg = cfg_of(WORKERS)
-    shared = hs.shared_config(cfg, {n: n for n in hs._all_names(cfg)}, render.homeserver(cfg))
+    shared = hs.shared_config(cfg, {n: n for n in hs._all_names(cfg)}, render.homeserver(cfg),
+                              server=stack_view(cfg).database_server)
     assert shared["matrix_authentication_service"] == {
         "enabled": True, "endpoint": "http://mas:8080/", "secret_path": "/secrets/mas_shared_secret"}
     assert shared["experimental_features"]["msc4108_enabled"] is True
@@ -278,7 +287,12 @@ def test_login_logout_and_refresh_go_to_mas_before_any_synapse_route() -> None:
 
 
 def test_the_bundled_database_counts_mas_pool() -> None:
-    assert hs.max_connections(cfg_of(MONOLITH), guest_pools(cfg_of(MONOLITH))) >= 5 + 20 + render.DATABASE_POOL
+    view = stack_view(cfg_of(MONOLITH))
+    mas = next(claim for claim in view.databases if claim.user == render.DATABASE_USER)
+    assert mas.pool == render.DATABASE_POOL and mas.bundled and not mas.reads_all_data
+    plain = stack_view(cfg_of({**MONOLITH, "mas": {"enabled": False}}))
+    assert sum(c.pool for c in view.databases) == sum(c.pool for c in plain.databases) + render.DATABASE_POOL
+    assert max_connections(cfg_of(MONOLITH)) >= 5 + 20 + render.DATABASE_POOL
 
 
 # ---------------------------------------------------------------- services
@@ -290,7 +304,7 @@ def stand_ins(cfg: StackConfig) -> dict[str, str]:
 
 def test_services_carry_every_secret_as_a_file_or_secret_env() -> None:
     cfg = cfg_of(EVERY_SETTING)
-    [mas] = mas_services.services(cfg, stand_ins(cfg), "synapse-proxy")
+    [mas] = mas_services.services(cfg, stack_view(cfg), stand_ins(cfg))
     paths = {f.path: f for f in mas.files}
     assert mas.env == {"MAS_CONFIG": render.CONFIG} and render.CONFIG in paths
     assert not paths[render.CONFIG].secret
@@ -304,12 +318,14 @@ def test_services_carry_every_secret_as_a_file_or_secret_env() -> None:
 
 def test_the_bundled_database_gets_a_setup_service_with_the_superuser_password() -> None:
     cfg = cfg_of(MONOLITH)
-    mas, setup = mas_services.services(cfg, stand_ins(cfg), "synapse-proxy")
-    assert setup.name == render.DATABASE_SETUP_SERVICE
-    assert setup.secret_env == {"PGPASSWORD": "<postgres>", "MAS_DATABASE_PASSWORD": "<database>"}
-    assert [f.path for f in setup.files] == [render.DATABASE_SETUP_SQL]
+    claims = [claim for claim in stack_view(cfg).databases if claim.bundled]
+    server, setup = postgres.services(cfg, claims, {"postgres": "<postgres>", "mas_database": "<database>"})
+    assert setup.name == postgres.SETUP_SERVICE
+    assert setup.secret_env == {"PGPASSWORD": "<postgres>", "MAS_PASSWORD": "<database>"}
+    assert [f.path for f in setup.files] == [postgres_render.SETUP_SQL]
     assert "pg_read_all_data FROM mas" in setup.files[0].content  # type: ignore[operator]
-    assert "GRANT pg_read_all_data TO mas" in render.database_setup_sql(cfg_of(SYN2MAS))
+    migrating = [claim for claim in stack_view(cfg_of(SYN2MAS)).databases if claim.bundled]
+    assert "GRANT pg_read_all_data TO mas" in postgres_render.setup_sql([c for c in migrating if not c.owner])
 
 
 def test_operator_commands_name_the_target() -> None:
@@ -318,12 +334,12 @@ def test_operator_commands_name_the_target() -> None:
     k8s = cfg_of({**MONOLITH, "target": {"kind": "kubernetes", "namespace": "chat", "cert_manager_issuer": "le"}})
     assert render.create_admin_command(k8s) == (
         "kubectl -n chat exec -it deployment/mas -- mas-cli manage register-user --admin admin")
-    steps = render.syn2mas_commands(k8s)
+    steps = render.syn2mas_commands(k8s, stack_view(k8s))
     assert [s.split("\n", 1)[0][:5] for s in steps] == ["# 1. ", "# 2. ", "# 3. ", "# 4. ", "# 5. "]
     assert "kubectl -n chat scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0" in steps[3]
     assert "kubectl -n chat exec statefulset/synapse-postgres -- pg_dump" in steps[3]
     assert steps[3].index("scale") < steps[3].index("pg_dump") < steps[3].index("syn2mas migrate")
-    assert "docker stop synapse-main" in render.syn2mas_commands(docker)[3]
+    assert "docker stop synapse-main" in render.syn2mas_commands(docker, stack_view(docker))[3]
 
 
 # ---------------------------------------------------------------- the part, in the whole program
@@ -345,14 +361,14 @@ def test_one_registration_gives_mas_its_site_record_certificate_and_ingress_host
     hosts = [rule["host"] for obj in k8s.deployment.manifests.values() if obj["kind"] == "Ingress"
              for rule in obj["spec"]["rules"]]
     assert "auth.example.org" in hosts
-    assert {"deployment-mas", "service-mas", "networkpolicy-mas", "deployment-mas-database"} <= set(
+    assert {"deployment-mas", "service-mas", "networkpolicy-mas", "deployment-synapse-postgres-setup"} <= set(
         k8s.deployment.manifests)
 
 
 def test_the_program_wires_synapse_mas_and_the_bundled_database(program: Any) -> None:
     run = program(WORKERS)
     services = {e["service"].name: e for e in run.services}
-    assert {"mas", "mas-database"} <= set(services)
+    assert {"mas", "synapse-postgres-setup"} <= set(services)
     main_files = {f["path"]: f for f in services["synapse-main"]["files"]}
     mas_files = {f["path"]: f for f in services["mas"]["files"]}
     # One shared secret, a file on both sides.
@@ -360,10 +376,10 @@ def test_the_program_wires_synapse_mas_and_the_bundled_database(program: Any) ->
     shared = yaml.safe_load(main_files[hs.SHARED_CONFIG]["content"])
     assert shared["matrix_authentication_service"]["enabled"] is True
     # The database setup uses the cluster's superuser password and MAS's own.
-    setup_env = services["mas-database"]["env"]
+    setup_env = services["synapse-postgres-setup"]["env"]
     postgres_env = services["synapse-postgres"]["env"]
     assert setup_env["PGPASSWORD"] == postgres_env["POSTGRES_PASSWORD"] and setup_env["PGPASSWORD"][1]
-    assert setup_env["MAS_DATABASE_PASSWORD"] == (mas_files[render.DATABASE_PASSWORD_FILE]["content"], True)
+    assert setup_env["MAS_PASSWORD"] == (mas_files[render.DATABASE_PASSWORD_FILE]["content"], True)
     assert services["synapse-postgres"]["service"].allowed_clients is not None
-    assert {"mas", "mas-database"} <= set(services["synapse-postgres"]["service"].allowed_clients)
+    assert {"mas", "synapse-postgres-setup"} <= set(services["synapse-postgres"]["service"].allowed_clients)
     assert run.deployment.outputs["create_admin_command"] == run.deployment.outputs["mas_create_admin_command"]

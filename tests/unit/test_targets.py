@@ -21,6 +21,7 @@ import pytest
 import stack
 from components import checks
 from components.backup import render as backup
+from components.checks import view_of
 from components.mas import render as mas
 from components.platform import make_platform, targets
 from components.platform.contract import (
@@ -177,7 +178,7 @@ def test_a_third_target_builds_a_stack_with_backups_and_mas_in_its_own_verbs(nom
     assert "nomad job stop synapse-main\nnomad alloc exec -task synapse-postgres pg_dump -U synapse -Fc synapse" in syn2mas
     assert "nomad alloc exec -i -t -task mas mas-cli syn2mas check" in syn2mas
     assert outputs["mas_create_admin_command"] == "nomad alloc exec -i -t -task mas mas-cli manage register-user --admin admin"
-    assert syn2mas == "\n\n".join(mas.syn2mas_commands(nomad_like))
+    assert syn2mas == "\n\n".join(mas.syn2mas_commands(nomad_like, view_of(nomad_like)[0]))
 
 
 def test_an_unregistered_kind_is_named_with_the_registry() -> None:

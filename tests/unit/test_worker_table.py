@@ -32,7 +32,7 @@ from components.synapse.workers import (
 from config import ConfigError
 from config.model import StackConfig
 from stack import parse
-from tests.conftest import guest_pools, nginx_conf, stack_view
+from tests.conftest import database_server, max_connections, nginx_conf, stack_view
 
 # Route groups of streams only their writer (or main) may write. device_lists is not among them:
 # in the pinned Synapse every worker registers the device and key-upload servlets and forwards
@@ -49,7 +49,7 @@ def cfg_with(counts: dict[str, int] | None = None, preset: str = "monolith", **e
 
 
 def shared(cfg: StackConfig) -> dict[str, Any]:
-    return hs.shared_config(cfg, services.addresses(cfg), {})
+    return hs.shared_config(cfg, services.addresses(cfg), {}, server=database_server(cfg))
 
 
 def plan_for(counts: dict[str, int]) -> routing.RoutingPlan:
@@ -191,7 +191,7 @@ def test_every_worker_loads_the_shared_file_then_its_own() -> None:
     # Without a media worker, main holds the media store: the shared file turns the media
     # repository off for every process and main's own file turns it back on.
     assert hs.shared_config(cfg, {n: n for n in ("synapse-main", "synapse-generic-1", "synapse-postgres",
-                                                 "synapse-redis")}, {})["enable_media_repo"] is False
+                                                 "synapse-redis")}, {}, server=database_server(cfg))["enable_media_repo"] is False
     assert hs.command(cfg, MAIN)[-4:] == ("--config-path", hs.SHARED_CONFIG, "--config-path", hs.MAIN_CONFIG)
     assert hs.main_config(cfg) == {"enable_media_repo": True}
     with_media = cfg_with({"generic": 1, "media_repository": 1})
@@ -416,9 +416,9 @@ def test_max_connections_fits_every_pool_and_moves_in_hundreds() -> None:
     small, seed = cfg_with({"generic": 1}), parse({"server_name": "localhost", "synapse": {"workers": {"preset": "seed-000"}}})
     for cfg in (small, seed, cfg_with(EVERY_ROLE)):
         processes = len(hs.topology(cfg).processes)
-        assert hs.max_connections(cfg, guest_pools(cfg)) >= cfg.synapse.database.cp_max * processes + 20
-        assert hs.max_connections(cfg, guest_pools(cfg)) % 100 == 0
+        assert max_connections(cfg) >= cfg.synapse.database.cp_max * processes + 20
+        assert max_connections(cfg) % 100 == 0
     # One more worker in seed-000 (20 processes, 5 per pool) needs no PostgreSQL restart.
     bigger = parse({"server_name": "localhost",
                     "synapse": {"workers": {"preset": "seed-000", "counts": {"generic": 7}}}})
-    assert hs.max_connections(bigger, 0) == hs.max_connections(seed, 0)
+    assert max_connections(bigger) == max_connections(seed)
