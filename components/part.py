@@ -135,6 +135,16 @@ class MediaStore:
 
 
 @dataclass(frozen=True)
+class MetricsTarget:
+    """An endpoint that serves Prometheus metrics: what a monitoring part scrapes."""
+
+    service: str
+    port: int
+    path: str = "/metrics"
+    role: str = ""  # what the process does (a worker role), for per-role alerts and panels
+
+
+@dataclass(frozen=True)
 class Writer:
     """A service the restore stops while it replaces the data, and starts again after."""
 
@@ -252,6 +262,10 @@ class Part:
     def database_server(self, cfg: StackConfig) -> DatabaseServer | None:
         """The PostgreSQL server it runs for the stack's claims."""
         return None
+
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        """Its services' Prometheus endpoints."""
+        return []
 
     def kept_files(self, cfg: StackConfig) -> list[KeptFile]:
         """Its secret files that cannot be regenerated."""

@@ -20,6 +20,7 @@ from components.part import (
     Homeserver,
     KeptFile,
     MediaStore,
+    MetricsTarget,
     Part,
     Writer,
     merge_homeserver,
@@ -30,7 +31,7 @@ from components.view import StackView
 from config.model import ExternalDatabase, StackConfig
 
 from . import homeserver
-from .services import MEDIA_VOLUME, SYNAPSE_USER, Inputs, cluster_services, routes, secret_names
+from .services import MEDIA_VOLUME, METRICS_PATH, SYNAPSE_USER, Inputs, cluster_services, routes, secret_names
 
 
 class SynapseCluster(Part):
@@ -60,6 +61,12 @@ class SynapseCluster(Part):
         # The bundled server's owner: its image creates Synapse's role and database.
         return [DatabaseClaim(homeserver.DATABASE_NAME, homeserver.DATABASE_USER, processes, pool, "postgres",
                               owner=True)]
+
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        if not cfg.synapse.metrics:
+            return []
+        return [MetricsTarget(p.name, p.metrics_port, METRICS_PATH, p.role.name if p.role else "main")
+                for p in homeserver.topology(cfg).processes]
 
     def kept_files(self, cfg: StackConfig) -> list[KeptFile]:
         # A new signing key breaks the server's federation identity.

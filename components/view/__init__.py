@@ -23,6 +23,7 @@ from components.part import (
     Homeserver,
     KeptFile,
     MediaStore,
+    MetricsTarget,
     Part,
     Writer,
 )
@@ -73,6 +74,11 @@ class StackView:
     def databases(self) -> tuple[DatabaseClaim, ...]:
         """Every database the stack's parts claim, in catalog order."""
         return tuple(claim for part in self.enabled for claim in part.database_claims(self.cfg))
+
+    @functools.cached_property
+    def metrics_targets(self) -> tuple[MetricsTarget, ...]:
+        """Every Prometheus endpoint the parts declare, in catalog order."""
+        return tuple(target for part in self.enabled for target in part.metrics_targets(self.cfg))
 
     @functools.cached_property
     def kept_files(self) -> tuple[KeptFile, ...]:

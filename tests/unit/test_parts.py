@@ -15,7 +15,7 @@ import pytest
 import config
 import stack
 from components import catalog
-from components.part import BuildContext, Component, Contribution, Endpoint, Part
+from components.part import BuildContext, Component, Contribution, DatabaseClaim, Endpoint, MetricsTarget, Part
 from components.platform.spec import Port, Service
 from components.view import StackView
 from render import offline
@@ -34,15 +34,23 @@ class AdminUi(Part):
     def endpoints(self, cfg: config.StackConfig) -> list[Endpoint]:
         return [Endpoint("admin", "admin-ui", 8080)]
 
+    def database_claims(self, cfg: config.StackConfig) -> list[DatabaseClaim]:
+        return [DatabaseClaim("admin", "admin", ("admin-ui",), 4, "admin_database")]
+
+    def metrics_targets(self, cfg: config.StackConfig) -> list[MetricsTarget]:
+        return [MetricsTarget("admin-ui", 9100)]
+
     def services(self, cfg: config.StackConfig, view: StackView,
                  secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         return [Service(name="admin-ui", component="admin-ui", image="example/admin-ui:1.0.0",
-                        ports=[Port("http", 8080)])]
+                        ports=[Port("http", 8080)], metrics_port=9100)]
 
     def build(self, cfg: config.StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("AdminUi", self.name)
         component.register_outputs({})
-        return Contribution(parent=component, services=self.services(cfg, ctx.view, {}))
+        # Its database password, shared with the bundled PostgreSQL's setup and the backup.
+        return Contribution(parent=component, services=self.services(cfg, ctx.view, {}),
+                            shared_secrets={"admin_database": pulumi.Output.secret("stand-in-admin-password")})
 
 
 @pytest.fixture
@@ -90,10 +98,20 @@ def test_a_part_registered_in_the_catalog_alone_gets_its_site_record_certificate
     assert "admin.example.org" in _file(run, "acme", "/conf/acme/run.sh")
     assert [c for c in run.of_type("docker:index/container:Container") if c.name == "admin-ui"]
     assert "admin-ui" in _file(run, "synapse-proxy", "/conf/proxy-run.sh")  # nginx waits for its address
+    # Its database claim: a role and a database on the bundled PostgreSQL, which admits it and
+    # counts its pool, a dump in every backup and a step of the restore procedure.
+    assert "CREATE ROLE %I LOGIN', 'admin'" in _file(run, "synapse-postgres-setup", "/conf/databases.sql")
+    server = next(s["service"] for s in run.services if s["service"].name == "synapse-postgres")
+    assert "admin-ui" in server.allowed_clients
+    assert "dbname=admin user=admin" in _file(run, "backup-dump", "/backup/bin/dump.sh")
+    assert "Restore the admin database" in run.deployment.outputs["backup_restore_procedure"]
+    # Its metrics endpoint, in the view a monitoring part scrapes from.
+    assert MetricsTarget("admin-ui", 9100) in stack_view(run.cfg).metrics_targets
 
     prod = offline.run(PROD, stack="prod", secret_keys=PROD_SECRETS)
     assert "admin.example.org" in _ingress_hosts(prod)
     assert "deployment-admin-ui" in prod.deployment.manifests
+    assert "servicemonitor-admin-ui" in prod.deployment.manifests
 
 
 @pytest.mark.usefixtures("with_admin_ui")
