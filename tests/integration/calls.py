@@ -31,9 +31,9 @@ import yaml
 from livekit import api
 
 from components.coturn import render as coturn
+from components.edge.render import PROXY_HTTP_PORT
 from components.element_call import render as ec
 from components.ntfy import render as ntfy
-from components.synapse.routing import PROXY_HTTP_PORT
 from config import images
 
 from .cluster import LOOPBACK, Cluster, Proc, _http_ok, hosts_namespace, synapse_python

@@ -24,9 +24,9 @@ import pytest
 from livekit import api
 
 from components.coturn import render as coturn
+from components.edge.render import PROXY_HTTP_PORT
 from components.element_call import render as ec
 from components.ntfy import render as ntfy
-from components.synapse.routing import PROXY_HTTP_PORT
 
 from . import calls
 from .clients import REQUIREMENTS, run_check, verdicts

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from components.edge.render import PROXY_HTTP_PORT
 from components.mas import render as mas
 from components.synapse import homeserver as hs
-from components.synapse.routing import PROXY_HTTP_PORT
 
 from . import calls
 from .cluster import LOOPBACK, Access, Cluster, boot_config, read_access_log, render
