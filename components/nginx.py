@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 # The variable every route sets: the access log names the route that served each request.
 ROUTE_VARIABLE = "$synapse_route"
@@ -15,14 +16,53 @@ CORS_HEADERS = (
 )
 
 
+# Mozilla's "intermediate" TLS configuration (ssl-config.mozilla.org, v5.7) without the DHE
+# suites, which would need a dhparam file: TLS 1.3, and for TLS 1.2 forward-secret AEAD suites.
+TLS_PROTOCOLS = "TLSv1.2 TLSv1.3"
+TLS_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+))
+# Two years, as the HSTS preload list asks; no includeSubDomains: the server name may be an apex
+# domain whose other hosts the stack does not serve.
+HSTS_MAX_AGE = 63072000
+
+Header = tuple[str, str]
+
+
 def quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def json_location(path: str, document: dict[str, object]) -> list[str]:
+def security_headers(*, hsts: bool, frame_ancestors: tuple[str, ...] | None) -> tuple[Header, ...]:
+    """The response headers of a public site: HSTS when clients reach it over HTTPS, no MIME
+    sniffing, no full URL in the Referer of cross-origin requests, and no framing by other pages
+    (clickjacking) unless `frame_ancestors` names the origins that may embed it."""
+    headers: list[Header] = []
+    if hsts:
+        headers.append(("Strict-Transport-Security", f"max-age={HSTS_MAX_AGE}"))
+    headers += [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "strict-origin-when-cross-origin")]
+    if frame_ancestors is None:
+        headers += [("X-Frame-Options", "DENY"), ("Content-Security-Policy", "frame-ancestors 'none'")]
+    else:
+        # No X-Frame-Options: it cannot name another origin, and CSP's frame-ancestors overrides it.
+        headers.append(("Content-Security-Policy", " ".join(("frame-ancestors", "'self'", *frame_ancestors))))
+    return tuple(headers)
+
+
+def add_headers(headers: Sequence[Header]) -> list[str]:
+    """`add_header` lines, on every status (`always`: error responses too). A block with its own
+    add_header drops every inherited one, so each block that adds any repeats the site's."""
+    return [f'add_header {name} "{value}" always;' for name, value in headers]
+
+
+def json_location(path: str, document: dict[str, object], headers: Sequence[Header] = ()) -> list[str]:
+    """A location answering a JSON document, with CORS and the server's `headers` (which this
+    block's own add_header lines would otherwise drop)."""
     body = json.dumps(document, sort_keys=True, separators=(",", ":"))
     lines = [f"location = {path} {{", "    default_type application/json;"]
-    lines += [f'    add_header {k} "{v}" always;' for k, v in CORS_HEADERS]
+    lines += indent(add_headers((*headers, *CORS_HEADERS)))
     lines += [f"    return 200 {quote(body)};", "}"]
     return lines
 

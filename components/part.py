@@ -15,7 +15,7 @@ part's services on the target in one call once all parts are built.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -61,16 +61,22 @@ class Endpoint:
     ipv6: bool = True
     websockets: bool = False
     max_body: str = "1M"
+    # The endpoint keys whose pages embed this site in a frame (Element Web embeds Element Call as
+    # a widget): the proxy lets those origins, when the stack serves them, and the site itself
+    # frame it. Empty: no page may frame the site (clickjacking).
+    embedded_by: tuple[str, ...] = ()
 
     def hostname(self, cfg: StackConfig) -> str:
         return cfg.server_name if self.key == "server" else cfg.host(self.key)
 
-    def site(self, cfg: StackConfig) -> Site | None:
-        """The proxy's virtual host forwarding to the upstream, when there is one."""
+    def site(self, cfg: StackConfig, present: Collection[str] = ()) -> Site | None:
+        """The proxy's virtual host forwarding to the upstream, when there is one; `present` are
+        the stack's endpoint keys (an embedding site the stack does not serve gets no say)."""
         if not (self.served_by_proxy and self.upstream_service):
             return None
+        framers = tuple(cfg.url(key) for key in self.embedded_by if key in present) if self.embedded_by else None
         return Site(self.hostname(cfg), self.upstream_service, self.upstream_port,
-                    websockets=self.websockets, max_body=self.max_body)
+                    websockets=self.websockets, max_body=self.max_body, frame_ancestors=framers)
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,16 @@ class DockerTarget(Strict):
         return self
 
 
+def _cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("must be an IP address or CIDR such as 10.0.0.0/8") from None
+    return value
+
+
 class KubernetesTarget(Strict):
     kind: Literal["kubernetes"]
     kubeconfig: str | None = Field(None, description="path to a kubeconfig file")
@@ -168,6 +178,12 @@ class KubernetesTarget(Strict):
     cert_manager_issuer: str | None = Field(None, description="cert-manager ClusterIssuer for the Ingress")
     livekit_exposure: Literal["host_network", "load_balancer"] = "load_balancer"
     service_monitors: bool = False
+    trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = Field(
+        default_factory=list,
+        description="CIDRs the Ingress controller's pods connect to the proxy from (its pod network, or "
+        "the nodes' addresses with hostNetwork): the proxy takes the client's address from "
+        "X-Forwarded-For only from these; empty = from no one (every client is the controller)",
+    )
     delete_unreachable: bool = Field(
         False, description="let `pulumi destroy` drop objects of a cluster that no longer answers"
     )
@@ -259,16 +275,6 @@ class RateLimits(Strict):
 class UrlPreviews(Strict):
     enabled: bool = False
     ip_range_blacklist_extra: list[str] = Field(default_factory=list)
-
-
-def _cidr(value: str) -> str:
-    import ipaddress
-
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError("must be an IP address or CIDR such as 10.0.0.0/8") from None
-    return value
 
 
 class Federation(Strict):

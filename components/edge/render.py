@@ -6,7 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from components.nginx import indent, json_location, proxy_block, set_route
+from components.nginx import (
+    TLS_CIPHERS,
+    TLS_PROTOCOLS,
+    Header,
+    add_headers,
+    indent,
+    json_location,
+    proxy_block,
+    security_headers,
+    set_route,
+)
 from components.part import EdgeRoutes
 from components.platform.spec import Site
 from components.view import StackView
@@ -38,7 +48,15 @@ def listen(view: StackView, hostname: str) -> list[str]:
     if cert is None:
         return [f"listen {PROXY_HTTP_PORT};"]
     return [f"listen {PROXY_HTTPS_PORT} ssl http2;", f"ssl_certificate {cert.cert_path};",
-            f"ssl_certificate_key {cert.key_path};", "ssl_protocols TLSv1.2 TLSv1.3;"]
+            f"ssl_certificate_key {cert.key_path};", f"ssl_protocols {TLS_PROTOCOLS};",
+            f"ssl_ciphers {TLS_CIPHERS};", "ssl_prefer_server_ciphers off;"]
+
+
+def site_headers(cfg: StackConfig, frame_ancestors: tuple[str, ...] | None = None) -> tuple[Header, ...]:
+    """The security headers of one public server block. HSTS whenever clients reach the stack
+    over HTTPS: the proxy's own TLS, or a front (Cloudflare, the Ingress) that passes nginx's
+    headers on to the client."""
+    return security_headers(hsts=cfg.tls_mode != "none", frame_ancestors=frame_ancestors)
 
 
 def real_ip(cfg: StackConfig, view: StackView) -> list[str]:
@@ -48,7 +66,7 @@ def real_ip(cfg: StackConfig, view: StackView) -> list[str]:
     trusted: list[str] = []
     if cfg.cloudflare.enabled:
         trusted += CLOUDFLARE_RANGES
-    trusted += view.target.trusted_proxy_ranges()
+    trusted += view.target.trusted_proxy_ranges()  # the target's own front (the Ingress controller)
     if not trusted:
         return []
     return [*(f"set_real_ip_from {cidr};" for cidr in trusted), "real_ip_header X-Forwarded-For;",
@@ -59,7 +77,10 @@ def plain_http_server(view: StackView) -> list[str]:
     """With TLS, port 80 only answers ACME HTTP-01 challenges and redirects to HTTPS."""
     if not view.proxy_terminates_tls:
         return []
-    lines = ["", "server {", f"    listen {PROXY_HTTP_PORT} default_server;", f"    {set_route('redirect')}"]
+    # No HSTS here: browsers ignore it over plain HTTP.
+    headers = security_headers(hsts=False, frame_ancestors=None)
+    lines = ["", "server {", f"    listen {PROXY_HTTP_PORT} default_server;", f"    {set_route('redirect')}",
+             *indent(add_headers(headers))]
     if any(c.source == "acme" for c in view.certificates):
         lines += ["    location /.well-known/acme-challenge/ {", f"        root {ACME_WEBROOT};", "    }"]
     lines += ["    location / {", "        return 301 https://$host$request_uri;", "    }", "}"]
@@ -123,12 +144,14 @@ def render_nginx(cfg: StackConfig, view: StackView, sites: Sequence[Site], upstr
 
     # ---- the Matrix host: the parts' routes (Synapse's client and federation API, MAS's logins)
     matrix_host = cfg.host("matrix")
+    # No page embeds the Matrix host or the server name's well-known documents.
+    headers = site_headers(cfg)
     well_known = [
-        *json_location("/.well-known/matrix/server", well_known_server(cfg, view)),
-        *json_location("/.well-known/matrix/client", well_known_client(cfg, view.well_known_client)),
+        *json_location("/.well-known/matrix/server", well_known_server(cfg, view), headers),
+        *json_location("/.well-known/matrix/client", well_known_client(cfg, view.well_known_client), headers),
     ]
     matrix_routes = _host_routes(view.edge_routes, "matrix")
-    server: list[str] = [*listen(view, matrix_host), f"server_name {matrix_host};"]
+    server: list[str] = [*listen(view, matrix_host), f"server_name {matrix_host};", *add_headers(headers)]
     for routes in matrix_routes:
         server += routes.preamble
     server += well_known
@@ -139,16 +162,17 @@ def render_nginx(cfg: StackConfig, view: StackView, sites: Sequence[Site], upstr
 
     # ---- the server name, when delegated to another host: only the well-known documents
     if cfg.server_name != matrix_host:
-        delegated = [*listen(view, cfg.server_name), f"server_name {cfg.server_name};",
+        delegated = [*listen(view, cfg.server_name), f"server_name {cfg.server_name};", *add_headers(headers),
                      set_route("well-known"), *well_known, "location / {", "    return 404;", "}"]
         http += ["", "server {", *indent(delegated), "}"]
 
     # ---- other public sites (Element Call, ntfy, Element Web ...)
     for site in sorted(sites, key=lambda s: s.hostname):
-        body = [*listen(view, site.hostname), f"server_name {site.hostname};",
+        site_security = site_headers(cfg, site.frame_ancestors)
+        body = [*listen(view, site.hostname), f"server_name {site.hostname};", *add_headers(site_security),
                 f"client_max_body_size {site.max_body};", set_route(f"site-{site.upstream_service}")]
         for path, document in sorted(site.static_json.items()):
-            body += json_location(path, json.loads(document))
+            body += json_location(path, json.loads(document), site_security)
         upstream = f"{upstreams.get(site.upstream_service, site.upstream_service)}:{site.upstream_port}"
         body += ["location / {", *indent(proxy_block(upstream, websockets=site.websockets)), "}"]
         http += ["", "server {", *indent(body), "}"]

@@ -30,7 +30,8 @@ class ElementCall(Part):
 
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
         return [
-            Endpoint("call", render.WEB_SERVICE, render.WEB_PORT),
+            # Element Web embeds Element Call as a widget (Element X opens it in a web view).
+            Endpoint("call", render.WEB_SERVICE, render.WEB_PORT, embedded_by=("app",)),
             Endpoint("jwt", render.JWT_SERVICE, render.JWT_PORT),
             # The signalling WebSocket goes through the proxy; the name is also LiveKit's TURN
             # domain and its clients' media peer, so its record is DNS-only.

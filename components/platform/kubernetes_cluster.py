@@ -13,9 +13,6 @@ from config.model import KubernetesTarget, StackConfig
 
 from .contract import Handover, Host, OneShot, OperatorStep, Session, Terms, Workload
 
-# Where a Kubernetes Ingress controller connects from: the cluster's private pod network.
-PRIVATE_PROXY_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
-
 
 class KubernetesCluster:
     """One namespace: an Ingress controller in front of a plain-HTTP proxy, cert-manager for
@@ -38,7 +35,9 @@ class KubernetesCluster:
         return False  # the Ingress does
 
     def trusted_proxy_ranges(self) -> tuple[str, ...]:
-        return PRIVATE_PROXY_RANGES
+        # Only the Ingress controller's addresses, as configured: trusting the whole private pod
+        # network would let any pod in the cluster claim any client address.
+        return tuple(self.target.trusted_proxies)
 
     def public_port(self, scheme: str) -> int:
         return 443 if scheme == "https" else 80

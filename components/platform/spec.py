@@ -200,3 +200,5 @@ class Site:
     max_body: str = "1M"
     # extra nginx location blocks, rendered as given (e.g. a JSON document to return)
     static_json: dict[str, str] = field(default_factory=dict)
+    # The origins whose pages may embed the site in a frame (besides its own); None: no page may.
+    frame_ancestors: tuple[str, ...] | None = None

@@ -107,7 +107,8 @@ class StackView:
 
     def sites(self, cfg: StackConfig) -> list[Site]:
         """The parts' virtual hosts the proxy forwards to their services."""
-        return [site for _host, endpoint in self.endpoints if (site := endpoint.site(cfg)) is not None]
+        present = {endpoint.key for _host, endpoint in self.endpoints}
+        return [site for _host, endpoint in self.endpoints if (site := endpoint.site(cfg, present)) is not None]
 
     def certificate_for(self, hostname: str) -> Certificate | None:
         for cert in self.certificates:

@@ -376,7 +376,8 @@ LOOPBACK_CASES = {
                                 "federation": {"deny": ["evil.example", "spam.example.net"]}}}),
     # Behind an Ingress and Cloudflare: the real client address is restored (realip module).
     "kubernetes-cloudflare": ({"server_name": "example.org",
-                               "target": {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"},
+                               "target": {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt",
+                                          "trusted_proxies": ["10.244.0.0/16"]},
                                "cloudflare": {"enabled": True, "zone": "example.org", "origin_ip": "203.0.113.10"},
                                "cloudflare_api_token": "stand-in",
                                "synapse": {"workers": {"preset": "seed-000"}}}),
@@ -407,9 +408,15 @@ def test_the_client_address_is_restored_only_behind_a_trusted_proxy() -> None:
     assert "set_real_ip_from" not in local  # clients connect directly: nothing to trust
     raw = LOOPBACK_CASES["kubernetes-cloudflare"]
     behind = render(parse(raw, ("cloudflare_api_token",)), None)
-    assert "set_real_ip_from 10.0.0.0/8;" in behind  # the Ingress controller
+    assert "set_real_ip_from 10.244.0.0/16;" in behind  # the Ingress controller's pods, as configured
+    assert "set_real_ip_from 10.0.0.0/8;" not in behind  # not every pod in the cluster
     assert "set_real_ip_from 173.245.48.0/20;" in behind  # Cloudflare's edge
     assert "real_ip_header X-Forwarded-For;" in behind and "real_ip_recursive on;" in behind
+    # On Kubernetes without trusted_proxies, nothing is trusted: no pod can claim a client address.
+    bare = dict(raw, target={"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"},
+                cloudflare={"enabled": False}, tls={"mode": "acme", "acme_email": "ops@example.org"})
+    bare.pop("cloudflare_api_token")
+    assert "set_real_ip_from" not in render(parse(bare), None)
 
 
 def test_max_connections_fits_every_pool_and_moves_in_hundreds() -> None:
