@@ -7,7 +7,9 @@ from X-Forwarded-For only from a trusted front."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import ipaddress
 import json
 import re
 import socket
@@ -25,6 +27,7 @@ import pytest
 from components.edge import render as edge_render
 from components.synapse import services
 from config import ConfigError
+from config.model import KubernetesTarget
 from stack import parse
 from tests.unit.test_worker_table import NGINX, _placeholder_certificate, render
 
@@ -61,6 +64,28 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _private_address() -> str | None:
+    """An address of this machine in a private range (a pod network's, as far as the proxy can
+    tell), to connect from as an untrusted pod would; None when it has none."""
+    ranges = [ipaddress.ip_network(r) for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
+    try:
+        listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout.split()
+    except OSError:
+        return None
+    for text in listed:
+        address = ipaddress.ip_address(text.split("%")[0])
+        if any(address.version == r.version and address in r for r in ranges):
+            return str(address)
+    return None
+
+
+PRIVATE = _private_address()
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,12 +108,13 @@ class Proxy:
     https_port: int
     tls: bool
 
-    def get(self, host: str, path: str = "/", *, plain: bool = False, forwarded_for: str | None = None) -> Response:
+    def get(self, host: str, path: str = "/", *, plain: bool = False, forwarded_for: str | None = None,
+            via: str = "127.0.0.1") -> Response:
         """A request to `host` as a client makes it (SNI and Host), on the HTTPS listener when the
-        proxy terminates TLS (or on the plain HTTP one with `plain`)."""
+        proxy terminates TLS (or on the plain HTTP one with `plain`), to (and so from) `via`."""
         scheme, port = ("https", self.https_port) if self.tls and not plain else ("http", self.http_port)
         command = ["curl", "-sk", "--http1.1", "-i", "--max-time", "10",
-                   "--resolve", f"{host}:{port}:127.0.0.1", f"{scheme}://{host}:{port}{path}"]
+                   "--resolve", f"{host}:{port}:{_bracketed(via)}", f"{scheme}://{host}:{port}{path}"]
         if forwarded_for:
             command += ["-H", f"X-Forwarded-For: {forwarded_for}"]
         out = subprocess.run(command, capture_output=True, timeout=30, check=True).stdout.decode()
@@ -121,7 +147,10 @@ def _boot(raw: dict[str, Any], upstream: int, tmp_path: Path) -> Iterator[Proxy]
     text = conf.replace("/tmp/", f"{scratch}/")
     # Every service the proxy dials is the stand-in upstream.
     text = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{upstream}", text)
-    text = re.sub(r"listen (\d+)", lambda m: f"listen 127.0.0.1:{ports[int(m.group(1))]}", text)
+    # On loopback, and on the machine's private address when it has one.
+    addresses = ["127.0.0.1", *([_bracketed(PRIVATE)] if PRIVATE else [])]
+    text = re.sub(r"listen (\d+)([^;]*);", lambda m: " ".join(
+        f"listen {a}:{ports[int(m.group(1))]}{m.group(2)};" for a in addresses), text)
     for cert, key in re.findall(r"ssl_certificate (\S+);\s*ssl_certificate_key (\S+);", conf):
         moved_cert, moved_key = tmp_path / "tls" / cert.lstrip("/"), tmp_path / "tls" / key.lstrip("/")
         if not moved_cert.exists():
@@ -241,17 +270,27 @@ def test_the_tls_listener_speaks_only_modern_tls(docker_tls: Proxy) -> None:
     assert handshake("--tlsv1.2", "--tls-max", "1.2", "--ciphers", cbc) != 0
 
 
-def _seen_forwarded_for(proxy: Proxy, host: str, path: str = "/") -> str:
-    response = proxy.get(host, path, forwarded_for=SPOOFED)
+def _seen_forwarded_for(proxy: Proxy, host: str, path: str = "/", via: str = "127.0.0.1") -> str:
+    response = proxy.get(host, path, forwarded_for=SPOOFED, via=via)
     assert response.status == 200
     return str(json.loads(response.body)["x_forwarded_for"])
 
 
-def test_a_spoofed_client_address_is_ignored_from_an_untrusted_source(docker_tls: Proxy) -> None:
+def test_a_spoofed_client_address_is_ignored_from_an_untrusted_source(docker_tls: Proxy, upstream: int,
+                                                                      tmp_path: Path) -> None:
     # Clients connect to a Docker proxy directly: X-Forwarded-For is theirs to invent, and the
     # upstream sees the connecting address.
     assert _seen_forwarded_for(docker_tls, "call.example.org") == "127.0.0.1"
     assert _seen_forwarded_for(docker_tls, "example.org", "/_matrix/client/versions") == "127.0.0.1"  # Synapse
+    if PRIVATE:
+        assert _seen_forwarded_for(docker_tls, "call.example.org", via=PRIVATE) == PRIVATE
+    # On Kubernetes without target.trusted_proxies no one is trusted either, not even a
+    # connection from a private address (as every pod's is).
+    raw = {**KUBERNETES, "target": {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"}}
+    with contextlib.contextmanager(_boot)(raw, upstream, tmp_path) as proxy:
+        assert _seen_forwarded_for(proxy, "call.example.org") == "127.0.0.1"
+        if PRIVATE:
+            assert _seen_forwarded_for(proxy, "call.example.org", via=PRIVATE) == PRIVATE
 
 
 def test_the_client_address_comes_from_a_trusted_front(kubernetes: Proxy) -> None:
@@ -259,12 +298,10 @@ def test_the_client_address_comes_from_a_trusted_front(kubernetes: Proxy) -> Non
     assert _seen_forwarded_for(kubernetes, "call.example.org") == SPOOFED
 
 
-def test_kubernetes_trusts_no_one_unless_told(upstream: int, tmp_path: Path) -> None:
-    raw = {**KUBERNETES, "target": {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"}}
-    for proxy in _boot(raw, upstream, tmp_path):
-        assert _seen_forwarded_for(proxy, "call.example.org") == "127.0.0.1"
-
-
 def test_trusted_proxies_are_cidrs() -> None:
-    with pytest.raises(ConfigError, match="trusted_proxies"):
-        parse({**KUBERNETES, "target": {"kind": "kubernetes", "trusted_proxies": ["ingress-nginx"]}})
+    target = {"kind": "kubernetes", "cert_manager_issuer": "letsencrypt"}
+    cfg = parse({**KUBERNETES, "target": {**target, "trusted_proxies": ["10.244.0.0/16", "fd00:10:244::/56"]}})
+    assert isinstance(cfg.target, KubernetesTarget)
+    assert cfg.target.trusted_proxies == ["10.244.0.0/16", "fd00:10:244::/56"]
+    with pytest.raises(ConfigError, match="trusted_proxies.*CIDR"):
+        parse({**KUBERNETES, "target": {**target, "trusted_proxies": ["ingress-nginx"]}})
