@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from components.edge.render import NGINX_CONF  # noqa: E402
+from components.synapse.services import ROLE_LABEL  # noqa: E402
 from components.synapse.workers import ROLES  # noqa: E402
 from render import offline  # noqa: E402
 
@@ -374,8 +375,8 @@ class Cluster:
     # ------------------------------------------------------------ helpers
 
     def synapse_names(self) -> list[str]:
-        names = [n for n in self.services if n.startswith("synapse-")]
-        return [n for n in names if n not in {"synapse-postgres", "synapse-redis", "synapse-proxy"}]
+        """The Synapse processes: the services that carry a worker-table role."""
+        return [n for n, entry in self.services.items() if ROLE_LABEL in entry["service"].labels]
 
     def worker_names(self) -> list[str]:
         return [n for n in self.synapse_names() if n != "synapse-main"]
