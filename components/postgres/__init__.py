@@ -107,6 +107,8 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         # only as root), so it needs no capability: PGDATA is a directory it creates itself
         # inside the volume, which is its group's (Kubernetes: fsGroup; Docker: the image's own
         # directory, postgres-owned), and a cluster the root entrypoint made is postgres's already.
+        # fsGroup's first walk of such a cluster adds group rwx to PGDATA, which PostgreSQL refuses;
+        # the entrypoint's `chmod 00700 "$PGDATA"`, on every start before its init branch, undoes it.
         user=images.facts_for(db.image).user,
         allowed_clients=tuple(clients),
     )
