@@ -40,6 +40,7 @@ def _checker() -> Path:
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if go is None:
         pytest.fail("the Pod Security checker is not built and Go is not installed (bash scripts/test builds it)")
+    binary.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([go, "build", "-mod=readonly", "-trimpath", "-o", str(binary), "."], cwd=CHECKER_SOURCE,
                           capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "CGO_ENABLED": "0"})
