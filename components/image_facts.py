@@ -37,9 +37,19 @@ def http_check(image: str, port: int | None = None, path: str | None = None, **t
     return HealthCheck(command, http_path=path, http_port=port, **timing)
 
 
+# The user a service whose image has none runs as: Pod Security's `restricted` level admits no
+# root container, and these programs (static binaries, an unprivileged port) need no root.
+NOBODY = "65534:65534"
+
+
 def user(image: str) -> str | None:
     """The "uid:gid" the image runs its program as (None: root, the image has no user)."""
     return facts_for(image).user
+
+
+def non_root_user(image: str) -> str:
+    """The image's own user, else nobody: for images that run as root only for want of a USER."""
+    return facts_for(image).user or NOBODY
 
 
 def capabilities(image: str) -> tuple[str, ...]:

@@ -17,7 +17,6 @@ from config.model import StackConfig
 from . import render
 
 COMPONENT = "element-call"
-NOBODY = "65534:65534"
 
 
 class ElementCall(Part):
@@ -72,7 +71,8 @@ class ElementCall(Part):
             ports=ports,
             port_ranges=ranges,
             health=image_facts.http_check(lk.image, render.LIVEKIT_PORT),
-            user=image_facts.user(lk.image),
+            # The image has no user of its own; the SFU binds no port below 1024 and writes nothing.
+            user=image_facts.non_root_user(lk.image),
             capabilities_add=image_facts.capabilities(lk.image),
             read_only_root=True,
             writable_paths=("/tmp",),
@@ -91,7 +91,7 @@ class ElementCall(Part):
             # FROM scratch: only a checker the image is known to ship could run (see its facts).
             health=image_facts.http_check(cfg.element_call.jwt_image, render.JWT_PORT),
             # The image has no user of its own; its static binary needs none.
-            user=image_facts.user(cfg.element_call.jwt_image) or NOBODY,
+            user=image_facts.non_root_user(cfg.element_call.jwt_image),
             capabilities_add=image_facts.capabilities(cfg.element_call.jwt_image),
             read_only_root=True,
         )

@@ -40,10 +40,12 @@ class Ntfy(Part):
             secret_env={"NTFY_AUTH_USERS": secrets["auth_users"]},
             files=[File(render.CONFIG, render.server_yml(cfg))],
             ports=[Port("http", render.PORT)],
-            volumes=[Volume("ntfy-cache", render.CACHE_DIR, size="2Gi"),
-                     Volume("ntfy-auth", render.AUTH_DIR, size="1Gi")],
+            # Owned by its user on Docker (Kubernetes: fsGroup): the image has neither directory.
+            volumes=[Volume("ntfy-cache", render.CACHE_DIR, size="2Gi", owner=image_facts.non_root_user(cfg.ntfy.image)),
+                     Volume("ntfy-auth", render.AUTH_DIR, size="1Gi", owner=image_facts.non_root_user(cfg.ntfy.image))],
             health=image_facts.http_check(cfg.ntfy.image, render.PORT),
-            user=image_facts.user(cfg.ntfy.image),
+            # The image has no user of its own; ntfy listens on 8080 (render.PORT).
+            user=image_facts.non_root_user(cfg.ntfy.image),
             capabilities_add=image_facts.capabilities(cfg.ntfy.image),
             read_only_root=True,
             writable_paths=("/tmp",),

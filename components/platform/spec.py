@@ -172,8 +172,9 @@ class Service:
     # start (nginx upstreams on a Docker network). Kubernetes Services keep stable addresses.
     # (A container Docker itself restarts is caught by the proxy's own address watch.)
     restarts_with: tuple[str, ...] = ()
-    # Most images run fine with no capabilities; those that start as root and drop privileges
-    # themselves (postgres, nginx) keep the few they need.
+    # Most images run fine with no capabilities (Pod Security `restricted` admits only
+    # NET_BIND_SERVICE); a service that must act as root (the certificate copy's chown, Docker
+    # only) keeps the few it needs.
     drop_capabilities: bool = True
     capabilities_add: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)

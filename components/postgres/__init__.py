@@ -103,8 +103,13 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         volumes=[Volume(VOLUME, DATA, size=db.size)],
         health=HealthCheck(("pg_isready", "-U", owner.user, "-d", owner.database)),
         resources=Resources(cpu_request="250m", memory_request="512Mi", memory_limit="4Gi"),
-        # The entrypoint chowns PGDATA and steps down to the postgres user itself.
-        drop_capabilities=not images.facts_for(db.image).steps_down,
+        # Started as the image's user, its entrypoint neither chowns nor steps down (it does both
+        # only as root), so it needs no capability: PGDATA is a directory it creates itself
+        # inside the volume, which is its group's (Kubernetes: fsGroup; Docker: the image's own
+        # directory, postgres-owned), and a cluster the root entrypoint made is postgres's already.
+        # fsGroup's first walk of such a cluster adds group rwx to PGDATA, which PostgreSQL refuses;
+        # the entrypoint's `chmod 00700 "$PGDATA"`, on every start before its init branch, undoes it.
+        user=images.facts_for(db.image).user,
         allowed_clients=tuple(clients),
     )
     if not guests:

@@ -301,7 +301,29 @@ def test_host_network_exposure_puts_the_sfu_on_the_node() -> None:
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert "service-livekit-public" not in objects
     assert "hostNetwork" not in _pod(objects, "other")["spec"]
-    assert objects["namespace-matrix"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # The host-networked SFU lives in a privileged namespace of its own (POD_SECURITY_EXCEPTIONS):
+    # the stack's namespace keeps enforcing restricted, and its Service name still resolves.
+    enforce = "pod-security.kubernetes.io/enforce"
+    assert objects["namespace-matrix"]["metadata"]["labels"][enforce] == "restricted"
+    assert objects["namespace-matrix-host-network"]["metadata"]["labels"][enforce] == "privileged"
+    assert objects["deployment-livekit"]["metadata"]["namespace"] == "matrix-host-network"
+    assert objects["deployment-other"]["metadata"]["namespace"] == "matrix"
+    alias = objects["service-livekit-matrix"]
+    assert alias["metadata"]["namespace"] == "matrix"
+    assert alias["spec"]["externalName"] == "livekit.matrix-host-network.svc.cluster.local"
+    assert objects["service-livekit"]["metadata"]["namespace"] == "matrix-host-network"
+    # Its clients are the stack's pods, in the other namespace.
+    peers = [peer for rule in objects["networkpolicy-livekit"]["spec"]["ingress"] for peer in rule.get("from", [])
+             if "podSelector" in peer]
+    assert peers and all(peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "matrix"}}
+                         for peer in peers)
+
+
+def test_the_namespace_enforces_restricted() -> None:
+    objects = kube.render([_livekit(), _svc("other")], CTX)
+    labels = objects["namespace-matrix"]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == kube.ENFORCED_LEVEL == "restricted"
+    assert [o["metadata"]["name"] for o in objects.values() if o["kind"] == "Namespace"] == ["matrix"]
 
 
 EDGE_HOSTS = ("example.org", "matrix.example.org", "call.example.org")

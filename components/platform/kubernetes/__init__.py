@@ -20,9 +20,11 @@ from components.platform.spec import EdgeCertificate, Service
 from .edge import ORIGIN_CA_SECRET, ORIGIN_CA_SUFFIX, TLS_SECRET, edge_objects, ingresses, origin_ca_secret
 from .objects import (
     CHECKSUM_ANNOTATION,
+    ENFORCED_LEVEL,
     MASK,
     NAME_LABEL,
     PART_OF,
+    POD_SECURITY_EXCEPTIONS,
     Context,
     borrowed_volumes,
     checksum,
@@ -30,6 +32,8 @@ from .objects import (
     config_object_name,
     digest,
     env_secrets,
+    exception_namespace,
+    external_name,
     file_key,
     file_objects,
     is_edge,
@@ -37,6 +41,8 @@ from .objects import (
     manifest_key,
     masked,
     namespace,
+    namespaces,
+    pod_security_exception,
     pod_template,
     render_service,
     shared_claims,
@@ -56,8 +62,30 @@ def owned_objects(services: list[Service], ctx: Context, held: EdgeCertificate |
     config checksum) defaults to the plain sha256 of each service's files."""
     ctx = dataclasses.replace(ctx, shared_volumes=ctx.shared_volumes | shared_volume_names(services),
                               borrowed=tuple(sorted(borrowed_volumes(services).items())))
-    ns = namespace(ctx, services)
-    yield None, manifest_key(ns), ns
+    for ns in namespaces(ctx, services):
+        yield None, manifest_key(ns), ns
+    # Pods that cannot pass the stack namespace's Pod Security level live in their exception's
+    # namespace; a Service of the stack's namespace keeps their bare names resolving.
+    moved: dict[str, list[Service]] = {}
+    for service in services:
+        exception = pod_security_exception(service, ctx)
+        if exception is not None:
+            moved.setdefault(exception_namespace(ctx, exception), []).append(service)
+    away = {s.name for group in moved.values() for s in group}
+    home = [s for s in services if s.name not in away]
+    yield from _owned_in(home, ctx, held, checksums)
+    for name, group in moved.items():
+        for service in group:
+            alias = external_name(service, ctx, name)
+            if alias is not None:
+                yield service.name, f"{manifest_key(alias)}-{ctx.namespace}", alias
+        yield from _owned_in(group, dataclasses.replace(ctx, namespace=name, clients_namespace=ctx.namespace),
+                             held, checksums)
+
+
+def _owned_in(services: list[Service], ctx: Context, held: EdgeCertificate | None,
+              checksums: Mapping[str, pulumi.Input[str]] | None) -> Iterator[Owned]:
+    """The objects of `services` in ctx's namespace."""
     readers: dict[str, str] = {}
     for service in services:
         for f in service.files:
@@ -93,8 +121,8 @@ def render(services: list[Service], ctx: Context, held: EdgeCertificate | None =
 
 
 __all__ = [
-    "CHECKSUM_ANNOTATION", "EDGE_CERTIFICATE", "MASK", "NAME_LABEL", "ORIGIN_CA_SECRET", "ORIGIN_CA_SUFFIX",
-    "PART_OF", "TLS_SECRET", "Context", "checksum", "checksum_inputs", "digest", "edge_objects", "file_key", "file_objects",
-    "ingresses", "labels", "manifest_key", "masked", "namespace", "network_policies", "network_policy", "owned_objects",
+    "CHECKSUM_ANNOTATION", "EDGE_CERTIFICATE", "ENFORCED_LEVEL", "MASK", "NAME_LABEL", "ORIGIN_CA_SECRET", "ORIGIN_CA_SUFFIX",
+    "PART_OF", "POD_SECURITY_EXCEPTIONS", "TLS_SECRET", "Context", "checksum", "checksum_inputs", "digest", "edge_objects", "file_key", "file_objects",
+    "ingresses", "labels", "manifest_key", "masked", "namespace", "namespaces", "network_policies", "network_policy", "owned_objects",
     "origin_ca_secret", "pod_template", "render", "render_service", "roles", "service_monitors", "workload",
 ]

@@ -14,7 +14,9 @@ Per service:
     (instance_map, upstreams) is the service name, as on a Docker network.
   - The pod template carries the sha256 of every file the pod reads: a config change rolls
     exactly the pods that read the changed file.
-Cluster-wide: the Namespace and LoadBalancer Services (or hostNetwork) for media ports. A role's
+Cluster-wide: the Namespace, enforcing Pod Security `restricted`, and LoadBalancer Services (or
+hostNetwork) for media ports. A pod that cannot be restricted lives in a namespace of its own,
+named with its reason in POD_SECURITY_EXCEPTIONS. A role's
 disruption budget, network policy and ServiceMonitor are roles.py's; the Ingresses in front of
 the routing proxy are edge.py's.
 """
@@ -27,7 +29,7 @@ import hmac
 import math
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,9 @@ class Context:
     # (volume, owner): volumes one workload owns (its claim template) that others only read; the
     # readers mount the owner's pod's claim on the owner's node (borrowed_volumes).
     borrowed: tuple[tuple[str, str], ...] = ()
+    # Set when rendering an exception's namespace (POD_SECURITY_EXCEPTIONS): the stack's own
+    # namespace, whose pods are the clients its network policies admit.
+    clients_namespace: str | None = None
 
     @classmethod
     def of(cls, cfg: StackConfig, shared_volumes: Iterable[str] = ()) -> Context:
@@ -500,15 +505,78 @@ def render_service(service: Service, ctx: Context, config_checksum: pulumi.Input
 # ---------------------------------------------------------------- cluster-wide objects
 
 
-def namespace(ctx: Context, services: Iterable[Service]) -> dict[str, Any]:
-    # Pod Security admission: `baseline` forbids hostNetwork, so a host-networked SFU needs
-    # `privileged`; everything else passes `baseline` (PostgreSQL starts as root).
-    level = "privileged" if any(host_network(s, ctx) for s in services) else "baseline"
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": ctx.namespace, "labels": {
-                "app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": "pulumi",
-                "pod-security.kubernetes.io/enforce": level,
-                "pod-security.kubernetes.io/warn": "restricted"}}}
+# The Pod Security level the stack's namespace enforces: every pod runs as a non-root user, with
+# no capability but NET_BIND_SERVICE, no privilege escalation and the runtime's seccomp profile.
+ENFORCED_LEVEL = "restricted"
+
+
+@dataclass(frozen=True)
+class PodSecurityException:
+    """Pods that cannot pass ENFORCED_LEVEL, and why. They live in a namespace of their own
+    (`<namespace>-<name>`) enforcing `level`, so they never lower the stack's namespace."""
+
+    name: str
+    level: str
+    reason: str
+    applies: Callable[[Service, Context], bool]
+
+
+# Every exception, with its reason: tests/integration/test_pod_security.py holds each pod of a
+# rendered stack to ENFORCED_LEVEL, and each pod here to its own level.
+POD_SECURITY_EXCEPTIONS: tuple[PodSecurityException, ...] = (
+    PodSecurityException(
+        "host-network", "privileged",
+        "LiveKit with livekit_exposure: host_network serves media on the node's own addresses, so "
+        "there is no NAT between the SFU and its clients' ICE candidates; hostNetwork shares the "
+        "node's network namespace, which baseline and restricted both forbid",
+        host_network),
+)
+
+
+def pod_security_exception(service: Service, ctx: Context) -> PodSecurityException | None:
+    return next((e for e in POD_SECURITY_EXCEPTIONS if e.applies(service, ctx)), None)
+
+
+def exception_namespace(ctx: Context, exception: PodSecurityException) -> str:
+    return f"{ctx.namespace}-{exception.name}"
+
+
+def _namespace(name: str, level: str, reason: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {
+        "app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": "pulumi",
+        "pod-security.kubernetes.io/enforce": level,
+        "pod-security.kubernetes.io/warn": "restricted"}}
+    if reason:
+        meta["annotations"] = {"matrix-stack/pod-security-exception": reason}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+def namespace(ctx: Context, services: Iterable[Service] = ()) -> dict[str, Any]:
+    """The stack's namespace: Pod Security admission enforces ENFORCED_LEVEL on its every pod."""
+    return _namespace(ctx.namespace, ENFORCED_LEVEL)
+
+
+def namespaces(ctx: Context, services: Iterable[Service]) -> list[dict[str, Any]]:
+    """The stack's namespace, and one per exception some service falls under."""
+    services = list(services)
+    out = [namespace(ctx)]
+    for exception in POD_SECURITY_EXCEPTIONS:
+        if any(exception.applies(s, ctx) for s in services):
+            out.append(_namespace(exception_namespace(ctx, exception), exception.level, exception.reason))
+    return out
+
+
+def external_name(service: Service, ctx: Context, target_namespace: str) -> dict[str, Any] | None:
+    """A Service in the stack's namespace naming `service`'s own Service in another namespace: the
+    addresses the components render (the proxy's upstreams, webhooks) stay its bare name. The
+    cluster's DNS domain is assumed to be the default, cluster.local."""
+    ports = cluster_service(service)
+    if not ports:
+        return None
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(service.name, ctx, labels(service)),
+            "spec": {"type": "ExternalName",
+                     "externalName": f"{service.name}.{target_namespace}.svc.cluster.local",
+                     "ports": ports}}
 
 
 def shared_claims(services: Iterable[Service], ctx: Context) -> dict[str, dict[str, Any]]:

@@ -113,7 +113,7 @@ class KubernetesPlatform(KubernetesCluster):
         parents[None] = None
         shared = shared_volume_names(services)
         sums = {s.name: checksum(s, self.checksum_key) for s in services}
-        namespace: k8s.core.v1.Namespace | None = None
+        namespaces: list[k8s.core.v1.Namespace] = []
         declared: set[str] = set()
         for owner, key, obj in owned_objects(services, self.ctx, graph.edge_certificate, sums):
             if key in declared:
@@ -122,8 +122,8 @@ class KubernetesPlatform(KubernetesCluster):
             kind = obj["kind"]
             body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
             if kind == "Namespace":
-                namespace = k8s.core.v1.Namespace(key, metadata=body["metadata"],
-                                                  opts=pulumi.ResourceOptions(provider=self.provider))
+                namespaces.append(k8s.core.v1.Namespace(key, metadata=body["metadata"],
+                                                        opts=pulumi.ResourceOptions(provider=self.provider)))
                 continue
             extra: dict[str, Any] = {}
             owns_data = kind == "StatefulSet" and any(
@@ -136,7 +136,7 @@ class KubernetesPlatform(KubernetesCluster):
             if parent is not None and (aliases := graph.aliases(parent)):
                 extra["aliases"] = aliases
             opts = pulumi.ResourceOptions(parent=parent, provider=self.provider,
-                                          depends_on=[namespace] if namespace is not None else [], **extra)
+                                          depends_on=list(namespaces), **extra)
             if kind in _CONSTRUCTORS:
                 _CONSTRUCTORS[kind](key, **body, opts=opts)
             else:

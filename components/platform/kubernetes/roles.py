@@ -116,6 +116,12 @@ def ingress_rules(service: Service, by_name: bool = False) -> list[dict[str, Any
 
 def _policy(name: str, meta_labels: dict[str, str], match: dict[str, str], rules: list[dict[str, Any]],
             ctx: Context) -> dict[str, Any]:
+    if ctx.clients_namespace:
+        # In an exception's namespace (objects.POD_SECURITY_EXCEPTIONS) the clients are the
+        # stack's pods: a bare podSelector would select pods of this namespace only.
+        home = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ctx.clients_namespace}}}
+        rules = [{**rule, "from": [{**peer, **home} if "podSelector" in peer else peer for peer in rule["from"]]}
+                 if "from" in rule else rule for rule in rules]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": _meta(name, ctx, meta_labels),
             "spec": {"podSelector": {"matchLabels": match}, "policyTypes": ["Ingress"], "ingress": rules}}
