@@ -14,6 +14,7 @@ import argparse
 import difflib
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKTREE = "WORKTREE"
 MASK = "[secret]"  # how resources.json shows a secret input (render.offline.MASK)
@@ -31,6 +34,31 @@ RESOURCE_OPTIONS = ("protect", "retainOnDelete", "deleteBeforeReplace", "parent"
 # Limits that keep the summary inside a PR comment (GitHub refuses bodies above 65,536 chars).
 MAX_DIFF_LINES = 80
 MAX_CHARS = 60_000
+
+CONTAINER = "docker:index/container:Container"
+# The docker.Container inputs (Pulumi names) pulumi-docker updates in place: every attribute of the
+# container schema without ForceNew. Read from internal/provider/resource_docker_container.go of
+# kreuzwerker/terraform-provider-docker at tag v4.5.0, the `upstream` submodule of
+# pulumi/pulumi-docker at v5.1.0 (unchanged after it in the snapshot read; the v5.2.0 tag was not in
+# it: re-read on a pin bump). Every other input (image, command, envs, labels, uploads, ports,
+# volumes, mounts, networksAdvanced, user, logOpts, ...) is ForceNew: a change replaces the
+# container. Of these, resourceDockerContainerUpdate (resource_docker_container_funcs.go) applies
+# to the running container only restart, maxRetryCount, cpuShares, memory, memoryReservation,
+# cpuSet, memorySwap and the device_* throttles; the others change Pulumi's state alone (a
+# changed healthcheck reaches Docker only with the next replacement). Computed-only attributes
+# (exitCode, containerLogs, bridge, networkData) are no inputs.
+DOCKER_IN_PLACE_INPUTS = frozenset({
+    "restart", "maxRetryCount", "cpuShares", "cpuSet", "cpuPeriod", "cpuQuota",
+    "memory", "memoryReservation", "memorySwap",
+    "deviceReadBps", "deviceReadIops", "deviceWriteBps", "deviceWriteIops",
+    "rm", "start", "mustRun", "wait", "waitTimeout", "attach", "logs", "removeVolumes",
+    "destroyGraceSeconds", "containerReadRefreshTimeoutMilliseconds",
+    "healthcheck", "tmpfs", "init",
+})
+# Options that replace a resource when they change (a new provider is a new resource).
+REPLACING_OPTIONS = frozenset({"provider"})
+UPDATED = "updated in place"
+REPLACED = "replaced"
 
 
 # ---------------------------------------------------------------- the comparison
@@ -42,6 +70,32 @@ class ResourceChange:
     type: str
     name: str
     keys: list[str] = field(default_factory=list)  # inputs / options that differ
+
+    @property
+    def effect(self) -> str | None:
+        """For a changed container: updated in place, or replaced (any ForceNew input changed).
+        pulumi-docker deletes a container before creating its replacement (deleteBeforeReplace,
+        provider/resources.go), so a replaced container's service is down meanwhile."""
+        if self.kind != "changed" or self.type != CONTAINER:
+            return None
+        for key in self.keys:
+            name = key.split(" ", 1)[0]
+            if name.startswith("["):
+                if name.strip("[]") in REPLACING_OPTIONS:
+                    return REPLACED
+            elif name not in DOCKER_IN_PLACE_INPUTS:
+                return REPLACED
+        return UPDATED
+
+
+@dataclass
+class Cost:
+    """What one change costs while it is applied."""
+
+    name: str  # the container or Kubernetes workload
+    effect: str  # updated in place | replaced | rolled
+    unavailable: list[str] = field(default_factory=list)
+    note: str = ""
 
 
 @dataclass
@@ -66,6 +120,7 @@ class StackDiff:
     services: list[ServiceChange] = field(default_factory=list)
     files: list[FileChange] = field(default_factory=list)
     manifests: list[ServiceChange] = field(default_factory=list)
+    costs: list[Cost] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -204,6 +259,190 @@ def compare_files(base: Mapping[str, tuple[str, bool]], head: Mapping[str, tuple
     return changes
 
 
+# ---------------------------------------------------------------- what a change costs
+
+
+@dataclass
+class Site:
+    """One nginx server block: its hostnames and, per route ($synapse_route), the targets it
+    proxies to: (pool or address, the request methods sent there, "" for every method)."""
+
+    names: tuple[str, ...]
+    routes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+@dataclass
+class ProxyRoutes:
+    """The routes of a rendered nginx.conf: pools (upstream -> servers' hosts) and sites."""
+
+    pools: dict[str, list[str]] = field(default_factory=dict)
+    sites: list[Site] = field(default_factory=list)
+
+    def hosts(self, target: str) -> list[str]:
+        return self.pools.get(target, [target])
+
+
+def _host(address: str) -> str:
+    return address.split("/", 1)[0].rsplit(":", 1)[0]
+
+
+def parse_nginx(text: str) -> ProxyRoutes:
+    """Upstream blocks, `map $request_method` pools, and each server's `set $synapse_route` +
+    `proxy_pass` pairs (components/nginx.set_route, proxy_block)."""
+    routes = ProxyRoutes()
+    maps: dict[str, list[tuple[str, str]]] = {}
+    pending: list[tuple[Site, str, str]] = []  # (site, route, proxy_pass target)
+    stack: list[tuple[str, str]] = []  # (block kind, its name)
+    site: Site | None = None
+    server_route = location_route = "none"
+    for raw in text.splitlines():
+        line = raw.strip()
+        words = line.rstrip(";{").split()
+        if line.endswith("{"):
+            kind = words[0] if words else ""
+            name = words[1] if kind == "upstream" else words[-1] if kind == "map" else ""
+            stack.append((kind, name))
+            if kind == "server":
+                site, server_route = Site(()), "none"
+                routes.sites.append(site)
+            elif kind == "location":
+                location_route = server_route
+            elif kind == "map" and words[1] == "$request_method":
+                maps[name] = []
+            continue
+        if line == "}":
+            if stack and stack.pop()[0] == "server":
+                site = None
+            continue
+        kind, name = stack[-1] if stack else ("", "")
+        if kind == "upstream" and words[:1] == ["server"]:
+            routes.pools.setdefault(name, []).append(_host(words[1]))
+        elif kind == "map" and name in maps and len(words) == 2:
+            maps[name].append((words[0], words[1]))
+        elif site is not None and words[:1] == ["server_name"]:
+            site.names += tuple(words[1:])
+        elif site is not None and words[:2] == ["set", "$synapse_route"]:
+            if kind == "location":
+                location_route = words[2]
+            else:
+                server_route = words[2]
+        elif site is not None and words[:1] == ["proxy_pass"]:
+            route = location_route if kind == "location" else server_route
+            pending.append((site, route, re.sub(r"^https?://", "", words[1])))
+    for site_, route, target in pending:
+        targets = site_.routes.setdefault(route, [])
+        if target.startswith("$") and target in maps:
+            by_pool: dict[str, list[str]] = {}
+            for method, pool in maps[target]:
+                by_pool.setdefault(pool, []).append(method)
+            for pool, sent in by_pool.items():
+                targets.append((pool, "other methods" if "default" in sent else "/".join(sent)))
+        else:
+            address = target.split("/", 1)[0]
+            targets.append((address if address in routes.pools else _host(address), ""))
+    return routes
+
+
+def _container_name(resource: Mapping[str, Any]) -> str:
+    return str(resource.get("inputs", {}).get("name") or resource["name"])
+
+
+def _sites_text(names: Iterable[str]) -> str:
+    return ", ".join(_code(n) for n in names) or "the default server"
+
+
+def container_costs(changes: list[ResourceChange], head: Tree) -> list[Cost]:
+    """Each changed container: updated in place or replaced, and for a replaced one the routes
+    unavailable meanwhile, read from the head's rendered nginx.conf (the proxy is the service
+    that owns it): a route is down while every server of a pool it proxies to is replaced."""
+    containers = {r["name"]: r for r in head.resources if r["type"] == CONTAINER}
+    services = {s["name"] for s in head.services}
+    confs = {path.partition("/")[0]: text for path, (text, _secret) in head.files.items()
+             if path.endswith("nginx.conf")}
+    proxy = ProxyRoutes()
+    for text in confs.values():
+        parsed = parse_nginx(text)
+        proxy.pools.update(parsed.pools)
+        proxy.sites += parsed.sites
+    changed = [c for c in changes if c.effect is not None]
+    replaced = {_container_name(containers[c.name]) for c in changed
+                if c.effect == REPLACED and c.name in containers}
+    costs: list[Cost] = []
+    for change in changed:
+        cost = Cost(change.name, change.effect or UPDATED)
+        costs.append(cost)
+        resource = containers.get(change.name)
+        if cost.effect != REPLACED or resource is None:
+            continue
+        host = _container_name(resource)
+        if change.name in confs or host in confs:
+            cost.unavailable = [f"all sites: {_sites_text(n for s in proxy.sites for n in s.names)}"]
+            continue
+        partial: dict[str, str] = {}
+        for site in proxy.sites:
+            down: list[str] = []
+            for route, targets in site.routes.items():
+                for target, methods in targets:
+                    hosts = proxy.hosts(target)
+                    if host not in hosts:
+                        continue
+                    gone = sum(h in replaced for h in hosts)
+                    if gone == len(hosts):
+                        label = f"{route} ({methods})" if methods else route
+                        if label not in down:
+                            down.append(label)
+                    else:
+                        partial[target] = (f"{_code(target)}: {gone} of {len(hosts)} instances replaced, "
+                                           "the others keep serving its routes")
+            routed = [r for r, targets in site.routes.items() if targets]
+            if down and len(down) == len(routed) and all("(" not in d for d in down):
+                cost.unavailable.append(f"{_sites_text(site.names)} (the whole site)")
+            elif down:
+                cost.unavailable.append(f"{_sites_text(site.names)}: {', '.join(down)}")
+        cost.note = "; ".join(partial.values())
+        if cost.unavailable or partial:
+            continue
+        if host not in services:
+            cost.note = "a one-shot task, no service: nothing unavailable"
+            continue
+        # Not behind the proxy (a database, a cache, a background worker): the services that
+        # depend on it lose it meanwhile. The proxy depends on every routed process only to
+        # start after them.
+        urn = resource["urn"]
+        dependents = sorted(_code(r["name"]) for r in containers.values()
+                            if urn in r.get("dependsOn", []) and r["name"] in services
+                            and _container_name(r) not in confs and r["name"] not in confs)
+        if dependents:
+            cost.unavailable = [f"to its dependents: {', '.join(dependents)}"]
+        else:
+            cost.note = "serves no public route: its work waits until it is back"
+    return costs
+
+
+_WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+def manifest_costs(base: Mapping[str, str], head: Mapping[str, str]) -> list[Cost]:
+    """A changed pod template rolls its workload; a single-replica StatefulSet is down while its
+    one pod restarts (its old pod stops before the new one starts)."""
+    costs: list[Cost] = []
+    for name in sorted(set(base) & set(head)):
+        if base[name] == head[name]:
+            continue
+        old, new = yaml.safe_load(base[name]) or {}, yaml.safe_load(head[name]) or {}
+        if new.get("kind") not in _WORKLOADS or old.get("kind") != new.get("kind"):
+            continue
+        spec, old_spec = new.get("spec", {}), old.get("spec", {})
+        if spec.get("template") == old_spec.get("template"):
+            continue
+        cost = Cost(name, "rolled")
+        replicas = spec.get("replicas", 1)
+        if new["kind"] == "StatefulSet" and replicas == 1:
+            cost.unavailable = ["down while its one pod restarts"]
+        costs.append(cost)
+    return costs
+
+
 def compare(stack: str, base: Tree, head: Tree) -> StackDiff:
     manifests = [
         ServiceChange("added" if n not in base.manifests else "removed" if n not in head.manifests else "changed", n)
@@ -215,12 +454,14 @@ def compare(stack: str, base: Tree, head: Tree) -> StackDiff:
     for f in files:
         service, _, path = f.path.partition("/")
         by_service.setdefault(service, []).append("/" + path)
+    resources = compare_resources(base.resources, head.resources, base.fingerprints, head.fingerprints, by_service)
     return StackDiff(
         stack,
-        resources=compare_resources(base.resources, head.resources, base.fingerprints, head.fingerprints, by_service),
+        resources=resources,
         services=compare_services(base.services, head.services),
         files=files,
         manifests=manifests,
+        costs=container_costs(resources, head) + manifest_costs(base.manifests, head.manifests),
     )
 
 
@@ -255,11 +496,26 @@ def _stack_markdown(d: StackDiff) -> list[str]:
         out += ["| service | change | fields |", "|---|---|---|"]
         out += [f"| {_code(s.name)} | {s.kind} | {', '.join(s.keys)} |" for s in d.services]
         out.append("")
+    if d.costs:
+        out += _costs_markdown(d.costs)
     if d.manifests:
         out += ["Kubernetes manifests: " + ", ".join(f"{_code(m.name)} ({m.kind})" for m in d.manifests), ""]
     if d.files:
         out += _files_markdown(d.files)
     return out
+
+
+def _costs_markdown(costs: list[Cost]) -> list[str]:
+    out = ["What it costs (a replaced container is deleted before its replacement starts: "
+           "its service is down meanwhile):", ""]
+    for c in costs:
+        line = f"- {_code(c.name)}: **{c.effect}**"
+        if c.unavailable:
+            line += "; unavailable meanwhile: " + "; ".join(c.unavailable)
+        if c.note:
+            line += "; " + c.note
+        out.append(line)
+    return out + [""]
 
 
 def _files_markdown(files: list[FileChange]) -> list[str]:
