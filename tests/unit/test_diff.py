@@ -130,3 +130,169 @@ def test_a_stack_missing_on_one_side_shows_as_added(tmp_path: Path) -> None:
     d = diff.compare("dev", diff.Tree.empty(), head)
     assert d.resources and all(r.kind == "added" for r in d.resources)
     assert {s.name for s in d.services} == {s["name"] for s in head.services}
+
+
+# ---------------------------------------------------------------- what a change costs
+
+
+def _nginx(generic: int) -> str:
+    """A proxy config in the rendered form (components/synapse/routing, components/edge)."""
+    servers = "\n".join(f"        server synapse-generic-{i}:910{i} max_fails=0;" for i in range(1, generic + 1))
+    return f"""http {{
+    map $request_method $synapse_account_data_by_method {{
+        default synapse_main;
+        GET synapse_generic;
+        HEAD synapse_generic;
+    }}
+    upstream synapse_main {{
+        least_conn;
+        server synapse-main:8008 max_fails=0;
+        keepalive 32;
+    }}
+    upstream synapse_generic {{
+        least_conn;
+{servers}
+        keepalive 32;
+    }}
+    server {{
+        listen 8080;
+        server_name matrix.example.org;
+        set $synapse_route none;
+        location = /.well-known/matrix/server {{
+            return 200 '{{}}';
+        }}
+        location ~* ^/_matrix/client/(r0|v3|unstable)/.*/account_data {{
+            set $synapse_route account_data;
+            proxy_pass http://$synapse_account_data_by_method;
+        }}
+        location ~* ^/_matrix/client/(v2_alpha|r0|v3)/sync$ {{
+            set $synapse_route sync;
+            proxy_pass http://synapse_generic;
+        }}
+        location ~* ^(/_matrix|/_synapse/client) {{
+            set $synapse_route main;
+            proxy_pass http://synapse_main;
+        }}
+    }}
+    server {{
+        listen 8080;
+        server_name ntfy.example.org;
+        set $synapse_route site-ntfy;
+        location / {{
+            proxy_pass http://ntfy:8080;
+        }}
+    }}
+    server {{
+        listen 8081;
+        location = /health {{
+            return 200 'OK';
+        }}
+    }}
+}}
+"""
+
+
+def _container(name: str, depends: tuple[str, ...] = (), **inputs: Any) -> dict[str, Any]:
+    return {"urn": f"urn:{name}", "type": CONTAINER, "name": name, "dependsOn": [f"urn:{d}" for d in depends],
+            "inputs": {"name": name, "image": "img:1", "memory": 512, "envs": ["A=1"], **inputs}}
+
+
+def _stack(generic: int = 1, changed: dict[str, dict[str, Any]] | None = None) -> diff.Tree:
+    """A small Docker stack: proxy, main, `generic` generic workers, ntfy, PostgreSQL, a one-shot
+    check; `changed` overrides a container's inputs."""
+    synapse = ["synapse-main", *(f"synapse-generic-{i}" for i in range(1, generic + 1))]
+    names = ["synapse-postgres", "synapse-check-config", *synapse, "ntfy", "synapse-proxy"]
+    depends: dict[str, tuple[str, ...]] = {n: ("synapse-postgres",) for n in [*synapse, "synapse-check-config"]}
+    depends["synapse-proxy"] = (*synapse, "ntfy")
+    resources = [_container(n, depends.get(n, ()), **(changed or {}).get(n, {})) for n in names]
+    services = [{"name": n} for n in names if n != "synapse-check-config"]
+    files = {"synapse-proxy/etc/nginx/nginx.conf": (_nginx(generic), False)}
+    return diff.Tree(resources, services, files, {})
+
+
+def _costs(base: diff.Tree, head: diff.Tree) -> dict[str, diff.Cost]:
+    return {c.name: c for c in diff.compare("s", base, head).costs}
+
+
+def test_a_memory_only_change_is_updated_in_place() -> None:
+    d = diff.compare("s", _stack(), _stack(changed={"synapse-generic-1": {"memory": 1024}}))
+    (cost,) = d.costs
+    assert (cost.name, cost.effect, cost.unavailable) == ("synapse-generic-1", "updated in place", [])
+    assert "- `synapse-generic-1`: **updated in place**\n" in diff.markdown([d])
+
+
+@pytest.mark.parametrize("inputs", [
+    {"uploads": [{"file": "/conf/homeserver.yaml", "content": "new"}]},
+    {"envs": ["A=2"]},
+    {"image": "img:2"},
+    {"memory": 1024, "labels": [{"label": "digest", "value": "2"}]},
+])
+def test_an_uploads_env_or_image_change_replaces_the_container(inputs: dict[str, Any]) -> None:
+    costs = _costs(_stack(), _stack(changed={"ntfy": inputs}))
+    assert costs["ntfy"].effect == "replaced"
+    # A site's own service: its hostname is down meanwhile.
+    assert costs["ntfy"].unavailable == ["`ntfy.example.org` (the whole site)"]
+
+
+def test_the_proxy_replaced_takes_every_site_down() -> None:
+    d = diff.compare("s", _stack(), _stack(changed={"synapse-proxy": {"image": "nginx:2"}}))
+    assert [(c.name, c.effect) for c in d.costs] == [("synapse-proxy", "replaced")]
+    assert d.costs[0].unavailable == ["all sites: `matrix.example.org`, `ntfy.example.org`"]
+    assert "- `synapse-proxy`: **replaced**; unavailable meanwhile: all sites: `matrix.example.org`, " \
+           "`ntfy.example.org`" in diff.markdown([d])
+
+
+def test_the_only_generic_worker_replaced_names_its_route_groups() -> None:
+    costs = _costs(_stack(1), _stack(1, changed={"synapse-generic-1": {"image": "img:2"}}))
+    assert costs["synapse-generic-1"].unavailable == ["`matrix.example.org`: account_data (GET/HEAD), sync"]
+
+
+def test_one_of_two_generic_workers_replaced_leaves_the_other_serving() -> None:
+    costs = _costs(_stack(2), _stack(2, changed={"synapse-generic-1": {"image": "img:2"}}))
+    generic = costs["synapse-generic-1"]
+    assert generic.effect == "replaced" and generic.unavailable == []
+    assert generic.note == "`synapse_generic`: 1 of 2 instances replaced, the others keep serving its routes"
+    # Both replaced at once: the pool is down.
+    both: dict[str, dict[str, Any]] = {f"synapse-generic-{i}": {"image": "img:2"} for i in (1, 2)}
+    costs = _costs(_stack(2), _stack(2, changed=both))
+    assert costs["synapse-generic-2"].unavailable == ["`matrix.example.org`: account_data (GET/HEAD), sync"]
+
+
+def test_main_replaced_names_mains_routes_and_postgres_its_dependents() -> None:
+    costs = _costs(_stack(), _stack(changed={"synapse-main": {"envs": ["A=2"]}, "synapse-postgres": {"image": "pg:17"},
+                                      "synapse-check-config": {"image": "img:2"}}))
+    assert costs["synapse-main"].unavailable == ["`matrix.example.org`: account_data (other methods), main"]
+    assert costs["synapse-postgres"].unavailable == ["to its dependents: `synapse-generic-1`, `synapse-main`"]
+    assert costs["synapse-check-config"].unavailable == []
+    assert "one-shot" in costs["synapse-check-config"].note
+
+
+def _workload(kind: str, image: str, replicas: int = 1) -> str:
+    return (f"apiVersion: apps/v1\nkind: {kind}\nmetadata:\n  name: w\nspec:\n  replicas: {replicas}\n"
+            f"  template:\n    spec:\n      containers:\n      - name: w\n        image: {image}\n")
+
+
+def test_a_changed_pod_template_rolls_its_workload() -> None:
+    base = diff.Tree([], [], {}, {"statefulset-redis": _workload("StatefulSet", "valkey:8"),
+                                  "deployment-web": _workload("Deployment", "web:1", 2),
+                                  "configmap-x": "kind: ConfigMap\ndata: {a: '1'}\n"})
+    head = diff.Tree([], [], {}, {"statefulset-redis": _workload("StatefulSet", "valkey:9"),
+                                  "deployment-web": _workload("Deployment", "web:2", 2),
+                                  "configmap-x": "kind: ConfigMap\ndata: {a: '2'}\n"})
+    d = diff.compare("s", base, head)
+    assert [(c.name, c.effect, c.unavailable) for c in d.costs] == [
+        ("deployment-web", "rolled", []),
+        ("statefulset-redis", "rolled", ["down while its one pod restarts"]),
+    ]
+
+
+def test_the_upload_size_change_replaces_every_synapse_process_and_the_proxy(upload_size_diff: Any) -> None:
+    d, head = upload_size_diff
+    costs = {c.name: c for c in d.costs}
+    assert {c.effect for c in costs.values()} == {"replaced"}
+    hostnames = [n for s in diff.parse_nginx(head.files["synapse-proxy/etc/nginx/nginx.conf"][0]).sites
+                 for n in s.names]
+    assert len(hostnames) >= 2
+    assert costs["synapse-proxy"].unavailable == ["all sites: " + ", ".join(f"`{n}`" for n in hostnames)]
+    (main_routes,) = costs["synapse-main"].unavailable
+    assert main_routes.endswith(", main") and "main_only" in main_routes and "sync" not in main_routes
