@@ -364,18 +364,33 @@ def container_costs(changes: list[ResourceChange], head: Tree) -> list[Cost]:
         parsed = parse_nginx(text)
         proxy.pools.update(parsed.pools)
         proxy.sites += parsed.sites
-    changed = [c for c in changes if c.effect is not None]
-    replaced = {_container_name(containers[c.name]) for c in changed
-                if c.effect == REPLACED and c.name in containers}
+    effects = {c.name: c.effect or UPDATED for c in changes if c.effect is not None}
+    # A replaced container replaces those whose replacement trigger holds its ID (the proxy,
+    # which resolves its upstreams' addresses once at start), transitively.
+    name_by_urn = {r["urn"]: r["name"] for r in containers.values()}
+    causes: dict[str, list[str]] = {}
+    while True:
+        replacing = {n for n, e in effects.items() if e == REPLACED}
+        more = {r["name"]: sorted(name_by_urn[u] for u in r.get("replacedWith", [])
+                                  if name_by_urn.get(u) in replacing)
+                for r in containers.values() if r["name"] not in replacing}
+        more = {n: c for n, c in more.items() if c}
+        if not more:
+            break
+        causes.update(more)
+        effects.update(dict.fromkeys(more, REPLACED))
+    replaced = {_container_name(containers[n]) for n, e in effects.items() if e == REPLACED and n in containers}
     costs: list[Cost] = []
-    for change in changed:
-        cost = Cost(change.name, change.effect or UPDATED)
+    for name, effect in sorted(effects.items()):
+        cost = Cost(name, effect)
+        if name in causes:
+            cost.effect = f"{REPLACED} with {', '.join(_code(c) for c in causes[name])}"
         costs.append(cost)
-        resource = containers.get(change.name)
-        if cost.effect != REPLACED or resource is None:
+        resource = containers.get(name)
+        if effect != REPLACED or resource is None:
             continue
         host = _container_name(resource)
-        if change.name in confs or host in confs:
+        if name in confs or host in confs:
             cost.unavailable = [f"all sites: {_sites_text(n for s in proxy.sites for n in s.names)}"]
             continue
         partial: dict[str, str] = {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
@@ -134,6 +135,8 @@ class Registered:
     wire_inputs: Any  # the request's protobuf Struct
     dependencies: tuple[str, ...] = ()
     has_replacement_trigger: bool = False
+    # The resources whose IDs make up the replacement trigger: replacing one replaces this one.
+    replaced_with: tuple[str, ...] = ()
 
     @functools.cached_property
     def inputs(self) -> Mapping[str, Any]:
@@ -154,6 +157,7 @@ class Registered:
             "deleteBeforeReplace": self.delete_before_replace,
             "dependsOn": sorted(self.dependencies),
             "replacementTrigger": self.has_replacement_trigger,
+            "replacedWith": sorted(self.replaced_with),
             "inputs": _mask(dict(self.inputs)),
         }
 
@@ -167,10 +171,29 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: pulumi.runtime.Mocks):
         super().__init__(mocks)
         self.registered: list[Registered] = []
+        self.urn_by_id: dict[str, str] = {}
+
+    def _ids_in(self, value: Any) -> tuple[str, ...]:
+        """The resources (URNs) whose mock IDs a replacement trigger holds."""
+        plain = json_format.MessageToDict(value)
+        found: list[str] = []
+        stack = [plain]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack += item
+            elif isinstance(item, dict):
+                stack += item.values()
+            elif isinstance(item, str) and item in self.urn_by_id:
+                found.append(self.urn_by_id[item])
+        return tuple(found)
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
+        if request.custom and response.id:
+            self.urn_by_id[response.id] = response.urn
         if request.type != "pulumi:pulumi:Stack":
+            trigger = request.HasField("replacement_trigger")
             self.registered.append(Registered(
                 urn=response.urn,
                 type=request.type,
@@ -183,7 +206,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 delete_before_replace=bool(request.deleteBeforeReplace),
                 wire_inputs=request.object,
                 dependencies=tuple(request.dependencies),
-                has_replacement_trigger=request.HasField("replacement_trigger"),
+                has_replacement_trigger=trigger,
+                replaced_with=self._ids_in(request.replacement_trigger) if trigger else (),
             ))
         return response
 

@@ -197,7 +197,7 @@ def _container(name: str, depends: tuple[str, ...] = (), **inputs: Any) -> dict[
             "inputs": {"name": name, "image": "img:1", "memory": 512, "envs": ["A=1"], **inputs}}
 
 
-def _stack(generic: int = 1, changed: dict[str, dict[str, Any]] | None = None) -> diff.Tree:
+def _stack(generic: int = 1, changed: dict[str, dict[str, Any]] | None = None, trigger: bool = False) -> diff.Tree:
     """A small Docker stack: proxy, main, `generic` generic workers, ntfy, PostgreSQL, a one-shot
     check; `changed` overrides a container's inputs."""
     synapse = ["synapse-main", *(f"synapse-generic-{i}" for i in range(1, generic + 1))]
@@ -205,6 +205,8 @@ def _stack(generic: int = 1, changed: dict[str, dict[str, Any]] | None = None) -
     depends: dict[str, tuple[str, ...]] = {n: ("synapse-postgres",) for n in [*synapse, "synapse-check-config"]}
     depends["synapse-proxy"] = (*synapse, "ntfy")
     resources = [_container(n, depends.get(n, ()), **(changed or {}).get(n, {})) for n in names]
+    if trigger:  # the proxy's replacement trigger: the IDs of the containers it routes to
+        resources[-1]["replacedWith"] = [f"urn:{n}" for n in depends["synapse-proxy"]]
     services = [{"name": n} for n in names if n != "synapse-check-config"]
     files = {"synapse-proxy/etc/nginx/nginx.conf": (_nginx(generic), False)}
     return diff.Tree(resources, services, files, {})
@@ -296,3 +298,23 @@ def test_the_upload_size_change_replaces_every_synapse_process_and_the_proxy(upl
     assert costs["synapse-proxy"].unavailable == ["all sites: " + ", ".join(f"`{n}`" for n in hostnames)]
     (main_routes,) = costs["synapse-main"].unavailable
     assert main_routes.endswith(", main") and "main_only" in main_routes and "sync" not in main_routes
+
+
+def test_a_replaced_upstream_replaces_the_proxy_through_its_replacement_trigger() -> None:
+    d = diff.compare("s", _stack(2, trigger=True),
+                     _stack(2, changed={"synapse-generic-1": {"image": "img:2"}}, trigger=True))
+    costs = {c.name: c for c in d.costs}
+    assert costs["synapse-generic-1"].note.startswith("`synapse_generic`: 1 of 2 instances replaced")
+    assert costs["synapse-proxy"].effect == "replaced with `synapse-generic-1`"
+    assert costs["synapse-proxy"].unavailable == ["all sites: `matrix.example.org`, `ntfy.example.org`"]
+    # A memory change replaces nothing.
+    d = diff.compare("s", _stack(trigger=True), _stack(changed={"synapse-main": {"memory": 1}}, trigger=True))
+    assert [(c.name, c.effect) for c in d.costs] == [("synapse-main", "updated in place")]
+
+
+def test_the_render_records_the_proxys_replacement_trigger(upload_size_diff: Any) -> None:
+    _d, head = upload_size_diff
+    proxy = next(r for r in head.resources if r["name"] == "synapse-proxy")
+    names = {r["urn"]: r["name"] for r in head.resources}
+    synapse = {s["name"] for s in head.services if any(f["path"] == "/conf/homeserver.yaml" for f in s["files"])}
+    assert len(synapse) >= 2 and synapse <= {names[u] for u in proxy["replacedWith"]}

@@ -25,7 +25,7 @@ def _seen(registered: list[offline.Registered]) -> list[dict[str, Any]]:
     return sorted(({**r.masked(), "urn": r.name, "parent": names.get(r.parent, ""),
                     "dependsOn": sorted(names[u] for u in r.dependencies),
                     # Replacement triggers are the program's own Output arithmetic: not replayed.
-                    "replacementTrigger": None}
+                    "replacementTrigger": None, "replacedWith": None}
                    for r in registered), key=lambda r: (r["type"], r["name"]))
 
 
