@@ -2,7 +2,9 @@
 
 The offline diff: render every stack at two commits (under Pulumi's mocks, no credentials) and
 print a Markdown summary of what changed: resources (added, removed, changed with the input keys
-that differ), services, and the generated files, with a unified diff of every non-secret file.
+that differ), services, and the generated files, with a unified diff of every non-secret file,
+and what the change costs: each changed container updated in place or replaced, and the routes
+(read from the head's rendered nginx.conf) unavailable while it is replaced; Kubernetes rollouts.
 It needs no secrets, so it runs for pull requests from forks too.
 
 The comparison (`compare`, `markdown`) is pure: it reads two trees written by `python -m render`.
