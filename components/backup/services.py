@@ -125,4 +125,6 @@ def _job(cfg: StackConfig, name: str, mode: str, schedule: str, files: list[File
         resources=resources,
         schedule=schedule,
         steps=steps,
+        # The repository (S3, SFTP) is off the cluster; a volume repository is mounted instead.
+        egress_internet=() if isinstance(cfg.backup.repository, VolumeRepository) else ("backup repository",),
     )

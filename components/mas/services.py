@@ -90,6 +90,7 @@ def mas_service(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.
         # The routing proxy forwards clients; Synapse introspects tokens.
         allowed_clients=(*((view.edge_service,) if view.edge_service else ()),
                          *(view.homeserver.processes if view.homeserver else ())),
+        egress_internet=("upstream OIDC providers", "SMTP"),
     )
 
 

@@ -165,6 +165,11 @@ class Service:
     # (service, port) pairs this service dials; a target whose services live on several hosts
     # publishes those ports on the owning host (placement.reach says when).
     reaches: tuple[tuple[str, int], ...] = ()
+    # Why this service dials the internet (federation, push gateways, remote media, OIDC
+    # providers, a backup repository ...); empty: it never does. A target that restricts egress
+    # (Kubernetes NetworkPolicies) opens the public internet to exactly the services naming a
+    # reason; the Docker target leaves every container's egress open and ignores it.
+    egress_internet: tuple[str, ...] = ()
     # The public entry point (the routing proxy): the hostnames it serves, for the target's own
     # front door (Kubernetes Ingress). None for every other service.
     edge: Edge | None = None

@@ -173,6 +173,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         # A role's processes are monitored, guarded from disruption and admitted together.
         role_label=ROLE_LABEL,
         labels={ROLE_LABEL: role.name if role else "main"},
+        egress_internet=process.egress_internet,
     )
 
 
