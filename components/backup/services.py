@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import pulumi
 
 from components.platform.spec import File, Resources, Service, Step, Volume
+from components.platform.targets import target_of
 from components.view import StackView
 from config import images
 from config.model import S3Repository, SftpRepository, StackConfig, VolumeRepository
@@ -39,6 +40,12 @@ def _s3_env(secrets: Mapping[str, pulumi.Input[str]]) -> pulumi.Input[str]:
     if isinstance(key_id, str) and isinstance(key, str):
         return render.s3_env(key_id, key)
     return pulumi.Output.all(key_id, key).apply(lambda values: render.s3_env(values[0], values[1]))
+
+
+def dump_service(cfg: StackConfig) -> str:
+    """The service that dials the databases: the backup job, whose dump is its step where the
+    target runs scheduled steps (Kubernetes), else the dump service beside the jobs (Docker)."""
+    return render.BACKUP_SERVICE if target_of(cfg).scheduled_steps else render.DUMP_SERVICE
 
 
 def dump_user(view: StackView) -> str | None:

@@ -245,8 +245,11 @@ def test_prod_policies_allow_exactly_the_declared_dials(prod: offline.Run) -> No
 
 def test_prod_policies_keep_the_databases_and_the_internet_to_their_clients(prod: offline.Run) -> None:
     edges, internet, _inside, _resolves = reachable(prod.deployment.manifests)
-    for outsider in ("livekit", "ntfy", "element-web", "element-call", "synapse-proxy"):
+    for outsider in ("livekit", "ntfy", "element-web", "element-call", "synapse-proxy", "backup-check"):
         assert not {e for e in edges if e[0] == outsider and e[1] in ("synapse-postgres", "synapse-redis")}
+    # The backup job's dump step (view.database_readers) dials PostgreSQL, and only it.
+    assert ("backup", "synapse-postgres", 5432, "TCP") in edges
+    assert not {e for e in edges if e[0] == "backup" and e[1] == "synapse-redis"}
     assert {"synapse-main", "synapse-federation-sender-1", "synapse-media-repository-1", "synapse-pusher-1", "mas",
             "lk-jwt-service", "backup", "backup-check"} <= internet
     for closed in ("element-web", "element-call", "synapse-proxy", "synapse-postgres", "synapse-redis",
