@@ -5,6 +5,7 @@ PostgreSQL is components/postgres, the routing proxy components/edge). Derived f
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,8 +127,26 @@ def synapse_waits(cfg: StackConfig, process: Process, server: DatabaseServer | N
 MEDIA_VOLUME = "synapse-media"
 
 
+def egress(cfg: StackConfig, process: Process, whitelist: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(why it dials the internet, the private networks off the cluster it dials): the worker
+    table's reasons, with the private ranges Synapse's ip_range_whitelist opens to its outbound
+    requests (a private federation, ntfy on a private address), and an external database."""
+    reasons = process.egress_internet
+    networks = tuple(whitelist) if reasons else ()
+    db = cfg.synapse.database
+    if not isinstance(db, BundledDatabase):
+        try:
+            address = ipaddress.ip_address(db.host)
+            networks += (f"{address}/{address.max_prefixlen}",)
+        except ValueError:
+            # A name: resolved at run time; only a public address is reachable (the internet).
+            reasons += ("external PostgreSQL",)
+    return reasons, tuple(dict.fromkeys(networks))
+
+
 def synapse_process(cfg: StackConfig, process: Process, common: list[File],
-                    secrets: Mapping[str, pulumi.Input[str]], server: DatabaseServer | None) -> Service:
+                    secrets: Mapping[str, pulumi.Input[str]], server: DatabaseServer | None,
+                    whitelist: list[str] | None = None) -> Service:
     files = list(common)
     # A process's own file joins the shared group too: each path is its process's alone, so the
     # group stays one object (one ConfigMap on Kubernetes, not one per process) while every pod
@@ -144,6 +163,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
     if process.is_main and hs.topology(cfg).workers:
         ports.append(Port("replication", process.replication_port))
     command = hs.command(cfg, process)
+    dials_out, networks = egress(cfg, process, whitelist or [])
     return Service(
         name=process.name,
         component=COMPONENT,
@@ -173,7 +193,8 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         # A role's processes are monitored, guarded from disruption and admitted together.
         role_label=ROLE_LABEL,
         labels={ROLE_LABEL: role.name if role else "main"},
-        egress_internet=process.egress_internet,
+        egress_internet=dials_out,
+        egress_networks=networks,
     )
 
 
@@ -231,7 +252,10 @@ def cluster_services(
 ) -> list[Service]:
     topo = hs.topology(cfg)
     common = shared_files(cfg, inputs, server) + secret_files(cfg, secrets, inputs)
-    processes = [synapse_process(cfg, p, common, secrets, server) for p in topo.processes]
+    # The private networks Synapse's outbound requests may dial (homeserver.shared_config).
+    whitelist = list(inputs.homeserver.get("ip_range_whitelist", []))
+    whitelist += [c for c in cfg.synapse.federation.private_networks if c not in whitelist]
+    processes = [synapse_process(cfg, p, common, secrets, server, whitelist) for p in topo.processes]
     clients = tuple(p.name for p in topo.processes)
     services: list[Service] = []
     if topo.workers:

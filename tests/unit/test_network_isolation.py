@@ -171,6 +171,13 @@ class Policies:
 Edge = tuple[str, str, int, str]  # (client, server, port, protocol)
 
 
+def reaches_address(manifests: Mapping[str, Mapping[str, Any]], ip: str) -> set[str]:
+    """The pods whose egress reaches `ip` (an address off the cluster), from the manifests alone."""
+    policies = Policies(manifests)
+    return {src.name for src in pods(manifests) if src.name != KUBE_DNS
+            and policies.egress(src, Address(ip), (443, "TCP"))}
+
+
 def reachable(manifests: Mapping[str, Mapping[str, Any]]) -> tuple[set[Edge], set[str], set[str], set[str]]:
     """(pod-to-pod connections, pods reaching the internet, pods reaching private or link-local
     addresses outside any pod, pods resolving names), from the manifests alone."""
@@ -235,7 +242,16 @@ def _check(run: offline.Run) -> None:
     assert sorted(want_edges - edges) == [], "declared dials the policies refuse"
     assert sorted(edges - want_edges) == [], "connections the policies allow that no service declares"
     assert internet == want_internet & workloads
+    # Private and link-local addresses off the cluster: only the networks a service names.
     assert inside == set(), "the internet rule reaches private or link-local addresses"
+    for service in services:
+        for cidr in service.egress_networks:
+            host = str(next(iter(ipaddress.ip_network(cidr).hosts()), ipaddress.ip_network(cidr).network_address))
+            want = {s.name for s in services if any(ipaddress.ip_address(host) in ipaddress.ip_network(c)
+                                                     for c in s.egress_networks)}
+            got = reaches_address(manifests, host)
+            # Beyond those naming it, only the internet's dialers (a public address in the list).
+            assert want & workloads <= got and got - want <= internet, cidr
     assert resolves == workloads
 
 
@@ -266,6 +282,16 @@ def test_a_host_network_livekit_is_still_reached_by_exactly_its_declared_clients
     raw = copy.deepcopy(stack_raw("prod"))
     raw["target"] = {**raw["target"], "livekit_exposure": "host_network", "service_monitors": False}
     _check(_prod(raw))
+
+
+def test_a_private_federation_is_dialled_by_exactly_the_processes_that_dial_out() -> None:
+    raw = copy.deepcopy(stack_raw("prod"))
+    raw["synapse"] = {**raw["synapse"], "federation": {"private_networks": ["192.168.50.0/24"]}}
+    run = _prod(raw)
+    _check(run)
+    dialling = reaches_address(run.deployment.manifests, "192.168.50.7")
+    assert {"synapse-main", "synapse-federation-sender-1", "synapse-generic-1"} <= dialling
+    assert not dialling & {"synapse-event-persister-1", "mas", "element-web", "synapse-postgres"}
 
 
 def test_a_monolith_dials_the_internet_from_main() -> None:

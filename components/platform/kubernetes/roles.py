@@ -118,8 +118,8 @@ def peer(server: Service, ctx: Context) -> dict[str, Any]:
 
 def egress_rules(client: Service, everyone: Sequence[Service], ctx: Context) -> list[dict[str, Any]]:
     """What `client` dials beyond DNS and the servers that admit anyone (namespace_policies): the
-    servers whose `allowed_clients` name it, the servers it `reaches`, and the internet when it
-    says why (`egress_internet`)."""
+    servers whose `allowed_clients` name it, the servers it `reaches`, the internet when it says
+    why (`egress_internet`) and the private networks off the cluster it names (`egress_networks`)."""
     rules: list[dict[str, Any]] = []
     by_name = {s.name: s for s in everyone}
     for server in everyone:
@@ -135,6 +135,8 @@ def egress_rules(client: Service, everyone: Sequence[Service], ctx: Context) -> 
             rules.append(rule)
     if client.egress_internet:
         rules.append({"to": INTERNET})
+    if client.egress_networks:
+        rules.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in client.egress_networks]})
     return rules
 
 
