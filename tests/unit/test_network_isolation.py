@@ -301,3 +301,15 @@ def test_a_monolith_dials_the_internet_from_main() -> None:
     _check(run)
     _edges, internet, *_ = reachable(run.deployment.manifests)
     assert "synapse-main" in internet
+
+
+def test_cert_managers_http01_solvers_still_answer_the_ingress_controller(prod: offline.Run) -> None:
+    manifests = prod.deployment.manifests
+    namespace = prod.cfg.target.namespace
+    solver = Pod("cm-acme-http-solver-x", namespace, {"acme.cert-manager.io/http01-solver": "true"},
+                 {}, {(8089, "TCP")}, "10.244.9.9")
+    controller = Pod("ingress-nginx-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"},
+                     {}, set(), "10.244.9.10")
+    policies = Policies(manifests)
+    assert policies.ingress(solver, Address(controller.ip, controller), (8089, "TCP"))
+    assert not policies.ingress(solver, Address(controller.ip, controller), (8080, "TCP"))

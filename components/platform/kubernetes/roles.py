@@ -96,7 +96,12 @@ PRIVATE_V4 = ("10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "1
 PRIVATE_V6 = ("fc00::/7", "fe80::/10")
 INTERNET = [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_V4)}},
             {"ipBlock": {"cidr": "::/0", "except": ["::1/128", *PRIVATE_V6]}}]
+# cert-manager's HTTP-01 solver pods run in the namespace of the Ingress they answer for (ours),
+# labelled so, listening on 8089, and are reached by the ingress controller from its namespace.
+ACME_SOLVER = {"acme.cert-manager.io/http01-solver": "true"}
+ACME_SOLVER_PORT = 8089
 DEFAULT_DENY = "stack-default-deny"
+ACME_SOLVERS = "stack-acme-http01-solvers"
 DNS_EGRESS = "stack-dns"
 OPEN_SERVICES = "stack-open-services"
 
@@ -156,6 +161,12 @@ def namespace_policies(everyone: Sequence[Service], ctx: Context) -> list[dict[s
     # exception's (see ingress_rules), so those dial only what names them.
     if open_rules and not ctx.clients_namespace:
         out.append(policy(OPEN_SERVICES, {"policyTypes": ["Egress"], "egress": open_rules}))
+    if ctx.cert_manager_issuer and not ctx.clients_namespace:
+        # The default deny would otherwise stop the ingress controller's challenge requests.
+        out.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(ACME_SOLVERS, ctx),
+                    "spec": {"podSelector": {"matchLabels": dict(ACME_SOLVER)}, "policyTypes": ["Ingress"],
+                             "ingress": [{"from": [{"namespaceSelector": {}}],
+                                          "ports": [{"port": ACME_SOLVER_PORT, "protocol": "TCP"}]}]}})
     return out
 
 
