@@ -5,7 +5,6 @@ PostgreSQL is components/postgres, the routing proxy components/edge). Derived f
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pulumi
 
 from components import image_facts
+from components.network import host_network
 from components.part import DatabaseServer, EdgeRoutes, derive
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Volume, Wait
 from config import images
@@ -135,10 +135,8 @@ def egress(cfg: StackConfig, process: Process, whitelist: list[str]) -> tuple[tu
     networks = tuple(whitelist) if reasons else ()
     db = cfg.synapse.database
     if not isinstance(db, BundledDatabase):
-        try:
-            address = ipaddress.ip_address(db.host)
-            networks += (f"{address}/{address.max_prefixlen}",)
-        except ValueError:
+        networks += host_network(db.host)
+        if not host_network(db.host):
             # A name: resolved at run time; only a public address is reachable (the internet).
             reasons += ("external PostgreSQL",)
     return reasons, tuple(dict.fromkeys(networks))

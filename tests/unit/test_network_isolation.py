@@ -313,3 +313,15 @@ def test_cert_managers_http01_solvers_still_answer_the_ingress_controller(prod: 
     policies = Policies(manifests)
     assert policies.ingress(solver, Address(controller.ip, controller), (8089, "TCP"))
     assert not policies.ingress(solver, Address(controller.ip, controller), (8080, "TCP"))
+
+
+def test_external_databases_at_private_addresses_are_dialled_by_exactly_their_clients() -> None:
+    raw = {"server_name": "example.org", "target": {"kind": "kubernetes", "cert_manager_issuer": "le"},
+           "synapse": {"database": {"kind": "external", "host": "192.168.60.5", "name": "synapse", "user": "synapse"}},
+           "backup": {"enabled": True, "repository": {"kind": "volume"}},
+           "database_password": "hunter2-Zq8xK3mP9vL"}
+    run = offline.run(raw, stack="prod", secret_keys=("database_password",))
+    _check(run)
+    dialling = reaches_address(run.deployment.manifests, "192.168.60.5")
+    assert {"synapse-main", "backup"} <= dialling
+    assert "backup-check" not in dialling
