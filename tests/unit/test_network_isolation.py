@@ -325,3 +325,26 @@ def test_external_databases_at_private_addresses_are_dialled_by_exactly_their_cl
     dialling = reaches_address(run.deployment.manifests, "192.168.60.5")
     assert {"synapse-main", "backup"} <= dialling
     assert "backup-check" not in dialling
+
+
+def test_the_restore_runs_dial_what_the_backup_may(prod: offline.Run) -> None:
+    """The restore procedure's one-shot pods (restic, pg_restore) carry the backup's labels: its
+    policy lets them reach the repository and PostgreSQL, as the backup job does."""
+    import shlex
+
+    from components.backup import render as backup_render
+    from tests.conftest import stack_view
+
+    view = stack_view(prod.cfg)
+    steps = backup_render.restore_procedure(prod.cfg, view, backup_render.databases(view), "prod")
+    runs = [part for step in steps for part in step.command.split(" | ") if " run " in part and "kubectl" in part]
+    assert runs
+    everyone = pods(prod.deployment.manifests)
+    postgres = next(p for p in everyone if p.name == "synapse-postgres")
+    policies = Policies(prod.deployment.manifests)
+    for run in runs:
+        [flag] = [w for w in shlex.split(run) if w.startswith("--labels=")]
+        labels = dict(pair.split("=", 1) for pair in flag.removeprefix("--labels=").split(","))
+        pod = Pod("restore", prod.cfg.target.namespace, labels, ip="10.244.9.20")
+        assert policies.egress(pod, Address(INTERNET_V4), (443, "TCP")), run
+        assert policies.connects(pod, postgres, (5432, "TCP")), run
