@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 # Never fetch URL previews from, nor push to, these (Synapse's documented list of private and
 # reserved ranges): Synapse's url_preview_ip_range_blacklist and ntfy's refusal of pushes to them.
 PRIVATE_RANGES = [
@@ -15,3 +17,13 @@ PRIVATE_RANGES = [
 # Kubernetes pod network (RFC 1918 and IPv6 unique local addresses).
 PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def host_network(host: str) -> tuple[str, ...]:
+    """The one-address network of a host given as an address (a service dials it although it may
+    be private: Service.egress_networks); nothing for a name, reached through DNS."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ()
+    return (f"{address}/{address.max_prefixlen}",)

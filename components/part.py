@@ -269,6 +269,11 @@ class Part:
         """The PostgreSQL server it runs for the stack's claims."""
         return None
 
+    def database_readers(self, cfg: StackConfig) -> tuple[str, ...]:
+        """Its services that dial every claimed database without a claim of their own (the
+        backup's dump): the bundled server admits them beside the claimants' clients."""
+        return ()
+
     def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
         """Its services' Prometheus endpoints."""
         return []

@@ -32,6 +32,9 @@ class Backup(Part):
     def enabled(self, cfg: StackConfig) -> bool:
         return cfg.backup.enabled
 
+    def database_readers(self, cfg: StackConfig) -> tuple[str, ...]:
+        return (jobs.dump_service(cfg),)
+
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         names = [jobs.PASSWORD]
         repo = cfg.backup.repository

@@ -354,7 +354,7 @@ def _restic(cfg: StackConfig, handover: Handover, args: str, mounts: Sequence[Mo
     return target.run_once(OneShot(
         RESTORE, "restic", cfg.backup.image, (*repo_args, *args.split()), handover,
         secret_env=tuple(_restore_secret_keys(cfg)), env=env, mounts=tuple(mounts),
-        files=isinstance(repo, SftpRepository), stdin=stdin, beside=BACKUP_SERVICE))
+        files=isinstance(repo, SftpRepository), stdin=stdin, beside=BACKUP_SERVICE, network_as=BACKUP_SERVICE))
 
 
 def _stopped(view: StackView) -> list[Workload]:
@@ -382,7 +382,7 @@ def _pg_restore_target(cfg: StackConfig, view: StackView, handover: Handover, db
     return target.run_once(OneShot(
         "backup-pg-restore", "pg-restore", dump_image(view),
         (*shlex.split(_pg_restore(db)), "-h", db.host, "-p", str(db.port)), handover,
-        command=True, secret_env=("PGPASSWORD",), stdin=True))
+        command=True, secret_env=("PGPASSWORD",), stdin=True, network_as=BACKUP_SERVICE))
 
 
 def _key_steps(cfg: StackConfig, stack: str, restic: object) -> list[Step]:

@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import pulumi
 
+from components.network import host_network
 from components.platform.spec import File, Resources, Service, Step, Volume
+from components.platform.targets import target_of
 from components.view import StackView
 from config import images
 from config.model import S3Repository, SftpRepository, StackConfig, VolumeRepository
@@ -39,6 +41,12 @@ def _s3_env(secrets: Mapping[str, pulumi.Input[str]]) -> pulumi.Input[str]:
     if isinstance(key_id, str) and isinstance(key, str):
         return render.s3_env(key_id, key)
     return pulumi.Output.all(key_id, key).apply(lambda values: render.s3_env(values[0], values[1]))
+
+
+def dump_service(cfg: StackConfig) -> str:
+    """The service that dials the databases: the backup job, whose dump is its step where the
+    target runs scheduled steps (Kubernetes), else the dump service beside the jobs (Docker)."""
+    return render.BACKUP_SERVICE if target_of(cfg).scheduled_steps else render.DUMP_SERVICE
 
 
 def dump_user(view: StackView) -> str | None:
@@ -84,8 +92,12 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         # the PostgreSQL image's user.
         user = media.owner if media is not None else None
         dump_step = Step("dump", render.dump_image(view), ("/bin/sh", render.DUMP_SCRIPT), user=dump_user(view))
+        # Its dump step dials the external databases too (the bundled one admits it by name).
+        external = [db.host for db in databases if db.service is None]
         backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files, *dump_files],
-                      [*volumes, scratch], resources, user=user, steps=(dump_step,))
+                      [*volumes, scratch], resources, user=user, steps=(dump_step,),
+                      databases=("external PostgreSQL",) if any(not host_network(h) for h in external) else (),
+                      networks=tuple(dict.fromkeys(c for h in external for c in host_network(h))))
         check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
                      [*volumes, scratch], resources, user=user)
         return [backup, check]
@@ -111,7 +123,8 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
 
 
 def _job(cfg: StackConfig, name: str, mode: str, schedule: str, files: list[File], volumes: list[Volume],
-         resources: Resources, *, user: str | None = None, steps: tuple[Step, ...] = ()) -> Service:
+         resources: Resources, *, user: str | None = None, steps: tuple[Step, ...] = (),
+         databases: tuple[str, ...] = (), networks: tuple[str, ...] = ()) -> Service:
     return Service(
         name=name,
         component=render.COMPONENT,
@@ -125,4 +138,8 @@ def _job(cfg: StackConfig, name: str, mode: str, schedule: str, files: list[File
         resources=resources,
         schedule=schedule,
         steps=steps,
+        # The repository (S3, SFTP) is off the cluster; a volume repository is mounted instead.
+        egress_internet=(*(() if isinstance(cfg.backup.repository, VolumeRepository) else ("backup repository",)),
+                         *databases),
+        egress_networks=networks,
     )

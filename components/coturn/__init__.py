@@ -54,6 +54,7 @@ class Coturn(Part):
             capabilities_add=image_facts.capabilities(turn.image),
             read_only_root=True,
             writable_paths=("/tmp",),
+            egress_internet=("relayed media to peers",),
         )]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:

@@ -103,7 +103,9 @@ def proxy_service(cfg: StackConfig, view: StackView, files: Sequence[File], volu
         reaches=tuple((site.upstream_service, site.upstream_port) for site in served),
         edge=EdgeHosts(_edge_hostnames(cfg, served), tls=cfg.tls_mode != "none"),
         scalable=True,
-        replicas=1,
+        # Two, so a node drain or a rollout never leaves the public sites unserved (its budget
+        # keeps one). A Docker host runs one container per service and ignores the count.
+        replicas=2,
     )
 
 

@@ -78,6 +78,8 @@ class ElementCall(Part):
             writable_paths=("/tmp",),
             # Its webhook to lk-jwt-service (a published port when they live on different hosts).
             reaches=((render.JWT_SERVICE, render.JWT_PORT),),
+            # ICE checks toward clients' candidates; STUN for its own public address.
+            egress_internet=("ICE connectivity checks", "STUN"),
         )
         jwt = Service(
             name=render.JWT_SERVICE,
@@ -94,6 +96,8 @@ class ElementCall(Part):
             user=image_facts.non_root_user(cfg.element_call.jwt_image),
             capabilities_add=image_facts.capabilities(cfg.element_call.jwt_image),
             read_only_root=True,
+            # It validates a client's OpenID token at the client's homeserver's federation API.
+            egress_internet=("homeservers' federation API (OpenID token validation)",),
         )
         web = Service(
             name=render.WEB_SERVICE,

@@ -10,10 +10,11 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
+from components.network import host_network
 from components.platform.spec import File, Port, Resources, Service
 from components.view import StackView
 from config import images
-from config.model import MasBundledDatabase, StackConfig
+from config.model import ExternalPostgres, MasBundledDatabase, StackConfig
 
 from . import render
 
@@ -90,7 +91,17 @@ def mas_service(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.
         # The routing proxy forwards clients; Synapse introspects tokens.
         allowed_clients=(*((view.edge_service,) if view.edge_service else ()),
                          *(view.homeserver.processes if view.homeserver else ())),
+        egress_internet=("upstream OIDC providers", "SMTP"),
+        # An external database given by address may be private (a name is reached as internet).
+        egress_networks=external_database_networks(cfg),
     )
+
+
+def external_database_networks(cfg: StackConfig) -> tuple[str, ...]:
+    """The addresses of the external databases MAS dials (its own; Synapse's too for syn2mas)."""
+    hosts = [db.host for db in (cfg.mas.database, cfg.synapse.database if cfg.mas.syn2mas else None)
+             if isinstance(db, ExternalPostgres)]
+    return tuple(dict.fromkeys(cidr for host in hosts for cidr in host_network(host)))
 
 
 def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:

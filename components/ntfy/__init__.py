@@ -49,6 +49,8 @@ class Ntfy(Part):
             capabilities_add=image_facts.capabilities(cfg.ntfy.image),
             read_only_root=True,
             writable_paths=("/tmp",),
+            # Polls for iOS devices go through the upstream server (ntfy.sh).
+            egress_internet=("upstream server",) if cfg.ntfy.upstream_base_url else (),
         )]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:

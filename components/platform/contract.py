@@ -127,6 +127,10 @@ class OneShot:
     files: bool = False  # the handed-over files, where Session.files says
     stdin: bool = False
     beside: str | None = None  # run where this service runs (its Docker host), else anywhere
+    # The service whose network rules the run follows (Kubernetes: its pod is selected by that
+    # service's NetworkPolicies, so it dials what the service may); a target without network
+    # policies ignores it.
+    network_as: str | None = None
 
 
 @dataclass(frozen=True)

@@ -151,5 +151,9 @@ class KubernetesCluster:
             container.update({"args": list(run.args), "env": env, "volumeMounts": mounts, "stdin": True})
             spec["volumes"] = volumes
         overrides = {"apiVersion": "v1", "spec": {**spec, "restartPolicy": "Never", "automountServiceAccountToken": False}}
-        return (f"{self.kubectl} run {run.name} --rm -i --quiet --restart=Never --image={run.image} "
+        # The labels its policies select (kubernetes/objects.selector): under the namespace's
+        # default deny a pod that no policy selects resolves names and dials nothing else.
+        labels = (f"--labels=app.kubernetes.io/name={run.network_as},app.kubernetes.io/part-of=matrix-stack "
+                  if run.network_as else "")
+        return (f"{self.kubectl} run {run.name} --rm -i --quiet --restart=Never --image={run.image} {labels}"
                 f"--overrides={shlex.quote(json.dumps(overrides, separators=(',', ':')))}")

@@ -165,6 +165,15 @@ class Service:
     # (service, port) pairs this service dials; a target whose services live on several hosts
     # publishes those ports on the owning host (placement.reach says when).
     reaches: tuple[tuple[str, int], ...] = ()
+    # Why this service dials the internet (federation, push gateways, remote media, OIDC
+    # providers, a backup repository ...); empty: it never does. A target that restricts egress
+    # (Kubernetes NetworkPolicies) opens the public internet to exactly the services naming a
+    # reason; the Docker target leaves every container's egress open and ignores it.
+    egress_internet: tuple[str, ...] = ()
+    # Networks off the cluster it dials although they are private, so not part of the internet
+    # above (a private federation, a push gateway or a database on a LAN): CIDRs. The Docker
+    # target ignores it too.
+    egress_networks: tuple[str, ...] = ()
     # The public entry point (the routing proxy): the hostnames it serves, for the target's own
     # front door (Kubernetes Ingress). None for every other service.
     edge: Edge | None = None

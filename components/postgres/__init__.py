@@ -54,7 +54,7 @@ class BundledPostgres(Part):
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         # The passwords are the claimants' secrets, which they generate: a check sees stand-ins.
         claims = [claim for claim in view.databases if claim.bundled]
-        return services(cfg, claims, {claim.password_secret: STAND_IN for claim in claims})
+        return services(cfg, claims, {claim.password_secret: STAND_IN for claim in claims}, view.database_readers)
 
     def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         # It listens on its host's private network only: every client shares its host.
@@ -70,13 +70,14 @@ class BundledPostgres(Part):
         component.register_outputs({"databases": [claim.database for claim in claims]})
         return Contribution(parent=component,
                             services=services(cfg, claims, {c.password_secret: shared[c.password_secret]
-                                                            for c in claims}))
+                                                            for c in claims}, ctx.view.database_readers))
 
 
 def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
-             passwords: Mapping[str, pulumi.Input[str]]) -> list[Service]:
+             passwords: Mapping[str, pulumi.Input[str]], readers: Sequence[str] = ()) -> list[Service]:
     """The server and, when a claimant besides the owner needs a role and a database, the setup
-    service that keeps them. `passwords` maps each claim's password secret to its value."""
+    service that keeps them. `passwords` maps each claim's password secret to its value;
+    `readers` dial every database without a claim (view.database_readers: the backup's dump)."""
     db = _bundled(cfg)
     assert db is not None
     owner = next(claim for claim in claims if claim.owner)
@@ -86,6 +87,7 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         clients += [c for c in claim.clients if c not in clients]
     if guests:
         clients.append(SETUP_SERVICE)
+    clients += [r for r in readers if r not in clients]
     server = Service(
         name=SERVICE,
         component=COMPONENT,

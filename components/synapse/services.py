@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 
 from components import image_facts
+from components.network import host_network
 from components.part import DatabaseServer, EdgeRoutes, derive
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Volume, Wait
 from config import images
@@ -126,8 +127,24 @@ def synapse_waits(cfg: StackConfig, process: Process, server: DatabaseServer | N
 MEDIA_VOLUME = "synapse-media"
 
 
+def egress(cfg: StackConfig, process: Process, whitelist: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(why it dials the internet, the private networks off the cluster it dials): the worker
+    table's reasons, with the private ranges Synapse's ip_range_whitelist opens to its outbound
+    requests (a private federation, ntfy on a private address), and an external database."""
+    reasons = process.egress_internet
+    networks = tuple(whitelist) if reasons else ()
+    db = cfg.synapse.database
+    if not isinstance(db, BundledDatabase):
+        networks += host_network(db.host)
+        if not host_network(db.host):
+            # A name: resolved at run time; only a public address is reachable (the internet).
+            reasons += ("external PostgreSQL",)
+    return reasons, tuple(dict.fromkeys(networks))
+
+
 def synapse_process(cfg: StackConfig, process: Process, common: list[File],
-                    secrets: Mapping[str, pulumi.Input[str]], server: DatabaseServer | None) -> Service:
+                    secrets: Mapping[str, pulumi.Input[str]], server: DatabaseServer | None,
+                    whitelist: list[str] | None = None) -> Service:
     files = list(common)
     # A process's own file joins the shared group too: each path is its process's alone, so the
     # group stays one object (one ConfigMap on Kubernetes, not one per process) while every pod
@@ -144,6 +161,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
     if process.is_main and hs.topology(cfg).workers:
         ports.append(Port("replication", process.replication_port))
     command = hs.command(cfg, process)
+    dials_out, networks = egress(cfg, process, whitelist or [])
     return Service(
         name=process.name,
         component=COMPONENT,
@@ -173,6 +191,8 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         # A role's processes are monitored, guarded from disruption and admitted together.
         role_label=ROLE_LABEL,
         labels={ROLE_LABEL: role.name if role else "main"},
+        egress_internet=dials_out,
+        egress_networks=networks,
     )
 
 
@@ -230,7 +250,10 @@ def cluster_services(
 ) -> list[Service]:
     topo = hs.topology(cfg)
     common = shared_files(cfg, inputs, server) + secret_files(cfg, secrets, inputs)
-    processes = [synapse_process(cfg, p, common, secrets, server) for p in topo.processes]
+    # The private networks Synapse's outbound requests may dial (homeserver.shared_config).
+    whitelist = list(inputs.homeserver.get("ip_range_whitelist", []))
+    whitelist += [c for c in cfg.synapse.federation.private_networks if c not in whitelist]
+    processes = [synapse_process(cfg, p, common, secrets, server, whitelist) for p in topo.processes]
     clients = tuple(p.name for p in topo.processes)
     services: list[Service] = []
     if topo.workers:

@@ -21,6 +21,9 @@ Balance = Literal["round_robin", "user", "room", "source_ip"]
 DutyKind = Literal["list", "single"]
 
 GENERIC_APP = "synapse.app.generic_worker"
+# Synapse makes federation requests from whichever process serves the request that needs them
+# (a remote join, a profile or key query), not only from the federation senders.
+SERVING_QUERIES = "federation queries while serving requests"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,17 @@ class Role:
     fallback: bool = False
     # Works only for federation: idle on a stack that federates with nobody.
     federation_only: bool = False
+    # Why its instances dial the internet, besides the federation queries (joins, profiles,
+    # server keys) every process serving client or federation requests makes: see
+    # `egress_internet`, which the services carry to the targets that restrict egress.
+    dials_out: tuple[str, ...] = ()
+
+    @property
+    def egress_internet(self) -> tuple[str, ...]:
+        reasons = list(self.dials_out)
+        if {"client", "federation"} & set(self.resources):
+            reasons.append(SERVING_QUERIES)
+        return tuple(reasons)
 
     @property
     def writer(self) -> bool:
@@ -72,15 +86,16 @@ ROLES: tuple[Role, ...] = (
     Role("federation_inbound", "inbound federation transactions, sticky by origin", 10101,
          resources=("federation",), routes=("federation_inbound", "server_keys"), federation_only=True),
     Role("federation_sender", "outbound federation", 9401, duty="federation_sender_instances",
-         federation_only=True),
+         federation_only=True, dials_out=("outbound federation transactions",)),
     Role("event_persister", "persists events, sharded by room", 9201, streams=("events",)),
     Role("media_repository", "media upload, download, thumbnails and media admin", 9301,
          resources=("media", "client"), streams=("quarantined_media_changes",),
          duty="media_instance_running_background_jobs", duty_kind="single", media=True,
-         routes=("media",)),
-    Role("pusher", "sends push notifications", 9501, duty="pusher_instances"),
+         routes=("media",), dials_out=("remote media", "URL previews")),
+    Role("pusher", "sends push notifications", 9501, duty="pusher_instances", dials_out=("push gateways",)),
     Role("appservice", "notifies application services", 10201,
-         duty="notify_appservices_from_worker", duty_kind="single", single=True),
+         duty="notify_appservices_from_worker", duty_kind="single", single=True,
+         dials_out=("application services",)),
     Role("user_directory", "maintains and searches the user directory", 10301, resources=("client",),
          duty="update_user_directory_from_worker", duty_kind="single", single=True,
          routes=("user_directory",)),
@@ -149,6 +164,14 @@ class Process:
     @property
     def metrics_port(self) -> int:
         return MAIN_METRICS_PORT if self.role is None else self.port + METRICS_OFFSET
+
+    @property
+    def egress_internet(self) -> tuple[str, ...]:
+        """Why this process dials the internet. Main serves what no worker serves and holds every
+        duty no worker holds (sending federation, push, remote media): it always may."""
+        if self.role is None:
+            return tuple(dict.fromkeys((SERVING_QUERIES, *(r for role in ROLES for r in role.dials_out))))
+        return self.role.egress_internet
 
 
 def counts_for(preset: str, overrides: dict[str, int]) -> dict[str, int]:

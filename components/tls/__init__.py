@@ -110,6 +110,7 @@ def acme_service(cfg: StackConfig, certs: list[Certificate]) -> Service:
         volumes=list(ACME_VOLUMES),
         health=HealthCheck(("sh", "-c", f"ls {ACME_SERVED}/*/fullchain.pem >/dev/null")),
         drop_capabilities=False,  # chown of the published copies needs CAP_CHOWN
+        egress_internet=("ACME directory",),
     )
 
 

@@ -76,6 +76,11 @@ class StackView:
         return tuple(claim for part in self.enabled for claim in part.database_claims(self.cfg))
 
     @functools.cached_property
+    def database_readers(self) -> tuple[str, ...]:
+        """The services that dial every database without claiming one (the backup's dump)."""
+        return tuple(name for part in self.enabled for name in part.database_readers(self.cfg))
+
+    @functools.cached_property
     def metrics_targets(self) -> tuple[MetricsTarget, ...]:
         """Every Prometheus endpoint the parts declare, in catalog order."""
         return tuple(target for part in self.enabled for target in part.metrics_targets(self.cfg))

@@ -193,13 +193,18 @@ def _worker(index: int, **kw: Any) -> Service:
 
 
 def _may_evict_together(objects: dict[str, dict[str, Any]], names: list[str]) -> bool:
-    """Whether the eviction API lets the pods of these one-replica workloads (all healthy) go at
-    the same time: every budget selecting some of them must allow that many unavailable."""
-    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+    """Whether the eviction API lets one pod of each of these workloads (all healthy) go at the
+    same time: every budget selecting some of them must allow that many unavailable (its
+    maxUnavailable, or the pods it selects less its minAvailable)."""
+    pods = {o["metadata"]["name"]: (o["spec"]["template"]["metadata"]["labels"], o["spec"]["replicas"])
             for o in objects.values() if o["kind"] in SYNAPSE_KINDS}
     for budget in (o for o in objects.values() if o["kind"] == "PodDisruptionBudget"):
         match = budget["spec"]["selector"]["matchLabels"]
-        if len([n for n in names if match.items() <= pods[n].items()]) > budget["spec"]["maxUnavailable"]:
+        selected = [n for n, (labels, _r) in pods.items() if match.items() <= labels.items()]
+        spec = budget["spec"]
+        allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else \
+            sum(pods[n][1] for n in selected) - spec["minAvailable"]
+        if len([n for n in names if n in selected]) > allowed:
             return False
     return True
 
@@ -251,7 +256,10 @@ def _admitted(policies: list[dict[str, Any]], pod: dict[str, Any]) -> set[tuple[
 
 
 def _policies(objects: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objects.values() if o["kind"] == "NetworkPolicy"]
+    """The services' and roles' policies. The namespace's own (stack-*: default deny, DNS, the
+    servers anyone may dial, cert-manager's solvers) admit no service's pod any ingress:
+    tests/unit/test_network_isolation.py holds the whole set to what the services declare."""
+    return [o for o in objects.values() if o["kind"] == "NetworkPolicy" and not o["metadata"]["name"].startswith("stack-")]
 
 
 def test_a_role_shares_one_policy_that_admits_each_pod_exactly_its_own_ports() -> None:
@@ -634,6 +642,8 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
         expected |= {"statefulset-synapse-postgres"}
     # The Redis, PostgreSQL and MAS (token introspection) policies list every Synapse process as a client.
     expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis", "networkpolicy-mas"}
+    # Every pod of the namespace may dial the new worker (it admits anyone): one more egress rule.
+    expected |= {"networkpolicy-stack-open-services"}
     # The proxy reads the changed nginx.conf: its pod rolls through the checksum, nothing else.
     expected |= {"deployment-synapse-proxy"}
     # The role's budget and policy already cover the new instance; it reads the shared env Secret.
@@ -675,3 +685,11 @@ def test_pod_checksum_covers_secret_env_and_is_keyed() -> None:
     assert kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k1") != plain
     assert kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k1") != \
         kube.digest([(n, str(v)) for n, v in kube.checksum_inputs(base)], "k2")
+
+
+def test_prod_runs_two_proxies_and_keeps_one_through_a_drain(prod: offline.Run) -> None:
+    manifests = prod.deployment.manifests
+    assert manifests["deployment-synapse-proxy"]["spec"]["replicas"] == 2
+    assert manifests["poddisruptionbudget-synapse-proxy"]["spec"] == {
+        "minAvailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": PROXY_SERVICE,
+                                                        "app.kubernetes.io/part-of": "matrix-stack"}}}

@@ -49,7 +49,7 @@ from .objects import (
     shared_volume_names,
     workload,
 )
-from .roles import disruption_budgets, network_policies, network_policy, roles, service_monitors
+from .roles import disruption_budgets, namespace_policies, network_policies, network_policy, roles, service_monitors
 
 # The owner of an object that belongs to the held certificate rather than to a service.
 EDGE_CERTIFICATE = ":edge-certificate"
@@ -73,19 +73,25 @@ def owned_objects(services: list[Service], ctx: Context, held: EdgeCertificate |
             moved.setdefault(exception_namespace(ctx, exception), []).append(service)
     away = {s.name for group in moved.values() for s in group}
     home = [s for s in services if s.name not in away]
-    yield from _owned_in(home, ctx, held, checksums)
+    ctx = dataclasses.replace(ctx, homes=tuple((s.name, name) for name, group in moved.items() for s in group))
+    yield from _owned_in(home, ctx, held, checksums, services)
     for name, group in moved.items():
         for service in group:
             alias = external_name(service, ctx, name)
             if alias is not None:
                 yield service.name, f"{manifest_key(alias)}-{ctx.namespace}", alias
         yield from _owned_in(group, dataclasses.replace(ctx, namespace=name, clients_namespace=ctx.namespace),
-                             held, checksums)
+                             held, checksums, services)
 
 
 def _owned_in(services: list[Service], ctx: Context, held: EdgeCertificate | None,
-              checksums: Mapping[str, pulumi.Input[str]] | None) -> Iterator[Owned]:
-    """The objects of `services` in ctx's namespace."""
+              checksums: Mapping[str, pulumi.Input[str]] | None, everyone: list[Service]) -> Iterator[Owned]:
+    """The objects of `services` in ctx's namespace; `everyone` is every service of the stack,
+    in any namespace (the peers their network policies name)."""
+    for obj in namespace_policies(everyone, ctx):
+        # An exception's namespace has the same policies: its objects' keys name the namespace.
+        suffix = f"-{ctx.namespace}" if ctx.clients_namespace else ""
+        yield None, f"{manifest_key(obj)}{suffix}", obj
     readers: dict[str, str] = {}
     for service in services:
         for f in service.files:
@@ -95,7 +101,8 @@ def _owned_in(services: list[Service], ctx: Context, held: EdgeCertificate | Non
     for service in services:
         for key, obj in shared_claims([service], ctx).items():
             yield service.name, key, obj
-    for owner, obj in [*env_secrets(services, ctx), *disruption_budgets(services, ctx), *network_policies(services, ctx)]:
+    for owner, obj in [*env_secrets(services, ctx), *disruption_budgets(services, ctx),
+                       *network_policies(services, ctx, everyone)]:
         yield owner, manifest_key(obj), obj
     for service in services:
         sum_ = checksums[service.name] if checksums is not None else checksum(service)
@@ -123,6 +130,6 @@ def render(services: list[Service], ctx: Context, held: EdgeCertificate | None =
 __all__ = [
     "CHECKSUM_ANNOTATION", "EDGE_CERTIFICATE", "ENFORCED_LEVEL", "MASK", "NAME_LABEL", "ORIGIN_CA_SECRET", "ORIGIN_CA_SUFFIX",
     "PART_OF", "POD_SECURITY_EXCEPTIONS", "TLS_SECRET", "Context", "checksum", "checksum_inputs", "digest", "edge_objects", "file_key", "file_objects",
-    "ingresses", "labels", "manifest_key", "masked", "namespace", "namespaces", "network_policies", "network_policy", "owned_objects",
+    "ingresses", "labels", "manifest_key", "masked", "namespace", "namespace_policies", "namespaces", "network_policies", "network_policy", "owned_objects",
     "origin_ca_secret", "pod_template", "render", "render_service", "roles", "service_monitors", "workload",
 ]

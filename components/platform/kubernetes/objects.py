@@ -65,6 +65,9 @@ class Context:
     # Set when rendering an exception's namespace (POD_SECURITY_EXCEPTIONS): the stack's own
     # namespace, whose pods are the clients its network policies admit.
     clients_namespace: str | None = None
+    # (service, namespace) for the services living outside the stack's namespace (their
+    # exception's, POD_SECURITY_EXCEPTIONS): a policy naming them as peers names the namespace too.
+    homes: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, cfg: StackConfig, shared_volumes: Iterable[str] = ()) -> Context:
