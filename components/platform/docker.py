@@ -1,7 +1,9 @@
 """Docker target: services become containers on Docker hosts (the local engine or ssh://).
 
 One provider, private network and image pull per host; named volumes for state; config files
-delivered as uploads, so a changed file replaces exactly the containers that read it.
+uploaded to a never-started holder per container whose volumes the container mounts read-only
+(its root stays read-only), so a changed file replaces exactly the containers that read it.
+What every container is held to, and the exemptions: docker_hardening.py.
 """
 
 from __future__ import annotations
