@@ -27,9 +27,17 @@ from .spec import File, Service, Volume, Wait
 
 NETWORK = "matrix-stack"
 NOBODY = "65534:65534"
-# A scratch directory under a read-only root: Docker mounts a HostConfig.Tmpfs root's (0755)
-# unless told a mode, and the services run as their own users (PostgreSQL's socket directory).
-TMPFS = "rw,noexec,nosuid,size=256m,mode=1777"
+
+
+def tmpfs_options(user: str | None) -> str:
+    """A scratch directory under a read-only root, owned by the service's user: Docker mounts a
+    HostConfig.Tmpfs root's, and where the image has that directory it keeps the image's mode
+    (PostgreSQL's /var/run/postgresql, 2775) over `mode`, so only the owner makes it writable."""
+    options = "rw,noexec,nosuid,size=256m,mode=1777"
+    uid, _, gid = (user or "").partition(":")
+    if uid.isdigit() and gid.isdigit():
+        options += f",uid={uid},gid={gid}"
+    return options
 LOG_OPTS = {"max-size": "20m", "max-file": "5"}
 
 
@@ -362,7 +370,7 @@ class DockerPlatform(DockerHosts):
             user=service.user,
             # The files come from the holder's volumes, so the root stays read-only with them.
             read_only=service.read_only_root,
-            tmpfs={path: TMPFS for path in service.writable_paths} or None,
+            tmpfs={path: tmpfs_options(service.user) for path in service.writable_paths} or None,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(service.capabilities_add))
             if service.drop_capabilities else None,
             security_opts=[NO_NEW_PRIVILEGES],
@@ -402,7 +410,7 @@ class DockerPlatform(DockerHosts):
             + ([docker.ContainerVolumeArgs(from_container=holder.name, read_only=True)] if holder else []),
             user=first.user,
             read_only=True,
-            tmpfs={path: TMPFS for path in first.writable_paths} or None,
+            tmpfs={path: tmpfs_options(first.user) for path in first.writable_paths} or None,
             memory=max(megabytes(m.resources.memory_limit) for m in group.members),
             attach=True,
             must_run=False,
