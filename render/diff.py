@@ -214,7 +214,8 @@ def compare_resources(
                 continue
             masked = a_in.get(key) == MASK and b_in.get(key) == MASK
             if key == "uploads":
-                paths = (changed_files or {}).get(b["name"], []) if masked else \
+                # A service's files are uploaded to its holder, `<service>-files`.
+                paths = (changed_files or {}).get(b["name"].removesuffix("-files"), []) if masked else \
                     _upload_paths(a_in.get(key), b_in.get(key))
                 keys.append(f"uploads ({', '.join(paths)})" if paths else "uploads")
             else:

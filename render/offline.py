@@ -226,6 +226,12 @@ class Run:
     def of_type(self, type_token: str) -> list[Registered]:
         return [r for r in self.resources if r.type == type_token]
 
+    def uploads(self, container: str) -> list[dict[str, Any]]:
+        """The files a Docker container reads, as uploaded to its file holder (`<name>-files`,
+        whose volumes it mounts read-only: components/platform/docker.py)."""
+        holders = [r for r in self.of_type("docker:index/container:Container") if r.name == f"{container}-files"]
+        return list(holders[0].plain_inputs().get("uploads") or []) if holders else []
+
     def by_name(self, name: str) -> Registered:
         matches = [r for r in self.resources if r.name == name]
         if len(matches) != 1:

@@ -108,6 +108,8 @@ class ElementCall(Part):
             health=image_facts.http_check(cfg.element_call.image, render.WEB_PORT),
             user=image_facts.user(cfg.element_call.image),
             capabilities_add=image_facts.capabilities(cfg.element_call.image),
+            # nginx-unprivileged keeps its pid and temp files under /tmp.
+            read_only_root=True,
             writable_paths=("/tmp",),
         )
         return [livekit, jwt, web]

@@ -50,6 +50,11 @@ class ElementWeb(Part):
             health=image_facts.http_check(web.image, render.PORT),
             user=image_facts.user(web.image),
             capabilities_add=image_facts.capabilities(web.image),
+            # Its Dockerfile moves nginx's pid to /tmp and makes /var/cache/nginx and /etc/nginx the
+            # nginx user's: the entrypoint renders ELEMENT_WEB_PORT into /etc/nginx/conf.d from its
+            # template (nginx's 20-envsubst-on-templates.sh), and nginx keeps temp files in the cache.
+            read_only_root=True,
+            writable_paths=("/tmp", "/etc/nginx/conf.d", "/var/cache/nginx"),
         )]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:

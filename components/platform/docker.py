@@ -1,7 +1,9 @@
 """Docker target: services become containers on Docker hosts (the local engine or ssh://).
 
 One provider, private network and image pull per host; named volumes for state; config files
-delivered as uploads, so a changed file replaces exactly the containers that read it.
+uploaded to a never-started holder per container whose volumes the container mounts read-only
+(its root stays read-only), so a changed file replaces exactly the containers that read it.
+What every container is held to, and the exemptions: docker_hardening.py.
 """
 
 from __future__ import annotations
@@ -19,10 +21,23 @@ from config.model import DockerHost, StackConfig
 
 from .contract import Graph
 from .docker_checks import CheckGroup, check_groups
+from .docker_hardening import HELPER_MEMORY_MB, NO_NEW_PRIVILEGES, cpu_shares, megabytes
 from .docker_hosts import DockerHosts
 from .spec import File, Service, Volume, Wait
 
 NETWORK = "matrix-stack"
+NOBODY = "65534:65534"
+
+
+def tmpfs_options(user: str | None) -> str:
+    """A scratch directory under a read-only root, owned by the service's user: Docker mounts a
+    HostConfig.Tmpfs root's, and where the image has that directory it keeps the image's mode
+    (PostgreSQL's /var/run/postgresql, 2775) over `mode`, so only the owner makes it writable."""
+    options = "rw,noexec,nosuid,size=256m,mode=1777"
+    uid, _, gid = (user or "").partition(":")
+    if uid.isdigit() and gid.isdigit():
+        options += f",uid={uid},gid={gid}"
+    return options
 LOG_OPTS = {"max-size": "20m", "max-file": "5"}
 
 
@@ -85,6 +100,17 @@ def _uploads(files: list[File], user: str | None) -> list[docker.ContainerUpload
         )
         for f in files
     ]
+
+
+def file_dirs(files: list[File]) -> list[str]:
+    """The directories the files live in, none under another: each becomes one anonymous volume
+    of the service's file holder."""
+    dirs: list[str] = []
+    for d in sorted({f.path.rsplit("/", 1)[0] or "/" for f in files}):
+        if not any(d == kept or d.startswith(kept.rstrip("/") + "/") for kept in dirs):
+            dirs.append(d)
+    assert "/" not in dirs, "a file directly under / cannot be held in a volume"
+    return dirs
 
 
 def _envs(service: Service) -> tuple[list[str], list[pulumi.Output[str]]]:
@@ -223,17 +249,59 @@ class DockerPlatform(DockerHosts):
                 name=f"matrix-stack-{volume.name}-owner",
                 image=self.image(host, image).image_id,
                 entrypoints=["chown", str(volume.owner), volume.path],
-                user="0:0",
+                user="0:0",  # docker_hardening.EXCEPTIONS: only root may give a file away
                 volumes=[docker.ContainerVolumeArgs(volume_name=self.volume(host, volume.name).name,
                                                     container_path=volume.path)],
                 must_run=False,
                 restart="no",
                 log_driver="json-file",
                 log_opts=LOG_OPTS,
+                read_only=True,  # it writes only the volume's root inode
+                capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=["CHOWN"]),
+                security_opts=[NO_NEW_PRIVILEGES],
+                memory=HELPER_MEMORY_MB,
+                network_mode="none",
                 labels=[docker.ContainerLabelArgs(label="matrix-stack.component", value="volume-owner")],
                 opts=self._opts(host, parent, delete_before_replace=True),
             )
         return self._volume_owners[key]
+
+    def _files_holder(self, name: str, image: str, files: list[File], user: str | None, host: DockerHost,
+                      parent: pulumi.Resource) -> docker.Container:
+        """A container that is never started and holds `files` for the container named `name`.
+
+        pulumi-docker writes uploads with `docker cp` to "/" before the container starts, and Docker
+        refuses that on a read-only root even when every file lands in a volume. So the files go
+        to this holder instead: one anonymous volume per directory they live in (created with the
+        image's content at that path, so /app or /etc/nginx keep the rest of the image's files),
+        which the service mounts read-only (`volumes_from`). Its root stays writable, which no
+        process ever uses (docker_hardening.EXCEPTIONS). Changed files or a new image replace the
+        holder and, through the replacement trigger, the service; Docker removes a replaced
+        holder's volumes with it (remove_volumes).
+        """
+        holder = f"{name}-files"
+        return docker.Container(
+            holder,
+            name=holder,
+            image=self.image(host, image).image_id,
+            entrypoints=["/nonexistent"],  # never started
+            start=False,
+            must_run=False,
+            restart="no",
+            uploads=_uploads(files, user),
+            volumes=[docker.ContainerVolumeArgs(container_path=d) for d in file_dirs(files)],
+            remove_volumes=True,
+            user=user or NOBODY,  # never runs; the uploads carry their own owners
+            log_driver="json-file",
+            log_opts=LOG_OPTS,
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=[NO_NEW_PRIVILEGES],
+            memory=HELPER_MEMORY_MB,
+            network_mode="none",
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
+                {"matrix-stack.component": "files", "matrix-stack.files-of": name, **_file_digests(files)}.items())],
+            opts=self._opts(host, parent, delete_before_replace=True),
+        )
 
     def _container(self, service: Service, parent: pulumi.Resource) -> docker.Container:
         host = self.docker_host(service.name)
@@ -251,12 +319,14 @@ class DockerPlatform(DockerHosts):
         for r in service.port_ranges:
             ports += [docker.ContainerPortArgs(internal=n, external=n, protocol=r.protocol, ip=bind)
                       for n in range(r.start, r.end + 1)]
-        uploads = _uploads(service.files, service.user)
+        holder = (self._files_holder(service.name, service.image, service.files, service.user, host, parent)
+                  if service.files else None)
         envs, secret_envs = _envs(service)
         health = service.health
         owners = [self._volume_owner(host, v, service.image, parent) for v in service.volumes if v.owner]
         upstreams = [self._containers[name] for name in service.restarts_with if name in self._containers]
-        replace_with = pulumi.Output.all(*[c.id for c in upstreams]) if upstreams else None
+        triggers = [*upstreams, *([holder] if holder else [])]
+        replace_with = pulumi.Output.all(*[c.id for c in triggers]) if triggers else None
         waited = [self._containers[w.service] for w in service.waits if w.service in self._containers]
         entrypoint = list(service.entrypoint) if service.entrypoint else None
         command = list(service.args) if service.args else None
@@ -278,14 +348,13 @@ class DockerPlatform(DockerHosts):
             entrypoints=entrypoint,
             command=command,
             envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
-            uploads=uploads,
             ports=ports,
             volumes=[
                 docker.ContainerVolumeArgs(
                     volume_name=self.volume(host, v.name).name, container_path=v.path, read_only=v.read_only
                 )
                 for v in service.volumes
-            ],
+            ] + ([docker.ContainerVolumeArgs(from_container=holder.name, read_only=True)] if holder else []),
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self.network(host).name, aliases=[service.name])],
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", *health.command],
@@ -299,17 +368,18 @@ class DockerPlatform(DockerHosts):
             log_driver="json-file",
             log_opts=LOG_OPTS,
             user=service.user,
-            # Docker copies uploads into the container after creating it, which a read-only root
-            # refuses; with files, the root stays writable (tmpfs scratch dirs still apply).
-            read_only=service.read_only_root and not service.files,
-            tmpfs={path: "rw,noexec,nosuid,size=256m" for path in service.writable_paths} or None,
+            # The files come from the holder's volumes, so the root stays read-only with them.
+            read_only=service.read_only_root,
+            tmpfs={path: tmpfs_options(service.user) for path in service.writable_paths} or None,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(service.capabilities_add))
             if service.drop_capabilities else None,
-            security_opts=["no-new-privileges:true"],
+            security_opts=[NO_NEW_PRIVILEGES],
+            memory=megabytes(service.resources.memory_limit),
+            cpu_shares=cpu_shares(service.resources.cpu_request),
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
             # Fixed names and host ports cannot exist twice: replace by deleting first.
             opts=self._opts(host, parent, delete_before_replace=True,
-                            depends_on=[*owners, *waited, *checks, *upstreams],
+                            depends_on=[*owners, *waited, *checks, *upstreams, *([holder] if holder else [])],
                             replacement_trigger=replace_with),
         )
         self._containers[service.name] = container
@@ -327,27 +397,32 @@ class DockerPlatform(DockerHosts):
         envs, secret_envs = _envs(first)
         volumes = group.volumes
         owners = [self._volume_owner(host, v, first.image, parent) for v in volumes if v.owner]
+        holder = self._files_holder(group.name, first.image, files, first.user, host, parent) if files else None
         self._checks[group.name] = docker.Container(
             group.name,
             name=group.name,
             image=self.image(host, first.image).image_id,
             entrypoints=group.entrypoint,
             envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
-            uploads=_uploads(files, first.user),
             # Synapse's check creates the directories its config names (the media store).
             volumes=[docker.ContainerVolumeArgs(volume_name=self.volume(host, v.name).name, container_path=v.path,
-                                                read_only=v.read_only) for v in volumes],
+                                                read_only=v.read_only) for v in volumes]
+            + ([docker.ContainerVolumeArgs(from_container=holder.name, read_only=True)] if holder else []),
             user=first.user,
+            read_only=True,
+            tmpfs={path: tmpfs_options(first.user) for path in first.writable_paths} or None,
+            memory=max(megabytes(m.resources.memory_limit) for m in group.members),
             attach=True,
             must_run=False,
             restart="no",
             log_driver="json-file",
             log_opts=LOG_OPTS,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=["no-new-privileges:true"],
+            security_opts=[NO_NEW_PRIVILEGES],
             network_mode="none",
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
                 {"matrix-stack.component": "config-check", **_file_digests(files)}.items())],
-            opts=self._opts(host, parent, delete_before_replace=True, depends_on=owners),
+            opts=self._opts(host, parent, delete_before_replace=True, depends_on=[*owners, *([holder] if holder else [])],
+                            replacement_trigger=holder.id if holder else None),
         )
         return self._checks[group.name]

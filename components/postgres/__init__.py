@@ -112,6 +112,10 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         # fsGroup's first walk of such a cluster adds group rwx to PGDATA, which PostgreSQL refuses;
         # the entrypoint's `chmod 00700 "$PGDATA"`, on every start before its init branch, undoes it.
         user=images.facts_for(db.image).user,
+        # PostgreSQL writes only PGDATA (the volume), its socket and lock in /var/run/postgresql
+        # and temporary files in /tmp (docker-library/postgres: mkdir -p /var/run/postgresql).
+        read_only_root=True,
+        writable_paths=("/var/run/postgresql", "/tmp"),
         allowed_clients=tuple(clients),
     )
     if not guests:

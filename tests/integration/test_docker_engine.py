@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+import typing
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,12 +35,14 @@ from pathlib import Path
 import docker
 import pytest
 
+from components.platform import docker_hardening as hardening
+from config.images import facts_for
 from render import offline
 
 from ..conftest import ROOT, stack_raw
 from .cluster import WORKLOAD_RATE_LIMITS
 from .engine import stack as engine_stack
-from .engine.applier import Applied, Applier, ApplyError, remove_declared
+from .engine.applier import CONTAINER, Applied, Applier, ApplyError, remove_declared
 from .engine.dockerd import Engine, EngineError
 from .workload import PASSWORD, Facts, run_workload
 
@@ -210,18 +213,72 @@ def test_a_failing_config_check_stops_before_synapse(engine: Engine, dev_run: of
     container, whose log names that worker, so no Synapse container is replaced. Runs against a
     copy of the declarations."""
     client = deployed.client
+    # The check reads its files from its holder's volumes: a copy of both, the holder's with the
+    # broken file.
+    holder = dev_run.by_name(f"{SHARED_CHECK}-files").plain_inputs()
+    holder["name"] = "broken-check-config-files"
+    broken = "/conf/workers/synapse-generic-1.yaml"
+    holder["uploads"] = [dict(u, content=u["content"] + "\nworker_listeners: [{port: not-a-port, type: http}]\n")
+                         if u["file"] == broken else u for u in holder["uploads"]]
     inputs = dev_run.by_name(SHARED_CHECK).plain_inputs()
     inputs["name"] = "broken-check-config"
-    broken = "/conf/workers/synapse-generic-1.yaml"
-    inputs["uploads"] = [dict(u, content=u["content"] + "\nworker_listeners: [{port: not-a-port, type: http}]\n")
-                         if u["file"] == broken else u for u in inputs["uploads"]]
+    inputs["volumes"] = [dict(v, fromContainer=holder["name"]) if v.get("fromContainer") else v
+                         for v in inputs["volumes"]]
     try:
+        Applier(client, dev_run).create_container(holder)
         with pytest.raises(ApplyError, match="exited with 1") as failed:
             Applier(client, dev_run).create_container(inputs)
         assert "the configuration check failed for: synapse-generic-1\n" in str(failed.value)
         assert "Listener configuration is lacking a valid 'port' option" in str(failed.value)
     finally:
-        client.api.remove_container("broken-check-config", force=True)
+        client.api.remove_container("broken-check-config", force=True, v=True)
+        client.api.remove_container("broken-check-config-files", force=True, v=True)
+
+
+def _inspect_broken(info: dict[str, object]) -> set[hardening.Property]:
+    """The properties one container breaks, as `docker inspect` shows it."""
+    host = typing.cast(dict[str, typing.Any], info["HostConfig"])
+    config = typing.cast(dict[str, typing.Any], info["Config"])
+    found: set[hardening.Property] = set()
+    if not host.get("ReadonlyRootfs"):
+        found.add("read_only_root")
+    if (config.get("User") or "").split(":")[0] in ("", "0", "root"):
+        found.add("non_root_user")
+    if host.get("CapDrop") != ["ALL"]:
+        found.add("cap_drop_all")
+    if hardening.NO_NEW_PRIVILEGES not in (host.get("SecurityOpt") or []):
+        found.add("no_new_privileges")
+    if not host.get("Memory"):
+        found.add("memory_limit")
+    return found
+
+
+def test_every_container_is_hardened_but_its_exemptions(deployed: Deployed) -> None:
+    """`docker inspect` of every declared container (long-running, one-shot, file holder): a
+    read-only root, a non-root user, CapDrop ALL with only its image's capabilities added,
+    no-new-privileges, a memory limit, and no secret value in its Env, except what
+    docker_hardening.EXCEPTIONS lists."""
+    run = deployed.run
+    secrets = {value for resolved in run.services for value, secret in resolved["env"].values()
+               if secret and len(value) >= 8}
+    secrets |= {f["content"].strip() for resolved in run.services for f in resolved["files"]
+                if f["secret"] and len(f["content"].strip()) >= 8}
+    images = {r.urn: str(r.plain_inputs()["name"]) for r in run.of_type("docker:index/remoteImage:RemoteImage")}
+    declared = {str(r.plain_inputs()["name"]): r for r in run.of_type(CONTAINER)}
+    unexcused: list[str] = []
+    for name, resource in declared.items():
+        info = deployed.client.api.inspect_container(name)
+        broken = _inspect_broken(info)
+        env = "\n".join(info["Config"].get("Env") or [])
+        if any(secret in env for secret in secrets):
+            broken.add("no_secret_env")
+        image = next(images[d] for d in resource.dependencies if d in images)
+        allowed = set(facts_for(image).capabilities)
+        if not {c.removeprefix("CAP_") for c in info["HostConfig"].get("CapAdd") or []} <= allowed:
+            broken.add("cap_drop_all")
+        unexcused += [f"{name}: {prop}" for prop in sorted(broken) if not hardening.excepted(name, prop)]
+    assert len(declared) > 20
+    assert unexcused == [], "\n".join(unexcused)
 
 
 def test_published_ports_bind_loopback_on_dev(deployed: Deployed) -> None:

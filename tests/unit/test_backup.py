@@ -349,7 +349,7 @@ def test_staging_runs_the_jobs_under_crond_beside_a_dump_container(program: Any)
         inputs = containers[name]
         assert inputs["entrypoints"] == ["crond", "-f", "-d", "8", "-c", "/etc/crontabs"]
         assert inputs["capabilities"] == {"drops": ["ALL"], "adds": ["SETGID", "SETUID"]}
-        [table] = [u["content"] for u in inputs["uploads"] if u["file"] == "/etc/crontabs/root"]
+        [table] = [u["content"] for u in run.uploads(name) if u["file"] == "/etc/crontabs/root"]
         assert table == f"{schedule} /bin/sh {render.BACKUP_SCRIPT} {mode} >/proc/1/fd/1 2>/proc/1/fd/2\n"
     dump = containers["backup-dump"]
     assert dump["entrypoints"] == ["/bin/sh"] and dump["command"] == [render.DUMP_SCRIPT]

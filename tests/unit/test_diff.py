@@ -59,16 +59,22 @@ def test_max_upload_size_changes_exactly_homeserver_nginx_and_their_containers(u
             assert [line[0] + line[1:].strip() for line in removed] == ["-client_max_body_size 50M;"]
             assert [line[0] + line[1:].strip() for line in added] == ["+client_max_body_size 100M;"]
 
-    # Resources: exactly the containers that receive those files, through their uploads, and the
-    # config checks that must pass on the new file before those are replaced.
+    # Resources: exactly the containers that read those files and the config checks that must
+    # pass on the new file before those are replaced (the digest label of the changed file), and
+    # the file holders their files are uploaded to.
     assert {(r.kind, r.type) for r in d.resources} == {("changed", CONTAINER)}
     checks = {"synapse-check-config"}  # one check for every Synapse process of the host
-    assert {r.name for r in d.resources} == set(synapse_services) | checks | {"synapse-proxy"}
+    readers = set(synapse_services) | checks | {"synapse-proxy"}
+    assert {r.name for r in d.resources} == readers | {f"{name}-files" for name in readers}
     for r in d.resources:
-        expected = "/etc/nginx/nginx.conf" if r.name == "synapse-proxy" else "/conf/homeserver.yaml"
-        # The digest label of the changed file, and the upload itself (a check is no service of
-        # its own, so its masked uploads are not named by file).
-        assert r.keys == (["labels", "uploads"] if r.name in checks else ["labels", f"uploads ({expected})"])
+        reader = r.name.removesuffix("-files")
+        expected = "/etc/nginx/nginx.conf" if reader == "synapse-proxy" else "/conf/homeserver.yaml"
+        if r.name == reader:
+            assert r.keys == ["labels"], r.name
+        else:
+            # The upload itself (a check is no service of its own, so its masked uploads are not
+            # named by file).
+            assert r.keys == (["labels", "uploads"] if reader in checks else ["labels", f"uploads ({expected})"])
 
     # Services: their description (image, env, ports, file list) did not change.
     assert d.services == []
@@ -83,7 +89,8 @@ def test_markdown_shows_the_shared_change_once(upload_size_diff: Any) -> None:
     assert text.count("+max_upload_size: 100M") == 1  # grouped: one block for every homeserver.yaml
     assert "same change" in text
     assert "client_max_body_size 100M;" in text
-    assert "| `synapse-main` | `docker:index/container:Container` | changed | labels, uploads (/conf/homeserver.yaml) |" in text
+    assert "| `synapse-main-files` | `docker:index/container:Container` | changed | labels, uploads (/conf/homeserver.yaml) |" \
+        in text
 
 
 def test_secret_files_are_listed_without_content() -> None:

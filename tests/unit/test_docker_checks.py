@@ -46,7 +46,8 @@ def _synapse_processes(run: offline.Run) -> list[str]:
 
 
 def _depends_on(run: offline.Run, name: str) -> set[str]:
-    by_urn = {r.urn: r.name for r in run.of_type(CONTAINER)}
+    """The containers `name` depends on, besides its file holder."""
+    by_urn = {r.urn: r.name for r in run.of_type(CONTAINER) if r.name != f"{name}-files"}
     return {by_urn[d] for d in _containers(run)[name].dependencies if d in by_urn}
 
 
@@ -65,13 +66,13 @@ def test_dev_checks_every_synapse_process_in_one_container(dev: offline.Run) -> 
     assert check["networkMode"] == "none"
     entry = check["entrypoints"]
     assert entry[:2] == ["/bin/sh", "-c"] and len(entry) == 3
-    check_files = {u["file"]: u for u in check["uploads"]}
+    check_files = {u["file"]: u for u in dev.uploads("synapse-check-config")}
     check_labels = _labels(check)
     for name in processes:
         service = containers[name].plain_inputs()
         # Its files, with their modes and owners, and its digest labels: a change to any of them
         # replaces the check, which then runs before the changed service is replaced.
-        for upload in service["uploads"]:
+        for upload in dev.uploads(name):
             assert check_files[upload["file"]] == upload, (name, upload["file"])
         digests = {k: v for k, v in _labels(service).items() if k.startswith(DIGEST)}
         assert digests and digests.items() <= check_labels.items(), name
@@ -83,9 +84,11 @@ def test_dev_checks_every_synapse_process_in_one_container(dev: offline.Run) -> 
         assert check["envs"] == service["envs"] and check["user"] == service["user"]
         assert "synapse-check-config" in _depends_on(dev, name)
         assert _labels(service)[CHECK] == "passed"
-    assert len(check_files) == len({u["file"] for n in processes for u in containers[n].plain_inputs()["uploads"]})
-    # The media store the media worker's config names is mounted, as on the worker itself.
-    assert [v["containerPath"] for v in check["volumes"]] == ["/media_store"]
+    assert len(check_files) == len({u["file"] for n in processes for u in dev.uploads(n)})
+    # The media store the media worker's config names is mounted, as on the worker itself, and
+    # the files from the check's holder, read-only.
+    assert [v.get("containerPath") or v["fromContainer"] for v in check["volumes"]] == \
+        ["/media_store", "synapse-check-config-files"]
     assert "synapse-media-owner" in _depends_on(dev, "synapse-check-config")
 
 
@@ -94,9 +97,10 @@ def _single_check_is_the_services_own(run: offline.Run, service: str, init_args:
     check = containers[f"{service}-check-config"].plain_inputs()
     svc = containers[service].plain_inputs()
     assert check["entrypoints"] == init_args
-    for key in ("uploads", "envs", "user", "image"):
+    for key in ("envs", "user", "image"):
         assert check.get(key) == svc.get(key), (service, key)
-    assert [v["volumeName"] for v in check.get("volumes") or []] == [v["volumeName"] for v in svc.get("volumes") or []]
+    assert run.uploads(f"{service}-check-config") == run.uploads(service)
+    assert [v.get("volumeName") for v in check.get("volumes") or []] == [v.get("volumeName") for v in svc.get("volumes") or []]
     assert _labels(check) == {"matrix-stack.component": "config-check",
                               **{k: v for k, v in _labels(svc).items() if k.startswith(DIGEST)}}
     assert f"{service}-check-config" in _depends_on(run, service)
@@ -169,7 +173,7 @@ def test_two_docker_hosts_get_one_check_each(monkeypatch: pytest.MonkeyPatch) ->
         assert _depends_on(run, name) == {f"synapse-{host}-check-config"}, name
         assert _provider(run, name) == _provider(run, f"synapse-{host}-check-config") == f"docker-{host}"
         check = containers[f"synapse-{host}-check-config"].plain_inputs()
-        assert f"/conf/{name}.yaml" in {u["file"] for u in check["uploads"]}
+        assert f"/conf/{name}.yaml" in {u["file"] for u in run.uploads(f"synapse-{host}-check-config")}
         assert f"-c /conf/{name}.yaml || " in check["entrypoints"][2]
 
 

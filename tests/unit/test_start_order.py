@@ -67,7 +67,7 @@ def test_config_checks_are_attached_one_shots_with_the_service_files(dev: offlin
     assert check["entrypoints"][:2] == ["/bin/sh", "-c"] and "python -m synapse.config " in check["entrypoints"][2]
     for name in ("synapse-main", "synapse-generic-1"):
         service = _container(dev, name).plain_inputs()
-        assert {u["file"] for u in service["uploads"]} <= {u["file"] for u in check["uploads"]}
+        assert {u["file"] for u in dev.uploads(name)} <= {u["file"] for u in dev.uploads("synapse-check-config")}
         assert check["user"] == service["user"]
         labels = {item["label"]: item["value"] for item in service["labels"]}
         assert labels["matrix-stack.config-check"] == "passed"

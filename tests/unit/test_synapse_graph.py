@@ -33,8 +33,10 @@ def dev(**counts: int) -> dict[str, Any]:
 
 
 def containers(run: offline.Run) -> dict[str, dict[str, Any]]:
-    """Every container of the run (all components), by name."""
-    return {r.name: r.plain_inputs() for r in run.of_type(CONTAINER)}
+    """Every container of the run (all components) but the file holders, by name, each with the
+    uploads of its holder (the files it reads) as its `uploads`."""
+    return {r.name: {**r.plain_inputs(), "uploads": run.uploads(r.name)} for r in run.of_type(CONTAINER)
+            if not r.name.endswith("-files")}
 
 
 def labels(inputs: dict[str, Any]) -> dict[str, str]:
@@ -80,7 +82,8 @@ def base_run() -> offline.Run:
 def test_adding_a_generic_worker_adds_its_container_and_changes_only_the_proxy(base_run: offline.Run) -> None:
     bigger = offline.run(dev(generic=2), stack="test")
     # The worker; the Synapse processes' shared config check also checks its file now.
-    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-generic-2")}
+    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-generic-2"),
+                                                               (CONTAINER, "synapse-generic-2-files")}
     assert resource_keys(base_run) - resource_keys(bigger) == set()
 
     before, after = containers(base_run), containers(bigger)
@@ -120,7 +123,8 @@ def test_adding_an_event_persister_changes_the_shared_file_and_every_synapse_con
     base_run: offline.Run,
 ) -> None:
     bigger = offline.run(dev(event_persister=2), stack="test")
-    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2")}
+    assert resource_keys(bigger) - resource_keys(base_run) == {(CONTAINER, "synapse-event-persister-2"),
+                                                               (CONTAINER, "synapse-event-persister-2-files")}
     before, after = containers(base_run), containers(bigger)
     processes = set(synapse_processes(base_run))
     assert "synapse-main" in processes and len(processes) == 5
@@ -247,7 +251,9 @@ def test_proxy_restarts_with_its_upstreams_and_media_waits_for_its_volume_owner(
     for upstream in ("synapse-main", "synapse-generic-1", "synapse-media-repository-1"):
         assert containers[upstream].urn in proxy.dependencies, upstream
     assert containers["synapse-postgres"].urn not in proxy.dependencies
-    assert not containers["synapse-main"].has_replacement_trigger
+    # Synapse's own trigger is its file holder alone: it restarts with no other service.
+    assert [u for u in ("synapse-proxy", "synapse-generic-1", "synapse-postgres")
+            if containers[u].urn in containers["synapse-main"].dependencies] == ["synapse-postgres"]
     # A fresh named volume is root's; Synapse runs as 991, so a one-shot container hands it over.
     owner = containers["synapse-media-owner"]
     assert owner.plain_inputs()["entrypoints"] == ["chown", "991:991", "/media_store"]

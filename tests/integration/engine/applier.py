@@ -18,7 +18,10 @@ Followed:
   ports with their protocol and host IP (empty = every interface, as the provider does);
 - `attach: true` with `must_run: false`: waits for the one-shot to exit; a non-zero exit stops
   the apply before any dependent is created (the program turns the exit code into an error);
-- `must_run: false` without attach: started and not waited for.
+- `must_run: false` without attach: started and not waited for;
+- `start: false`: created (with its uploads) and never started;
+- volumes with only a container path (anonymous) and `from_container` (VolumesFrom, `:ro`
+  when read-only); `memory` (MB) and `cpu_shares`.
 
 Not followed (needs the Pulumi engine and its state): refresh, diffs and replacement (including
 delete_before_replace and replacement triggers), protect/retain_on_delete, destroy, providers
@@ -109,6 +112,7 @@ def _upload_tar(uploads: list[dict[str, Any]]) -> bytes:
 class Applied:
     containers: list[str] = field(default_factory=list)  # long-running, in creation order
     one_shots: dict[str, int] = field(default_factory=dict)  # name -> exit code
+    created_only: list[str] = field(default_factory=list)  # never started (file holders)
     seconds: float = 0.0
 
 
@@ -160,6 +164,8 @@ class Applier:
                     applied.containers.append(inputs["name"])
                 else:
                     applied.one_shots[inputs["name"]] = code
+                if inputs.get("start") is False:
+                    applied.created_only.append(inputs["name"])
 
     def create_container(self, inputs: dict[str, Any]) -> int | None:
         """Create, upload, start. Returns the exit code of an attached one-shot, else None."""
@@ -172,8 +178,13 @@ class Applier:
             key = f"{int(p['internal'])}/{p.get('protocol') or 'tcp'}"
             exposed.append((int(p["internal"]), p.get("protocol") or "tcp"))
             port_bindings.setdefault(key, []).append((p.get("ip") or "", int(p.get("external") or p["internal"])))
-        mounts = [Mount(target=v["containerPath"], source=v["volumeName"], type="volume",
-                        read_only=bool(v.get("readOnly"))) for v in inputs.get("volumes") or []]
+        volumes = inputs.get("volumes") or []
+        # A volume with only a container path is anonymous (created with the image's content at
+        # that path); one with from_container takes that container's volumes (`:ro` when read-only).
+        mounts = [Mount(target=v["containerPath"], source=v.get("volumeName") or None, type="volume",
+                        read_only=bool(v.get("readOnly"))) for v in volumes if v.get("containerPath")]
+        volumes_from = [v["fromContainer"] + (":ro" if v.get("readOnly") else ":rw")
+                        for v in volumes if v.get("fromContainer")]
         caps = inputs.get("capabilities") or {}
         health = inputs.get("healthcheck")
         restart = inputs.get("restart") or "no"
@@ -188,6 +199,9 @@ class Applier:
             cap_add=caps.get("adds") or None,
             security_opt=inputs.get("securityOpts") or None,
             network_mode=inputs.get("networkMode") or None,
+            volumes_from=volumes_from or None,
+            mem_limit=f"{int(inputs['memory'])}m" if inputs.get("memory") else None,
+            cpu_shares=int(inputs["cpuShares"]) if inputs.get("cpuShares") else None,
         )
         networks = inputs.get("networksAdvanced") or []
         networking = None
@@ -224,6 +238,8 @@ class Applier:
             api.connect_container_to_network(cid, extra["name"], aliases=extra.get("aliases") or None)
         if inputs.get("uploads"):
             api.put_archive(cid, "/", _upload_tar(inputs["uploads"]))
+        if inputs.get("start") is False:
+            return 0  # created only (a file holder)
         api.start(cid)
         if inputs.get("attach") and inputs.get("mustRun") is False:
             status = api.wait(cid, timeout=ONE_SHOT_TIMEOUT_S)
