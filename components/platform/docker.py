@@ -49,6 +49,8 @@ def start_command(waits: tuple[Wait, ...], command: list[str]) -> list[str]:
     return ["/bin/sh", "-c", "\n".join([*lines, 'exec "$@"']), command[0], *command]
 
 
+# The never-started container that holds a service's files: the service's name and this.
+FILES_HOLDER_SUFFIX = "-files"
 CRONTABS = "/etc/crontabs"
 
 
@@ -279,7 +281,7 @@ class DockerPlatform(DockerHosts):
         holder and, through the replacement trigger, the service; Docker removes a replaced
         holder's volumes with it (remove_volumes).
         """
-        holder = f"{name}-files"
+        holder = f"{name}{FILES_HOLDER_SUFFIX}"
         return docker.Container(
             holder,
             name=holder,

@@ -80,7 +80,7 @@ def backup_entries(result: offline.Run, restic_password: str) -> list[dict[str, 
 
 def crontab_jobs(result: offline.Run) -> dict[str, tuple[str, list[str]]]:
     """container name -> (schedule, command) of each crontab the Docker target uploads."""
-    from components.platform.docker import CRONTABS
+    from components.platform.docker import CRONTABS, FILES_HOLDER_SUFFIX
 
     jobs: dict[str, tuple[str, list[str]]] = {}
     for container in result.of_type("docker:index/container:Container"):
@@ -91,7 +91,8 @@ def crontab_jobs(result: offline.Run) -> dict[str, tuple[str, list[str]]]:
             [line] = [ln for ln in upload["content"].splitlines() if ln.strip()]
             words = line.split()
             command = shlex.split(" ".join(words[5:]).split(" >/proc/1/fd/1")[0])
-            jobs[inputs["name"]] = (" ".join(words[:5]), command)
+            # Uploaded to the service's files holder (read-only roots): named after the service.
+            jobs[str(inputs["name"]).removesuffix(FILES_HOLDER_SUFFIX)] = (" ".join(words[:5]), command)
     return jobs
 
 
