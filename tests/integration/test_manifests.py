@@ -255,7 +255,11 @@ def test_docker_containers_publish_distinct_ports_mount_absolute_paths_and_pin_i
                 clashes.append(f"{container.name} and {published[key]} both publish {key[1:]}")
             published[key] = container.name
         paths = [u["file"] for u in inputs.get("uploads") or []]
-        paths += [v["containerPath"] for v in inputs.get("volumes") or []]
+        volumes = inputs.get("volumes") or []
+        paths += [v["containerPath"] for v in volumes if "fromContainer" not in v]
+        # A service's files come read-only from its own holder's volumes, at the holder's paths.
+        holders = [v["fromContainer"] for v in volumes if "fromContainer" in v]
+        assert holders in ([], [f"{container.name}-files"]), f"{container.name}: files from {holders}"
         paths += list((inputs.get("tmpfs") or {}).keys())
         for path in paths:
             assert path.startswith("/"), f"{container.name}: {path} is not absolute"
