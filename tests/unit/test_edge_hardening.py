@@ -29,7 +29,7 @@ from components.synapse import services
 from config import ConfigError
 from config.model import KubernetesTarget
 from stack import parse
-from tests.unit.test_worker_table import NGINX, _placeholder_certificate, render
+from tests.unit.test_worker_table import NGINX, relocate_certificates, render
 
 HSTS = "max-age=63072000"
 DENY_FRAMES = "frame-ancestors 'none'"
@@ -149,12 +149,7 @@ def _boot(raw: dict[str, Any], upstream: int, tmp_path: Path) -> Iterator[Proxy]
     addresses = ["127.0.0.1", *([_bracketed(PRIVATE)] if PRIVATE else [])]
     text = re.sub(r"listen (\d+)([^;]*);", lambda m: " ".join(
         f"listen {a}:{ports[int(m.group(1))]}{m.group(2)};" for a in addresses), text)
-    for cert, key in re.findall(r"ssl_certificate (\S+);\s*ssl_certificate_key (\S+);", conf):
-        moved_cert, moved_key = tmp_path / "tls" / cert.lstrip("/"), tmp_path / "tls" / key.lstrip("/")
-        if not moved_cert.exists():
-            _placeholder_certificate(moved_cert, moved_key)
-        text = text.replace(f"ssl_certificate {cert};", f"ssl_certificate {moved_cert};")
-        text = text.replace(f"ssl_certificate_key {key};", f"ssl_certificate_key {moved_key};")
+    text = relocate_certificates(conf, text, tmp_path)
     path = tmp_path / "nginx.conf"
     path.write_text(text)
     log = (tmp_path / "nginx.log").open("w")

@@ -332,6 +332,18 @@ def _location_blocks(conf: str) -> dict[str, str]:
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
+def relocate_certificates(conf: str, text: str, tmp_path: Path) -> str:
+    """`text` (conf, rewritten) with every certificate `conf` names moved under tmp_path, each a
+    real key pair made by the stack's own placeholder script."""
+    for cert, key in re.findall(r"ssl_certificate (\S+);\s*ssl_certificate_key (\S+);", conf):
+        moved_cert, moved_key = tmp_path / "tls" / cert.lstrip("/"), tmp_path / "tls" / key.lstrip("/")
+        if not moved_cert.exists():
+            _placeholder_certificate(moved_cert, moved_key)
+        text = text.replace(f"ssl_certificate {cert};", f"ssl_certificate {moved_cert};")
+        text = text.replace(f"ssl_certificate_key {key};", f"ssl_certificate_key {moved_key};")
+    return text
+
+
 def _nginx_test(conf: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """`nginx -t` on the rendered file with only its paths moved into tmp_path.
 
@@ -340,12 +352,7 @@ def _nginx_test(conf: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     text = conf.replace("/tmp/", f"{scratch}/")
-    for cert, key in re.findall(r"ssl_certificate (\S+);\s*ssl_certificate_key (\S+);", conf):
-        moved_cert, moved_key = tmp_path / "tls" / cert.lstrip("/"), tmp_path / "tls" / key.lstrip("/")
-        if not moved_cert.exists():
-            _placeholder_certificate(moved_cert, moved_key)
-        text = text.replace(f"ssl_certificate {cert};", f"ssl_certificate {moved_cert};")
-        text = text.replace(f"ssl_certificate_key {key};", f"ssl_certificate_key {moved_key};")
+    text = relocate_certificates(conf, text, tmp_path)
     path = tmp_path / "nginx.conf"
     path.write_text(text)
     return subprocess.run([NGINX or "nginx", "-t", "-q", "-c", str(path), "-p", f"{tmp_path}/",
