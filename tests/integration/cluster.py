@@ -326,6 +326,15 @@ def _leaf(pid: int) -> int:
         pid = kids[0]
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a process that has not yet been reaped."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _proc_ppid(pid: int) -> int:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -370,6 +379,7 @@ class Cluster:
         self.hosts_file = hosts_file
         self.procs: dict[str, Proc] = {}
         self.boot_s: dict[str, float] = {}
+        self._postgres_cmd: list[str] = []
         self.access_log = self.base / "logs" / "access.log"
 
     # ------------------------------------------------------------ helpers
@@ -458,13 +468,10 @@ class Cluster:
             args = args[1:]
         port = next(p.port for p in entry["service"].ports)
         cmd = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock), *args]
-        proc = self._spawn("synapse-postgres", self._as_postgres(cmd), port=port, tier=0)
+        self._postgres_cmd = self._as_postgres(cmd)
+        proc = self._spawn("synapse-postgres", self._postgres_cmd, port=port, tier=0)
         proc.started = t0
-
-        def ready(_p: Proc) -> bool:
-            return subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", self.address, "-p", str(port)]).returncode == 0
-
-        self._wait([proc], ready, "accepting connections", timeout=60)
+        self._wait([proc], self._postgres_ready, "accepting connections", timeout=60)
         user, db, password = env["POSTGRES_USER"], env["POSTGRES_DB"], env["POSTGRES_PASSWORD"]
         quoted = password.replace("'", "''")
         # What the postgres image does from POSTGRES_USER/DB/PASSWORD, with the C collation Synapse needs.
@@ -473,6 +480,41 @@ class Cluster:
             subprocess.run(self._as_postgres([str(PG_BIN / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", str(sock),
                                               "-p", str(port), "-U", "postgres", "-d", "postgres", "-c", sql]),
                            check=True, cwd=self.base, stdout=subprocess.DEVNULL)
+
+    def _postgres_ready(self, proc: Proc) -> bool:
+        """What the rendered health check asks: pg_isready (past recovery, accepting connections)."""
+        return subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", self.address, "-p", str(proc.port)]
+                              ).returncode == 0
+
+    def kill_postgres(self) -> None:
+        """What `docker kill` does to the database container: SIGKILL to the server and every
+        backend at once (the kernel does so to a PID namespace whose first process dies), so no
+        client hears of it. Backends run in sessions of their own: the whole tree is signalled."""
+        proc = self.procs["synapse-postgres"]
+        pids = _tree_pids(proc.popen.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.popen.wait(timeout=STOP_TIMEOUT_S)
+        # Until the last one is reaped, a new server refuses the data directory's lock file.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(_alive(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"postgres processes outlived SIGKILL: {[p for p in pids if _alive(p)]}")
+            time.sleep(0.05)
+
+    def restart_postgres(self) -> float:
+        """Start PostgreSQL again on its data directory with the command it was started with (as
+        a container's restart policy does); returns once healthy, with the seconds that took
+        (crash recovery included)."""
+        if self.procs["synapse-postgres"].popen.poll() is None:
+            raise RuntimeError("synapse-postgres is still running")
+        proc = self._spawn("synapse-postgres", self._postgres_cmd, port=self.procs["synapse-postgres"].port, tier=0)
+        self._wait([proc], self._postgres_ready, "accepting connections", timeout=60)
+        assert proc.ready_s is not None
+        return proc.ready_s
 
     def start_redis(self) -> None:
         if "synapse-redis" not in self.services:

@@ -7,15 +7,21 @@ Not skipped anywhere: in CI (CI=true) this must run; a missing binary fails with
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
-from .workload import PASSWORD, Facts, run_workload
+from .workload import PASSWORD, Facts, SteadyLoad, run_workload
 
 MAIN_PORT = 8008
+# The steady workload's windows, in requests: enough for every client to have used each of its
+# request kinds several times (before the kill) and for each process to have used every pooled
+# connection it held (after).
+STEADY_WARM_UP_REQUESTS = 60
+STEADY_OBSERVED_REQUESTS = 200
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +159,35 @@ def test_element_x_readiness_check_passes_and_sliding_sync_reaches_the_sync_work
     wrong = [f"route={a.route} upstream={a.upstreams} status={a.status}" for a in hits
              if a.route != "sync" or not a.ports or not set(a.ports) <= ports or a.status != 200]
     assert not wrong, f"sliding sync wanted route=sync on {sorted(ports)}:\n" + "\n".join(wrong)
+
+
+def test_no_client_error_once_a_restarted_database_is_healthy(
+        booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    """PostgreSQL killed (as `docker kill` does) and started again under a steady client workload:
+    once it is healthy, no client request fails, whatever each Synapse process's pool held.
+
+    The workload pauses while the server is down. Requests during the outage would each use up a
+    stale pooled connection (failing before the server is healthy, which is allowed) and so hide
+    them; a quiet outage leaves every pooled connection stale, as a restart shorter than the gaps
+    between a process's transactions does in production.
+    """
+    cluster, _facts, _log = booted
+    with SteadyLoad(cluster) as load:
+        load.wait_for(STEADY_WARM_UP_REQUESTS)  # every process has served, its pool is warm
+        before = load.count()
+        with load.paused():
+            killed = time.monotonic()
+            cluster.kill_postgres()
+            restart_s = cluster.restart_postgres()
+            healthy = time.monotonic()
+        load.wait_for(STEADY_OBSERVED_REQUESTS, since=healthy)
+        errors = load.errors(since=healthy)
+        observed = load.count(healthy)
+    failed_before = len([e for e in load.errors() if e.sent < killed])
+    print(f"\nPostgreSQL killed and back: healthy {healthy - killed:.1f}s after the kill "
+          f"(restart to healthy {restart_s:.1f}s); before the kill: {before} requests, {failed_before} errors; "
+          f"after healthy: {observed} requests, {len(errors)} errors"
+          + (f", the last {errors[-1].sent - healthy:.1f}s after healthy" if errors else ""))
+    assert not errors, "\n".join(f"+{e.sent - healthy:.1f}s {e.what}: {e.error}" for e in errors)
+    for name, proc in cluster.procs.items():
+        assert proc.popen.poll() is None, f"{name} died with the database:\n{proc.tail()}"

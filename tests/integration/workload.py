@@ -9,15 +9,19 @@ admin API by design.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import os
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import nio
 
 from .cluster import PROXY_URL, Cluster
@@ -161,3 +165,160 @@ async def _run(cluster: Cluster, tag: str) -> Facts:
 
 def run_workload(cluster: Cluster, tag: str = "") -> Facts:
     return asyncio.run(_run(cluster, tag))
+
+
+# ---------------------------------------------------------------- a steady workload
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request of the steady workload: when it was sent (time.monotonic()), what it was, and
+    its error (an HTTP status other than 2xx, or the exception), None when it succeeded."""
+
+    sent: float
+    what: str
+    error: str | None
+
+
+class SteadyLoad:
+    """Clients that keep using the stack through the proxy while a test breaks something, and
+    record every request's outcome.
+
+    Each client loops over requests that reach most of the worker roles and their databases
+    (send -> event creator and persister, incremental sync, /messages, typing, receipts, profile,
+    media download); the clients run in parallel so that every process uses several of its
+    pooled database connections. Runs in a thread of its own: `with SteadyLoad(cluster) as load:`.
+    """
+
+    REQUEST_TIMEOUT_S = 20.0
+
+    def __init__(self, cluster: Cluster, tag: str = "steady", clients: int = 4):
+        self.cluster = cluster
+        self.names = [f"{tag}{i}" for i in range(clients)]
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> SteadyLoad:
+        for name in self.names:
+            self.cluster.register(name, PASSWORD)
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(self._run(ready))
+            except BaseException as exc:  # reported by __enter__ or __exit__
+                failure.append(exc)
+                ready.set()
+
+        self._failure = failure
+        self._thread = threading.Thread(target=run, name="steady-load", daemon=True)
+        self._thread.start()
+        ready.wait(timeout=120)
+        if failure or not ready.is_set():
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"the steady workload did not start: {failure}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.REQUEST_TIMEOUT_S * 3)
+        if self._failure:
+            raise RuntimeError("the steady workload failed") from self._failure[0]
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No new request is sent inside the block (those in flight finish): a quiet spell."""
+        self._paused.set()
+        try:
+            yield
+        finally:
+            self._paused.clear()
+
+    def errors(self, since: float = 0.0) -> list[Outcome]:
+        """The failed requests sent at or after `since` (time.monotonic())."""
+        return [o for o in list(self.outcomes) if o.sent >= since and o.error is not None]
+
+    def count(self, since: float = 0.0) -> int:
+        return len([o for o in list(self.outcomes) if o.sent >= since])
+
+    def wait_for(self, requests: int, since: float = 0.0, timeout: float = 180.0) -> None:
+        """Until `requests` requests have been answered (well or not) since `since`: a window
+        measured in requests, not seconds, so a slow machine observes as much as a fast one."""
+        deadline = time.monotonic() + timeout
+        while self.count(since) < requests:
+            if self._failure or time.monotonic() > deadline:
+                raise TimeoutError(f"the steady workload made {self.count(since)} of {requests} requests "
+                                   f"within {timeout:.0f}s ({self._failure})")
+            time.sleep(0.2)
+
+    async def _run(self, ready: threading.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(PROXY_URL, timeout=timeout) as http:
+            tokens = []
+            for name in self.names:
+                body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
+                        "password": PASSWORD}
+                async with http.post("/_matrix/client/v3/login", json=body) as resp:
+                    resp.raise_for_status()
+                    tokens.append((await resp.json())["access_token"])
+            auth = [{"Authorization": f"Bearer {t}"} for t in tokens]
+            async with http.post("/_matrix/client/v3/createRoom", headers=auth[0],
+                                 json={"preset": "public_chat", "name": "steady load"}) as resp:
+                resp.raise_for_status()
+                room = (await resp.json())["room_id"]
+            for headers in auth[1:]:
+                async with http.post(f"/_matrix/client/v3/join/{room}", headers=headers) as resp:
+                    resp.raise_for_status()
+            async with http.post("/_matrix/media/v3/upload", headers=auth[0] | {"Content-Type": "text/plain"},
+                                 data=b"steady") as resp:
+                resp.raise_for_status()
+                media = (await resp.json())["content_uri"].removeprefix("mxc://")
+            ready.set()
+            await asyncio.gather(*(self._client(http, name, headers, room, media)
+                                   for name, headers in zip(self.names, auth, strict=True)))
+
+    async def _client(self, http: aiohttp.ClientSession, name: str, headers: dict[str, str], room: str,
+                      media: str) -> None:
+        user = f"@{name}:localhost"
+        since = ""
+        last_event = ""
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            requests: list[tuple[str, str, str, Any]] = [
+                ("send", "PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{name}-{n}",
+                 {"msgtype": "m.text", "body": f"{name} {n}"}),
+                ("sync", "GET", "/_matrix/client/v3/sync?timeout=0" + (f"&since={since}" if since else ""), None),
+                ("messages", "GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5", None),
+                ("typing", "PUT", f"/_matrix/client/v3/rooms/{room}/typing/{user}", {"typing": True, "timeout": 5000}),
+                ("profile", "GET", f"/_matrix/client/v3/profile/{user}", None),
+                ("download", "GET", f"/_matrix/client/v1/media/download/{media}", None),
+            ]
+            if last_event:
+                requests.append(("receipt", "POST", f"/_matrix/client/v3/rooms/{room}/receipt/m.read/{last_event}",
+                                 {}))
+            for what, method, path, body in requests:
+                while self._paused.is_set() and not self._stop.is_set():
+                    await asyncio.sleep(0.05)
+                if self._stop.is_set():
+                    return
+                sent = time.monotonic()
+                error: str | None = None
+                try:
+                    async with http.request(method, path, headers=headers, json=body) as resp:
+                        payload = await resp.read()
+                        if not 200 <= resp.status < 300:
+                            error = f"HTTP {resp.status} {payload[:200]!r}"
+                        elif what == "send":
+                            last_event = json.loads(payload)["event_id"]
+                        elif what == "sync":
+                            since = json.loads(payload)["next_batch"]
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                self.outcomes.append(Outcome(sent, what, error))
+                if error is not None:
+                    await asyncio.sleep(0.1)  # a broken stack is not hammered
