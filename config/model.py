@@ -533,6 +533,8 @@ class S3Repository(Strict):
     bucket: Annotated[str, Field(pattern=BUCKET_RE.pattern)]
     path: Annotated[str, Field(pattern=REPOSITORY_PATH_RE.pattern)] = "matrix-stack"
     region: str | None = None
+    path_style: bool = Field(False, description="address the bucket as <endpoint>/<bucket> (restic's "
+                             "s3.bucket-lookup=path; most self-hosted stores) instead of <bucket>.<endpoint>")
 
 
 class SftpRepository(Strict):

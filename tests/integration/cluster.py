@@ -503,7 +503,10 @@ class Cluster:
         self._wait([proc], ready, "answering AUTH", timeout=30)
 
     def _start_synapse(self, name: str) -> Proc:
-        return self._spawn(name, self.synapse_command(name), env=self.env_of(name) | self.synapse_env,
+        # Paths in the environment (botocore's credentials and config files) move like every
+        # other container path.
+        env = {k: self.reloc.path(v) if v.startswith("/") else v for k, v in self.env_of(name).items()}
+        return self._spawn(name, self.synapse_command(name), env=env | self.synapse_env,
                            port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
 
     def synapse_command(self, name: str) -> list[str]:
