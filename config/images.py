@@ -27,7 +27,6 @@ SYNAPSE = f"matrixdotorg/synapse:v{SYNAPSE_VERSION}"
 # Media in a bucket: the storage provider Synapse loads, installed into a derived image (the
 # recipe: images/synapse-s3/Dockerfile). 1.6.0 and later need Synapse 1.140 or later. The tests
 # install the same version (requirements/test.in).
-# renovate: depName=synapse-s3-storage-provider datasource=pypi
 S3_STORAGE_PROVIDER_VERSION = "1.7.0"
 # The derived image's repository: built on each Docker host under this name, pushed by the
 # operator to synapse.media.image_registry for Kubernetes.

@@ -4,6 +4,8 @@ parts' contributions are its inputs."""
 
 from __future__ import annotations
 
+import functools
+import shlex
 from collections.abc import Mapping
 
 import pulumi
@@ -124,6 +126,8 @@ class SynapseCluster(Part):
             "homeserver_url": cfg.url("matrix"),
             "synapse_processes": [p.name for p in topology.processes],
         }
+        if cfg.synapse.media.s3:
+            outputs.update(media_commands(cfg, ctx.view.target))
         if not cfg.mas.owns_logins:
             # Synapse has no shared-secret registration while MAS owns accounts: MAS's part
             # outputs the command that makes the admin.
@@ -151,6 +155,21 @@ def inputs(built: list[Contribution]) -> Inputs:
         merge_homeserver(collected.homeserver, part.homeserver)
         collected.secret_files.update(part.secret_files)
     return collected
+
+
+def media_commands(cfg: StackConfig, target: Target) -> dict[str, str]:
+    """The operator's commands for media in a bucket, run in the first process that holds the
+    media store: copy every local file to the bucket (moving a stack's media there, while it
+    serves), and empty the cache of what was not accessed for synapse.media.cache.max_age."""
+    holder = next(p for p in homeserver.topology(cfg).processes if homeserver.uses_media_store(cfg, p))
+    script = functools.partial(homeserver.media_upload_script, cfg)
+    return {
+        "media_to_bucket_command": target.exec_command(
+            holder.name, False, shlex.join(["sh", "-c", script(older_than="0d", delete=False)])),
+        "media_cache_clean_command": target.exec_command(
+            holder.name, False, shlex.join(["sh", "-c", script(older_than=cfg.synapse.media.cache.max_age,
+                                                               delete=True)])),
+    }
 
 
 def create_admin_command(cfg: StackConfig, target: Target, user: str = "admin") -> str:

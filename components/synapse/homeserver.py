@@ -9,6 +9,7 @@ reach Synapse through `*_path` keys pointing at secret files, or through the env
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -463,6 +464,29 @@ def uses_media_store(cfg: StackConfig, process: Process) -> bool:
     if topo.has("media_repository"):
         return bool(process.role and process.role.media)
     return process.is_main
+
+
+# s3_media_upload keeps its list of media in cache.db in its working directory: scratch space.
+MEDIA_UPLOAD_DIR = "/tmp"
+
+
+def media_upload_script(cfg: StackConfig, *, older_than: str, delete: bool) -> str:
+    """The shell command, run inside a process that holds the media store, that copies to the
+    bucket every media file not accessed for `older_than` (s3_media_upload's duration: 0d is
+    every file) and, with `delete`, removes the local copies once the bucket has them. It reads
+    Synapse's database from homeserver.yaml (the password from PGPASSWORD, as Synapse does) and
+    the bucket's credentials from the files botocore is pointed at (s3_environment)."""
+    media = cfg.synapse.media
+    assert media.s3 and media.bucket and media.endpoint
+    upload = ["s3_media_upload", "--no-progress", "upload", MEDIA_STORE, media.bucket,
+              "--endpoint-url", media.endpoint]
+    if media.prefix:
+        upload += ["--prefix", media.prefix]
+    if delete:
+        upload.append("--delete")
+    update = ["s3_media_upload", "--no-progress", "update", MEDIA_STORE, older_than,
+              "--homeserver-config-path", SHARED_CONFIG]
+    return f"cd {MEDIA_UPLOAD_DIR} && {shlex.join(update)} && {shlex.join(upload)}"
 
 
 def keeps_media(cfg: StackConfig, process: Process) -> bool:

@@ -522,6 +522,11 @@ class Cluster:
         old = self.procs[name]
         if old.popen.poll() is None:
             raise RuntimeError(f"{name} is still running")
+        return self.start_synapse(name)
+
+    def start_synapse(self, name: str) -> Proc:
+        """Start one Synapse process of this render and return once it is healthy: a rolling
+        change replaces the processes of another render's cluster one at a time this way."""
         proc = self._start_synapse(name)
         self._wait([proc], self._healthy, "healthy")
         return proc

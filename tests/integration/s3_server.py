@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 S3_PORT = 8333
-# Every port `weed mini` listens on, moved off the ones Synapse's workers and the proxy use.
-PORTS = {"master.port": 19433, "volume.port": 19440, "filer.port": 19488, "webdav.port": 19473,
-         "admin.port": 19464, "metricsPort": 19401}
+# Every port `weed mini` listens on, each with its gRPC twin 10000 above (the S3 gateway's is
+# 18333), kept off the metrics ports of Synapse's workers (19101 and up), the proxy's and the
+# servers'.
+PORTS = {"master.port": 17333, "volume.port": 17340, "filer.port": 17388, "webdav.port": 17373,
+         "admin.port": 17364, "metricsPort": 17301}
 START_TIMEOUT_S = 90.0
 
 

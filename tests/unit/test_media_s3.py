@@ -191,3 +191,9 @@ def test_a_cache_age_in_minutes_is_refused_as_s3_media_upload_reads_m_as_months(
     found = _problems(with_s3({"server_name": "localhost"}, endpoint="http://127.0.0.1:8333",
                               cache={"max_age": "30m"}), MEDIA_SECRETS)
     assert "synapse.media.cache.max_age" in found
+
+
+def test_the_tests_install_the_provider_version_the_image_pins() -> None:
+    """The boot test proves the provider the derived image installs: the same version."""
+    pins = (ROOT / "requirements" / "test.in").read_text().splitlines()
+    assert f"synapse-s3-storage-provider=={images.S3_STORAGE_PROVIDER_VERSION}" in pins
