@@ -65,6 +65,29 @@ class Bucket:
         return bytes(self.client().get_object(Bucket=self.name, Key=key)["Body"].read())
 
 
+WARM_UP_KEY = ".warm-up"
+# Above SeaweedFS's chunk size (4 MiB under `weed mini`): the write takes the chunked path too.
+WARM_UP_BYTES = 6 * 1024 * 1024
+
+
+def _grow(bucket: Bucket, deadline: float, log: Path) -> None:
+    """Writes to `bucket` until its writes succeed, then removes what it wrote. A bucket is a
+    collection of its own, whose volumes the master grows on its first write; a write that races
+    the growth fails with "volume N not found" (an InternalError to the client), which no
+    deployment would see on a store already in use."""
+    client = bucket.client()
+    body = os.urandom(WARM_UP_BYTES)
+    while True:
+        try:
+            client.put_object(Bucket=bucket.name, Key=WARM_UP_KEY, Body=body)
+            client.delete_object(Bucket=bucket.name, Key=WARM_UP_KEY)
+            return
+        except Exception as err:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bucket {bucket.name} takes no writes: {err}\n{log.read_text()[-3000:]}") from err
+            time.sleep(0.5)
+
+
 @contextmanager
 def seaweedfs(base: Path, buckets: tuple[str, ...], *, address: str = "127.0.0.1",
               access_key_id: str = "stack-media", secret_access_key: str = "stack-media-secret-0123456789"
@@ -99,6 +122,8 @@ def seaweedfs(base: Path, buckets: tuple[str, ...], *, address: str = "127.0.0.1
                 raise TimeoutError(f"weed's S3 gateway not ready after {START_TIMEOUT_S:.0f}s:\n"
                                    f"{log.read_text()[-3000:]}")
             time.sleep(0.3)
+        for bucket in made:
+            _grow(bucket, deadline, log)
         yield made
     finally:
         if proc.poll() is None:
