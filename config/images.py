@@ -24,6 +24,14 @@ from dataclasses import dataclass, field, fields
 SYNAPSE_VERSION = "1.163.2"
 
 SYNAPSE = f"matrixdotorg/synapse:v{SYNAPSE_VERSION}"
+# Media in a bucket: the storage provider Synapse loads, installed into a derived image (the
+# recipe: images/synapse-s3/Dockerfile). 1.6.0 and later need Synapse 1.140 or later. The tests
+# install the same version (requirements/test.in).
+S3_STORAGE_PROVIDER_VERSION = "1.7.0"
+# The derived image's repository: built on each Docker host under this name, pushed by the
+# operator to synapse.media.image_registry for Kubernetes.
+SYNAPSE_S3_REPOSITORY = "matrix-stack/synapse-s3"
+SYNAPSE_S3_RECIPE = "images/synapse-s3/Dockerfile"
 POSTGRES = "postgres:16.15-alpine"
 # Valkey, not Redis: Redis 7.4+ is source-available (RSALv2/SSPLv1), Valkey is BSD-3-Clause and
 # speaks the same protocol, config file and ACL file; Synapse's replication needs nothing more.
@@ -152,6 +160,15 @@ _SYNAPSE_TREE = "a58ad44eb0"
 _SYNAPSE_NOTE = "main after v1.157.1; no later tag in the reachable snapshot, docker/ unchanged in kind"
 _SYNAPSE_DOCKERFILE = Source("element-hq/synapse", "docker/Dockerfile", _SYNAPSE_TREE, _SYNAPSE_NOTE)
 _SYNAPSE_START = Source("element-hq/synapse", "docker/start.py", _SYNAPSE_TREE, _SYNAPSE_NOTE)
+
+_SYNAPSE_RUNTIME = Source("element-hq/synapse", "docker/Dockerfile", "03ba104f8d",
+                          "the stored version; stage 3 (runtime) FROM python:${PYTHON_VERSION}-slim, COPY --from=builder "
+                          "/install /usr/local (Synapse in the image's own Python, whose pip the derived image calls), "
+                          "no USER line, ENTRYPOINT /start.py, HEALTHCHECK curl")
+_S3_PROVIDER_SETUP = Source("pypi/synapse-s3-storage-provider", "synapse_s3_storage_provider-1.7.0.dist-info/RECORD",
+                            "1.7.0", "the PyPI wheel: ../../../bin/s3_media_upload (beside the Python pip runs, "
+                            "/usr/local/bin) and the module s3_storage_provider; Requires-Dist boto3, psycopg2, "
+                            "Twisted (METADATA)")
 
 _POSTGRES_DOCKERFILE = Source("docker-library/repo-info", "repos/postgres/remote/16.15-alpine.md", "14ad5cc17d",
                               "the published image's build history (alpine 3.24): PG_VERSION=16.15, "
@@ -418,6 +435,40 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ),
 )
 
+
+
+def synapse_s3_tag(synapse_image: str) -> str:
+    """The derived image's tag: the Synapse image's own tag and the provider's version, so a bump
+    of either is a new image."""
+    tag = synapse_image.rsplit(":", 1)[-1] if ":" in synapse_image.rsplit("/", 1)[-1] else "unpinned"
+    return f"{tag}-s3-{S3_STORAGE_PROVIDER_VERSION}"
+
+
+def synapse_s3(synapse_image: str, registry: str | None = None) -> str:
+    """The derived image's reference: local to a Docker host, or in the operator's registry."""
+    repo = f"{registry.rstrip('/')}/synapse-s3" if registry else SYNAPSE_S3_REPOSITORY
+    return f"{repo}:{synapse_s3_tag(synapse_image)}"
+
+
+# The derived image keeps every fact of the official one (the recipe adds one pip install and
+# changes no user, entrypoint or path) and adds the provider's command.
+SYNAPSE_S3_FACTS = ImageFacts(
+    image=synapse_s3(SYNAPSE),
+    read_for=f"v{SYNAPSE_VERSION}-s3-{S3_STORAGE_PROVIDER_VERSION}",
+    read_on="2026-12-06",
+    sources=_sources(_SYNAPSE_RUNTIME, user=_SYNAPSE_START, steps_down=_SYNAPSE_START,
+                     config_path=_SYNAPSE_START, tools=_S3_PROVIDER_SETUP),
+    user=IMAGE_FACTS[0].user,
+    steps_down=IMAGE_FACTS[0].steps_down,
+    entrypoint=IMAGE_FACTS[0].entrypoint,
+    shell=True,
+    curl=True,
+    tools=IMAGE_FACTS[0].tools | {"pip", "s3_media_upload"},
+    port=IMAGE_FACTS[0].port,
+    config_path=IMAGE_FACTS[0].config_path,
+    health_path=IMAGE_FACTS[0].health_path,
+)
+
 _BY_REPOSITORY = {f.repository: f for f in IMAGE_FACTS}
 
 
@@ -431,7 +482,10 @@ def config_path(image: str) -> str:
 
 def facts_for(image: str) -> ImageFacts:
     """The facts of `image`'s repository (the pinned tag's, also for an overridden tag)."""
+    repo = repository(image)
+    if repo == SYNAPSE_S3_REPOSITORY or repo.endswith("/synapse-s3"):
+        return SYNAPSE_S3_FACTS  # built here, or pushed to the operator's registry
     try:
-        return _BY_REPOSITORY[repository(image)]
+        return _BY_REPOSITORY[repo]
     except KeyError:
         raise KeyError(f"no image facts for {image}: add them to config/images.py") from None

@@ -307,6 +307,46 @@ class Ldap(Strict):
     start_tls: bool = True
 
 
+CACHE_AGE_RE = re.compile(r"^[1-9][0-9]*[hd]$")
+QUANTITY_RE = re.compile(r"^[1-9][0-9]*(Mi|Gi|Ti)$")
+
+
+class MediaCache(Strict):
+    """The media each Synapse process keeps on local disk when media lives in a bucket: what it
+    uploaded until the bucket has it, and what it fetched back from the bucket."""
+
+    size: Annotated[str, Field(pattern=QUANTITY_RE.pattern)] = Field(
+        "10Gi", description="bound of one process's cache (Kubernetes: its pod's emptyDir sizeLimit; "
+        "exceeding it evicts the pod, which starts again with an empty cache)")
+    max_age: Annotated[str, Field(pattern=CACHE_AGE_RE.pattern)] = Field(
+        "7d", description="media not accessed for this long leaves the cache (hours or days: "
+        "s3_media_upload reads 'm' as months)")
+
+
+class Media(Strict):
+    """Where Synapse keeps media: on a volume (local), or in an S3-compatible bucket through
+    synapse-s3-storage-provider, with a bounded local cache. Credentials: the secret keys
+    media_s3_access_key_id and media_s3_secret_access_key."""
+
+    storage: Literal["local", "s3"] = "local"
+    bucket: Annotated[str, Field(pattern=BUCKET_RE.pattern)] | None = None
+    endpoint: str | None = Field(None, pattern=S3_ENDPOINT_RE.pattern,
+                                 description="the store's URL, e.g. https://s3.eu-central-1.amazonaws.com")
+    region: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    path_style: bool = Field(False, description="address the bucket as <endpoint>/<bucket> (most "
+                             "self-hosted stores) instead of <bucket>.<endpoint>")
+    prefix: Annotated[str, Field(pattern=r"^([A-Za-z0-9._-]+/)*$")] = Field(
+        "", description="key prefix of every media object, ending in '/'")
+    cache: MediaCache = MediaCache()
+    image_registry: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.:-]*(/[a-z0-9._-]+)*$")] | None = Field(
+        None, description="Kubernetes: the registry (host[/path]) the operator pushes the Synapse image "
+        "with the storage provider to; Docker hosts build it themselves")
+
+    @property
+    def s3(self) -> bool:
+        return self.storage == "s3"
+
+
 class Synapse(Strict):
     image: Image = images.SYNAPSE
     workers: Workers = Workers()
@@ -332,6 +372,7 @@ class Synapse(Strict):
         description="CIDRs allowed to reach /_synapse/admin on the public proxy; empty = nobody",
     )
     media_size: str = "50Gi"
+    media: Media = Media()
     metrics: bool = True
     extra_config: dict[str, object] = Field(
         default_factory=dict,
@@ -492,6 +533,8 @@ class S3Repository(Strict):
     bucket: Annotated[str, Field(pattern=BUCKET_RE.pattern)]
     path: Annotated[str, Field(pattern=REPOSITORY_PATH_RE.pattern)] = "matrix-stack"
     region: str | None = None
+    path_style: bool = Field(False, description="address the bucket as <endpoint>/<bucket> (restic's "
+                             "s3.bucket-lookup=path; most self-hosted stores) instead of <bucket>.<endpoint>")
 
 
 class SftpRepository(Strict):
@@ -658,6 +701,9 @@ class StackConfig(Strict):
     backup_s3_access_key_id: SecretStr | None = None
     backup_s3_secret_access_key: SecretStr | None = None
     backup_sftp_private_key: SecretStr | None = None
+    # The media bucket's credentials (synapse.media.storage s3).
+    media_s3_access_key_id: SecretStr | None = None
+    media_s3_secret_access_key: SecretStr | None = None
     # Synapse's signing key file, to bring a server's identity back from a backup when the
     # Pulumi state that generated it is lost; unset = generated.
     signing_key: SecretStr | None = None

@@ -214,3 +214,39 @@ def _signing_key(cfg: StackConfig) -> list[Finding]:
         return [("signing_key", "[secret]", "must be a Synapse signing key file: one line "
                  "'ed25519 <key id> <unpadded base64 seed>', as the backup holds it")]
     return []
+
+
+MEDIA_S3_NEEDS = ("bucket", "endpoint")
+
+
+@check("synapse.media", "target", "media_s3_access_key_id", "media_s3_secret_access_key")
+def _media_storage(cfg: StackConfig) -> list[Finding]:
+    """Media in a bucket needs the bucket, its endpoint and credentials (and, on Kubernetes, the
+    registry holding the Synapse image with the storage provider); the bucket's settings mean
+    nothing with local media, so they are refused there rather than silently ignored."""
+    media = cfg.synapse.media
+    found: list[Finding] = []
+    if not media.s3:
+        for key in ("bucket", "endpoint", "region", "image_registry"):
+            if getattr(media, key) is not None:
+                found.append((f"synapse.media.{key}", getattr(media, key),
+                              "is a setting of media in a bucket; allowed only with synapse.media.storage: s3"))
+        if media.path_style:
+            found.append(("synapse.media.path_style", True,
+                          "is a setting of media in a bucket; allowed only with synapse.media.storage: s3"))
+        return found
+    for key in MEDIA_S3_NEEDS:
+        if getattr(media, key) is None:
+            found.append((f"synapse.media.{key}", None, "required with synapse.media.storage: s3"))
+    for key in ("media_s3_access_key_id", "media_s3_secret_access_key"):
+        if getattr(cfg, key) is None:
+            found.append((key, None, "required with synapse.media.storage: s3; set it with --secret"))
+    if not isinstance(cfg.target, DockerTarget) and media.image_registry is None:
+        found.append(("synapse.media.image_registry", None,
+                      "required with synapse.media.storage: s3 on this target: the registry its nodes pull the "
+                      "Synapse image with the storage provider from (a Docker host builds it itself)"))
+    if media.endpoint is not None and media.endpoint.startswith("http://") and not cfg.local:
+        found.append(("synapse.media.endpoint", media.endpoint,
+                      "must be https:// (allowed: https://host[:port]; http:// only on a localhost stack): the "
+                      "credentials and every media file cross it"))
+    return found

@@ -26,7 +26,7 @@ class Backup(Part):
     switches = ("backup.enabled",)
     # After the cluster (and MAS): it reads the database passwords and key files they generate.
     stage = AFTER_CLUSTER
-    reads = ("backup", "synapse.database", "mas", "target", "backup_s3_access_key_id",
+    reads = ("backup", "synapse.database", "synapse.media", "mas", "target", "backup_s3_access_key_id",
              "backup_s3_secret_access_key", "backup_sftp_private_key")
 
     def enabled(self, cfg: StackConfig) -> bool:

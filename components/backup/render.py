@@ -21,7 +21,6 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from components.part import MediaStore
 from components.platform.contract import Handover, Mount, OneShot, OperatorStep, Workload
 from components.platform.targets import target_of
 from components.view import StackView
@@ -125,6 +124,12 @@ def repository_url(cfg: StackConfig) -> str:
     if isinstance(repo, SftpRepository):
         return f"sftp:{repo.user}@{repo.host}:{repo.path}"
     return REPOSITORY_MOUNT
+
+
+def bucket_lookup(repo: S3Repository) -> str:
+    """restic's option for how the bucket is addressed: path-style (<endpoint>/<bucket>), or by
+    DNS (<bucket>.<endpoint>); restic's own `auto` guesses from the endpoint's name."""
+    return f"s3.bucket-lookup={'path' if repo.path_style else 'dns'}"
 
 
 def sftp_command(cfg: StackConfig, key_file: str, known_hosts: str) -> str:
@@ -232,6 +237,8 @@ def _repository_lines(cfg: StackConfig) -> list[str]:
         option = f"sftp.command={sftp_command(cfg, PRIVATE_SFTP_KEY, KNOWN_HOSTS_FILE)}"
         lines += [f"cp {SFTP_KEY_FILE} {PRIVATE_SFTP_KEY}", f"chmod 600 {PRIVATE_SFTP_KEY}",
                   f"set -- -o {shlex.quote(option)}"]
+    elif isinstance(repo, S3Repository):
+        lines.append(f"set -- -o {bucket_lookup(repo)}")
     else:
         lines.append("set --")
     return lines
@@ -348,6 +355,8 @@ def _restic(cfg: StackConfig, handover: Handover, args: str, mounts: Sequence[Mo
     if isinstance(repo, VolumeRepository):
         mounts = (*mounts, Mount(repo.name, REPOSITORY_MOUNT, read_only=True))
     repo_args = ["-r", repository_url(cfg)]
+    if isinstance(repo, S3Repository):
+        repo_args += ["-o", bucket_lookup(repo)]
     if isinstance(repo, SftpRepository):
         files = target.hand_over(handover).files
         repo_args += ["-o", f"sftp.command={sftp_command(cfg, files['sftp-key'], files['known_hosts'])}"]
@@ -361,11 +370,6 @@ def _stopped(view: StackView) -> list[Workload]:
     """The services that write the databases or the media store, or let clients in, in start
     order (main first): stopped during a restore (PostgreSQL keeps running to take the dumps)."""
     return [Workload(writer.service, writer.stateful) for writer in view.writers]
-
-
-def _media(view: StackView) -> MediaStore:
-    assert view.media_store is not None
-    return view.media_store
 
 
 def _pg_restore(db: Database) -> str:
@@ -403,7 +407,6 @@ def restore_procedure(cfg: StackConfig, view: StackView, databases: Sequence[Dat
     steps.append(Step("The snapshots in the repository; `latest` below is the newest.", snapshots_command(cfg)))
     steps += _key_steps(cfg, stack, lambda args: _restic(cfg, handover, args))
     workloads = _stopped(view)
-    media = _media(view)
     steps += [Step("Stop every Synapse process, the proxy (and MAS); PostgreSQL keeps running. After a lost "
                    f"{terms.place}, run `pulumi up` first: it recreates the {terms.workloads} and empty "
                    f"{terms.volume}s.", command) for command in target.stop(workloads)]
@@ -411,9 +414,13 @@ def restore_procedure(cfg: StackConfig, view: StackView, databases: Sequence[Dat
         latest = _restic(cfg, handover, f"dump --host {SNAPSHOT_HOST} latest {db.dump_path}", stdin=True)
         steps.append(Step(f"Restore the {db.name} database from its dump, replacing what it holds, in one "
                           "transaction.", f"{latest} | {_pg_restore_target(cfg, view, handover, db)}"))
-    steps.append(Step(f"Restore the media store into its {terms.volume} (files keep their owner).",
-                      _restic(cfg, handover, f"restore --host {SNAPSHOT_HOST} latest --target / --include {media.path}",
-                              mounts=[Mount(media.volume, media.path)])))
+    media = view.media_store
+    if media is not None:
+        steps.append(Step(f"Restore the media store into its {terms.volume} (files keep their owner).",
+                          _restic(cfg, handover, f"restore --host {SNAPSHOT_HOST} latest --target / --include "
+                                  f"{media.path}", mounts=[Mount(media.volume, media.path)])))
+    # Media in a bucket is no part of the snapshots (media_bucket_warnings): the bucket still
+    # holds every file the restored database names, and its versions what was deleted since.
     why = ("Start Synapse again: main first, then the workers and the proxy." if terms.starts_in_order
            else "Start Synapse again with the stack's replica counts.")
     steps += [Step(why, command) for command in target.start(workloads, stack)]
@@ -449,7 +456,19 @@ def same_host_warnings(cfg: StackConfig, view: StackView) -> list[tuple[str, obj
              "that host loses the backups with it; use kind s3 or sftp for a copy elsewhere")]
 
 
+def media_bucket_warnings(cfg: StackConfig) -> list[tuple[str, object, str]]:
+    """Media in a bucket is not in the snapshots: only the bucket's own versioning or replication
+    keeps a deleted or overwritten media file, and the operator owns both."""
+    if not cfg.backup.enabled or not cfg.synapse.media.s3:
+        return []
+    return [("synapse.media.storage", "s3",
+             f"media lives in the bucket '{cfg.synapse.media.bucket}' and is not copied into the backups: turn on "
+             "the bucket's versioning (with a lifecycle rule for old versions) or replication to another "
+             "bucket, or a lost or overwritten media file cannot be brought back")]
+
+
 def warnings(cfg: StackConfig, view: StackView) -> list[str]:
     from config import Problem
 
-    return [str(Problem(key, advice, str(value))) for key, value, advice in same_host_warnings(cfg, view)]
+    found = same_host_warnings(cfg, view) + media_bucket_warnings(cfg)
+    return [str(Problem(key, advice, str(value))) for key, value, advice in found]

@@ -59,6 +59,9 @@ def database_secrets(databases: Sequence[Database]) -> list[str]:
     return [db.password_secret for db in databases]
 
 
+NOBODY = "65534:65534"
+
+
 def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
              secrets: Mapping[str, pulumi.Input[str]], database_passwords: Sequence[pulumi.Input[str]]) -> list[Service]:
     """The backup's services. `secrets`: restic_password, signing_key, and the repository's
@@ -90,7 +93,9 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         # The media store's owner, so nothing needs root; the claims' group (fsGroup) lets it
         # write the repository and the scratch claim. The dump runs first in the same pod, as
         # the PostgreSQL image's user.
-        user = media.owner if media is not None else None
+        # Without a media store to read (media in a bucket), nobody's: the restic image has no
+        # user of its own, and Pod Security `restricted` refuses root.
+        user = media.owner if media is not None else NOBODY
         dump_step = Step("dump", render.dump_image(view), ("/bin/sh", render.DUMP_SCRIPT), user=dump_user(view))
         # Its dump step dials the external databases too (the bundled one admits it by name).
         external = [db.host for db in databases if db.service is None]

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import shlex
 import typing
+from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
@@ -23,7 +24,7 @@ from .contract import Graph
 from .docker_checks import CheckGroup, check_groups
 from .docker_hardening import HELPER_MEMORY_MB, NO_NEW_PRIVILEGES, cpu_shares, megabytes
 from .docker_hosts import DockerHosts
-from .spec import File, Service, Volume, Wait
+from .spec import File, ImageBuild, Service, Volume, Wait
 
 NETWORK = "matrix-stack"
 NOBODY = "65534:65534"
@@ -171,6 +172,9 @@ class DockerPlatform(DockerHosts):
         self._providers: dict[str, docker.Provider] = {}
         self._networks: dict[str, docker.Network] = {}
         self._images: dict[tuple[str, str], docker.RemoteImage] = {}
+        # Images no registry ships, by reference: each host builds them itself (ImageBuild).
+        self._builds: dict[str, ImageBuild] = {}
+        self._built: dict[tuple[str, str], docker.Image] = {}
         self._volumes: dict[tuple[str, str], docker.Volume] = {}
         # (service, port) pairs another host dials: published on the owning host's address.
         self._cross_host_ports: set[tuple[str, int]] = set()
@@ -205,10 +209,34 @@ class DockerPlatform(DockerHosts):
         key = (host.name, ref)
         if key not in self._images:
             safe = ref.replace("/", "-").replace(":", "-").replace("@", "-").replace(".", "-")
+            built = self.built_image(host, ref, safe)
             self._images[key] = docker.RemoteImage(
-                f"image-{host.name}-{safe}", name=ref, keep_locally=True, opts=self._opts(host, None)
+                f"image-{host.name}-{safe}", name=built.image_name if built else ref, keep_locally=True,
+                opts=self._opts(host, None, depends_on=[built]) if built else self._opts(host, None),
             )
         return self._images[key]
+
+    def built_image(self, host: DockerHost, ref: str, safe: str) -> docker.Image | None:
+        """The image `ref` built on `host` from its recipe, when no registry ships it: kept on the
+        host, never pushed. Its name carries every version the recipe pins (the build args), so a
+        new pin is a new image, and the containers running it are replaced."""
+        build = self._builds.get(ref)
+        if build is None:
+            return None
+        key = (host.name, ref)
+        if key not in self._built:
+            # Relative to the project, where `pulumi` runs the program: the same inputs on every
+            # machine, so a preview shows no change where the recipe has none.
+            dockerfile = Path(build.dockerfile)
+            self._built[key] = docker.Image(
+                f"build-{host.name}-{safe}",
+                image_name=ref,
+                build=docker.DockerBuildArgs(context=str(dockerfile.parent), dockerfile=str(dockerfile),
+                                             args=dict(build.args)),
+                skip_push=True,
+                opts=self._opts(host, None),
+            )
+        return self._built[key]
 
     def volume(self, host: DockerHost, name: str) -> docker.Volume:
         key = (host.name, name)
@@ -229,6 +257,11 @@ class DockerPlatform(DockerHosts):
     def realize(self, graph: Graph) -> None:
         self._graph = graph
         services = [s for s, _parent in graph.services]
+        for service in services:
+            if service.build is not None:
+                known = self._builds.setdefault(service.image, service.build)
+                if known != service.build:
+                    raise ValueError(f"{service.image}: two recipes for one image name")
         for service in services:
             for name, port in service.reaches:
                 if self.reach(service.name, name, port)[2]:

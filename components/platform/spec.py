@@ -59,6 +59,21 @@ class Volume:
     # has no directory is root's, and non-root processes could not write it (Kubernetes uses
     # fsGroup instead).
     owner: str | None = None
+    # A cache each instance keeps for itself, refilled from elsewhere (media fetched back from a
+    # bucket): a target with pods gives each pod its own, bounded by `size` and emptied when the
+    # pod restarts (an emptyDir); a Docker host keeps it as a volume. It makes no service stateful.
+    cache: bool = False
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """The recipe an image is built from where the target builds images (each Docker host, under
+    the service's image name); a target that cannot build pulls the image by that name from a
+    registry the operator pushed it to. `dockerfile` is relative to the project's root; its
+    context is the Dockerfile's directory."""
+
+    dockerfile: str
+    args: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,10 +208,12 @@ class Service:
     schedule: str | None = None
     # Steps run before each scheduled run (Kubernetes only, see Step).
     steps: tuple[Step, ...] = ()
+    # How `image` is built, when no registry ships it (see ImageBuild).
+    build: ImageBuild | None = None
 
     @property
     def stateful(self) -> bool:
-        return bool(self.volumes)
+        return any(not v.cache for v in self.volumes)
 
 
 @dataclass

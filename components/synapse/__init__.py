@@ -4,6 +4,8 @@ parts' contributions are its inputs."""
 
 from __future__ import annotations
 
+import functools
+import shlex
 from collections.abc import Mapping
 
 import pulumi
@@ -37,7 +39,7 @@ from .services import MEDIA_VOLUME, METRICS_PATH, SYNAPSE_USER, Inputs, cluster_
 class SynapseCluster(Part):
     name = "synapse"
     stage = CLUSTER
-    reads = ("synapse", "server_name", "hostnames", "target")
+    reads = ("synapse", "server_name", "hostnames", "target", "media_s3_access_key_id", "media_s3_secret_access_key")
 
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
         # The proxy answers both itself: the client and federation APIs, and the well-known files.
@@ -45,7 +47,8 @@ class SynapseCluster(Part):
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return secret_names(cfg) + (("smtp",) if cfg.smtp_password is not None else ()) + \
-            (("ldap_bind",) if cfg.ldap_bind_password is not None else ())
+            (("ldap_bind",) if cfg.ldap_bind_password is not None else ()) + \
+            (("s3_credentials",) if _media_credentials(cfg) is not None else ())
 
     def edge_routes(self, cfg: StackConfig) -> list[EdgeRoutes]:
         return [routes(cfg)]
@@ -73,12 +76,14 @@ class SynapseCluster(Part):
         return [KeptFile("signing_key", homeserver.secret_path("signing_key"))]
 
     def media_store(self, cfg: StackConfig) -> MediaStore | None:
+        if cfg.synapse.media.s3:
+            return None  # the bucket holds the media; the processes keep only caches
         topology = homeserver.topology(cfg)
         holders = tuple(p.name for p in topology.processes if homeserver.uses_media_store(cfg, p))
         return MediaStore(MEDIA_VOLUME, homeserver.MEDIA_STORE, SYNAPSE_USER, holders)
 
     def writers(self, cfg: StackConfig) -> list[Writer]:
-        return [Writer(p.name, homeserver.uses_media_store(cfg, p)) for p in homeserver.topology(cfg).processes]
+        return [Writer(p.name, homeserver.keeps_media(cfg, p)) for p in homeserver.topology(cfg).processes]
 
     def homeserver(self, cfg: StackConfig) -> Homeserver | None:
         topology = homeserver.topology(cfg)
@@ -112,6 +117,8 @@ class SynapseCluster(Part):
             values["smtp"] = pulumi.Output.secret(cfg.smtp_password.get_secret_value())
         if cfg.ldap_bind_password is not None:
             values["ldap_bind"] = pulumi.Output.secret(cfg.ldap_bind_password.get_secret_value())
+        if (credentials := _media_credentials(cfg)) is not None:
+            values["s3_credentials"] = pulumi.Output.secret(homeserver.s3_credentials(*credentials))
         topology = homeserver.topology(cfg)
         component.register_outputs({"processes": [p.name for p in topology.processes]})
         outputs: dict[str, object] = {
@@ -119,6 +126,8 @@ class SynapseCluster(Part):
             "homeserver_url": cfg.url("matrix"),
             "synapse_processes": [p.name for p in topology.processes],
         }
+        if cfg.synapse.media.s3:
+            outputs.update(media_commands(cfg, ctx.view.target))
         if not cfg.mas.owns_logins:
             # Synapse has no shared-secret registration while MAS owns accounts: MAS's part
             # outputs the command that makes the admin.
@@ -131,6 +140,14 @@ class SynapseCluster(Part):
         )
 
 
+def _media_credentials(cfg: StackConfig) -> tuple[str, str] | None:
+    """The media bucket's (access key id, secret access key), when media lives in a bucket."""
+    key_id, key = cfg.media_s3_access_key_id, cfg.media_s3_secret_access_key
+    if not cfg.synapse.media.s3 or key_id is None or key is None:
+        return None
+    return key_id.get_secret_value(), key.get_secret_value()
+
+
 def inputs(built: list[Contribution]) -> Inputs:
     """What the parts built before the cluster hand it, merged in build order."""
     collected = Inputs()
@@ -138,6 +155,21 @@ def inputs(built: list[Contribution]) -> Inputs:
         merge_homeserver(collected.homeserver, part.homeserver)
         collected.secret_files.update(part.secret_files)
     return collected
+
+
+def media_commands(cfg: StackConfig, target: Target) -> dict[str, str]:
+    """The operator's commands for media in a bucket, run in the first process that holds the
+    media store: copy every local file to the bucket (moving a stack's media there, while it
+    serves), and empty the cache of what was not accessed for synapse.media.cache.max_age."""
+    holder = next(p for p in homeserver.topology(cfg).processes if homeserver.uses_media_store(cfg, p))
+    script = functools.partial(homeserver.media_upload_script, cfg)
+    return {
+        "media_to_bucket_command": target.exec_command(
+            holder.name, False, shlex.join(["sh", "-c", script(older_than="0d", delete=False)])),
+        "media_cache_clean_command": target.exec_command(
+            holder.name, False, shlex.join(["sh", "-c", script(older_than=cfg.synapse.media.cache.max_age,
+                                                               delete=True)])),
+    }
 
 
 def create_admin_command(cfg: StackConfig, target: Target, user: str = "admin") -> str:
@@ -150,4 +182,4 @@ def create_admin_command(cfg: StackConfig, target: Target, user: str = "admin") 
     register = (f"register_new_matrix_user -c {homeserver.SHARED_CONFIG} -a -u {user} "
                 f"http://localhost:{main.port}")
     # Main is a StatefulSet when it holds the media store.
-    return target.admin_command(main.name, homeserver.uses_media_store(cfg, main), register)
+    return target.admin_command(main.name, homeserver.keeps_media(cfg, main), register)

@@ -9,6 +9,7 @@ reach Synapse through `*_path` keys pointing at secret files, or through the env
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,53 @@ SECRET_FILES = {
     "redis": "redis_password",
     "ldap_bind": "ldap_bind_password",
 }
+
+
+# Media in a bucket: botocore reads the bucket's credentials and addressing style from these
+# files (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE), in Synapse's storage provider and in
+# s3_media_upload alike; homeserver.yaml names no secret.
+S3_CREDENTIALS = f"{SECRETS_DIR}/s3_credentials"
+S3_CONFIG = f"{CONF_DIR}/s3.ini"
+S3_PROVIDER_MODULE = "s3_storage_provider.S3StorageProviderBackend"
+
+
+def s3_environment() -> dict[str, str]:
+    """Where botocore finds the bucket's credentials and settings (paths, never the values)."""
+    return {"AWS_SHARED_CREDENTIALS_FILE": S3_CREDENTIALS, "AWS_CONFIG_FILE": S3_CONFIG}
+
+
+def s3_config(cfg: StackConfig) -> str:
+    """botocore's config file: the region and how the bucket is addressed (the provider has no
+    setting for path-style addressing; botocore's own `s3.addressing_style` is it)."""
+    media = cfg.synapse.media
+    lines = ["[default]"]
+    if media.region:
+        lines.append(f"region = {media.region}")
+    lines += ["s3 =", f"    addressing_style = {'path' if media.path_style else 'virtual'}", ""]
+    return "\n".join(lines)
+
+
+def s3_credentials(access_key_id: str, secret_access_key: str) -> str:
+    """botocore's shared credentials file (INI: values are taken verbatim to the line's end)."""
+    for value in (access_key_id, secret_access_key):
+        if "\n" in value or "\r" in value:
+            raise ValueError("an S3 credential must be one line")
+    return f"[default]\naws_access_key_id = {access_key_id}\naws_secret_access_key = {secret_access_key}\n"
+
+
+def media_storage_providers(cfg: StackConfig) -> list[dict[str, Any]]:
+    """The bucket as Synapse's storage provider. Synchronous: an upload is acknowledged only once
+    the bucket holds it, so an acknowledged upload survives the loss of any cache."""
+    media = cfg.synapse.media
+    if not media.s3:
+        return []
+    conf: dict[str, Any] = {"bucket": media.bucket, "endpoint_url": media.endpoint}
+    if media.region:
+        conf["region_name"] = media.region
+    if media.prefix:
+        conf["prefix"] = media.prefix
+    return [{"module": S3_PROVIDER_MODULE, "store_local": True, "store_remote": True,
+             "store_synchronous": True, "config": conf}]
 
 
 def secret_path(name: str) -> str:
@@ -307,6 +355,9 @@ def shared_config(
     hs["url_preview_enabled"] = syn.url_previews.enabled
     if syn.url_previews.enabled:
         hs["url_preview_ip_range_blacklist"] = PRIVATE_RANGES + list(syn.url_previews.ip_range_blacklist_extra)
+    providers = media_storage_providers(cfg)
+    if providers:
+        hs["media_storage_providers"] = providers
     modules = ldap_module(cfg)
     if modules:
         hs["modules"] = modules
@@ -420,6 +471,35 @@ def uses_media_store(cfg: StackConfig, process: Process) -> bool:
     return process.is_main
 
 
+# s3_media_upload keeps its list of media in cache.db in its working directory: scratch space.
+MEDIA_UPLOAD_DIR = "/tmp"
+
+
+def media_upload_script(cfg: StackConfig, *, older_than: str, delete: bool) -> str:
+    """The shell command, run inside a process that holds the media store, that copies to the
+    bucket every media file not accessed for `older_than` (s3_media_upload's duration: 0d is
+    every file) and, with `delete`, removes the local copies once the bucket has them. It reads
+    Synapse's database from homeserver.yaml (the password from PGPASSWORD, as Synapse does) and
+    the bucket's credentials from the files botocore is pointed at (s3_environment)."""
+    media = cfg.synapse.media
+    assert media.s3 and media.bucket and media.endpoint
+    upload = ["s3_media_upload", "--no-progress", "upload", MEDIA_STORE, media.bucket,
+              "--endpoint-url", media.endpoint]
+    if media.prefix:
+        upload += ["--prefix", media.prefix]
+    if delete:
+        upload.append("--delete")
+    update = ["s3_media_upload", "--no-progress", "update", MEDIA_STORE, older_than,
+              "--homeserver-config-path", SHARED_CONFIG]
+    return f"cd {MEDIA_UPLOAD_DIR} && {shlex.join(update)} && {shlex.join(upload)}"
+
+
+def keeps_media(cfg: StackConfig, process: Process) -> bool:
+    """The process holds the media store on a volume of its own (it is stateful): local media.
+    With media in a bucket its store is only a cache."""
+    return uses_media_store(cfg, process) and not cfg.synapse.media.s3
+
+
 def check_extra_config(cfg: StackConfig) -> list[tuple[str, object, str]]:
     """extra_config may not set what the stack manages, nor put a secret in homeserver.yaml."""
     problems: list[tuple[str, object, str]] = []
@@ -448,5 +528,6 @@ WORKER_TABLE_KEYS = frozenset(
     {role.duty for role in ROLES if role.duty}
     | {"instance_map", "stream_writers", "enable_media_repo", "redis", "worker_replication_secret",
        "worker_replication_secret_path", "outbound_federation_restricted_to", "listeners", "database",
+       "media_storage_providers",
        "email", "send_federation", "start_pushers", "notify_appservices", "update_user_directory"}
 )

@@ -14,7 +14,7 @@ import pulumi
 from components import image_facts
 from components.network import host_network
 from components.part import DatabaseServer, EdgeRoutes, derive
-from components.platform.spec import File, HealthCheck, Port, Resources, Service, Volume, Wait
+from components.platform.spec import File, HealthCheck, ImageBuild, Port, Resources, Service, Volume, Wait
 from config import images
 from config.model import BundledDatabase, StackConfig
 
@@ -72,7 +72,20 @@ def shared_files(cfg: StackConfig, inputs: Inputs, server: DatabaseServer | None
     ]
     for i, path in enumerate(cfg.synapse.federation.trusted_ca_files or []):
         files.append(File(hs.federation_ca_path(i), pem.read_text(path), group=SHARED_GROUP))
+    if cfg.synapse.media.s3:
+        files.append(File(hs.S3_CONFIG, hs.s3_config(cfg), group=SHARED_GROUP))
     return files
+
+
+def synapse_image(cfg: StackConfig) -> tuple[str, ImageBuild | None]:
+    """The image every Synapse process runs, and how it is built: the configured one, or with
+    media in a bucket the image derived from it with the storage provider (every process loads
+    the provider's module when it reads homeserver.yaml, not only the media holders)."""
+    if not cfg.synapse.media.s3:
+        return cfg.synapse.image, None
+    build = ImageBuild(images.SYNAPSE_S3_RECIPE, (("SYNAPSE_IMAGE", cfg.synapse.image),
+                                                  ("S3_STORAGE_PROVIDER_VERSION", images.S3_STORAGE_PROVIDER_VERSION)))
+    return images.synapse_s3(cfg.synapse.image, cfg.synapse.media.image_registry), build
 
 
 def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inputs: Inputs) -> list[File]:
@@ -87,6 +100,9 @@ def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inp
         content = derive(secrets["smtp"], lambda pw: text.replace("@@SMTP_PASSWORD@@", pw.replace("'", "''"))) \
             if "smtp" in secrets else text
         files.append(File(hs.EMAIL_CONFIG, content, secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets"))
+    if cfg.synapse.media.s3 and "s3_credentials" in secrets:
+        files.append(File(hs.S3_CREDENTIALS, secrets["s3_credentials"], secret=True, mode=0o400,
+                          group=f"{SHARED_GROUP}-secrets"))
     if cfg.synapse.ldap and cfg.synapse.ldap.bind_dn and "ldap_bind" in secrets:
         files.append(File(hs.secret_path("ldap_bind"), secrets["ldap_bind"], secret=True, mode=0o400,
                           group=f"{SHARED_GROUP}-secrets"))
@@ -154,8 +170,11 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                           group=SHARED_GROUP))
     elif (own := hs.main_config(cfg)) is not None:
         files.append(File(hs.MAIN_CONFIG, hs.dump(own), group=SHARED_GROUP))
-    volumes = [Volume(MEDIA_VOLUME, hs.MEDIA_STORE, size=cfg.synapse.media_size, owner=SYNAPSE_USER)] \
+    media = cfg.synapse.media
+    volumes = [Volume(MEDIA_VOLUME, hs.MEDIA_STORE, size=media.cache.size if media.s3 else cfg.synapse.media_size,
+                      owner=SYNAPSE_USER, cache=media.s3)] \
         if hs.uses_media_store(cfg, process) else []
+    image, build = synapse_image(cfg)
     role = process.role
     ports = [Port("http", process.port)]
     if process.is_main and hs.topology(cfg).workers:
@@ -165,9 +184,11 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
     return Service(
         name=process.name,
         component=COMPONENT,
-        image=cfg.synapse.image,
+        image=image,
+        build=build,
         entrypoint=command[:3],
         args=command[3:],
+        env=dict(hs.s3_environment()) if media.s3 else {},
         secret_env={"PGPASSWORD": secrets["postgres"]},
         secret_env_group=ENV_GROUP,
         files=files,
@@ -175,7 +196,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         volumes=volumes,
         # Main applies schema migrations before it listens: an upgrade may take many minutes, and
         # a probe that gives up earlier would restart the migration in a loop.
-        health=image_facts.http_check(cfg.synapse.image, process.port,
+        health=image_facts.http_check(image, process.port,
                                       start_period_s=MAIN_START_PERIOD_S if process.is_main else WORKER_START_PERIOD_S),
         user=SYNAPSE_USER,
         read_only_root=True,

@@ -211,6 +211,9 @@ class Restore:
     pg_port: int
     config_set: dict[str, str] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    # The stack's secret config the procedure reads with `pulumi config get` (a bucket's credentials).
+    secret_config: Mapping[str, str] = field(default_factory=dict)
+    exported: dict[str, str] = field(default_factory=dict)
 
     def run(self, steps: Sequence[backup_render.Step], before: Callable[[int, backup_render.Step], None]) -> None:
         for i, step in enumerate(steps):
@@ -223,6 +226,14 @@ class Restore:
             if wanted not in command:
                 raise AssertionError(f"the password step does not read the stack output: {command}")
             return  # the stack output is the password the backup service received
+        if command.startswith("export AWS_ACCESS_KEY_ID="):
+            # export NAME="$(pulumi config get --stack STACK matrix-stack:KEY)" ...: the secret config.
+            for name, key in re.findall(r'(\w+)="\$\(pulumi config get --stack ' + STACK + r' matrix-stack:(\w+)\)"',
+                                        command):
+                self.exported[name] = self.secret_config[key]
+            if set(self.exported) != {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}:
+                raise AssertionError(f"the credentials step does not read both from the stack's config: {command}")
+            return
         sides = [shlex.split(side) for side in command.split(" | ")]
         if len(sides) == 1 and sides[0][:2] in (["docker", "stop"], ["docker", "start"]):
             names = sides[0][2:]
@@ -272,9 +283,15 @@ class Restore:
                     continue
                 value = rest.pop(0)
                 if flag == "-e":
-                    if value != "RESTIC_PASSWORD":
+                    name, _, given = value.partition("=")
+                    if name == "RESTIC_PASSWORD" and not given:
+                        env[name] = self.restic_password
+                    elif name in self.exported and not given:
+                        env[name] = self.exported[name]  # what the credentials step exported
+                    elif name == "AWS_DEFAULT_REGION" and given:
+                        env[name] = given
+                    else:
                         raise AssertionError(f"unexpected environment in a restore step: {value}")
-                    env["RESTIC_PASSWORD"] = self.restic_password
                 elif flag == "-v":
                     self.check_mount(value)
                 else:

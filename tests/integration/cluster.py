@@ -545,7 +545,10 @@ class Cluster:
         self._wait([proc], ready, "answering AUTH", timeout=30)
 
     def _start_synapse(self, name: str) -> Proc:
-        return self._spawn(name, self.synapse_command(name), env=self.env_of(name) | self.synapse_env,
+        # Paths in the environment (botocore's credentials and config files) move like every
+        # other container path.
+        env = {k: self.reloc.path(v) if v.startswith("/") else v for k, v in self.env_of(name).items()}
+        return self._spawn(name, self.synapse_command(name), env=env | self.synapse_env,
                            port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
 
     def synapse_command(self, name: str) -> list[str]:
@@ -561,6 +564,11 @@ class Cluster:
         old = self.procs[name]
         if old.popen.poll() is None:
             raise RuntimeError(f"{name} is still running")
+        return self.start_synapse(name)
+
+    def start_synapse(self, name: str) -> Proc:
+        """Start one Synapse process of this render and return once it is healthy: a rolling
+        change replaces the processes of another render's cluster one at a time this way."""
         proc = self._start_synapse(name)
         self._wait([proc], self._healthy, "healthy")
         return proc

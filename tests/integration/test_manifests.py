@@ -79,6 +79,21 @@ def test_the_host_network_variant_validates_too() -> None:
     assert _check_schema(manifests) == []
 
 
+def test_the_media_in_s3_variant_validates_too() -> None:
+    """Media workers with a per-pod cache (an emptyDir with a size limit) and no claim."""
+    raw = copy.deepcopy(stack_raw("prod"))
+    raw["synapse"] = {**raw["synapse"], "media": {
+        "storage": "s3", "bucket": "example-org-media", "endpoint": "https://s3.example.org",
+        "image_registry": "registry.example.org/matrix", "cache": {"size": "5Gi"}}}
+    raw.update(media_s3_access_key_id="AKIAEXAMPLE", media_s3_secret_access_key="example-secret")
+    run = offline.run(raw, stack="prod", secret_keys=(*(k for k in SECRET_KEYS if k in raw),
+                                                       "media_s3_access_key_id", "media_s3_secret_access_key"))
+    manifests = run.deployment.manifests
+    pod = manifests["deployment-synapse-media-repository-1"]["spec"]["template"]["spec"]
+    assert {"name": "synapse-media", "emptyDir": {"sizeLimit": "5Gi"}} in pod["volumes"]
+    assert _check_schema(manifests) == []
+
+
 def test_service_monitors_select_services_with_a_metrics_port(prod: offline.Run) -> None:
     """ServiceMonitor is a CRD, absent from the schema set: checked by structure."""
     manifests = prod.deployment.manifests

@@ -69,16 +69,23 @@ def _variant(name: str) -> dict[str, Any]:
     if name == "monolith":
         raw["mas"] = {"enabled": False}
         raw["backup"] = {"enabled": False}
+    if name == "media_in_s3":
+        raw["synapse"] = {**raw["synapse"], "media": MEDIA_IN_S3}
+        raw.update(media_s3_access_key_id="AKIAEXAMPLE", media_s3_secret_access_key="example-secret")
     return raw
 
 
-VARIANTS = ("prod", "host_network", "monolith", "monolith-with-mas-and-backup")
+# Media in a bucket: each media pod's cache is an emptyDir, the image the operator's.
+MEDIA_IN_S3 = {"storage": "s3", "bucket": "example-org-media", "endpoint": "https://s3.example.org",
+               "image_registry": "registry.example.org/matrix"}
+VARIANTS = ("prod", "host_network", "monolith", "monolith-with-mas-and-backup", "media_in_s3")
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def rendered(request: pytest.FixtureRequest) -> tuple[str, dict[str, dict[str, Any]]]:
     raw = _variant(request.param)
-    run = offline.run(raw, stack="prod", secret_keys=tuple(k for k in SECRET_KEYS if k in raw))
+    secret_keys = (*SECRET_KEYS, "media_s3_access_key_id", "media_s3_secret_access_key")
+    run = offline.run(raw, stack="prod", secret_keys=tuple(k for k in secret_keys if k in raw))
     return raw["target"]["namespace"], dict(run.deployment.manifests)
 
 

@@ -304,7 +304,10 @@ def pod_volumes(service: Service, ctx: Context) -> tuple[list[dict[str, Any]], l
     for v in service.volumes:
         vol = _volume_name(v.name)
         owner = dict(ctx.borrowed).get(v.name)
-        if v.name in ctx.shared_volumes:
+        if v.cache:
+            # Each pod's own cache: no claim, so nothing pins the pod to a node.
+            volumes[vol] = {"name": vol, "emptyDir": {"sizeLimit": v.size}}
+        elif v.name in ctx.shared_volumes:
             volumes[vol] = {"name": vol, "persistentVolumeClaim": {"claimName": v.name, "readOnly": v.read_only}}
         elif owner is not None and owner != service.name:
             # The claim its owner's StatefulSet made from its template: <template>-<pod>.
@@ -448,7 +451,7 @@ def workload(service: Service, ctx: Context, config_checksum: pulumi.Input[str])
         return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec}
     claims = []
     for v in service.volumes:
-        if v.name in ctx.shared_volumes or dict(ctx.borrowed).get(v.name, service.name) != service.name:
+        if v.cache or v.name in ctx.shared_volumes or dict(ctx.borrowed).get(v.name, service.name) != service.name:
             continue
         claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": v.size}}}
         if ctx.storage_class:
@@ -586,7 +589,7 @@ def shared_claims(services: Iterable[Service], ctx: Context) -> dict[str, dict[s
     claims: dict[str, dict[str, Any]] = {}
     for service in services:
         for v in service.volumes:
-            if v.name not in ctx.shared_volumes or v.name in claims:
+            if v.cache or v.name not in ctx.shared_volumes or v.name in claims:
                 continue
             # Several pods on several nodes mount it: the storage class must support RWX.
             spec: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": v.size}}}
@@ -607,6 +610,8 @@ def borrowed_volumes(services: Iterable[Service]) -> dict[str, str]:
     read: set[str] = set()
     for service in services:
         for v in service.volumes:
+            if v.cache:
+                continue
             if v.read_only:
                 read.add(v.name)
             else:
@@ -623,6 +628,8 @@ def shared_volume_names(services: Iterable[Service]) -> set[str]:
     scheduled: set[str] = set()
     for service in services:
         for v in service.volumes:
+            if v.cache:
+                continue  # each pod's own (pod_volumes)
             users.setdefault(v.name, set()).add(service.name)
             if service.schedule:
                 scheduled.add(v.name)
