@@ -294,6 +294,11 @@ class Part:
         """The homeserver it runs."""
         return None
 
+    def backup_now(self, cfg: StackConfig) -> str | None:
+        """The operator's command that takes a backup now and prints its name, when this part
+        takes the stack's backups (a procedure that changes data takes one first)."""
+        return None
+
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         """The secrets services() reads (stand-ins when a check calls it)."""
         return ()

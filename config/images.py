@@ -118,6 +118,10 @@ class ImageFacts:
     health_path: str | None = None
     # A health-check program of the image's own (a FROM scratch image has nothing else).
     healthcheck_binary: str | None = None
+    # Synapse only: the database schema version the image's release writes (SCHEMA_VERSION in
+    # synapse/storage/schema/__init__.py). A database whose schema_compat_version is above it is
+    # one this release cannot read. True for the pinned tag alone (image_schema_version).
+    schema_version: int | None = None
 
     @property
     def repository(self) -> str:
@@ -147,6 +151,13 @@ def _sources(default: Source, **specific: Source) -> dict[str, Source]:
     return {name: specific.get(name, default) for name in FACTS}
 
 
+def image_schema_version(image: str) -> int | None:
+    """The database schema version a Synapse image writes, when the table has it for exactly that
+    tag (an overridden tag's release may write another)."""
+    facts = _BY_REPOSITORY.get(repository(image))
+    return facts.schema_version if facts is not None and facts.image == image else None
+
+
 def repository(image: str) -> str:
     """The image reference without its tag or digest."""
     name = image.split("@", 1)[0]
@@ -160,6 +171,9 @@ _SYNAPSE_TREE = "a58ad44eb0"
 _SYNAPSE_NOTE = "main after v1.157.1; no later tag in the reachable snapshot, docker/ unchanged in kind"
 _SYNAPSE_DOCKERFILE = Source("element-hq/synapse", "docker/Dockerfile", _SYNAPSE_TREE, _SYNAPSE_NOTE)
 _SYNAPSE_START = Source("element-hq/synapse", "docker/start.py", _SYNAPSE_TREE, _SYNAPSE_NOTE)
+_SYNAPSE_SCHEMA = Source("element-hq/synapse", "synapse/storage/schema/__init__.py", f"v{SYNAPSE_VERSION}",
+                         "read in the matrix-synapse 1.163.2 wheel on PyPI, the release the image installs "
+                         "(SCHEMA_VERSION = 94, SCHEMA_COMPAT_VERSION = 84); the test suite holds it to that wheel")
 
 _SYNAPSE_RUNTIME = Source("element-hq/synapse", "docker/Dockerfile", "03ba104f8d",
                           "the stored version; stage 3 (runtime) FROM python:${PYTHON_VERSION}-slim, COPY --from=builder "
@@ -255,7 +269,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         read_for="v1.163.2",
         read_on="2026-12-01",
         sources=_sources(_SYNAPSE_DOCKERFILE, user=_SYNAPSE_START, steps_down=_SYNAPSE_START,
-                         config_path=_SYNAPSE_START),
+                         config_path=_SYNAPSE_START, schema_version=_SYNAPSE_SCHEMA),
         user="991:991",  # start.py: "if we are running as root, use user 991"
         steps_down=True,
         entrypoint=("/start.py",),
@@ -265,6 +279,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         port=8008,
         config_path="/data/homeserver.yaml",
         health_path="/health",
+        schema_version=94,
     ),
     ImageFacts(
         image=POSTGRES,

@@ -35,6 +35,9 @@ class Backup(Part):
     def database_readers(self, cfg: StackConfig) -> tuple[str, ...]:
         return (jobs.dump_service(cfg),)
 
+    def backup_now(self, cfg: StackConfig) -> str:
+        return render.backup_now_command(cfg)
+
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         names = [jobs.PASSWORD]
         repo = cfg.backup.repository

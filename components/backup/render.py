@@ -432,6 +432,12 @@ def procedure_text(steps: Sequence[Step]) -> str:
     return "".join(f"# {i}. {step.why}\n{step.command}\n" for i, step in enumerate(steps, 1))
 
 
+def backup_now_command(cfg: StackConfig) -> str:
+    """A snapshot now, as the schedule takes it; restic prints the snapshot's id
+    (`"snapshot_id"` in its JSON summary)."""
+    return target_of(cfg).run_scheduled(BACKUP_SERVICE, f"/bin/sh {BACKUP_SCRIPT} backup")
+
+
 def snapshots_command(cfg: StackConfig) -> str:
     """The command that lists the snapshots, once RESTIC_PASSWORD (and the repository's
     credentials) are exported as the restore procedure's first steps do."""

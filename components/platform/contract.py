@@ -121,6 +121,9 @@ class OneShot:
     # `args` are the whole command, not arguments to the image's entrypoint (on Docker the image's
     # entrypoint receives them and runs them as a command, as the official images do).
     command: bool = False
+    # With `command`: args[0] replaces the image's entrypoint on Docker too, for an image whose
+    # entrypoint runs no other command (Synapse's start.py knows only its own modes).
+    replaces_entrypoint: bool = False
     secret_env: tuple[str, ...] = ()  # handed-over variables the run reads
     env: tuple[tuple[str, str], ...] = ()  # plain values
     mounts: tuple[Mount, ...] = ()
@@ -216,6 +219,11 @@ class Target(Protocol):
 
     def run_once(self, run: OneShot) -> str:
         """The operator's command that runs `run` (after hand_over's `before` steps)."""
+        ...
+
+    def run_scheduled(self, service: str, command: str) -> str:
+        """The operator's command that runs a scheduled service's `command` now, once, where and
+        as its schedule runs it, printing its output and failing when it fails."""
         ...
 
     def certificate_problems(self, direct_hostnames: Sequence[str]) -> list[Finding]:

@@ -20,11 +20,12 @@ import pulumi_docker as docker
 
 from config.model import DockerHost, StackConfig
 
+from . import gates
 from .contract import Graph
 from .docker_checks import CheckGroup, check_groups
 from .docker_hardening import HELPER_MEMORY_MB, NO_NEW_PRIVILEGES, cpu_shares, megabytes
 from .docker_hosts import DockerHosts
-from .spec import File, ImageBuild, Service, Volume, Wait
+from .spec import File, HealthCheck, ImageBuild, Service, Volume, Wait
 
 NETWORK = "matrix-stack"
 NOBODY = "65534:65534"
@@ -48,6 +49,12 @@ def start_command(waits: tuple[Wait, ...], command: list[str]) -> list[str]:
     lines = [f"until {shlex.join(w.command)} >/dev/null 2>&1; do echo 'waiting for {w.service}'; sleep 2; done"
              for w in waits]
     return ["/bin/sh", "-c", "\n".join([*lines, 'exec "$@"']), command[0], *command]
+
+
+def ready_within_s(health: HealthCheck) -> int:
+    """How long Docker's health check may take to call a (re)created container healthy: its start
+    period (a migration runs inside main's), then every retry."""
+    return health.start_period_s + health.retries * (health.interval_s + health.timeout_s)
 
 
 # The never-started container that holds a service's files: the service's name and this.
@@ -144,8 +151,9 @@ def _sha256(content: pulumi.Input[str]) -> pulumi.Input[str]:
 
 
 def start_order(services: list[Service]) -> list[Service]:
-    """The services with every one a service waits for or restarts with declared before it (the
-    container's replacement trigger and dependencies name those containers), else as given."""
+    """The services with every one a service waits for, restarts with or gates after declared
+    before it (the container's replacement trigger and dependencies name those containers), else
+    as given."""
     by_name = {s.name: s for s in services}
     ordered: list[Service] = []
     placed: set[str] = set()
@@ -154,7 +162,8 @@ def start_order(services: list[Service]) -> list[Service]:
         if service.name in placed:
             return
         assert service.name not in path, f"start order cycle: {' -> '.join((*path, service.name))}"
-        for name in (*(w.service for w in service.waits), *service.restarts_with):
+        for name in (*(w.service for w in service.waits), *service.restarts_with,
+                     *(name for gate in service.gates for name in gate.after)):
             if name in by_name:
                 place(by_name[name], (*path, service.name))
         placed.add(service.name)
@@ -182,6 +191,7 @@ class DockerPlatform(DockerHosts):
         self._volume_owners: dict[tuple[str, str], docker.Container] = {}
         self._check_groups: dict[str, CheckGroup] = {}  # service name -> its configuration check
         self._checks: dict[str, docker.Container] = {}  # check name -> its container
+        self._waited_for: set[str] = set()  # services another one waits for
 
     # ------------------------------------------------------------ per-host resources
 
@@ -268,6 +278,7 @@ class DockerPlatform(DockerHosts):
                     self._cross_host_ports.add((name, port))
         parents = {s.name: parent for s, parent in graph.services}
         ordered = [scheduled(s) for s in start_order(services)]
+        self._waited_for = {w.service for s in services for w in s.waits}
         self._check_groups = check_groups(ordered, self._host_name, several_hosts=len(self.target.hosts) > 1)
         for service in ordered:
             self._container(service, parents[service.name])
@@ -370,6 +381,9 @@ class DockerPlatform(DockerHosts):
             entrypoint, command = start_command(service.waits, [*entrypoint, *(command or [])]), None
         labels: dict[str, pulumi.Input[str]] = {"matrix-stack.component": service.component, **service.labels,
                                                 **_file_digests(service.files)}
+        ready_s = ready_within_s(health) if service.name in self._waited_for and health and health.command else None
+        gated = [gates.declare(gate, parent, [self._containers[n] for n in gate.after if n in self._containers])
+                 for gate in service.gates]
         checks = []
         if service.init_args:
             group = self._check_groups[service.name]
@@ -399,6 +413,12 @@ class DockerPlatform(DockerHosts):
                 start_period=f"{health.start_period_s}s",
             # No command: the image has nothing to check with (Kubernetes still probes over HTTP).
             ) if health and health.command else None,
+            # A service others wait for is created only once healthy, so what depends on it is
+            # (re)created after it is ready: Synapse's workers after main has migrated the schema
+            # of a new release, while the old workers keep serving. wait/wait_timeout update in
+            # place (no replacement).
+            wait=True if ready_s is not None else None,
+            wait_timeout=ready_s,
             restart="unless-stopped",
             log_driver="json-file",
             log_opts=LOG_OPTS,
@@ -414,7 +434,7 @@ class DockerPlatform(DockerHosts):
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
             # Fixed names and host ports cannot exist twice: replace by deleting first.
             opts=self._opts(host, parent, delete_before_replace=True,
-                            depends_on=[*owners, *waited, *checks, *upstreams, *([holder] if holder else [])],
+                            depends_on=[*owners, *waited, *gated, *checks, *upstreams, *([holder] if holder else [])],
                             replacement_trigger=replace_with),
         )
         self._containers[service.name] = container

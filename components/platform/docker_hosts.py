@@ -106,4 +106,12 @@ class DockerHosts:
         volumes += [f"{self.volume_name(m.volume)}:{m.path}" for m in run.mounts if not m.read_only]
         for volume in volumes:
             flags += ["-v", volume]
-        return f"{self.docker(run.beside)} run {' '.join(flags)} {run.image} {shlex.join(run.args)}"
+        args = run.args
+        if run.command and run.replaces_entrypoint:
+            flags += ["--entrypoint", shlex.quote(args[0])]
+            args = args[1:]
+        return f"{self.docker(run.beside)} run {' '.join(flags)} {run.image} {shlex.join(args)}"
+
+    def run_scheduled(self, service: str, command: str) -> str:
+        # crond runs the job inside the service's container (docker.scheduled): so does exec.
+        return self.exec_command(service, False, command)

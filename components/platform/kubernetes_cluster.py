@@ -87,6 +87,15 @@ class KubernetesCluster:
             return [f"{self.kubectl} scale deployment,statefulset -l {label} --replicas=0"]
         return [f"{self.kubectl} scale --replicas=0 {' '.join(self._workload(*s) for s in services)}"]
 
+    def run_scheduled(self, service: str, command: str) -> str:
+        # A Job from the service's CronJob runs its command as the schedule would; `command` is
+        # what that Job runs already.
+        kubectl = self.kubectl
+        job = f"{service}-now-$(date -u +%Y%m%d%H%M%S)"
+        return (f'job="{job}" && {kubectl} create job --from=cronjob/{service} "$job" && '
+                f'{kubectl} wait --for=condition=complete --timeout=3600s "job/$job" && '
+                f'{kubectl} logs "job/$job"')
+
     def start(self, services: Sequence[Workload], stack: str) -> list[str]:
         # The program declares each workload's replica count: applying it scales them back.
         return [f"pulumi up --stack {stack}"]

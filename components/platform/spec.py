@@ -100,6 +100,21 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """A script of the target's operator verbs, run where `pulumi` runs, before its service is
+    created or replaced, whenever `trigger` changes, once the services in `after` run. A non-zero
+    exit stops the update with the script's output, before the service is touched (a database
+    dump and a schema check before Synapse's main process starts a new release)."""
+
+    name: str
+    script: str
+    trigger: str
+    after: tuple[str, ...] = ()
+    # Said instead when only the script changed (the trigger did not): nothing is run again.
+    unchanged: str = "nothing to do"
+
+
+@dataclass(frozen=True)
 class Step:
     """A one-shot command in an image of its own, run to completion before each run of a
     scheduled service, in the same pod (a Kubernetes init container), with the service's files,
@@ -168,6 +183,10 @@ class Service:
     waits: tuple[Wait, ...] = ()
     # Roles that scale out get a PodDisruptionBudget on Kubernetes (one per role, see role_label).
     scalable: bool = False
+    # Never two at once, even while it is replaced: the old instance stops before the new one
+    # starts (Synapse's main, which migrates the schema, and its single-writer roles). Docker
+    # replaces every container that way; a Kubernetes Deployment recreates instead of rolling.
+    exclusive: bool = False
     # Who may connect (NetworkPolicy on Kubernetes): None = anyone on the private network.
     allowed_clients: tuple[str, ...] | None = None
     metrics_port: int | None = None
@@ -210,6 +229,8 @@ class Service:
     steps: tuple[Step, ...] = ()
     # How `image` is built, when no registry ships it (see ImageBuild).
     build: ImageBuild | None = None
+    # Scripts run where `pulumi` runs before the service is created or replaced (see Gate).
+    gates: tuple[Gate, ...] = ()
 
     @property
     def stateful(self) -> bool:

@@ -32,7 +32,7 @@ from components.platform.spec import Service
 from components.view import StackView
 from config.model import ExternalDatabase, StackConfig
 
-from . import homeserver
+from . import homeserver, upgrade
 from .services import MEDIA_VOLUME, METRICS_PATH, SYNAPSE_USER, Inputs, cluster_services, routes, secret_names
 
 
@@ -92,7 +92,7 @@ class SynapseCluster(Part):
                           homeserver.tool_config(cfg))
 
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return cluster_services(cfg, secrets, Inputs(), view.database_server)
+        return cluster_services(cfg, secrets, Inputs(), view.database_server, upgrade.gate(cfg, view))
 
     def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         # One private network: the processes dial each other and Redis by name.
@@ -135,7 +135,8 @@ class SynapseCluster(Part):
         return Contribution(
             parent=component,
             shared_secrets={name: values[name] for name in ("postgres", "signing_key")},
-            services=cluster_services(cfg, values, inputs(ctx.built), ctx.view.database_server),
+            services=cluster_services(cfg, values, inputs(ctx.built), ctx.view.database_server,
+                                      upgrade.gate(cfg, ctx.view)),
             outputs=outputs,
         )
 

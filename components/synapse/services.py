@@ -14,12 +14,13 @@ import pulumi
 from components import image_facts
 from components.network import host_network
 from components.part import DatabaseServer, EdgeRoutes, derive
-from components.platform.spec import File, HealthCheck, ImageBuild, Port, Resources, Service, Volume, Wait
+from components.platform.spec import File, Gate, HealthCheck, ImageBuild, Port, Resources, Service, Volume, Wait
 from config import images
 from config.model import BundledDatabase, StackConfig
 
 from . import homeserver as hs
 from . import routing
+from .upgrade import worker_wait_probe
 from .workers import Process
 
 COMPONENT = "synapse"
@@ -127,8 +128,9 @@ def _postgres_wait(cfg: StackConfig, server: DatabaseServer | None) -> Wait:
 
 
 def synapse_waits(cfg: StackConfig, process: Process, server: DatabaseServer | None) -> tuple[Wait, ...]:
-    """Main starts once PostgreSQL (and Redis, with workers) answer; workers start once main is
-    healthy, i.e. has prepared the schema (a worker exits on an uninitialised database)."""
+    """Main starts once PostgreSQL (and Redis, with workers) answer; workers start once main
+    answers at their release, i.e. has prepared the schema for it (a worker exits on an
+    uninitialised or not yet migrated database)."""
     topo = hs.topology(cfg)
     if process.is_main:
         waits = [_postgres_wait(cfg, server)]
@@ -137,7 +139,8 @@ def synapse_waits(cfg: StackConfig, process: Process, server: DatabaseServer | N
             waits.append(Wait(hs.REDIS_SERVICE, ("python", "-c", probe)))
         return tuple(waits)
     main = topo.processes[0]
-    return (Wait(main.name, ("curl", "-fsS", f"http://{main.name}:{main.port}/health")),)
+    # Main at this worker's own release: after a new image, once main has migrated the schema.
+    return (Wait(main.name, ("python", "-c", worker_wait_probe(main.name, main.port))),)
 
 
 MEDIA_VOLUME = "synapse-media"
@@ -160,7 +163,7 @@ def egress(cfg: StackConfig, process: Process, whitelist: list[str]) -> tuple[tu
 
 def synapse_process(cfg: StackConfig, process: Process, common: list[File],
                     secrets: Mapping[str, pulumi.Input[str]], server: DatabaseServer | None,
-                    whitelist: list[str] | None = None) -> Service:
+                    whitelist: list[str] | None = None, gate: Gate | None = None) -> Service:
     files = list(common)
     # A process's own file joins the shared group too: each path is its process's alone, so the
     # group stays one object (one ConfigMap on Kubernetes, not one per process) while every pod
@@ -207,6 +210,9 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         init_args=("python", "-m", "synapse.config", *command[3:]),
         waits=synapse_waits(cfg, process, server),
         scalable=bool(role and not role.single),
+        # Two mains at once would both migrate the schema; two instances of a single-writer role
+        # would both write its stream.
+        exclusive=not (role and not role.single),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
         metrics_path=METRICS_PATH,
         # A role's processes are monitored, guarded from disruption and admitted together.
@@ -214,6 +220,8 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         labels={ROLE_LABEL: role.name if role else "main"},
         egress_internet=dials_out,
         egress_networks=networks,
+        # Main alone migrates the schema: its gate runs before it starts another release.
+        gates=(gate,) if gate is not None and process.is_main else (),
     )
 
 
@@ -268,13 +276,15 @@ def cluster_services(
     secrets: Mapping[str, pulumi.Input[str]],
     inputs: Inputs,
     server: DatabaseServer | None,
+    gate: Gate | None = None,
 ) -> list[Service]:
+    """`gate`: what runs before main starts another release (upgrade.gate)."""
     topo = hs.topology(cfg)
     common = shared_files(cfg, inputs, server) + secret_files(cfg, secrets, inputs)
     # The private networks Synapse's outbound requests may dial (homeserver.shared_config).
     whitelist = list(inputs.homeserver.get("ip_range_whitelist", []))
     whitelist += [c for c in cfg.synapse.federation.private_networks if c not in whitelist]
-    processes = [synapse_process(cfg, p, common, secrets, server, whitelist) for p in topo.processes]
+    processes = [synapse_process(cfg, p, common, secrets, server, whitelist, gate) for p in topo.processes]
     clients = tuple(p.name for p in topo.processes)
     services: list[Service] = []
     if topo.workers:

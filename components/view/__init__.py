@@ -101,6 +101,11 @@ class StackView:
     def homeserver(self) -> Homeserver | None:
         return _one(part.homeserver(self.cfg) for part in self.enabled)
 
+    @functools.cached_property
+    def backup_now(self) -> str | None:
+        """The command that takes a backup now (None: the stack takes none)."""
+        return _one(part.backup_now(self.cfg) for part in self.enabled)
+
     @property
     def proxy_hostnames(self) -> list[str]:
         """Every hostname the routing proxy answers for, in endpoint order, without repeats."""

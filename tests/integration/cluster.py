@@ -363,10 +363,12 @@ class Cluster:
 
     def __init__(self, result: offline.Run, workdir: Path | None = None, *, address: str = LOOPBACK,
                  addresses: Mapping[str, str] | None = None, hosts_file: Path | None = None,
-                 synapse_env: Mapping[str, str] | None = None):
+                 synapse_env: Mapping[str, str] | None = None, python: str | None = None):
         """`address`: the loopback address this stack listens on and dials. `synapse_env`: extra
-        environment for the Synapse processes (how the machine resolves names, say)."""
+        environment for the Synapse processes (how the machine resolves names, say). `python`:
+        the interpreter whose Synapse release runs (default: the pinned one, synapse_python)."""
         require_binaries()
+        self.python = python or synapse_python()
         self.result = result
         self.address = address
         self.synapse_env = dict(synapse_env or {})
@@ -544,19 +546,29 @@ class Cluster:
 
         self._wait([proc], ready, "answering AUTH", timeout=30)
 
-    def _start_synapse(self, name: str) -> Proc:
+    def _start_synapse(self, name: str, python: str | None = None) -> Proc:
         # Paths in the environment (botocore's credentials and config files) move like every
         # other container path.
         env = {k: self.reloc.path(v) if v.startswith("/") else v for k, v in self.env_of(name).items()}
-        return self._spawn(name, self.synapse_command(name), env=env | self.synapse_env,
+        return self._spawn(name, self.synapse_command(name, python), env=env | self.synapse_env,
                            port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
 
-    def synapse_command(self, name: str) -> list[str]:
+    def synapse_command(self, name: str, python: str | None = None) -> list[str]:
         service = self.services[name]["service"]
         entry = list(service.entrypoint or ())
         if entry[:1] == ["python"]:
-            entry[0] = synapse_python()
+            entry[0] = python or self.python
         return self.resolving([*entry, *self.reloc.args(service.args)])
+
+    def replace_synapse(self, names: Iterable[str], python: str) -> list[Proc]:
+        """What a target does to containers whose image changed, delete before replace: stop each
+        named process (SIGTERM, as `docker stop`), start it with `python`'s Synapse release, and
+        return once every one is healthy."""
+        names = list(names)
+        self.stop_processes(names)
+        procs = [self._start_synapse(name, python) for name in names]
+        self._wait(procs, self._healthy, "healthy")
+        return procs
 
     def restart_synapse(self, name: str) -> Proc:
         """Start one Synapse process again with exactly the command it was started with, after it
@@ -688,7 +700,7 @@ class Cluster:
 
     def register(self, user: str, password: str, *, admin: bool = False) -> None:
         """Shared-secret registration on main's port (the admin API is not exposed by the proxy)."""
-        script = Path(synapse_python()).parent / "register_new_matrix_user"
+        script = Path(self.python).parent / "register_new_matrix_user"
         cmd = [str(script), "-u", user, "-p", password, "--admin" if admin else "--no-admin",
                "-c", str(self.file("/conf/homeserver.yaml")), f"http://{self.address}:{self.http_port('synapse-main')}"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)

@@ -48,7 +48,8 @@ def test_start_commands_wait_for_health_then_exec_the_process(dev: offline.Run) 
     assert "psycopg2.connect" in script and "synapse-postgres" in script and "synapse-redis" in script
     assert main["entrypoints"][4:7] == ["python", "-m", "synapse.app.homeserver"]
     worker = _container(dev, "synapse-generic-1").plain_inputs()
-    assert "curl -fsS http://synapse-main:8008/health" in worker["entrypoints"][2]
+    # Main at the worker's own release (components/synapse/upgrade.py worker_wait_probe).
+    assert "http://synapse-main:8008/health" in worker["entrypoints"][2] and "matrix-synapse" in worker["entrypoints"][2]
     assert worker["entrypoints"][4:7] == ["python", "-m", "synapse.app.generic_worker"]
 
 

@@ -448,6 +448,9 @@ def workload(service: Service, ctx: Context, config_checksum: pulumi.Input[str])
     }
     if not service.stateful:
         spec["revisionHistoryLimit"] = 3
+        if service.exclusive:
+            # A rolling update would start the new pod beside the old one.
+            spec["strategy"] = {"type": "Recreate"}
         return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec}
     claims = []
     for v in service.volumes:

@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.platform import gates
 from components.platform.contract import Graph
 from components.platform.kubernetes_cluster import KubernetesCluster
 from components.platform.spec import EdgeCertificate, Service
@@ -20,6 +21,8 @@ from config.model import StackConfig
 from . import EDGE_CERTIFICATE, owned_objects, render
 from .objects import MASK, Context, checksum, checksum_inputs, digest, masked, shared_volume_names
 
+# The objects a service's pods roll out from: what its gates run before.
+_WORKLOADS = ("Deployment", "StatefulSet", "CronJob")
 _CONSTRUCTORS: dict[str, Any] = {
     "Namespace": k8s.core.v1.Namespace,
     "ConfigMap": k8s.core.v1.ConfigMap,
@@ -114,6 +117,9 @@ class KubernetesPlatform(KubernetesCluster):
         shared = shared_volume_names(services)
         sums = {s.name: checksum(s, self.checksum_key) for s in services}
         namespaces: list[k8s.core.v1.Namespace] = []
+        by_name = {s.name: s for s in services}
+        workloads: dict[str, pulumi.Resource] = {}
+        gated: list[tuple[str, str, dict[str, Any], str, pulumi.Resource | None, dict[str, Any]]] = []
         declared: set[str] = set()
         for owner, key, obj in owned_objects(services, self.ctx, graph.edge_certificate, sums):
             if key in declared:
@@ -135,12 +141,26 @@ class KubernetesPlatform(KubernetesCluster):
             parent = parents[owner]
             if parent is not None and (aliases := graph.aliases(parent)):
                 extra["aliases"] = aliases
+            if kind in _WORKLOADS and owner in by_name and by_name[owner].gates:
+                # Declared last, after the workloads its gates wait for (spec.Gate).
+                gated.append((key, kind, body, owner, parent, extra))
+                continue
             opts = pulumi.ResourceOptions(parent=parent, provider=self.provider,
                                           depends_on=list(namespaces), **extra)
             if kind in _CONSTRUCTORS:
-                _CONSTRUCTORS[kind](key, **body, opts=opts)
+                created = _CONSTRUCTORS[kind](key, **body, opts=opts)
+                if kind in _WORKLOADS and owner is not None:
+                    workloads[owner] = created
             else:
                 k8s.apiextensions.CustomResource(key, api_version=obj["apiVersion"], kind=kind, **body, opts=opts)
+        for key, kind, body, owner, parent, extra in gated:
+            # The gates run before the workload rolls out, after the workloads they name are
+            # ready (pulumi-kubernetes awaits a rollout before it calls a workload created).
+            runs_first = [gates.declare(gate, parent, [workloads[n] for n in gate.after if n in workloads])
+                          for gate in by_name[owner].gates]
+            opts = pulumi.ResourceOptions(parent=parent, provider=self.provider,
+                                          depends_on=[*namespaces, *runs_first], **extra)
+            workloads[owner] = _CONSTRUCTORS[kind](key, **body, opts=opts)
         self._record(services, graph.edge_certificate)
 
     def _record(self, services: list[Service], held: EdgeCertificate | None) -> None:
