@@ -208,12 +208,7 @@ def database_section(cfg: StackConfig, server: DatabaseServer | None) -> dict[st
     # file carries it. Pools stay small per process: they multiply by the process count.
     args.update({"cp_min": 1, "cp_max": db.cp_max, "keepalives_idle": 10, "keepalives_interval": 10,
                  "keepalives_count": 3})
-    # A pooled connection whose server went away (a restart, a failover) is only found dead by the
-    # next transaction on it, which fails its request: Synapse checks `closed` before a
-    # transaction, but psycopg2 sets it only after a failure, and its retry of an OperationalError
-    # reuses the dead connection (cp_reconnect then raises ConnectionLost). With txn_limit 1 each
-    # transaction after a connection's first opens a fresh one, so no request meets a dead one.
-    return {"name": "psycopg2", "allow_unsafe_locale": False, "txn_limit": 1, "args": args}
+    return {"name": "psycopg2", "allow_unsafe_locale": False, "args": args}
 
 
 def tool_config(cfg: StackConfig) -> Callable[[DatabaseServer | None], dict[str, Any]]:

@@ -393,6 +393,10 @@ class Cluster:
     def worker_names(self) -> list[str]:
         return [n for n in self.synapse_names() if n != "synapse-main"]
 
+    def database_pool_size(self) -> int:
+        """The most database connections each Synapse process pools (cp_max)."""
+        return int(self.result.cfg.synapse.database.cp_max)
+
     def env_of(self, name: str) -> dict[str, str]:
         return {k: v for k, (v, _secret) in self.services[name]["env"].items()}
 
