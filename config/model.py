@@ -40,6 +40,8 @@ REPOSITORY_PATH_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
 SFTP_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa) [A-Za-z0-9+/=]+$")
+NTFY_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$")
 
 
@@ -545,7 +547,7 @@ class Backup(Strict):
 class AlertEmail(Strict):
     """Alerts also go by email, through synapse.smtp (its server, user and password)."""
 
-    to: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
+    to: Annotated[str, Field(pattern=EMAIL_RE.pattern)]
 
 
 class Monitoring(Strict):
@@ -561,9 +563,9 @@ class Monitoring(Strict):
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 15
     scrape_interval_seconds: Annotated[int, Field(ge=5, le=300)] = 30
     # The ntfy topic Alertmanager publishes to (ntfy's own topic rules: letters, digits, _ and -).
-    ntfy_topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "alerts"
+    ntfy_topic: Annotated[str, Field(pattern=NTFY_TOPIC_RE.pattern)] = "alerts"
     # The ntfy user that may only publish there; ntfy generates its password (ntfy's part).
-    ntfy_user: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "alertmanager"
+    ntfy_user: Annotated[str, Field(pattern=UNIX_USER_RE.pattern)] = "alertmanager"
     email: AlertEmail | None = None
 
 

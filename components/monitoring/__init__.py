@@ -114,13 +114,19 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
     scraped = render.scrape_targets(cfg, targets)
     reaches = tuple(sorted({(service, port) for _t, service, port, _p in scraped if service != render.PROMETHEUS}))
     ntfy = ntfy_base(view)
+
+    def address(service: str, port: int) -> str:
+        # A target on another Docker host is dialled at that host's published port.
+        host, number, _crosses = view.target.reach(render.PROMETHEUS, service, port)
+        return f"{host}:{number}"
+
     prometheus = Service(
         name=render.PROMETHEUS,
         component=COMPONENT,
         image=m.prometheus_image,
         args=(f"--config.file={render.PROMETHEUS_CONFIG}", f"--storage.tsdb.path={render.PROMETHEUS_DATA}",
               f"--storage.tsdb.retention.time={m.retention_days}d", f"--web.listen-address=:{render.PROMETHEUS_PORT}"),
-        files=[File(render.PROMETHEUS_CONFIG, render.prometheus_yml(cfg, targets)),
+        files=[File(render.PROMETHEUS_CONFIG, render.prometheus_yml(cfg, targets, address)),
                File(render.RULES, render.rules_yml(alerts))],
         ports=[Port("http", render.PROMETHEUS_PORT)],
         volumes=[Volume("prometheus-data", render.PROMETHEUS_DATA, size="10Gi",
@@ -129,7 +135,6 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         user=image_facts.non_root_user(m.prometheus_image),
         read_only_root=True,
         reaches=reaches,
-        metrics_port=render.PROMETHEUS_PORT,
     )
     am_files = [File(render.ALERTMANAGER_CONFIG, render.alertmanager_yml(cfg, ntfy))]
     if ntfy is not None:
@@ -154,7 +159,6 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         # SMTP relays may sit anywhere.
         egress_internet=("alert emails",) if m.email is not None else (),
         allowed_clients=(render.PROMETHEUS,),
-        metrics_port=render.ALERTMANAGER_PORT,
     )
     out = [prometheus, alertmanager]
     for target in targets:
@@ -189,11 +193,10 @@ def exporter_service(cfg: StackConfig, target: MetricsTarget, secrets: Mapping[s
         args=args,
         env=env,
         files=files,
-        ports=[Port("metrics", port)],
+        # Its one port is its metrics port (a target admits scrapers there; see MetricsTarget).
         health=image_facts.http_check(image, port, "/metrics"),
         user=image_facts.non_root_user(image),
         read_only_root=True,
         reaches=((target.service, target.port),),
-        allowed_clients=(render.PROMETHEUS,),
         metrics_port=port,
     )

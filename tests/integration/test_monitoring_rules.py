@@ -122,3 +122,10 @@ def test_alerts_by_email_without_smtp_are_refused_with_field_value_and_allowed()
     lines = [str(p) for p in caught.value.problems]
     assert any(line.startswith("matrix-stack:monitoring.email: ") and "synapse.smtp" in line
                and "ops@example.org" in line for line in lines), lines
+
+
+def test_the_readme_lists_every_alert(rendered: Any) -> None:
+    readme = (ROOT / "README.md").read_text()
+    _cfg_, _view, alerts = rendered
+    for alert in alerts:
+        assert f"| `{alert.name}` |" in readme, alert.name
