@@ -15,6 +15,7 @@ from components.edge import EdgeProxy
 from components.element_call import ElementCall
 from components.element_web import ElementWeb
 from components.mas import Mas
+from components.monitoring import Monitoring
 from components.ntfy import Ntfy
 from components.part import Part
 from components.postgres import BundledPostgres
@@ -29,6 +30,8 @@ PARTS: list[Part] = [
     Ntfy(),
     Coturn(),
     Mas(),
+    # Before the bundled PostgreSQL: it hands it its exporter's database password.
+    Monitoring(),
     BundledPostgres(),
     Tls(),
     PublicDns(),

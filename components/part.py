@@ -148,6 +148,20 @@ class MetricsTarget:
     port: int
     path: str = "/metrics"
     role: str = ""  # what the process does (a worker role), for per-role alerts and panels
+    # The scrape job its series carry (every Synapse process: "synapse"); empty: the service's name.
+    job: str = ""
+    # The endpoint does not speak Prometheus's format but an exporter reads it: "nginx" (a
+    # stub_status page), "postgres" or "redis" (the server itself). The monitoring part runs
+    # that exporter, named `exporter_service`, and the owner admits it as a client.
+    exporter: str = ""
+
+    @property
+    def job_name(self) -> str:
+        return self.job or self.service
+
+    @property
+    def exporter_service(self) -> str:
+        return f"{self.exporter}-exporter" if self.exporter else ""
 
 
 @dataclass(frozen=True)

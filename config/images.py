@@ -50,6 +50,13 @@ RESTIC = "restic/restic:0.19.1"
 # renovate: depName=ghcr.io/element-hq/matrix-authentication-service
 MAS_VERSION = "1.22.0"
 MAS = f"ghcr.io/element-hq/matrix-authentication-service:{MAS_VERSION}"
+# Monitoring: the versions Debian 12 ships (prometheus, prometheus-alertmanager and the exporters'
+# packages), so the tests run the very programs that read the rendered files at these tags.
+PROMETHEUS = "prom/prometheus:v2.42.0"
+ALERTMANAGER = "prom/alertmanager:v0.25.0"
+NGINX_EXPORTER = "nginx/nginx-prometheus-exporter:0.11.0"
+POSTGRES_EXPORTER = "quay.io/prometheuscommunity/postgres-exporter:v0.11.1"
+REDIS_EXPORTER = "oliver006/redis_exporter:v1.45.0"
 
 # Held back (2026-12-06), with newer releases known: a pin moves only when its source at the new
 # tag can be read here, and LiveKit's only when its proof can run.
@@ -263,6 +270,18 @@ _MAS_HEALTH = Source("element-hq/matrix-authentication-service", "crates/router/
 _MAS_CONFIG = Source("element-hq/matrix-authentication-service", "crates/cli/src/commands/mod.rs", _MAS_TAG,
                      "MAS_CONFIG, else config.yaml in the WORKDIR /")
 
+_PROMETHEUS_DOCKERFILE = Source("prometheus/prometheus", "Dockerfile", "v2.42.0")
+_PROMETHEUS_HEALTH = Source("prometheus/prometheus", "web/web.go", "v2.42.0", "router.Get(\"/-/healthy\")")
+_ALERTMANAGER_DOCKERFILE = Source("prometheus/alertmanager", "Dockerfile", "v0.25.0")
+_ALERTMANAGER_HEALTH = Source("prometheus/alertmanager", "ui/web.go", "v0.25.0", "r.Get(\"/-/healthy\")")
+_NGINX_EXPORTER_DOCKERFILE = Source("nginx/nginx-prometheus-exporter", "build/Dockerfile", "v0.11.0",
+                                    "the image tag is the version without 'v'")
+_NGINX_EXPORTER_PORT = Source("nginx/nginx-prometheus-exporter", "exporter.go", "v0.11.0",
+                              "web.listen-address default :9113")
+_POSTGRES_EXPORTER_DOCKERFILE = Source("prometheus-community/postgres_exporter", "Dockerfile", "v0.11.1")
+_REDIS_EXPORTER_DOCKERFILE = Source("oliver006/redis_exporter", "docker/Dockerfile", "v1.45.0",
+                                    "the default (scratch) stage; the alpine variant has its own tag suffix")
+
 IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ImageFacts(
         image=SYNAPSE,
@@ -447,6 +466,66 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         port=8080,
         config_path="/config.yaml",
         health_path="/health",
+    ),
+    ImageFacts(
+        image=PROMETHEUS,
+        read_for="v2.42.0",
+        read_on="2026-12-06",
+        sources=_sources(_PROMETHEUS_DOCKERFILE, health_path=_PROMETHEUS_HEALTH),
+        user="65534:65534",  # USER nobody on quay.io/prometheus/busybox
+        entrypoint=("/bin/prometheus",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"prometheus", "promtool"},
+        port=9090,
+        config_path="/etc/prometheus/prometheus.yml",
+        health_path="/-/healthy",
+    ),
+    ImageFacts(
+        image=ALERTMANAGER,
+        read_for="v0.25.0",
+        read_on="2026-12-06",
+        sources=_sources(_ALERTMANAGER_DOCKERFILE, health_path=_ALERTMANAGER_HEALTH),
+        user="65534:65534",  # USER nobody on quay.io/prometheus/busybox
+        entrypoint=("/bin/alertmanager",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"alertmanager", "amtool"},
+        port=9093,
+        config_path="/etc/alertmanager/alertmanager.yml",
+        health_path="/-/healthy",
+    ),
+    ImageFacts(
+        image=NGINX_EXPORTER,
+        read_for="0.11.0",
+        read_on="2026-12-06",
+        sources=_sources(_NGINX_EXPORTER_DOCKERFILE, port=_NGINX_EXPORTER_PORT),
+        user="1001:1001",  # FROM scratch, USER 1001:1001
+        entrypoint=("/usr/bin/nginx-prometheus-exporter",),
+        tools=frozenset({"nginx-prometheus-exporter"}),
+        port=9113,
+    ),
+    ImageFacts(
+        image=POSTGRES_EXPORTER,
+        read_for="v0.11.1",
+        read_on="2026-12-06",
+        sources=_sources(_POSTGRES_EXPORTER_DOCKERFILE),
+        user="65534:65534",  # USER nobody on quay.io/prometheus/busybox
+        entrypoint=("/bin/postgres_exporter",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"postgres_exporter"},
+        port=9187,
+    ),
+    ImageFacts(
+        image=REDIS_EXPORTER,
+        read_for="v1.45.0",
+        read_on="2026-12-06",
+        sources=_sources(_REDIS_EXPORTER_DOCKERFILE),
+        user="59000:59000",  # FROM scratch, USER 59000:59000
+        entrypoint=("/redis_exporter",),
+        tools=frozenset({"redis_exporter"}),
+        port=9121,
     ),
 )
 

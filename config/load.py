@@ -28,8 +28,10 @@ from .checks import Check, touches
 from .model import (
     BUCKET_RE,
     DURATION_RE,
+    EMAIL_RE,
     HOST_KEY_RE,
     HOSTNAME_RE,
+    NTFY_TOPIC_RE,
     REPOSITORY_PATH_RE,
     S3_ENDPOINT_RE,
     SERVICE_NAME_RE,
@@ -59,6 +61,8 @@ _PATTERN_WORDS = {
     REPOSITORY_PATH_RE.pattern: "a path of letters, digits, '.', '_', '-' and '/'",
     SFTP_PATH_RE.pattern: "an absolute path of letters, digits, '.', '_', '-' and '/'",
     UNIX_USER_RE.pattern: "a user name of lowercase letters, digits, '_', '.' and '-'",
+    NTFY_TOPIC_RE.pattern: "an ntfy topic of 1 to 64 letters, digits, '_' and '-'",
+    EMAIL_RE.pattern: "an email address such as ops@example.org",
     HOST_KEY_RE.pattern: "one public host key, '<type> <base64>' (ssh-keyscan's line without the host)",
 }
 

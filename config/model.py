@@ -40,6 +40,8 @@ REPOSITORY_PATH_RE = re.compile(r"^[A-Za-z0-9._/-]*$")
 SFTP_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
 UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa) [A-Za-z0-9+/=]+$")
+NTFY_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$")
 
 
@@ -582,6 +584,34 @@ class Backup(Strict):
     retention: Retention = Retention()
 
 
+# ---------------------------------------------------------------- monitoring
+
+
+class AlertEmail(Strict):
+    """Alerts also go by email, through synapse.smtp (its server, user and password)."""
+
+    to: Annotated[str, Field(pattern=EMAIL_RE.pattern)]
+
+
+class Monitoring(Strict):
+    """Prometheus over every metrics endpoint the parts declare, tested alert rules, and
+    Alertmanager delivering to the stack's own ntfy (components/monitoring)."""
+
+    enabled: bool = False
+    prometheus_image: Image = images.PROMETHEUS
+    alertmanager_image: Image = images.ALERTMANAGER
+    nginx_exporter_image: Image = images.NGINX_EXPORTER
+    postgres_exporter_image: Image = images.POSTGRES_EXPORTER
+    redis_exporter_image: Image = images.REDIS_EXPORTER
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 15
+    scrape_interval_seconds: Annotated[int, Field(ge=5, le=300)] = 30
+    # The ntfy topic Alertmanager publishes to (ntfy's own topic rules: letters, digits, _ and -).
+    ntfy_topic: Annotated[str, Field(pattern=NTFY_TOPIC_RE.pattern)] = "alerts"
+    # The ntfy user that may only publish there; ntfy generates its password (ntfy's part).
+    ntfy_user: Annotated[str, Field(pattern=UNIX_USER_RE.pattern)] = "alertmanager"
+    email: AlertEmail | None = None
+
+
 # ---------------------------------------------------------------- matrix authentication service
 # Typed settings only: components/mas/render.py builds MAS's config.yaml from these, so a key
 # MAS does not know (and would silently ignore: it does not refuse unknown keys) cannot be written.
@@ -690,6 +720,7 @@ class StackConfig(Strict):
     tls: Tls = Tls()
     backup: Backup = Backup()
     mas: Mas = Mas()
+    monitoring: Monitoring = Monitoring()
     protect: bool = Field(False, description="protect and retain stateful data (prod)")
     # Secret inputs: accepted only from `pulumi config set --secret` or ESC (checked by the loader).
     smtp_password: SecretStr | None = None

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import pulumi
 
 from components import image_facts
-from components.part import CLUSTER, BuildContext, Component, Contribution, Part, Writer
+from components.part import CLUSTER, BuildContext, Component, Contribution, MetricsTarget, Part, Writer
 from components.platform.spec import Edge as EdgeHosts
 from components.platform.spec import File, Port, Service, Site, Volume
 from components.view import StackView
@@ -36,6 +36,11 @@ class EdgeProxy(Part):
 
     def edge_service(self, cfg: StackConfig) -> str | None:
         return PROXY_SERVICE
+
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        # nginx's stub_status on its private listener; nginx-prometheus-exporter reads it.
+        return [MetricsTarget(PROXY_SERVICE, render.PROXY_STATUS_PORT, "/stub_status", role="edge", job="edge",
+                              exporter="nginx")]
 
     def writers(self, cfg: StackConfig) -> list[Writer]:
         # Stopped during a restore, so no client reaches a half-restored server.

@@ -15,6 +15,8 @@ from config.model import StackConfig
 from . import render
 
 COMPONENT = "ntfy"
+# The shared secret (Contribution.shared_secrets) holding the alerts publisher's password.
+ALERTS_PASSWORD = "ntfy_alerts_password"
 
 
 class Ntfy(Part):
@@ -60,7 +62,16 @@ class Ntfy(Part):
         admin = gen.password_resource(f"{self.name}-admin-password", component, protect=cfg.protect, length=32)
         # ntfy applies auth-users at every start, so the user exists (and has this password)
         # without a one-shot init command; the hash is stable across runs (stored in state).
-        users: pulumi.Output[str] = pulumi.Output.secret(admin.bcrypt_hash.apply(render.auth_users))
+        shared: dict[str, pulumi.Input[str]] = {}
+        if cfg.monitoring.enabled:
+            # Alertmanager publishes the stack's alerts with a password of its own.
+            alerts = gen.password_resource(f"{self.name}-alerts-password", component, protect=cfg.protect, length=32)
+            hashes = pulumi.Output.all(admin.bcrypt_hash, alerts.bcrypt_hash)
+            users: pulumi.Output[str] = pulumi.Output.secret(hashes.apply(
+                lambda h: render.auth_users(h[0], h[1], cfg.monitoring.ntfy_user)))
+            shared[ALERTS_PASSWORD] = pulumi.Output.secret(alerts.result)
+        else:
+            users = pulumi.Output.secret(admin.bcrypt_hash.apply(render.auth_users))
         admin_password: pulumi.Output[str] = pulumi.Output.secret(admin.result)
         urls = {"ntfy_url": render.base_url(cfg), "ntfy_push_gateway_url": render.push_gateway_url(cfg)}
         component.register_outputs({**urls, "admin_user": render.ADMIN_USER})
@@ -70,4 +81,5 @@ class Ntfy(Part):
             homeserver=render.homeserver(cfg),
             outputs={**urls, "ntfy_admin_user": render.ADMIN_USER,
                      "ntfy_admin_password": admin_password},
+            shared_secrets=shared,
         )

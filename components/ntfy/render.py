@@ -45,7 +45,7 @@ def server_config(cfg: StackConfig) -> dict[str, Any]:
         "cache-file": f"{CACHE_DIR}/cache.db",
         "auth-file": f"{AUTH_DIR}/user.db",
         "auth-default-access": "deny-all",
-        "auth-access": [UNIFIEDPUSH_ACCESS],
+        "auth-access": [UNIFIEDPUSH_ACCESS, *alerts_access(cfg)],
         # The admin user (auth-users) arrives in NTFY_AUTH_USERS: a bcrypt hash stays out of files.
         "enable-login": True,
         "enable-signup": False,
@@ -61,8 +61,20 @@ def server_yml(cfg: StackConfig) -> str:
     return yaml_text.dump(server_config(cfg), sort_keys=False, default_flow_style=False)
 
 
-def auth_users(bcrypt_hash: str) -> str:
-    return f"{ADMIN_USER}:{bcrypt_hash}:admin"
+def auth_users(bcrypt_hash: str, alerts_hash: str | None = None, alerts_user: str = "") -> str:
+    """NTFY_AUTH_USERS: the admin, and the user that publishes the stack's alerts when monitoring
+    is on (a plain user: it may only write its topic, alerts_access)."""
+    users = [f"{ADMIN_USER}:{bcrypt_hash}:admin"]
+    if alerts_hash is not None:
+        users.append(f"{alerts_user}:{alerts_hash}:user")
+    return ",".join(users)
+
+
+def alerts_access(cfg: StackConfig) -> list[str]:
+    """Alertmanager's user writes the alerts topic and nothing else."""
+    if not cfg.monitoring.enabled:
+        return []
+    return [f"{cfg.monitoring.ntfy_user}:{cfg.monitoring.ntfy_topic}:write-only"]
 
 
 def push_gateway_url(cfg: StackConfig) -> str:

@@ -9,7 +9,16 @@ from collections.abc import Mapping, Sequence
 
 import pulumi
 
-from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, DatabaseClaim, DatabaseServer, Part
+from components.part import (
+    AFTER_CLUSTER,
+    BuildContext,
+    Component,
+    Contribution,
+    DatabaseClaim,
+    DatabaseServer,
+    MetricsTarget,
+    Part,
+)
 from components.platform.spec import File, HealthCheck, Port, Resources, Service, Volume
 from components.view import StackView
 from config import images
@@ -50,6 +59,10 @@ class BundledPostgres(Part):
     def database_server(self, cfg: StackConfig) -> DatabaseServer | None:
         db = _bundled(cfg)
         return DatabaseServer(SERVICE, PORT, db.image) if db is not None else None
+
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        # postgres_exporter reads the server's statistics views (it logs in with a claim of its own).
+        return [MetricsTarget(SERVICE, PORT, "", role="postgres", job="postgres", exporter="postgres")]
 
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
         # The passwords are the claimants' secrets, which they generate: a check sees stand-ins.

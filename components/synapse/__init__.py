@@ -33,7 +33,19 @@ from components.view import StackView
 from config.model import ExternalDatabase, StackConfig
 
 from . import homeserver, upgrade
-from .services import MEDIA_VOLUME, METRICS_PATH, SYNAPSE_USER, Inputs, cluster_services, routes, secret_names
+from .services import (
+    MEDIA_VOLUME,
+    METRICS_PATH,
+    REDIS_METRICS,
+    SYNAPSE_USER,
+    Inputs,
+    cluster_services,
+    routes,
+    secret_names,
+)
+
+# Every process's series carry one job: alerts and panels select the cluster by it, a role by `role`.
+METRICS_JOB = "synapse"
 
 
 class SynapseCluster(Part):
@@ -66,10 +78,13 @@ class SynapseCluster(Part):
                               owner=True)]
 
     def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
-        if not cfg.synapse.metrics:
-            return []
-        return [MetricsTarget(p.name, p.metrics_port, METRICS_PATH, p.role.name if p.role else "main")
-                for p in homeserver.topology(cfg).processes]
+        topology = homeserver.topology(cfg)
+        targets = [MetricsTarget(p.name, p.metrics_port, METRICS_PATH, p.role.name if p.role else "main",
+                                 job=METRICS_JOB)
+                   for p in topology.processes] if cfg.synapse.metrics else []
+        if topology.workers:
+            targets.append(REDIS_METRICS)
+        return targets
 
     def kept_files(self, cfg: StackConfig) -> list[KeptFile]:
         # A new signing key breaks the server's federation identity.
@@ -134,7 +149,8 @@ class SynapseCluster(Part):
             outputs["create_admin_command"] = create_admin_command(cfg, ctx.view.target)
         return Contribution(
             parent=component,
-            shared_secrets={name: values[name] for name in ("postgres", "signing_key")},
+            # Redis's password: its exporter logs in with it (REDIS_METRICS).
+            shared_secrets={name: values[name] for name in ("postgres", "signing_key", "redis") if name in values},
             services=cluster_services(cfg, values, inputs(ctx.built), ctx.view.database_server,
                                       upgrade.gate(cfg, ctx.view)),
             outputs=outputs,

@@ -13,7 +13,7 @@ import pulumi
 
 from components import image_facts
 from components.network import host_network
-from components.part import DatabaseServer, EdgeRoutes, derive
+from components.part import DatabaseServer, EdgeRoutes, MetricsTarget, derive
 from components.platform.spec import File, Gate, HealthCheck, ImageBuild, Port, Resources, Service, Volume, Wait
 from config import images
 from config.model import BundledDatabase, StackConfig
@@ -238,6 +238,10 @@ def redis_config() -> str:
     ])
 
 
+# Redis speaks no Prometheus: its exporter reads it (MetricsTarget.exporter).
+REDIS_METRICS = MetricsTarget(hs.REDIS_SERVICE, hs.REDIS_PORT, "", role="redis", job="redis", exporter="redis")
+
+
 def redis_acl(password: pulumi.Input[str]) -> pulumi.Input[str]:
     return derive(password, lambda pw: f"user default on >{pw} ~* &* +@all\n")
 
@@ -286,6 +290,9 @@ def cluster_services(
     whitelist += [c for c in cfg.synapse.federation.private_networks if c not in whitelist]
     processes = [synapse_process(cfg, p, common, secrets, server, whitelist, gate) for p in topo.processes]
     clients = tuple(p.name for p in topo.processes)
+    if cfg.monitoring.enabled:
+        # Its exporter (the cluster's metrics target for Redis) logs in too.
+        clients += (REDIS_METRICS.exporter_service,)
     services: list[Service] = []
     if topo.workers:
         services.append(redis_service(cfg, secrets, clients))

@@ -207,6 +207,13 @@ CASES: list[Bad] = [
         'synapse.workers.counts." "', ("unknown worker role",), "' '"),
     Bad("cp-max-too-big", with_(LOCAL, synapse={"database": {"kind": "bundled", "cp_max": 500}}),
         "synapse.database.cp_max", ("at most 50",), "500"),
+    Bad("monitoring-topic-not-an-ntfy-topic", with_(LOCAL, monitoring={"enabled": True, "ntfy_topic": "my alerts"}),
+        "monitoring.ntfy_topic", ("an ntfy topic",), "'my alerts'"),
+    Bad("monitoring-email-without-smtp",
+        with_(LOCAL, monitoring={"enabled": True, "email": {"to": "ops@example.org"}}),
+        "monitoring.email", ("synapse.smtp",), "'ops@example.org'"),
+    Bad("monitoring-with-nowhere-to-send", with_(LOCAL, ntfy={"enabled": False}, monitoring={"enabled": True}),
+        "monitoring.enabled", ("ntfy.enabled", "monitoring.email"), "true"),
 ]
 
 

@@ -646,6 +646,8 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     expected |= {"networkpolicy-stack-open-services"}
     # The proxy reads the changed nginx.conf: its pod rolls through the checksum, nothing else.
     expected |= {"deployment-synapse-proxy"}
+    # Prometheus scrapes the new worker (its config, its rules, its egress): its pod rolls.
+    expected |= {"configmap-prometheus-files", "statefulset-prometheus", "networkpolicy-prometheus"}
     # The role's budget and policy already cover the new instance; it reads the shared env Secret.
     assert changed == expected
     proxy_before = copy.deepcopy(prod.deployment.manifests["deployment-synapse-proxy"])

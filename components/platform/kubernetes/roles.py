@@ -132,8 +132,11 @@ def egress_rules(client: Service, everyone: Sequence[Service], ctx: Context) -> 
             rules.append({"to": [peer(server, ctx)], "ports": private_ports(server)})
     for name, number in client.reaches:
         dialled = by_name.get(name)
-        if dialled is None or dialled.allowed_clients is None:
-            continue  # not a service of this stack, or one every pod may dial already
+        scrape = number == dialled.metrics_port if dialled is not None else False
+        if dialled is None or (dialled.allowed_clients is None and not scrape):
+            # Not a service of this stack, or one every pod may dial already (its metrics port
+            # is not among those: a scraper in the namespace needs a rule of its own).
+            continue
         protocol = next((p.protocol.upper() for p in dialled.ports if p.port == number), "TCP")
         rule = {"to": [peer(dialled, ctx)], "ports": [{"port": number, "protocol": protocol}]}
         if not any(r["to"] == rule["to"] and rule["ports"][0] in r["ports"] for r in rules):

@@ -1,0 +1,160 @@
+"""Real Prometheus and real Alertmanager (Debian's packages) from the rendered files: a scraped
+process dies, its alert fires in Prometheus and Alertmanager delivers it to ntfy's address with
+the publisher's credentials from its password file and ntfy's template parameters. ntfy itself
+is in no registry here: a recording endpoint stands at its address.
+
+The metrics endpoints are stand-ins serving a static page at each declared target's port (the
+test does not boot Synapse); the processes the test renders for are staging's. Only the test
+render shortens the timings: `for` of 5s, scrape and evaluation every second, group_wait 1s.
+Run it in a private network namespace (fixed loopback ports)."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import shutil
+import socketserver
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.checks import view_of
+from components.monitoring import alerts as alert_table
+from components.monitoring import render as mon
+from render.__main__ import stack_config
+from stack import parse
+from tests.conftest import ROOT
+
+PROMETHEUS = shutil.which("prometheus")
+ALERTMANAGER = shutil.which("prometheus-alertmanager")
+pytestmark = pytest.mark.skipif(PROMETHEUS is None or ALERTMANAGER is None,
+                                reason="Debian prometheus and prometheus-alertmanager")
+NTFY_PORT = 8080
+PASSWORD = "alerts-publisher-stand-in-password"
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve(port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> socketserver.TCPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _Metrics(_Quiet):
+    def do_GET(self) -> None:
+        body = b"# TYPE stand_in gauge\nstand_in 1\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+RECEIVED: list[tuple[float, str, str, bytes]] = []
+
+
+class _Ntfy(_Quiet):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        RECEIVED.append((time.monotonic(), self.path, self.headers.get("Authorization", ""), body))
+        self.send_response(200)
+        self.end_headers()
+
+
+def _wait(what: str, check: Any, timeout: float = 90) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _get(url: str) -> Any:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def test_a_dead_process_pages_through_alertmanager_to_ntfy(tmp_path: Path, say: Any) -> None:
+    raw, secret_keys = stack_config("staging", ROOT)
+    cfg = parse(raw, tuple(secret_keys))
+    view = view_of(cfg)[0]
+    targets = view.metrics_targets
+    alerts = alert_table.stack_alerts(targets)
+    # Stand-ins on loopback at each scraped address's port (Prometheus and Alertmanager are real).
+    stand_ins: dict[int, socketserver.TCPServer] = {}
+    for _t, service, port, _path in mon.scrape_targets(cfg, targets):
+        if service not in (mon.PROMETHEUS, mon.ALERTMANAGER):
+            stand_ins.setdefault(port, _serve(port, _Metrics))
+    ntfy = _serve(NTFY_PORT, _Ntfy)
+    rules = tmp_path / "stack.rules.yml"
+    rules.write_text(mon.rules_yml(alerts, minutes=lambda _m: "5s"))
+    conf = mon.prometheus_config(cfg, targets, address=lambda _s, port: f"127.0.0.1:{port}", evaluation_seconds=1)
+    conf["global"]["scrape_interval"] = "1s"
+    conf["rule_files"] = [str(rules)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf, sort_keys=False))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "ntfy_password").write_text(PASSWORD)
+    am = mon.alertmanager_yml(cfg, f"http://127.0.0.1:{NTFY_PORT}", group_wait_seconds=1)
+    (tmp_path / "alertmanager.yml").write_text(am.replace(mon.NTFY_PASSWORD_FILE, str(secrets / "ntfy_password")))
+    procs = [
+        subprocess.Popen([ALERTMANAGER or "", f"--config.file={tmp_path / 'alertmanager.yml'}",
+                          f"--storage.path={tmp_path / 'am'}", "--cluster.listen-address=",
+                          f"--web.listen-address=127.0.0.1:{mon.ALERTMANAGER_PORT}"],
+                         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "am.log", "w")),
+        subprocess.Popen([PROMETHEUS or "", f"--config.file={tmp_path / 'prometheus.yml'}",
+                          f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--rules.alert.resend-delay=1s",
+                          f"--web.listen-address=127.0.0.1:{mon.PROMETHEUS_PORT}"],
+                         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "w")),
+    ]
+    api = f"http://127.0.0.1:{mon.PROMETHEUS_PORT}/api/v1"
+    try:
+        def all_up() -> bool:
+            try:
+                result = _get(f"{api}/query?query=up")["data"]["result"]
+            except OSError:
+                return False
+            return len(result) == len(targets) and all(r["value"][1] == "1" for r in result)
+
+        _wait("every declared target up", all_up)
+        up = _get(f"{api}/query?query=up")["data"]["result"]
+        assert {r["metric"]["instance"] for r in up} == {t.service for t in targets}
+        say(f"every declared target up: {len(up)}")
+        victim = next(t for t in targets if t.role == "generic")
+        time.sleep(3)
+        assert RECEIVED == [], RECEIVED  # healthy: nothing delivered
+        stand_ins.pop(victim.port).shutdown()
+        killed = time.monotonic()
+
+        def delivered() -> Any:
+            return next((r for r in RECEIVED if b"SynapseProcessDown" in r[3]), None)
+
+        at, path, auth, body = _wait("the alert at ntfy's address", delivered)
+        seconds = at - killed
+        say(f"kill -> delivery at ntfy's address: {seconds:.1f}s")
+        url = urllib.parse.urlsplit(path)
+        assert url.path == f"/{cfg.monitoring.ntfy_topic}"
+        query = urllib.parse.parse_qs(url.query)
+        assert query["tpl"] == ["yes"] and "alertname" in query["t"][0]
+        assert auth == "Basic " + base64.b64encode(f"{cfg.monitoring.ntfy_user}:{PASSWORD}".encode()).decode()
+        assert victim.service.encode() in body
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=20)
+        for server in [*stand_ins.values(), ntfy]:
+            server.shutdown()
