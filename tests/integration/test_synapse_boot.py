@@ -13,6 +13,7 @@ import pytest
 
 from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
+from .load import SHORT_DRAIN_S, SHORT_HOLD_S, SHORT_LEVELS, guard_problems, run_load
 from .workload import PASSWORD, Facts, run_workload
 
 MAIN_PORT = 8008
@@ -153,3 +154,19 @@ def test_element_x_readiness_check_passes_and_sliding_sync_reaches_the_sync_work
     wrong = [f"route={a.route} upstream={a.upstreams} status={a.status}" for a in hits
              if a.route != "sync" or not a.ports or not set(a.ports) <= ports or a.status != 200]
     assert not wrong, f"sliding sync wanted route=sync on {sorted(ports)}:\n" + "\n".join(wrong)
+
+
+def test_a_short_load_keeps_main_idle_and_makes_no_errors(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    """The load benchmark's short mode (scripts/bench_cluster.py --short) on this boot: seeded
+    users sync (classic and sliding), send, type, read, send to-device messages, upload, download
+    and join through the proxy for one level. It fails on any error, or when main serves more
+    than its small share; its timings are printed, never judged."""
+    cluster, _facts, _log = booted
+    figures = run_load(cluster, SHORT_LEVELS, SHORT_HOLD_S, seed=1, drain_s=SHORT_DRAIN_S)
+    for f in figures:
+        print(f"\n{f.users} users for {f.hold_s:.0f}s: {f.events_per_s} events/s, send {f.send_ms} ms, "
+              f"delivery {f.delivery_ms} ms, main {f.on_main}/{f.proxied}, PostgreSQL busy/open "
+              f"{f.pg_busy_peak}/{f.pg_open_peak}, set-up {f.setup_s}s, CPU s {f.cpu_s}")
+    assert figures[0].requests > 100, "the load hardly ran"
+    assert figures[0].deliveries > 0, "no message reached another member's sync"
+    assert not guard_problems(figures, worker_topology=True), "\n".join(guard_problems(figures, True))
