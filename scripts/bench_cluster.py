@@ -185,19 +185,26 @@ def main() -> None:
     for spec in stacks:
         stack_config(spec)  # every bad name before any boot
 
-    runs = [bench_stack(spec, levels, args.hold, args.seed, args.drain) for spec in stacks]
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seed": args.seed, "hold_s": args.hold,
-            "drain_s": args.drain,
-            "levels": levels, "cpus": os.cpu_count(), "machine": platform.machine(),
-            "load_average_at_end": os.getloadavg(), "when_utc": stamp}
-    (args.out / f"bench-{stamp}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+    runs: list[dict[str, Any]] = []
+    for spec in stacks:
+        runs.append(bench_stack(spec, levels, args.hold, args.seed, args.drain))
+        # Written after each stack, so a long run interrupted later keeps what it measured.
+        write_figures(args, stamp, levels, runs)
     print("\n" + table(runs) + "\n\n" + role_table(runs))
     if not args.no_picture:
         picture(runs, args.out / f"bench-{stamp}.png")
         print(f"\npicture: {args.out / f'bench-{stamp}.png'}")
     print(f"figures: {args.out / f'bench-{stamp}.json'}")
+
+
+def write_figures(args: argparse.Namespace, stamp: str, levels: list[int], runs: list[dict[str, Any]]) -> None:
+    meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seed": args.seed, "hold_s": args.hold,
+            "drain_s": args.drain,
+            "levels": levels, "cpus": os.cpu_count(), "machine": platform.machine(),
+            "load_average_at_end": os.getloadavg(), "when_utc": stamp}
+    (args.out / f"bench-{stamp}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

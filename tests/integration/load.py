@@ -288,7 +288,7 @@ def path_class(path: str) -> str:
     """A request path with its identifiers (room, user and event ids, transaction ids) blanked,
     to group what reached main."""
     def blank(part: str) -> bool:
-        return part[:1] in {"!", "@", "$", "#"} or "%" in part or (len(part) >= 12 and any(c.isdigit() for c in part))
+        return part[:1] in {"!", "@", "$", "#"} or "%" in part or (len(part) >= 12 and "." not in part and any(c.isdigit() for c in part))
 
     return "/".join("*" if blank(p) else p for p in path.split("/"))
 
