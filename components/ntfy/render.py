@@ -46,7 +46,6 @@ def server_config(cfg: StackConfig) -> dict[str, Any]:
         "auth-file": f"{AUTH_DIR}/user.db",
         "auth-default-access": "deny-all",
         "auth-access": [UNIFIEDPUSH_ACCESS],
-        # The admin user (auth-users) arrives in NTFY_AUTH_USERS: a bcrypt hash stays out of files.
         "enable-login": True,
         "enable-signup": False,
     }
@@ -57,8 +56,11 @@ def server_config(cfg: StackConfig) -> dict[str, Any]:
     return conf
 
 
-def server_yml(cfg: StackConfig) -> str:
-    return yaml_text.dump(server_config(cfg), sort_keys=False, default_flow_style=False)
+def server_yml(cfg: StackConfig, auth_users: str) -> str:
+    """The config file, with the admin user (auth-users: name, bcrypt hash, role). ntfy reads
+    auth-users from its config file, a flag or NTFY_AUTH_USERS, and has no file option of its own
+    (config/images.py), so the config file is a secret file."""
+    return yaml_text.dump({**server_config(cfg), "auth-users": [auth_users]}, sort_keys=False, default_flow_style=False)
 
 
 def auth_users(bcrypt_hash: str) -> str:
