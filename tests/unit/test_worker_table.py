@@ -196,7 +196,7 @@ def test_every_worker_loads_the_shared_file_then_its_own() -> None:
                                           "--config-path", hs.MAIN_CONFIG)
     assert hs.main_config(cfg) == {"enable_media_repo": True}
     with_media = cfg_with({"generic": 1, "media_repository": 1})
-    assert hs.config_paths(with_media, MAIN) == (hs.SHARED_CONFIG,)
+    assert hs.config_paths(with_media, MAIN) == (hs.SHARED_CONFIG, hs.DATABASE_CONFIG)
     assert hs.main_config(with_media) is None
     assert hs.main_config(cfg_with({})) is None  # a monolith reads one file
 
