@@ -129,6 +129,9 @@ class ImageFacts:
     # synapse/storage/schema/__init__.py). A database whose schema_compat_version is above it is
     # one this release cannot read. True for the pinned tag alone (image_schema_version).
     schema_version: int | None = None
+    # How the program takes a secret from a file (variable or config key), never from its
+    # environment: what each service's secret files rely on.
+    secret_file_options: tuple[str, ...] = ()
 
     @property
     def repository(self) -> str:
@@ -249,6 +252,23 @@ _COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", 
                             "the image tag 4.17.0 is 4.17.0-r0 on debian trixie-slim (docker/coturn/README.md at "
                             "that tag); 4.17.1 has a git tag but no image tag in the snapshot")
 
+_POSTGRES_FILE_ENV = Source("docker-library/postgres", "16/alpine3.22/docker-entrypoint.sh", "1cb68aee8f",
+                            "file_env 'POSTGRES_PASSWORD': POSTGRES_PASSWORD_FILE's content, read when the "
+                            "cluster is created; libpq (psql) reads PGPASSFILE, ignored unless u=rw or less")
+_SYNAPSE_DATABASE = Source("element-hq/synapse", "synapse/config/database.py", _SYNAPSE_TREE,
+                           "database.args go to psycopg2 as they are: no password-file key; "
+                           "--no-secrets-in-config does not cover them (config/_base.py, allow_secrets_in_config)")
+_JWT_SECRET_FILE = Source("element-hq/lk-jwt-service", "main.go", "v0.5.0",
+                          "readKeySecret: LIVEKIT_SECRET_FROM_FILE (and LIVEKIT_KEY_FROM_FILE); still in config.go "
+                          "at a375b13 (after 0.6.0), so 0.6.0 reads it too")
+_NTFY_AUTH_USERS = Source("binwiederhier/ntfy", "cmd/serve.go", "05c56f00",
+                          "auth-users is an altsrc flag (config file, flag or NTFY_AUTH_USERS) with no file variant; "
+                          "the snapshot ends before v2.14.0 (the provisioned-users branch, c0b5151b), so the "
+                          "config file carries it")
+_MAS_PASSWORD_FILE = Source("element-hq/matrix-authentication-service", "crates/config/src/sections/database.rs",
+                            "v1.22.0", "password_file; syn2mas reads database.args.password from the Synapse config "
+                            "it is given (crates/syn2mas/src/synapse_reader/config/mod.rs)")
+
 _CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1")
 
 _RESTIC_DOCKERFILE = Source("restic/restic", "docker/Dockerfile.release", "v0.19.1",
@@ -288,7 +308,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         read_for="v1.163.2",
         read_on="2026-12-01",
         sources=_sources(_SYNAPSE_DOCKERFILE, user=_SYNAPSE_START, steps_down=_SYNAPSE_START,
-                         config_path=_SYNAPSE_START, schema_version=_SYNAPSE_SCHEMA),
+                         config_path=_SYNAPSE_START, schema_version=_SYNAPSE_SCHEMA,
+                         secret_file_options=_SYNAPSE_DATABASE),
         user="991:991",  # start.py: "if we are running as root, use user 991"
         steps_down=True,
         entrypoint=("/start.py",),
@@ -299,12 +320,15 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         config_path="/data/homeserver.yaml",
         health_path="/health",
         schema_version=94,
+        # *_path keys for its own secrets; the database password in a secret config file.
+        secret_file_options=("--config-path", "signing_key_path", "macaroon_secret_key_path"),
     ),
     ImageFacts(
         image=POSTGRES,
         read_for="16.15-alpine",
         read_on="2026-12-06",
-        sources=_sources(_POSTGRES_DOCKERFILE, steps_down=_POSTGRES_ENTRYPOINT),
+        sources=_sources(_POSTGRES_DOCKERFILE, steps_down=_POSTGRES_ENTRYPOINT,
+                         secret_file_options=_POSTGRES_FILE_ENV),
         user="70:70",  # addgroup -g 70 / adduser -u 70 postgres
         steps_down=True,  # gosu (su-exec) after chowning PGDATA
         entrypoint=("docker-entrypoint.sh",),
@@ -315,6 +339,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         tools=BUSYBOX | {"pg_isready", "psql", "postgres", "pg_dump", "pg_restore",
                          "cp", "chmod", "mv", "wc", "mkdir", "touch", "rm", "sleep"},
         port=5432,
+        secret_file_options=("POSTGRES_PASSWORD_FILE", "PGPASSFILE"),
     ),
     ImageFacts(
         image=REDIS,
@@ -365,13 +390,14 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         read_for="0.6.0",
         read_on="2026-12-01",
         sources=_sources(_JWT_DOCKERFILE, healthcheck_binary=_JWT_HEALTHCHECK, health_path=_JWT_HANDLER,
-                         config_path=_JWT_CONFIG),
+                         config_path=_JWT_CONFIG, secret_file_options=_JWT_SECRET_FILE),
         user=None,  # FROM scratch, no USER
         entrypoint=(),  # CMD ["/lk-jwt-service"], no ENTRYPOINT
         port=8080,  # EXPOSE 8080; LIVEKIT_JWT_BIND defaults to :8080
         config_path=None,  # environment only
         health_path="/healthz",
         healthcheck_binary=None,
+        secret_file_options=("LIVEKIT_SECRET_FROM_FILE",),
     ),
     ImageFacts(
         image=LIVEKIT,
@@ -390,7 +416,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         image=NTFY,
         read_for="v2.14.0",
         read_on="2026-12-01",
-        sources=_sources(_NTFY_DOCKERFILE, health_path=_NTFY_SERVER, config_path=_NTFY_CONFIG, port=_NTFY_PORT),
+        sources=_sources(_NTFY_DOCKERFILE, health_path=_NTFY_SERVER, config_path=_NTFY_CONFIG, port=_NTFY_PORT,
+                         secret_file_options=_NTFY_AUTH_USERS),
         user=None,  # FROM alpine, no USER (a non-root user was added and reverted upstream)
         entrypoint=("ntfy",),
         shell=True,
@@ -399,6 +426,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         port=80,
         config_path="/etc/ntfy/server.yml",
         health_path="/v1/health",
+        secret_file_options=("--config",),  # auth-users inside the (secret) config file
     ),
     ImageFacts(
         image=ELEMENT_WEB,
@@ -458,7 +486,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         read_for="1.22.0",
         read_on="2026-12-01",
         sources=_sources(_MAS_DOCKERFILE, user=_MAS_NONROOT, port=_MAS_HTTP, health_path=_MAS_HEALTH,
-                         config_path=_MAS_CONFIG),
+                         config_path=_MAS_CONFIG, secret_file_options=_MAS_PASSWORD_FILE),
         user="65532:65532",  # FROM gcr.io/distroless/cc-debian13:nonroot, no USER of its own
         entrypoint=("/usr/local/bin/mas-cli",),
         # distroless (not its :debug variant): no shell, no wget or curl, no health-check program
@@ -466,6 +494,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         port=8080,
         config_path="/config.yaml",
         health_path="/health",
+        secret_file_options=("database.password_file", "secrets.encryption_file", "matrix.secret_file"),
     ),
     ImageFacts(
         image=PROMETHEUS,

@@ -86,7 +86,7 @@ class ElementCall(Part):
             component=COMPONENT,
             image=cfg.element_call.jwt_image,
             env=dict(render.jwt_env(cfg)),
-            secret_env={"LIVEKIT_SECRET": secrets["livekit"]},
+            files=[File(render.JWT_SECRET_FILE, secrets["livekit"], secret=True, mode=0o400)],
             ports=[Port("http", render.JWT_PORT)],
             # The routing proxy forwards clients; LiveKit delivers its webhook.
             allowed_clients=(*((view.edge_service,) if view.edge_service else ()), render.LIVEKIT_SERVICE),

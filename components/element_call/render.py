@@ -37,6 +37,9 @@ LIVEKIT_CONFIG = "/etc/livekit/livekit.yaml"
 # LiveKit reads `key: secret` pairs from key_file, so livekit.yaml itself holds no secret.
 # LiveKit refuses a key file that others may read: mode 0400.
 LIVEKIT_KEYS = "/secrets/livekit-keys.yaml"
+# lk-jwt-service's copy of the API secret: it reads the file LIVEKIT_SECRET_FROM_FILE names
+# (config/images.py).
+JWT_SECRET_FILE = "/secrets/livekit-secret"
 # The name of LiveKit's one API key. It is no secret (every token a client holds carries it as
 # its `iss` claim); only the key's secret is. A fixed name keeps livekit.yaml a function of the
 # config alone, and the webhook section must name the key it signs with.
@@ -129,10 +132,11 @@ def livekit_keys(secret: str) -> str:
 
 
 def jwt_env(cfg: StackConfig) -> dict[str, pulumi.Input[str]]:
-    """lk-jwt-service's plain environment; LIVEKIT_SECRET goes in secret env."""
+    """lk-jwt-service's environment: plain values and the path of its secret's file."""
     return {
         "LIVEKIT_URL": livekit_url(cfg),
         "LIVEKIT_KEY": LIVEKIT_API_KEY,
+        "LIVEKIT_SECRET_FROM_FILE": JWT_SECRET_FILE,
         # Only our own users may create SFU rooms; others may join rooms that exist.
         "LIVEKIT_FULL_ACCESS_HOMESERVERS": cfg.server_name,
         "LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS": str(SANITY_CHECK_INTERVAL_S),

@@ -237,19 +237,23 @@ COMPAT_PATTERN = "^/_matrix/client/(.*)/(login|logout|refresh)"
 # ---------------------------------------------------------------- syn2mas
 
 
-SYN2MAS_SYNAPSE_CONFIG = "/conf/synapse-for-syn2mas.yaml"
+# A secret file: it carries the database password syn2mas connects with (database.args.password,
+# the only place its Synapse config reader takes one from).
+SYN2MAS_SYNAPSE_CONFIG = f"{SECRETS_DIR}/synapse-for-syn2mas.yaml"
 # The Synapse settings syn2mas reads (crates/syn2mas/src/synapse_reader/config at MAS's tag).
 SYN2MAS_READS = ("password_config", "bcrypt_rounds", "allow_guest_access", "enable_registration_captcha",
                  "enable_3pid_changes", "user_consent", "login_via_existing_session", "cas_config",
                  "saml2_config", "jwt_config", "oidc_config", "oidc_providers")
 
 
-def syn2mas_synapse_config(cfg: StackConfig, view: StackView) -> str:
+def syn2mas_synapse_config(cfg: StackConfig, view: StackView, password: str) -> str:
     """Synapse's settings as syn2mas reads them (the homeserver's own, from the view), except
-    that it reads Synapse's database as MAS's role (granted read access meanwhile)."""
+    that it reads Synapse's database as MAS's role (granted read access meanwhile), with that
+    role's `password`."""
     assert view.homeserver is not None
     conf = view.homeserver.tool_config(view.database_server)
     conf["database"]["args"]["user"] = DATABASE_USER
+    conf["database"]["args"]["password"] = password
     conf.update({k: cfg.synapse.extra_config[k] for k in SYN2MAS_READS if k in cfg.synapse.extra_config})
     return yaml_text.dump(conf, sort_keys=False, default_flow_style=False, width=1000)
 

@@ -11,6 +11,7 @@ import pulumi
 
 from components import image_facts
 from components.network import host_network
+from components.part import derive
 from components.platform.spec import File, Port, Resources, Service
 from components.view import StackView
 from config import images
@@ -63,19 +64,17 @@ def mas_service(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.
     for provider in cfg.mas.upstream_oauth2:
         if provider.needs_secret:
             files.append(_secret(render.provider_secret_file(provider), secrets[provider_secret(provider.name)]))
-    secret_env: dict[str, pulumi.Input[str]] = {}
     if cfg.mas.syn2mas:
         # syn2mas reads Synapse's database as MAS's own role (granted read access in this mode;
-        # its database claim); libpq's PGPASSWORD is how it gets that role's password.
-        files.append(File(render.SYN2MAS_SYNAPSE_CONFIG, render.syn2mas_synapse_config(cfg, view)))
-        secret_env["PGPASSWORD"] = secrets["database"]
+        # its database claim), with that role's password in the Synapse config it reads.
+        files.append(_secret(render.SYN2MAS_SYNAPSE_CONFIG,
+                             derive(secrets["database"], lambda pw: render.syn2mas_synapse_config(cfg, view, pw))))
     return Service(
         name=render.SERVICE,
         component=COMPONENT,
         image=image,
         args=("server",),
         env={"MAS_CONFIG": render.CONFIG},
-        secret_env=secret_env,
         files=files,
         ports=[Port("http", render.HTTP_PORT), Port("health", render.HEALTH_PORT)],
         # No shell, wget or curl in the image: Docker has nothing to run (the platform's restart

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
-from components.part import BuildContext, Component, Contribution, Endpoint, Part
+from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
 from components.platform.spec import File, Port, Service, Volume
 from components.view import StackView
 from config.model import StackConfig
@@ -39,8 +39,8 @@ class Ntfy(Part):
             component=COMPONENT,
             image=cfg.ntfy.image,
             args=("serve", "--config", render.CONFIG),
-            secret_env={"NTFY_AUTH_USERS": secrets["auth_users"]},
-            files=[File(render.CONFIG, render.server_yml(cfg))],
+            files=[File(render.CONFIG, derive(secrets["auth_users"], lambda users: render.server_yml(cfg, users)),
+                        secret=True, mode=0o400)],
             ports=[Port("http", render.PORT)],
             # Owned by its user on Docker (Kubernetes: fsGroup): the image has neither directory.
             volumes=[Volume("ntfy-cache", render.CACHE_DIR, size="2Gi", owner=image_facts.non_root_user(cfg.ntfy.image)),

@@ -46,7 +46,6 @@ def server_config(cfg: StackConfig) -> dict[str, Any]:
         "auth-file": f"{AUTH_DIR}/user.db",
         "auth-default-access": "deny-all",
         "auth-access": [UNIFIEDPUSH_ACCESS, *alerts_access(cfg)],
-        # The admin user (auth-users) arrives in NTFY_AUTH_USERS: a bcrypt hash stays out of files.
         "enable-login": True,
         "enable-signup": False,
     }
@@ -57,12 +56,16 @@ def server_config(cfg: StackConfig) -> dict[str, Any]:
     return conf
 
 
-def server_yml(cfg: StackConfig) -> str:
-    return yaml_text.dump(server_config(cfg), sort_keys=False, default_flow_style=False)
+def server_yml(cfg: StackConfig, auth_users: str) -> str:
+    """The config file, with its users (auth-users: name, bcrypt hash, role; `auth_users` as
+    comma-joined entries, see auth_users). ntfy reads
+    auth-users from its config file, a flag or NTFY_AUTH_USERS, and has no file option of its own
+    (config/images.py), so the config file is a secret file."""
+    return yaml_text.dump({**server_config(cfg), "auth-users": auth_users.split(",")}, sort_keys=False, default_flow_style=False)
 
 
 def auth_users(bcrypt_hash: str, alerts_hash: str | None = None, alerts_user: str = "") -> str:
-    """NTFY_AUTH_USERS: the admin, and the user that publishes the stack's alerts when monitoring
+    """The auth-users entries, comma-joined (a bcrypt hash has no comma): the admin, and the user that publishes the stack's alerts when monitoring
     is on (a plain user: it may only write its topic, alerts_access)."""
     users = [f"{ADMIN_USER}:{bcrypt_hash}:admin"]
     if alerts_hash is not None:

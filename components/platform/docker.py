@@ -191,7 +191,7 @@ class DockerPlatform(DockerHosts):
         self._volume_owners: dict[tuple[str, str], docker.Container] = {}
         self._check_groups: dict[str, CheckGroup] = {}  # service name -> its configuration check
         self._checks: dict[str, docker.Container] = {}  # check name -> its container
-        self._waited_for: set[str] = set()  # services another one waits for
+        self._data_stores: list[Service] = []
 
     # ------------------------------------------------------------ per-host resources
 
@@ -214,6 +214,30 @@ class DockerPlatform(DockerHosts):
                 f"network-{host.name}", name=NETWORK, driver="bridge", opts=self._opts(host, None)
             )
         return self._networks[host.name]
+
+    def store_network(self, host: DockerHost, store: str) -> docker.Network:
+        """The network of the data store `store` (Service.data_store) on `host`, joined by the
+        store and its allowed clients alone: internal (no route out) unless another host dials
+        the store through a published port, which an internal network cannot publish."""
+        key = f"{host.name}/{store}"
+        if key not in self._networks:
+            published = any(name == store for name, _port in self._cross_host_ports)
+            self._networks[key] = docker.Network(
+                f"network-{host.name}-{store}", name=f"{NETWORK}-{store}", driver="bridge", internal=not published,
+                opts=self._opts(host, None))
+        return self._networks[key]
+
+    def _networks_of(self, service: Service, host: DockerHost) -> list[docker.ContainerNetworksAdvancedArgs]:
+        """A data store joins its own network only; every other service the stack's network and
+        the network of each data store that admits it."""
+        def joined(network: docker.Network) -> docker.ContainerNetworksAdvancedArgs:
+            return docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[service.name])
+
+        if service.data_store:
+            return [joined(self.store_network(host, service.name))]
+        return [joined(self.network(host))] + [
+            joined(self.store_network(host, store.name)) for store in self._data_stores
+            if service.name in (store.allowed_clients or ()) and self.docker_host(store.name).name == host.name]
 
     def image(self, host: DockerHost, ref: str) -> docker.RemoteImage:
         key = (host.name, ref)
@@ -277,6 +301,7 @@ class DockerPlatform(DockerHosts):
                 if self.reach(service.name, name, port)[2]:
                     self._cross_host_ports.add((name, port))
         parents = {s.name: parent for s, parent in graph.services}
+        self._data_stores = [s for s in services if s.data_store]
         ordered = [scheduled(s) for s in start_order(services)]
         self._waited_for = {w.service for s in services for w in s.waits}
         self._check_groups = check_groups(ordered, self._host_name, several_hosts=len(self.target.hosts) > 1)
@@ -404,7 +429,7 @@ class DockerPlatform(DockerHosts):
                 )
                 for v in service.volumes
             ] + ([docker.ContainerVolumeArgs(from_container=holder.name, read_only=True)] if holder else []),
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self.network(host).name, aliases=[service.name])],
+            networks_advanced=self._networks_of(service, host),
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", *health.command],
                 interval=f"{health.interval_s}s",

@@ -189,6 +189,9 @@ class Service:
     exclusive: bool = False
     # Who may connect (NetworkPolicy on Kubernetes): None = anyone on the private network.
     allowed_clients: tuple[str, ...] | None = None
+    # A data store (PostgreSQL, Redis): on Docker it sits on a network of its own, which only its
+    # allowed_clients join (Kubernetes' NetworkPolicies admit only them already).
+    data_store: bool = False
     metrics_port: int | None = None
     metrics_path: str = "/metrics"
     # The label (in `labels`) whose value names the role this service is one instance of

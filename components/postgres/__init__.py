@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import pulumi
 
+from components import pgpass
 from components.part import (
     AFTER_CLUSTER,
     BuildContext,
@@ -112,8 +113,11 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
             # Synapse refuses databases without C collation and UTF8 (docs/postgres.md).
             "POSTGRES_INITDB_ARGS": "--encoding=UTF8 --locale=C",
             "PGDATA": f"{DATA}/pgdata",
+            # Its entrypoint reads the superuser's password from the file (file_env) when it
+            # creates the cluster.
+            "POSTGRES_PASSWORD_FILE": render.SUPERUSER_PASSWORD_FILE,
         },
-        secret_env={"POSTGRES_PASSWORD": passwords[owner.password_secret]},
+        files=[File(render.SUPERUSER_PASSWORD_FILE, passwords[owner.password_secret], secret=True, mode=0o400)],
         ports=[Port("postgres", PORT)],
         volumes=[Volume(VOLUME, DATA, size=db.size)],
         health=HealthCheck(("pg_isready", "-U", owner.user, "-d", owner.database)),
@@ -130,19 +134,23 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         read_only_root=True,
         writable_paths=("/var/run/postgresql", "/tmp"),
         allowed_clients=tuple(clients),
+        data_store=True,
     )
     if not guests:
         return [server]
-    env = {render.password_variable(owner): passwords[owner.password_secret]}
-    env.update({render.password_variable(claim): passwords[claim.password_secret] for claim in guests})
+    logins = render.setup_logins(SERVICE, PORT, owner, guests)
+    login_passwords = [passwords[owner.password_secret], *(passwords[claim.password_secret] for claim in guests)]
     setup = Service(
         name=SETUP_SERVICE,
         component=COMPONENT,
         image=db.image,
         entrypoint=("/bin/sh",),
         args=("-c", render.setup_script(SERVICE, PORT, owner)),
-        files=[File(render.SETUP_SQL, render.setup_sql(guests))],
-        secret_env=env,
+        env={"PGPASSFILE": pgpass.PRIVATE_COPY},
+        files=[File(render.SETUP_SQL, render.setup_sql(guests)),
+               File(render.SETUP_PGPASS, pgpass.content(logins, login_passwords), secret=True, mode=0o400),
+               *(File(render.password_file(claim), passwords[claim.password_secret], secret=True, mode=0o400)
+                 for claim in guests)],
         health=HealthCheck(render.ready_command(SERVICE, PORT, guests), interval_s=30),
         user=IMAGE_USER,
         read_only_root=True,

@@ -5,9 +5,16 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from components import pgpass
 from components.part import DatabaseClaim
 
 SETUP_SQL = "/conf/databases.sql"
+SECRETS_DIR = "/secrets"
+# The superuser's password, read by the image's entrypoint when it creates the cluster
+# (POSTGRES_PASSWORD_FILE, config/images.py).
+SUPERUSER_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
+# The setup service's logins: the owner's (its own) and each claimant's (its health check).
+SETUP_PGPASS = f"{SECRETS_DIR}/pgpass"
 SETUP_INTERVAL_S = 60
 # Room for the operator's own sessions (psql, pg_dump) beside every claimant's pool.
 ADMIN_CONNECTIONS = 20
@@ -20,10 +27,9 @@ def max_connections(claims: Sequence[DatabaseClaim]) -> int:
     return max(100, -(-needed // 100) * 100)
 
 
-def password_variable(claim: DatabaseClaim) -> str:
-    """The environment variable holding a claim's password in the setup service: libpq's own for
-    the owner, whose role the setup logs in as."""
-    return "PGPASSWORD" if claim.owner else f"{claim.user.upper().replace('-', '_')}_PASSWORD"
+def password_file(claim: DatabaseClaim) -> str:
+    """The file holding a claimant's password in the setup service, which sets its role's."""
+    return f"{SECRETS_DIR}/{claim.user}-password"
 
 
 def setup_sql(guests: Sequence[DatabaseClaim]) -> str:
@@ -35,7 +41,8 @@ def setup_sql(guests: Sequence[DatabaseClaim]) -> str:
     for claim in guests:
         variable = f"{claim.user}_password"
         lines += [
-            f"\\getenv {variable} {password_variable(claim)}",
+            # psql reads the file through the shell (a backquoted \set), never from the environment.
+            f"\\set {variable} `cat {password_file(claim)}`",
             f"SELECT format('CREATE ROLE %I LOGIN', '{claim.user}') "
             f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{claim.user}') \\gexec",
             f"ALTER ROLE {claim.user} WITH LOGIN PASSWORD :'{variable}';",
@@ -51,19 +58,27 @@ def setup_sql(guests: Sequence[DatabaseClaim]) -> str:
     return "\n".join(lines)
 
 
+def setup_logins(host: str, port: int, owner: DatabaseClaim,
+                 guests: Sequence[DatabaseClaim]) -> list[tuple[str, str, str, str]]:
+    """The setup service's password file's logins: the owner's to any database, each claimant's
+    to its own (the health check's)."""
+    return [(host, str(port), "*", owner.user), *((host, str(port), c.database, c.user) for c in guests)]
+
+
 def setup_script(host: str, port: int, owner: DatabaseClaim) -> str:
     """The setup service's loop: psql as the server's owner, retried until PostgreSQL answers,
-    then again every minute."""
+    then again every minute. libpq takes the password from its private copy of the password
+    file (PGPASSFILE, components/pgpass.py)."""
     psql = shlex.join(["psql", "-q", "-h", host, "-p", str(port), "-U", owner.user, "-d", "postgres", "-f", SETUP_SQL])
-    return f"while true; do {psql} || echo 'database setup failed; retrying'; sleep {SETUP_INTERVAL_S}; done"
+    return (f"{pgpass.private_copy(SETUP_PGPASS)} && "
+            f"while true; do {psql} || echo 'database setup failed; retrying'; sleep {SETUP_INTERVAL_S}; done")
 
 
 def ready_command(host: str, port: int, guests: Sequence[DatabaseClaim]) -> tuple[str, ...]:
     """Healthy once every claimant's own role logs in to its database."""
     checks = []
     for claim in guests:
-        login = f"PGPASSWORD=\"${password_variable(claim)}\""
-        checks.append(f"{login} pg_isready -q -h {host} -p {port} -U {claim.user} -d {claim.database} && "
-                      f"{login} psql -qAt -h {host} -p {port} -U {claim.user} -d {claim.database} "
+        checks.append(f"pg_isready -q -h {host} -p {port} -U {claim.user} -d {claim.database} && "
+                      f"psql -qAt -h {host} -p {port} -U {claim.user} -d {claim.database} "
                       "-c 'SELECT 1' >/dev/null")
     return ("sh", "-c", " && ".join(checks))

@@ -2,8 +2,9 @@
 
 Every process loads the shared `homeserver.yaml`; a worker also loads its own file. Synapse
 merges config files shallowly (a later file replaces a whole top-level key), so worker files
-hold only `worker_*` keys plus the media override. No file here contains a secret: secrets
-reach Synapse through `*_path` keys pointing at secret files, or through the environment.
+hold only `worker_*` keys plus the media override. No plain file here contains a secret: secrets
+reach Synapse through `*_path` keys pointing at secret files, or, where Synapse has no such key
+(its database password, SMTP's), in a config file of their own that is itself a secret file.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ DATA_DIR = "/data"
 SHARED_CONFIG = f"{CONF_DIR}/homeserver.yaml"
 LOG_CONFIG = f"{CONF_DIR}/log.yaml"
 EMAIL_CONFIG = f"{SECRETS_DIR}/email.yaml"
+# The `database` section with its password: Synapse reads its database password nowhere but
+# database.args (psycopg2's connect arguments), so the whole section is a secret file of its own.
+DATABASE_CONFIG = f"{SECRETS_DIR}/database.yaml"
 MAIN_CONFIG = f"{CONF_DIR}/main.yaml"
 
 
@@ -204,8 +208,8 @@ def database_section(cfg: StackConfig, server: DatabaseServer | None) -> dict[st
     else:
         assert server is not None
         args = {"user": DATABASE_USER, "database": DATABASE_NAME, "host": server.service, "port": server.port}
-    # The password comes from PGPASSWORD in each process's environment (libpq reads it), so no
-    # file carries it. Pools stay small per process: they multiply by the process count.
+    # The password is added only in the secret file (database_config). Pools stay small per
+    # process: they multiply by the process count.
     args.update({"cp_min": 1, "cp_max": db.cp_max, "keepalives_idle": 10, "keepalives_interval": 10,
                  "keepalives_count": 3})
     return {"name": "psycopg2", "allow_unsafe_locale": False, "args": args}
@@ -291,7 +295,14 @@ def ldap_module(cfg: StackConfig) -> list[dict[str, Any]]:
 # with the worker table, the proxy and the secrets).
 def managed_keys(cfg: StackConfig, contributions: dict[str, Any] | None = None) -> set[str]:
     address = {name: name for name in _all_names(cfg)}
-    return set(shared_config(cfg, address, contributions or {}, server=_ANY_SERVER, with_extra=False))
+    return set(shared_config(cfg, address, contributions or {}, server=_ANY_SERVER, with_extra=False)) | {"database"}
+
+
+def database_config(cfg: StackConfig, server: DatabaseServer | None, password: str) -> str:
+    """DATABASE_CONFIG: the `database` section with its password (a secret file)."""
+    section = database_section(cfg, server)
+    section["args"]["password"] = password
+    return dump({"database": section})
 
 
 def _all_names(cfg: StackConfig) -> list[str]:
@@ -337,7 +348,6 @@ def shared_config(
         "suppress_key_server_warning": True,
         "enable_metrics": syn.metrics,
         "listeners": main_listeners(cfg, topo),
-        "database": database_section(cfg, server),
     }
     hs.update(registration_keys(cfg))
     if not syn.federation.enabled:
@@ -439,7 +449,7 @@ def main_config(cfg: StackConfig) -> dict[str, Any] | None:
 
 
 def config_paths(cfg: StackConfig, process: Process) -> tuple[str, ...]:
-    paths = [SHARED_CONFIG]
+    paths = [SHARED_CONFIG, DATABASE_CONFIG]
     if cfg.synapse.smtp is not None:
         paths.append(EMAIL_CONFIG)
     if not process.is_main:

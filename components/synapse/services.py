@@ -33,12 +33,10 @@ METRICS_PATH = "/_synapse/metrics"
 # What the main process's start waits for when the database is the operator's own.
 EXTERNAL_DATABASE = "synapse-postgres"
 SHARED_GROUP = "synapse-shared"
-# Every Synapse process reads the same secret env (the database password): stored once.
-ENV_GROUP = f"{SHARED_GROUP}-env"
 REDIS_CONF = "/conf/redis.conf"
 REDIS_ACL = "/secrets/users.acl"
-# PostgreSQL's password reaches libpq as PGPASSWORD; every other generated secret is a file.
-SECRET_ENV_ONLY = ("postgres",)
+# PostgreSQL's password reaches Synapse inside its database config file (homeserver.DATABASE_CONFIG).
+IN_DATABASE_CONFIG = ("postgres",)
 
 
 def secret_names(cfg: StackConfig) -> tuple[str, ...]:
@@ -89,12 +87,15 @@ def synapse_image(cfg: StackConfig) -> tuple[str, ImageBuild | None]:
     return images.synapse_s3(cfg.synapse.image, cfg.synapse.media.image_registry), build
 
 
-def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inputs: Inputs) -> list[File]:
+def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inputs: Inputs,
+                 server: DatabaseServer | None) -> list[File]:
     files = [
         File(hs.secret_path(name), secrets[name], secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets")
         for name in secret_names(cfg)
-        if name not in SECRET_ENV_ONLY
+        if name not in IN_DATABASE_CONFIG
     ]
+    files.append(File(hs.DATABASE_CONFIG, derive(secrets["postgres"], lambda pw: hs.database_config(cfg, server, pw)),
+                      secret=True, mode=0o400, group=f"{SHARED_GROUP}-secrets"))
     if cfg.synapse.smtp is not None:
         email = hs.email_config(cfg, password_placeholder="@@SMTP_PASSWORD@@")
         text = hs.dump(email or {})
@@ -113,16 +114,12 @@ def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inp
 
 
 def _postgres_wait(cfg: StackConfig, server: DatabaseServer | None) -> Wait:
-    """A login as Synapse's own database user (libpq reads PGPASSWORD): the server is up, past
-    recovery, and the database exists."""
-    db = cfg.synapse.database
-    if isinstance(db, BundledDatabase):
-        assert server is not None
-        host, port, user, name = server.service, server.port, hs.DATABASE_USER, hs.DATABASE_NAME
-    else:
-        host, port, user, name = db.host, db.port, db.user, db.name
-    probe = (f"import psycopg2; psycopg2.connect(host={host!r}, port={port}, user={user!r}, dbname={name!r}, "
-             "connect_timeout=3).close()")
+    """A login as Synapse's own database user, with the arguments Synapse connects with (its
+    database config file, password included): the server is up, past recovery, and the
+    database exists."""
+    probe = (f"import psycopg2, yaml; a = yaml.safe_load(open({hs.DATABASE_CONFIG!r}))['database']['args']; "
+             "psycopg2.connect(host=a['host'], port=a['port'], user=a['user'], dbname=a['database'], "
+             "password=a['password'], sslmode=a.get('sslmode', 'prefer'), connect_timeout=3).close()")
     # Named after the bundled server's service, which an external server stands in for.
     return Wait(server.service if server is not None else EXTERNAL_DATABASE, ("python", "-c", probe))
 
@@ -192,8 +189,6 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         entrypoint=command[:3],
         args=command[3:],
         env=dict(hs.s3_environment()) if media.s3 else {},
-        secret_env={"PGPASSWORD": secrets["postgres"]},
-        secret_env_group=ENV_GROUP,
         files=files,
         ports=ports,
         volumes=volumes,
@@ -262,6 +257,7 @@ def redis_service(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], cl
         # The image's entrypoint refuses an unwritable WORKDIR (its facts); nothing is saved there.
         writable_paths=tuple(p for p in (images.facts_for(cfg.synapse.redis.image).writable_workdir,) if p),
         allowed_clients=clients,
+        data_store=True,
     )
 
 
@@ -284,7 +280,7 @@ def cluster_services(
 ) -> list[Service]:
     """`gate`: what runs before main starts another release (upgrade.gate)."""
     topo = hs.topology(cfg)
-    common = shared_files(cfg, inputs, server) + secret_files(cfg, secrets, inputs)
+    common = shared_files(cfg, inputs, server) + secret_files(cfg, secrets, inputs, server)
     # The private networks Synapse's outbound requests may dial (homeserver.shared_config).
     whitelist = list(inputs.homeserver.get("ip_range_whitelist", []))
     whitelist += [c for c in cfg.synapse.federation.private_networks if c not in whitelist]

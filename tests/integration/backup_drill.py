@@ -30,10 +30,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import yaml
+
 from components import postgres
 from components.backup import render as backup_render
 from components.backup import services as backup_services
 from components.platform.spec import Service
+from components.synapse import homeserver as hs
 from config import images
 from render import offline
 from tests.conftest import stack_view
@@ -71,7 +74,8 @@ def backup_entries(result: offline.Run, restic_password: str) -> list[dict[str, 
     files = {f["path"]: f["content"] for f in main["files"]}
     secrets = {backup_services.PASSWORD: restic_password,
                **{name: files[path] for name, path in backup_render.key_files(stack_view(cfg)).items()}}
-    password = main["env"]["PGPASSWORD"][0]
+    # Synapse's database password: in its database config file.
+    password = yaml.safe_load(files[hs.DATABASE_CONFIG])["database"]["args"]["password"]
     built = backup_services.services(cfg, stack_view(cfg), backup_render.databases(stack_view(cfg))[:1], secrets, [password])
     return [{"service": s, "env": {}, "files": [{"path": f.path, "content": f.content, "secret": f.secret,
                                                    "mode": f.mode, "group": f.group} for f in s.files]}

@@ -478,9 +478,11 @@ class Cluster:
         proc = self._spawn("synapse-postgres", self._postgres_cmd, port=port, tier=0)
         proc.started = t0
         self._wait([proc], self._postgres_ready, "accepting connections", timeout=60)
-        user, db, password = env["POSTGRES_USER"], env["POSTGRES_DB"], env["POSTGRES_PASSWORD"]
+        # The image's entrypoint reads the superuser's password from POSTGRES_PASSWORD_FILE.
+        user, db = env["POSTGRES_USER"], env["POSTGRES_DB"]
+        password = self.file(env["POSTGRES_PASSWORD_FILE"]).read_text()
         quoted = password.replace("'", "''")
-        # What the postgres image does from POSTGRES_USER/DB/PASSWORD, with the C collation Synapse needs.
+        # What the postgres image does from POSTGRES_USER/DB/PASSWORD(_FILE), with the C collation Synapse needs.
         for sql in (f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{quoted}'",
                     f"CREATE DATABASE \"{db}\" OWNER \"{user}\" ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"):
             subprocess.run(self._as_postgres([str(PG_BIN / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", str(sock),

@@ -86,23 +86,38 @@ class Postgres:
                               env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
 
     def setup(self, raw: dict[str, Any], mas_password: str) -> subprocess.CompletedProcess[str]:
-        """One pass of the bundled PostgreSQL's setup service's loop: its rendered SQL file, run by
-        psql with the service's own arguments (host and port rewritten for loopback) and
-        environment."""
+        """One pass of the bundled PostgreSQL's setup service's loop: its rendered SQL, password
+        file and password files, run by psql with the service's own arguments and environment
+        (host, port and paths rewritten for loopback)."""
         cfg = parse(copy.deepcopy(raw), ())
         claims = [claim for claim in stack_view(cfg).databases if claim.bundled]
         owner = next(claim for claim in claims if claim.owner)
-        sql = self.base / "databases.sql"
-        sql.write_text(postgres_render.setup_sql([claim for claim in claims if not claim.owner]))
+        passwords = {claim.password_secret: SUPERUSER_PASSWORD if claim.owner else mas_password for claim in claims}
+        setup = next(s for s in bundled_postgres.services(cfg, claims, passwords)
+                     if s.name == bundled_postgres.SETUP_SERVICE)
+        server = f"{bundled_postgres.SERVICE}:{bundled_postgres.PORT}:"
+
+        def relocated(path: str) -> str:
+            return str(self.base / path.lstrip("/"))
+
+        for f in setup.files:
+            text = str(f.content)
+            for other in setup.files:
+                text = text.replace(other.path, relocated(other.path))
+            target = Path(relocated(f.path))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text.replace(server, f"127.0.0.1:{self.port}:"))
+            os.chmod(target, 0o600 if f.secret else 0o644)  # the service's private copy (components/pgpass.py)
         script = postgres_render.setup_script(bundled_postgres.SERVICE, bundled_postgres.PORT, owner)
         psql = script.split("while true; do ", 1)[1].split(" || ", 1)[0].split()
         assert psql[:2] == ["psql", "-q"] and postgres_render.SETUP_SQL in psql
-        args = [str(sql) if a == postgres_render.SETUP_SQL else a for a in psql]
+        args = [relocated(a) if a == postgres_render.SETUP_SQL else a for a in psql]
         args[args.index("-h") + 1] = "127.0.0.1"
         args[args.index("-p") + 1] = str(self.port)
         args[0] = str(PG_BIN / "psql")
-        return subprocess.run(args, env={**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD,
-                                         "MAS_PASSWORD": mas_password}, capture_output=True, text=True)
+        assert set(setup.env) == {"PGPASSFILE"}
+        return subprocess.run(args, env={**os.environ, "PGPASSFILE": relocated(postgres_render.SETUP_PGPASS)},
+                              capture_output=True, text=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

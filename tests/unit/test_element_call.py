@@ -69,8 +69,9 @@ def test_jwt_service_env_and_a_token_from_the_generated_keys_verifies(program: A
     assert env["LIVEKIT_FULL_ACCESS_HOMESERVERS"] == ("example.org", False)
     assert "LIVEKIT_JWT_BIND" not in env  # its default port, which its health checker assumes too
     key, key_secret = env["LIVEKIT_KEY"]
-    secret, secret_secret = env["LIVEKIT_SECRET"]
-    assert secret_secret and not key_secret  # the key name is every token's `iss`: public
+    assert not key_secret  # the key name is every token's `iss`: public
+    assert env["LIVEKIT_SECRET_FROM_FILE"] == (ec.JWT_SECRET_FILE, False)
+    secret = _file(run, "lk-jwt-service", ec.JWT_SECRET_FILE)
     # LiveKit reads the same pair from its key file.
     assert yaml.safe_load(_file(run, "livekit", ec.LIVEKIT_KEYS)) == {key: secret}
     token = (api.AccessToken(key, secret).with_identity("@alice:example.org")

@@ -479,17 +479,16 @@ def test_prod_drains_at_most_one_instance_of_a_synapse_role_at_a_time(prod: offl
     assert _budgets_of(manifests, "synapse-typing-1") == []
 
 
-def test_every_synapse_process_reads_the_one_shared_env_secret(prod: offline.Run) -> None:
+def test_every_synapse_process_reads_its_database_password_from_the_shared_secret_file(prod: offline.Run) -> None:
     manifests = prod.deployment.manifests
     for process in hs.topology(prod.cfg).processes:
         pod = _pod(manifests, process.name)["spec"]
-        refs = {e["valueFrom"]["secretKeyRef"]["name"] for c in pod["containers"] + pod.get("initContainers", [])
-                for e in c.get("env", []) if "valueFrom" in e}
-        assert refs == {synapse_services.ENV_GROUP}, process.name
+        assert not [e for c in pod["containers"] + pod.get("initContainers", []) for e in c.get("env", [])
+                    if "valueFrom" in e], process.name
+        # Its wait for PostgreSQL reads the same file: every init container mounts it.
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert hs.DATABASE_CONFIG in {m["mountPath"] for m in c.get("volumeMounts", [])}, (process.name, c["name"])
         assert f"secret-{process.name}-env" not in manifests
-    shared = prod.by_name(f"secret-{synapse_services.ENV_GROUP}")
-    assert set(shared.plain_inputs()["stringData"]) == {"PGPASSWORD"}
-    assert shared.masked()["inputs"]["stringData"] == offline.MASK
 
 
 def test_prod_policies_admit_each_synapse_pod_exactly_its_own_ports(prod: offline.Run) -> None:

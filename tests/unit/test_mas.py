@@ -321,8 +321,13 @@ def test_the_bundled_database_gets_a_setup_service_with_the_superuser_password()
     claims = [claim for claim in stack_view(cfg).databases if claim.bundled]
     server, setup = postgres.services(cfg, claims, {"postgres": "<postgres>", "mas_database": "<database>"})
     assert setup.name == postgres.SETUP_SERVICE
-    assert setup.secret_env == {"PGPASSWORD": "<postgres>", "MAS_PASSWORD": "<database>"}
-    assert [f.path for f in setup.files] == [postgres_render.SETUP_SQL]
+    assert not setup.secret_env and setup.env == {"PGPASSFILE": "/tmp/pgpass"}
+    files = {f.path: f.content for f in setup.files}
+    assert files[postgres_render.SETUP_PGPASS] == ("synapse-postgres:5432:*:synapse:<postgres>\n"
+                                                   "synapse-postgres:5432:mas:mas:<database>\n")
+    assert files["/secrets/mas-password"] == "<database>"
+    assert server.env["POSTGRES_PASSWORD_FILE"] == postgres_render.SUPERUSER_PASSWORD_FILE
+    assert {f.path: f.content for f in server.files} == {postgres_render.SUPERUSER_PASSWORD_FILE: "<postgres>"}
     assert "pg_read_all_data FROM mas" in setup.files[0].content  # type: ignore[operator]
     migrating = [claim for claim in stack_view(cfg_of(SYN2MAS)).databases if claim.bundled]
     assert "GRANT pg_read_all_data TO mas" in postgres_render.setup_sql([c for c in migrating if not c.owner])
@@ -376,10 +381,11 @@ def test_the_program_wires_synapse_mas_and_the_bundled_database(program: Any) ->
     shared = yaml.safe_load(main_files[hs.SHARED_CONFIG]["content"])
     assert shared["matrix_authentication_service"]["enabled"] is True
     # The database setup uses the cluster's superuser password and MAS's own.
-    setup_env = services["synapse-postgres-setup"]["env"]
-    postgres_env = services["synapse-postgres"]["env"]
-    assert setup_env["PGPASSWORD"] == postgres_env["POSTGRES_PASSWORD"] and setup_env["PGPASSWORD"][1]
-    assert setup_env["MAS_PASSWORD"] == (mas_files[render.DATABASE_PASSWORD_FILE]["content"], True)
+    setup_files = {f["path"]: f for f in services["synapse-postgres-setup"]["files"]}
+    postgres_files = {f["path"]: f for f in services["synapse-postgres"]["files"]}
+    superuser = postgres_files[postgres_render.SUPERUSER_PASSWORD_FILE]
+    assert superuser["secret"] and f":synapse:{superuser['content']}\n" in setup_files[postgres_render.SETUP_PGPASS]["content"]
+    assert setup_files["/secrets/mas-password"]["content"] == mas_files[render.DATABASE_PASSWORD_FILE]["content"]
     assert services["synapse-postgres"]["service"].allowed_clients is not None
     assert {"mas", "synapse-postgres-setup"} <= set(services["synapse-postgres"]["service"].allowed_clients)
     assert run.deployment.outputs["create_admin_command"] == run.deployment.outputs["mas_create_admin_command"]

@@ -43,7 +43,8 @@ def test_server_yml_has_the_exact_base_url_and_private_rules(program: Any) -> No
     assert conf["auth-access"] == ["*:up*:write-only"]
     assert conf["cache-file"].startswith("/var/cache/ntfy/")
     assert conf["upstream-base-url"] == "https://ntfy.sh"
-    assert "auth-users" not in conf  # the hash travels in secret env
+    assert len(conf["auth-users"]) == 1  # the admin's hash: the config file is a secret file
+    assert next(f for f in _entry(run)["files"] if f["path"] == ntfy.CONFIG)["secret"]
     service = _entry(run)["service"]
     assert {v.path for v in service.volumes} == {"/var/cache/ntfy", "/var/lib/ntfy"}
 
@@ -60,8 +61,8 @@ def test_base_url_follows_custom_hostname_and_local_port(program: Any) -> None:
 
 def test_admin_user_hash_matches_the_secret_password_output(program: Any) -> None:
     run = program(BASE)
-    users, secret = _entry(run)["env"]["NTFY_AUTH_USERS"]
-    assert secret
+    [users] = _server_yml(run)["auth-users"]
+    assert not _entry(run)["env"]
     name, digest, role = users.split(":")
     assert (name, role) == ("admin", "admin")
     outputs = run.deployment.outputs

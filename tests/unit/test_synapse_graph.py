@@ -217,7 +217,8 @@ def test_no_secret_value_appears_in_any_non_secret_file(program: Any) -> None:
     raw["ldap_bind_password"] = ldap_password
     run = program(raw, secret_keys=("smtp_password", "ldap_bind_password"))
     secrets = _secret_values(run, (smtp_password, ldap_password))
-    pg = {v for item in run.services for k, (v, s) in item["env"].items() if k == "PGPASSWORD" and s}
+    pg = {f["content"] for item in run.services for f in item["files"]
+          if f["path"] == "/secrets/postgres-password"}
     assert len(pg) == 1 and pg <= secrets  # the collection found the generated secrets
     email = [f for item in run.services for f in item["files"] if f["path"] == "/secrets/email.yaml"]
     assert email and all(smtp_password in f["content"] and f["secret"] for f in email)

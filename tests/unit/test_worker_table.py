@@ -187,15 +187,16 @@ def test_every_worker_loads_the_shared_file_then_its_own() -> None:
     cfg = cfg_with({"generic": 1})
     topo = hs.topology(cfg)
     worker = topo.workers[0]
-    assert hs.config_paths(cfg, worker) == (hs.SHARED_CONFIG, hs.worker_config_path(worker))
+    assert hs.config_paths(cfg, worker) == (hs.SHARED_CONFIG, hs.DATABASE_CONFIG, hs.worker_config_path(worker))
     # Without a media worker, main holds the media store: the shared file turns the media
     # repository off for every process and main's own file turns it back on.
     assert hs.shared_config(cfg, {n: n for n in ("synapse-main", "synapse-generic-1", "synapse-postgres",
                                                  "synapse-redis")}, {}, server=database_server(cfg))["enable_media_repo"] is False
-    assert hs.command(cfg, MAIN)[-4:] == ("--config-path", hs.SHARED_CONFIG, "--config-path", hs.MAIN_CONFIG)
+    assert hs.command(cfg, MAIN)[-6:] == ("--config-path", hs.SHARED_CONFIG, "--config-path", hs.DATABASE_CONFIG,
+                                          "--config-path", hs.MAIN_CONFIG)
     assert hs.main_config(cfg) == {"enable_media_repo": True}
     with_media = cfg_with({"generic": 1, "media_repository": 1})
-    assert hs.config_paths(with_media, MAIN) == (hs.SHARED_CONFIG,)
+    assert hs.config_paths(with_media, MAIN) == (hs.SHARED_CONFIG, hs.DATABASE_CONFIG)
     assert hs.main_config(with_media) is None
     assert hs.main_config(cfg_with({})) is None  # a monolith reads one file
 

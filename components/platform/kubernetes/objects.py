@@ -378,7 +378,8 @@ def pod_template(service: Service, ctx: Context, config_checksum: pulumi.Input[s
             "name": f"wait-for-{wait.service}", "image": service.image, "imagePullPolicy": "IfNotPresent",
             "command": ["/bin/sh", "-c", f"until {shlex.join(wait.command)}; do sleep 2; done"],
             **({"env": env} if env else {}),
-            "resources": resources, "securityContext": container_security(service),
+            # A probe may read the service's files (Synapse's database config, with its password).
+            "resources": resources, "securityContext": container_security(service), "volumeMounts": mounts,
         })
     if service.init_args:
         init.append({

@@ -149,7 +149,8 @@ class Applier:
             dep.result()  # re-raises a dependency's failure: this one is not created
         inputs = resource.plain_inputs()
         if resource.type == NETWORK:
-            self.client.networks.create(inputs["name"], driver=inputs.get("driver") or "bridge", check_duplicate=True)
+            self.client.networks.create(inputs["name"], driver=inputs.get("driver") or "bridge",
+                                        internal=bool(inputs.get("internal")), check_duplicate=True)
         elif resource.type == VOLUME:
             self.client.volumes.create(name=inputs["name"], driver=inputs.get("driver") or "local")
         elif resource.type == IMAGE:

@@ -9,7 +9,7 @@ paths, the tools its health check calls):
   `python` on PATH, curl for the health check, processes run as 991:991 (the real image's
   default UID/GID).
 - PostgreSQL: Debian's server (15; the pinned image is 16) behind an entrypoint honouring the
-  postgres image's contract: POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB,
+  postgres image's contract: POSTGRES_USER, POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE), POSTGRES_DB,
   POSTGRES_INITDB_ARGS and PGDATA on first start, then `postgres` as user postgres (uid/gid 70,
   as in the alpine image).
 - Redis: Debian's redis-server (7.0) under the pinned Valkey image's program names (valkey-server,
@@ -117,6 +117,8 @@ if [ "$(id -u)" = 0 ]; then
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    # file_env: POSTGRES_PASSWORD, or the file POSTGRES_PASSWORD_FILE names.
+    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE"); fi
     pwfile=$(mktemp)
     printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
     # shellcheck disable=SC2086
