@@ -103,6 +103,9 @@ def _sdk_class(type_token: str) -> tuple[Any, bool]:
             return _attribute(importlib.import_module(f"pulumi_kubernetes.{group.split('.')[0]}.{version}"), name), False
         except (ImportError, AttributeError):
             return _attribute(importlib.import_module("pulumi_kubernetes.apiextensions"), "CustomResource"), True
+    if not module.startswith("index"):
+        # A provider whose resources live in submodules (pulumi-command's `local`).
+        return _attribute(importlib.import_module(f"pulumi_{package}.{module.split('/')[0]}"), name), False
     return _attribute(sdk, name), False
 
 

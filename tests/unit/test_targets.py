@@ -115,6 +115,9 @@ class NomadLike:
             after=(OperatorStep("Remove the variable.", f"nomad var purge nomad/jobs/{handover.name}"),),
             files={name: f"/local/{name}" for name, _path in handover.files})
 
+    def run_scheduled(self, service: str, command: str) -> str:
+        return f"nomad job periodic force {service}"
+
     def run_once(self, run: OneShot) -> str:
         mounts = " ".join(f"-volume {self.volume_name(m.volume)}:{m.path}" for m in run.mounts)
         return f"nomad job dispatch {run.name} -image {run.image} {mounts} -- {shlex.join(run.args)}".replace("  ", " ")
