@@ -484,8 +484,9 @@ def media_upload_script(cfg: StackConfig, *, older_than: str, delete: bool) -> s
     """The shell command, run inside a process that holds the media store, that copies to the
     bucket every media file not accessed for `older_than` (s3_media_upload's duration: 0d is
     every file) and, with `delete`, removes the local copies once the bucket has them. It reads
-    Synapse's database from homeserver.yaml (the password from PGPASSWORD, as Synapse does) and
-    the bucket's credentials from the files botocore is pointed at (s3_environment)."""
+    Synapse's database from the secret database config file (its `database` section, the only
+    part of a homeserver config it reads) and the bucket's credentials from the files botocore is
+    pointed at (s3_environment)."""
     media = cfg.synapse.media
     assert media.s3 and media.bucket and media.endpoint
     upload = ["s3_media_upload", "--no-progress", "upload", MEDIA_STORE, media.bucket,
@@ -495,7 +496,7 @@ def media_upload_script(cfg: StackConfig, *, older_than: str, delete: bool) -> s
     if delete:
         upload.append("--delete")
     update = ["s3_media_upload", "--no-progress", "update", MEDIA_STORE, older_than,
-              "--homeserver-config-path", SHARED_CONFIG]
+              "--homeserver-config-path", DATABASE_CONFIG]
     return f"cd {MEDIA_UPLOAD_DIR} && {shlex.join(update)} && {shlex.join(upload)}"
 
 

@@ -357,12 +357,14 @@ def test_proxy_follows_a_worker_to_a_new_address(deployed: Deployed) -> None:
     """A worker that comes back on another address (Docker recreating or reconnecting it) is
     served again by the running proxy, which re-reads the name nginx dials: no proxy restart.
 
-    The worker leaves the network, a scratch container takes the address it freed, and the
+    The worker leaves the proxy's network, a scratch container takes the address it freed, and the
     worker joins again under the same aliases: on an address nginx has never resolved."""
     d = deployed
     name, route = "synapse-generic-1", "/_matrix/client/versions"
     attrs = d.client.api.inspect_container(name)
-    (network, endpoint), = attrs["NetworkSettings"]["Networks"].items()
+    # The network the proxy dials it on (a worker also joins its data stores' networks).
+    proxy_networks = d.client.api.inspect_container("synapse-proxy")["NetworkSettings"]["Networks"]
+    (network, endpoint), = [(n, e) for n, e in attrs["NetworkSettings"]["Networks"].items() if n in proxy_networks]
     aliases = [a for a in endpoint.get("Aliases") or [] if a != attrs["Id"][:12]]
     proxy_started = d.client.api.inspect_container("synapse-proxy")["State"]["StartedAt"]
     before = endpoint["IPAddress"]
