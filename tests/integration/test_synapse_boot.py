@@ -162,9 +162,27 @@ def test_element_x_readiness_check_passes_and_sliding_sync_reaches_the_sync_work
     assert not wrong, f"sliding sync wanted route=sync on {sorted(ports)}:\n" + "\n".join(wrong)
 
 
+def test_a_short_load_keeps_main_idle_and_makes_no_errors(booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    """The load benchmark's short mode (scripts/bench_cluster.py --short) on this boot: seeded
+    users sync (classic and sliding), send, type, read, send to-device messages, upload, download
+    and join through the proxy for one level. It fails on any error, or when main serves more
+    than its small share; its timings are printed, never judged."""
+    cluster, _facts, _log = booted
+    figures = run_load(cluster, SHORT_LEVELS, SHORT_HOLD_S, seed=1, drain_s=SHORT_DRAIN_S)
+    for f in figures:
+        print(f"\n{f.users} users for {f.hold_s:.0f}s: {f.events_per_s} events/s, send {f.send_ms} ms, "
+              f"delivery {f.delivery_ms} ms, main {f.on_main}/{f.proxied}, PostgreSQL busy/open "
+              f"{f.pg_busy_peak}/{f.pg_open_peak}, set-up {f.setup_s}s, CPU s {f.cpu_s}")
+    assert figures[0].requests > 100, "the load hardly ran"
+    assert figures[0].deliveries > 0, "no message reached another member's sync"
+    assert not guard_problems(figures, worker_topology=True), "\n".join(guard_problems(figures, True))
+
+
 def test_a_restarted_database_costs_each_pooled_connection_at_most_one_request(
         booted: tuple[Cluster, Facts, list[Access]]) -> None:
     """PostgreSQL killed (as `docker kill` does) and started again under a steady client workload.
+    Last in the module: a pooled connection nothing used since stays stale, and fails the next
+    request that meets it.
 
     Each Synapse process finds a pooled connection dead only when a transaction fails on it:
     Synapse checks psycopg2's `closed`, which is set only after a failure, and its retry of the
@@ -203,19 +221,3 @@ def test_a_restarted_database_costs_each_pooled_connection_at_most_one_request(
     assert not load.errors(since=settled), f"requests still failed in the second half:\n{listed}"
     for name, proc in cluster.procs.items():
         assert proc.popen.poll() is None, f"{name} died with the database:\n{proc.tail()}"
-
-
-def test_a_short_load_keeps_main_idle_and_makes_no_errors(booted: tuple[Cluster, Facts, list[Access]]) -> None:
-    """The load benchmark's short mode (scripts/bench_cluster.py --short) on this boot: seeded
-    users sync (classic and sliding), send, type, read, send to-device messages, upload, download
-    and join through the proxy for one level. It fails on any error, or when main serves more
-    than its small share; its timings are printed, never judged."""
-    cluster, _facts, _log = booted
-    figures = run_load(cluster, SHORT_LEVELS, SHORT_HOLD_S, seed=1, drain_s=SHORT_DRAIN_S)
-    for f in figures:
-        print(f"\n{f.users} users for {f.hold_s:.0f}s: {f.events_per_s} events/s, send {f.send_ms} ms, "
-              f"delivery {f.delivery_ms} ms, main {f.on_main}/{f.proxied}, PostgreSQL busy/open "
-              f"{f.pg_busy_peak}/{f.pg_open_peak}, set-up {f.setup_s}s, CPU s {f.cpu_s}")
-    assert figures[0].requests > 100, "the load hardly ran"
-    assert figures[0].deliveries > 0, "no message reached another member's sync"
-    assert not guard_problems(figures, worker_topology=True), "\n".join(guard_problems(figures, True))
