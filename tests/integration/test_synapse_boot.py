@@ -7,7 +7,6 @@ Not skipped anywhere: in CI (CI=true) this must run; a missing binary fails with
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,14 +14,9 @@ import pytest
 from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
 from .load import SHORT_DRAIN_S, SHORT_HOLD_S, SHORT_LEVELS, guard_problems, run_load
-from .workload import PASSWORD, Facts, SteadyLoad, run_workload
+from .workload import PASSWORD, Facts, run_workload
 
 MAIN_PORT = 8008
-# The steady workload's windows, in requests: enough for every client to have used each of its
-# request kinds several times (before the kill) and for each process to have used every pooled
-# connection it held (after).
-STEADY_WARM_UP_REQUESTS = 60
-STEADY_OBSERVED_REQUESTS = 200
 
 
 @pytest.fixture(scope="module")
@@ -176,48 +170,3 @@ def test_a_short_load_keeps_main_idle_and_makes_no_errors(booted: tuple[Cluster,
     assert figures[0].requests > 100, "the load hardly ran"
     assert figures[0].deliveries > 0, "no message reached another member's sync"
     assert not guard_problems(figures, worker_topology=True), "\n".join(guard_problems(figures, True))
-
-
-def test_a_restarted_database_costs_each_pooled_connection_at_most_one_request(
-        booted: tuple[Cluster, Facts, list[Access]]) -> None:
-    """PostgreSQL killed (as `docker kill` does) and started again under a steady client workload.
-    Last in the module: a pooled connection nothing used since stays stale, and fails the next
-    request that meets it.
-
-    Each Synapse process finds a pooled connection dead only when a transaction fails on it:
-    Synapse checks psycopg2's `closed`, which is set only after a failure, and its retry of the
-    OperationalError reuses the dead connection, so that request fails (a 500) and the pool then
-    reconnects. This holds that cost to its bound: at most one failed request per pooled
-    connection, every process still running, and the second half of the requests after the
-    database is healthy all served. `txn_limit: 1` removes the failures but opens a connection
-    per transaction (2.5-3.5x slower client work measured here), so the stack does not set it.
-
-    The workload pauses while the server is down. Requests during the outage would each use up a
-    stale pooled connection (failing before the server is healthy, which is allowed) and so hide
-    them; a quiet outage leaves every pooled connection stale, as a restart shorter than the gaps
-    between a process's transactions does in production.
-    """
-    cluster, _facts, _log = booted
-    with SteadyLoad(cluster) as load:
-        load.wait_for(STEADY_WARM_UP_REQUESTS)  # every process has served, its pool is warm
-        before = load.count()
-        with load.paused():
-            killed = time.monotonic()
-            cluster.kill_postgres()
-            restart_s = cluster.restart_postgres()
-            healthy = time.monotonic()
-        load.wait_for(STEADY_OBSERVED_REQUESTS, since=healthy)
-        errors = load.errors(since=healthy)
-        observed = load.count(healthy)
-    failed_before = len([e for e in load.errors() if e.sent < killed])
-    print(f"\nPostgreSQL killed and back: healthy {healthy - killed:.1f}s after the kill "
-          f"(restart to healthy {restart_s:.1f}s); before the kill: {before} requests, {failed_before} errors; "
-          f"after healthy: {observed} requests, {len(errors)} errors"
-          + (f", the last {errors[-1].sent - healthy:.1f}s after healthy" if errors else ""))
-    pooled = cluster.database_pool_size() * len(cluster.synapse_names())
-    listed = "\n".join(f"+{e.sent - healthy:.1f}s {e.what}: {e.error}" for e in errors)
-    assert len(errors) <= pooled, f"{len(errors)} failed requests for {pooled} pooled connections:\n{listed}"
-    settled = sorted(o.sent for o in load.outcomes if o.sent >= healthy)[observed // 2]
-    assert not load.errors(since=settled), f"requests still failed in the second half:\n{listed}"
-    for name, proc in cluster.procs.items():
-        assert proc.popen.poll() is None, f"{name} died with the database:\n{proc.tail()}"
