@@ -59,6 +59,9 @@ CACHE = f"{SCRATCH}/cache"
 PRIVATE_PGPASS = f"{SCRATCH}/.pgpass"
 PRIVATE_SFTP_KEY = f"{SCRATCH}/.sftp-key"
 REPOSITORY_MOUNT = "/repository"
+# A dump that fails is tried again (a table dropped while it runs), this many times in all.
+DUMP_ATTEMPTS = 3
+DUMP_RETRY_S = 5
 # Docker: how long backup.sh waits for the dump container before it gives up.
 DUMP_WAIT_S = 3600
 
@@ -192,18 +195,32 @@ def dump_script(cfg: StackConfig, databases: Sequence[Database]) -> str:
         f"chmod 600 {PRIVATE_PGPASS}",
         f"export PGPASSFILE={PRIVATE_PGPASS}",
         "",
+        # Synapse's background updates create work tables (_temp_*) and drop them when done:
+        # pg_dump lists the tables, then locks each, and one dropped in between fails the whole
+        # dump. The next attempt lists them again. Every failure is returned explicitly: the
+        # Docker loop calls dump inside `if`, where `set -e` does not apply.
+        "dump_database() {  # name, conninfo, file",
+        "  attempt=1",
+        '  until pg_dump -Fc -Z 0 -d "$2" -f "$3.partial"; do',
+        f'    if [ "$attempt" -ge {DUMP_ATTEMPTS} ]; then',
+        f'      echo "pg_dump of $1 failed {DUMP_ATTEMPTS} times" >&2',
+        "      return 1",
+        "    fi",
+        "    attempt=$((attempt + 1))",
+        f'    echo "pg_dump of $1 failed; attempt $attempt of {DUMP_ATTEMPTS} in {DUMP_RETRY_S} s" >&2',
+        f"    sleep {DUMP_RETRY_S}",
+        "  done",
+        '  mv "$3.partial" "$3" || return 1',
+        '  echo "dumped $1: $(wc -c < "$3") bytes"',
+        "}",
+        "",
         "dump() {",
-        f"  mkdir -p {DUMPS}",
+        f"  mkdir -p {DUMPS} || return 1",
     ]
     for db in databases:
-        partial = f"{db.dump_path}.partial"
-        lines += [
-            # Uncompressed: restic compresses, and finds the tables that did not change since
-            # the last snapshot (a compressed dump differs throughout).
-            f"  pg_dump -Fc -Z 0 -d {shlex.quote(db.conninfo)} -f {partial}",
-            f"  mv {partial} {db.dump_path}",
-            f"  echo \"dumped {db.name}: $(wc -c < {db.dump_path}) bytes\"",
-        ]
+        # Uncompressed (-Z 0): restic compresses, and finds the tables that did not change since
+        # the last snapshot (a compressed dump differs throughout).
+        lines.append(f"  dump_database {db.name} {shlex.quote(db.conninfo)} {db.dump_path} || return 1")
     lines.append("}")
     lines.append("")
     if not target_of(cfg).scheduled_steps:

@@ -1,0 +1,135 @@
+"""The backup's dump script (components/backup/render.dump_script), run by /bin/sh with the real
+pg_dump against a real PostgreSQL cluster, when a table disappears while the dump runs.
+
+Synapse's background updates create work tables (`_temp_populate_user_directory_*` and others)
+and drop them when they finish. pg_dump lists the tables, then locks each: a table dropped in
+between fails the whole dump ("relation ... does not exist"). The test makes that race
+deterministic: a session holds an exclusive lock on such a table, the dump starts and waits for
+it, and the session drops the table and commits.
+
+Not skipped anywhere: a missing PostgreSQL fails (cluster.require_binaries).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.backup import render
+from components.synapse import homeserver as hs
+from stack import parse
+
+from .cluster import PG_BIN
+from .postgres_server import SUPERUSER_PASSWORD, Postgres
+
+# The Kubernetes form: the script dumps once and exits (the Docker form loops on requests).
+RAW = {"server_name": "localhost", "backup": {"enabled": True},
+       "target": {"kind": "kubernetes", "cert_manager_issuer": "le"}}
+WORK_TABLE = "_temp_populate_user_directory_rooms"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    base = Path(tempfile.mkdtemp(prefix="backup-dump-"))
+    os.chmod(base, 0o755)
+    pg = Postgres(base)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _relocated(text: str, root: Path) -> str:
+    """Every container path of the script (all under /backup/) moved under root."""
+    assert render.SCRATCH.startswith("/backup/") and render.SECRETS.startswith("/backup/")
+    return text.replace("/backup/", f"{root}/backup/")
+
+
+def _script(pg: Postgres) -> tuple[Path, Path]:
+    """The rendered script with its container paths under the cluster's directory, and where it
+    writes Synapse's dump."""
+    cfg = parse(RAW, ())
+    database = render.Database(hs.DATABASE_NAME, "127.0.0.1", pg.port, hs.DATABASE_USER, sslmode="disable")
+    root = pg.base / "backup"
+    text = render.dump_script(cfg, [database])
+    text = _relocated(text, root)
+    pgpass = Path(f"{root}{render.PGPASS_FILE}")
+    pgpass.parent.mkdir(parents=True, exist_ok=True)
+    pgpass.write_text(f"127.0.0.1:{pg.port}:{hs.DATABASE_NAME}:{hs.DATABASE_USER}:{SUPERUSER_PASSWORD}\n")
+    Path(f"{root}{render.PRIVATE_PGPASS}").parent.mkdir(parents=True, exist_ok=True)
+    script = root / "dump.sh"
+    script.write_text(text)
+    return script, Path(f"{root}{database.dump_path}")
+
+
+def _pg_dump_waits(pg: Postgres) -> bool:
+    waiting = pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+                      "AND wait_event_type = 'Lock'")
+    return waiting.stdout.strip() not in ("", "0")
+
+
+def test_a_table_dropped_while_the_dump_runs_does_not_fail_the_backup(postgres: Postgres) -> None:
+    postgres.psql(f"CREATE TABLE {WORK_TABLE} (room_id text)", database=hs.DATABASE_NAME)
+    script, dump = _script(postgres)
+    env = {**os.environ, "PATH": f"{PG_BIN}:{os.environ['PATH']}"}
+    # The background update's session: holds the table until it drops it.
+    holder = subprocess.Popen(
+        [str(PG_BIN / "psql"), "-qAt", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(postgres.port),
+         "-U", hs.DATABASE_USER, "-d", hs.DATABASE_NAME],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**env, "PGPASSWORD": SUPERUSER_PASSWORD})
+    assert holder.stdin is not None
+    holder.stdin.write(f"BEGIN;\nLOCK TABLE {WORK_TABLE} IN ACCESS EXCLUSIVE MODE;\n")
+    holder.stdin.flush()
+    run = subprocess.Popen(["/bin/sh", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env=env)
+    deadline = time.monotonic() + 30
+    while not _pg_dump_waits(postgres):
+        assert run.poll() is None, f"the dump ended before it reached the locked table:\n{run.communicate()[0]}"
+        assert time.monotonic() < deadline, "pg_dump never waited for the work table's lock"
+        time.sleep(0.1)
+    holder.communicate(f"DROP TABLE {WORK_TABLE};\nCOMMIT;\n", timeout=30)
+    output = run.communicate(timeout=120)[0]
+    assert f'relation "public.{WORK_TABLE}" does not exist' in output, output  # the race happened
+    assert run.returncode == 0, output
+    listed = subprocess.run([str(PG_BIN / "pg_restore"), "-l", str(dump)], capture_output=True, text=True, check=True)
+    assert "TABLE public users" in listed.stdout and WORK_TABLE not in listed.stdout
+
+
+def test_the_docker_form_answers_failed_when_the_database_refuses(postgres: Postgres) -> None:
+    """On Docker the script waits for requests and answers .done or .failed; a dump that cannot
+    be taken (here: a wrong password, on every attempt) must answer .failed, or the backup would
+    snapshot the previous dump as if it were fresh."""
+    cfg = parse({**RAW, "target": {"kind": "docker"}}, ())
+    database = render.Database(hs.DATABASE_NAME, "127.0.0.1", postgres.port, hs.DATABASE_USER, sslmode="disable")
+    root = postgres.base / "docker"
+    text = render.dump_script(cfg, [database])
+    text = _relocated(text, root)
+    pgpass = Path(f"{root}{render.PGPASS_FILE}")
+    pgpass.parent.mkdir(parents=True, exist_ok=True)
+    pgpass.write_text(f"127.0.0.1:{postgres.port}:{hs.DATABASE_NAME}:{hs.DATABASE_USER}:not-the-password\n")
+    scratch = Path(f"{root}{render.SCRATCH}")
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / ".request").touch()
+    script = root / "dump.sh"
+    script.write_text(text)
+    run = subprocess.Popen(["/bin/sh", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "PATH": f"{PG_BIN}:{os.environ['PATH']}"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((scratch / ".done").exists() or (scratch / ".failed").exists()):
+            assert run.poll() is None and time.monotonic() < deadline, "the dump service never answered"
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, 15)
+        output = run.communicate(timeout=30)[0]
+    assert (scratch / ".failed").exists() and not (scratch / ".done").exists(), output
+    assert output.count("password authentication failed") == render.DUMP_ATTEMPTS, output
