@@ -186,6 +186,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         init_args=("python", "-m", "synapse.config", *command[3:]),
         waits=synapse_waits(cfg, process, server),
         scalable=bool(role and not role.single),
+        start_before_stop=bool(role and role.interchangeable),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
         metrics_path=METRICS_PATH,
         # A role's processes are monitored, guarded from disruption and admitted together.
