@@ -234,9 +234,11 @@ class Run:
 
     def uploads(self, container: str) -> list[dict[str, Any]]:
         """The files a Docker container reads, as uploaded to its file holder (`<name>-files`,
-        whose volumes it mounts read-only: components/platform/docker.py)."""
-        holders = [r for r in self.of_type("docker:index/container:Container") if r.name == f"{container}-files"]
-        return list(holders[0].plain_inputs().get("uploads") or []) if holders else []
+        whose volumes it mounts read-only) and to the holder of its live files
+        (`<name>-live-files`, which reach it through its live volume): components/platform/docker.py."""
+        holders = [r for r in self.of_type("docker:index/container:Container")
+                   if r.name in (f"{container}-files", f"{container}-live-files")]
+        return [u for holder in sorted(holders, key=lambda r: r.name) for u in holder.plain_inputs().get("uploads") or []]
 
     def by_name(self, name: str) -> Registered:
         matches = [r for r in self.resources if r.name == name]

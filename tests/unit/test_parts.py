@@ -67,7 +67,7 @@ def _file(run: offline.Run, service: str, path: str) -> str:
 
 
 def _nginx_hosts(run: offline.Run) -> set[str]:
-    conf = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    conf = _file(run, "synapse-proxy", "/etc/nginx/live/nginx.conf")
     return {name for line in re.findall(r"^\s*server_name\s+([^;]+);", conf, re.MULTILINE) for name in line.split()}
 
 
@@ -90,7 +90,7 @@ def test_a_part_registered_in_the_catalog_alone_gets_its_site_record_certificate
     # Placement names it: a host may carry it (an unknown name would be refused).
     raw["target"]["hosts"][0]["services"] = ["synapse-*", "admin-ui"]
     run = offline.run(raw, stack="staging", secret_keys=STAGING_SECRETS)
-    conf = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    conf = _file(run, "synapse-proxy", "/etc/nginx/live/nginx.conf")
     site = conf[conf.index("server_name admin.example.org;"):]
     assert "proxy_pass http://admin-ui:8080;" in site[: site.index("\n    }\n")]
     assert "admin.example.org" in _dns_names(run)
