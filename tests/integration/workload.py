@@ -170,7 +170,7 @@ def run_workload(cluster: Cluster, tag: str = "") -> Facts:
 
 
 def _call(method: str, path: str, token: str | None = None, body: Any = None, raw: bytes | None = None,
-          content_type: str = "application/json", timeout: float = 20.0) -> tuple[int, bytes]:
+          content_type: str = "application/json", timeout: float = 60.0) -> tuple[int, bytes]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(PROXY_URL + path, data=data, method=method)
     if token:
