@@ -32,6 +32,7 @@ PROXY_STATUS_PORT = 8081  # private: health and stub_status for metrics
 # copy it tested, in SERVING_DIR (scratch space under the read-only root).
 NGINX_CONF = images.config_path(images.NGINX).replace("/nginx.conf", "/live/nginx.conf")
 PROXY_RUN = "/conf/proxy-run.sh"
+NGINX_PID = "/tmp/nginx.pid"
 SERVING_DIR = "/tmp/nginx"
 # The status listener's path answering the sha256 of the config nginx has applied.
 APPLIED_PATH = "/applied"
@@ -123,7 +124,7 @@ def render_nginx(cfg: StackConfig, view: StackView, sites: Sequence[Site], upstr
         # A reload waits for the old workers' requests; a long-poll must not hold it forever.
         "worker_shutdown_timeout 60s;",
         "worker_processes auto;",
-        "pid /tmp/nginx.pid;",
+        f"pid {NGINX_PID};",
         "error_log /dev/stderr warn;",
         "events {",
         "    worker_connections 4096;",
@@ -248,8 +249,12 @@ def proxy_run_script(live_conf: str, watch_acme: bool) -> str:
         '    mv "$RUN/candidate.conf" "$CONF"',
         "}",
         "# drained: no worker process of the previous configuration is still finishing requests.",
-        # (The bracket keeps grep from matching its own command line.)
-        "drained() { ! grep -qs 'is shutting dow[n]' /proc/[0-9]*/cmdline; }",
+        "drained() {",
+        f'    master=$(cat {NGINX_PID} 2>/dev/null) || return 0',
+        '    for p in $(cat "/proc/$master/task/$master/children" 2>/dev/null); do',
+        "        if grep -qs 'is shutting down' \"/proc/$p/cmdline\"; then return 1; fi",
+        "    done",
+        "}",
         "reload() {",
         '    addresses "$CONF" > "$RUN/addresses"',
         '    nginx -c "$CONF" -s reload || return 0',
