@@ -171,9 +171,14 @@ def deployed(engine: Engine, dev_run: offline.Run, say: Callable[[str], None],
         d.steady = steady
         yield d
     finally:
-        # The engine's bridges outlive it: remove the networks while it runs.
-        remove_declared(engine.client(), base)
-        remove_declared(engine.client(), dev_run)
+        # The engine's bridges outlive it: remove the networks while it runs, after every
+        # container (a failed change may leave containers of neither declaration; the engine
+        # is this module's own).
+        leftover = engine.client()
+        for container in leftover.containers.list(all=True):
+            container.remove(force=True, v=True)
+        remove_declared(leftover, base)
+        remove_declared(leftover, dev_run)
 
 
 def _timed_workload(d: Deployed, tag: str, since: float) -> float:
