@@ -61,6 +61,11 @@ DOCKER_IN_PLACE_INPUTS = frozenset({
 REPLACING_OPTIONS = frozenset({"provider"})
 UPDATED = "updated in place"
 REPLACED = "replaced"
+# How a replaced container is replaced: deleted before its replacement is created
+# (deleteBeforeReplace: its service is down meanwhile), or its replacement created first and the
+# old one deleted at the end of the update (a name of its own revision: it keeps serving).
+DELETE_FIRST = "delete first"
+NEW_FIRST = "new first"
 
 
 # ---------------------------------------------------------------- the comparison
@@ -72,12 +77,14 @@ class ResourceChange:
     type: str
     name: str
     keys: list[str] = field(default_factory=list)  # inputs / options that differ
+    delete_first: bool = True  # the head's deleteBeforeReplace
 
     @property
     def effect(self) -> str | None:
         """For a changed container: updated in place, or replaced (any ForceNew input changed).
-        pulumi-docker deletes a container before creating its replacement (deleteBeforeReplace,
-        provider/resources.go), so a replaced container's service is down meanwhile."""
+        With deleteBeforeReplace the old container is deleted before its replacement is created,
+        so its service is down meanwhile; without it (a container named after its revision) the
+        new one is created first and the old one deleted at the end of the update."""
         if self.kind != "changed" or self.type != CONTAINER:
             return None
         for key in self.keys:
@@ -222,7 +229,8 @@ def compare_resources(
                 keys.append(f"{key} (secret)" if masked else key)
         keys += [f"[{opt}]" for opt in RESOURCE_OPTIONS if a.get(opt) != b.get(opt)]
         if keys:
-            changes.append(ResourceChange("changed", b["type"], b["name"], keys))
+            changes.append(ResourceChange("changed", b["type"], b["name"], keys,
+                                          delete_first=bool(b.get("deleteBeforeReplace", True))))
     return changes
 
 
@@ -346,18 +354,50 @@ def parse_nginx(text: str) -> ProxyRoutes:
     return routes
 
 
-def _container_name(resource: Mapping[str, Any]) -> str:
-    return str(resource.get("inputs", {}).get("name") or resource["name"])
+def _service_name(resource: Mapping[str, Any]) -> str:
+    """The name others dial the container at: its network alias (a container replaced new
+    first has a name of its own revision and the service's name as its alias)."""
+    inputs = resource.get("inputs", {})
+    for network in inputs.get("networksAdvanced") or []:
+        if isinstance(network, dict) and network.get("aliases"):
+            return str(network["aliases"][0])
+    return str(inputs.get("name") or resource["name"])
 
 
 def _sites_text(names: Iterable[str]) -> str:
     return ", ".join(_code(n) for n in names) or "the default server"
 
 
-def container_costs(changes: list[ResourceChange], head: Tree) -> list[Cost]:
-    """Each changed container: updated in place or replaced, and for a replaced one the routes
-    unavailable meanwhile, read from the head's rendered nginx.conf (the proxy is the service
-    that owns it): a route is down while every server of a pool it proxies to is replaced."""
+def _chained(changes: list[ResourceChange], containers: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Pulumi's delete-before-replace chains: before it deletes a container replaced with
+    deleteBeforeReplace, it deletes (and then replaces) every container an input of which comes
+    from it, unless the provider updates that input in place; transitively. name -> causes."""
+    replaced_first = {c.name for c in changes if c.type == CONTAINER and c.effect == REPLACED and c.delete_first}
+    urn_of = {name: r["urn"] for name, r in containers.items()}
+    causes: dict[str, list[str]] = {}
+    frontier = set(replaced_first)
+    while True:
+        urns = {urn_of[n]: n for n in frontier if n in urn_of}
+        more: dict[str, list[str]] = {}
+        for name, r in containers.items():
+            if name in frontier:
+                continue
+            fed = {key: [urns[u] for u in deps if u in urns] for key, deps in r.get("inputDependencies", {}).items()}
+            by = sorted({n for key, names in fed.items() if names and key not in DOCKER_IN_PLACE_INPUTS for n in names})
+            if by:
+                more[name] = by
+        if not more:
+            return causes
+        causes.update(more)
+        frontier |= set(more)
+
+
+def container_costs(changes: list[ResourceChange], head: Tree, base: Tree | None = None) -> list[Cost]:
+    """Each changed container: updated in place or replaced (delete first or new first), and for
+    one deleted first the routes unavailable meanwhile, read from the head's rendered nginx.conf
+    (the proxy is the service that owns it): a route is down while every server of a pool it
+    proxies to is deleted first. A container replaced new first, a holder of files and the
+    proxy's live configuration (applied by graceful reload) take nothing down."""
     containers = {r["name"]: r for r in head.resources if r["type"] == CONTAINER}
     services = {s["name"] for s in head.services}
     confs = {path.partition("/")[0]: text for path, (text, _secret) in head.files.items()
@@ -367,32 +407,44 @@ def container_costs(changes: list[ResourceChange], head: Tree) -> list[Cost]:
         parsed = parse_nginx(text)
         proxy.pools.update(parsed.pools)
         proxy.sites += parsed.sites
-    effects = {c.name: c.effect or UPDATED for c in changes if c.effect is not None}
-    # A replaced container replaces those whose replacement trigger holds its ID (the proxy,
-    # which resolves its upstreams' addresses once at start), transitively.
-    name_by_urn = {r["urn"]: r["name"] for r in containers.values()}
-    causes: dict[str, list[str]] = {}
-    while True:
-        replacing = {n for n, e in effects.items() if e == REPLACED}
-        more = {r["name"]: sorted(name_by_urn[u] for u in r.get("replacedWith", [])
-                                  if name_by_urn.get(u) in replacing)
-                for r in containers.values() if r["name"] not in replacing}
-        more = {n: c for n, c in more.items() if c}
-        if not more:
-            break
-        causes.update(more)
-        effects.update(dict.fromkeys(more, REPLACED))
-    replaced = {_container_name(containers[n]) for n, e in effects.items() if e == REPLACED and n in containers}
+    by_name = {c.name: c for c in changes if c.effect is not None}
+    effects = {name: c.effect or UPDATED for name, c in by_name.items()}
+    first = {name: c.delete_first for name, c in by_name.items()}
+    causes = _chained(changes, containers)
+    for name in causes:
+        effects[name] = REPLACED
+        first[name] = True  # deleted before what it is chained to
+    down_hosts = {_service_name(containers[n]) for n, e in effects.items()
+                  if e == REPLACED and first.get(n, True) and n in containers and n in services}
     costs: list[Cost] = []
     for name, effect in sorted(effects.items()):
-        cost = Cost(name, effect)
-        if name in causes:
-            cost.effect = f"{REPLACED} with {', '.join(_code(c) for c in causes[name])}"
-        costs.append(cost)
         resource = containers.get(name)
+        labels = {x.get("label"): x.get("value") for x in (resource or {}).get("inputs", {}).get("labels") or []
+                  if isinstance(x, dict)}
+        cost = Cost(name, effect)
+        costs.append(cost)
         if effect != REPLACED or resource is None:
             continue
-        host = _container_name(resource)
+        if name in causes:
+            cost.effect = f"{REPLACED} ({DELETE_FIRST}) with {', '.join(_code(c) for c in causes[name])}"
+        else:
+            cost.effect = f"{REPLACED} ({DELETE_FIRST if first.get(name, True) else NEW_FIRST})"
+        component = labels.get("matrix-stack.component")
+        if component == "files":
+            cost.note = f"holds the files of {_code(str(labels.get('matrix-stack.files-of')))}: nothing unavailable"
+            continue
+        if component == "live-files":
+            cost.note = (f"delivers {_code(str(labels.get('matrix-stack.files-of')))}'s live files, which it "
+                         "tests and applies by graceful reload: nothing unavailable (a refused file keeps the "
+                         "old one serving and fails the update)")
+            continue
+        host = _service_name(resource)
+        if host not in services:
+            cost.note = "a one-shot task, no service: nothing unavailable"
+            continue
+        if not first.get(name, True) and name not in causes:
+            cost.note = "the new container serves before the old one stops: nothing unavailable"
+            continue
         if name in confs or host in confs:
             cost.unavailable = [f"all sites: {_sites_text(n for s in proxy.sites for n in s.names)}"]
             continue
@@ -404,13 +456,13 @@ def container_costs(changes: list[ResourceChange], head: Tree) -> list[Cost]:
                     hosts = proxy.hosts(target)
                     if host not in hosts:
                         continue
-                    gone = sum(h in replaced for h in hosts)
+                    gone = sum(h in down_hosts for h in hosts)
                     if gone == len(hosts):
                         label = f"{route} ({methods})" if methods else route
                         if label not in down:
                             down.append(label)
                     else:
-                        partial[target] = (f"{_code(target)}: {gone} of {len(hosts)} instances replaced, "
+                        partial[target] = (f"{_code(target)}: {gone} of {len(hosts)} instances down at once, "
                                            "the others keep serving its routes")
             routed = [r for r, targets in site.routes.items() if targets]
             if down and len(down) == len(routed) and all("(" not in d for d in down):
@@ -424,16 +476,24 @@ def container_costs(changes: list[ResourceChange], head: Tree) -> list[Cost]:
             cost.note = "a one-shot task, no service: nothing unavailable"
             continue
         # Not behind the proxy (a database, a cache, a background worker): the services that
-        # depend on it lose it meanwhile. The proxy depends on every routed process only to
-        # start after them.
+        # depend on it lose it meanwhile. The proxy and the publisher of its routes depend on
+        # every routed process only to start after them.
         urn = resource["urn"]
         dependents = sorted(_code(r["name"]) for r in containers.values()
                             if urn in r.get("dependsOn", []) and r["name"] in services
-                            and _container_name(r) not in confs and r["name"] not in confs)
+                            and _service_name(r) not in confs and r["name"] not in confs)
         if dependents:
             cost.unavailable = [f"to its dependents: {', '.join(dependents)}"]
         else:
             cost.note = "serves no public route: its work waits until it is back"
+    if base is not None:
+        # A removed process: deleted at the end of the update, after the proxy has applied the
+        # routes without it.
+        old = {r["name"]: r for r in base.resources if r["type"] == CONTAINER}
+        for name in sorted(set(old) - set(containers)):
+            if name in {s["name"] for s in base.services}:
+                costs.append(Cost(name, "removed", note="deleted at the end of the update, once the proxy's "
+                                                        "routes without it are applied: nothing unavailable"))
     return costs
 
 
@@ -479,7 +539,7 @@ def compare(stack: str, base: Tree, head: Tree) -> StackDiff:
         services=compare_services(base.services, head.services),
         files=files,
         manifests=manifests,
-        costs=container_costs(resources, head) + manifest_costs(base.manifests, head.manifests),
+        costs=container_costs(resources, head, base) + manifest_costs(base.manifests, head.manifests),
     )
 
 
@@ -524,8 +584,8 @@ def _stack_markdown(d: StackDiff) -> list[str]:
 
 
 def _costs_markdown(costs: list[Cost]) -> list[str]:
-    out = ["What it costs (a replaced container is deleted before its replacement starts: "
-           "its service is down meanwhile):", ""]
+    out = ["What it costs (a container replaced delete first is down until its replacement is up; one "
+           "replaced new first keeps serving; the proxy applies a new nginx.conf by graceful reload):", ""]
     for c in costs:
         line = f"- {_code(c.name)}: **{c.effect}**"
         if c.unavailable:

@@ -137,6 +137,9 @@ class Registered:
     has_replacement_trigger: bool = False
     # The resources whose IDs make up the replacement trigger: replacing one replaces this one.
     replaced_with: tuple[str, ...] = ()
+    # Per input, the resources its value comes from: what Pulumi reads to find the dependents a
+    # delete-before-replace resource deletes first (those an input of which it feeds).
+    property_dependencies: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @functools.cached_property
     def inputs(self) -> Mapping[str, Any]:
@@ -158,6 +161,7 @@ class Registered:
             "dependsOn": sorted(self.dependencies),
             "replacementTrigger": self.has_replacement_trigger,
             "replacedWith": sorted(self.replaced_with),
+            "inputDependencies": {key: sorted(urns) for key, urns in self.property_dependencies if urns},
             "inputs": _mask(dict(self.inputs)),
         }
 
@@ -208,6 +212,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 dependencies=tuple(request.dependencies),
                 has_replacement_trigger=trigger,
                 replaced_with=self._ids_in(request.replacement_trigger) if trigger else (),
+                property_dependencies=tuple(sorted((key, tuple(deps.urns))
+                                                   for key, deps in request.propertyDependencies.items())),
             ))
         return response
 
@@ -228,9 +234,11 @@ class Run:
 
     def uploads(self, container: str) -> list[dict[str, Any]]:
         """The files a Docker container reads, as uploaded to its file holder (`<name>-files`,
-        whose volumes it mounts read-only: components/platform/docker.py)."""
-        holders = [r for r in self.of_type("docker:index/container:Container") if r.name == f"{container}-files"]
-        return list(holders[0].plain_inputs().get("uploads") or []) if holders else []
+        whose volumes it mounts read-only) and to the holder of its live files
+        (`<name>-live-files`, which reach it through its live volume): components/platform/docker.py."""
+        holders = [r for r in self.of_type("docker:index/container:Container")
+                   if r.name in (f"{container}-files", f"{container}-live-files")]
+        return [u for holder in sorted(holders, key=lambda r: r.name) for u in holder.plain_inputs().get("uploads") or []]
 
     def by_name(self, name: str) -> Registered:
         matches = [r for r in self.resources if r.name == name]

@@ -73,19 +73,18 @@ def proxy_service(cfg: StackConfig, view: StackView, files: Sequence[File], volu
         host, _port, crosses = target.reach(PROXY_SERVICE, site.upstream_service, site.upstream_port)
         if crosses:
             upstreams[site.upstream_service] = host
-    conf = render.render_nginx(cfg, view, served, upstreams)
     ports = [Port("http", render.PROXY_HTTP_PORT, public=True, host_port=target.proxy_host_port("http"))]
     if view.proxy_terminates_tls:
         ports.append(Port("https", render.PROXY_HTTPS_PORT, public=True, host_port=target.proxy_host_port("https")))
     ports.append(Port("status", render.PROXY_STATUS_PORT))
-    # nginx resolves upstream names once: its run script waits for them, reloads nginx when an
-    # address changes (Docker restarting a container) and, with ACME, when a certificate renews.
-    # The names nginx dials: the parts' upstream pools and the sites.
+    # nginx resolves upstream names at load: the names it dials (the parts' upstream pools and
+    # the sites), which its run script waits for and follows to new addresses.
     upstream_hosts = tuple(sorted({h for routes in view.edge_routes for h in routes.upstream_hosts}
                                   | {upstreams.get(site.upstream_service, site.upstream_service) for site in served}))
-    status = f"http://127.0.0.1:{render.PROXY_STATUS_PORT}/health"
-    run_script = File(render.PROXY_RUN, render.proxy_run_script(render.NGINX_CONF, watches_acme, upstream_hosts,
-                                                                health_url=status), mode=0o555)
+    # nginx.conf is live: a topology or routing change reaches the running proxy, which tests
+    # it and reloads; only a change of the run script, the certificates or the image restarts it.
+    conf = File(render.NGINX_CONF, render.render_nginx(cfg, view, served, upstreams, upstream_hosts), live=True)
+    run_script = File(render.PROXY_RUN, render.proxy_run_script(render.NGINX_CONF, watches_acme), mode=0o555)
     routed = {name for routes in view.edge_routes for name in routes.routed} | {s.upstream_service for s in served}
     return Service(
         name=PROXY_SERVICE,
@@ -93,18 +92,19 @@ def proxy_service(cfg: StackConfig, view: StackView, files: Sequence[File], volu
         image=images.NGINX,
         entrypoint=("/bin/sh",),
         args=(render.PROXY_RUN,),
-        files=[File(render.NGINX_CONF, conf), run_script, *files],
+        files=[conf, run_script, *files],
         volumes=list(volumes),
         ports=ports,
-        # Healthy only while nginx holds every upstream's current address (Kubernetes probes the
-        # status path: its Services keep their addresses).
+        # Healthy only while nginx serves the current nginx.conf with every upstream's current
+        # address (Kubernetes probes the status path: its Services keep their addresses).
         health=dataclasses.replace(image_facts.http_check(images.NGINX, render.PROXY_STATUS_PORT, "/health"),
                                    command=("/bin/sh", render.PROXY_RUN, "health")),
         user=image_facts.user(images.NGINX),
         read_only_root=True,
         writable_paths=("/tmp",),
         waits=tuple(wait for routes in view.edge_routes for wait in routes.waits),
-        restarts_with=tuple(sorted(routed)),
+        routes_to=tuple(sorted(routed)),
+        live_applied_url=f"http://{PROXY_SERVICE}:{render.PROXY_STATUS_PORT}{render.APPLIED_PATH}",
         reaches=tuple((site.upstream_service, site.upstream_port) for site in served),
         edge=EdgeHosts(_edge_hostnames(cfg, served), tls=cfg.tls_mode != "none"),
         scalable=True,

@@ -27,9 +27,17 @@ from config.model import StackConfig
 PROXY_HTTP_PORT = 8080
 PROXY_HTTPS_PORT = 8443
 PROXY_STATUS_PORT = 8081  # private: health and stub_status for metrics
-NGINX_CONF = images.config_path(images.NGINX)
+# The rendered nginx.conf is a live file (spec.File.live): in a directory of its own, beside the
+# image's /etc/nginx, which the target may replace while nginx runs. nginx itself runs from the
+# copy it tested, in SERVING_DIR (scratch space under the read-only root).
+NGINX_CONF = images.config_path(images.NGINX).replace("/nginx.conf", "/live/nginx.conf")
 PROXY_RUN = "/conf/proxy-run.sh"
-UPSTREAMS_LOADED = "/tmp/upstreams.loaded"
+NGINX_PID = "/tmp/nginx.pid"
+SERVING_DIR = "/tmp/nginx"
+# The status listener's path answering the sha256 of the config nginx has applied.
+APPLIED_PATH = "/applied"
+# The line of nginx.conf listing the upstream names nginx dials (read by the run script).
+UPSTREAM_HOSTS_MARK = "# upstream-hosts:"
 
 # Cloudflare's published edge ranges (cloudflare.com/ips); they change rarely.
 CLOUDFLARE_RANGES = (
@@ -103,15 +111,20 @@ def _host_routes(routes: Sequence[EdgeRoutes], key: str) -> list[EdgeRoutes]:
     return sorted((r for r in routes if r.host_key == key), key=lambda r: r.order)
 
 
-def render_nginx(cfg: StackConfig, view: StackView, sites: Sequence[Site], upstreams: Mapping[str, str]) -> str:
+def render_nginx(cfg: StackConfig, view: StackView, sites: Sequence[Site], upstreams: Mapping[str, str],
+                 upstream_hosts: Sequence[str] = ()) -> str:
     """nginx.conf: the Matrix host with every part's routes and the well-known documents, the
     server name's well-known documents when it is delegated, each part's site, the HTTP redirect
     and the private status listener. `upstreams` maps a site's service to the address it is
-    dialled at when that is not its name (another Docker host)."""
+    dialled at when that is not its name (another Docker host); `upstream_hosts`, the names
+    nginx dials, are listed in a comment for the run script's address watch."""
     lines: list[str] = [
         "# Rendered by matrix-stack from the worker table; do not edit by hand.",
+        f"{UPSTREAM_HOSTS_MARK} {' '.join(upstream_hosts)}",
+        # A reload waits for the old workers' requests; a long-poll must not hold it forever.
+        "worker_shutdown_timeout 60s;",
         "worker_processes auto;",
-        "pid /tmp/nginx.pid;",
+        f"pid {NGINX_PID};",
         "error_log /dev/stderr warn;",
         "events {",
         "    worker_connections 4096;",
@@ -181,59 +194,103 @@ def render_nginx(cfg: StackConfig, view: StackView, sites: Sequence[Site], upstr
     # Private listener: health for the target's checks, stub_status for metrics scraping.
     http += ["", "server {", f"    listen {PROXY_STATUS_PORT};", "    access_log off;",
              "    location = /health {", "        return 200 'OK';", "    }",
-             "    location = /stub_status {", "        stub_status;", "    }", "}"]
+             "    location = /stub_status {", "        stub_status;", "    }",
+             f"    location = {APPLIED_PATH} {{", "        default_type text/plain;",
+             f"        alias {SERVING_DIR}/applied;", "    }", "}"]
     lines += indent(http)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def proxy_run_script(nginx_conf: str, watch_acme: bool, upstream_hosts: tuple[str, ...] = (),
-                     health_url: str = "") -> str:
-    """nginx in the foreground; with ACME, a watcher reloads it when a certificate changes.
+def proxy_run_script(live_conf: str, watch_acme: bool) -> str:
+    """nginx in the foreground, from a copy of `live_conf` it has tested, and a watcher that
+    applies a change without a restart.
 
-    With upstream host names, nginx (which resolves them once, at start or reload) starts only
-    once every name resolves, and a watcher reloads it when an address changes (Docker gives a
-    restarted container a new address). `health` as the first argument checks that nginx holds
-    the current addresses and answers."""
-    lines = ["#!/bin/sh", "# Rendered by matrix-stack.", "set -eu"]
-    if upstream_hosts:
-        lines += [
-            f'UPSTREAMS="{" ".join(upstream_hosts)}"',
-            "addresses() {",
-            '    for h in $UPSTREAMS; do',
-            """        printf '%s=%s\\n' "$h" "$(getent hosts "$h" | cut -d' ' -f1 | sort | paste -sd, -)\"""",
-            "    done",
-            "}",
-            'if [ "${1:-}" = health ]; then',
-            f'    [ "$(addresses)" = "$(cat {UPSTREAMS_LOADED})" ] || exit 1',
-            f"    exec wget -qO- {health_url}",
-            "fi",
-            "until ! addresses | grep -q '=$'; do echo 'waiting for upstream addresses'; sleep 1; done",
-            f"addresses > {UPSTREAMS_LOADED}",
-            "watch_upstreams() {",
-            "    while sleep 2; do",
-            "        now=$(addresses)",
-            f'        [ "$now" = "$(cat {UPSTREAMS_LOADED})" ] && continue',
-            "        printf '%s\\n' \"$now\" | grep -q '=$' && continue",
-            f"        if nginx -t -q -c {nginx_conf}; then",
-            f"            printf '%s\\n' \"$now\" > {UPSTREAMS_LOADED}",
-            f"            nginx -c {nginx_conf} -s reload",
-            "        fi",
-            "    done",
-            "}",
-            "watch_upstreams &",
-        ]
+    The watcher applies a new `live_conf` (the target may replace it while nginx runs) by
+    graceful reload: a copy is tested first (`nginx -t`) and a refused one leaves the old config
+    serving; after the reload it waits until the old worker processes have finished their
+    requests, then records the applied config's sha256, which the status listener answers at
+    APPLIED_PATH. It also reloads when an upstream name's addresses change (nginx resolves them
+    at load; Docker gives a new container a new address) and, with ACME, when a certificate
+    renews. `health` as the first argument checks that nginx serves the current file with the
+    current addresses, and answers."""
+    lines = [
+        "#!/bin/sh",
+        "# Rendered by matrix-stack.",
+        "set -eu",
+        f"LIVE={live_conf}",
+        f"RUN={SERVING_DIR}",
+        f"CONF={SERVING_DIR}/nginx.conf",
+        "digest() { sha256sum < \"$1\" | cut -d' ' -f1; }",
+        "# The names nginx dials, listed in the config by its renderer.",
+        f"hosts() {{ sed -n 's/^{UPSTREAM_HOSTS_MARK} //p' \"$1\"; }}",
+        "addresses() {",
+        '    for h in $(hosts "$1"); do',
+        """        printf '%s=%s\\n' "$h" "$(getent hosts "$h" | cut -d' ' -f1 | sort | paste -sd, -)\"""",
+        "    done",
+        "}",
+        'if [ "${1:-}" = health ]; then',
+        '    [ "$(addresses "$CONF")" = "$(cat "$RUN/addresses")" ] || exit 1',
+        '    [ "$(digest "$LIVE")" = "$(cat "$RUN/applied")" ] || exit 1',
+        f"    exec wget -qO- http://127.0.0.1:{PROXY_STATUS_PORT}/health",
+        "fi",
+        'mkdir -p "$RUN"',
+        "# adopt: test a snapshot of the live file; only a config nginx accepts replaces the one it serves.",
+        "adopt() {",
+        '    cp "$LIVE" "$RUN/candidate.conf"',
+        # (grep reads all its input: an early exit would kill the writer with SIGPIPE, which nginx,
+        # the parent of this script's jobs, logs as an alert.)
+        '    if addresses "$RUN/candidate.conf" | grep "=$" >/dev/null; then return 1; fi  # a name does not resolve yet',
+        '    if ! nginx -t -q -c "$RUN/candidate.conf"; then',
+        '        digest "$RUN/candidate.conf" > "$RUN/refused"',
+        "        echo 'proxy: the new configuration was refused (nginx -t above); the old one keeps serving' >&2",
+        "        return 1",
+        "    fi",
+        '    mv "$RUN/candidate.conf" "$CONF"',
+        "}",
+        "# drained: no worker process of the previous configuration is still finishing requests.",
+        "drained() {",
+        f'    master=$(cat {NGINX_PID} 2>/dev/null) || return 0',
+        '    for p in $(cat "/proc/$master/task/$master/children" 2>/dev/null); do',
+        "        if grep -qs 'is shutting down' \"/proc/$p/cmdline\"; then return 1; fi",
+        "    done",
+        "}",
+        "reload() {",
+        '    addresses "$CONF" > "$RUN/addresses"',
+        '    nginx -c "$CONF" -s reload || return 0',
+        "    sleep 1",
+        "    until drained; do sleep 1; done",
+        '    digest "$CONF" > "$RUN/applied"',
+        "}",
+        'until [ -s "$LIVE" ] && adopt; do echo "proxy: waiting for $LIVE and its upstream names"; sleep 1; done',
+        'addresses "$CONF" > "$RUN/addresses"',
+        'digest "$CONF" > "$RUN/applied"',
+        ': > "$RUN/refused"',
+        "watch() {",
+        "    while sleep 1; do",
+        '        now=$(digest "$LIVE")',
+        '        if [ "$now" != "$(cat "$RUN/applied")" ] && [ "$now" != "$(cat "$RUN/refused")" ] && adopt; then',
+        "            reload; continue",
+        "        fi",
+        '        seen=$(addresses "$CONF")',
+        '        [ "$seen" = "$(cat "$RUN/addresses")" ] && continue',
+        "        printf '%s\\n' \"$seen\" | grep '=$' >/dev/null && continue",
+        "        reload",
+        "    done",
+        "}",
+        "watch &",
+    ]
     if watch_acme:
         lines += [
             "watch_certificates() {",
             '    last=""',
             "    while sleep 60; do",
             f'        now=$(cat {ACME_SERVED}/*/fullchain.pem 2>/dev/null | md5sum)',
-            f'        if [ -n "$last" ] && [ "$now" != "$last" ]; then nginx -c {nginx_conf} -s reload; fi',
+            '        if [ -n "$last" ] && [ "$now" != "$last" ]; then nginx -c "$CONF" -s reload; fi',
             '        last="$now"',
             "    done",
             "}",
             "watch_certificates &",
         ]
-    lines += [f"exec nginx -c {nginx_conf} -g 'daemon off;'", ""]
+    lines += ["exec nginx -c \"$CONF\" -g 'daemon off;'", ""]
     return "\n".join(lines)

@@ -4,6 +4,25 @@ One provider, private network and image pull per host; named volumes for state; 
 uploaded to a never-started holder per container whose volumes the container mounts read-only
 (its root stays read-only), so a changed file replaces exactly the containers that read it.
 What every container is held to, and the exemptions: docker_hardening.py.
+
+Changes keep serving:
+- A holder's name carries a digest of its files, and holders are created before the old ones
+  are deleted: a holder never takes part in a delete-before-replace chain (Pulumi deletes first
+  every dependent an input of which refers to a delete-before-replace resource, so a fixed-name
+  holder would stop its container, and the shared configuration check every Synapse process,
+  before anything new exists).
+- Live files (spec.File.live: the proxy's nginx.conf) never restart their service: they reach
+  a named volume the service mounts read-only, through a one-shot publisher that runs after the
+  services they route to are healthy and waits until the service has applied them (the proxy
+  tests, reloads and drains; a refused config fails the publisher and leaves the old one
+  serving).
+- A service that may run twice for a moment (spec.Service.start_before_stop: Synapse's
+  interchangeable workers) is replaced new before old: its container name carries a digest of
+  its inputs, its network alias stays the service's name, so the proxy resolves both instances
+  while they overlap and follows the new one; Pulumi creates the new container, waits for it to
+  be healthy (`wait`) and deletes the old one at the end of the update. Every other service
+  keeps its fixed name and is replaced delete-before-replace (fixed names, host ports, and
+  processes that must never run twice: main and the stream writers), one restart.
 """
 
 from __future__ import annotations
@@ -150,10 +169,59 @@ def _sha256(content: pulumi.Input[str]) -> pulumi.Input[str]:
     return pulumi.Output.from_input(typing.cast(pulumi.Output[str], content)).apply(_sha256)
 
 
+def _digest(parts: list[pulumi.Input[typing.Any]]) -> pulumi.Input[str]:
+    """The first 8 hex digits of the sha256 of `parts` (reprs of plain values, Input strings):
+    a name that changes whenever they do. Not secret although a secret goes into it: 32 bits
+    of a digest over the whole input reveal nothing of a generated secret."""
+    def of(values: list[typing.Any]) -> str:
+        return hashlib.sha256("\0".join(map(str, values)).encode()).hexdigest()[:8]
+
+    if all(isinstance(p, str) for p in parts):
+        return of(parts)
+    return pulumi.Output.unsecret(pulumi.Output.all(*parts).apply(of))
+
+
+def _named(prefix: str, digest: pulumi.Input[str], suffix: str = "") -> pulumi.Input[str]:
+    if isinstance(digest, str):
+        return f"{prefix}-{digest}{suffix}"
+    return pulumi.Output.concat(prefix, "-", digest, suffix)
+
+
+LIVE_SUFFIX = "-live"
+# The publisher's own mount of the service's live volume.
+PUBLISHED = "/published"
+LIVE_APPLY_TIMEOUT_S = 300
+
+
+def live_files_dir(files: list[File]) -> str | None:
+    dirs = {f.path.rsplit("/", 1)[0] for f in files if f.live}
+    assert len(dirs) <= 1, f"live files share one directory: {sorted(dirs)}"
+    return next(iter(dirs), None)
+
+
+def publish_script(files: list[File], applied_url: str) -> str:
+    """The live files' publisher: each file replaced atomically (a rename in the volume), then a
+    wait until the service answers, at `applied_url`, the digest of what it applies."""
+    live = sorted(f.path for f in files if f.live)
+    lines = ["set -eu"]
+    for path in live:
+        name = path.rsplit("/", 1)[1]
+        lines.append(f"cp {shlex.quote(path)} {PUBLISHED}/.{name}.new && mv -f {PUBLISHED}/.{name}.new {PUBLISHED}/{name}")
+    lines += [
+        f"want=$(cat {' '.join(shlex.quote(p) for p in live)} | sha256sum | cut -d' ' -f1)",
+        f"i=0; until [ \"$(wget -qO- {applied_url} 2>/dev/null)\" = \"$want\" ]; do",
+        f"  i=$((i+1)); if [ $i -gt {LIVE_APPLY_TIMEOUT_S} ]; then",
+        f"    echo \"not applied within {LIVE_APPLY_TIMEOUT_S}s: refused (see the service's log) or not running\" >&2; exit 1",
+        "  fi; sleep 1",
+        "done",
+        "echo \"applied $want\"",
+    ]
+    return "\n".join(lines)
+
+
 def start_order(services: list[Service]) -> list[Service]:
-    """The services with every one a service waits for, restarts with or gates after declared
-    before it (the container's replacement trigger and dependencies name those containers), else
-    as given."""
+    """The services with every one a service waits for, gates after or routes to declared before
+    it (the container's and its live files' dependencies name those containers), else as given."""
     by_name = {s.name: s for s in services}
     ordered: list[Service] = []
     placed: set[str] = set()
@@ -162,7 +230,7 @@ def start_order(services: list[Service]) -> list[Service]:
         if service.name in placed:
             return
         assert service.name not in path, f"start order cycle: {' -> '.join((*path, service.name))}"
-        for name in (*(w.service for w in service.waits), *service.restarts_with,
+        for name in (*(w.service for w in service.waits), *service.routes_to,
                      *(name for gate in service.gates for name in gate.after)):
             if name in by_name:
                 place(by_name[name], (*path, service.name))
@@ -303,7 +371,6 @@ class DockerPlatform(DockerHosts):
         parents = {s.name: parent for s, parent in graph.services}
         self._data_stores = [s for s in services if s.data_store]
         ordered = [scheduled(s) for s in start_order(services)]
-        self._waited_for = {w.service for s in services for w in s.waits}
         self._check_groups = check_groups(ordered, self._host_name, several_hosts=len(self.target.hosts) > 1)
         for service in ordered:
             self._container(service, parents[service.name])
@@ -338,7 +405,7 @@ class DockerPlatform(DockerHosts):
         return self._volume_owners[key]
 
     def _files_holder(self, name: str, image: str, files: list[File], user: str | None, host: DockerHost,
-                      parent: pulumi.Resource) -> docker.Container:
+                      parent: pulumi.Resource, resource: str | None = None) -> docker.Container:
         """A container that is never started and holds `files` for the container named `name`.
 
         pulumi-docker writes uploads with `docker cp` to "/" before the container starts, and Docker
@@ -346,21 +413,24 @@ class DockerPlatform(DockerHosts):
         to this holder instead: one anonymous volume per directory they live in (created with the
         image's content at that path, so /app or /etc/nginx keep the rest of the image's files),
         which the service mounts read-only (`volumes_from`). Its root stays writable, which no
-        process ever uses (docker_hardening.EXCEPTIONS). Changed files or a new image replace the
-        holder and, through the replacement trigger, the service; Docker removes a replaced
-        holder's volumes with it (remove_volumes).
+        process ever uses (docker_hardening.EXCEPTIONS). Its name carries a digest of the files,
+        user and image: changed files make a new holder, created before the old one is deleted
+        (no delete-before-replace chain, see the module), and the service that mounts it by name
+        is replaced. Docker removes a deleted holder's volumes with it (remove_volumes).
         """
-        holder = f"{name}{FILES_HOLDER_SUFFIX}"
+        dirs = file_dirs(files)
+        digest = _digest([image, user or "", repr(dirs),
+                          *(part for f in files for part in (f.path, oct(f.mode), str(f.secret), f.content))])
         return docker.Container(
-            holder,
-            name=holder,
+            resource or f"{name}{FILES_HOLDER_SUFFIX}",
+            name=_named(name, digest, FILES_HOLDER_SUFFIX),
             image=self.image(host, image).image_id,
             entrypoints=["/nonexistent"],  # never started
             start=False,
             must_run=False,
             restart="no",
             uploads=_uploads(files, user),
-            volumes=[docker.ContainerVolumeArgs(container_path=d) for d in file_dirs(files)],
+            volumes=[docker.ContainerVolumeArgs(container_path=d) for d in dirs],
             remove_volumes=True,
             user=user or NOBODY,  # never runs; the uploads carry their own owners
             log_driver="json-file",
@@ -371,7 +441,7 @@ class DockerPlatform(DockerHosts):
             network_mode="none",
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
                 {"matrix-stack.component": "files", "matrix-stack.files-of": name, **_file_digests(files)}.items())],
-            opts=self._opts(host, parent, delete_before_replace=True),
+            opts=self._opts(host, parent),
         )
 
     def _container(self, service: Service, parent: pulumi.Resource) -> docker.Container:
@@ -390,23 +460,27 @@ class DockerPlatform(DockerHosts):
         for r in service.port_ranges:
             ports += [docker.ContainerPortArgs(internal=n, external=n, protocol=r.protocol, ip=bind)
                       for n in range(r.start, r.end + 1)]
-        holder = (self._files_holder(service.name, service.image, service.files, service.user, host, parent)
-                  if service.files else None)
+        fixed = [f for f in service.files if not f.live]
+        live = [f for f in service.files if f.live]
+        volumes = list(service.volumes)
+        live_dir = live_files_dir(live)
+        if live_dir is not None:
+            # The live files' own volume: the publisher writes it, the service only reads it.
+            volumes.append(Volume(f"{service.name}{LIVE_SUFFIX}", live_dir, read_only=True, owner=service.user))
+        holder = self._files_holder(service.name, service.image, fixed, service.user, host, parent) if fixed else None
         envs, secret_envs = _envs(service)
         health = service.health
-        owners = [self._volume_owner(host, v, service.image, parent) for v in service.volumes if v.owner]
-        upstreams = [self._containers[name] for name in service.restarts_with if name in self._containers]
-        triggers = [*upstreams, *([holder] if holder else [])]
-        replace_with = pulumi.Output.all(*[c.id for c in triggers]) if triggers else None
+        owners = [self._volume_owner(host, v, service.image, parent) for v in volumes if v.owner]
         waited = [self._containers[w.service] for w in service.waits if w.service in self._containers]
         entrypoint = list(service.entrypoint) if service.entrypoint else None
         command = list(service.args) if service.args else None
         if service.waits:
             assert entrypoint, f"{service.name}: waits need an explicit entrypoint to wrap"
             entrypoint, command = start_command(service.waits, [*entrypoint, *(command or [])]), None
-        labels: dict[str, pulumi.Input[str]] = {"matrix-stack.component": service.component, **service.labels,
-                                                **_file_digests(service.files)}
-        ready_s = ready_within_s(health) if service.name in self._waited_for and health and health.command else None
+        # Live files are left out: their change must not touch the container's inputs.
+        labels: dict[str, pulumi.Input[str]] = {"matrix-stack.component": service.component,
+                                                "matrix-stack.service": service.name, **service.labels,
+                                                **_file_digests(fixed)}
         gated = [gates.declare(gate, parent, [self._containers[n] for n in gate.after if n in self._containers])
                  for gate in service.gates]
         checks = []
@@ -415,20 +489,38 @@ class DockerPlatform(DockerHosts):
             check = self._config_check(group, host, parent)
             checks.append(check)
             labels["matrix-stack.config-check"] = _check_label(check, group.name if group.combined else service.name)
+        # Pulumi waits for a container to be healthy before it goes on to what depends on it (the
+        # publisher of the proxy's routes, the deletion of the instance it replaces). Not a service
+        # with live files: it becomes healthy only once its files are published, after it.
+        waits_healthy = bool(health and health.command and not live)
+        volume_args = [
+            docker.ContainerVolumeArgs(
+                volume_name=self.volume(host, v.name).name, container_path=v.path, read_only=v.read_only
+            )
+            for v in volumes
+        ] + ([docker.ContainerVolumeArgs(from_container=holder.name, read_only=True)] if holder else [])
+        name: pulumi.Input[str] = service.name
+        if service.start_before_stop:
+            assert not any(p.public for p in service.ports) and not service.port_ranges, \
+                f"{service.name}: a host port cannot be held by two containers at once"
+            # Whatever replaces the container changes the name: the digest of its inputs.
+            name = _named(service.name, _digest([
+                service.image, repr(entrypoint), repr(command), *envs, *secret_envs, repr(service.ports),
+                repr(volumes), service.user or "", repr(service.read_only_root), repr(service.writable_paths),
+                repr(service.capabilities_add), repr(service.drop_capabilities), repr(health),
+                *(part for k, v in sorted(labels.items()) for part in (k, v)),
+                *([holder.name] if holder else []),
+            ]))
         container = docker.Container(
             service.name,
-            name=service.name,
+            name=name,
             image=self.image(host, service.image).image_id,
             entrypoints=entrypoint,
             command=command,
             envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
             ports=ports,
-            volumes=[
-                docker.ContainerVolumeArgs(
-                    volume_name=self.volume(host, v.name).name, container_path=v.path, read_only=v.read_only
-                )
-                for v in service.volumes
-            ] + ([docker.ContainerVolumeArgs(from_container=holder.name, read_only=True)] if holder else []),
+            volumes=volume_args,
+            # The aliases are the service's name, whatever the container's: the name others dial.
             networks_advanced=self._networks_of(service, host),
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=["CMD", *health.command],
@@ -438,12 +530,12 @@ class DockerPlatform(DockerHosts):
                 start_period=f"{health.start_period_s}s",
             # No command: the image has nothing to check with (Kubernetes still probes over HTTP).
             ) if health and health.command else None,
-            # A service others wait for is created only once healthy, so what depends on it is
-            # (re)created after it is ready: Synapse's workers after main has migrated the schema
-            # of a new release, while the old workers keep serving. wait/wait_timeout update in
-            # place (no replacement).
-            wait=True if ready_s is not None else None,
-            wait_timeout=ready_s,
+            # Created only once healthy, so what depends on it is (re)created after it is ready:
+            # Synapse's workers after main has migrated the schema of a new release, while the
+            # old workers keep serving; the old instance of a new-first service deleted after its
+            # replacement serves. wait/wait_timeout update in place (no replacement).
+            wait=waits_healthy or None,
+            wait_timeout=ready_within_s(health) if waits_healthy and health else None,
             restart="unless-stopped",
             log_driver="json-file",
             log_opts=LOG_OPTS,
@@ -457,19 +549,61 @@ class DockerPlatform(DockerHosts):
             memory=megabytes(service.resources.memory_limit),
             cpu_shares=cpu_shares(service.resources.cpu_request),
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
-            # Fixed names and host ports cannot exist twice: replace by deleting first.
-            opts=self._opts(host, parent, delete_before_replace=True,
-                            depends_on=[*owners, *waited, *gated, *checks, *upstreams, *([holder] if holder else [])],
-                            replacement_trigger=replace_with),
+            # Fixed names and host ports cannot exist twice: replace by deleting first, unless
+            # the service may overlap with its replacement (see the module).
+            opts=self._opts(host, parent, delete_before_replace=not service.start_before_stop,
+                            depends_on=[*owners, *waited, *gated, *checks, *([holder] if holder else [])]),
         )
         self._containers[service.name] = container
+        if live:
+            self._live_publisher(service, live, container, host, parent)
         return container
+
+    def _live_publisher(self, service: Service, live: list[File], container: docker.Container, host: DockerHost,
+                        parent: pulumi.Resource) -> docker.Container:
+        """The one-shot that hands the service its live files (see the module): it runs after the
+        service and every service it routes to exist (those healthy, through `wait`), copies
+        each file from its holder into the service's live volume with an atomic rename, and
+        waits until the service applies them. Replaced with its holder, so it runs whenever a
+        live file changes; the service's own inputs never do."""
+        assert service.live_applied_url, f"{service.name}: live files need live_applied_url"
+        live_dir = live_files_dir(live)
+        holder = self._files_holder(f"{service.name}{LIVE_SUFFIX}", service.image, live, service.user, host, parent)
+        routed = [self._containers[name] for name in service.routes_to if name in self._containers]
+        volume = self.volume(host, f"{service.name}{LIVE_SUFFIX}")
+        name = f"{service.name}{LIVE_SUFFIX}-publish"
+        return docker.Container(
+            name,
+            name=name,
+            image=self.image(host, service.image).image_id,
+            entrypoints=["/bin/sh", "-c", publish_script(live, service.live_applied_url)],
+            volumes=[docker.ContainerVolumeArgs(from_container=holder.name, read_only=True),
+                     docker.ContainerVolumeArgs(volume_name=volume.name, container_path=PUBLISHED)],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self.network(host).name)],
+            user=service.user,
+            read_only=True,
+            attach=True,
+            must_run=False,
+            restart="no",
+            log_driver="json-file",
+            log_opts=LOG_OPTS,
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=[NO_NEW_PRIVILEGES],
+            memory=HELPER_MEMORY_MB,
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
+                {"matrix-stack.component": "live-files", "matrix-stack.files-of": service.name,
+                 "matrix-stack.live-dir": live_dir or "", **_file_digests(live)}.items())],
+            opts=self._opts(host, parent, delete_before_replace=True,
+                            depends_on=[container, holder, *routed]),
+        )
 
     def _config_check(self, group: CheckGroup, host: DockerHost, parent: pulumi.Resource) -> docker.Container:
         """The group's one-shot check (Service.init_args, components/platform/docker_checks.py)
         with the files and env its services get: replaced whenever any of them changes, and
         attached, so the provider waits for its exit before any member's own container is
-        (re)created."""
+        (re)created. Its name carries a digest of its inputs and the new check runs before the
+        old one is deleted: every member's label reads its exit code, so a delete-before-replace
+        check would have Pulumi delete every member first (see the module)."""
         if group.name in self._checks:
             return self._checks[group.name]
         first = group.members[0]
@@ -478,9 +612,11 @@ class DockerPlatform(DockerHosts):
         volumes = group.volumes
         owners = [self._volume_owner(host, v, first.image, parent) for v in volumes if v.owner]
         holder = self._files_holder(group.name, first.image, files, first.user, host, parent) if files else None
+        digest = _digest([first.image, repr(group.entrypoint), *envs, *secret_envs, repr(volumes),
+                          first.user or "", repr(first.writable_paths), *([holder.name] if holder else [])])
         self._checks[group.name] = docker.Container(
             group.name,
-            name=group.name,
+            name=_named(group.name, digest),
             image=self.image(host, first.image).image_id,
             entrypoints=group.entrypoint,
             envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
@@ -502,7 +638,6 @@ class DockerPlatform(DockerHosts):
             network_mode="none",
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
                 {"matrix-stack.component": "config-check", **_file_digests(files)}.items())],
-            opts=self._opts(host, parent, delete_before_replace=True, depends_on=[*owners, *([holder] if holder else [])],
-                            replacement_trigger=holder.id if holder else None),
+            opts=self._opts(host, parent, depends_on=[*owners, *([holder] if holder else [])]),
         )
         return self._checks[group.name]

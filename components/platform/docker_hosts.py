@@ -83,10 +83,18 @@ class DockerHosts:
 
     def stop(self, services: Sequence[Workload], label: str | None = None) -> list[str]:
         # Dependents first: the reverse of the start order.
-        return [f"{docker} stop {' '.join(reversed(names))}" for docker, names in self._by_engine(services).items()]
+        return [f"{docker} stop {self._containers_of(docker, list(reversed(names)))}"
+                for docker, names in self._by_engine(services).items()]
 
     def start(self, services: Sequence[Workload], stack: str) -> list[str]:
-        return [f"{docker} start {' '.join(names)}" for docker, names in self._by_engine(services).items()]
+        return [f"{docker} start {self._containers_of(docker, names)}"
+                for docker, names in self._by_engine(services).items()]
+
+    @staticmethod
+    def _containers_of(docker: str, names: list[str]) -> str:
+        """The services' containers, found by their service label: a service replaced new before
+        old (spec.Service.start_before_stop) has a container name of its own revision."""
+        return (f"$(for s in {' '.join(names)}; do {docker} ps -aq --filter label=matrix-stack.service=$s; done)")
 
     def hand_over(self, handover: Handover) -> Session:
         # `docker run -e NAME` passes the operator's variable through, `-v "$PWD/file:..."` the file.

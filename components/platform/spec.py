@@ -23,6 +23,11 @@ class File:
     # Files whose content is the same for several services (the shared homeserver.yaml) carry
     # one group name, so targets can store them once (one ConfigMap) and roll every reader.
     group: str | None = None
+    # The service applies a change of this file itself, while it runs (the proxy tests its new
+    # nginx.conf and reloads): a target may deliver the change to the running service instead of
+    # restarting it. A service's live files share one directory holding nothing else, and it
+    # names the URL that answers what it applies (Service.live_applied_url).
+    live: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,10 +219,20 @@ class Service:
     # The public entry point (the routing proxy): the hostnames it serves, for the target's own
     # front door (Kubernetes Ingress). None for every other service.
     edge: Edge | None = None
-    # Services whose replacement must restart this one: it resolves their addresses once, at
-    # start (nginx upstreams on a Docker network). Kubernetes Services keep stable addresses.
-    # (A container Docker itself restarts is caught by the proxy's own address watch.)
-    restarts_with: tuple[str, ...] = ()
+    # The services its files route to (the proxy's upstreams): a target declares them first and
+    # delivers a change of its live files only once they serve (Docker: once they are healthy),
+    # so a new route never points at a process that is not there yet. The service follows their
+    # addresses itself (the proxy's address watch), so their replacement never restarts it.
+    routes_to: tuple[str, ...] = ()
+    # With live files: a URL on the service that answers the sha256 (hex) of the live files'
+    # contents, concatenated in path order, that it applies now; a target that delivers live
+    # files waits for it to answer the new digest (the reload has happened and drained).
+    live_applied_url: str | None = None
+    # Two instances of the service may run at once for a moment (no stream it writes, no duty
+    # only one process may hold, no host port): a target may start the new instance before it
+    # stops the old one, so the role keeps serving while its instances are replaced. Without
+    # it, the old instance stops first (one restart).
+    start_before_stop: bool = False
     # Most images run fine with no capabilities (Pod Security `restricted` admits only
     # NET_BIND_SERVICE); a service that must act as root (the certificate copy's chown, Docker
     # only) keeps the few it needs.

@@ -208,6 +208,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         # Two mains at once would both migrate the schema; two instances of a single-writer role
         # would both write its stream.
         exclusive=not (role and not role.single),
+        start_before_stop=bool(role and role.interchangeable),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
         metrics_path=METRICS_PATH,
         # A role's processes are monitored, guarded from disruption and admitted together.

@@ -59,6 +59,13 @@ class Role:
         return tuple(reasons)
 
     @property
+    def interchangeable(self) -> bool:
+        """Two processes of one instance may run at once for a moment: it writes no stream (a
+        stream's positions belong to one writer process) and holds no duty only one process may
+        run, so a target may start an instance's replacement before it stops the old one."""
+        return not (self.streams or self.duty or self.single)
+
+    @property
     def writer(self) -> bool:
         """Stream writers need a replication listener and an instance_map entry."""
         return bool(self.streams)

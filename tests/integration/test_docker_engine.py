@@ -19,6 +19,7 @@ runs, holding the proxy's published port.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -41,10 +42,20 @@ from render import offline
 
 from ..conftest import ROOT, stack_raw
 from .cluster import WORKLOAD_RATE_LIMITS
+from .engine import declared
 from .engine import stack as engine_stack
-from .engine.applier import CONTAINER, Applied, Applier, ApplyError, remove_declared
+from .engine.applier import (
+    CONTAINER,
+    Applied,
+    Applier,
+    ApplyError,
+    ChangeApplier,
+    Changed,
+    long_running,
+    remove_declared,
+)
 from .engine.dockerd import Engine, EngineError
-from .workload import PASSWORD, Facts, run_workload
+from .workload import PASSWORD, Facts, SteadyClient, Tally, lost, run_workload
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import dev_stack  # noqa: E402
@@ -61,11 +72,19 @@ class Deployed:
     applied: Applied
     healthy_s: float
     image_s: dict[str, float]
+    raw: dict[str, typing.Any] = field(default_factory=dict)
     recoveries: dict[str, float] = field(default_factory=dict)
+    steady: SteadyClient | None = None
+    upgrade: Upgrade | None = None
 
     @property
     def containers(self) -> list[str]:
         return self.applied.containers
+
+    def name(self, declared: str) -> str:
+        """The container's name of a declared container (a name of its revision when the
+        service is replaced new first, or a one-shot's)."""
+        return str(self.run.by_name(declared).plain_inputs()["name"])
 
     def cluster(self) -> engine_stack.EngineCluster:
         return engine_stack.EngineCluster(self.client, "synapse-main", 8008, "/conf/homeserver.yaml")
@@ -89,27 +108,77 @@ def engine() -> Iterator[Engine]:
         shutil.rmtree(eng.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def dev_run() -> offline.Run:
+def dev_raw() -> dict[str, typing.Any]:
     """The dev stack as its file says, with only the rate limits raised for the workload, which
     runs once fresh and again after every fault."""
     raw = stack_raw("dev")
     raw["synapse"] = {**raw["synapse"], "rate_limits": WORKLOAD_RATE_LIMITS}
-    return offline.run(raw, stack="dev")
+    return raw
 
 
 @pytest.fixture(scope="module")
-def deployed(engine: Engine, dev_run: offline.Run, say: Callable[[str], None]) -> Iterator[Deployed]:
+def dev_run() -> offline.Run:
+    return offline.run(dev_raw(), stack="dev")
+
+
+@dataclass
+class Upgrade:
+    """The stack as the pull request's base declares it, applied first, then upgraded to HEAD
+    under a steady client (engine/declared.py says which commit the base is)."""
+
+    base: str
+    applied_s: float
+    changed: Changed
+    tally: Tally
+    lost: list[str]
+    steady_written: int = 0  # events the steady client wrote before and during the upgrade
+
+
+@pytest.fixture(scope="module")
+def deployed(engine: Engine, dev_run: offline.Run, say: Callable[[str], None],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    """The stack at the base commit, then upgraded to this commit's declarations: every test
+    below runs on a stack reached the way an operator reaches it."""
     client = engine.client()
+    base_ref = declared.upgrade_base(ROOT)
+    base = declared.declare(declared.checkout(ROOT, base_ref, tmp_path_factory.mktemp("base") / "tree"), dev_raw())
     image_s = engine_stack.ensure_images(client, dev_run, say)
+    head_images = {i["image"] for i in engine_stack.declared_containers(dev_run)}
+    if {i["image"] for i in (r.plain_inputs() for r in base.of_type(CONTAINER))} - head_images:
+        image_s |= engine_stack.images.ensure(client, engine_stack.images.stand_ins_for(
+            [r.plain_inputs() for r in base.of_type(CONTAINER)], engine_stack.service_ports(dev_run)), say)
     remove_declared(client, dev_run)
+    remove_declared(client, base)
     try:
-        applied = engine_stack.apply(client, dev_run)
-        healthy_s = engine_stack.wait_healthy(client, applied.containers)
-        yield Deployed(engine, client, dev_run, applied, healthy_s, image_s)
+        applied = Applier(client, base).apply()
+        healthy_s = engine_stack.wait_healthy(client, long_running(base))
+        d = Deployed(engine, client, dev_run, applied, healthy_s, image_s, raw=dev_raw())
+        steady = SteadyClient(d.cluster(), "upgrade")  # type: ignore[arg-type]
+        steady.prepare()
+        steady.start()
+        time.sleep(5)
+        steady.stop()
+        started = time.monotonic()
+        steady.start()
+        changed = ChangeApplier(client, base, dev_run).apply_change()
+        engine_stack.wait_healthy(client, long_running(dev_run), timeout=300)
+        time.sleep(3)
+        tally = steady.stop()
+        d.applied = Applied(containers=long_running(dev_run), one_shots={**applied.one_shots, **changed.one_shots},
+                            seconds=applied.seconds)
+        d.upgrade = Upgrade(base_ref, time.monotonic() - started, changed, tally, lost(steady.written, steady.token),
+                            len(steady.written.event_ids))
+        d.steady = steady
+        yield d
     finally:
-        # The engine's bridges outlive it: remove the networks while it runs.
-        remove_declared(engine.client(), dev_run)
+        # The engine's bridges outlive it: remove the networks while it runs, after every
+        # container (a failed change may leave containers of neither declaration; the engine
+        # is this module's own).
+        leftover = engine.client()
+        for container in leftover.containers.list(all=True):
+            container.remove(force=True, v=True)
+        remove_declared(leftover, base)
+        remove_declared(leftover, dev_run)
 
 
 def _timed_workload(d: Deployed, tag: str, since: float) -> float:
@@ -179,10 +248,24 @@ def test_preflight_says_the_user_may_not_use_the_socket(engine: Engine, tmp_path
 # ---------------------------------------------------------------- the fresh stack
 
 
+def test_upgrade_from_the_base_loses_nothing(deployed: Deployed) -> None:
+    """The base commit's stack, written to by a steady client (messages, a file, a device), then
+    HEAD's declarations applied over it (pulumi-docker's replacements) while the steady client
+    runs: every event, file and device written before is still there, and clients work (the
+    client workload below runs on the upgraded stack)."""
+    up = deployed.upgrade
+    assert up is not None
+    print(f"\nupgrade from {up.base[:10]}: applied in {up.changed.seconds:.1f}s, all healthy "
+          f"{up.applied_s:.1f}s after it began; steady client: {up.tally.line()}; "
+          f"replaced {len(up.changed.replaced)}, created {len(up.changed.created)}, deleted "
+          f"{len(up.changed.deleted)}, chained {up.changed.chained}; errors {up.tally.errors[:3]}")
+    assert up.steady_written > 0 and up.lost == []
+
+
 def test_fresh_stack_is_healthy_without_crash_restarts(deployed: Deployed) -> None:
     seen = engine_stack.observe(deployed.client, deployed.containers)
     print(f"\nimages ready in {sum(deployed.image_s.values()):.1f}s {deployed.image_s}; "
-          f"applied in {deployed.applied.seconds:.1f}s; all healthy {deployed.healthy_s:.1f}s later")
+          f"base applied in {deployed.applied.seconds:.1f}s; all healthy {deployed.healthy_s:.1f}s later")
     assert {n for n, h in seen.health.items() if h not in ("healthy", "none")} == set()
     assert {n: r for n, r in seen.restarts.items() if r} == {}, "containers crashed and were restarted"
     # Every long-running container declares a health check Docker runs.
@@ -196,15 +279,19 @@ def test_config_checks_ran_before_synapse(deployed: Deployed) -> None:
     """One check container ran every Synapse process's check (in the Synapse image's sh), and
     passed before any Synapse container was created."""
     synapse = list(deployed.run.deployment.outputs["synapse_processes"])
-    assert len(synapse) == 5 and set(synapse) <= set(deployed.containers)
-    assert deployed.applied.one_shots.get(SHARED_CHECK) == 0
-    finished = deployed.client.api.inspect_container(SHARED_CHECK)["State"]["FinishedAt"]
-    log = deployed.client.api.logs(SHARED_CHECK).decode(errors="replace")
+    assert len(synapse) == 5 and {deployed.name(n) for n in synapse} <= set(deployed.containers)
+    check = deployed.name(SHARED_CHECK)
+    assert deployed.applied.one_shots.get(check) == 0
+    finished = deployed.client.api.inspect_container(check)["State"]["FinishedAt"]
+    log = deployed.client.api.logs(check).decode(errors="replace")
     assert log.count("Config parses OK!") == len(synapse), log
+    check_created = deployed.client.api.inspect_container(check)["Created"]
     for name in synapse:
         assert f"== {name}\n" in log, name
-        created = deployed.client.api.inspect_container(name)["Created"]
-        assert finished < created, f"{name} was created before the config check finished"
+        created = deployed.client.api.inspect_container(deployed.name(name))["Created"]
+        # (One left unchanged by the upgrade was checked by the base's check, gone since.)
+        if created > check_created:
+            assert finished < created, f"{name} was created before the config check finished"
 
 
 def test_a_failing_config_check_stops_before_synapse(engine: Engine, dev_run: offline.Run,
@@ -337,6 +424,7 @@ def _restarted(d: Deployed, name: str, count: int, timeout: float = 120.0) -> No
 def _crash_and_recover(d: Deployed, name: str, route: str, tag: str) -> None:
     """kill -9 of the container's process (a crash: Docker's restart policy brings it back;
     `docker kill` would count as a manual stop and disable it)."""
+    name = d.name(name)
     before = engine_stack.observe(d.client, [name])
     t0 = time.monotonic()
     os.kill(d.client.api.inspect_container(name)["State"]["Pid"], signal.SIGKILL)
@@ -360,7 +448,7 @@ def test_proxy_follows_a_worker_to_a_new_address(deployed: Deployed) -> None:
     The worker leaves the proxy's network, a scratch container takes the address it freed, and the
     worker joins again under the same aliases: on an address nginx has never resolved."""
     d = deployed
-    name, route = "synapse-generic-1", "/_matrix/client/versions"
+    name, route = d.name("synapse-generic-1"), "/_matrix/client/versions"
     attrs = d.client.api.inspect_container(name)
     # The network the proxy dials it on (a worker also joins its data stores' networks).
     proxy_networks = d.client.api.inspect_container("synapse-proxy")["NetworkSettings"]["Networks"]
@@ -432,3 +520,132 @@ def test_engine_restart_is_a_reboot(deployed: Deployed) -> None:
           f"workload passes {recovered:.1f}s after the engine started")
     assert {n: r for n, r in after.restarts.items() if r != before[n]} == {}, "crash restarts after the reboot"
     assert healthy <= REBOOT_HEALTHY_S
+
+
+# ---------------------------------------------------------------- changes under a steady client
+
+
+def _apply_change(d: Deployed, what: str, raw: dict[str, typing.Any]) -> tuple[Changed, Tally]:
+    """Render `raw`, apply it over the running stack with pulumi-docker's replacement semantics
+    while the steady client runs, and count what the client saw fail."""
+    new = offline.run(raw, stack="dev")
+    assert d.steady is not None
+    d.steady.start()
+    time.sleep(3)
+    changed = ChangeApplier(d.client, d.run, new).apply_change()
+    d.run, d.raw = new, raw
+    d.applied = Applied(containers=long_running(new), one_shots=d.applied.one_shots)
+    engine_stack.wait_healthy(d.client, d.containers, timeout=300)
+    time.sleep(3)
+    tally = d.steady.stop()
+    print(f"\n{what}: applied in {changed.seconds:.1f}s; steady client: {tally.line()}; created {changed.created}, "
+          f"replaced {changed.replaced}, deleted {changed.deleted}, chained {changed.chained}; "
+          f"errors {tally.errors[:4]}")
+    return changed, tally
+
+
+def _started(d: Deployed, name: str) -> tuple[str, str]:
+    state = d.client.api.inspect_container(name)
+    return state["Id"], state["State"]["StartedAt"]
+
+
+def _generic(d: Deployed, count: int) -> dict[str, typing.Any]:
+    raw = copy.deepcopy(d.raw)
+    workers = raw["synapse"]["workers"]
+    raw["synapse"]["workers"] = {**workers, "counts": {**workers["counts"], "generic": count}}
+    return raw
+
+
+REPLACED_WITHOUT_OUTAGE = ("-files (new first)", "synapse-check-config (new first)", "synapse-proxy-live-publish")
+
+
+def test_one_more_generic_worker_fails_no_request(deployed: Deployed) -> None:
+    """generic 1 -> 2: the new worker is created and healthy before the proxy, reloaded (not
+    restarted), routes to it; nothing else is replaced."""
+    d = deployed
+    proxy = _started(d, "synapse-proxy")
+    changed, tally = _apply_change(d, "+1 generic worker", _generic(d, 2))
+    assert "synapse-generic-2" in changed.created
+    assert [r for r in changed.replaced if not any(k in r for k in REPLACED_WITHOUT_OUTAGE)] == []
+    assert _started(d, "synapse-proxy") == proxy, "the proxy was restarted"
+    assert tally.total_failed == 0, tally.errors
+
+
+def test_one_fewer_generic_worker_fails_no_request(deployed: Deployed) -> None:
+    """generic 2 -> 1: the proxy stops routing to the worker and drains before it is deleted."""
+    d = deployed
+    proxy = _started(d, "synapse-proxy")
+    changed, tally = _apply_change(d, "-1 generic worker", _generic(d, 1))
+    assert "synapse-generic-2" in changed.deleted
+    assert [r for r in changed.replaced if not any(k in r for k in REPLACED_WITHOUT_OUTAGE)] == []
+    assert _started(d, "synapse-proxy") == proxy, "the proxy was restarted"
+    assert tally.total_failed == 0, tally.errors
+
+
+def test_a_proxy_only_change_fails_no_request(deployed: Deployed) -> None:
+    """The admin API opened to a network: only nginx.conf changes, applied by reload."""
+    d = deployed
+    proxy = _started(d, "synapse-proxy")
+    raw = copy.deepcopy(d.raw)
+    raw["synapse"] = {**raw["synapse"], "admin_api_allowlist": ["10.99.0.0/16"]}
+    changed, tally = _apply_change(d, "proxy-only change", raw)
+    assert changed.replaced == ["synapse-proxy-live-files (new first)", "synapse-proxy-live-publish (delete first)"] \
+        or sorted(changed.replaced) == sorted(["synapse-proxy-live-files (new first)",
+                                               "synapse-proxy-live-publish (delete first)"])
+    assert _started(d, "synapse-proxy") == proxy, "the proxy was restarted"
+    assert "10.99.0.0/16" in d.client.containers.get("synapse-proxy").exec_run(
+        ["cat", "/tmp/nginx/nginx.conf"]).output.decode()
+    assert tally.total_failed == 0, tally.errors
+
+
+def test_a_refused_proxy_config_leaves_the_old_one_serving(deployed: Deployed) -> None:
+    """A live nginx.conf nginx -t refuses: the publisher fails (the update stops), the running
+    proxy keeps its config and keeps serving, and reports itself unhealthy until a good one."""
+    d = deployed
+    proxy = _started(d, "synapse-proxy")
+    holder = d.run.by_name("synapse-proxy-live-files").plain_inputs()
+    holder["name"] = "broken-live-files"
+    holder["uploads"] = [dict(u, content=u["content"] + "\nthis is not nginx;\n") for u in holder["uploads"]]
+    publisher = d.run.by_name("synapse-proxy-live-publish").plain_inputs()
+    good = dict(publisher)
+    publisher["name"] = "broken-live-publish"
+    publisher["volumes"] = [dict(v, fromContainer="broken-live-files") if v.get("fromContainer") else v
+                            for v in publisher["volumes"]]
+    publisher["entrypoints"] = [e.replace("-gt 300", "-gt 10") for e in publisher["entrypoints"]]
+    applier = Applier(d.client, d.run)
+    try:
+        applier.create_container(holder)
+        with pytest.raises(ApplyError, match="not applied within"):
+            applier.create_container(publisher)
+        status = urllib.request.urlopen("http://127.0.0.1:8080/_matrix/client/versions", timeout=10).status
+        assert status == 200
+        assert "the new configuration was refused" in d.client.api.logs("synapse-proxy").decode(errors="replace")
+        assert _started(d, "synapse-proxy") == proxy
+    finally:
+        for name in ("broken-live-publish", "broken-live-files", good["name"]):
+            try:
+                d.client.api.remove_container(name, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+    # The good config published again: healthy, and still the same process.
+    assert applier.create_container(good) == 0
+    engine_stack.wait_healthy(d.client, ["synapse-proxy"], timeout=60)
+    assert _started(d, "synapse-proxy") == proxy
+
+
+def test_a_shared_homeserver_change_restarts_each_process_once(deployed: Deployed) -> None:
+    """A shared homeserver.yaml key: every Synapse process is replaced. The interchangeable
+    workers (generic) new first: their routes fail nothing; main and the single-instance roles
+    delete first, each once, and only their routes fail, for that one restart."""
+    d = deployed
+    raw = copy.deepcopy(d.raw)
+    limits = copy.deepcopy(raw["synapse"]["rate_limits"])
+    limits["message"] = {**limits["message"], "burst_count": limits["message"]["burst_count"] + 1}
+    raw["synapse"] = {**raw["synapse"], "rate_limits": limits}
+    changed, tally = _apply_change(d, "shared homeserver change", raw)
+    replaced = [r.split(" ")[0] for r in changed.replaced if "-files" not in r]
+    assert len(replaced) == len(set(replaced)), "a container was replaced twice"
+    assert "synapse-generic-1 (new first)" in changed.replaced and "synapse-main (delete first)" in changed.replaced
+    assert changed.chained == []
+    # Served by the generic worker alone (replaced new first): nothing fails.
+    assert {k: n for k, n in tally.failed.items() if k in ("versions", "sync", "messages")} == {}, tally.errors

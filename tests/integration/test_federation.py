@@ -62,7 +62,7 @@ def test_discovery_is_delegated_to_the_proxys_tls_port(fed: Booted) -> None:
         assert asked and all(a.status == 200 for a in asked), f"{other.spec.server_name} never asked"
         # ... and federation requests then arrived at the delegated host.
         assert _hits(log, "PUT", r"^/_matrix/federation/v1/send/"), "no transaction arrived"
-    served = {s.spec.server_name: s.cluster.file("/etc/nginx/nginx.conf").read_text() for s in pair.stacks()}
+    served = {s.spec.server_name: s.cluster.file("/etc/nginx/live/nginx.conf").read_text() for s in pair.stacks()}
     for stack in pair.stacks():
         doc = json.dumps({"m.server": f"{stack.spec.matrix_host}:443"}, separators=(",", ":"))
         assert doc in served[stack.spec.server_name]

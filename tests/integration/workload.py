@@ -17,6 +17,8 @@ import json
 import os
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -324,3 +326,160 @@ class SteadyLoad:
                 self.outcomes.append(Outcome(sent, what, error))
                 if error is not None:
                     await asyncio.sleep(0.1)  # a broken stack is not hammered
+
+
+# ---------------------------------------------------------------- a steady client workload
+
+
+def _call(method: str, path: str, token: str | None = None, body: Any = None, raw: bytes | None = None,
+          content_type: str = "application/json", timeout: float = 60.0) -> tuple[int, bytes]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(PROXY_URL + path, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclass
+class Written:
+    """What a steady client wrote: checked for after a change or an upgrade."""
+
+    user: str = ""
+    room_id: str = ""
+    event_ids: list[str] = field(default_factory=list)
+    media: dict[str, str] = field(default_factory=dict)  # mxc -> sha256
+    device_id: str = ""
+
+
+@dataclass
+class Tally:
+    """Requests a steady client made, and those that failed (a 5xx, a refused or broken
+    connection, a timeout), by kind of request."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # the first few, for the report
+    seconds: float = 0.0
+
+    @property
+    def total_failed(self) -> int:
+        return sum(self.failed.values())
+
+    def line(self) -> str:
+        kinds = ", ".join(f"{k} {self.failed.get(k, 0)}/{n}" for k, n in sorted(self.requests.items()))
+        return f"{self.total_failed} failed of {sum(self.requests.values())} in {self.seconds:.1f}s ({kinds})"
+
+
+class SteadyClient:
+    """One logged-in user through the proxy, sending requests of several kinds back to back
+    from a thread, each kind served by another process of the cluster: the server's versions,
+    /sync, a message sent, /messages, a media download, and one of main's own routes (the
+    user's push rules). `start()` and `stop()` bracket a change; the tally counts what failed."""
+
+    KINDS = ("versions", "sync", "send", "messages", "media", "pushrules")
+
+    def __init__(self, cluster: Cluster, tag: str):
+        self.cluster = cluster
+        self.written = Written(user=f"steady{tag}")
+        self.token = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.tally = Tally()
+
+    def prepare(self) -> Written:
+        """Register, log in, create a room and upload one file (not counted)."""
+        w = self.written
+        self.cluster.register(w.user, PASSWORD)
+        status, body = _call("POST", "/_matrix/client/v3/login", body={
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": w.user}, "password": PASSWORD,
+            "initial_device_display_name": "steady"})
+        assert status == 200, body
+        login = json.loads(body)
+        self.token, w.device_id = login["access_token"], login["device_id"]
+        status, body = _call("POST", "/_matrix/client/v3/createRoom", self.token, {"name": "steady"})
+        assert status == 200, body
+        w.room_id = json.loads(body)["room_id"]
+        blob = os.urandom(64 * 1024)
+        status, body = _call("POST", "/_matrix/media/v3/upload?filename=steady.bin", self.token, raw=blob,
+                             content_type="application/octet-stream")
+        assert status == 200, body
+        w.media[json.loads(body)["content_uri"]] = hashlib.sha256(blob).hexdigest()
+        return w
+
+    def _request(self, kind: str, n: int) -> tuple[int, bytes]:
+        room = urllib.parse.quote(self.written.room_id)
+        if kind == "versions":
+            return _call("GET", "/_matrix/client/versions")
+        if kind == "sync":
+            return _call("GET", "/_matrix/client/v3/sync?timeout=0", self.token)
+        if kind == "send":
+            txn = f"steady-{os.getpid()}-{time.monotonic_ns()}"
+            status, body = _call("PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}", self.token,
+                                 {"msgtype": "m.text", "body": f"steady {n}"})
+            if status == 200:
+                self.written.event_ids.append(json.loads(body)["event_id"])
+            return status, body
+        if kind == "messages":
+            return _call("GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=5", self.token)
+        if kind == "media":
+            mxc = next(iter(self.written.media))
+            server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+            return _call("GET", f"/_matrix/client/v1/media/download/{server}/{media_id}", self.token)
+        return _call("GET", "/_matrix/client/v3/pushrules/", self.token)
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            for kind in self.KINDS:
+                n += 1
+                self.tally.requests[kind] = self.tally.requests.get(kind, 0) + 1
+                try:
+                    status, body = self._request(kind, n)
+                    failed = status >= 500
+                    why = f"{status} {body[:120]!r}"
+                except OSError as exc:  # refused, reset, timed out
+                    failed, why = True, repr(exc)
+                if failed:
+                    self.tally.failed[kind] = self.tally.failed.get(kind, 0) + 1
+                    if len(self.tally.errors) < 8:
+                        self.tally.errors.append(f"{kind}: {why}")
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        self.tally = Tally()
+        self._stop.clear()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> Tally:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=60)
+        self.tally.seconds = time.monotonic() - self._started
+        return self.tally
+
+
+def lost(written: Written, token: str) -> list[str]:
+    """What a steady client wrote that the server no longer returns: events, media, its device."""
+    missing: list[str] = []
+    room = urllib.parse.quote(written.room_id)
+    for event_id in written.event_ids:
+        status, _ = _call("GET", f"/_matrix/client/v3/rooms/{room}/event/{urllib.parse.quote(event_id)}", token)
+        if status != 200:
+            missing.append(f"event {event_id}: {status}")
+    for mxc, sha in written.media.items():
+        server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        status, body = _call("GET", f"/_matrix/client/v1/media/download/{server}/{media_id}", token)
+        if status != 200 or hashlib.sha256(body).hexdigest() != sha:
+            missing.append(f"media {mxc}: {status}")
+    status, body = _call("GET", "/_matrix/client/v3/devices", token)
+    if status != 200 or written.device_id not in body.decode(errors="replace"):
+        missing.append(f"device {written.device_id}: {status}")
+    return missing

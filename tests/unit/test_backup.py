@@ -405,8 +405,10 @@ def test_the_restore_pods_validate_against_the_kubernetes_schema() -> None:
 def test_mas_stops_and_starts_with_synapse_on_docker() -> None:
     cfg = _cfg(with_backup(PUBLIC | {"mas": {"enabled": True}}))
     commands = [s.command for s in render.restore_procedure(cfg, stack_view(cfg), render.databases(stack_view(cfg)), "prod")]
-    assert "docker stop mas synapse-proxy synapse-main" in commands
-    assert "docker start synapse-main synapse-proxy mas" in commands
+    # Found by their service label: a container replaced new first has a name of its revision.
+    each = "do docker ps -aq --filter label=matrix-stack.service=$s; done)"
+    assert f"docker stop $(for s in mas synapse-proxy synapse-main; {each}" in commands
+    assert f"docker start $(for s in synapse-main synapse-proxy mas; {each}" in commands
 
 
 def test_a_monolith_keeps_its_media_claim_when_backups_are_switched_on(program: Any) -> None:

@@ -47,7 +47,7 @@ def test_max_upload_size_changes_exactly_homeserver_nginx_and_their_containers(u
 
     # Files: homeserver.yaml of every Synapse process, and the proxy's nginx.conf; nothing else.
     expected_files = {f"{name}/conf/homeserver.yaml" for name in synapse_services}
-    expected_files.add("synapse-proxy/etc/nginx/nginx.conf")
+    expected_files.add("synapse-proxy/etc/nginx/live/nginx.conf")
     assert {f.path for f in d.files} == expected_files
     assert all(f.kind == "changed" and not f.secret for f in d.files)
     for f in d.files:
@@ -59,22 +59,32 @@ def test_max_upload_size_changes_exactly_homeserver_nginx_and_their_containers(u
             assert [line[0] + line[1:].strip() for line in removed] == ["-client_max_body_size 50M;"]
             assert [line[0] + line[1:].strip() for line in added] == ["+client_max_body_size 100M;"]
 
-    # Resources: exactly the containers that read those files and the config checks that must
-    # pass on the new file before those are replaced (the digest label of the changed file), and
-    # the file holders their files are uploaded to.
+    # Resources: exactly the containers that read homeserver.yaml and the config check that must
+    # pass on the new file before those are replaced (the digest label of the changed file, and
+    # the holder of their files, whose name carries the files' digest), the holders their files
+    # are uploaded to, and the proxy's live nginx.conf (its holder and publisher): never the
+    # proxy itself.
     assert {(r.kind, r.type) for r in d.resources} == {("changed", CONTAINER)}
     checks = {"synapse-check-config"}  # one check for every Synapse process of the host
-    readers = set(synapse_services) | checks | {"synapse-proxy"}
-    assert {r.name for r in d.resources} == readers | {f"{name}-files" for name in readers}
+    readers = set(synapse_services) | checks
+    live = {"synapse-proxy-live-files", "synapse-proxy-live-publish"}
+    assert {r.name for r in d.resources} == readers | {f"{name}-files" for name in readers} | live
+    renamed = {"synapse-check-config"} | {n for n in synapse_services if n.startswith("synapse-generic")}
     for r in d.resources:
         reader = r.name.removesuffix("-files")
-        expected = "/etc/nginx/nginx.conf" if reader == "synapse-proxy" else "/conf/homeserver.yaml"
+        if r.name in live:
+            continue
         if r.name == reader:
-            assert r.keys == ["labels"], r.name
+            # The digest label, the holder's name and, for a container named after its revision
+            # (replaced new first), its own name.
+            assert r.keys == (["labels", "name", "volumes"] if reader in renamed else ["labels", "volumes"]), r.name
         else:
             # The upload itself (a check is no service of its own, so its masked uploads are not
             # named by file).
-            assert r.keys == (["labels", "uploads"] if reader in checks else ["labels", f"uploads ({expected})"])
+            assert r.keys == (["labels", "name", "uploads"] if reader in checks
+                              else ["labels", "name", "uploads (/conf/homeserver.yaml)"])
+    holder = next(r for r in d.resources if r.name == "synapse-proxy-live-files")
+    assert holder.keys == ["labels", "name", "uploads (/etc/nginx/live/nginx.conf)"]
 
     # Services: their description (image, env, ports, file list) did not change.
     assert d.services == []
@@ -89,8 +99,8 @@ def test_markdown_shows_the_shared_change_once(upload_size_diff: Any) -> None:
     assert text.count("+max_upload_size: 100M") == 1  # grouped: one block for every homeserver.yaml
     assert "same change" in text
     assert "client_max_body_size 100M;" in text
-    assert "| `synapse-main-files` | `docker:index/container:Container` | changed | labels, uploads (/conf/homeserver.yaml) |" \
-        in text
+    assert "| `synapse-main-files` | `docker:index/container:Container` | changed | labels, name, uploads " \
+           "(/conf/homeserver.yaml) |" in text
 
 
 def test_secret_files_are_listed_without_content() -> None:
@@ -204,16 +214,19 @@ def _container(name: str, depends: tuple[str, ...] = (), **inputs: Any) -> dict[
             "inputs": {"name": name, "image": "img:1", "memory": 512, "envs": ["A=1"], **inputs}}
 
 
-def _stack(generic: int = 1, changed: dict[str, dict[str, Any]] | None = None, trigger: bool = False) -> diff.Tree:
+def _stack(generic: int = 1, changed: dict[str, dict[str, Any]] | None = None, trigger: bool = False,
+           new_first: tuple[str, ...] = ()) -> diff.Tree:
     """A small Docker stack: proxy, main, `generic` generic workers, ntfy, PostgreSQL, a one-shot
-    check; `changed` overrides a container's inputs."""
+    check; `changed` overrides a container's inputs; `new_first` are replaced new first."""
     synapse = ["synapse-main", *(f"synapse-generic-{i}" for i in range(1, generic + 1))]
     names = ["synapse-postgres", "synapse-check-config", *synapse, "ntfy", "synapse-proxy"]
     depends: dict[str, tuple[str, ...]] = {n: ("synapse-postgres",) for n in [*synapse, "synapse-check-config"]}
     depends["synapse-proxy"] = (*synapse, "ntfy")
     resources = [_container(n, depends.get(n, ()), **(changed or {}).get(n, {})) for n in names]
-    if trigger:  # the proxy's replacement trigger: the IDs of the containers it routes to
-        resources[-1]["replacedWith"] = [f"urn:{n}" for n in depends["synapse-proxy"]]
+    if trigger:  # an input of the proxy fed by the containers it routes to (before live files)
+        resources[-1]["inputDependencies"] = {"labels": [f"urn:{n}" for n in depends["synapse-proxy"]]}
+    for r in resources:
+        r["deleteBeforeReplace"] = r["name"] not in new_first
     services = [{"name": n} for n in names if n != "synapse-check-config"]
     files = {"synapse-proxy/etc/nginx/nginx.conf": (_nginx(generic), False)}
     return diff.Tree(resources, services, files, {})
@@ -238,16 +251,16 @@ def test_a_memory_only_change_is_updated_in_place() -> None:
 ])
 def test_an_uploads_env_or_image_change_replaces_the_container(inputs: dict[str, Any]) -> None:
     costs = _costs(_stack(), _stack(changed={"ntfy": inputs}))
-    assert costs["ntfy"].effect == "replaced"
+    assert costs["ntfy"].effect == "replaced (delete first)"
     # A site's own service: its hostname is down meanwhile.
     assert costs["ntfy"].unavailable == ["`ntfy.example.org` (the whole site)"]
 
 
 def test_the_proxy_replaced_takes_every_site_down() -> None:
     d = diff.compare("s", _stack(), _stack(changed={"synapse-proxy": {"image": "nginx:2"}}))
-    assert [(c.name, c.effect) for c in d.costs] == [("synapse-proxy", "replaced")]
+    assert [(c.name, c.effect) for c in d.costs] == [("synapse-proxy", "replaced (delete first)")]
     assert d.costs[0].unavailable == ["all sites: `matrix.example.org`, `ntfy.example.org`"]
-    assert "- `synapse-proxy`: **replaced**; unavailable meanwhile: all sites: `matrix.example.org`, " \
+    assert "- `synapse-proxy`: **replaced (delete first)**; unavailable meanwhile: all sites: `matrix.example.org`, " \
            "`ntfy.example.org`" in diff.markdown([d])
 
 
@@ -259,8 +272,8 @@ def test_the_only_generic_worker_replaced_names_its_route_groups() -> None:
 def test_one_of_two_generic_workers_replaced_leaves_the_other_serving() -> None:
     costs = _costs(_stack(2), _stack(2, changed={"synapse-generic-1": {"image": "img:2"}}))
     generic = costs["synapse-generic-1"]
-    assert generic.effect == "replaced" and generic.unavailable == []
-    assert generic.note == "`synapse_generic`: 1 of 2 instances replaced, the others keep serving its routes"
+    assert generic.effect == "replaced (delete first)" and generic.unavailable == []
+    assert generic.note == "`synapse_generic`: 1 of 2 instances down at once, the others keep serving its routes"
     # Both replaced at once: the pool is down.
     both: dict[str, dict[str, Any]] = {f"synapse-generic-{i}": {"image": "img:2"} for i in (1, 2)}
     costs = _costs(_stack(2), _stack(2, changed=both))
@@ -295,33 +308,71 @@ def test_a_changed_pod_template_rolls_its_workload() -> None:
     ]
 
 
-def test_the_upload_size_change_replaces_every_synapse_process_and_the_proxy(upload_size_diff: Any) -> None:
-    d, head = upload_size_diff
+def test_the_upload_size_change_replaces_synapse_and_reloads_the_proxy(upload_size_diff: Any) -> None:
+    """The shared homeserver.yaml and nginx.conf change: main and the single-instance workers
+    are deleted first (their routes down for one restart), the generic worker replaced new first
+    (nothing down), the proxy never replaced: its live nginx.conf is applied by reload."""
+    d, _head = upload_size_diff
     costs = {c.name: c for c in d.costs}
-    assert {c.effect for c in costs.values()} == {"replaced"}
-    hostnames = [n for s in diff.parse_nginx(head.files["synapse-proxy/etc/nginx/nginx.conf"][0]).sites
-                 for n in s.names]
-    assert len(hostnames) >= 2
-    assert costs["synapse-proxy"].unavailable == ["all sites: " + ", ".join(f"`{n}`" for n in hostnames)]
+    assert "synapse-proxy" not in costs
+    publish = costs["synapse-proxy-live-publish"]
+    assert publish.unavailable == [] and "graceful reload" in publish.note
+    assert costs["synapse-generic-1"].effect == "replaced (new first)" and costs["synapse-generic-1"].unavailable == []
+    assert costs["synapse-main"].effect == "replaced (delete first)"
     (main_routes,) = costs["synapse-main"].unavailable
     assert main_routes.endswith(", main") and "main_only" in main_routes and "sync" not in main_routes
+    assert costs["synapse-media-repository-1"].unavailable == ["`localhost`: media"]
+    assert all(c.unavailable == [] for n, c in costs.items() if n.endswith("-files"))
+    text = diff.markdown([d])
+    assert "- `synapse-generic-1`: **replaced (new first)**; the new container serves before the old one stops" in text
 
 
-def test_a_replaced_upstream_replaces_the_proxy_through_its_replacement_trigger() -> None:
+def test_adding_a_worker_costs_only_that_worker_and_the_proxys_config(tmp_path: Path) -> None:
+    """generic 1 -> 2 on dev: the worker and its files added; the proxy's live nginx.conf and
+    the configuration check (one-shot) renewed; no running container replaced, nothing down.
+    Removing it again: the worker deleted once the proxy has applied its routes without it."""
+    base_raw = stack_raw("dev")
+    head_raw = copy.deepcopy(base_raw)
+    head_raw["synapse"]["workers"]["counts"]["generic"] = 2
+    base, head = _tree(base_raw, tmp_path / "base"), _tree(head_raw, tmp_path / "head")
+    d = diff.compare("dev", base, head)
+    assert sorted(r.name for r in d.resources if r.kind == "added") == ["synapse-generic-2", "synapse-generic-2-files"]
+    assert sorted(c.name for c in d.costs) == ["synapse-check-config", "synapse-check-config-files",
+                                               "synapse-proxy-live-files", "synapse-proxy-live-publish"]
+    assert all(c.unavailable == [] for c in d.costs)
+    back = diff.compare("dev", head, base)
+    removed = {c.name: c for c in back.costs}["synapse-generic-2"]
+    assert removed.effect == "removed" and "once the proxy's routes without it are applied" in removed.note
+    assert all(c.unavailable == [] for c in back.costs)
+
+
+def test_a_delete_before_replace_chain_takes_its_dependents_down_first() -> None:
+    """Pulumi deletes first every dependent an input of which comes from a container replaced
+    delete first: a proxy with an input fed by its upstreams goes down with a generic worker,
+    although the other instance keeps serving."""
     d = diff.compare("s", _stack(2, trigger=True),
                      _stack(2, changed={"synapse-generic-1": {"image": "img:2"}}, trigger=True))
     costs = {c.name: c for c in d.costs}
-    assert costs["synapse-generic-1"].note.startswith("`synapse_generic`: 1 of 2 instances replaced")
-    assert costs["synapse-proxy"].effect == "replaced with `synapse-generic-1`"
+    assert costs["synapse-generic-1"].note.startswith("`synapse_generic`: 1 of 2 instances down at once")
+    assert costs["synapse-proxy"].effect == "replaced (delete first) with `synapse-generic-1`"
     assert costs["synapse-proxy"].unavailable == ["all sites: `matrix.example.org`, `ntfy.example.org`"]
+    # Replaced new first, a container starts no chain and takes nothing down.
+    d = diff.compare("s", _stack(2, trigger=True, new_first=("synapse-generic-1",)),
+                     _stack(2, changed={"synapse-generic-1": {"image": "img:2"}}, trigger=True,
+                            new_first=("synapse-generic-1",)))
+    assert [(c.name, c.effect, c.unavailable) for c in d.costs] == [("synapse-generic-1", "replaced (new first)", [])]
     # A memory change replaces nothing.
     d = diff.compare("s", _stack(trigger=True), _stack(changed={"synapse-main": {"memory": 1}}, trigger=True))
     assert [(c.name, c.effect) for c in d.costs] == [("synapse-main", "updated in place")]
 
 
-def test_the_render_records_the_proxys_replacement_trigger(upload_size_diff: Any) -> None:
+def test_the_render_records_what_feeds_each_input(upload_size_diff: Any) -> None:
+    """A Synapse container's `volumes` come from its holder (the holder's name), its labels from
+    the configuration check: the render records each input's resources, and no container has a
+    replacement trigger any more (a change of its upstreams never replaces the proxy)."""
     _d, head = upload_size_diff
-    proxy = next(r for r in head.resources if r["name"] == "synapse-proxy")
     names = {r["urn"]: r["name"] for r in head.resources}
-    synapse = {s["name"] for s in head.services if any(f["path"] == "/conf/homeserver.yaml" for f in s["files"])}
-    assert len(synapse) >= 2 and synapse <= {names[u] for u in proxy["replacedWith"]}
+    main = next(r for r in head.resources if r["name"] == "synapse-main")
+    assert "synapse-main-files" in {names[u] for u in main["inputDependencies"]["volumes"]}
+    assert {names[u] for u in main["inputDependencies"]["labels"]} == {"synapse-check-config"}
+    assert not any(r.get("replacementTrigger") for r in head.resources)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import subprocess
 import typing
 from types import SimpleNamespace
@@ -87,8 +88,9 @@ def test_dev_checks_every_synapse_process_in_one_container(dev: offline.Run) -> 
     assert len(check_files) == len({u["file"] for n in processes for u in dev.uploads(n)})
     # The media store the media worker's config names is mounted, as on the worker itself, and
     # the files from the check's holder, read-only.
-    assert [v.get("containerPath") or v["fromContainer"] for v in check["volumes"]] == \
-        ["/media_store", "synapse-check-config-files"]
+    mounted = [v.get("containerPath") or v["fromContainer"] for v in check["volumes"]]
+    assert mounted[0] == "/media_store" and len(mounted) == 2, mounted
+    assert re.fullmatch(r"synapse-check-config-[0-9a-f]{8}-files", mounted[1]), mounted  # named by its files' digest
     assert "synapse-media-owner" in _depends_on(dev, "synapse-check-config")
 
 

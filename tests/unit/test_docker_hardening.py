@@ -86,7 +86,8 @@ def test_every_exemption_excuses_something() -> None:
 
 def test_long_running_containers_get_their_declared_memory_and_cpu_share() -> None:
     run = _run("staging")
-    by_name = {str(c.plain_inputs()["name"]): c.plain_inputs() for c in run.of_type(CONTAINER)}
+    # By resource name: a new-first container's own name carries its revision.
+    by_name = {c.name: c.plain_inputs() for c in run.of_type(CONTAINER)}
     for resolved in run.services:
         service = resolved["service"]
         inputs = by_name[service.name]
@@ -96,10 +97,10 @@ def test_long_running_containers_get_their_declared_memory_and_cpu_share() -> No
 
 def test_a_service_with_files_keeps_its_read_only_root_and_reads_them_from_its_holder() -> None:
     run = _run("staging")
-    by_name = {str(c.plain_inputs()["name"]): c.plain_inputs() for c in run.of_type(CONTAINER)}
+    by_name = {c.name: c.plain_inputs() for c in run.of_type(CONTAINER)}
     main, holder = by_name["synapse-main"], by_name["synapse-main-files"]
     assert main["readOnly"] is True and not main.get("uploads")
-    assert {"fromContainer": "synapse-main-files", "readOnly": True} in main["volumes"]
+    assert {"fromContainer": holder["name"], "readOnly": True} in main["volumes"]
     assert holder["start"] is False and holder["uploads"]
     assert sorted(v["containerPath"] for v in holder["volumes"]) == ["/conf", "/secrets"]
 

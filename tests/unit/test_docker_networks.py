@@ -23,12 +23,13 @@ def _run() -> offline.Run:
 
 
 def _members() -> dict[str, set[str]]:
-    """network name -> the containers that join it."""
+    """network name -> the containers that join it (by resource name: a new-first container's own
+    name carries its revision)."""
     members: dict[str, set[str]] = {}
     for container in _run().of_type(CONTAINER):
         inputs = container.plain_inputs()
         for network in inputs.get("networksAdvanced") or []:
-            members.setdefault(network["name"], set()).add(inputs["name"])
+            members.setdefault(network["name"], set()).add(container.name)
     return members
 
 

@@ -90,7 +90,7 @@ def test_web_app_config_points_at_the_homeserver_and_the_jwt_service(program: An
 
 def test_sites_well_known_and_homeserver_keys(program: Any) -> None:
     run = program(BASE)
-    nginx = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    nginx = _file(run, "synapse-proxy", "/etc/nginx/live/nginx.conf")
     for host in ("call.example.org", "jwt.example.org", "livekit.example.org"):
         assert f"server_name {host};" in nginx
     livekit_server = nginx.split("server_name livekit.example.org;")[1].split("server_name")[0]
@@ -153,7 +153,7 @@ def test_sfu_on_another_docker_host_is_reached_through_a_published_port(program:
          "services": ["livekit", "lk-jwt-service"]},
     ]}}
     run = program(raw)
-    nginx = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    nginx = _file(run, "synapse-proxy", "/etc/nginx/live/nginx.conf")
     assert "proxy_pass http://10.0.0.2:7880;" in nginx and "proxy_pass http://10.0.0.2:8080;" in nginx
     livekit = next(r for r in run.of_type("docker:index/container:Container") if r.name == "livekit")
     published = {(p["internal"], p.get("ip")) for p in livekit.plain_inputs()["ports"]}

@@ -159,7 +159,14 @@ def test_config_files_land_where_their_images_read_them(program: Any) -> None:
     run = program(EVERYTHING)
     paths = {e["service"].name: {f["path"] for f in e["files"]} for e in run.services}
     for service, pin in (("element-call", images.ELEMENT_CALL), ("element-web", images.ELEMENT_WEB),
-                         ("ntfy", images.NTFY), ("coturn", images.COTURN), ("synapse-proxy", images.NGINX)):
+                         ("ntfy", images.NTFY), ("coturn", images.COTURN)):
         assert images.config_path(pin) in paths[service], service
+    # The proxy's nginx.conf is live: beside the image's, in a directory of its own, and nginx
+    # runs from a tested copy of it (`nginx -c`), never from the image's default path.
+    nginx_dir = images.config_path(images.NGINX).rsplit("/", 1)[0]
+    assert f"{nginx_dir}/live/nginx.conf" in paths["synapse-proxy"]
+    run_script = next(f["content"] for e in run.services if e["service"].name == "synapse-proxy"
+                      for f in e["files"] if f["path"].endswith("proxy-run.sh"))
+    assert "exec nginx -c " in run_script
     with pytest.raises(ValueError, match="no config path"):
         images.config_path(images.LK_JWT_SERVICE)

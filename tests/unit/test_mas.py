@@ -344,7 +344,8 @@ def test_operator_commands_name_the_target() -> None:
     assert "kubectl -n chat scale deployment,statefulset -l matrix-stack.synapse-role --replicas=0" in steps[3]
     assert "kubectl -n chat exec statefulset/synapse-postgres -- pg_dump" in steps[3]
     assert steps[3].index("scale") < steps[3].index("pg_dump") < steps[3].index("syn2mas migrate")
-    assert "docker stop synapse-main" in render.syn2mas_commands(docker, stack_view(docker))[3]
+    assert "docker stop $(for s in synapse-main; do docker ps -aq --filter label=matrix-stack.service=$s; done)" \
+        in render.syn2mas_commands(docker, stack_view(docker))[3]
 
 
 # ---------------------------------------------------------------- the part, in the whole program

@@ -15,6 +15,7 @@ import pytest
 import config
 import stack
 from components import catalog
+from components.edge import render as edge_render
 from components.part import BuildContext, Component, Contribution, DatabaseClaim, Endpoint, MetricsTarget, Part
 from components.platform.spec import Port, Service
 from components.view import StackView
@@ -67,7 +68,7 @@ def _file(run: offline.Run, service: str, path: str) -> str:
 
 
 def _nginx_hosts(run: offline.Run) -> set[str]:
-    conf = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    conf = _file(run, "synapse-proxy", "/etc/nginx/live/nginx.conf")
     return {name for line in re.findall(r"^\s*server_name\s+([^;]+);", conf, re.MULTILINE) for name in line.split()}
 
 
@@ -90,14 +91,15 @@ def test_a_part_registered_in_the_catalog_alone_gets_its_site_record_certificate
     # Placement names it: a host may carry it (an unknown name would be refused).
     raw["target"]["hosts"][0]["services"] = ["synapse-*", "admin-ui"]
     run = offline.run(raw, stack="staging", secret_keys=STAGING_SECRETS)
-    conf = _file(run, "synapse-proxy", "/etc/nginx/nginx.conf")
+    conf = _file(run, "synapse-proxy", "/etc/nginx/live/nginx.conf")
     site = conf[conf.index("server_name admin.example.org;"):]
     assert "proxy_pass http://admin-ui:8080;" in site[: site.index("\n    }\n")]
     assert "admin.example.org" in _dns_names(run)
     assert "admin.example.org" in _certificate_names(run)
     assert "admin.example.org" in _file(run, "acme", "/conf/acme/run.sh")
     assert [c for c in run.of_type("docker:index/container:Container") if c.name == "admin-ui"]
-    assert "admin-ui" in _file(run, "synapse-proxy", "/conf/proxy-run.sh")  # nginx waits for its address
+    # The proxy waits for its address (the names it dials are listed in its config).
+    assert f"{edge_render.UPSTREAM_HOSTS_MARK} admin-ui" in conf
     # Its database claim: a role and a database on the bundled PostgreSQL, which admits it and
     # counts its pool, a dump in every backup and a step of the restore procedure.
     assert "CREATE ROLE %I LOGIN', 'admin'" in _file(run, "synapse-postgres-setup", "/conf/databases.sql")

@@ -160,7 +160,7 @@ def test_the_proxy_serves_the_provided_certificate_with_its_key_secret(ca: Priva
     assert files["/etc/nginx/tls/provided.crt"]["content"] == Path(raw["tls"]["certificate_file"]).read_text()
     assert files["/etc/nginx/tls/provided.key"]["secret"] is True
     assert files["/etc/nginx/tls/provided.crt"]["secret"] is False
-    nginx = files["/etc/nginx/nginx.conf"]["content"]
+    nginx = files["/etc/nginx/live/nginx.conf"]["content"]
     assert "ssl_certificate /etc/nginx/tls/provided.crt;" in nginx
     # Delegation names the port the host publishes the proxy's TLS port on.
     assert '{"m.server":"matrix.example.org:8448"}' in nginx

@@ -24,8 +24,9 @@ def _seen(registered: list[offline.Registered]) -> list[dict[str, Any]]:
     names = {r.urn: r.name for r in registered}
     return sorted(({**r.masked(), "urn": r.name, "parent": names.get(r.parent, ""),
                     "dependsOn": sorted(names[u] for u in r.dependencies),
-                    # Replacement triggers are the program's own Output arithmetic: not replayed.
-                    "replacementTrigger": None, "replacedWith": None}
+                    # Replacement triggers and which resource feeds which input are the
+                    # program's own Output arithmetic: not replayed.
+                    "replacementTrigger": None, "replacedWith": None, "inputDependencies": {}}
                    for r in registered), key=lambda r: (r["type"], r["name"]))
 
 

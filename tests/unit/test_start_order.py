@@ -95,8 +95,11 @@ def test_bind_address_is_typed() -> None:
 def test_proxy_health_is_not_static(dev: offline.Run) -> None:
     proxy = _container(dev, "synapse-proxy").plain_inputs()
     assert proxy["healthcheck"]["tests"] == ["CMD", "/bin/sh", "/conf/proxy-run.sh", "health"]
-    script = proxy_run_script("/etc/nginx/nginx.conf", False, ("a", "b"), health_url="http://127.0.0.1:8081/health")
-    assert 'UPSTREAMS="a b"' in script and "nginx -c /etc/nginx/nginx.conf -s reload" in script
+    script = proxy_run_script("/etc/nginx/live/nginx.conf", False)
+    assert "nginx -t -q -c" in script and 'nginx -c "$CONF" -s reload' in script
+    # The names nginx dials come from the config itself, so a new worker changes only nginx.conf.
+    conf = next(u["content"] for u in dev.uploads("synapse-proxy-live") if u["file"] == "/etc/nginx/live/nginx.conf")
+    assert conf.splitlines()[1].startswith("# upstream-hosts: ") and "synapse-generic-1" in conf.splitlines()[1]
 
 
 def test_kubernetes_workers_wait_for_main_and_main_for_postgres() -> None:
@@ -115,21 +118,22 @@ def test_kubernetes_workers_wait_for_main_and_main_for_postgres() -> None:
     assert wait["securityContext"] and wait["resources"]
 
 
-def test_docker_declares_what_a_container_waits_for_or_restarts_with_first_whatever_the_order() -> None:
-    """The replacement trigger and dependencies of a container name containers declared before
-    it: the adapter orders the whole graph itself, not by the order parts were built in."""
+def test_docker_declares_what_a_container_waits_for_or_routes_to_first_whatever_the_order() -> None:
+    """The dependencies of a container (and of its live files' publisher) name containers
+    declared before it: the adapter orders the whole graph itself, not by the order parts were
+    built in."""
     from components.platform.docker import start_order
     from components.platform.spec import Service, Wait
 
-    def svc(name: str, waits: tuple[str, ...] = (), restarts_with: tuple[str, ...] = ()) -> Service:
+    def svc(name: str, waits: tuple[str, ...] = (), routes_to: tuple[str, ...] = ()) -> Service:
         return Service(name=name, component="t", image="i", waits=tuple(Wait(w, ("true",)) for w in waits),
-                       restarts_with=restarts_with)
+                       routes_to=routes_to)
 
-    graph = [svc("proxy", waits=("main",), restarts_with=("main", "web", "call")), svc("worker", waits=("main",)),
+    graph = [svc("proxy", waits=("main",), routes_to=("main", "web", "call")), svc("worker", waits=("main",)),
              svc("main", waits=("db",)), svc("web"), svc("call"), svc("db")]
     for services in (graph, list(reversed(graph))):
         order = [s.name for s in start_order(services)]
         assert sorted(order) == sorted(s.name for s in graph)
         for service in services:
             before = order[: order.index(service.name)]
-            assert {w.service for w in service.waits} | set(service.restarts_with) <= set(before)
+            assert {w.service for w in service.waits} | set(service.routes_to) <= set(before)

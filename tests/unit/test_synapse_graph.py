@@ -20,7 +20,7 @@ from tests.conftest import load_yaml, stack_raw
 
 CONTAINER = "docker:index/container:Container"
 SYNAPSE_CONF = "/conf/homeserver.yaml"
-NGINX_CONF = "/etc/nginx/nginx.conf"
+NGINX_CONF = "/etc/nginx/live/nginx.conf"
 ROLE_LABEL = "matrix-stack.synapse-role"
 
 
@@ -87,27 +87,25 @@ def test_adding_a_generic_worker_adds_its_container_and_changes_only_the_proxy(b
     assert resource_keys(base_run) - resource_keys(bigger) == set()
 
     before, after = containers(base_run), containers(bigger)
-    changed = sorted(name for name in before if before[name] != after[name])
-    assert changed == ["synapse-check-config", "synapse-proxy"]
+
+    def inputs(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k != "uploads"}  # the uploads are its holders'
+    changed = sorted(name for name in before if inputs(before[name]) != inputs(after[name]))
+    # The check (a one-shot, renewed beside the old one) and the publisher of the proxy's live
+    # nginx.conf (with their holders): never the proxy's own container (it reloads).
+    assert changed == ["synapse-check-config", "synapse-proxy-live-publish"]
     check_before, check_after = before["synapse-check-config"], after["synapse-check-config"]
-    assert set(uploads(check_after)) - set(uploads(check_before)) == {"/conf/workers/synapse-generic-2.yaml"}
+    assert check_before["name"] != check_after["name"]
     assert "synapse-generic-2" in check_after["entrypoints"][2] and "synapse-generic-2" not in check_before["entrypoints"][2]
-    # Within the proxy, only nginx.conf changed, and it now routes to the new worker.
-    proxy_before, proxy_after = before["synapse-proxy"], after["synapse-proxy"]
-    assert {k: v for k, v in proxy_before.items() if k not in ("uploads", "labels")} == \
-        {k: v for k, v in proxy_after.items() if k not in ("uploads", "labels")}
-    # The per-file digest labels name exactly the changed file, for `pulumi preview --diff`.
-    labels_before = {x["label"]: x["value"] for x in proxy_before["labels"]}
-    labels_after = {x["label"]: x["value"] for x in proxy_after["labels"]}
-    # nginx.conf, and the run script whose address watch now covers the new worker.
-    assert sorted(k for k in labels_before if labels_before[k] != labels_after[k]) == \
-        sorted([f"matrix-stack.file.{NGINX_CONF}", f"matrix-stack.file.{PROXY_RUN}"])
-    files_before, files_after = uploads(proxy_before), uploads(proxy_after)
-    assert set(files_before) == set(files_after)
-    assert sorted(p for p in files_before if files_before[p] != files_after[p]) == sorted([NGINX_CONF, PROXY_RUN])
-    assert "synapse-generic-2" in files_after[PROXY_RUN] and "synapse-generic-2" not in files_before[PROXY_RUN]
-    assert "synapse-generic-2:" not in files_before[NGINX_CONF]
-    assert "server synapse-generic-2:9102 " in files_after[NGINX_CONF]
+    assert set(uploads(check_after)) - set(uploads(check_before)) == {"/conf/workers/synapse-generic-2.yaml"}
+    # The live holder: only nginx.conf, and it now routes to the new worker.
+    live_before = {u["file"]: u["content"] for u in base_run.uploads("synapse-proxy-live")}
+    live_after = {u["file"]: u["content"] for u in bigger.uploads("synapse-proxy-live")}
+    assert set(live_before) == set(live_after) == {NGINX_CONF}
+    assert "synapse-generic-2:" not in live_before[NGINX_CONF]
+    assert "server synapse-generic-2:9102 " in live_after[NGINX_CONF]
+    # The run script is the same: the names it watches come from nginx.conf.
+    assert uploads(after["synapse-proxy"])[PROXY_RUN] == uploads(before["synapse-proxy"])[PROXY_RUN]
     # Non-container resources (secrets, images, volumes, network) are untouched.
     after_resources = by_key(bigger)
     for key, r in by_key(base_run).items():
@@ -174,14 +172,17 @@ def test_the_seed_000_preset_builds_its_topology(program: Any) -> None:
 
 
 @pytest.mark.parametrize("preset", ["monolith", "seed-000"])
-def test_every_container_replaces_by_delete_first_restarts_and_rotates_logs(program: Any, preset: str) -> None:
+def test_every_fixed_name_replaces_by_delete_first_restarts_and_rotates_logs(program: Any, preset: str) -> None:
     run = program({"server_name": "localhost", "target": {"kind": "docker"},
                    "synapse": {"workers": {"preset": preset}}})
     found = run.of_type(CONTAINER)
     assert len(found) >= 3
     for r in found:
         inputs = r.plain_inputs()
-        assert r.delete_before_replace, r.name
+        # A fixed name can exist once: deleted first. A name carrying a digest of the inputs (file
+        # holders, the configuration check, interchangeable workers) is renewed new first.
+        renamed = inputs["name"] not in (r.name, f"matrix-stack-{r.name}")
+        assert r.delete_before_replace is not renamed, r.name
         if inputs.get("mustRun") is False:  # one-shot (a volume's owner): runs once, never restarts
             assert inputs.get("restart") == "no", r.name
         else:
@@ -241,18 +242,26 @@ def test_no_secret_value_appears_in_any_non_secret_file(program: Any) -> None:
         assert value not in masked
 
 
-def test_proxy_restarts_with_its_upstreams_and_media_waits_for_its_volume_owner(program: Any) -> None:
-    # nginx resolves upstream names once, at start: on a Docker network a recreated Synapse
-    # container may come back with another address, so the proxy is replaced with it.
+def test_the_proxy_never_restarts_with_its_upstreams_and_media_waits_for_its_volume_owner(program: Any) -> None:
+    # The proxy follows its upstreams' addresses itself (its run script's address watch): a
+    # replaced Synapse container never replaces it. Its live nginx.conf is published once the
+    # services it routes to are healthy (they are `wait`ed for), after the proxy exists.
     run = program({"server_name": "localhost", "target": {"kind": "docker"},
                    "synapse": {"workers": {"counts": {"generic": 1, "media_repository": 1}}}})
     containers = {r.name: r for r in run.of_type(CONTAINER)}
-    proxy = containers["synapse-proxy"]
-    assert proxy.has_replacement_trigger
+    proxy, publish = containers["synapse-proxy"], containers["synapse-proxy-live-publish"]
+    assert not proxy.has_replacement_trigger
     for upstream in ("synapse-main", "synapse-generic-1", "synapse-media-repository-1"):
-        assert containers[upstream].urn in proxy.dependencies, upstream
+        assert containers[upstream].urn in publish.dependencies, upstream
+        assert containers[upstream].plain_inputs()["wait"] is True, upstream
+        assert upstream == "synapse-main" or containers[upstream].urn not in proxy.dependencies, upstream
+    assert proxy.urn in publish.dependencies and "wait" not in proxy.plain_inputs()
     assert containers["synapse-postgres"].urn not in proxy.dependencies
-    # Synapse's own trigger is its file holder alone: it restarts with no other service.
+    # Only the generic worker is replaced new first, under a name of its revision.
+    assert {n for n, c in containers.items() if not c.delete_before_replace
+            and not n.endswith("-files") and n != "synapse-check-config"} == {"synapse-generic-1"}
+    assert containers["synapse-generic-1"].plain_inputs()["name"].startswith("synapse-generic-1-")
+    assert containers["synapse-generic-1"].plain_inputs()["networksAdvanced"][0]["aliases"] == ["synapse-generic-1"]
     assert [u for u in ("synapse-proxy", "synapse-generic-1", "synapse-postgres")
             if containers[u].urn in containers["synapse-main"].dependencies] == ["synapse-postgres"]
     # A fresh named volume is root's; Synapse runs as 991, so a one-shot container hands it over.

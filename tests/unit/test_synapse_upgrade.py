@@ -70,9 +70,10 @@ def test_docker_replaces_the_workers_only_once_main_is_healthy(dev: offline.Run)
     # pulumi-docker waits for the health check after creating main (its migrations run inside
     # the start period), and the workers depend on main: old workers serve until then.
     assert main["wait"] is True and main["waitTimeout"] >= 3600
-    for name in ("synapse-postgres", "synapse-redis"):
+    for name in ("synapse-postgres", "synapse-redis", "synapse-generic-1"):
         assert containers[name]["wait"] is True
-    assert "wait" not in containers["synapse-generic-1"]
+    assert "synapse-main" in {dep.rsplit("::", 1)[1] for dep in next(
+        r for r in dev.of_type(CONTAINER) if r.name == "synapse-generic-1").dependencies}
 
 
 def test_workers_start_once_main_answers_at_their_own_release_on_both_targets(dev: offline.Run,

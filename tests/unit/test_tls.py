@@ -119,10 +119,11 @@ def test_acme_and_proxy_scripts_are_valid_shell(tmp_path: Path) -> None:
     broken = _sh_syntax(script.replace("done", "", 1), tmp_path)
     assert broken.returncode != 0  # the check can fail
     for watch in (True, False):
-        run = proxy_run_script("/etc/nginx/nginx.conf", watch)
+        run = proxy_run_script("/etc/nginx/live/nginx.conf", watch)
         assert _sh_syntax(run, tmp_path).returncode == 0
-        assert ("nginx -c /etc/nginx/nginx.conf -s reload" in run) is watch
-        assert run.rstrip().endswith("exec nginx -c /etc/nginx/nginx.conf -g 'daemon off;'")
+        assert ("watch_certificates &" in run) is watch
+        assert "LIVE=/etc/nginx/live/nginx.conf" in run
+        assert run.rstrip().endswith("exec nginx -c \"$CONF\" -g 'daemon off;'")
 
 
 def test_placeholder_certificate_is_a_valid_key_pair(tmp_path: Path) -> None:
@@ -169,7 +170,8 @@ def test_acme_client_shares_volumes_with_the_proxy(program: Any) -> None:
     assert {v.name for v in acme.volumes} == {v.name for v in proxy.volumes} == {"acme-certs", "acme-webroot"}
     assert all(v.read_only for v in proxy.volumes)
     assert any(p.name == "https" and p.public for p in proxy.ports)
-    assert "nginx -c /etc/nginx/nginx.conf -s reload" in _files(run, "synapse-proxy")["/conf/proxy-run.sh"]["content"]
+    script = _files(run, "synapse-proxy")["/conf/proxy-run.sh"]["content"]
+    assert "watch_certificates &" in script and 'nginx -c "$CONF" -s reload' in script
     assert proxy.args == ("/conf/proxy-run.sh",)
 
 
@@ -187,8 +189,8 @@ def test_without_acme_the_run_script_watches_only_upstream_addresses(program: An
     proxy = next(s["service"] for s in run.services if s["service"].name == "synapse-proxy")
     assert proxy.entrypoint == ("/bin/sh",) and proxy.args == ("/conf/proxy-run.sh",)
     script = _files(run, "synapse-proxy")["/conf/proxy-run.sh"]["content"]
-    assert "watch_upstreams &" in script and "watch_certificates" not in script
-    assert script.rstrip().endswith("exec nginx -c /etc/nginx/nginx.conf -g 'daemon off;'")
+    assert "watch &" in script and "watch_certificates" not in script
+    assert script.rstrip().endswith("exec nginx -c \"$CONF\" -g 'daemon off;'")
 
 
 def test_tls_listeners_enable_http2_in_the_form_nginx_1_22_and_1_29_both_accept(program: Any) -> None:
@@ -197,7 +199,7 @@ def test_tls_listeners_enable_http2_in_the_form_nginx_1_22_and_1_29_both_accept(
     run = program({"server_name": "example.org", "tls": {"mode": "acme", "acme_email": "ops@example.org"},
                    "element_call": {"enabled": False}})
     proxy = next(s for s in run.services if s["service"].name == "synapse-proxy")
-    nginx = next(f["content"] for f in proxy["files"] if f["path"] == "/etc/nginx/nginx.conf")
+    nginx = next(f["content"] for f in proxy["files"] if f["path"] == "/etc/nginx/live/nginx.conf")
     listens = [line.strip() for line in nginx.splitlines() if line.strip().startswith("listen 8443")]
     assert listens and set(listens) == {"listen 8443 ssl http2;"}
     assert "http2 on;" not in nginx

@@ -23,9 +23,11 @@ Followed:
 - volumes with only a container path (anonymous) and `from_container` (VolumesFrom, `:ro`
   when read-only); `memory` (MB) and `cpu_shares`.
 
-Not followed (needs the Pulumi engine and its state): refresh, diffs and replacement (including
-delete_before_replace and replacement triggers), protect/retain_on_delete, destroy, providers
-for remote hosts (every resource goes to the one engine given).
+Changes (ChangeApplier): pulumi-docker's update of what an earlier apply created, see there.
+
+Not followed (needs the Pulumi engine and its state): refresh, replacement triggers,
+protect/retain_on_delete, destroy, providers for remote hosts (every resource goes to the one
+engine given).
 """
 
 from __future__ import annotations
@@ -35,16 +37,38 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import docker.errors
 from docker.types import LogConfig, Mount
 
-from render.offline import Registered, Run
+
+class Registered(Protocol):
+    """A declared resource: render.offline.Registered, or engine.declared.Declared (another
+    commit's declarations)."""
+
+    @property
+    def urn(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def dependencies(self) -> tuple[str, ...]: ...
+    @property
+    def delete_before_replace(self) -> bool: ...
+    @property
+    def property_dependencies(self) -> tuple[tuple[str, tuple[str, ...]], ...]: ...
+    def plain_inputs(self) -> dict[str, Any]: ...
+
+
+class Run(Protocol):
+    @property
+    def resources(self) -> Sequence[Registered]: ...
 
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
@@ -273,3 +297,165 @@ def remove_declared(client: docker.DockerClient, run: Run) -> None:
             client.api.remove_volume(name, force=True)
         except docker.errors.NotFound:
             pass
+
+
+# ---------------------------------------------------------------- changes: pulumi-docker's update
+
+
+def _in_place_inputs() -> frozenset[str]:
+    from render.diff import DOCKER_IN_PLACE_INPUTS
+    return DOCKER_IN_PLACE_INPUTS
+
+
+@dataclass
+class Changed:
+    """What applying new declarations over old ones did, by the declared (Pulumi) name."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # in place: no engine call (state only)
+    replaced: list[str] = field(default_factory=list)  # "name (delete first)" or "name (new first)"
+    deleted: list[str] = field(default_factory=list)
+    chained: list[str] = field(default_factory=list)  # deleted early by a delete-before-replace chain
+    one_shots: dict[str, int] = field(default_factory=dict)  # container name -> exit code
+    seconds: float = 0.0
+
+
+class ChangeApplier(Applier):
+    """Apply `new` over what `old` created, as `pulumi up` with pulumi-docker would:
+
+    - a container whose inputs differ only in the provider's in-place inputs
+      (render.diff.DOCKER_IN_PLACE_INPUTS) is updated in place; any other difference replaces it;
+    - a replacement with delete_before_replace deletes the old container first, and before it
+      every dependent an input of which comes from it and would be replaced (Pulumi's
+      dependent replacements, found through the inputs' property dependencies, transitively);
+      without it, the new container is created and the old one deleted at the end of the update,
+      after every creation, with the resources the new declarations dropped (dependents first);
+    - steps run in parallel once what they depend on is done, as the Pulumi engine runs them;
+    - `wait`: the provider waits for the container to be healthy before it is done (within
+      `wait_timeout` seconds) so what depends on it starts after.
+    """
+
+    def __init__(self, client: docker.DockerClient, old: Run, new: Run):
+        super().__init__(client, new)
+        self.old = {r.urn: r for r in _order(old.resources)}
+        self.old_order = [r.urn for r in _order(old.resources)]
+        self.in_place = _in_place_inputs()
+        self.changed = Changed()
+        self._deleted: set[str] = set()
+
+    def _diff(self, urn: str) -> str:
+        """create | same | update | replace."""
+        if urn not in self.old:
+            return "create"
+        old, new = self.old[urn].plain_inputs(), self.by_urn[urn].plain_inputs()
+        keys = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        if not keys:
+            return "same"
+        if self.by_urn[urn].type != CONTAINER:
+            return "replace"
+        return "update" if keys <= self.in_place else "replace"
+
+    def _chain(self, root: str, plan: dict[str, str]) -> list[str]:
+        """The dependents Pulumi deletes before a delete-before-replace `root`: those with an
+        input fed by it (or by one already in the chain) that the provider cannot update in
+        place. Dependents first."""
+        chain: list[str] = []
+        frontier = {root}
+        changed = True
+        while changed:
+            changed = False
+            for r in self.resources:
+                if r.urn in chain or r.urn == root or r.urn not in self.old:
+                    continue
+                fed = [key for key, urns in r.property_dependencies if frontier & set(urns)]
+                if any(key not in self.in_place for key in fed):
+                    chain.append(r.urn)
+                    frontier.add(r.urn)
+                    changed = True
+        return list(reversed(chain))
+
+    def _delete_old(self, urn: str) -> None:
+        with self._lock:
+            if urn in self._deleted:
+                return
+            self._deleted.add(urn)
+        resource = self.old[urn]
+        inputs = resource.plain_inputs()
+        if resource.type == CONTAINER:
+            try:
+                self.client.api.stop(inputs["name"], timeout=10)
+                self.client.api.remove_container(inputs["name"], force=True, v=bool(inputs.get("removeVolumes")))
+            except docker.errors.NotFound:
+                pass
+
+    def _wait_healthy(self, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.client.api.inspect_container(name)["State"]
+            if (state.get("Health") or {}).get("Status") == "healthy":
+                return
+            time.sleep(0.5)
+        raise ApplyError(f"{name} not healthy within {timeout:.0f}s (wait)")
+
+    def _step(self, resource: Registered, deps: list[Future[None]], plan: dict[str, str]) -> None:
+        for dep in deps:
+            dep.result()
+        urn, kind = resource.urn, plan[resource.urn]
+        if kind in ("same", "update"):
+            if kind == "update":
+                self.changed.updated.append(resource.name)
+            return
+        inputs = resource.plain_inputs()
+        if kind == "replace":
+            if resource.delete_before_replace:
+                for dependent in self._chain(urn, plan):
+                    if dependent not in self._deleted:
+                        self.changed.chained.append(self.by_urn[dependent].name)
+                    self._delete_old(dependent)
+                self._delete_old(urn)
+                self.changed.replaced.append(f"{resource.name} (delete first)")
+            else:
+                self.changed.replaced.append(f"{resource.name} (new first)")
+        elif kind == "create":
+            self.changed.created.append(resource.name)
+        if resource.type != CONTAINER:
+            applied = Applied()
+            self._create_after(resource, [], applied)
+            return
+        code = self.create_container(inputs)
+        if code is not None and inputs.get("mustRun") is False:
+            self.changed.one_shots[inputs["name"]] = code
+        if inputs.get("wait"):
+            self._wait_healthy(inputs["name"], float(inputs.get("waitTimeout") or 60))
+
+    def apply_change(self) -> Changed:
+        started = time.monotonic()
+        plan = {r.urn: self._diff(r.urn) for r in self.resources}
+        # A dependent replaced through a delete-before-replace chain is replaced even when its
+        # own inputs end up the same.
+        for urn, kind in list(plan.items()):
+            if kind == "replace" and self.by_urn[urn].delete_before_replace:
+                for dependent in self._chain(urn, plan):
+                    plan[dependent] = "replace"
+        done: dict[str, Future[None]] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(self.resources))) as pool:
+            for resource in self.resources:
+                deps = [done[d] for d in resource.dependencies if d in done]
+                done[resource.urn] = pool.submit(self._step, resource, deps, plan)
+            for future in done.values():
+                future.result()
+        # The end of the update: replaced containers created new first, then what is gone.
+        leftovers = [urn for urn in reversed(self.old_order)
+                     if (urn not in self.by_urn or plan.get(urn) == "replace") and urn not in self._deleted]
+        for urn in leftovers:
+            if urn not in self.by_urn:
+                self.changed.deleted.append(self.old[urn].name)
+            self._delete_old(urn)
+        self.changed.seconds = time.monotonic() - started
+        return self.changed
+
+
+def long_running(run: Run) -> list[str]:
+    """The names of the containers that keep running (no one-shot, no file holder)."""
+    return [str(i["name"]) for i in (r.plain_inputs() for r in _order(run.resources) if r.type == CONTAINER)
+            if i.get("mustRun") is not False and i.get("start") is not False]
