@@ -135,10 +135,12 @@ MAX_PER_ROLE = 64
 
 PRESETS: dict[str, dict[str, int]] = {
     "monolith": {},
-    # Seed 000's drawing: 6 generic, 3 federation readers, 3 senders, 2 persisters, 3 media,
-    # 1 pusher and 1 typing writer.
+    # Seed 000's drawing (6 generic, 3 federation readers, 3 senders, 2 persisters, 3 media,
+    # 1 pusher and 1 typing writer), plus the receipts and to-device writers it lacks: without
+    # them Synapse lets only main serve read receipts and to-device messages, which were 3.8 to
+    # 7 % of all requests under the load benchmark (docs/capacity.md).
     "seed-000": {"generic": 6, "federation_reader": 3, "federation_sender": 3, "event_persister": 2,
-                 "media_repository": 3, "pusher": 1, "typing": 1},
+                 "media_repository": 3, "pusher": 1, "typing": 1, "receipts": 1, "to_device": 1},
 }
 
 # Main's own ports. Workers take role.port_base + index; metrics listen 10000 above.

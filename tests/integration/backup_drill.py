@@ -83,7 +83,7 @@ def backup_entries(result: offline.Run, restic_password: str) -> list[dict[str, 
 
 
 def crontab_jobs(result: offline.Run) -> dict[str, tuple[str, list[str]]]:
-    """container name -> (schedule, command) of each crontab the Docker target uploads."""
+    """service name -> (schedule, command) of each crontab the Docker target uploads."""
     from components.platform.docker import CRONTABS, FILES_HOLDER_SUFFIX
 
     jobs: dict[str, tuple[str, list[str]]] = {}
@@ -95,8 +95,9 @@ def crontab_jobs(result: offline.Run) -> dict[str, tuple[str, list[str]]]:
             [line] = [ln for ln in upload["content"].splitlines() if ln.strip()]
             words = line.split()
             command = shlex.split(" ".join(words[5:]).split(" >/proc/1/fd/1")[0])
-            # Uploaded to the service's files holder (read-only roots): named after the service.
-            jobs[str(inputs["name"]).removesuffix(FILES_HOLDER_SUFFIX)] = (" ".join(words[:5]), command)
+            # Uploaded to the service's files holder (read-only roots), whose resource is named
+            # after the service (its container's name carries a digest of its files).
+            jobs[container.name.removesuffix(FILES_HOLDER_SUFFIX)] = (" ".join(words[:5]), command)
     return jobs
 
 

@@ -426,7 +426,7 @@ def test_prod_declares_workloads_services_budgets_and_policies(prod: offline.Run
         by_type.setdefault(r.type, []).append(r)
     names = {t: {r.name for r in rs} for t, rs in by_type.items()}
     processes = [p.name for p in hs.topology(prod.cfg).processes]
-    assert len(processes) == 20  # main + seed 000's 19 workers
+    assert len(processes) == 22  # main + seed-000's 21 workers
     workloads = names["kubernetes:apps/v1:Deployment"] | names["kubernetes:apps/v1:StatefulSet"]
     for process in processes:
         assert f"deployment-{process}" in workloads or f"statefulset-{process}" in workloads

@@ -159,16 +159,19 @@ def test_the_seed_000_preset_builds_its_topology(program: Any) -> None:
     run = program({"server_name": "localhost", "target": {"kind": "docker"},
                    "synapse": {"workers": {"preset": "seed-000"}}})
     assert roles(run) == Counter({"main": 1, "generic": 6, "federation_reader": 3, "federation_sender": 3,
-                                  "event_persister": 2, "media_repository": 3, "pusher": 1, "typing": 1})
+                                  "event_persister": 2, "media_repository": 3, "pusher": 1, "typing": 1,
+                                  "receipts": 1, "to_device": 1})
     names = set(synapse_containers(run))
     assert {f"synapse-generic-{i}" for i in range(1, 7)} <= names
     assert "synapse-generic-7" not in names and "synapse-typing-2" not in names
     assert {"synapse-redis", "synapse-postgres", "synapse-proxy"} <= names
-    assert len(names) == 1 + 19 + 3
+    assert len(names) == 1 + 21 + 3
     shared = load_yaml(uploads(containers(run)["synapse-main"])[SYNAPSE_CONF])
     assert shared["federation_sender_instances"] == [f"synapse-federation-sender-{i}" for i in (1, 2, 3)]
     assert shared["pusher_instances"] == ["synapse-pusher-1"]
     assert shared["stream_writers"]["typing"] == ["synapse-typing-1"]
+    assert shared["stream_writers"]["receipts"] == ["synapse-receipts-1"]
+    assert shared["stream_writers"]["to_device"] == ["synapse-to-device-1"]
 
 
 @pytest.mark.parametrize("preset", ["monolith", "seed-000"])
