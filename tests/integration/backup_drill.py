@@ -101,6 +101,9 @@ def crontab_jobs(result: offline.Run) -> dict[str, tuple[str, list[str]]]:
     return jobs
 
 
+_BY_SERVICE_LABEL = re.compile(
+    r"docker (?P<verb>stop|start) \$\(for s in (?P<names>[\w. -]+); "
+    r"do docker ps -aq --filter label=matrix-stack\.service=\$s; done\)")
 _ABSOLUTE = re.compile(r"(?<![\w.:@-])(/[A-Za-z0-9_.@/-]+)")
 _CONNINFO_HOST = re.compile(r"\bhost=([A-Za-z0-9.-]+)")
 
@@ -239,11 +242,12 @@ class Restore:
             if set(self.exported) != {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}:
                 raise AssertionError(f"the credentials step does not read both from the stack's config: {command}")
             return
-        sides = [shlex.split(side) for side in command.split(" | ")]
-        if len(sides) == 1 and sides[0][:2] in (["docker", "stop"], ["docker", "start"]):
-            names = sides[0][2:]
-            (self.stop_synapse if sides[0][1] == "stop" else self.start_synapse)(names)
+        # docker stop|start of the services' containers, found by their service label.
+        by_label = _BY_SERVICE_LABEL.fullmatch(command)
+        if by_label:
+            (self.stop_synapse if by_label["verb"] == "stop" else self.start_synapse)(by_label["names"].split())
             return
+        sides = [shlex.split(side) for side in command.split(" | ")]
         commands: list[tuple[list[str], dict[str, str]]] = []
         sink: str | None = None
         for i, words in enumerate(sides):

@@ -276,7 +276,8 @@ def test_docker_containers_publish_distinct_ports_mount_absolute_paths_and_pin_i
         paths += [v["containerPath"] for v in volumes if "fromContainer" not in v]
         # A service's files come read-only from its own holder's volumes, at the holder's paths.
         holders = [v["fromContainer"] for v in volumes if "fromContainer" in v]
-        own_holder = holder_names.get(f"{container.name}-files")
+        # (The publisher of a service's live files reads them from their own holder.)
+        own_holder = holder_names.get(f"{container.name.removesuffix('-publish')}-files")
         assert holders in ([], [own_holder]), f"{container.name}: files from {holders}"
         paths += list((inputs.get("tmpfs") or {}).keys())
         for path in paths:
