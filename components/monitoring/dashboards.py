@@ -172,8 +172,8 @@ def edge_panels() -> tuple[Panel, ...]:
         Panel("Proxy up", (Query("max(nginx_up)", "up"),), kind="stat"),
         Panel("Requests per second", (Query(f"sum(rate(nginx_http_requests_total[{RATE}]))", "requests"),),
               unit="reqps"),
-        Panel("Connections", (Query("sum by (state) ({__name__=~\"nginx_connections_(active|reading|writing|waiting)\"})",
-                                    "{{__name__}}"),)),
+        Panel("Connections", tuple(Query(f"sum(nginx_connections_{state})", state)
+                                   for state in ("active", "reading", "writing", "waiting"))),
     )
 
 
