@@ -152,7 +152,7 @@ def federation(targets: Sequence[MetricsTarget], alerts: Sequence[Alert]) -> Boa
     if SYNAPSE_JOB not in _jobs(targets):
         return None
     sel = f'job="{SYNAPSE_JOB}"'
-    concerned = _alerts_about(alerts, lambda a: "federation" in a.expr or "event_processing" in a.expr)
+    concerned = _alerts_about(alerts, lambda a: "synapse_federation" in a.expr or "event_processing" in a.expr)
     panels = (
         _firing(concerned),
         Panel("Events waiting to be sent",

@@ -36,6 +36,8 @@ PROVISIONING = "/etc/grafana/provisioning"
 DATASOURCES_FILE = f"{PROVISIONING}/datasources/matrix-stack.yaml"
 DASHBOARD_PROVIDER_FILE = f"{PROVISIONING}/dashboards/matrix-stack.yaml"
 DASHBOARDS_DIR = "/etc/grafana/dashboards"
+DASHBOARDS_GROUP = "grafana-dashboards"
+SIDECAR_LABEL = (("grafana_dashboard", "1"),)
 DATA = "/var/lib/grafana"
 SECRETS_DIR = "/secrets"
 ADMIN_PASSWORD_FILE = f"{SECRETS_DIR}/admin_password"
@@ -153,7 +155,10 @@ def files(cfg: StackConfig, view: StackView, targets: Sequence[MetricsTarget], a
     out = [File(CONFIG, ini_text(grafana_ini(cfg, view))),
            File(DATASOURCES_FILE, _yaml(datasources(view))),
            File(DASHBOARD_PROVIDER_FILE, _yaml(dashboard_provider()))]
-    out += [File(f"{DASHBOARDS_DIR}/{name}", text) for name, text in dashboards.dashboards(targets, alerts).items()]
+    # One object for every dashboard; on Kubernetes a ConfigMap with the label a Grafana sidecar
+    # (kube-prometheus-stack's) looks for, so a Grafana of the cluster's own loads them too.
+    out += [File(f"{DASHBOARDS_DIR}/{name}", text, group=DASHBOARDS_GROUP, object_labels=SIDECAR_LABEL)
+            for name, text in dashboards.dashboards(targets, alerts).items()]
     return out
 
 

@@ -5,6 +5,7 @@ Whether each query returns data is test_synapse_boot's (real Prometheus over a b
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,8 +29,6 @@ PROMTOOL = shutil.which("promtool")
 def _queries(raw: dict[str, Any], secret_keys: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     targets = view_of(parse(raw, secret_keys))[0].metrics_targets
     files = dashboards.dashboards(targets, alert_table.stack_alerts(targets))
-    import json
-
     return [(f"{name}: {title}", expr) for name, text in files.items()
             for title, expr in dashboards.queries(json.loads(text))]
 

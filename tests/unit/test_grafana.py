@@ -225,3 +225,16 @@ def test_off_by_default_and_it_needs_monitoring() -> None:
     with pytest.raises(ConfigError) as err:
         _cfg(raw)
     assert "monitoring.grafana.enabled" in str(err.value)
+
+
+def test_on_kubernetes_the_dashboards_are_one_configmap_a_grafana_sidecar_finds(program: Any) -> None:
+    raw = _raw("prod")
+    _r, secret = stack_config("prod", ROOT)
+    run = program(raw, secret_keys=tuple(secret))
+    maps = [m for m in run.deployment.manifests.values()
+            if m["kind"] == "ConfigMap" and m["metadata"]["name"] == grafana.DASHBOARDS_GROUP]
+    [dashboards_map] = maps
+    assert dashboards_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert len(dashboards_map["data"]) == 4
+    for text in dashboards_map["data"].values():
+        assert json.loads(text)["uid"].startswith("matrix-stack-")
