@@ -8,7 +8,9 @@ with Grafana's $__rate_interval replaced by a window of several test scrapes."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -32,11 +34,13 @@ from .cluster import Cluster
 PROMETHEUS = "prometheus"
 EXPORTERS = {"nginx": "prometheus-nginx-exporter", "postgres": "prometheus-postgres-exporter",
              "redis": "prometheus-redis-exporter"}
-# Two seconds: a Synapse process on a busy test machine may take longer than one to answer, and
-# a scrape that times out marks the target's series stale until the next.
-SCRAPE_SECONDS = 2
-# Grafana's $__rate_interval is at least four scrape intervals: ten test scrapes.
-RATE_WINDOW = "20s"
+# Five seconds (the scrape timeout too): a Synapse process on a busy two-core machine may take
+# seconds to answer, and a scrape that times out marks the target's series stale until the next.
+SCRAPE_SECONDS = 5
+# Grafana's $__rate_interval is at least four scrape intervals.
+RATE_WINDOW = "30s"
+# A target counts as up when one of its scrapes in this window succeeded.
+UP_WINDOW = "20s"
 
 
 def missing_binaries() -> list[str]:
@@ -114,20 +118,26 @@ def scraping(cluster: Cluster, base: Path) -> Iterator[Scraped]:
             proc.wait(timeout=20)
 
 
-def wait_all_up(api: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+def up_targets(api: str) -> list[dict[str, Any]]:
+    """Every scraped target with whether one of its scrapes in UP_WINDOW succeeded."""
+    return instant(api, f"max_over_time(up[{UP_WINDOW}])")
+
+
+def wait_all_up(api: str, count: int, timeout: float = 90) -> list[dict[str, Any]]:
     """Every scraped target up (`count` of them), then enough scrapes for a rate window."""
     end = time.monotonic() + timeout
     up: list[dict[str, Any]] = []
     while time.monotonic() < end:
         try:
-            up = instant(api, "up")
+            up = up_targets(api)
         except OSError:
             up = []
         if len(up) == count and all(r["value"][1] == "1" for r in up):
-            time.sleep(3 * SCRAPE_SECONDS)
+            time.sleep(2 * SCRAPE_SECONDS)
             return up
-        time.sleep(0.5)
-    raise AssertionError(f"not every target up within {timeout}s: {up}")
+        time.sleep(1)
+    down = sorted(r["metric"].get("instance", "?") for r in up if r["value"][1] != "1")
+    raise AssertionError(f"not every target up within {timeout}s ({len(up)} of {count} scraped; down: {down})")
 
 
 def empty_panels(api: str, models: dict[str, dict[str, Any]]) -> tuple[int, list[str]]:
@@ -143,3 +153,54 @@ def empty_panels(api: str, models: dict[str, dict[str, Any]]) -> tuple[int, list
         by_label = dict(queries)
         empty = [label for label in empty if not instant(api, by_label[label])]
     return len(queries), empty
+
+
+def _legend(template: str, labels: dict[str, str]) -> str:
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template) or template
+
+
+def draw(api: str, model: dict[str, Any], start: float, end: float, path: Path) -> None:
+    """A picture of a dashboard (docs/): each of its panels drawn from the panel's own queries over
+    [start, end] as Prometheus answers them, a stat panel as its last value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in model["panels"] if p["type"] in ("stat", "timeseries")]
+    cols = 4
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(16, 2.8 * rows), squeeze=False)
+    step = f"{SCRAPE_SECONDS}s"
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        ax.set_title(panel["title"], fontsize=9)
+        ax.tick_params(labelsize=7)
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
+        for target in panel["targets"]:
+            query = {"query": target["expr"].replace(dashboards.RATE, RATE_WINDOW), "start": start, "end": end,
+                     "step": step}
+            result = get(f"{api}/query_range?" + urllib.parse.urlencode(query))["data"]["result"]
+            for series in result:
+                times = [float(t) - start for t, _v in series["values"]]
+                values = [float(v) for _t, v in series["values"]]
+                label = _legend(target.get("legendFormat", ""), series["metric"])
+                if panel["type"] == "stat":
+                    ax.text(0.5, 0.45, f"{values[-1]:g}", fontsize=26, ha="center", va="center",
+                            transform=ax.transAxes)
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                else:
+                    ax.plot(times, values, label=label, linewidth=1)
+        if panel["type"] == "timeseries":
+            ax.set_xlabel("seconds", fontsize=7)
+            if unit:
+                ax.set_ylabel(unit, fontsize=7)
+            handles, _labels = ax.get_legend_handles_labels()
+            if 0 < len(handles) <= 8:
+                ax.legend(fontsize=6, loc="upper left")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{model['title']} (a booted test cluster under a short load)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
