@@ -25,8 +25,9 @@ from components.part import MetricsTarget
 
 from .alerts import SYNAPSE_JOB, Alert, roles
 
-# The provisioned Prometheus data source (grafana.py provisions it under this uid).
+# The provisioned Prometheus data source (grafana.py provisions it under this uid and name).
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
+DATASOURCE_NAME = "Prometheus"
 # Grafana widens it to at least four scrape intervals, so a rate always has two samples.
 RATE = "$__rate_interval"
 TAG = "matrix-stack"
@@ -195,18 +196,18 @@ def boards(targets: Sequence[MetricsTarget], alerts: Sequence[Alert]) -> list[Bo
 # ---------------------------------------------------------------- the SDK's dashboards
 
 
-def _alerts_link(names: Sequence[str]) -> board.DashboardLink:
-    # Grafana's alerting page lists the Prometheus data source's rules; the search narrows it.
-    search = urlencode({"search": f"rule:{_regex(names)}" if names else ""})
+def _alerts_link() -> board.DashboardLink:
+    # Grafana's alerting page lists the data source's rules (the stack's rule file), read-only.
+    search = urlencode({"search": f"datasource:{DATASOURCE_NAME}"})
     return (board.DashboardLink("Alerts").type(DashboardLinkType.LINK).url(f"/alerting/list?{search}")
-            .icon("bell").tooltip("This dashboard's alert rules in Grafana's alerting page"))
+            .icon("bell").tooltip("The stack's alert rules in Grafana's alerting page"))
 
 
 def _alert_list(names: Sequence[str]) -> board.Panel:
     # Grafana's alert-list panel (no typed builder in the SDK): firing and pending instances of
     # the data source's rules, narrowed to this dashboard's alerts.
     options = {"viewMode": "list", "groupMode": "default", "maxItems": 20, "sortOrder": 1,
-               "dashboardAlerts": False, "alertName": "", "datasource": DATASOURCE.uid,
+               "dashboardAlerts": False, "alertName": "", "datasource": DATASOURCE_NAME,
                "alertInstanceLabelFilter": f'{{alertname=~"{_regex(names)}"}}' if names else "",
                "stateFilter": {"firing": True, "pending": True, "error": True, "noData": False, "normal": False},
                "showInstances": True}
@@ -230,7 +231,7 @@ def dashboard(spec: Board) -> dict[str, Any]:
     """The dashboard's JSON model, as Grafana's provisioning reads it."""
     built = (board.Dashboard(spec.title).uid(spec.uid).description(spec.description).tags([TAG])
              .refresh("1m").time("now-6h", "now").timezone("browser").readonly()
-             .link(_alerts_link(spec.alerts)))
+             .link(_alerts_link()))
     for title, panels in spec.rows:
         built = built.with_row(board.Row(title))
         width = max(6, 24 // max(1, len(panels)))

@@ -57,14 +57,15 @@ MAS_AUTHORIZE, MAS_TOKEN, MAS_USERINFO = "/authorize", "/oauth2/token", "/oauth2
 
 
 def endpoint() -> Endpoint:
-    return Endpoint(ENDPOINT_KEY, SERVICE, PORT)
+    # Grafana Live (panels' streaming) is a WebSocket at /api/live/ws.
+    return Endpoint(ENDPOINT_KEY, SERVICE, PORT, websockets=True)
 
 
-def _mas(view: StackView) -> tuple[str, str] | None:
-    """MAS's public base URL and its private one, when the stack runs MAS."""
-    for host, ep in view.endpoints:
+def _mas(view: StackView) -> tuple[str, int] | None:
+    """MAS's service and port on the private network, when the stack runs MAS."""
+    for _host, ep in view.endpoints:
         if ep.key == "auth" and ep.upstream_service:
-            return host, f"http://{ep.upstream_service}:{ep.upstream_port}"
+            return ep.upstream_service, ep.upstream_port
     return None
 
 
@@ -100,7 +101,7 @@ def grafana_ini(cfg: StackConfig, view: StackView) -> dict[str, dict[str, Any]]:
     }
     mas = _mas(view)
     if logs_in_through_mas(cfg) and mas is not None:
-        _public_host, private = mas
+        private = f"http://{mas[0]}:{mas[1]}"
         public = cfg.url("auth")
         ini["auth.generic_oauth"] = {
             "enabled": True, "name": "Matrix account", "allow_sign_up": True, "auto_login": False,
@@ -131,7 +132,7 @@ def ini_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
 def datasources(view: StackView) -> dict[str, Any]:
     """The provisioned Prometheus data source (Grafana's provisioning format, apiVersion 1)."""
     return {"apiVersion": 1, "datasources": [{
-        "name": "Prometheus", "type": "prometheus", "uid": dashboards.DATASOURCE.uid, "access": "proxy",
+        "name": dashboards.DATASOURCE_NAME, "type": "prometheus", "uid": dashboards.DATASOURCE.uid, "access": "proxy",
         "url": prometheus_url(view), "isDefault": True, "editable": False,
         # Grafana's alerting pages list this data source's rules (read-only: the rule file is ours).
         "jsonData": {"manageAlerts": True, "timeInterval": f"{view.cfg.monitoring.scrape_interval_seconds}s",
@@ -172,8 +173,7 @@ def service(cfg: StackConfig, view: StackView, alerts: Sequence[Alert],
     if logs_in_through_mas(cfg) and mas is not None:
         client = oauth_client(cfg)
         secret_files.append(File(OAUTH_SECRET_FILE, secrets.get(client.secret, stand_in), secret=True, mode=0o400))
-        service_name, port = mas[1].split("//")[1].split(":")
-        reaches.append((service_name, int(port)))
+        reaches.append(mas)
     user = image_facts.non_root_user(image)
     return Service(
         name=SERVICE,

@@ -113,7 +113,7 @@ def test_each_dashboard_counts_lists_and_links_its_alerts(staging: Any) -> None:
     for name, text in files.items():
         model = json.loads(text)
         [link] = model["links"]
-        assert link["url"].startswith("/alerting/list?search=rule")
+        assert link["url"] == "/alerting/list?search=datasource%3APrometheus"
         panels = {p["title"]: p for p in model["panels"]}
         firing = panels["Firing alerts"]["targets"][0]["expr"]
         assert firing.startswith('count(ALERTS{alertstate="firing",alertname=~"') and firing.endswith(" or vector(0)")
