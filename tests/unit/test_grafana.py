@@ -20,6 +20,7 @@ from components.mas import render as mas_render
 from components.monitoring import alerts as alert_table
 from components.monitoring import dashboards, grafana
 from config.load import ConfigError
+from render import offline
 from stack import parse
 from tests.conftest import ROOT, stack_config, stack_raw, stack_view
 from tests.unit.test_mas import closed, validate
@@ -56,6 +57,12 @@ def _entry(run: Any, name: str) -> dict[str, Any]:
 
 def _files(run: Any) -> dict[str, dict[str, Any]]:
     return {f["path"]: f for f in _entry(run, grafana.SERVICE)["files"]}
+
+
+@pytest.fixture(scope="module")
+def staging_run() -> Any:
+    """The staging example with Grafana on (and MAS, as staging has it), run once under mocks."""
+    return offline.run(_raw(), stack="test", secret_keys=SECRET_KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +131,8 @@ def test_each_dashboard_counts_lists_and_links_its_alerts(staging: Any) -> None:
             assert listed == names
 
 
-def test_provisioning_files_use_only_keys_grafana_reads(program: Any) -> None:
-    run = program(_raw(), secret_keys=SECRET_KEYS)
+def test_provisioning_files_use_only_keys_grafana_reads(staging_run: Any) -> None:
+    run = staging_run
     files = _files(run)
     sources = yaml.safe_load(files[grafana.DATASOURCES_FILE]["content"])
     assert sources["apiVersion"] == 1
@@ -148,8 +155,8 @@ def _ini(text: str) -> dict[str, dict[str, str]]:
     return {s: dict(parser[s]) for s in parser.sections()}
 
 
-def test_secrets_reach_grafana_as_files_and_the_admin_password_is_a_secret_output(program: Any) -> None:
-    run = program(_raw(), secret_keys=SECRET_KEYS)
+def test_secrets_reach_grafana_as_files_and_the_admin_password_is_a_secret_output(staging_run: Any) -> None:
+    run = staging_run
     service = _entry(run, grafana.SERVICE)["service"]
     files = _files(run)
     ini = _ini(files[grafana.CONFIG]["content"])
@@ -173,10 +180,10 @@ def test_secrets_reach_grafana_as_files_and_the_admin_password_is_a_secret_outpu
     assert run.deployment.outputs["grafana_url"] == "https://grafana.example.org"
 
 
-def test_with_mas_grafana_logs_in_as_mas_client_and_mas_config_validates(program: Any) -> None:
+def test_with_mas_grafana_logs_in_as_mas_client_and_mas_config_validates(staging_run: Any) -> None:
     from tests.unit.test_mas import SCHEMA_PATH
 
-    run = program(_raw(), secret_keys=SECRET_KEYS)
+    run = staging_run
     assert run.cfg.mas.enabled
     ini = _ini(_files(run)[grafana.CONFIG]["content"])
     oauth = ini["auth.generic_oauth"]
@@ -206,8 +213,8 @@ def test_without_mas_no_oauth_and_no_client(program: Any) -> None:
     assert grafana.OAUTH_SECRET_FILE not in files
 
 
-def test_grafana_is_hardened_and_served_on_its_own_hostname(program: Any) -> None:
-    run = program(_raw(), secret_keys=SECRET_KEYS)
+def test_grafana_is_hardened_and_served_on_its_own_hostname(staging_run: Any) -> None:
+    run = staging_run
     service = _entry(run, grafana.SERVICE)["service"]
     assert service.user == "472:0" and service.read_only_root and service.drop_capabilities
     assert not service.capabilities_add
