@@ -165,6 +165,23 @@ class MetricsTarget:
 
 
 @dataclass(frozen=True)
+class OAuthClient:
+    """A service that logs its users in through the stack's MAS (OAuth 2.0 authorization code):
+    MAS registers it from its config, generates its secret and hands it to the client's part as
+    the shared secret `secret` (Contribution.shared_secrets)."""
+
+    name: str
+    client_id: str  # a ULID: MAS keys its clients by it
+    redirect_uris: tuple[str, ...]
+    # The services that dial MAS's token and userinfo endpoints (MAS admits them as clients).
+    services: tuple[str, ...]
+
+    @property
+    def secret(self) -> str:
+        return f"mas_client_{self.name}"
+
+
+@dataclass(frozen=True)
 class Writer:
     """A service the restore stops while it replaces the data, and starts again after."""
 
@@ -290,6 +307,10 @@ class Part:
 
     def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
         """Its services' Prometheus endpoints."""
+        return []
+
+    def oauth_clients(self, cfg: StackConfig) -> list[OAuthClient]:
+        """Its services that log users in through the stack's MAS, when MAS runs."""
         return []
 
     def kept_files(self, cfg: StackConfig) -> list[KeptFile]:

@@ -57,6 +57,9 @@ ALERTMANAGER = "prom/alertmanager:v0.25.0"
 NGINX_EXPORTER = "nginx/nginx-prometheus-exporter:0.11.0"
 POSTGRES_EXPORTER = "quay.io/prometheuscommunity/postgres-exporter:v0.11.1"
 REDIS_EXPORTER = "oliver006/redis_exporter:v1.45.0"
+# Grafana: the dashboard schema the pinned grafana-foundation-sdk builds (requirements/main.in,
+# 11.6) is this release's. No registry here ships Grafana itself.
+GRAFANA = "grafana/grafana:11.6.0"
 
 # Held back (2026-12-06), with newer releases known: a pin moves only when its source at the new
 # tag can be read here, and LiveKit's only when its proof can run.
@@ -294,6 +297,21 @@ _PROMETHEUS_DOCKERFILE = Source("prometheus/prometheus", "Dockerfile", "v2.42.0"
 _PROMETHEUS_HEALTH = Source("prometheus/prometheus", "web/web.go", "v2.42.0", "router.Get(\"/-/healthy\")")
 _ALERTMANAGER_DOCKERFILE = Source("prometheus/alertmanager", "Dockerfile", "v0.25.0")
 _ALERTMANAGER_HEALTH = Source("prometheus/alertmanager", "ui/web.go", "v0.25.0", "r.Get(\"/-/healthy\")")
+_GRAFANA_NOTE = ("grafana/grafana is too large to fetch here (3.2 GB) and its stored files carry no tag: read in "
+                 "the stored 11.x packaging (alpine base, glibc 2.40, the v11 run.sh with GF_PLUGINS_PREINSTALL)")
+_GRAFANA_DOCKERFILE = Source("grafana/grafana", "Dockerfile", "11.x", _GRAFANA_NOTE + ": ARG GF_UID=472 GF_GID=0; "
+                             "ENV GF_PATHS_CONFIG=/etc/grafana/grafana.ini, GF_PATHS_DATA=/var/lib/grafana, "
+                             "GF_PATHS_PLUGINS=/var/lib/grafana/plugins, GF_PATHS_LOGS=/var/log/grafana, "
+                             "GF_PATHS_PROVISIONING=/etc/grafana/provisioning; apk add bash curl; EXPOSE 3000; "
+                             "USER $GF_UID; ENTRYPOINT /run.sh")
+_GRAFANA_RUN = Source("grafana/grafana", "packaging/docker/run.sh", "07754534fb",
+                      _GRAFANA_NOTE + ": mkdir $GF_PATHS_PLUGINS when absent; exec grafana server --config "
+                      "$GF_PATHS_CONFIG with paths.data/logs/plugins/provisioning from GF_PATHS_*")
+_GRAFANA_SECRETS = Source("grafana/grafana", "docs/sources/setup-grafana/configure-grafana/_index.md", "11.x",
+                          "variable expansion: $__file{path} in grafana.ini reads the file (Grafana 7.1 and later); "
+                          "run.sh's GF_*__FILE would export the secret into the environment, so it is not used")
+_GRAFANA_HEALTH = Source("grafana/grafana", "docs/sources/developers/http_api/other.md", "11.x",
+                          "Health API: GET /api/health, unauthenticated (not located in the stored source)")
 _NGINX_EXPORTER_DOCKERFILE = Source("nginx/nginx-prometheus-exporter", "build/Dockerfile", "v0.11.0",
                                     "the image tag is the version without 'v'")
 _NGINX_EXPORTER_PORT = Source("nginx/nginx-prometheus-exporter", "exporter.go", "v0.11.0",
@@ -555,6 +573,23 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         entrypoint=("/redis_exporter",),
         tools=frozenset({"redis_exporter"}),
         port=9121,
+    ),
+    ImageFacts(
+        image=GRAFANA,
+        read_for="11.6.0",
+        read_on="2026-12-07",
+        sources=_sources(_GRAFANA_DOCKERFILE, entrypoint=_GRAFANA_RUN, health_path=_GRAFANA_HEALTH,
+                         secret_file_options=_GRAFANA_SECRETS),
+        user="472:0",  # USER $GF_UID (472), group GF_GID 0
+        entrypoint=("/run.sh",),
+        shell=True,
+        wget=True,
+        curl=True,
+        tools=BUSYBOX | {"bash", "grafana"},
+        port=3000,
+        config_path="/etc/grafana/grafana.ini",
+        health_path="/api/health",
+        secret_file_options=("$__file{path}",),
     ),
 )
 

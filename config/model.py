@@ -89,6 +89,7 @@ class Hostnames(Strict):
     ntfy: Hostname | None = None
     turn: Hostname | None = None
     auth: Hostname | None = Field(None, description="the Matrix Authentication Service's own site")
+    grafana: Hostname | None = Field(None, description="Grafana's dashboards (monitoring.grafana)")
 
 
 # ---------------------------------------------------------------- targets
@@ -593,6 +594,14 @@ class AlertEmail(Strict):
     to: Annotated[str, Field(pattern=EMAIL_RE.pattern)]
 
 
+class GrafanaSettings(Strict):
+    """Grafana over the stack's Prometheus on its own hostname, with the dashboards the stack
+    builds (components/monitoring/dashboards.py); logins through MAS when MAS runs."""
+
+    enabled: bool = False
+    image: Image = images.GRAFANA
+
+
 class Monitoring(Strict):
     """Prometheus over every metrics endpoint the parts declare, tested alert rules, and
     Alertmanager delivering to the stack's own ntfy (components/monitoring)."""
@@ -610,6 +619,7 @@ class Monitoring(Strict):
     # The ntfy user that may only publish there; ntfy generates its password (ntfy's part).
     ntfy_user: Annotated[str, Field(pattern=UNIX_USER_RE.pattern)] = "alertmanager"
     email: AlertEmail | None = None
+    grafana: GrafanaSettings = Field(default_factory=lambda: GrafanaSettings())
 
 
 # ---------------------------------------------------------------- matrix authentication service

@@ -250,3 +250,10 @@ def _media_storage(cfg: StackConfig) -> list[Finding]:
                       "must be https:// (allowed: https://host[:port]; http:// only on a localhost stack): the "
                       "credentials and every media file cross it"))
     return found
+
+
+@check("monitoring.enabled", "monitoring.grafana")
+def _grafana_needs_prometheus(cfg: StackConfig) -> list[Finding]:
+    if cfg.monitoring.grafana.enabled and not cfg.monitoring.enabled:
+        return [("monitoring.grafana.enabled", True, "Grafana reads the stack's Prometheus: needs monitoring.enabled")]
+    return []

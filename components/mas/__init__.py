@@ -3,7 +3,7 @@ and OpenID Connect (Element X's sign-in and QR login), with its own site on `aut
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pulumi
 
@@ -17,6 +17,7 @@ from components.part import (
     Endpoint,
     ExternalServer,
     KeptFile,
+    OAuthClient,
     Part,
     Writer,
 )
@@ -84,7 +85,7 @@ class Mas(Part):
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:
         component = Component("Mas", self.name)
-        secrets = generate_secrets(cfg, self.name, component)
+        secrets = generate_secrets(cfg, self.name, component, ctx.view.oauth_clients)
         delegating = cfg.mas.owns_logins
         outputs: dict[str, object] = {
             "mas_url": render.public_base(cfg),
@@ -100,12 +101,14 @@ class Mas(Part):
             services=self.services(cfg, ctx.view, secrets),
             homeserver=render.homeserver(cfg) if delegating else {},
             secret_files={render.SYNAPSE_SECRET_PATH: secrets["matrix"]} if delegating else {},
-            shared_secrets={shared: secrets[name] for name, shared in SHARED.items()},
+            shared_secrets={**{shared: secrets[name] for name, shared in SHARED.items()},
+                            **{client.secret: secrets[client.secret] for client in ctx.view.oauth_clients}},
             outputs=outputs,
         )
 
 
-def generate_secrets(cfg: StackConfig, name: str, parent: pulumi.Resource) -> dict[str, pulumi.Input[str]]:
+def generate_secrets(cfg: StackConfig, name: str, parent: pulumi.Resource,
+                     clients: Sequence[OAuthClient] = ()) -> dict[str, pulumi.Input[str]]:
     """MAS's secrets (services.secret_names) except the bundled database's superuser password:
     generated ones kept as Pulumi secrets (protected with the stack's data), the rest from the
     secret config keys."""
@@ -132,6 +135,10 @@ def generate_secrets(cfg: StackConfig, name: str, parent: pulumi.Resource) -> di
     if "smtp" in mas_services.secret_names(cfg):
         assert cfg.smtp_password is not None
         values["smtp"] = pulumi.Output.secret(cfg.smtp_password.get_secret_value())
+    for client in clients:
+        # The stack's own OAuth clients: MAS reads each secret from a file, the client's part
+        # reads it among the shared secrets.
+        values[client.secret] = gen.password(f"{name}-client-{client.name}", parent, protect=cfg.protect)
     client_secrets = cfg.mas_client_secrets or {}
     for provider in cfg.mas.upstream_oauth2:
         if provider.needs_secret:

@@ -17,7 +17,7 @@ from typing import Any
 
 from components import yaml_text
 from components.network import LOOPBACK, PRIVATE_NETWORKS
-from components.part import HOMESERVER_SECRETS_DIR
+from components.part import HOMESERVER_SECRETS_DIR, OAuthClient
 from components.view import StackView
 from config.model import (
     ClaimImport,
@@ -53,6 +53,18 @@ TRUSTED_PROXIES = PRIVATE_NETWORKS + LOOPBACK
 
 # Crockford's base32, the ULID alphabet.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def client_secret_file(client: OAuthClient) -> str:
+    return f"{SECRETS_DIR}/clients/{client.name}"
+
+
+def clients_section(view: StackView) -> list[dict[str, Any]]:
+    """The stack's own OAuth clients (other parts' services that log users in through MAS), each
+    with its secret in a file."""
+    return [{"client_id": client.client_id, "client_auth_method": "client_secret_basic",
+             "client_name": client.name, "client_secret_file": client_secret_file(client),
+             "redirect_uris": list(client.redirect_uris)} for client in view.oauth_clients]
 
 
 def provider_secret_file(provider: UpstreamProvider) -> str:
@@ -206,6 +218,8 @@ def config(cfg: StackConfig, view: StackView) -> dict[str, Any]:
         "email": email_section(cfg),
         "account": account_section(cfg),
     }
+    if view.oauth_clients:
+        conf["clients"] = clients_section(view)
     if cfg.mas.upstream_oauth2:
         conf["upstream_oauth2"] = {"providers": [provider_section(cfg, p) for p in cfg.mas.upstream_oauth2]}
     return conf

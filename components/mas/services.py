@@ -26,6 +26,7 @@ GENERATED = ("encryption", "rsa", "ec", "matrix")
 SUPERUSER = "postgres"
 # What the database setup runs as: the postgres image's own user (psql needs no root).
 POSTGRES_IMAGE_USER = images.facts_for(images.POSTGRES).user
+CLIENT_STAND_IN = "stand-in"
 
 
 def provider_secret(name: str) -> str:
@@ -64,6 +65,9 @@ def mas_service(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.
     for provider in cfg.mas.upstream_oauth2:
         if provider.needs_secret:
             files.append(_secret(render.provider_secret_file(provider), secrets[provider_secret(provider.name)]))
+    for client in view.oauth_clients:
+        # MAS generates each client's secret in its build; a check sees a stand-in.
+        files.append(_secret(render.client_secret_file(client), secrets.get(client.secret, CLIENT_STAND_IN)))
     if cfg.mas.syn2mas:
         # syn2mas reads Synapse's database as MAS's own role (granted read access in this mode;
         # its database claim), with that role's password in the Synapse config it reads.
@@ -87,9 +91,11 @@ def mas_service(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.
         # MAS's own config check, before every (re)start: a config MAS cannot load never replaces
         # a running one.
         init_args=(*images.facts_for(image).entrypoint, "config", "check"),
-        # The routing proxy forwards clients; Synapse introspects tokens.
+        # The routing proxy forwards clients; Synapse introspects tokens; the stack's OAuth
+        # clients redeem their codes.
         allowed_clients=(*((view.edge_service,) if view.edge_service else ()),
-                         *(view.homeserver.processes if view.homeserver else ())),
+                         *(view.homeserver.processes if view.homeserver else ()),
+                         *(name for client in view.oauth_clients for name in client.services)),
         egress_internet=("upstream OIDC providers", "SMTP"),
         # An external database given by address may be private (a name is reached as internet).
         egress_networks=external_database_networks(cfg),

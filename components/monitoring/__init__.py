@@ -18,7 +18,9 @@ from components.part import (
     Component,
     Contribution,
     DatabaseClaim,
+    Endpoint,
     MetricsTarget,
+    OAuthClient,
     Part,
     derive,
 )
@@ -28,7 +30,7 @@ from config.checks import Finding
 from config.model import StackConfig
 
 from . import alerts as alert_table
-from . import render
+from . import grafana, render
 
 COMPONENT = "monitoring"
 # postgres_exporter's own role and database: it reads the server's statistics views, which any
@@ -55,7 +57,7 @@ class Monitoring(Part):
     # its exporter's database password.
     stage = AFTER_CLUSTER
     switches = ("monitoring.enabled",)
-    reads = ("monitoring", "synapse.smtp", "ntfy.enabled")
+    reads = ("monitoring", "synapse.smtp", "ntfy.enabled", "mas.enabled", "hostnames")
 
     def enabled(self, cfg: StackConfig) -> bool:
         return cfg.monitoring.enabled
@@ -64,13 +66,19 @@ class Monitoring(Part):
         return [MetricsTarget(render.PROMETHEUS, render.PROMETHEUS_PORT, role="prometheus", job="prometheus"),
                 MetricsTarget(render.ALERTMANAGER, render.ALERTMANAGER_PORT, role="alertmanager", job="alertmanager")]
 
+    def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
+        return [grafana.endpoint()] if cfg.monitoring.grafana.enabled else []
+
+    def oauth_clients(self, cfg: StackConfig) -> list[OAuthClient]:
+        return [grafana.oauth_client(cfg)] if grafana.logs_in_through_mas(cfg) else []
+
     def database_claims(self, cfg: StackConfig) -> list[DatabaseClaim]:
         if cfg.synapse.database.kind != "bundled":
             return []
         return [DatabaseClaim(DATABASE, DATABASE, ("postgres-exporter",), 1, DATABASE_PASSWORD)]
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
-        return (DATABASE_PASSWORD, NTFY_ALERTS_PASSWORD, REDIS_PASSWORD, "smtp")
+        return (DATABASE_PASSWORD, NTFY_ALERTS_PASSWORD, REDIS_PASSWORD, "smtp", *grafana_secret_names(cfg))
 
     def check(self, cfg: StackConfig, view: StackView) -> list[Finding]:
         findings: list[Finding] = []
@@ -103,8 +111,24 @@ class Monitoring(Part):
         values.update(mine)
         if cfg.smtp_password is not None:
             values["smtp"] = pulumi.Output.secret(cfg.smtp_password.get_secret_value())
+        outputs: dict[str, object] = {}
+        if cfg.monitoring.grafana.enabled:
+            values.update({k: v for k, v in shared.items() if k in grafana_secret_names(cfg)})
+            admin = gen.password(f"{self.name}-grafana-admin-password", component, protect=cfg.protect)
+            values[grafana.ADMIN_PASSWORD] = admin
+            values[grafana.SECRET_KEY] = gen.password(f"{self.name}-grafana-secret-key", component, protect=cfg.protect)
+            outputs = {"grafana_url": cfg.url(grafana.ENDPOINT_KEY), "grafana_admin_user": grafana.ADMIN_USER,
+                       "grafana_admin_password": admin}
         component.register_outputs({})
-        return Contribution(parent=component, services=services(cfg, ctx.view, values), shared_secrets=mine)
+        return Contribution(parent=component, services=services(cfg, ctx.view, values), shared_secrets=mine,
+                            outputs=outputs)
+
+
+def grafana_secret_names(cfg: StackConfig) -> tuple[str, ...]:
+    if not cfg.monitoring.grafana.enabled:
+        return ()
+    client = (grafana.oauth_client(cfg).secret,) if grafana.logs_in_through_mas(cfg) else ()
+    return (grafana.ADMIN_PASSWORD, grafana.SECRET_KEY, *client)
 
 
 def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
@@ -161,6 +185,8 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         allowed_clients=(render.PROMETHEUS,),
     )
     out = [prometheus, alertmanager]
+    if m.grafana.enabled:
+        out.append(grafana.service(cfg, view, alerts, secrets, STAND_IN))
     for target in targets:
         if target.exporter:
             out.append(exporter_service(cfg, target, secrets))

@@ -28,6 +28,9 @@ class File:
     # restarting it. A service's live files share one directory holding nothing else, and it
     # names the URL that answers what it applies (Service.live_applied_url).
     live: bool = False
+    # Labels for the object a target stores the file in (Kubernetes: its ConfigMap or Secret), for
+    # tools that find files by label (a Grafana sidecar picks up dashboards labelled so).
+    object_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from components.part import (
     KeptFile,
     MediaStore,
     MetricsTarget,
+    OAuthClient,
     Part,
     Writer,
 )
@@ -84,6 +85,11 @@ class StackView:
     def metrics_targets(self) -> tuple[MetricsTarget, ...]:
         """Every Prometheus endpoint the parts declare, in catalog order."""
         return tuple(target for part in self.enabled for target in part.metrics_targets(self.cfg))
+
+    @functools.cached_property
+    def oauth_clients(self) -> tuple[OAuthClient, ...]:
+        """The services that log users in through MAS (MAS registers them as its clients)."""
+        return tuple(client for part in self.enabled for client in part.oauth_clients(self.cfg))
 
     @functools.cached_property
     def kept_files(self) -> tuple[KeptFile, ...]:

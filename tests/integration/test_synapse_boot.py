@@ -6,11 +6,15 @@ Not skipped anywhere: in CI (CI=true) this must run; a missing binary fails with
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from . import dashboard_queries
 from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
 from .load import SHORT_DRAIN_S, SHORT_HOLD_S, SHORT_LEVELS, guard_problems, run_load
@@ -170,3 +174,32 @@ def test_a_short_load_keeps_main_idle_and_makes_no_errors(booted: tuple[Cluster,
     assert figures[0].requests > 100, "the load hardly ran"
     assert figures[0].deliveries > 0, "no message reached another member's sync"
     assert not guard_problems(figures, worker_topology=True), "\n".join(guard_problems(figures, True))
+
+
+def test_every_dashboard_panel_has_data_from_real_prometheus(booted: tuple[Cluster, Facts, list[Access]],
+                                                             tmp_path: Path) -> None:
+    """Debian's Prometheus and exporters scrape this boot from the rendered prometheus.yml: every
+    declared Synapse process is up, and every query of every rendered Grafana dashboard returns
+    data (a panel that can only be empty fails, named)."""
+    cluster, _facts, _log = booted
+    missing = dashboard_queries.missing_binaries()
+    assert not missing, f"Debian's prometheus and exporters are needed (scripts/test installs them): {missing}"
+    started = time.monotonic()
+    with dashboard_queries.scraping(cluster, tmp_path) as scraped:
+        dashboard_queries.wait_all_up(scraped.api, scraped.target_count)
+        up_s = time.monotonic() - started
+        synapse_up = [r["metric"]["instance"] for r in dashboard_queries.up_targets(scraped.api)
+                      if r["metric"]["job"] == "synapse" and r["value"][1] == "1"]
+        assert sorted(synapse_up) == sorted(scraped.synapse_targets)
+        count, empty = dashboard_queries.empty_panels(scraped.api, scraped.dashboards)
+        picture = os.environ.get("DASHBOARD_PICTURE")
+        if picture:
+            # The README's picture of the overview (docs/): the overview's own queries over a short load.
+            begin = time.time()
+            run_load(cluster, (5,), SHORT_HOLD_S, seed=2, drain_s=SHORT_DRAIN_S)
+            dashboard_queries.draw(scraped.api, scraped.dashboards["matrix-stack-overview.json"], begin, time.time(),
+                                   Path(picture))
+    print(f"\n{len(scraped.synapse_targets)} Synapse targets up after {up_s:.1f}s; {count} queries of "
+          f"{len(scraped.dashboards)} dashboards evaluated in {time.monotonic() - started - up_s:.1f}s")
+    assert count > 0
+    assert not empty, "panels without data:\n" + "\n".join(empty)

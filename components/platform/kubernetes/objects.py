@@ -188,9 +188,11 @@ def file_objects(services: Iterable[Service], ctx: Context) -> dict[str, dict[st
     grouped: dict[str, dict[str, Any]] = {}
     secret: dict[str, bool] = {}
     component: dict[str, str] = {}
+    labels: dict[str, dict[str, str]] = {}
     for service in services:
         for f in service.files:
             name = config_object_name(service, f)
+            labels.setdefault(name, {}).update(f.object_labels)
             entries = grouped.setdefault(name, {})
             key = file_key(f.path)
             if key in entries and entries[key] is not f.content and entries[key] != f.content:
@@ -200,7 +202,7 @@ def file_objects(services: Iterable[Service], ctx: Context) -> dict[str, dict[st
             component.setdefault(name, service.component)
     objects: dict[str, dict[str, Any]] = {}
     for name, entries in grouped.items():
-        meta = _meta(name, ctx, {"app.kubernetes.io/component": component[name]})
+        meta = _meta(name, ctx, {**labels.get(name, {}), "app.kubernetes.io/component": component[name]})
         data = dict(sorted(entries.items()))
         if secret[name]:
             obj = {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque", "stringData": data}
