@@ -603,6 +603,9 @@ class Monitoring(Strict):
     nginx_exporter_image: Image = images.NGINX_EXPORTER
     postgres_exporter_image: Image = images.POSTGRES_EXPORTER
     redis_exporter_image: Image = images.REDIS_EXPORTER
+    node_exporter_image: Image = images.NODE_EXPORTER
+    blackbox_exporter_image: Image = images.BLACKBOX_EXPORTER
+    pushgateway_image: Image = images.PUSHGATEWAY
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 15
     scrape_interval_seconds: Annotated[int, Field(ge=5, le=300)] = 30
     # The ntfy topic Alertmanager publishes to (ntfy's own topic rules: letters, digits, _ and -).

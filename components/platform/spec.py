@@ -181,6 +181,10 @@ class Service:
     user: str | None = None  # "uid:gid"
     read_only_root: bool = False
     writable_paths: tuple[str, ...] = ()  # scratch dirs (tmpfs / emptyDir) when the root is read-only
+    # (host directory, path): a directory of the machine the service runs on, mounted read-only
+    # with the mounts below it (node exporter reads the host's filesystems). Only a target whose
+    # `reports_volume_usage` is False is given such a service; it is a hardening exception there.
+    host_paths: tuple[tuple[str, str], ...] = ()
     resources: Resources = field(default_factory=Resources)
     # A one-shot check the target runs before the service (re)starts (Synapse's config check).
     init_args: tuple[str, ...] | None = None
