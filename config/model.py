@@ -180,6 +180,10 @@ class KubernetesTarget(Strict):
     cert_manager_issuer: str | None = Field(None, description="cert-manager ClusterIssuer for the Ingress")
     livekit_exposure: Literal["host_network", "load_balancer"] = "load_balancer"
     service_monitors: bool = False
+    prometheus_release: str | None = Field(
+        None, description="the kube-prometheus-stack Helm release whose Prometheus should pick up the "
+        "ServiceMonitors and PrometheusRule: they carry `release: <it>`, what its default selectors match",
+    )
     trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = Field(
         default_factory=list,
         description="CIDRs the Ingress controller's pods connect to the proxy from (its pod network, or "

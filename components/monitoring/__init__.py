@@ -151,6 +151,7 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         image=m.prometheus_image,
         args=(f"--config.file={render.PROMETHEUS_CONFIG}", f"--storage.tsdb.path={render.PROMETHEUS_DATA}",
               f"--storage.tsdb.retention.time={m.retention_days}d", f"--web.listen-address=:{render.PROMETHEUS_PORT}"),
+        alert_rules=tuple(render.rules(alerts)["groups"]),
         files=[File(render.PROMETHEUS_CONFIG, render.prometheus_yml(cfg, targets, address, probes=view.probes,
                                                                     hostnames=certificate_hostnames(view))),
                File(render.RULES, render.rules_yml(alerts))],
@@ -211,6 +212,7 @@ def node_exporter_service(cfg: StackConfig) -> Service:
         user=image_facts.non_root_user(image),
         read_only_root=True,
         metrics_port=render.NODE_EXPORTER_PORT,
+        metrics_labels=(("job", alert_table.NODE_JOB), ("role", "node")),
     )
 
 
@@ -230,6 +232,7 @@ def blackbox_service(cfg: StackConfig, view: StackView) -> Service:
         # The public hostnames, as clients reach them.
         egress_internet=("certificate probes of the public hostnames",) if certificate_hostnames(view) else (),
         metrics_port=render.BLACKBOX_PORT,
+        metrics_labels=(("job", "blackbox"), ("role", "blackbox")),
     )
 
 
@@ -244,10 +247,12 @@ def pushgateway_service(cfg: StackConfig) -> Service:
         image=image,
         args=(f"--persistence.file={render.PUSHGATEWAY_FILE}", f"--web.listen-address=:{render.PUSHGATEWAY_PORT}"),
         volumes=[Volume("pushgateway-data", render.PUSHGATEWAY_DATA, size="1Gi", owner=user)],
+        metrics_honor_labels=True,
         health=image_facts.http_check(image, render.PUSHGATEWAY_PORT),
         user=user,
         read_only_root=True,
         metrics_port=render.PUSHGATEWAY_PORT,
+        metrics_labels=(("job", "pushgateway"), ("role", PUSHGATEWAY_ROLE)),
     )
 
 
@@ -283,4 +288,5 @@ def exporter_service(cfg: StackConfig, target: MetricsTarget, secrets: Mapping[s
         read_only_root=True,
         reaches=((target.service, target.port),),
         metrics_port=port,
+        metrics_labels=(("job", target.job_name), ("role", target.role), ("instance", target.service)),
     )

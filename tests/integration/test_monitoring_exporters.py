@@ -33,8 +33,8 @@ import yaml
 
 from components.backup import render as backup
 from components.checks import view_of
-from components.monitoring import blackbox_service, certificate_hostnames, node_exporter_service, stack_alerts
 from components.monitoring import alerts as alert_table
+from components.monitoring import blackbox_service, certificate_hostnames, node_exporter_service, stack_alerts
 from components.monitoring import render as mon
 from render.__main__ import stack_config
 from stack import parse
