@@ -23,6 +23,7 @@ from config import cron
 
 SYNAPSE_JOB = "synapse"
 NODE_JOB = "node"
+PUSHGATEWAY_JOB = "pushgateway"
 CERTIFICATE_JOB = "certificates"
 DAY_SECONDS = 86400
 CERTIFICATE_DAYS = 14
@@ -240,11 +241,16 @@ def scheduled_job_alerts(jobs: Sequence[ScheduledJob]) -> list[Alert]:
                   healthy=(Series(metric, _flat(0)),),
                   description=f"Schedule '{job.schedule}', longest gap {(window - RUN_MARGIN_MINUTES) // 60}h, "
                               f"margin {RUN_MARGIN_MINUTES // 60}h: see the {job.job} job's log."),
-            Alert(f"{stem}NeverReported", f"absent({metric})", window, "critical",
-                  f"No {job.what} has reported success since monitoring started ({window // 60}h ago or more)",
-                  firing=(Series('up{job="prometheus"}', _flat(1, window + 20)),),
+            # The Pushgateway keeps reports in its file across restarts: nothing there while it has
+            # run for longer than the window means the job never reported.
+            Alert(f"{stem}NeverReported",
+                  f"absent({metric}) and on() (time() - max(process_start_time_seconds{{job=\"{PUSHGATEWAY_JOB}\"}}) "
+                  f"> {window * 60})", 5, "critical",
+                  f"No {job.what} has reported success in the {window // 60}h the Pushgateway has run",
+                  firing=(Series(f'process_start_time_seconds{{job="{PUSHGATEWAY_JOB}"}}', _flat(-window * 60)),),
                   fired_labels=({"job": job.job},),
-                  healthy=(Series(metric, _flat(0, window + 20)),)),
+                  healthy=(Series(f'process_start_time_seconds{{job="{PUSHGATEWAY_JOB}"}}', _flat(-window * 60)),
+                           Series(metric, _flat(0)))),
         ]
     return alerts
 
@@ -347,6 +353,6 @@ def stack_alerts(targets: Sequence[MetricsTarget], probes: Sequence[Probe] = (),
         alerts += certificate_alerts()
     if "blackbox" in jobs:
         alerts += call_alerts(probes)
-    if "pushgateway" in jobs:
+    if PUSHGATEWAY_JOB in jobs:
         alerts += scheduled_job_alerts(scheduled)
     return alerts
