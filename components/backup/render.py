@@ -338,13 +338,16 @@ def report_lines(view: StackView) -> list[str]:
     summary = "select(.message_type == \"summary\")"
     return [
         "",
-        "# Report the success to monitoring.",
-        f"size=$(jq -r '{summary} | .total_bytes_processed' {SUMMARY})",
-        f"added=$(jq -r '{summary} | .data_added' {SUMMARY})",
-        f"cat > {METRICS_FILE} <<EOF",
+        "# Report the success to monitoring (a report that fails leaves the backup a success).",
+        "report() {",
+        f"  size=$(jq -r '{summary} | .total_bytes_processed' {SUMMARY})",
+        f"  added=$(jq -r '{summary} | .data_added' {SUMMARY})",
+        f"  cat > {METRICS_FILE} <<EOF",
         metrics_text("$(date +%s)", "$size", "$added").rstrip("\n"),
         "EOF",
-        f"wget -q -O /dev/null --post-file={METRICS_FILE} {url} || echo \"could not report the backup to {url}\" >&2",
+        f"  wget -q -O /dev/null --post-file={METRICS_FILE} {url}",
+        "}",
+        f"report || echo \"could not report the backup to {url}\" >&2",
     ]
 
 

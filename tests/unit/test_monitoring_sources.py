@@ -47,7 +47,7 @@ def test_the_backup_window_is_its_schedules_gap_and_the_margin() -> None:
     assert f"> {window * 60}" in alerts["BackupOverdue"].expr
     assert f"> {window * 60}" in alerts["BackupNeverReported"].expr
     # The backup reports to the Pushgateway monitoring declares, at the job the alerts select.
-    [url] = [line.split()[5] for line in backup.report_lines(view) if line.startswith("wget ")]
+    [url] = [line.split()[5] for line in backup.report_lines(view) if line.startswith("  wget ")]
     assert url == f"http://{mon.PUSHGATEWAY}:{mon.PUSHGATEWAY_PORT}/metrics/job/{backup.METRICS_JOB}"
 
 
