@@ -182,6 +182,29 @@ class OAuthClient:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A service the stack's users dial directly, which Prometheus checks from outside through
+    the blackbox exporter: `tcp` (the port accepts connections) or `http` (it answers 2xx)."""
+
+    service: str
+    port: int
+    module: str  # "tcp" or "http"
+    what: str  # what stops when the probe fails, for the alert's text
+    # The probe belongs to calls (Element Call's LiveKit, coturn): its alert names calls.
+    calls: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """A job that runs on a schedule and, being scraped by nobody, pushes `<job>_last_success_
+    timestamp_seconds` after each success to the view's metrics push target."""
+
+    job: str  # its series' job label and metric prefix ("backup")
+    schedule: str  # its cron expression (config/cron.py)
+    what: str  # what a success is, for the alert's text ("backup")
+
+
+@dataclass(frozen=True)
 class Writer:
     """A service the restore stops while it replaces the data, and starts again after."""
 
@@ -311,6 +334,14 @@ class Part:
 
     def oauth_clients(self, cfg: StackConfig) -> list[OAuthClient]:
         """Its services that log users in through the stack's MAS, when MAS runs."""
+        return []
+
+    def probes(self, cfg: StackConfig) -> list[Probe]:
+        """Its services that users dial directly and Prometheus checks from outside."""
+        return []
+
+    def scheduled_jobs(self, cfg: StackConfig) -> list[ScheduledJob]:
+        """Its scheduled jobs that report their last success (to the metrics push target)."""
         return []
 
     def kept_files(self, cfg: StackConfig) -> list[KeptFile]:

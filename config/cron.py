@@ -74,3 +74,29 @@ def validate(expression: str) -> str:
     if found:
         raise ValueError(found)
     return " ".join(expression.split())
+
+
+def longest_gap_minutes(expression: str) -> int:
+    """The longest time between two consecutive firings of a valid expression, in minutes, over
+    two leap-year cycles (2024-01-01, a Monday, to 2031-12-31): what a job on this schedule
+    may be late by before a run is surely missing. Both schedulers' day rule: day-of-month OR
+    day-of-week when both are restricted, else the restricted one."""
+    minutes, hours, days, months, weekdays = (
+        _values(text, name, low, high) for text, (name, low, high) in zip(expression.split(), FIELDS, strict=True))
+    dom_any, dow_any = expression.split()[2].startswith("*"), expression.split()[4].startswith("*")
+    times = sorted(h * 60 + m for h in hours for m in minutes)
+    within = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
+    fire_days: list[int] = []
+    day = 0
+    for year in range(2024, 2032):
+        for month in range(1, 13):
+            length = _MONTH_DAYS[month - 1] if month != 2 else (29 if year % 4 == 0 else 28)
+            for dom in range(1, length + 1):
+                dow = (day + 1) % 7  # 2024-01-01 was a Monday (cron: 1)
+                if month in months:
+                    by_dom, by_dow = dom in days, dow in weekdays
+                    if (by_dom and by_dow) if (dom_any or dow_any) else (by_dom or by_dow):
+                        fire_days.append(day)
+                day += 1
+    between = max((b - a) * 1440 - times[-1] + times[0] for a, b in zip(fire_days, fire_days[1:], strict=False))
+    return max(within, between)

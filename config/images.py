@@ -60,6 +60,11 @@ REDIS_EXPORTER = "oliver006/redis_exporter:v1.45.0"
 # Grafana: the dashboard schema the pinned grafana-foundation-sdk builds (requirements/main.in,
 # 11.6) is this release's. No registry here ships Grafana itself.
 GRAFANA = "grafana/grafana:11.6.0"
+# The versions Debian bookworm packages (prometheus-node-exporter 1.5.0, prometheus-blackbox-exporter
+# 0.23.0, prometheus-pushgateway 1.5.1): the tests run those packages on the rendered files.
+NODE_EXPORTER = "quay.io/prometheus/node-exporter:v1.5.0"
+BLACKBOX_EXPORTER = "quay.io/prometheus/blackbox-exporter:v0.23.0"
+PUSHGATEWAY = "quay.io/prometheus/pushgateway:v1.5.1"
 
 # Held back (2026-12-06), with newer releases known: a pin moves only when its source at the new
 # tag can be read here, and LiveKit's only when its proof can run.
@@ -316,6 +321,13 @@ _NGINX_EXPORTER_DOCKERFILE = Source("nginx/nginx-prometheus-exporter", "build/Do
                                     "the image tag is the version without 'v'")
 _NGINX_EXPORTER_PORT = Source("nginx/nginx-prometheus-exporter", "exporter.go", "v0.11.0",
                               "web.listen-address default :9113")
+_NODE_EXPORTER_DOCKERFILE = Source("prometheus/node_exporter", "Dockerfile", "v1.5.0")
+_BLACKBOX_EXPORTER_DOCKERFILE = Source("prometheus/blackbox_exporter", "Dockerfile", "v0.23.0")
+_BLACKBOX_EXPORTER_HEALTH = Source("prometheus/blackbox_exporter", "main.go", "v0.23.0",
+                                   "http.HandleFunc(path.Join(*routePrefix, \"/-/healthy\")")
+_PUSHGATEWAY_DOCKERFILE = Source("prometheus/pushgateway", "Dockerfile", "v1.5.1")
+_PUSHGATEWAY_HEALTH = Source("prometheus/pushgateway", "main.go", "v1.5.1",
+                             "r.Get(*routePrefix+\"/-/healthy\"); --persistence.file keeps pushed series")
 _POSTGRES_EXPORTER_DOCKERFILE = Source("prometheus-community/postgres_exporter", "Dockerfile", "v0.11.1")
 _REDIS_EXPORTER_DOCKERFILE = Source("oliver006/redis_exporter", "docker/Dockerfile", "v1.45.0",
                                     "the default (scratch) stage; the alpine variant has its own tag suffix")
@@ -563,6 +575,46 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         wget=True,
         tools=BUSYBOX | {"postgres_exporter"},
         port=9187,
+    ),
+    ImageFacts(
+        image=NODE_EXPORTER,
+        read_for="v1.5.0",
+        read_on="2026-12-07",
+        sources=_sources(_NODE_EXPORTER_DOCKERFILE),
+        user="65534:65534",  # USER nobody on quay.io/prometheus/busybox
+        entrypoint=("/bin/node_exporter",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"node_exporter"},
+        port=9100,
+        health_path="/metrics",  # no /-/healthy at v1.5.0: its metrics page answers while it runs
+    ),
+    ImageFacts(
+        image=BLACKBOX_EXPORTER,
+        read_for="v0.23.0",
+        read_on="2026-12-07",
+        sources=_sources(_BLACKBOX_EXPORTER_DOCKERFILE, health_path=_BLACKBOX_EXPORTER_HEALTH),
+        user=None,  # FROM quay.io/prometheus/busybox, no USER at v0.23.0 (added in later releases)
+        entrypoint=("/bin/blackbox_exporter",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"blackbox_exporter"},
+        port=9115,
+        config_path="/etc/blackbox_exporter/config.yml",  # CMD --config.file=
+        health_path="/-/healthy",
+    ),
+    ImageFacts(
+        image=PUSHGATEWAY,
+        read_for="v1.5.1",
+        read_on="2026-12-07",
+        sources=_sources(_PUSHGATEWAY_DOCKERFILE, health_path=_PUSHGATEWAY_HEALTH),
+        user="65534:65534",  # USER 65534; WORKDIR /pushgateway owned by nobody
+        entrypoint=("/bin/pushgateway",),
+        shell=True,
+        wget=True,
+        tools=BUSYBOX | {"pushgateway"},
+        port=9091,
+        health_path="/-/healthy",
     ),
     ImageFacts(
         image=REDIS_EXPORTER,

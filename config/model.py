@@ -181,6 +181,10 @@ class KubernetesTarget(Strict):
     cert_manager_issuer: str | None = Field(None, description="cert-manager ClusterIssuer for the Ingress")
     livekit_exposure: Literal["host_network", "load_balancer"] = "load_balancer"
     service_monitors: bool = False
+    prometheus_release: str | None = Field(
+        None, description="the kube-prometheus-stack Helm release whose Prometheus should pick up the "
+        "ServiceMonitors and PrometheusRule: they carry `release: <it>`, what its default selectors match",
+    )
     trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = Field(
         default_factory=list,
         description="CIDRs the Ingress controller's pods connect to the proxy from (its pod network, or "
@@ -612,6 +616,9 @@ class Monitoring(Strict):
     nginx_exporter_image: Image = images.NGINX_EXPORTER
     postgres_exporter_image: Image = images.POSTGRES_EXPORTER
     redis_exporter_image: Image = images.REDIS_EXPORTER
+    node_exporter_image: Image = images.NODE_EXPORTER
+    blackbox_exporter_image: Image = images.BLACKBOX_EXPORTER
+    pushgateway_image: Image = images.PUSHGATEWAY
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 15
     scrape_interval_seconds: Annotated[int, Field(ge=5, le=300)] = 30
     # The ntfy topic Alertmanager publishes to (ntfy's own topic rules: letters, digits, _ and -).

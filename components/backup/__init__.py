@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import pulumi
 
-from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Part
+from components.part import AFTER_CLUSTER, BuildContext, Component, Contribution, Part, ScheduledJob
 from components.platform.spec import Service
 from components.view import StackView
 from config.model import S3Repository, SftpRepository, StackConfig
@@ -34,6 +34,9 @@ class Backup(Part):
 
     def database_readers(self, cfg: StackConfig) -> tuple[str, ...]:
         return (jobs.dump_service(cfg),)
+
+    def scheduled_jobs(self, cfg: StackConfig) -> list[ScheduledJob]:
+        return [ScheduledJob(render.METRICS_JOB, cfg.backup.schedule, "backup")]
 
     def backup_now(self, cfg: StackConfig) -> str:
         return render.backup_now_command(cfg)

@@ -62,6 +62,12 @@ REPOSITORY_MOUNT = "/repository"
 # A dump that fails is tried again (a table dropped while it runs), this many times in all.
 DUMP_ATTEMPTS = 3
 DUMP_RETRY_S = 5
+# The series the backup pushes after each success (the metrics push target keeps the last):
+# METRICS_JOB_last_success_timestamp_seconds, METRICS_JOB_last_size_bytes (what the snapshot
+# holds) and METRICS_JOB_last_added_bytes (what it added to the repository).
+METRICS_JOB = "backup"
+SUMMARY = f"{SCRATCH}/backup-summary.json"
+METRICS_FILE = f"{SCRATCH}/backup-metrics.prom"
 # Docker: how long backup.sh waits for the dump container before it gives up.
 DUMP_WAIT_S = 3600
 
@@ -301,10 +307,48 @@ def backup_script(cfg: StackConfig, view: StackView, databases: Sequence[Databas
         f"for dump in {missing}; do",
         '  if [ ! -s "$dump" ]; then echo "missing database dump $dump" >&2; exit 1; fi',
         "done",
-        f"restic \"$@\" backup --json --host {SNAPSHOT_HOST} --tag {SNAPSHOT_HOST} {paths}",
+        f"restic \"$@\" backup --json --host {SNAPSHOT_HOST} --tag {SNAPSHOT_HOST} {paths} > {SUMMARY}",
+        f"cat {SUMMARY}",
         f"restic \"$@\" forget --host {SNAPSHOT_HOST} {' '.join(retention_flags(cfg))} --prune",
+        *report_lines(view),
     ]
     return "\n".join(lines) + "\n"
+
+
+def metrics_text(timestamp: str, size: str, added: str) -> str:
+    """The backup's report in Prometheus's text format (values may be shell expansions)."""
+    out = []
+    for name, value, help_text in (("last_success_timestamp_seconds", timestamp, "When the last backup succeeded."),
+                                   ("last_size_bytes", size, "What the last snapshot holds."),
+                                   ("last_added_bytes", added, "What the last snapshot added to the repository.")):
+        metric = f"{METRICS_JOB}_{name}"
+        out += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge", f"{metric} {value}"]
+    return "\n".join(out) + "\n"
+
+
+def report_lines(view: StackView) -> list[str]:
+    """After a success: the report to the view's metrics push target (Prometheus's Pushgateway,
+    which keeps the last one for Prometheus to scrape). A report that cannot be delivered does
+    not fail the backup: the overdue alert says so once the schedule's window has passed."""
+    push = view.metrics_push_target
+    if push is None:
+        return []
+    host, port, _crosses = view.target.reach(BACKUP_SERVICE, push.service, push.port)
+    url = f"http://{host}:{port}/metrics/job/{METRICS_JOB}"
+    summary = "select(.message_type == \"summary\")"
+    return [
+        "",
+        "# Report the success to monitoring (a report that fails leaves the backup a success).",
+        "report() {",
+        f"  size=$(jq -r '{summary} | .total_bytes_processed' {SUMMARY})",
+        f"  added=$(jq -r '{summary} | .data_added' {SUMMARY})",
+        f"  cat > {METRICS_FILE} <<EOF",
+        metrics_text("$(date +%s)", "$size", "$added").rstrip("\n"),
+        "EOF",
+        f"  wget -q -O /dev/null --post-file={METRICS_FILE} {url}",
+        "}",
+        f"report || echo \"could not report the backup to {url}\" >&2",
+    ]
 
 
 def crontab(cfg: StackConfig) -> str:

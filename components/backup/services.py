@@ -100,7 +100,7 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         # Its dump step dials the external databases too (the bundled one admits it by name).
         external = [db.host for db in databases if db.service is None]
         backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files, *dump_files],
-                      [*volumes, scratch], resources, user=user, steps=(dump_step,),
+                      [*volumes, scratch], resources, user=user, steps=(dump_step,), reaches=_reports(view),
                       databases=("external PostgreSQL",) if any(not host_network(h) for h in external) else (),
                       networks=tuple(dict.fromkeys(c for h in external for c in host_network(h))))
         check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
@@ -110,7 +110,7 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
     # too (its command is our script, not the image's entrypoint), without capabilities, and
     # the scratch volume they share is root's.
     backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files], [*volumes, scratch],
-                  resources)
+                  resources, reaches=_reports(view))
     check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
                  [*volumes, scratch], resources)
     dump = Service(
@@ -127,9 +127,16 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
     return [dump, backup, check]
 
 
+def _reports(view: StackView) -> tuple[tuple[str, int], ...]:
+    """The metrics push target the backup reports its success to, when monitoring runs one."""
+    push = view.metrics_push_target
+    return ((push.service, push.port),) if push is not None else ()
+
+
 def _job(cfg: StackConfig, name: str, mode: str, schedule: str, files: list[File], volumes: list[Volume],
          resources: Resources, *, user: str | None = None, steps: tuple[Step, ...] = (),
-         databases: tuple[str, ...] = (), networks: tuple[str, ...] = ()) -> Service:
+         databases: tuple[str, ...] = (), networks: tuple[str, ...] = (),
+         reaches: tuple[tuple[str, int], ...] = ()) -> Service:
     return Service(
         name=name,
         component=render.COMPONENT,
@@ -147,4 +154,5 @@ def _job(cfg: StackConfig, name: str, mode: str, schedule: str, files: list[File
         egress_internet=(*(() if isinstance(cfg.backup.repository, VolumeRepository) else ("backup repository",)),
                          *databases),
         egress_networks=networks,
+        reaches=reaches,
     )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
-from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
+from components.part import BuildContext, Component, Contribution, Endpoint, Part, Probe, derive
 from components.platform.spec import File, Port, PortRange, Service
 from components.view import StackView
 from config.checks import Finding
@@ -29,6 +29,11 @@ class Coturn(Part):
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
         # Clients reach coturn directly; the record points at its own public address when set.
         return [Endpoint("turn", served_by_proxy=False, media=True, address=cfg.coturn.external_ip, ipv6=False)]
+
+    def probes(self, cfg: StackConfig) -> list[Probe]:
+        # The blackbox exporter has no UDP prober besides DNS: its TCP listener on the same port
+        # stands for the process (one turnserver serves both).
+        return [Probe(render.SERVICE, render.PORT, "tcp", "TURN relaying for calls", calls=True)]
 
     def check(self, cfg: StackConfig, view: StackView) -> list[Finding]:
         return render.check(cfg)

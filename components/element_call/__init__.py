@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
-from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
+from components.part import BuildContext, Component, Contribution, Endpoint, Part, Probe, derive
 from components.platform.spec import File, Port, PortRange, Service
 from components.view import StackView
 from config.checks import Finding
@@ -36,6 +36,11 @@ class ElementCall(Part):
             # domain and its clients' media peer, so its record is DNS-only.
             Endpoint("livekit", render.LIVEKIT_SERVICE, render.LIVEKIT_PORT, media=True, websockets=True),
         ]
+
+    def probes(self, cfg: StackConfig) -> list[Probe]:
+        # LiveKit's HTTP port answers 200 at / while the server runs (its health check).
+        return [Probe(render.LIVEKIT_SERVICE, render.LIVEKIT_PORT, "http", "LiveKit (call media and signalling)",
+                      calls=True)]
 
     def well_known_client(self, cfg: StackConfig) -> dict[str, object]:
         return render.well_known_client(cfg)

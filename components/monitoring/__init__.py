@@ -1,6 +1,9 @@
 """Monitoring: Prometheus scrapes every metrics endpoint the parts declare (view.metrics_targets),
 with an exporter in front of those that speak no Prometheus (nginx's stub_status, PostgreSQL,
-Redis); its alert rules come from the same declarations (alerts.py); Alertmanager delivers to
+Redis); node exporter reads a Docker host's filesystems, the blackbox exporter probes every public
+HTTPS hostname's certificate and the services users dial directly (view.probes), and a Pushgateway
+keeps what scheduled jobs report (view.scheduled_jobs); its alert rules come from the same
+declarations (alerts.py); Alertmanager delivers to
 the stack's own ntfy topic as a publisher with a password of its own, and by email through the
 stack's SMTP when asked to."""
 
@@ -25,7 +28,8 @@ from components.part import (
     derive,
 )
 from components.platform.spec import File, Port, Service, Volume
-from components.view import StackView
+from components.platform.targets import target_of
+from components.view import PUSHGATEWAY_ROLE, StackView
 from config.checks import Finding
 from config.model import StackConfig
 
@@ -63,8 +67,14 @@ class Monitoring(Part):
         return cfg.monitoring.enabled
 
     def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
-        return [MetricsTarget(render.PROMETHEUS, render.PROMETHEUS_PORT, role="prometheus", job="prometheus"),
-                MetricsTarget(render.ALERTMANAGER, render.ALERTMANAGER_PORT, role="alertmanager", job="alertmanager")]
+        own = [MetricsTarget(render.PROMETHEUS, render.PROMETHEUS_PORT, role="prometheus", job="prometheus"),
+               MetricsTarget(render.ALERTMANAGER, render.ALERTMANAGER_PORT, role="alertmanager", job="alertmanager"),
+               MetricsTarget(render.BLACKBOX_EXPORTER, render.BLACKBOX_PORT, role="blackbox", job="blackbox"),
+               MetricsTarget(render.PUSHGATEWAY, render.PUSHGATEWAY_PORT, role=PUSHGATEWAY_ROLE, job="pushgateway")]
+        if not target_of(cfg).reports_volume_usage:
+            own.append(MetricsTarget(render.NODE_EXPORTER, render.NODE_EXPORTER_PORT, role="node",
+                                     job=alert_table.NODE_JOB))
+        return own
 
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
         return [grafana.endpoint()] if cfg.monitoring.grafana.enabled else []
@@ -131,10 +141,25 @@ def grafana_secret_names(cfg: StackConfig) -> tuple[str, ...]:
     return (grafana.ADMIN_PASSWORD, grafana.SECRET_KEY, *client)
 
 
+def certificate_hostnames(view: StackView) -> list[str]:
+    """Every public HTTPS hostname: those the stack's certificates cover."""
+    return render.certificate_hostnames([h for c in view.certificates for h in c.hostnames])
+
+
+def kubelet_namespace(cfg: StackConfig, view: StackView) -> str | None:
+    """The namespace whose claims the kubelet reports on, where the target reports volume usage."""
+    return getattr(cfg.target, "namespace", None) if view.target.reports_volume_usage else None
+
+
+def stack_alerts(cfg: StackConfig, view: StackView) -> list[alert_table.Alert]:
+    return alert_table.stack_alerts(view.metrics_targets, view.probes, view.scheduled_jobs,
+                                    bool(certificate_hostnames(view)), kubelet_namespace(cfg, view))
+
+
 def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
     m = cfg.monitoring
     targets = view.metrics_targets
-    alerts = alert_table.stack_alerts(targets)
+    alerts = stack_alerts(cfg, view)
     scraped = render.scrape_targets(cfg, targets)
     reaches = tuple(sorted({(service, port) for _t, service, port, _p in scraped if service != render.PROMETHEUS}))
     ntfy = ntfy_base(view)
@@ -150,7 +175,9 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         image=m.prometheus_image,
         args=(f"--config.file={render.PROMETHEUS_CONFIG}", f"--storage.tsdb.path={render.PROMETHEUS_DATA}",
               f"--storage.tsdb.retention.time={m.retention_days}d", f"--web.listen-address=:{render.PROMETHEUS_PORT}"),
-        files=[File(render.PROMETHEUS_CONFIG, render.prometheus_yml(cfg, targets, address)),
+        alert_rules=tuple(render.rules(alerts)["groups"]),
+        files=[File(render.PROMETHEUS_CONFIG, render.prometheus_yml(cfg, targets, address, probes=view.probes,
+                                                                    hostnames=certificate_hostnames(view))),
                File(render.RULES, render.rules_yml(alerts))],
         ports=[Port("http", render.PROMETHEUS_PORT)],
         volumes=[Volume("prometheus-data", render.PROMETHEUS_DATA, size="10Gi",
@@ -184,13 +211,75 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         egress_internet=("alert emails",) if m.email is not None else (),
         allowed_clients=(render.PROMETHEUS,),
     )
-    out = [prometheus, alertmanager]
+    out = [prometheus, alertmanager, blackbox_service(cfg, view), pushgateway_service(cfg)]
+    if any(t.service == render.NODE_EXPORTER for t in targets):
+        out.append(node_exporter_service(cfg))
     if m.grafana.enabled:
         out.append(grafana.service(cfg, view, alerts, secrets, STAND_IN))
     for target in targets:
         if target.exporter:
             out.append(exporter_service(cfg, target, secrets))
     return out
+
+
+def node_exporter_service(cfg: StackConfig) -> Service:
+    """Node exporter on a Docker host: the host's root read-only at HOST_ROOT (its filesystems'
+    free space, Docker's volume directory among them), the filesystem collector alone (it reads
+    nothing else of the host)."""
+    image = cfg.monitoring.node_exporter_image
+    return Service(
+        name=render.NODE_EXPORTER,
+        component=COMPONENT,
+        image=image,
+        args=(f"--path.rootfs={render.HOST_ROOT}", "--collector.disable-defaults", "--collector.filesystem",
+              f"--web.listen-address=:{render.NODE_EXPORTER_PORT}"),
+        host_paths=(("/", render.HOST_ROOT),),
+        health=image_facts.http_check(image, render.NODE_EXPORTER_PORT),
+        user=image_facts.non_root_user(image),
+        read_only_root=True,
+        metrics_port=render.NODE_EXPORTER_PORT,
+        metrics_labels=(("job", alert_table.NODE_JOB), ("role", "node")),
+    )
+
+
+def blackbox_service(cfg: StackConfig, view: StackView) -> Service:
+    """The blackbox exporter: Prometheus names the target of each probe (prometheus.yml)."""
+    image = cfg.monitoring.blackbox_exporter_image
+    return Service(
+        name=render.BLACKBOX_EXPORTER,
+        component=COMPONENT,
+        image=image,
+        args=(f"--config.file={render.BLACKBOX_CONFIG}", f"--web.listen-address=:{render.BLACKBOX_PORT}"),
+        files=[File(render.BLACKBOX_CONFIG, render.blackbox_yml())],
+        health=image_facts.http_check(image, render.BLACKBOX_PORT),
+        user=image_facts.non_root_user(image),
+        read_only_root=True,
+        reaches=tuple(dict.fromkeys((p.service, p.port) for p in view.probes)),
+        # The public hostnames, as clients reach them.
+        egress_internet=("certificate probes of the public hostnames",) if certificate_hostnames(view) else (),
+        metrics_port=render.BLACKBOX_PORT,
+        metrics_labels=(("job", "blackbox"), ("role", "blackbox")),
+    )
+
+
+def pushgateway_service(cfg: StackConfig) -> Service:
+    """The Pushgateway: scheduled jobs push their last success here; its file keeps them across
+    restarts, so a restart does not look like a missing backup."""
+    image = cfg.monitoring.pushgateway_image
+    user = image_facts.non_root_user(image)
+    return Service(
+        name=render.PUSHGATEWAY,
+        component=COMPONENT,
+        image=image,
+        args=(f"--persistence.file={render.PUSHGATEWAY_FILE}", f"--web.listen-address=:{render.PUSHGATEWAY_PORT}"),
+        volumes=[Volume("pushgateway-data", render.PUSHGATEWAY_DATA, size="1Gi", owner=user)],
+        metrics_honor_labels=True,
+        health=image_facts.http_check(image, render.PUSHGATEWAY_PORT),
+        user=user,
+        read_only_root=True,
+        metrics_port=render.PUSHGATEWAY_PORT,
+        metrics_labels=(("job", "pushgateway"), ("role", PUSHGATEWAY_ROLE)),
+    )
 
 
 def exporter_service(cfg: StackConfig, target: MetricsTarget, secrets: Mapping[str, pulumi.Input[str]]) -> Service:
@@ -225,4 +314,5 @@ def exporter_service(cfg: StackConfig, target: MetricsTarget, secrets: Mapping[s
         read_only_root=True,
         reaches=((target.service, target.port),),
         metrics_port=port,
+        metrics_labels=(("job", target.job_name), ("role", target.role), ("instance", target.service)),
     )

@@ -5,6 +5,11 @@ so an alert cannot ship without a test that fires it and one that shows it quiet
 Synapse's process alerts come from the metrics targets the worker table declares (through the
 view): a role with one instance pages when that instance is down; a role with several warns for
 one instance down and pages only when every instance is.
+
+The stack's volumes, certificates, scheduled jobs and call services come from the view too: the
+filesystems' free space (node exporter on Docker hosts, the kubelet's claim statistics on
+Kubernetes), the blackbox exporter's probes of every public HTTPS hostname and of every service
+users dial directly, and each scheduled job's last success against its own schedule.
 """
 
 from __future__ import annotations
@@ -13,9 +18,26 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from components.part import MetricsTarget
+from components.part import MetricsTarget, Probe, ScheduledJob
+from config import cron
 
 SYNAPSE_JOB = "synapse"
+NODE_JOB = "node"
+PUSHGATEWAY_JOB = "pushgateway"
+CERTIFICATE_JOB = "certificates"
+DAY_SECONDS = 86400
+CERTIFICATE_DAYS = 14
+# Free space below which a volume's filesystem pages, and the horizon of the filling trend.
+FREE_RATIO_CRITICAL = 0.1
+FILLING_WITHIN_HOURS = 24
+FILLING_TREND_HOURS = 6
+# Where Docker keeps named volumes (its default data root), and every directory above it: the
+# filesystem holding the volumes is mounted at one of them.
+DOCKER_VOLUMES_MOUNTPOINTS = ("/", "/var", "/var/lib", "/var/lib/docker", "/var/lib/docker/volumes")
+# A scheduled job's run may take this long beyond its schedule's longest gap (a dump and upload
+# of a large media store).
+RUN_MARGIN_MINUTES = 120
+LAST_SUCCESS = "last_success_timestamp_seconds"
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,8 @@ class Alert:
     healthy: tuple[Series, ...]  # the same series, healthy
     description: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    # When promtool's test evaluates (default: well past `for`).
+    eval_at_minutes: int | None = None
 
     def annotations(self, labels: dict[str, str]) -> dict[str, str]:
         """The annotations an alert with these labels carries (they template labels only, so a
@@ -52,7 +76,7 @@ class Alert:
     @property
     def eval_minutes(self) -> int:
         """When the test looks: well past `for`, with the inputs' rate windows filled."""
-        return self.for_minutes + 15
+        return self.eval_at_minutes if self.eval_at_minutes is not None else self.for_minutes + 15
 
 
 def _regex(names: Sequence[str]) -> str:
@@ -114,8 +138,128 @@ def synapse_alerts(targets: Sequence[MetricsTarget]) -> list[Alert]:
     return alerts
 
 
-def stack_alerts(targets: Sequence[MetricsTarget]) -> list[Alert]:
-    """Every alert of the stack the declared targets call for."""
+def volume_alerts(kubelet_namespace: str | None) -> list[Alert]:
+    """Free space on the filesystems holding the stack's volumes: node exporter's view of the
+    Docker host's filesystems, or (`kubelet_namespace`) the kubelet's statistics of each claim
+    in the stack's namespace."""
+    if kubelet_namespace is None:
+        selector = f'job="{NODE_JOB}",mountpoint=~"{_regex(DOCKER_VOLUMES_MOUNTPOINTS)}"'
+        avail, size, by = "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "mountpoint"
+        example = {"instance": "node-exporter", "mountpoint": "/var/lib/docker", "device": "/dev/sdb1"}
+        labels = f'{{job="{NODE_JOB}",instance="node-exporter",mountpoint="/var/lib/docker",device="/dev/sdb1"}}'
+    else:
+        selector = f'namespace="{kubelet_namespace}"'
+        avail, size, by = "kubelet_volume_stats_available_bytes", "kubelet_volume_stats_capacity_bytes", \
+            "persistentvolumeclaim"
+        example = {"namespace": kubelet_namespace, "persistentvolumeclaim": "synapse-media"}
+        labels = f'{{namespace="{kubelet_namespace}",persistentvolumeclaim="synapse-media"}}'
+    keep = ("instance", "mountpoint", "device") if kubelet_namespace is None else ("namespace", "persistentvolumeclaim")
+    on = f"max by ({', '.join(keep)})"
+    ratio = f"{on} ({avail}{{{selector}}}) / {on} ({size}{{{selector}}})"
+    gib = 2**30
+    trend = f"{on} (predict_linear({avail}{{{selector}}}[{FILLING_TREND_HOURS}h], {FILLING_WITHIN_HOURS} * 3600))"
+    # 100 GiB, losing 1 GiB a minute: full within the day; healthy: steady.
+    falling = f"{100 * gib}-{gib}x400"
+    return [
+        Alert("VolumeSpaceLow", f"{ratio} < {FREE_RATIO_CRITICAL}", 5, "critical",
+              f"Less than {FREE_RATIO_CRITICAL:.0%} free on {{{{ $labels.{by} }}}}, which holds the stack's volumes",
+              firing=(Series(f"{avail}{labels}", _flat(5 * gib)), Series(f"{size}{labels}", _flat(100 * gib))),
+              fired_labels=(example,),
+              healthy=(Series(f"{avail}{labels}", _flat(50 * gib)), Series(f"{size}{labels}", _flat(100 * gib))),
+              description="PostgreSQL, the media store and Prometheus stop writing when it is full."),
+        Alert("VolumeFillingUp", f"{trend} < 0 and {ratio} < 0.5", 30, "warning",
+              f"{{{{ $labels.{by} }}}} fills up within {FILLING_WITHIN_HOURS} hours at the rate of the last "
+              f"{FILLING_TREND_HOURS}",
+              firing=(Series(f"{avail}{labels}", falling), Series(f"{size}{labels}", _flat(200 * gib, 400))),
+              fired_labels=(example,),
+              healthy=(Series(f"{avail}{labels}", _flat(40 * gib, 400)), Series(f"{size}{labels}", _flat(200 * gib, 400))),
+              eval_at_minutes=90),
+    ]
+
+
+def certificate_alerts() -> list[Alert]:
+    """The certificate each public HTTPS hostname serves (the blackbox exporter's probes)."""
+    host = "matrix.example.org:443"
+    series = f'{{job="{CERTIFICATE_JOB}",instance="{host}"}}'
+    # promtool's clock starts at 0: time() is the evaluation's minute in seconds.
+    at = 25 * 60
+    return [
+        Alert("CertificateExpiringSoon",
+              f'probe_ssl_earliest_cert_expiry{{job="{CERTIFICATE_JOB}"}} - time() < {CERTIFICATE_DAYS} * {DAY_SECONDS}',
+              10, "warning", f"The certificate {{{{ $labels.instance }}}} serves expires within {CERTIFICATE_DAYS} days",
+              firing=(Series(f"probe_ssl_earliest_cert_expiry{series}", _flat(at + 3 * DAY_SECONDS)),),
+              fired_labels=({"job": CERTIFICATE_JOB, "instance": host},),
+              healthy=(Series(f"probe_ssl_earliest_cert_expiry{series}", _flat(at + 60 * DAY_SECONDS)),),
+              description="Its renewal has failed: see the ACME client's log, cert-manager or the provided "
+                          "certificate's source.", eval_at_minutes=25),
+        Alert("CertificateProbeFailing", f'probe_success{{job="{CERTIFICATE_JOB}"}} == 0', 15, "warning",
+              "No TLS handshake with {{ $labels.instance }}",
+              firing=(Series(f"probe_success{series}", _flat(0)),),
+              fired_labels=({"job": CERTIFICATE_JOB, "instance": host},),
+              healthy=(Series(f"probe_success{series}", _flat(1)),),
+              description="The site is unreachable from the stack, so its certificate's date is unknown."),
+    ]
+
+
+def call_alerts(probes: Sequence[Probe]) -> list[Alert]:
+    """A service calls need that does not answer its probe (generated only when calls are on)."""
+    calls = [p for p in probes if p.calls]
+    if not calls:
+        return []
+    first = calls[0]
+    series = f'probe_success{{job="probes-{first.module}",instance="{first.service}:{first.port}",' \
+             f'probe="{first.service}",calls="true"}}'
+    return [Alert(
+        "CallServiceUnreachable", 'probe_success{calls="true"} == 0', 3, "critical",
+        "{{ $labels.probe }} does not answer: calls fail",
+        firing=(Series(series, _flat(0)),),
+        fired_labels=({"job": f"probes-{first.module}", "instance": f"{first.service}:{first.port}",
+                       "probe": first.service, "calls": "true"},),
+        healthy=(Series(series, _flat(1)),),
+        description="Probed from the stack's private network: " + "; ".join(
+            f"{p.service} ({p.module} {p.port}): {p.what}" for p in calls) + ".",
+    )]
+
+
+def window_minutes(schedule: str) -> int:
+    """How long after a scheduled job's last success its next one is surely missing: the
+    schedule's longest gap between runs, and the run's own margin."""
+    return cron.longest_gap_minutes(schedule) + RUN_MARGIN_MINUTES
+
+
+def scheduled_job_alerts(jobs: Sequence[ScheduledJob]) -> list[Alert]:
+    """Each scheduled job's last success (pushed by the job itself) against its schedule."""
+    alerts = []
+    for job in jobs:
+        window = window_minutes(job.schedule)
+        metric = f'{job.job}_{LAST_SUCCESS}{{job="{job.job}"}}'
+        stem = "".join(part.capitalize() for part in job.job.split("_"))
+        alerts += [
+            Alert(f"{stem}Overdue", f"time() - max({metric}) > {window * 60}", 5, "critical",
+                  f"No successful {job.what} for longer than its schedule allows ({window // 60}h)",
+                  firing=(Series(metric, _flat(-window * 60)),), fired_labels=({},),
+                  healthy=(Series(metric, _flat(0)),),
+                  description=f"Schedule '{job.schedule}', longest gap {(window - RUN_MARGIN_MINUTES) // 60}h, "
+                              f"margin {RUN_MARGIN_MINUTES // 60}h: see the {job.job} job's log."),
+            # The Pushgateway keeps reports in its file across restarts: nothing there while it has
+            # run for longer than the window means the job never reported.
+            Alert(f"{stem}NeverReported",
+                  f"absent({metric}) and on() (time() - max(process_start_time_seconds{{job=\"{PUSHGATEWAY_JOB}\"}}) "
+                  f"> {window * 60})", 5, "critical",
+                  f"No {job.what} has reported success in the {window // 60}h the Pushgateway has run",
+                  firing=(Series(f'process_start_time_seconds{{job="{PUSHGATEWAY_JOB}"}}', _flat(-window * 60)),),
+                  fired_labels=({"job": job.job},),
+                  healthy=(Series(f'process_start_time_seconds{{job="{PUSHGATEWAY_JOB}"}}', _flat(-window * 60)),
+                           Series(metric, _flat(0)))),
+        ]
+    return alerts
+
+
+def stack_alerts(targets: Sequence[MetricsTarget], probes: Sequence[Probe] = (),
+                 scheduled: Sequence[ScheduledJob] = (), certificates: bool = False,
+                 kubelet_namespace: str | None = None) -> list[Alert]:
+    """Every alert of the stack the declared targets, probes and scheduled jobs call for;
+    `certificates`: the blackbox exporter probes public HTTPS hostnames."""
     jobs = {t.job_name for t in targets}
     others = sorted(jobs - {SYNAPSE_JOB})
     alerts = synapse_alerts(targets)
@@ -203,4 +347,12 @@ def stack_alerts(targets: Sequence[MetricsTarget]) -> list[Alert]:
             healthy=(Series('alertmanager_notifications_failed_total{integration="webhook"}', "0+0x60"),),
             description="Nobody hears of the other alerts meanwhile: check ntfy and the stack's SMTP.",
         ))
+    if NODE_JOB in jobs or kubelet_namespace is not None:
+        alerts += volume_alerts(kubelet_namespace)
+    if "blackbox" in jobs and certificates:
+        alerts += certificate_alerts()
+    if "blackbox" in jobs:
+        alerts += call_alerts(probes)
+    if PUSHGATEWAY_JOB in jobs:
+        alerts += scheduled_job_alerts(scheduled)
     return alerts

@@ -1,5 +1,6 @@
 """Prometheus's and Alertmanager's files, as plain functions of the config and the declared
-metrics targets: prometheus.yml, the rule file and its promtool unit tests, alertmanager.yml."""
+metrics targets and probes: prometheus.yml, the rule file and its promtool unit tests,
+alertmanager.yml, and the blackbox exporter's blackbox.yml."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from components import yaml_text
-from components.part import MetricsTarget
+from components.part import MetricsTarget, Probe
 from config import images
 from config.model import StackConfig
 
@@ -28,6 +29,25 @@ NTFY_PASSWORD_FILE = f"{SECRETS_DIR}/ntfy_password"
 SMTP_PASSWORD_FILE = f"{SECRETS_DIR}/smtp_password"
 POSTGRES_PASSWORD_FILE = f"{SECRETS_DIR}/postgres_password"
 REDIS_PASSWORD_FILE = f"{SECRETS_DIR}/redis_passwords.json"
+
+NODE_EXPORTER = "node-exporter"
+BLACKBOX_EXPORTER = "blackbox-exporter"
+PUSHGATEWAY = "pushgateway"
+NODE_EXPORTER_PORT = images.facts_for(images.NODE_EXPORTER).port or 9100
+BLACKBOX_PORT = images.facts_for(images.BLACKBOX_EXPORTER).port or 9115
+PUSHGATEWAY_PORT = images.facts_for(images.PUSHGATEWAY).port or 9091
+BLACKBOX_CONFIG = images.config_path(images.BLACKBOX_EXPORTER)
+PUSHGATEWAY_DATA = "/pushgateway"
+PUSHGATEWAY_FILE = f"{PUSHGATEWAY_DATA}/metrics.store"
+# Where node exporter sees the host's root (--path.rootfs strips it from the mountpoints).
+HOST_ROOT = "/host"
+# The blackbox exporter's modules (blackbox.yml), and the scrape job of each kind of probe.
+CERTIFICATE_MODULE = "tls_certificate"
+PROBE_MODULES = {"http": "http_2xx", "tcp": "tcp_connect"}
+CERTIFICATE_JOB = "certificates"
+PROBE_JOB = "probes"
+HTTPS_PORT = 443
+PROBE_TIMEOUT_SECONDS = 5
 
 # Each exporter: its image's port, and how it is told where the endpoint it reads is.
 EXPORTER_IMAGES = {"nginx": "nginx_exporter_image", "postgres": "postgres_exporter_image",
@@ -59,10 +79,70 @@ def scrape_targets(cfg: StackConfig, targets: Sequence[MetricsTarget]) -> list[t
     return out
 
 
+def blackbox_config() -> dict[str, Any]:
+    """blackbox.yml: the certificate module reads the served chain's dates over TLS whether or not
+    it is trusted or current (an expired certificate still reports its date, so the alert names
+    it); the others check that a service answers."""
+    timeout = f"{PROBE_TIMEOUT_SECONDS}s"
+    return {"modules": {
+        CERTIFICATE_MODULE: {"prober": "tcp", "timeout": timeout,
+                             "tcp": {"tls": True, "tls_config": {"insecure_skip_verify": True}}},
+        PROBE_MODULES["http"]: {"prober": "http", "timeout": timeout,
+                                "http": {"preferred_ip_protocol": "ip4"}},
+        PROBE_MODULES["tcp"]: {"prober": "tcp", "timeout": timeout, "tcp": {"preferred_ip_protocol": "ip4"}},
+    }}
+
+
+def blackbox_yml() -> str:
+    return yaml_text.dump(blackbox_config(), sort_keys=False, default_flow_style=False, width=1000)
+
+
+def certificate_hostnames(hostnames: Sequence[str]) -> list[str]:
+    """The public HTTPS hostnames the certificate probe reads, once each, in order."""
+    return list(dict.fromkeys(hostnames))
+
+
+def _probe_job(job: str, module: str, statics: list[dict[str, Any]], blackbox: str) -> dict[str, Any]:
+    """A scrape job of the blackbox exporter: each target becomes the probe's `target` parameter
+    and the series' instance; the exporter's address is what Prometheus dials."""
+    return {
+        "job_name": job,
+        "metrics_path": "/probe",
+        "params": {"module": [module]},
+        "static_configs": statics,
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+            {"target_label": "__address__", "replacement": blackbox},
+        ],
+    }
+
+
+def probe_jobs(probes: Sequence[Probe], hostnames: Sequence[str], address: Address = _plain,
+               probe_address: Address = _plain) -> list[dict[str, Any]]:
+    """The blackbox exporter's scrape jobs: the certificate of every public HTTPS hostname, and
+    each declared probe by its module. `probe_address` is what the exporter dials for a target."""
+    blackbox = address(BLACKBOX_EXPORTER, BLACKBOX_PORT)
+    jobs = []
+    names = certificate_hostnames(hostnames)
+    if names:
+        jobs.append(_probe_job(CERTIFICATE_JOB, CERTIFICATE_MODULE,
+                               [{"targets": [probe_address(h, HTTPS_PORT) for h in names]}], blackbox))
+    for kind, module in PROBE_MODULES.items():
+        statics = [{"targets": [probe_address(p.service, p.port)],
+                    "labels": {"probe": p.service, "calls": "true" if p.calls else "false"}}
+                   for p in probes if p.module == kind]
+        if statics:
+            jobs.append(_probe_job(f"{PROBE_JOB}-{kind}", module, statics, blackbox))
+    return jobs
+
+
 def prometheus_config(cfg: StackConfig, targets: Sequence[MetricsTarget], address: Address = _plain,
-                      evaluation_seconds: int | None = None) -> dict[str, Any]:
+                      evaluation_seconds: int | None = None, probes: Sequence[Probe] = (),
+                      hostnames: Sequence[str] = (), probe_address: Address = _plain) -> dict[str, Any]:
     """prometheus.yml: one job per declared job name (in declaration order), each target with
-    its role and instance name; Alertmanager from the same part."""
+    its role and instance name; the blackbox exporter's probes when it runs; Alertmanager from
+    the same part."""
     interval = cfg.monitoring.scrape_interval_seconds
     jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for target, service, port, path in scrape_targets(cfg, targets):
@@ -73,10 +153,15 @@ def prometheus_config(cfg: StackConfig, targets: Sequence[MetricsTarget], addres
     scrape = []
     for (job, path), statics in jobs.items():
         entry: dict[str, Any] = {"job_name": job}
+        # What jobs push carries their own job label (the backup's), which Prometheus keeps.
+        if job == PUSHGATEWAY:
+            entry["honor_labels"] = True
         if path != "/metrics":
             entry["metrics_path"] = path
         entry["static_configs"] = statics
         scrape.append(entry)
+    if any(t.service == BLACKBOX_EXPORTER for t in targets):
+        scrape += probe_jobs(probes, hostnames, address, probe_address)
     return {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{evaluation_seconds or interval}s"},
         "rule_files": [RULES],
@@ -86,9 +171,10 @@ def prometheus_config(cfg: StackConfig, targets: Sequence[MetricsTarget], addres
 
 
 def prometheus_yml(cfg: StackConfig, targets: Sequence[MetricsTarget], address: Address = _plain,
-                   evaluation_seconds: int | None = None) -> str:
-    return yaml_text.dump(prometheus_config(cfg, targets, address, evaluation_seconds), sort_keys=False,
-                          default_flow_style=False, width=1000)
+                   evaluation_seconds: int | None = None, probes: Sequence[Probe] = (),
+                   hostnames: Sequence[str] = ()) -> str:
+    return yaml_text.dump(prometheus_config(cfg, targets, address, evaluation_seconds, probes, hostnames),
+                          sort_keys=False, default_flow_style=False, width=1000)
 
 
 def _rule(alert: Alert, minutes: Callable[[int], str]) -> dict[str, Any]:

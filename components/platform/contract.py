@@ -163,6 +163,10 @@ class Target(Protocol):
     # volumes) before its command. Without them, a step's work is a service of its own, which the
     # scheduled one asks for it.
     scheduled_steps: bool
+    # Whether the platform itself reports how full each of the stack's volumes is (Kubernetes:
+    # the kubelet's kubelet_volume_stats_* per claim, which kube-prometheus-stack scrapes). Where
+    # it does not, the monitoring part runs node exporter over the host's filesystems.
+    reports_volume_usage: bool
 
     def reach(self, consumer: str, service: str, port: int) -> tuple[str, int, bool]:
         """(address, port, crosses_hosts) the consumer dials to reach `service` on `port`."""

@@ -520,6 +520,11 @@ class DockerPlatform(DockerHosts):
             envs=pulumi.Output.all(*envs, *secret_envs) if secret_envs else envs,
             ports=ports,
             volumes=volume_args,
+            # Host directories, read-only; rslave: mounts the host makes later appear below them.
+            mounts=[docker.ContainerMountArgs(
+                type="bind", source=source, target=path, read_only=True,
+                bind_options=docker.ContainerMountBindOptionsArgs(propagation="rslave"))
+                for source, path in service.host_paths] or None,
             # The aliases are the service's name, whatever the container's: the name others dial.
             networks_advanced=self._networks_of(service, host),
             healthcheck=docker.ContainerHealthcheckArgs(

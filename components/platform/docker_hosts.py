@@ -24,6 +24,8 @@ class DockerHosts:
     terms = Terms(place="host", workloads="containers", volume="volume", starts_in_order=True)
     # No pod to run two images in turn: a step's work is a container of its own.
     scheduled_steps = False
+    # Docker reports no volume usage: node exporter reads the host's filesystems.
+    reports_volume_usage = False
 
     def __init__(self, cfg: StackConfig):
         assert isinstance(cfg.target, DockerTarget)

@@ -22,6 +22,7 @@ class KubernetesCluster:
     terms = Terms(place="cluster", workloads="workloads", volume="claim", starts_in_order=False)
     # A CronJob's pod runs them as init containers.
     scheduled_steps = True
+    reports_volume_usage = True
 
     def __init__(self, cfg: StackConfig):
         assert isinstance(cfg.target, KubernetesTarget)

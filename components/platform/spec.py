@@ -6,8 +6,9 @@ turns them into resources. Nothing here knows about either target.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
 
@@ -184,6 +185,10 @@ class Service:
     user: str | None = None  # "uid:gid"
     read_only_root: bool = False
     writable_paths: tuple[str, ...] = ()  # scratch dirs (tmpfs / emptyDir) when the root is read-only
+    # (host directory, path): a directory of the machine the service runs on, mounted read-only
+    # with the mounts below it (node exporter reads the host's filesystems). Only a target whose
+    # `reports_volume_usage` is False is given such a service; it is a hardening exception there.
+    host_paths: tuple[tuple[str, str], ...] = ()
     resources: Resources = field(default_factory=Resources)
     # A one-shot check the target runs before the service (re)starts (Synapse's config check).
     init_args: tuple[str, ...] | None = None
@@ -202,6 +207,16 @@ class Service:
     data_store: bool = False
     metrics_port: int | None = None
     metrics_path: str = "/metrics"
+    # The labels a scraper sets on its series where the scrape job does not name them (a
+    # ServiceMonitor's relabelings): the job and role the stack's alerts select, and the
+    # instance an exporter reports for.
+    metrics_labels: tuple[tuple[str, str], ...] = ()
+    # Its series carry their own job labels, to be kept (what the Pushgateway holds for jobs).
+    metrics_honor_labels: bool = False
+    # Prometheus rule groups (a rule file's `groups`) this service evaluates: a target whose
+    # cluster runs the Prometheus Operator (Kubernetes with service_monitors) hands them to it
+    # too, as a PrometheusRule.
+    alert_rules: tuple[Mapping[str, Any], ...] = ()
     # The label (in `labels`) whose value names the role this service is one instance of
     # (Synapse's worker role). Targets treat a role's instances together: one ServiceMonitor, one
     # NetworkPolicy and, when scalable, one PodDisruptionBudget per role, not per service, so a

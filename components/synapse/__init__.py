@@ -35,6 +35,7 @@ from config.model import ExternalDatabase, StackConfig
 from . import homeserver, upgrade
 from .services import (
     MEDIA_VOLUME,
+    METRICS_JOB,
     METRICS_PATH,
     REDIS_METRICS,
     SYNAPSE_USER,
@@ -43,9 +44,6 @@ from .services import (
     routes,
     secret_names,
 )
-
-# Every process's series carry one job: alerts and panels select the cluster by it, a role by `role`.
-METRICS_JOB = "synapse"
 
 
 class SynapseCluster(Part):

@@ -30,6 +30,8 @@ MAIN_START_PERIOD_S = 3600
 WORKER_START_PERIOD_S = 300
 ROLE_LABEL = "matrix-stack.synapse-role"
 METRICS_PATH = "/_synapse/metrics"
+# Every process's series carry one job: alerts and panels select the cluster by it, a role by `role`.
+METRICS_JOB = "synapse"
 # What the main process's start waits for when the database is the operator's own.
 EXTERNAL_DATABASE = "synapse-postgres"
 SHARED_GROUP = "synapse-shared"
@@ -211,6 +213,7 @@ def synapse_process(cfg: StackConfig, process: Process, common: list[File],
         start_before_stop=bool(role and role.interchangeable),
         metrics_port=process.metrics_port if cfg.synapse.metrics else None,
         metrics_path=METRICS_PATH,
+        metrics_labels=(("job", METRICS_JOB), ("role", role.name if role else "main")),
         # A role's processes are monitored, guarded from disruption and admitted together.
         role_label=ROLE_LABEL,
         labels={ROLE_LABEL: role.name if role else "main"},

@@ -26,6 +26,8 @@ from components.part import (
     MetricsTarget,
     OAuthClient,
     Part,
+    Probe,
+    ScheduledJob,
     Writer,
 )
 from components.platform.contract import Target
@@ -39,6 +41,8 @@ from .certificates import Certificate
 from .records import Record
 
 T = TypeVar("T")
+# The role of the metrics target that accepts pushed metrics (Prometheus's Pushgateway).
+PUSHGATEWAY_ROLE = "pushgateway"
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,22 @@ class StackView:
     def metrics_targets(self) -> tuple[MetricsTarget, ...]:
         """Every Prometheus endpoint the parts declare, in catalog order."""
         return tuple(target for part in self.enabled for target in part.metrics_targets(self.cfg))
+
+    @property
+    def metrics_push_target(self) -> MetricsTarget | None:
+        """Where a job that is never scraped (the backup) pushes its metrics: the metrics target
+        declared with the role `pushgateway`, when monitoring runs one."""
+        return next((t for t in self.metrics_targets if t.role == PUSHGATEWAY_ROLE), None)
+
+    @functools.cached_property
+    def probes(self) -> tuple[Probe, ...]:
+        """Every directly dialled service the parts declare, in catalog order."""
+        return tuple(probe for part in self.enabled for probe in part.probes(self.cfg))
+
+    @functools.cached_property
+    def scheduled_jobs(self) -> tuple[ScheduledJob, ...]:
+        """Every scheduled job that reports its last success, in catalog order."""
+        return tuple(job for part in self.enabled for job in part.scheduled_jobs(self.cfg))
 
     @functools.cached_property
     def oauth_clients(self) -> tuple[OAuthClient, ...]:

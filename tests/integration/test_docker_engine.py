@@ -334,6 +334,8 @@ def _inspect_broken(info: dict[str, object]) -> set[hardening.Property]:
         found.add("no_new_privileges")
     if not host.get("Memory"):
         found.add("memory_limit")
+    if any(m.get("Type") == "bind" for m in typing.cast(list[dict[str, str]], info.get("Mounts") or [])):
+        found.add("no_host_mount")
     return found
 
 

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from components.platform.kubernetes.roles import PROMETHEUS_OPERATOR
 from render import offline
 from tests.conftest import ROOT, stack_config, stack_raw
 
@@ -25,7 +26,10 @@ CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
 SKIPS_FILE = Path(__file__).with_name("checkov-skips.yaml")
 SECRET_KEYS = stack_config("prod", ROOT)[1]  # the prod example's `secure:` keys
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+# The Prometheus Operator's CRDs at the release the objects are written for (scripts/test puts
+# them here from its Go module).
+OPERATOR_CRDS = Path.home() / ".cache" / "matrix-stack" / f"prometheus-operator-crds-{PROMETHEUS_OPERATOR}"
 
 
 def _run(raw: dict[str, Any]) -> offline.Run:
@@ -109,10 +113,50 @@ def test_service_monitors_select_services_with_a_metrics_port(prod: offline.Run)
         matched = [s for s in services if wanted.items() <= s["metadata"]["labels"].items()]
         assert matched, monitor["metadata"]["name"]
         for endpoint in spec["endpoints"]:
-            assert set(endpoint) <= {"port", "path", "interval"}
+            assert set(endpoint) <= {"port", "path", "interval", "honorLabels", "relabelings"}
             assert re.fullmatch(r"[0-9]+s", endpoint["interval"])
             for service in matched:
                 assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def _crd_schema(kind: str) -> dict[str, Any]:
+    crd = yaml.safe_load((OPERATOR_CRDS / f"monitoring.coreos.com_{kind.lower()}s.yaml").read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def _schema_problems(obj: dict[str, Any]) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(_crd_schema(obj["kind"]))
+    return [f"{obj['metadata']['name']}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(obj)]
+
+
+@pytest.mark.skipif(not OPERATOR_CRDS.is_dir(), reason="the Prometheus Operator's CRDs (scripts/test fetches them)")
+def test_service_monitors_and_the_rule_object_match_the_operators_crd_schemas(prod: offline.Run) -> None:
+    """Every ServiceMonitor (each scrape target, the exporters among them) and the PrometheusRule
+    carrying the rendered rule groups, against the CRDs' OpenAPI schemas; kube-prometheus-stack's
+    selectors match them by `release` when the target names its Helm release."""
+    raw = stack_raw("prod")
+    raw["target"] = {**raw["target"], "prometheus_release": "kube-prometheus-stack"}
+    manifests = _run(raw).deployment.manifests
+    custom = [o for o in manifests.values() if (o["apiVersion"], o["kind"]) in CUSTOM_KINDS]
+    assert [o["metadata"]["name"] for o in custom if o["kind"] == "PrometheusRule"] == ["prometheus"]
+    problems = [p for o in custom for p in _schema_problems(o)]
+    assert problems == [], "\n".join(problems)
+    monitored = {o["metadata"]["name"] for o in custom if o["kind"] == "ServiceMonitor"}
+    assert {"nginx-exporter", "postgres-exporter", "redis-exporter", "blackbox-exporter", "pushgateway",
+            "synapse-main"} <= monitored
+    assert all(o["metadata"]["labels"]["release"] == "kube-prometheus-stack" for o in custom)
+    [rule] = [o for o in custom if o["kind"] == "PrometheusRule"]
+    names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"VolumeSpaceLow", "CertificateExpiringSoon", "BackupOverdue"} <= names
+    # The claims' space comes from the kubelet there.
+    assert any("kubelet_volume_stats_available_bytes" in r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+    # A broken object is caught (the schema is not vacuous).
+    broken = {**rule, "spec": {"groups": [{"rules": [{"alert": "X"}]}]}}
+    assert _schema_problems(broken)
 
 
 # ---------------------------------------------------------------- checkov

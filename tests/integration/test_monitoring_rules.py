@@ -15,7 +15,7 @@ import yaml
 
 from components.checks import view_of
 from components.monitoring import alerts as alert_table
-from components.monitoring import ntfy_base
+from components.monitoring import certificate_hostnames, ntfy_base, stack_alerts
 from components.monitoring import render as mon
 from config import ConfigError
 from render.__main__ import stack_config
@@ -56,7 +56,7 @@ def rendered(request: pytest.FixtureRequest) -> tuple[Any, Any, list[alert_table
     raw_synapse = {**stack_raw(base).get("synapse", {}), **extra.get("synapse", {})}
     cfg = _cfg(base, **({"synapse": raw_synapse} if extra else {}))
     view = view_of(cfg)[0]
-    return cfg, view, alert_table.stack_alerts(view.metrics_targets)
+    return cfg, view, stack_alerts(cfg, view)
 
 
 def test_promtool_checks_and_tests_every_alert(rendered: Any, tmp_path: Path) -> None:
@@ -81,21 +81,31 @@ def test_the_role_shapes_get_their_alerts(rendered: Any) -> None:
     assert ("SynapseInstanceDown" in names) == several and ("SynapseRoleDown" in names) == several
     for needed in ("ScrapeTargetDown", "EdgeProxyDown", "PostgresDown", "PostgresConnectionsNearLimit",
                    "SynapseHttp5xxRatio", "SynapseFederationSendBacklog", "SynapseDatabasePoolWaits",
-                   "AlertDeliveryFailing"):
+                   "AlertDeliveryFailing", "VolumeSpaceLow", "VolumeFillingUp", "CertificateExpiringSoon",
+                   "CertificateProbeFailing", "BackupOverdue", "BackupNeverReported"):
         assert needed in names
+    calls = any(p.calls for p in view.probes)
+    assert ("CallServiceUnreachable" in names) == calls
 
 
 def test_prometheus_yml_scrapes_every_declared_target_and_promtool_accepts_it(rendered: Any, tmp_path: Path) -> None:
     cfg, view, alerts = rendered
     rules = tmp_path / "stack.rules.yml"
     rules.write_text(mon.rules_yml(alerts))
-    conf = mon.prometheus_config(cfg, view.metrics_targets)
+    conf = mon.prometheus_config(cfg, view.metrics_targets, probes=view.probes,
+                                 hostnames=certificate_hostnames(view))
     conf["rule_files"] = [str(rules)]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(conf, sort_keys=False))
     _run(PROMTOOL or "promtool", "check", "config", str(path))
-    instances = {s["labels"]["instance"] for job in conf["scrape_configs"] for s in job["static_configs"]}
+    scraped = [job for job in conf["scrape_configs"] if job.get("metrics_path") != "/probe"]
+    instances = {s["labels"]["instance"] for job in scraped for s in job["static_configs"]}
     assert instances == {t.service for t in view.metrics_targets}
+    # The blackbox exporter's jobs: every certificate hostname, every declared probe.
+    probed = {t for job in conf["scrape_configs"] if job.get("metrics_path") == "/probe"
+              for s in job["static_configs"] for t in s["targets"]}
+    assert probed == ({f"{h}:443" for h in certificate_hostnames(view)}
+                      | {f"{p.service}:{p.port}" for p in view.probes})
     assert {"synapse-proxy", "synapse-postgres", "prometheus", "alertmanager"} <= instances
 
 

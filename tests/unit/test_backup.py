@@ -196,7 +196,7 @@ def test_the_backup_holds_the_dumps_the_keys_and_the_media_store() -> None:
     cfg = _cfg(with_backup(retention={"daily": 3, "weekly": 0, "monthly": 2}))
     script = render.backup_script(cfg, stack_view(cfg), [_synapse_db(cfg)])
     backup_line = next(line for line in script.splitlines() if " backup --json" in line)
-    assert shlex.split(backup_line)[-3:] == [render.DUMPS, render.KEYS, "/media_store"]
+    assert shlex.split(backup_line)[-5:] == [render.DUMPS, render.KEYS, "/media_store", ">", render.SUMMARY]
     forget = next(line for line in script.splitlines() if " forget " in line)
     assert shlex.split(forget)[2:] == ["forget", "--host", "matrix-stack", "--keep-daily", "3", "--keep-monthly", "2",
                                        "--prune"]

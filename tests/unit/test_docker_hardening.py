@@ -1,6 +1,6 @@
 """Every container the Docker adapter declares, held to components/platform/docker_hardening.py:
 read-only root, a non-root user, every capability dropped (only its image's file capabilities
-added back), no-new-privileges, a memory limit, and no secret in its environment, except what
+added back), no-new-privileges, a memory limit, no secret in its environment and no host directory mounted, except what
 the table of exemptions lists. Read from the rendered inputs (resources.json's), per container,
 on the staging and dev stacks; the engine test checks the same with `docker inspect`."""
 
@@ -59,6 +59,8 @@ def broken(inputs: dict[str, Any], masked: dict[str, Any], image: str) -> set[Pr
         found.add("memory_limit")
     if _is_secret(masked.get("envs")):
         found.add("no_secret_env")
+    if any(m.get("type") == "bind" for m in inputs.get("mounts") or ()):
+        found.add("no_host_mount")
     return found
 
 

@@ -12,7 +12,8 @@ from components.monitoring import render as mon
 from components.ntfy import render as ntfy
 from tests.conftest import stack_raw
 
-MONITORED = {"prometheus", "alertmanager", "nginx-exporter", "postgres-exporter", "redis-exporter"}
+MONITORED = {"prometheus", "alertmanager", "nginx-exporter", "postgres-exporter", "redis-exporter", "node-exporter",
+             "blackbox-exporter", "pushgateway"}
 
 
 def _entry(run: Any, name: str) -> dict[str, Any]:

@@ -112,6 +112,9 @@ def _owned_in(services: list[Service], ctx: Context, held: EdgeCertificate | Non
             for key, obj in edge_objects(service, ctx, held).items():
                 yield (EDGE_CERTIFICATE if obj["kind"] == "Secret" else service.name), key, obj
     for key, obj in service_monitors(services, ctx).items():
+        if obj["kind"] == "PrometheusRule":
+            yield obj["metadata"]["name"], key, obj
+            continue
         match = obj["spec"]["selector"]["matchLabels"]
         owner = next(s.name for s in services if match.items() <= labels(s).items())
         yield owner, key, obj

@@ -55,6 +55,7 @@ class Context:
     cert_manager_issuer: str | None = None
     livekit_exposure: str = "load_balancer"
     service_monitors: bool = False
+    prometheus_release: str | None = None
     # Synapse's max_upload_size: the Ingress body limit must not be lower (one value, every hop).
     max_body: str = "50M"
     # Volumes mounted by more than one service: standalone ReadWriteMany claims.
@@ -80,6 +81,7 @@ class Context:
             cert_manager_issuer=target.cert_manager_issuer,
             livekit_exposure=target.livekit_exposure,
             service_monitors=target.service_monitors,
+            prometheus_release=target.prometheus_release,
             max_body=cfg.synapse.max_upload_size,
             shared_volumes=frozenset(shared_volumes),
         )

@@ -270,19 +270,41 @@ def network_policies(services: Iterable[Service], ctx: Context,
     return out
 
 
+# The Prometheus Operator release whose CRDs (ServiceMonitor, PrometheusRule) the objects are
+# written for: the tests validate them against its published schemas.
+PROMETHEUS_OPERATOR = "v0.80.1"
+
+
 def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dict[str, Any]]:
     """One ServiceMonitor per role (see roles: Synapse's worker role), else per service, over the
     Services with a metrics port."""
     if not ctx.service_monitors:
         return {}
+    # kube-prometheus-stack's Prometheus selects the objects of its own Helm release by default.
+    release = {"release": ctx.prometheus_release} if ctx.prometheus_release else {}
     out: dict[str, dict[str, Any]] = {}
     for role in roles(s for s in services if s.metrics_port):
         first = role.members[0]
         match = role.selector if role.grouped else {
             "app.kubernetes.io/component": first.component, "app.kubernetes.io/part-of": PART_OF, NAME_LABEL: first.name}
+        endpoint: dict[str, Any] = {"port": "metrics", "path": first.metrics_path, "interval": "30s"}
+        if first.metrics_honor_labels:
+            endpoint["honorLabels"] = True
+        # The labels the stack's own prometheus.yml gives the same series: the alerts select them.
+        given = dict(first.metrics_labels)
+        endpoint["relabelings"] = [
+            *([] if "instance" in given else [{"sourceLabels": ["__meta_kubernetes_service_name"],
+                                               "targetLabel": "instance"}]),
+            *({"targetLabel": name, "replacement": value} for name, value in first.metrics_labels)]
         obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-               "metadata": _meta(role.name, ctx, {"app.kubernetes.io/component": first.component}),
+               "metadata": _meta(role.name, ctx, {"app.kubernetes.io/component": first.component, **release}),
                "spec": {"selector": {"matchLabels": match}, "namespaceSelector": {"matchNames": [ctx.namespace]},
-                        "endpoints": [{"port": "metrics", "path": first.metrics_path, "interval": "30s"}]}}
+                        "endpoints": [endpoint]}}
         out[manifest_key(obj)] = obj
+    for service in services:
+        if service.alert_rules:
+            obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+                   "metadata": _meta(service.name, ctx, {"app.kubernetes.io/component": service.component, **release}),
+                   "spec": {"groups": [dict(group) for group in service.alert_rules]}}
+            out[manifest_key(obj)] = obj
     return out

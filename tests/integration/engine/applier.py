@@ -208,6 +208,10 @@ class Applier:
         # that path); one with from_container takes that container's volumes (`:ro` when read-only).
         mounts = [Mount(target=v["containerPath"], source=v.get("volumeName") or None, type="volume",
                         read_only=bool(v.get("readOnly"))) for v in volumes if v.get("containerPath")]
+        # Host directories (node exporter's view of the host), read-only with their propagation.
+        mounts += [Mount(target=m["target"], source=m["source"], type="bind", read_only=bool(m.get("readOnly")),
+                         propagation=(m.get("bindOptions") or {}).get("propagation"))
+                   for m in inputs.get("mounts") or () if m.get("type") == "bind"]
         volumes_from = [v["fromContainer"] + (":ro" if v.get("readOnly") else ":rw")
                         for v in volumes if v.get("fromContainer")]
         caps = inputs.get("capabilities") or {}
