@@ -574,6 +574,28 @@ class Cluster:
                  for w in service.health.command] if service.health else []
         self._wait([proc], lambda _p: subprocess.run(check).returncode == 0, "accepting connections", timeout=30)
 
+    def wait_for_database(self, timeout: float = 30.0) -> float:
+        """Until a transaction runs the way Synapse runs one (its database config file's
+        arguments: through the pooler, when the render has one); returns the seconds waited."""
+        import psycopg2
+
+        args = yaml.safe_load(self.file("/secrets/database.yaml").read_text())["database"]["args"]
+        started = time.monotonic()
+        while True:
+            try:
+                conn = psycopg2.connect(host=args["host"], port=args["port"], user=args["user"],
+                                        dbname=args["database"], password=args["password"], connect_timeout=3)
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                finally:
+                    conn.close()
+                return time.monotonic() - started
+            except psycopg2.Error:
+                if time.monotonic() - started > timeout:
+                    raise
+                time.sleep(0.05)
+
     def start_redis(self) -> None:
         if "synapse-redis" not in self.services:
             return  # a monolith has no Redis
