@@ -106,6 +106,11 @@ class DatabaseClaim:
     owner: bool = False
     # The role may read every database while this holds (pg_read_all_data; MAS's syn2mas).
     reads_all_data: bool = False
+    # Its clients keep no state in a session between transactions (no session SET they depend
+    # on, no prepared statement, no session lock): on the bundled server they may dial its
+    # transaction pooler (DatabaseServer.pooler), which hands each transaction a checked server
+    # connection, so a restarted server leaves them no dead connection.
+    pooled: bool = False
 
     @property
     def bundled(self) -> bool:
@@ -119,6 +124,13 @@ class DatabaseServer:
     service: str
     port: int
     image: str
+    # (service, port) of the transaction pooler in front of it, when one runs: `pooled` claims'
+    # clients dial it instead of the server.
+    pooler: tuple[str, int] | None = None
+
+    def address(self, pooled: bool) -> tuple[str, int]:
+        """Where a client of a claim (pooled or not) dials."""
+        return self.pooler if pooled and self.pooler is not None else (self.service, self.port)
 
 
 @dataclass(frozen=True)

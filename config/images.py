@@ -33,6 +33,8 @@ S3_STORAGE_PROVIDER_VERSION = "1.7.0"
 SYNAPSE_S3_REPOSITORY = "matrix-stack/synapse-s3"
 SYNAPSE_S3_RECIPE = "images/synapse-s3/Dockerfile"
 POSTGRES = "postgres:16.15-alpine"
+# The transaction pooler in front of the bundled PostgreSQL (components/postgres/pooler.py).
+PGBOUNCER = "edoburu/pgbouncer:v1.25.2-p0"
 # Valkey, not Redis: Redis 7.4+ is source-available (RSALv2/SSPLv1), Valkey is BSD-3-Clause and
 # speaks the same protocol, config file and ACL file; Synapse's replication needs nothing more.
 # The name stays REDIS: it is the stack's Redis-protocol server (synapse.redis in the config).
@@ -263,6 +265,16 @@ _COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", 
 _POSTGRES_FILE_ENV = Source("docker-library/postgres", "16/alpine3.22/docker-entrypoint.sh", "1cb68aee8f",
                             "file_env 'POSTGRES_PASSWORD': POSTGRES_PASSWORD_FILE's content, read when the "
                             "cluster is created; libpq (psql) reads PGPASSFILE, ignored unless u=rw or less")
+_PGBOUNCER_DOCKERFILE = Source("edoburu/docker-pgbouncer", "Dockerfile", "v1.25.2-p0",
+                               "pgbouncer 1.25.2 built into /usr/bin on alpine:3.23 with busybox, libevent and "
+                               "postgresql-client; USER postgres, ENTRYPOINT /entrypoint.sh, EXPOSE 5432")
+_PGBOUNCER_USER = Source("docker-library/postgres", "16/alpine3.23/Dockerfile", "6edb0a8c4d",
+                         "USER postgres is Alpine's postgres account, which postgresql-client's "
+                         "postgresql-common creates: '70 is the standard uid/gid for \"postgres\" in Alpine'")
+_PGBOUNCER_ENTRYPOINT = Source("edoburu/docker-pgbouncer", "entrypoint.sh", "v1.25.2-p0",
+                               "writes pgbouncer.ini and the userlist from environment variables only when "
+                               "/etc/pgbouncer/pgbouncer.ini is missing, then exec \"$@\"; pgbouncer itself "
+                               "reads auth_file (the pooler starts /usr/bin/pgbouncer directly)")
 _SYNAPSE_DATABASE = Source("element-hq/synapse", "synapse/config/database.py", _SYNAPSE_TREE,
                            "database.args go to psycopg2 as they are: no password-file key; "
                            "--no-secrets-in-config does not cover them (config/_base.py, allow_secrets_in_config)")
@@ -370,6 +382,22 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
                          "cp", "chmod", "mv", "wc", "mkdir", "touch", "rm", "sleep"},
         port=5432,
         secret_file_options=("POSTGRES_PASSWORD_FILE", "PGPASSFILE"),
+    ),
+    ImageFacts(
+        image=PGBOUNCER,
+        read_for="v1.25.2-p0",
+        read_on="2026-12-07",
+        sources=_sources(_PGBOUNCER_DOCKERFILE, user=_PGBOUNCER_USER, secret_file_options=_PGBOUNCER_ENTRYPOINT,
+                         config_path=_PGBOUNCER_ENTRYPOINT),
+        user="70:70",  # USER postgres, Alpine's postgres account
+        entrypoint=("/entrypoint.sh",),
+        shell=True,
+        wget=True,
+        # postgresql-client: pg_isready and psql.
+        tools=BUSYBOX | {"pgbouncer", "pg_isready", "psql"},
+        port=5432,
+        config_path="/etc/pgbouncer/pgbouncer.ini",
+        secret_file_options=("auth_file",),
     ),
     ImageFacts(
         image=REDIS,

@@ -223,6 +223,9 @@ class BundledDatabase(Strict):
     image: Image = images.POSTGRES
     size: str = "20Gi"
     cp_max: Annotated[int, Field(ge=1, le=50)] = 5
+    # PgBouncer in transaction pooling between Synapse and the server: a restarted server then
+    # costs no request once it is healthy (Synapse alone reuses each dead pooled connection once).
+    pooler: bool = True
 
 
 class ExternalPostgres(Strict):

@@ -79,7 +79,9 @@ def max_connections(cfg: Any) -> int:
     """The bundled PostgreSQL's max_connections for a parsed stack config."""
     from components.postgres import render
 
-    return render.max_connections([claim for claim in stack_view(cfg).databases if claim.bundled])
+    claims = [claim for claim in stack_view(cfg).databases if claim.bundled]
+    pooler = getattr(cfg.synapse.database, "pooler", False)
+    return render.max_connections(claims, [claim for claim in claims if claim.pooled and pooler])
 
 
 def database_server(cfg: Any) -> Any:

@@ -296,14 +296,14 @@ class DockerPlatform(DockerHosts):
         return self._networks[key]
 
     def _networks_of(self, service: Service, host: DockerHost) -> list[docker.ContainerNetworksAdvancedArgs]:
-        """A data store joins its own network only; every other service the stack's network and
-        the network of each data store that admits it."""
+        """A data store joins its own network, not the stack's; every other service the stack's
+        network. Each also joins the network of each data store that admits it (a pooler in front
+        of a database is a data store that the database admits)."""
         def joined(network: docker.Network) -> docker.ContainerNetworksAdvancedArgs:
             return docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[service.name])
 
-        if service.data_store:
-            return [joined(self.store_network(host, service.name))]
-        return [joined(self.network(host))] + [
+        own = self.store_network(host, service.name) if service.data_store else self.network(host)
+        return [joined(own)] + [
             joined(self.store_network(host, store.name)) for store in self._data_stores
             if service.name in (store.allowed_clients or ()) and self.docker_host(store.name).name == host.name]
 

@@ -25,13 +25,14 @@ from components.view import StackView
 from config import images
 from config.model import BundledDatabase, StackConfig
 
-from . import render
+from . import pooler, render
 
 # Its name and component label from the days it was the Synapse cluster's own database: a change
 # would replace its container, and a StatefulSet's selector cannot change at all.
 SERVICE = "synapse-postgres"
 COMPONENT = "synapse"
 SETUP_SERVICE = f"{SERVICE}-setup"
+POOLER_SERVICE = "synapse-pgbouncer"
 PORT = 5432
 DATA = "/var/lib/postgresql/data"
 VOLUME = "synapse-postgres"
@@ -59,7 +60,9 @@ class BundledPostgres(Part):
 
     def database_server(self, cfg: StackConfig) -> DatabaseServer | None:
         db = _bundled(cfg)
-        return DatabaseServer(SERVICE, PORT, db.image) if db is not None else None
+        if db is None:
+            return None
+        return DatabaseServer(SERVICE, PORT, db.image, (POOLER_SERVICE, pooler.PORT) if db.pooler else None)
 
     def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
         # postgres_exporter reads the server's statistics views (it logs in with a claim of its own).
@@ -96,9 +99,12 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
     assert db is not None
     owner = next(claim for claim in claims if claim.owner)
     guests = [claim for claim in claims if not claim.owner]
-    clients: list[str] = []
+    pooled = [claim for claim in claims if claim.pooled] if db.pooler else []
+    # The pooled claims' clients dial the pooler alone; it dials the server for them.
+    clients: list[str] = [POOLER_SERVICE] if pooled else []
     for claim in claims:
-        clients += [c for c in claim.clients if c not in clients]
+        if claim not in pooled:
+            clients += [c for c in claim.clients if c not in clients]
     if guests:
         clients.append(SETUP_SERVICE)
     clients += [r for r in readers if r not in clients]
@@ -106,7 +112,7 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         name=SERVICE,
         component=COMPONENT,
         image=db.image,
-        args=("postgres", "-c", f"max_connections={render.max_connections(claims)}", "-c", "listen_addresses=*"),
+        args=("postgres", "-c", f"max_connections={render.max_connections(claims, pooled)}", "-c", "listen_addresses=*"),
         env={
             "POSTGRES_USER": owner.user,
             "POSTGRES_DB": owner.database,
@@ -136,8 +142,9 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         allowed_clients=tuple(clients),
         data_store=True,
     )
+    extra = [pooler_service(db, pooled, passwords)] if pooled else []
     if not guests:
-        return [server]
+        return [server, *extra]
     logins = render.setup_logins(SERVICE, PORT, owner, guests)
     login_passwords = [passwords[owner.password_secret], *(passwords[claim.password_secret] for claim in guests)]
     setup = Service(
@@ -159,4 +166,41 @@ def services(cfg: StackConfig, claims: Sequence[DatabaseClaim],
         # Nothing connects to it.
         allowed_clients=(),
     )
-    return [server, setup]
+    return [server, *extra, setup]
+
+
+def pooler_service(db: BundledDatabase, pooled: Sequence[DatabaseClaim],
+                   passwords: Mapping[str, pulumi.Input[str]]) -> Service:
+    """PgBouncer, in transaction pooling, for the pooled claims' clients (components/postgres/pooler.py)."""
+    facts = images.facts_for(images.PGBOUNCER)
+    users = [claim.user for claim in pooled]
+    secrets = [passwords[claim.password_secret] for claim in pooled]
+    if all(isinstance(p, str) for p in secrets):
+        auth: pulumi.Input[str] = pooler.auth_file(users, [str(p) for p in secrets])
+    else:
+        auth = pulumi.Output.secret(pulumi.Output.all(*secrets).apply(lambda values: pooler.auth_file(users, values)))
+    clients: list[str] = []
+    for claim in pooled:
+        clients += [c for c in claim.clients if c not in clients]
+    first = pooled[0]
+    return Service(
+        name=POOLER_SERVICE,
+        component=COMPONENT,
+        image=images.PGBOUNCER,
+        # PgBouncer itself, on the rendered file: the image's entrypoint would only write a
+        # config of its own from the environment when none is there.
+        entrypoint=("/usr/bin/pgbouncer",),
+        args=(pooler.CONFIG,),
+        files=[File(pooler.CONFIG, pooler.pgbouncer_ini(SERVICE, PORT, pooled)),
+               File(pooler.AUTH_FILE, auth, secret=True, mode=0o400)],
+        ports=[Port("postgres", pooler.PORT)],
+        # Answers once PgBouncer listens and has logged in to the server at least once.
+        health=HealthCheck(("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(pooler.PORT),
+                            "-U", first.user, "-d", first.database)),
+        resources=Resources(cpu_request="50m", memory_request="32Mi", memory_limit="256Mi"),
+        user=facts.user,
+        # It writes nothing: no log file, no pid file, no socket file (pgbouncer.ini).
+        read_only_root=True,
+        allowed_clients=tuple(clients),
+        data_store=True,
+    )

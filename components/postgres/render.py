@@ -20,10 +20,23 @@ SETUP_INTERVAL_S = 60
 ADMIN_CONNECTIONS = 20
 
 
-def max_connections(claims: Sequence[DatabaseClaim]) -> int:
-    """Every claimant's pool plus room for admin tools, rounded up to a hundred so that adding a
-    worker rarely changes it (a change restarts PostgreSQL)."""
-    needed = sum(claim.pool for claim in claims) + ADMIN_CONNECTIONS
+# The server connections the pooler opens for a pooled claim at most, whatever its clients pool:
+# in transaction pooling a server connection is held only for a transaction, and a fixed figure
+# keeps pgbouncer.ini (whose change restarts the pooler) unchanged when a worker is added.
+POOLED_SERVER_CONNECTIONS = 50
+
+
+def server_connections(claim: DatabaseClaim, pooled: bool) -> int:
+    """The connections a claim holds on the server: its clients' pools, or, through the pooler,
+    POOLED_SERVER_CONNECTIONS (the pooler's pool_size and max_db_connections)."""
+    return POOLED_SERVER_CONNECTIONS if pooled else claim.pool
+
+
+def max_connections(claims: Sequence[DatabaseClaim], pooled: Sequence[DatabaseClaim] = ()) -> int:
+    """Every claimant's server connections plus room for admin tools, rounded up to a hundred so
+    that adding a worker rarely changes it (a change restarts PostgreSQL). `pooled`: the claims
+    whose clients dial the pooler."""
+    needed = sum(server_connections(claim, claim in pooled) for claim in claims) + ADMIN_CONNECTIONS
     return max(100, -(-needed // 100) * 100)
 
 

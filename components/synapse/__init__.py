@@ -72,8 +72,9 @@ class SynapseCluster(Part):
             return [DatabaseClaim(db.name, db.user, processes, pool, "postgres",
                                   external=ExternalServer(db.host, db.port, db.sslmode))]
         # The bundled server's owner: its image creates Synapse's role and database.
+        # psycopg2 keeps nothing in a session between transactions: its processes may be pooled.
         return [DatabaseClaim(homeserver.DATABASE_NAME, homeserver.DATABASE_USER, processes, pool, "postgres",
-                              owner=True)]
+                              owner=True, pooled=True)]
 
     def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
         topology = homeserver.topology(cfg)

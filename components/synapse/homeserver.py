@@ -199,15 +199,18 @@ def worker_keys(cfg: StackConfig, topo: Topology, address: dict[str, str]) -> di
     return keys
 
 
-def database_section(cfg: StackConfig, server: DatabaseServer | None) -> dict[str, Any]:
-    """Synapse's database: the external server, or the bundled one (`server`, from the view)."""
+def database_section(cfg: StackConfig, server: DatabaseServer | None, pooled: bool = True) -> dict[str, Any]:
+    """Synapse's database: the external server, or the bundled one (`server`, from the view),
+    through its transaction pooler when one runs (Synapse's processes; `pooled` False: a tool
+    that keeps session state, such as prepared statements)."""
     db = cfg.synapse.database
     args: dict[str, Any]
     if isinstance(db, ExternalDatabase):
         args = {"user": db.user, "database": db.name, "host": db.host, "port": db.port, "sslmode": db.sslmode}
     else:
         assert server is not None
-        args = {"user": DATABASE_USER, "database": DATABASE_NAME, "host": server.service, "port": server.port}
+        host, port = server.address(pooled)
+        args = {"user": DATABASE_USER, "database": DATABASE_NAME, "host": host, "port": port}
     # The password is added only in the secret file (database_config). Pools stay small per
     # process: they multiply by the process count.
     args.update({"cp_min": 1, "cp_max": db.cp_max, "keepalives_idle": 10, "keepalives_interval": 10,
@@ -221,7 +224,8 @@ def tool_config(cfg: StackConfig) -> Callable[[DatabaseServer | None], dict[str,
 
     def render(server: DatabaseServer | None) -> dict[str, Any]:
         conf: dict[str, Any] = {"server_name": cfg.server_name, "public_baseurl": cfg.url("matrix") + "/",
-                                "database": database_section(cfg, server)}
+                                # syn2mas (sqlx) prepares statements: the server itself.
+                                "database": database_section(cfg, server, pooled=False)}
         conf.update({k: v for k, v in registration_keys(cfg).items() if not k.endswith("_path")})
         return conf
 

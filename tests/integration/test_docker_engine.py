@@ -109,7 +109,10 @@ def dev_raw() -> dict[str, typing.Any]:
     """The dev stack as its file says, with only the rate limits raised for the workload, which
     runs once fresh and again after every fault."""
     raw = stack_raw("dev")
-    raw["synapse"] = {**raw["synapse"], "rate_limits": WORKLOAD_RATE_LIMITS}
+    # Without the pooler: the engine's stand-in images have no PgBouncer (test_synapse_boot runs
+    # the real one in front of PostgreSQL).
+    raw["synapse"] = {**raw["synapse"], "rate_limits": WORKLOAD_RATE_LIMITS,
+                      "database": {**raw["synapse"].get("database", {}), "pooler": False}}
     return raw
 
 

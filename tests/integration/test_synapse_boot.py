@@ -18,9 +18,14 @@ from . import dashboard_queries
 from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
 from .load import SHORT_DRAIN_S, SHORT_HOLD_S, SHORT_LEVELS, guard_problems, run_load
-from .workload import PASSWORD, Facts, run_workload
+from .workload import PASSWORD, Facts, SteadyLoad, run_workload
 
 MAIN_PORT = 8008
+# The steady workload's windows, in requests: enough for every client to have used each of its
+# request kinds several times (before the kill) and for each process to have used every pooled
+# connection it held (after).
+STEADY_WARM_UP_REQUESTS = 60
+STEADY_OBSERVED_REQUESTS = 200
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def booted() -> Iterator[tuple[Cluster, Facts, list[Access]]]:
 
 def test_every_process_is_healthy(booted: tuple[Cluster, Facts, list[Access]]) -> None:
     cluster, _facts, _log = booted
-    expected = {"synapse-postgres", "synapse-redis", "synapse-proxy", *cluster.synapse_names()}
+    expected = {"synapse-postgres", "synapse-pgbouncer", "synapse-redis", "synapse-proxy", *cluster.synapse_names()}
     assert set(cluster.boot_s) == expected
     # Every role in the table runs, the counted ones as often as asked.
     workers = cluster.worker_names()
@@ -203,3 +208,44 @@ def test_every_dashboard_panel_has_data_from_real_prometheus(booted: tuple[Clust
           f"{len(scraped.dashboards)} dashboards evaluated in {time.monotonic() - started - up_s:.1f}s")
     assert count > 0
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_a_restarted_database_costs_no_request_once_it_is_healthy(
+        booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    """PostgreSQL killed (as `docker kill` does) and started again under a steady client workload:
+    no request sent after it is healthy again fails, every process still runs.
+
+    Synapse alone finds a pooled connection dead only when a transaction fails on it (its retry of
+    the OperationalError reuses the dead connection): one failed request per pooled connection.
+    Through PgBouncer in transaction pooling (components/postgres/pooler.py) Synapse's connections
+    end at the pooler, which outlives the restart and checks each server connection it hands out.
+
+    The workload pauses while the server is down, so every pooled connection is still stale when
+    it is back, as a restart shorter than the gaps between a process's transactions leaves them.
+    Healthy: the server answers pg_isready and a transaction runs the way Synapse runs one.
+    Last in the module: it restarts the database under the other tests' feet.
+    """
+    cluster, _facts, _log = booted
+    with SteadyLoad(cluster) as load:
+        load.wait_for(STEADY_WARM_UP_REQUESTS)  # every process has served, its pool is warm
+        before = load.count()
+        with load.paused():
+            killed = time.monotonic()
+            cluster.kill_postgres()
+            restart_s = cluster.restart_postgres()
+            # PgBouncer fails and disconnects a client while its last server login has failed,
+            # until it logs in again (a maintenance round, at most a third of a second later):
+            # healthy is when a transaction runs through it, as Synapse's own wait probe asks.
+            path_s = cluster.wait_for_database()
+            healthy = time.monotonic()
+        load.wait_for(STEADY_OBSERVED_REQUESTS, since=healthy)
+        errors = load.errors(since=healthy)
+        observed = load.count(healthy)
+    print(f"\nPostgreSQL killed and back: healthy {healthy - killed:.1f}s after the kill "
+          f"(restart to healthy {restart_s:.1f}s, then a transaction through the pooler {path_s:.2f}s); "
+          f"before the kill: {before} requests; after healthy: {observed} requests, {len(errors)} errors"
+          + (f", the last {errors[-1].sent - healthy:.1f}s after healthy" if errors else ""))
+    listed = "\n".join(f"+{e.sent - healthy:.1f}s {e.what}: {e.error}" for e in errors)
+    assert not errors, f"{len(errors)} requests failed after PostgreSQL was healthy again:\n{listed}"
+    for name, proc in cluster.procs.items():
+        assert proc.popen.poll() is None, f"{name} died with the database:\n{proc.tail()}"

@@ -37,15 +37,20 @@ def test_each_data_store_is_reached_only_by_its_clients() -> None:
     run = _run()
     members = _members()
     stores = [r["service"] for r in run.services if r["service"].data_store]
-    assert {s.name for s in stores} == {"synapse-postgres", "synapse-redis"}
+    # PgBouncer fronts PostgreSQL: a data store of its own, and PostgreSQL's one pooled client.
+    assert {s.name for s in stores} == {"synapse-postgres", "synapse-pgbouncer", "synapse-redis"}
+    clients = {f"matrix-stack-{s.name}": set(s.allowed_clients or ()) for s in stores}
     for store in stores:
         network = f"matrix-stack-{store.name}"
         assert members[network] == {store.name, *(store.allowed_clients or ())}, network
-        assert not any(store.name in names for name, names in members.items() if name != network)
+        assert not any(store.name in names for name, names in members.items()
+                       if name != network and store.name not in clients.get(name, ()))
     # The parts that never dial a data store are on the stack's network alone.
     for name in ("livekit", "ntfy", "lk-jwt-service", "element-call", "synapse-proxy"):
         assert [n for n, names in members.items() if name in names] == ["matrix-stack"], name
-    assert {"synapse-main"} <= members["matrix-stack-synapse-postgres"] & members["matrix-stack-synapse-redis"]
+    assert {"synapse-main"} <= members["matrix-stack-synapse-pgbouncer"] & members["matrix-stack-synapse-redis"]
+    # Synapse reaches PostgreSQL only through the pooler.
+    assert members["matrix-stack-synapse-postgres"] & members["matrix-stack-synapse-pgbouncer"] == {"synapse-pgbouncer"}
 
 
 def test_data_store_networks_are_internal() -> None:

@@ -616,6 +616,11 @@ def _changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
+def pooler_ini(run: offline.Run) -> str:
+    service = next(e for e in run.services if e["service"].name == "synapse-pgbouncer")
+    return next(str(f["content"]) for f in service["files"] if f["path"].endswith("pgbouncer.ini"))
+
+
 def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
         prod: offline.Run, program: Callable[..., offline.Run]) -> None:
     counts = dict(hs.topology(prod.cfg).counts)
@@ -639,8 +644,12 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     # then, and only then, PostgreSQL restarts too.
     if max_connections(prod.cfg) != max_connections(run.cfg):
         expected |= {"statefulset-synapse-postgres"}
-    # The Redis, PostgreSQL and MAS (token introspection) policies list every Synapse process as a client.
-    expected |= {"networkpolicy-synapse-postgres", "networkpolicy-synapse-redis", "networkpolicy-mas"}
+    # So does the pooler's pool (in steps of POOL_STEP): then, and only then, the pooler restarts.
+    if pooler_ini(prod) != pooler_ini(run):
+        expected |= {"configmap-synapse-pgbouncer-files", "deployment-synapse-pgbouncer"}
+    # The Redis, pooler and MAS (token introspection) policies list every Synapse process as a
+    # client (PostgreSQL's lists the pooler, not them).
+    expected |= {"networkpolicy-synapse-pgbouncer", "networkpolicy-synapse-redis", "networkpolicy-mas"}
     # Every pod of the namespace may dial the new worker (it admits anyone): one more egress rule.
     expected |= {"networkpolicy-stack-open-services"}
     # The proxy reads the changed nginx.conf: its pod rolls through the checksum, nothing else.

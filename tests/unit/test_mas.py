@@ -239,7 +239,7 @@ def test_mas_on_another_docker_host_than_its_bundled_database_is_refused() -> No
     found = problems_of({**MONOLITH, "target": {"kind": "docker", "hosts": hosts}})
     # PostgreSQL listens on its host's private network only: MAS and its setup share its host.
     [placed] = [p for p in found if p.startswith("matrix-stack:target.hosts: ")]
-    assert "mas, synapse-main, synapse-postgres, synapse-postgres-setup" in placed
+    assert "mas, synapse-main, synapse-pgbouncer, synapse-postgres, synapse-postgres-setup" in placed
     assert "must be placed on one host" in placed
     # With an external MAS database MAS may run anywhere.
     external = {**MONOLITH, "target": {"kind": "docker", "hosts": hosts}, "mas_database_password": "x",
@@ -319,7 +319,7 @@ def test_services_carry_every_secret_as_a_file_or_secret_env() -> None:
 def test_the_bundled_database_gets_a_setup_service_with_the_superuser_password() -> None:
     cfg = cfg_of(MONOLITH)
     claims = [claim for claim in stack_view(cfg).databases if claim.bundled]
-    server, setup = postgres.services(cfg, claims, {"postgres": "<postgres>", "mas_database": "<database>"})
+    server, _pooler, setup = postgres.services(cfg, claims, {"postgres": "<postgres>", "mas_database": "<database>"})
     assert setup.name == postgres.SETUP_SERVICE
     assert not setup.secret_env and setup.env == {"PGPASSFILE": "/tmp/pgpass"}
     files = {f.path: f.content for f in setup.files}

@@ -35,7 +35,8 @@ def _depends_on_containers(run: offline.Run, name: str) -> set[str]:
 
 
 def test_containers_depend_on_the_containers_they_wait_for(dev: offline.Run) -> None:
-    assert {"synapse-postgres", "synapse-redis", "synapse-check-config"} <= _depends_on_containers(dev, "synapse-main")
+    # Synapse dials PostgreSQL through its pooler (components/postgres/pooler.py).
+    assert {"synapse-pgbouncer", "synapse-redis", "synapse-check-config"} <= _depends_on_containers(dev, "synapse-main")
     for worker in ("synapse-generic-1", "synapse-event-persister-1", "synapse-media-repository-1"):
         assert {"synapse-main", "synapse-check-config"} <= _depends_on_containers(dev, worker)
     assert "synapse-main" in _depends_on_containers(dev, "synapse-proxy")
@@ -45,7 +46,7 @@ def test_start_commands_wait_for_health_then_exec_the_process(dev: offline.Run) 
     main = _container(dev, "synapse-main").plain_inputs()
     script = main["entrypoints"][2]
     assert main["entrypoints"][:2] == ["/bin/sh", "-c"]
-    assert "psycopg2.connect" in script and "synapse-postgres" in script and "synapse-redis" in script
+    assert "psycopg2.connect" in script and "synapse-pgbouncer" in script and "synapse-redis" in script
     assert main["entrypoints"][4:7] == ["python", "-m", "synapse.app.homeserver"]
     worker = _container(dev, "synapse-generic-1").plain_inputs()
     # Main at the worker's own release (components/synapse/upgrade.py worker_wait_probe).
@@ -111,7 +112,7 @@ def test_kubernetes_workers_wait_for_main_and_main_for_postgres() -> None:
         return [c["name"] for c in manifests[key]["spec"]["template"]["spec"].get("initContainers", [])]
 
     main_key = next(k for k in manifests if k.endswith("-synapse-main") and k.split("-")[0] in ("deployment", "statefulset"))
-    assert init_names(main_key)[0] == "wait-for-synapse-postgres"
+    assert init_names(main_key)[0] == "wait-for-synapse-pgbouncer"
     assert init_names(main_key)[-1] == "check-config"
     assert init_names("deployment-synapse-generic-1") == ["wait-for-synapse-main", "check-config"]
     wait = manifests["deployment-synapse-generic-1"]["spec"]["template"]["spec"]["initContainers"][0]

@@ -142,7 +142,7 @@ def test_adding_an_event_persister_changes_the_shared_file_and_every_synapse_con
 
 def test_a_monolith_has_no_redis_and_no_worker_containers(program: Any) -> None:
     run = program({"server_name": "localhost", "target": {"kind": "docker", "http_port": 8080}})
-    assert set(synapse_containers(run)) == {"synapse-main", "synapse-postgres", "synapse-proxy"}
+    assert set(synapse_containers(run)) == {"synapse-main", "synapse-postgres", "synapse-pgbouncer", "synapse-proxy"}
     assert not any("redis" in name or "worker" in name for name in containers(run))
     assert synapse_processes(run) == ["synapse-main"]
     assert not any(r.type == "docker:index/remoteImage:RemoteImage" and "redis" in r.name for r in run.resources)
@@ -165,7 +165,7 @@ def test_the_seed_000_preset_builds_its_topology(program: Any) -> None:
     assert {f"synapse-generic-{i}" for i in range(1, 7)} <= names
     assert "synapse-generic-7" not in names and "synapse-typing-2" not in names
     assert {"synapse-redis", "synapse-postgres", "synapse-proxy"} <= names
-    assert len(names) == 1 + 21 + 3
+    assert len(names) == 1 + 21 + 4  # main, the workers, proxy, redis, postgres and its pooler
     shared = load_yaml(uploads(containers(run)["synapse-main"])[SYNAPSE_CONF])
     assert shared["federation_sender_instances"] == [f"synapse-federation-sender-{i}" for i in (1, 2, 3)]
     assert shared["pusher_instances"] == ["synapse-pusher-1"]
@@ -265,8 +265,8 @@ def test_the_proxy_never_restarts_with_its_upstreams_and_media_waits_for_its_vol
             and not n.endswith("-files") and n != "synapse-check-config"} == {"synapse-generic-1"}
     assert containers["synapse-generic-1"].plain_inputs()["name"].startswith("synapse-generic-1-")
     assert containers["synapse-generic-1"].plain_inputs()["networksAdvanced"][0]["aliases"] == ["synapse-generic-1"]
-    assert [u for u in ("synapse-proxy", "synapse-generic-1", "synapse-postgres")
-            if containers[u].urn in containers["synapse-main"].dependencies] == ["synapse-postgres"]
+    assert [u for u in ("synapse-proxy", "synapse-generic-1", "synapse-pgbouncer")
+            if containers[u].urn in containers["synapse-main"].dependencies] == ["synapse-pgbouncer"]
     # A fresh named volume is root's; Synapse runs as 991, so a one-shot container hands it over.
     owner = containers["synapse-media-owner"]
     assert owner.plain_inputs()["entrypoints"] == ["chown", "991:991", "/media_store"]

@@ -388,13 +388,13 @@ def test_down_dev_removes_the_containers_and_keeps_the_data(deployed: Checkout, 
     containers = {r["urn"] for r in dev_program.resources if r["type"] == CONTAINER}
     # With ntfy's two volume owners (it runs as nobody) and ten file holders (a service with files
     # reads them from its holder's volumes, which go with it: nothing but copies of rendered files),
-    # PostgreSQL's file holder, and the proxy's live files: their holder, the owner of its live
-    # volume and their publisher.
-    assert targets == containers and len(containers) == 28
+    # PostgreSQL's file holder, its pooler and the pooler's file holder, and the proxy's live
+    # files: their holder, the owner of its live volume and their publisher.
+    assert targets == containers and len(containers) == 30
     kept = {r["type"] for r in _state(deployed)}
     assert {"docker:index/volume:Volume", "random:index/randomPassword:RandomPassword"} <= kept
     assert CONTAINER not in kept
-    assert "down-dev: stopped: 28 containers removed; the volumes and the stack's secrets stay" in run.stdout
+    assert "down-dev: stopped: 30 containers removed; the volumes and the stack's secrets stay" in run.stdout
     assert {call["backend"] for call in deployed.calls("pulumi")} == {deployed.backend}
     assert [a for a in deployed.pulumi_commands() if a[:1] == ["login"]] == []
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from components.edge import render as edge_render
+from components.postgres.render import POOLED_SERVER_CONNECTIONS
 from components.synapse import homeserver as hs
 from components.synapse import routing, services
 from components.synapse.workers import (
@@ -438,10 +439,15 @@ def test_the_client_address_is_restored_only_behind_a_trusted_proxy() -> None:
 
 def test_max_connections_fits_every_pool_and_moves_in_hundreds() -> None:
     small, seed = cfg_with({"generic": 1}), parse({"server_name": "localhost", "synapse": {"workers": {"preset": "seed-000"}}})
-    for cfg in (small, seed, cfg_with(EVERY_ROLE)):
+    unpooled = parse({"server_name": "localhost",
+                      "synapse": {"workers": {"preset": "seed-000"}, "database": {"pooler": False}}})
+    for cfg in (small, seed, cfg_with(EVERY_ROLE), unpooled):
         processes = len(hs.topology(cfg).processes)
-        assert max_connections(cfg) >= cfg.synapse.database.cp_max * processes + 20
+        # Through the pooler Synapse holds its fixed number of server connections, else its pools.
+        held = POOLED_SERVER_CONNECTIONS if cfg.synapse.database.pooler else cfg.synapse.database.cp_max * processes
+        assert max_connections(cfg) >= held + 20
         assert max_connections(cfg) % 100 == 0
+    assert max_connections(unpooled) >= 5 * 22 + 20
     # One more worker in seed-000 (22 processes, 5 per pool) needs no PostgreSQL restart.
     bigger = parse({"server_name": "localhost",
                     "synapse": {"workers": {"preset": "seed-000", "counts": {"generic": 7}}}})
