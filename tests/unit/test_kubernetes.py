@@ -552,7 +552,7 @@ def test_prod_splits_the_ingress_by_certificate(prod: offline.Run) -> None:
     origin, direct = manifests["ingress-synapse-proxy-origin-ca"], manifests["ingress-synapse-proxy"]
     # Proxied by Cloudflare: the Origin CA certificate, no cert-manager (HTTP-01 ends at the edge).
     assert set(_hosts(origin)) == {"example.org", "call.example.org", "jwt.example.org", "app.example.org",
-                                   "ntfy.example.org", "auth.example.org"}
+                                   "ntfy.example.org", "auth.example.org", "grafana.example.org"}
     assert origin["spec"]["tls"][0]["secretName"] == kube.ORIGIN_CA_SECRET
     assert "cert-manager.io/cluster-issuer" not in origin["metadata"]["annotations"]
     # DNS-only (WebRTC): browsers connect directly, so cert-manager's publicly trusted certificate.
@@ -656,6 +656,9 @@ def test_one_more_generic_worker_changes_only_its_objects_and_the_proxy_config(
     expected |= {"deployment-synapse-proxy"}
     # Prometheus scrapes the new worker (its config, its rules, its egress): its pod rolls.
     expected |= {"configmap-prometheus-files", "statefulset-prometheus", "networkpolicy-prometheus"}
+    # Grafana's dashboards are generated from the same targets and alerts: their ConfigMap
+    # changes, and Grafana's pod rolls through its checksum.
+    expected |= {"configmap-grafana-dashboards", "statefulset-grafana"}
     # The role's budget and policy already cover the new instance; it reads the shared env Secret.
     assert changed == expected
     proxy_before = copy.deepcopy(prod.deployment.manifests["deployment-synapse-proxy"])
