@@ -217,8 +217,10 @@ def _drill(base: Path, media: Bucket | None = None, repository: Bucket | None = 
             redeployed = render(restored_raw, restored_keys)
             outcome.generated_keys = [r.name for r in redeployed.resources if r.name.startswith("synapse-signing-key")]
             again = Cluster(redeployed, workdir=base)
+            state["cluster"] = again  # stopped by the fixture's teardown, however far it starts
             materialize_backup(entries, reloc)  # the cluster wrote the backup's files unrelocated
             again.start_postgres()
+            again.start_pooler()
             # The redeployed Synapse starts on the empty database and creates its schema, which
             # the restore then replaces (pg_restore --clean).
             again.start_redis()
@@ -229,7 +231,7 @@ def _drill(base: Path, media: Bucket | None = None, repository: Bucket | None = 
             expected = set(cluster.synapse_names()) | {"synapse-proxy"}
             assert set(names) == expected, f"the procedure stops {names}, the cluster runs {sorted(expected)}"
             if state["cluster"] is None:
-                state["cluster"] = redeploy()
+                redeploy()
             state["cluster"].stop_processes(names)
 
         def start(names: list[str]) -> None:

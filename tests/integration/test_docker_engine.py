@@ -141,7 +141,12 @@ def deployed(engine: Engine, dev_run: offline.Run, say: Callable[[str], None],
     below runs on a stack reached the way an operator reaches it."""
     client = engine.client()
     base_ref = declared.upgrade_base(ROOT)
-    base = declared.declare(declared.checkout(ROOT, base_ref, tmp_path_factory.mktemp("base") / "tree"), dev_raw())
+    base_tree = declared.checkout(ROOT, base_ref, tmp_path_factory.mktemp("base") / "tree")
+    base_raw = dev_raw()
+    if "pooler" not in (base_tree / "config" / "model.py").read_text():
+        # A base from before the pooler knows no such key (and has no pooler to leave out).
+        del base_raw["synapse"]["database"]["pooler"]
+    base = declared.declare(base_tree, base_raw)
     image_s = engine_stack.ensure_images(client, dev_run, say)
     head_images = {i["image"] for i in engine_stack.declared_containers(dev_run)}
     if {i["image"] for i in (r.plain_inputs() for r in base.of_type(CONTAINER))} - head_images:
