@@ -12,6 +12,7 @@ import socketserver
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,9 +88,11 @@ def wait(what: str, check: Any, timeout: float = 90) -> Any:
 
 
 @contextmanager
-def alertmanager(cfg: StackConfig, base: Path, ntfy_base: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Alertmanager at its loopback port from the rendered alertmanager.yml (group_wait shortened
-    by the renderer's parameter), delivering to `ntfy_base` with the publisher's password from a file."""
+def alertmanager(cfg: StackConfig, base: Path, ntfy_base: str,
+                 address: str = "127.0.0.1") -> Iterator[subprocess.Popen[bytes]]:
+    """Alertmanager at its port on `address` from the rendered alertmanager.yml (group_wait
+    shortened by the renderer's parameter), delivering to `ntfy_base` with the publisher's
+    password from a file."""
     secrets = base / "secrets"
     secrets.mkdir(exist_ok=True)
     (secrets / "ntfy_password").write_text(PASSWORD)
@@ -97,9 +100,19 @@ def alertmanager(cfg: StackConfig, base: Path, ntfy_base: str) -> Iterator[subpr
     (base / "alertmanager.yml").write_text(text.replace(mon.NTFY_PASSWORD_FILE, str(secrets / "ntfy_password")))
     proc = subprocess.Popen([shutil.which(ALERTMANAGER) or ALERTMANAGER, f"--config.file={base / 'alertmanager.yml'}",
                              f"--storage.path={base / 'am'}", "--cluster.listen-address=",
-                             f"--web.listen-address=127.0.0.1:{mon.ALERTMANAGER_PORT}"],
+                             f"--web.listen-address={address}:{mon.ALERTMANAGER_PORT}"],
                             stdout=subprocess.DEVNULL, stderr=open(base / "alertmanager.log", "w"))
     try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Alertmanager exited: {(base / 'alertmanager.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{address}:{mon.ALERTMANAGER_PORT}/-/ready", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait("Alertmanager ready", ready, timeout=30)
         yield proc
     finally:
         proc.terminate()

@@ -87,17 +87,20 @@ def _exporter_command(kind: str, cluster: Cluster, port: int, base: Path) -> tup
 
 
 @contextmanager
-def scraping(cluster: Cluster, base: Path, *, alerting: bool = False,
+def scraping(cluster: Cluster, base: Path, *, alertmanager_host: str | None = None,
              alert_for: str | None = None) -> Iterator[Scraped]:
-    """Prometheus and the exporters over `cluster`. With `alerting`, Prometheus sends its alerts
-    to the rendered Alertmanager address (loopback) and resends them every second; `alert_for`
-    replaces every rule's `for` (a test's short wait)."""
+    """Prometheus and the exporters over `cluster`. With `alertmanager_host` (a loopback address
+    of its own: a Synapse process may hold Alertmanager's port), Prometheus sends its alerts to
+    Alertmanager there and resends them every second; `alert_for` replaces every rule's `for`
+    (a test's short wait)."""
+    alerting = alertmanager_host is not None
     cfg = cluster.result.cfg
     targets = view_of(cfg)[0].metrics_targets
     alerts = alert_table.stack_alerts(targets)
+    hosts = {mon.ALERTMANAGER: alertmanager_host} if alertmanager_host else {}
     rules = base / "stack.rules.yml"
     rules.write_text(mon.rules_yml(alerts) if alert_for is None else mon.rules_yml(alerts, minutes=lambda _m: alert_for))
-    conf = mon.prometheus_config(cfg, targets, address=lambda _s, port: f"127.0.0.1:{port}",
+    conf = mon.prometheus_config(cfg, targets, address=lambda service, port: f"{hosts.get(service, '127.0.0.1')}:{port}",
                                  evaluation_seconds=SCRAPE_SECONDS)
     conf["global"]["scrape_interval"] = f"{SCRAPE_SECONDS}s"
     conf["rule_files"] = [str(rules)]
