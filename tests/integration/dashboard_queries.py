@@ -29,6 +29,7 @@ from components.monitoring import alerts as alert_table
 from components.monitoring import dashboards
 from components.monitoring import render as mon
 
+from . import alert_delivery
 from .cluster import Cluster
 
 PROMETHEUS = "prometheus"
@@ -86,17 +87,25 @@ def _exporter_command(kind: str, cluster: Cluster, port: int, base: Path) -> tup
 
 
 @contextmanager
-def scraping(cluster: Cluster, base: Path) -> Iterator[Scraped]:
+def scraping(cluster: Cluster, base: Path, *, alertmanager_host: str | None = None,
+             alert_for: str | None = None) -> Iterator[Scraped]:
+    """Prometheus and the exporters over `cluster`. With `alertmanager_host` (a loopback address
+    of its own: a Synapse process may hold Alertmanager's port), Prometheus sends its alerts to
+    Alertmanager there and resends them every second; `alert_for` replaces every rule's `for`
+    (a test's short wait)."""
+    alerting = alertmanager_host is not None
     cfg = cluster.result.cfg
     targets = view_of(cfg)[0].metrics_targets
     alerts = alert_table.stack_alerts(targets)
+    hosts = {mon.ALERTMANAGER: alertmanager_host} if alertmanager_host else {}
     rules = base / "stack.rules.yml"
-    rules.write_text(mon.rules_yml(alerts))
-    conf = mon.prometheus_config(cfg, targets, address=lambda _s, port: f"127.0.0.1:{port}",
+    rules.write_text(mon.rules_yml(alerts) if alert_for is None else mon.rules_yml(alerts, minutes=lambda _m: alert_for))
+    conf = mon.prometheus_config(cfg, targets, address=lambda service, port: f"{hosts.get(service, '127.0.0.1')}:{port}",
                                  evaluation_seconds=SCRAPE_SECONDS)
     conf["global"]["scrape_interval"] = f"{SCRAPE_SECONDS}s"
     conf["rule_files"] = [str(rules)]
-    conf.pop("alerting")  # no Alertmanager here
+    if not alerting:
+        conf.pop("alerting")
     (base / "prometheus.yml").write_text(yaml.safe_dump(conf, sort_keys=False))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -106,7 +115,8 @@ def scraping(cluster: Cluster, base: Path) -> Iterator[Scraped]:
                                           stderr=open(base / f"{kind}-exporter.log", "w")))
         procs.append(subprocess.Popen(
             [shutil.which(PROMETHEUS) or PROMETHEUS, f"--config.file={base / 'prometheus.yml'}",
-             f"--storage.tsdb.path={base / 'tsdb'}", f"--web.listen-address=127.0.0.1:{mon.PROMETHEUS_PORT}"],
+             f"--storage.tsdb.path={base / 'tsdb'}", *(alert_delivery.PROMETHEUS_FLAGS if alerting else ()),
+             f"--web.listen-address=127.0.0.1:{mon.PROMETHEUS_PORT}"],
             stdout=subprocess.DEVNULL, stderr=open(base / "prometheus.log", "w")))
         api = f"http://127.0.0.1:{mon.PROMETHEUS_PORT}/api/v1"
         files = dashboards.dashboards(targets, alerts)

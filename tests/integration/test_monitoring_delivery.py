@@ -11,11 +11,9 @@ Run it in a private network namespace (fixed loopback ports)."""
 from __future__ import annotations
 
 import base64
-import http.server
 import shutil
 import socketserver
 import subprocess
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -31,53 +29,22 @@ from render.__main__ import stack_config
 from stack import parse
 from tests.conftest import ROOT
 
+from . import alert_delivery
+from .alert_delivery import PASSWORD, NtfyRecorder, Quiet, serve, wait
+
 PROMETHEUS = shutil.which("prometheus")
-ALERTMANAGER = shutil.which("prometheus-alertmanager")
+ALERTMANAGER = shutil.which(alert_delivery.ALERTMANAGER)
 pytestmark = pytest.mark.skipif(PROMETHEUS is None or ALERTMANAGER is None,
                                 reason="Debian prometheus and prometheus-alertmanager")
-NTFY_PORT = 8080
-PASSWORD = "alerts-publisher-stand-in-password"
 
 
-class _Quiet(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _serve(port: int, handler: type[http.server.BaseHTTPRequestHandler]) -> socketserver.TCPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-class _Metrics(_Quiet):
+class _Metrics(Quiet):
     def do_GET(self) -> None:
         body = b"# TYPE stand_in gauge\nstand_in 1\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.end_headers()
         self.wfile.write(body)
-
-
-RECEIVED: list[tuple[float, str, str, bytes]] = []
-
-
-class _Ntfy(_Quiet):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        RECEIVED.append((time.monotonic(), self.path, self.headers.get("Authorization", ""), body))
-        self.send_response(200)
-        self.end_headers()
-
-
-def _wait(what: str, check: Any, timeout: float = 90) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _get(url: str) -> Any:
@@ -98,63 +65,50 @@ def test_a_dead_process_pages_through_alertmanager_to_ntfy(tmp_path: Path, say: 
     stand_ins: dict[int, socketserver.TCPServer] = {}
     for _t, service, port, _path in mon.scrape_targets(cfg, targets):
         if service not in (mon.PROMETHEUS, mon.ALERTMANAGER):
-            stand_ins.setdefault(port, _serve(port, _Metrics))
-    ntfy = _serve(NTFY_PORT, _Ntfy)
+            stand_ins.setdefault(port, serve(port, _Metrics))
+    ntfy = NtfyRecorder()
     rules = tmp_path / "stack.rules.yml"
     rules.write_text(mon.rules_yml(alerts, minutes=lambda _m: "5s"))
     conf = mon.prometheus_config(cfg, targets, address=lambda _s, port: f"127.0.0.1:{port}", evaluation_seconds=1)
     conf["global"]["scrape_interval"] = "1s"
     conf["rule_files"] = [str(rules)]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf, sort_keys=False))
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    (secrets / "ntfy_password").write_text(PASSWORD)
-    am = mon.alertmanager_yml(cfg, f"http://127.0.0.1:{NTFY_PORT}", group_wait_seconds=1)
-    (tmp_path / "alertmanager.yml").write_text(am.replace(mon.NTFY_PASSWORD_FILE, str(secrets / "ntfy_password")))
-    procs = [
-        subprocess.Popen([ALERTMANAGER or "", f"--config.file={tmp_path / 'alertmanager.yml'}",
-                          f"--storage.path={tmp_path / 'am'}", "--cluster.listen-address=",
-                          f"--web.listen-address=127.0.0.1:{mon.ALERTMANAGER_PORT}"],
-                         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "am.log", "w")),
-        subprocess.Popen([PROMETHEUS or "", f"--config.file={tmp_path / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--rules.alert.resend-delay=1s",
-                          f"--web.listen-address=127.0.0.1:{mon.PROMETHEUS_PORT}"],
-                         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "w")),
-    ]
     api = f"http://127.0.0.1:{mon.PROMETHEUS_PORT}/api/v1"
-    try:
-        def all_up() -> bool:
-            try:
-                result = _get(f"{api}/query?query=up")["data"]["result"]
-            except OSError:
-                return False
-            return len(result) == len(targets) and all(r["value"][1] == "1" for r in result)
+    with alert_delivery.alertmanager(cfg, tmp_path, ntfy.base):
+        prometheus = subprocess.Popen([PROMETHEUS or "", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}", *alert_delivery.PROMETHEUS_FLAGS,
+                                       f"--web.listen-address=127.0.0.1:{mon.PROMETHEUS_PORT}"],
+                                      stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "w"))
+        try:
+            def all_up() -> bool:
+                try:
+                    result = _get(f"{api}/query?query=up")["data"]["result"]
+                except OSError:
+                    return False
+                return len(result) == len(targets) and all(r["value"][1] == "1" for r in result)
 
-        _wait("every declared target up", all_up)
-        up = _get(f"{api}/query?query=up")["data"]["result"]
-        assert {r["metric"]["instance"] for r in up} == {t.service for t in targets}
-        say(f"every declared target up: {len(up)}")
-        victim = next(t for t in targets if t.role == "generic")
-        time.sleep(3)
-        assert RECEIVED == [], RECEIVED  # healthy: nothing delivered
-        stand_ins.pop(victim.port).shutdown()
-        killed = time.monotonic()
+            wait("every declared target up", all_up)
+            up = _get(f"{api}/query?query=up")["data"]["result"]
+            assert {r["metric"]["instance"] for r in up} == {t.service for t in targets}
+            say(f"every declared target up: {len(up)}")
+            victim = next(t for t in targets if t.role == "generic")
+            time.sleep(3)
+            assert ntfy.received == [], ntfy.received  # healthy: nothing delivered
+            stand_ins.pop(victim.port).shutdown()
+            killed = time.monotonic()
 
-        def delivered() -> Any:
-            return next((r for r in RECEIVED if b"SynapseProcessDown" in r[3]), None)
-
-        at, path, auth, body = _wait("the alert at ntfy's address", delivered)
-        seconds = at - killed
-        say(f"kill -> delivery at ntfy's address: {seconds:.1f}s")
-        url = urllib.parse.urlsplit(path)
-        assert url.path == f"/{cfg.monitoring.ntfy_topic}"
-        query = urllib.parse.parse_qs(url.query)
-        assert query["tpl"] == ["yes"] and "alertname" in query["t"][0]
-        assert auth == "Basic " + base64.b64encode(f"{cfg.monitoring.ntfy_user}:{PASSWORD}".encode()).decode()
-        assert victim.service.encode() in body
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=20)
-        for server in [*stand_ins.values(), ntfy]:
-            server.shutdown()
+            delivery = wait("the alert at ntfy's address", lambda: ntfy.first("SynapseProcessDown"))
+            say(f"kill -> delivery at ntfy's address: {delivery.at - killed:.1f}s")
+            url = urllib.parse.urlsplit(delivery.path)
+            assert url.path == f"/{cfg.monitoring.ntfy_topic}"
+            query = urllib.parse.parse_qs(url.query)
+            assert query["tpl"] == ["yes"] and "alertname" in query["t"][0]
+            assert delivery.authorization == "Basic " + base64.b64encode(
+                f"{cfg.monitoring.ntfy_user}:{PASSWORD}".encode()).decode()
+            assert victim.service.encode() in delivery.body
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=20)
+            for server in stand_ins.values():
+                server.shutdown()
+            ntfy.close()

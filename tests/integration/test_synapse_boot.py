@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from . import dashboard_queries
+from components.checks import view_of
+from components.monitoring import alerts as alert_table
+
+from . import alert_delivery, dashboard_queries
 from .clients import REQUIREMENTS, run_check, verdicts
 from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
 from .load import SHORT_DRAIN_S, SHORT_HOLD_S, SHORT_LEVELS, guard_problems, run_load
@@ -208,6 +212,46 @@ def test_every_dashboard_panel_has_data_from_real_prometheus(booted: tuple[Clust
           f"{len(scraped.dashboards)} dashboards evaluated in {time.monotonic() - started - up_s:.1f}s")
     assert count > 0
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+# A down instance of a role with several (the boot runs two generic workers) warns by this alert.
+INSTANCE_DOWN = "SynapseInstanceDown"
+# ntfy's port is the proxy's, Alertmanager's a Synapse process's: both have a loopback address of their own.
+OWN_ADDRESS = "127.0.0.2"
+
+
+def test_a_killed_worker_pages_through_real_prometheus_and_alertmanager(
+        booted: tuple[Cluster, Facts, list[Access]], tmp_path: Path) -> None:
+    """Debian's Prometheus scrapes this boot with the rendered rule file (every `for` shortened to
+    5s) and alerts the rendered Alertmanager (group_wait 1s), which delivers to ntfy's address
+    (a recording endpoint: ntfy is in no registry here). A generic worker killed with SIGKILL is
+    named there by its alert; the seconds from kill to delivery are printed. The worker is started
+    again before the test ends."""
+    cluster, _facts, _log = booted
+    targets = view_of(cluster.result.cfg)[0].metrics_targets
+    generic = alert_table.roles(targets)["generic"]
+    assert len(generic) > 1
+    assert INSTANCE_DOWN in {a.name for a in alert_table.stack_alerts(targets)}
+    victim = generic[0].service
+    proc = cluster.procs[victim]
+    ntfy = alert_delivery.NtfyRecorder(OWN_ADDRESS)
+    try:
+        with alert_delivery.alertmanager(cluster.result.cfg, tmp_path, ntfy.base, OWN_ADDRESS), \
+                dashboard_queries.scraping(cluster, tmp_path, alertmanager_host=OWN_ADDRESS, alert_for="5s") as scraped:
+            dashboard_queries.wait_all_up(scraped.api, scraped.target_count)
+            assert ntfy.first(INSTANCE_DOWN, victim) is None
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            proc.popen.wait(timeout=10)
+            delivery = alert_delivery.wait(f"{INSTANCE_DOWN} for {victim} at ntfy's address",
+                                           lambda: ntfy.first(INSTANCE_DOWN, victim))
+            print(f"\n{victim} killed -> {INSTANCE_DOWN} delivered at ntfy's address: {delivery.at - killed:.1f}s")
+            assert delivery.path.startswith(f"/{cluster.result.cfg.monitoring.ntfy_topic}?")
+    finally:
+        ntfy.close()
+        if proc.popen.poll() is not None:
+            cluster.restart_synapse(victim)
+    assert cluster.procs[victim].popen.poll() is None
 
 
 def test_a_restarted_database_costs_no_request_once_it_is_healthy(
