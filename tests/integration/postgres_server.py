@@ -3,12 +3,15 @@ the stack's rendered SQL and scripts with the real psql and pg_dump (Debian's Po
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,16 @@ class Postgres:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
             self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running(prefix: str) -> Iterator[Postgres]:
+    """A fresh cluster in a temporary directory, stopped and removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o755)
+    pg = Postgres(base)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)

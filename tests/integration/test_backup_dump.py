@@ -13,12 +13,11 @@ Not skipped anywhere: a missing PostgreSQL fails (cluster.require_binaries).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +26,7 @@ from components.synapse import homeserver as hs
 from stack import parse
 
 from .cluster import PG_BIN
-from .postgres_server import SUPERUSER_PASSWORD, Postgres
+from .postgres_server import SUPERUSER_PASSWORD, Postgres, running
 
 # The Kubernetes form: the script dumps once and exits (the Docker form loops on requests).
 RAW = {"server_name": "localhost", "backup": {"enabled": True},
@@ -37,14 +36,8 @@ WORK_TABLE = "_temp_populate_user_directory_rooms"
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
-    base = Path(tempfile.mkdtemp(prefix="backup-dump-"))
-    os.chmod(base, 0o755)
-    pg = Postgres(base)
-    try:
+    with running("backup-dump-") as pg:
         yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _relocated(text: str, root: Path) -> str:
@@ -53,18 +46,15 @@ def _relocated(text: str, root: Path) -> str:
     return text.replace("/backup/", f"{root}/backup/")
 
 
-def _script(pg: Postgres) -> tuple[Path, Path]:
-    """The rendered script with its container paths under the cluster's directory, and where it
-    writes Synapse's dump."""
-    cfg = parse(RAW, ())
+def _script(pg: Postgres, raw: dict[str, Any], root: Path, password: str) -> tuple[Path, Path]:
+    """The script rendered for `raw` with its container paths under `root`, the password file it
+    copies (with `password`), and where it writes Synapse's dump."""
     database = render.Database(hs.DATABASE_NAME, "127.0.0.1", pg.port, hs.DATABASE_USER, sslmode="disable")
-    root = pg.base / "backup"
-    text = render.dump_script(cfg, [database])
-    text = _relocated(text, root)
+    text = _relocated(render.dump_script(parse(raw, ()), [database]), root)
     pgpass = Path(f"{root}{render.PGPASS_FILE}")
     pgpass.parent.mkdir(parents=True, exist_ok=True)
-    pgpass.write_text(f"127.0.0.1:{pg.port}:{hs.DATABASE_NAME}:{hs.DATABASE_USER}:{SUPERUSER_PASSWORD}\n")
-    Path(f"{root}{render.PRIVATE_PGPASS}").parent.mkdir(parents=True, exist_ok=True)
+    pgpass.write_text(f"127.0.0.1:{pg.port}:{hs.DATABASE_NAME}:{hs.DATABASE_USER}:{password}\n")
+    Path(f"{root}{render.SCRATCH}").mkdir(parents=True, exist_ok=True)
     script = root / "dump.sh"
     script.write_text(text)
     return script, Path(f"{root}{database.dump_path}")
@@ -78,7 +68,7 @@ def _pg_dump_waits(pg: Postgres) -> bool:
 
 def test_a_table_dropped_while_the_dump_runs_does_not_fail_the_backup(postgres: Postgres) -> None:
     postgres.psql(f"CREATE TABLE {WORK_TABLE} (room_id text)", database=hs.DATABASE_NAME)
-    script, dump = _script(postgres)
+    script, dump = _script(postgres, RAW, postgres.base / "backup", SUPERUSER_PASSWORD)
     env = {**os.environ, "PATH": f"{PG_BIN}:{os.environ['PATH']}"}
     # The background update's session: holds the table until it drops it.
     holder = subprocess.Popen(
@@ -108,19 +98,10 @@ def test_the_docker_form_answers_failed_when_the_database_refuses(postgres: Post
     """On Docker the script waits for requests and answers .done or .failed; a dump that cannot
     be taken (here: a wrong password, on every attempt) must answer .failed, or the backup would
     snapshot the previous dump as if it were fresh."""
-    cfg = parse({**RAW, "target": {"kind": "docker"}}, ())
-    database = render.Database(hs.DATABASE_NAME, "127.0.0.1", postgres.port, hs.DATABASE_USER, sslmode="disable")
     root = postgres.base / "docker"
-    text = render.dump_script(cfg, [database])
-    text = _relocated(text, root)
-    pgpass = Path(f"{root}{render.PGPASS_FILE}")
-    pgpass.parent.mkdir(parents=True, exist_ok=True)
-    pgpass.write_text(f"127.0.0.1:{postgres.port}:{hs.DATABASE_NAME}:{hs.DATABASE_USER}:not-the-password\n")
+    script, _dump = _script(postgres, {**RAW, "target": {"kind": "docker"}}, root, "not-the-password")
     scratch = Path(f"{root}{render.SCRATCH}")
-    scratch.mkdir(parents=True, exist_ok=True)
     (scratch / ".request").touch()
-    script = root / "dump.sh"
-    script.write_text(text)
     run = subprocess.Popen(["/bin/sh", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            env={**os.environ, "PATH": f"{PG_BIN}:{os.environ['PATH']}"}, start_new_session=True)
     try:

@@ -9,12 +9,8 @@ Not skipped anywhere: a missing PostgreSQL fails (cluster.require_binaries).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,21 +18,15 @@ import pytest
 from components.mas import render
 from components.synapse import homeserver as hs
 
-from .postgres_server import Postgres
+from .postgres_server import Postgres, running
 
 RAW: dict[str, Any] = {"server_name": "localhost", "mas": {"enabled": True}}
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
-    base = Path(tempfile.mkdtemp(prefix="mas-database-"))
-    os.chmod(base, 0o755)
-    pg = Postgres(base)
-    try:
+    with running("mas-database-") as pg:
         yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_setup_creates_mas_database_on_an_existing_cluster(postgres: Postgres) -> None:
