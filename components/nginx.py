@@ -72,11 +72,30 @@ def indent(lines: list[str], depth: int = 1) -> list[str]:
     return [pad + line if line else line for line in lines]
 
 
+# A peer on the proxy's network accepts a connection within milliseconds. An address that
+# vanished (a replaced container's, until the proxy has reloaded) answers nothing, and nginx's
+# default would hold the request 60 s before it tries the pool's next server. Three seconds still
+# let a busy peer's SYN be resent once (Linux resends after 1 s, then 3 s).
+CONNECT_TIMEOUT = "3s"
+
+
+def upstream_block(name: str, servers: Sequence[str], balance: str = "least_conn;") -> list[str]:
+    """A pool of `servers` ("host:port"), chosen by `balance`. Every server stays a candidate
+    (`max_fails=0`): nginx would otherwise refuse a one-server pool for 10 s after one failed
+    connection. A server that fails to connect costs a request CONNECT_TIMEOUT at most: nginx
+    then retries it on the pool's next server (proxy_next_upstream's default, `error timeout`,
+    and for any method, since nothing was sent)."""
+    return [f"upstream {name} {{", f"    {balance}",
+            *(f"    server {address_port} max_fails=0;" for address_port in servers),
+            "    keepalive 32;", "}"]
+
+
 def proxy_block(upstream: str, *, websockets: bool = False, timeout: str = "300s") -> list[str]:
     # No URI after the upstream: nginx must pass the path untouched or federation signatures
     # break (Synapse's reverse proxy docs).
     lines = [
         f"proxy_pass http://{upstream};",
+        f"proxy_connect_timeout {CONNECT_TIMEOUT};",
         "proxy_set_header Host $host;",
         "proxy_set_header X-Forwarded-For $remote_addr;",
         "proxy_set_header X-Forwarded-Proto $scheme;",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.nginx import indent, proxy_block, set_route
+from components.nginx import indent, proxy_block, set_route, upstream_block
 from components.part import EdgeRoutes
 from components.platform.spec import Wait
 from config.model import StackConfig
@@ -280,14 +280,8 @@ def _http(cfg: StackConfig, routing: RoutingPlan) -> list[str]:
         http += [f"map $request_method {var} {{", f"    default {writes};", f"    GET {reads};",
                  f"    HEAD {reads};", "}"]
     for pool in routing.upstreams.values():
-        http.append(f"upstream {pool.name} {{")
-        if pool.balance in _HASH_KEYS:
-            http.append(f"    hash {_HASH_KEYS[pool.balance]} consistent;")
-        else:
-            http.append("    least_conn;")
-        http += [f"    server {address_port} max_fails=0;" for address_port in pool.servers]
-        http.append("    keepalive 32;")
-        http.append("}")
+        balance = f"hash {_HASH_KEYS[pool.balance]} consistent;" if pool.balance in _HASH_KEYS else "least_conn;"
+        http += upstream_block(pool.name, pool.servers, balance)
     return http
 
 
