@@ -119,6 +119,25 @@ def _check_label(check: docker.Container, name: str) -> pulumi.Input[str]:
     return check.exit_code.apply(functools.partial(_check_passed, name))
 
 
+def _labels(labels: dict[str, pulumi.Input[str]]) -> list[docker.ContainerLabelArgs]:
+    return [docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())]
+
+
+def _helper_settings(labels: dict[str, pulumi.Input[str]], adds: tuple[str, ...] = ()) -> dict[str, typing.Any]:
+    """What every helper container (a one-shot that runs to completion, or a file holder that
+    never starts) shares: never restarted, its logs rotated, no capability but `adds`, no new
+    privileges, and labels that say what it is."""
+    return dict(
+        must_run=False,
+        restart="no",
+        log_driver="json-file",
+        log_opts=LOG_OPTS,
+        capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=list(adds) or None),
+        security_opts=[NO_NEW_PRIVILEGES],
+        labels=_labels(labels),
+    )
+
+
 def _uploads(files: list[File], user: str | None) -> list[docker.ContainerUploadArgs]:
     return [
         docker.ContainerUploadArgs(
@@ -390,16 +409,10 @@ class DockerPlatform(DockerHosts):
                 user="0:0",  # docker_hardening.EXCEPTIONS: only root may give a file away
                 volumes=[docker.ContainerVolumeArgs(volume_name=self.volume(host, volume.name).name,
                                                     container_path=volume.path)],
-                must_run=False,
-                restart="no",
-                log_driver="json-file",
-                log_opts=LOG_OPTS,
                 read_only=True,  # it writes only the volume's root inode
-                capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=["CHOWN"]),
-                security_opts=[NO_NEW_PRIVILEGES],
                 memory=HELPER_MEMORY_MB,
                 network_mode="none",
-                labels=[docker.ContainerLabelArgs(label="matrix-stack.component", value="volume-owner")],
+                **_helper_settings({"matrix-stack.component": "volume-owner"}, adds=("CHOWN",)),
                 opts=self._opts(host, parent, delete_before_replace=True),
             )
         return self._volume_owners[key]
@@ -427,20 +440,14 @@ class DockerPlatform(DockerHosts):
             image=self.image(host, image).image_id,
             entrypoints=["/nonexistent"],  # never started
             start=False,
-            must_run=False,
-            restart="no",
             uploads=_uploads(files, user),
             volumes=[docker.ContainerVolumeArgs(container_path=d) for d in dirs],
             remove_volumes=True,
             user=user or NOBODY,  # never runs; the uploads carry their own owners
-            log_driver="json-file",
-            log_opts=LOG_OPTS,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=[NO_NEW_PRIVILEGES],
             memory=HELPER_MEMORY_MB,
             network_mode="none",
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
-                {"matrix-stack.component": "files", "matrix-stack.files-of": name, **_file_digests(files)}.items())],
+            **_helper_settings({"matrix-stack.component": "files", "matrix-stack.files-of": name,
+                                **_file_digests(files)}),
             opts=self._opts(host, parent),
         )
 
@@ -553,7 +560,7 @@ class DockerPlatform(DockerHosts):
             security_opts=[NO_NEW_PRIVILEGES],
             memory=megabytes(service.resources.memory_limit),
             cpu_shares=cpu_shares(service.resources.cpu_request),
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
+            labels=_labels(labels),
             # Fixed names and host ports cannot exist twice: replace by deleting first, unless
             # the service may overlap with its replacement (see the module).
             opts=self._opts(host, parent, delete_before_replace=not service.start_before_stop,
@@ -588,16 +595,9 @@ class DockerPlatform(DockerHosts):
             user=service.user,
             read_only=True,
             attach=True,
-            must_run=False,
-            restart="no",
-            log_driver="json-file",
-            log_opts=LOG_OPTS,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=[NO_NEW_PRIVILEGES],
             memory=HELPER_MEMORY_MB,
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
-                {"matrix-stack.component": "live-files", "matrix-stack.files-of": service.name,
-                 "matrix-stack.live-dir": live_dir or "", **_file_digests(live)}.items())],
+            **_helper_settings({"matrix-stack.component": "live-files", "matrix-stack.files-of": service.name,
+                                "matrix-stack.live-dir": live_dir or "", **_file_digests(live)}),
             opts=self._opts(host, parent, delete_before_replace=True,
                             depends_on=[container, holder, *routed]),
         )
@@ -634,15 +634,8 @@ class DockerPlatform(DockerHosts):
             tmpfs={path: tmpfs_options(first.user) for path in first.writable_paths} or None,
             memory=max(megabytes(m.resources.memory_limit) for m in group.members),
             attach=True,
-            must_run=False,
-            restart="no",
-            log_driver="json-file",
-            log_opts=LOG_OPTS,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=[NO_NEW_PRIVILEGES],
             network_mode="none",
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
-                {"matrix-stack.component": "config-check", **_file_digests(files)}.items())],
+            **_helper_settings({"matrix-stack.component": "config-check", **_file_digests(files)}),
             opts=self._opts(host, parent, depends_on=[*owners, *([holder] if holder else [])]),
         )
         return self._checks[group.name]

@@ -33,7 +33,7 @@ def silent_address() -> Iterator[str]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
-    address = "127.0.0.1:%d" % listener.getsockname()[1]
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
     # Linux queues backlog + 1 finished connections; these fill it, and nothing accepts them.
     fillers = []
     for _ in range(2):
