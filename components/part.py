@@ -212,8 +212,9 @@ class ScheduledJob:
     timestamp_seconds` after each success to the view's metrics push target."""
 
     job: str  # its series' job label and metric prefix ("backup")
-    schedule: str  # its cron expression (config/cron.py)
+    schedule: str  # its cron expression (config/cron.py); empty when it runs every_minutes
     what: str  # what a success is, for the alert's text ("backup")
+    every_minutes: int | None = None  # a job that runs again this long after each run ends
 
 
 @dataclass(frozen=True)

@@ -331,6 +331,10 @@ class MediaCache(Strict):
     max_age: Annotated[str, Field(pattern=CACHE_AGE_RE.pattern)] = Field(
         "7d", description="media not accessed for this long leaves the cache (hours or days: "
         "s3_media_upload reads 'm' as months)")
+    clean_every_minutes: int = Field(
+        60, ge=5, le=1440, description="Docker: how long the cache cleaner waits after each clean-up "
+        "(it empties the host's cache volume of what the bucket holds and nobody read for max_age); "
+        "Kubernetes keeps a cache per pod, bounded by `size`, and runs no cleaner")
 
 
 class Media(Strict):

@@ -221,17 +221,24 @@ def call_alerts(probes: Sequence[Probe]) -> list[Alert]:
     )]
 
 
-def window_minutes(schedule: str) -> int:
+def window_minutes(schedule: str, every_minutes: int | None = None) -> int:
     """How long after a scheduled job's last success its next one is surely missing: the
-    schedule's longest gap between runs, and the run's own margin."""
-    return cron.longest_gap_minutes(schedule) + RUN_MARGIN_MINUTES
+    schedule's longest gap between runs (or the wait between runs of a job that runs
+    `every_minutes`), and the run's own margin."""
+    gap = every_minutes if every_minutes is not None else cron.longest_gap_minutes(schedule)
+    return gap + RUN_MARGIN_MINUTES
+
+
+def _span(minutes: int) -> str:
+    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes} min"
 
 
 def scheduled_job_alerts(jobs: Sequence[ScheduledJob]) -> list[Alert]:
     """Each scheduled job's last success (pushed by the job itself) against its schedule."""
     alerts = []
     for job in jobs:
-        window = window_minutes(job.schedule)
+        window = window_minutes(job.schedule, job.every_minutes)
+        cadence = f"Every {job.every_minutes} min" if job.every_minutes is not None else f"Schedule '{job.schedule}'"
         metric = f'{job.job}_{LAST_SUCCESS}{{job="{job.job}"}}'
         stem = "".join(part.capitalize() for part in job.job.split("_"))
         alerts += [
@@ -239,7 +246,7 @@ def scheduled_job_alerts(jobs: Sequence[ScheduledJob]) -> list[Alert]:
                   f"No successful {job.what} for longer than its schedule allows ({window // 60}h)",
                   firing=(Series(metric, _flat(-window * 60)),), fired_labels=({},),
                   healthy=(Series(metric, _flat(0)),),
-                  description=f"Schedule '{job.schedule}', longest gap {(window - RUN_MARGIN_MINUTES) // 60}h, "
+                  description=f"{cadence}, longest gap {_span(window - RUN_MARGIN_MINUTES)}, "
                               f"margin {RUN_MARGIN_MINUTES // 60}h: see the {job.job} job's log."),
             # The Pushgateway keeps reports in its file across restarts: nothing there while it has
             # run for longer than the window means the job never reported.

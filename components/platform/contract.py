@@ -167,6 +167,11 @@ class Target(Protocol):
     # the kubelet's kubelet_volume_stats_* per claim, which kube-prometheus-stack scrapes). Where
     # it does not, the monitoring part runs node exporter over the host's filesystems.
     reports_volume_usage: bool
+    # Whether a cache volume (spec.Volume.cache) is one store that the services mounting it on
+    # a machine share and that outlives them (Docker: the host's named volume), so something
+    # must empty it; otherwise each instance's own, gone with it (Kubernetes: the pod's emptyDir,
+    # bounded by its size limit).
+    shares_caches: bool
 
     def reach(self, consumer: str, service: str, port: int) -> tuple[str, int, bool]:
         """(address, port, crosses_hosts) the consumer dials to reach `service` on `port`."""

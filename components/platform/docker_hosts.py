@@ -26,6 +26,8 @@ class DockerHosts:
     scheduled_steps = False
     # Docker reports no volume usage: node exporter reads the host's filesystems.
     reports_volume_usage = False
+    # A cache volume is the host's named volume, kept across restarts.
+    shares_caches = True
 
     def __init__(self, cfg: StackConfig):
         assert isinstance(cfg.target, DockerTarget)

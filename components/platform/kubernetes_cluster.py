@@ -23,6 +23,8 @@ class KubernetesCluster:
     # A CronJob's pod runs them as init containers.
     scheduled_steps = True
     reports_volume_usage = True
+    # A cache volume is each pod's emptyDir.
+    shares_caches = False
 
     def __init__(self, cfg: StackConfig):
         assert isinstance(cfg.target, KubernetesTarget)

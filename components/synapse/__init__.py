@@ -24,11 +24,13 @@ from components.part import (
     MediaStore,
     MetricsTarget,
     Part,
+    ScheduledJob,
     Writer,
     merge_homeserver,
 )
 from components.platform.contract import Target
 from components.platform.spec import Service
+from components.platform.targets import target_of
 from components.view import StackView
 from config.model import ExternalDatabase, StackConfig
 
@@ -39,6 +41,7 @@ from .services import (
     METRICS_PATH,
     REDIS_METRICS,
     SYNAPSE_USER,
+    CacheCleaning,
     Inputs,
     cluster_services,
     routes,
@@ -68,6 +71,9 @@ class SynapseCluster(Part):
         processes = tuple(p.name for p in homeserver.topology(cfg).processes)
         # Pools stay small per process: they multiply by the process count.
         pool = db.cp_max * len(processes)
+        if cleans_media_cache(cfg):
+            processes += (homeserver.MEDIA_CACHE_CLEANER,)
+            pool += 1  # s3_media_upload's one connection
         if isinstance(db, ExternalDatabase):
             return [DatabaseClaim(db.name, db.user, processes, pool, "postgres",
                                   external=ExternalServer(db.host, db.port, db.sslmode))]
@@ -105,8 +111,15 @@ class SynapseCluster(Part):
         return Homeserver(tuple(p.name for p in topology.processes), f"http://{main.name}:{main.port}/",
                           homeserver.tool_config(cfg))
 
+    def scheduled_jobs(self, cfg: StackConfig) -> list[ScheduledJob]:
+        if not cleans_media_cache(cfg):
+            return []
+        return [ScheduledJob(homeserver.MEDIA_CACHE_CLEAN_JOB, "", "media cache clean-up",
+                             every_minutes=cfg.synapse.media.cache.clean_every_minutes)]
+
     def services(self, cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Input[str]]) -> list[Service]:
-        return cluster_services(cfg, secrets, Inputs(), view.database_server, upgrade.gate(cfg, view))
+        return cluster_services(cfg, secrets, Inputs(), view.database_server, upgrade.gate(cfg, view),
+                                cache_cleaning(cfg, view))
 
     def together(self, cfg: StackConfig, view: StackView, services: list[Service]) -> list[list[str]]:
         # One private network: the processes dial each other and Redis by name.
@@ -151,9 +164,27 @@ class SynapseCluster(Part):
             # Redis's password: its exporter logs in with it (REDIS_METRICS).
             shared_secrets={name: values[name] for name in ("postgres", "signing_key", "redis") if name in values},
             services=cluster_services(cfg, values, inputs(ctx.built), ctx.view.database_server,
-                                      upgrade.gate(cfg, ctx.view)),
+                                      upgrade.gate(cfg, ctx.view), cache_cleaning(cfg, ctx.view)),
             outputs=outputs,
         )
+
+
+def cleans_media_cache(cfg: StackConfig) -> bool:
+    """Media in a bucket on a target whose cache volume outlives the processes (Docker): the
+    cache cleaner runs."""
+    return cfg.synapse.media.s3 and target_of(cfg).shares_caches
+
+
+def cache_cleaning(cfg: StackConfig, view: StackView) -> CacheCleaning | None:
+    """The cache cleaner's report target: the view's metrics push target, when monitoring runs one."""
+    if not cleans_media_cache(cfg):
+        return None
+    push = view.metrics_push_target
+    if push is None:
+        return CacheCleaning()
+    host, port, _crosses = view.target.reach(homeserver.MEDIA_CACHE_CLEANER, push.service, push.port)
+    return CacheCleaning(f"http://{host}:{port}/metrics/job/{homeserver.MEDIA_CACHE_CLEAN_JOB}",
+                         ((push.service, push.port),))
 
 
 def _media_credentials(cfg: StackConfig) -> tuple[str, str] | None:

@@ -504,6 +504,37 @@ def media_upload_script(cfg: StackConfig, *, older_than: str, delete: bool) -> s
     return f"cd {MEDIA_UPLOAD_DIR} && {shlex.join(update)} && {shlex.join(upload)}"
 
 
+# Docker's media cache is the host's volume, which every media process shares and which outlives
+# them: this service empties it on a timer (Kubernetes keeps a bounded cache per pod instead).
+MEDIA_CACHE_CLEANER = "synapse-media-cache-clean"
+# Its series' job label and metric prefix: the Pushgateway keeps its last success.
+MEDIA_CACHE_CLEAN_JOB = "media_cache_clean"
+
+
+def media_cache_clean_loop(cfg: StackConfig, report_url: str | None) -> str:
+    """The cache cleaner's command: every synapse.media.cache.clean_every_minutes (the first time
+    at once) it copies to the bucket what is not there yet and removes from the cache what the
+    bucket holds and nobody read for cache.max_age. A failed run is logged and tried again next
+    time; after each success it reports the time to `report_url` (a Pushgateway's job URL), so the
+    overdue alert fires when clean-ups stop succeeding. curl is the image's (its health check's)."""
+    cache = cfg.synapse.media.cache
+    metric = f"{MEDIA_CACHE_CLEAN_JOB}_last_success_timestamp_seconds"
+    # PID 1 of its container: a stop (SIGTERM) ends the wait between runs at once.
+    lines = ["set -u", "trap 'exit 0' TERM INT", "while :; do",
+             f"    if {media_upload_script(cfg, older_than=cache.max_age, delete=True)}; then",
+             "        echo 'media cache clean-up: done'"]
+    if report_url is not None:
+        lines += [f"        printf '# TYPE {metric} gauge\\n{metric} %s\\n' \"$(date +%s)\" \\",
+                  f"            | curl -fsS --max-time 30 --data-binary @- {report_url} \\",
+                  f"            || echo 'media cache clean-up: could not report to {report_url}' >&2"]
+    lines += ["    else",
+              f"        echo 'media cache clean-up failed (above); the next try in {cache.clean_every_minutes} min' >&2",
+              "    fi",
+              f"    sleep {cache.clean_every_minutes * 60} & wait $!",
+              "done"]
+    return "\n".join(lines) + "\n"
+
+
 def keeps_media(cfg: StackConfig, process: Process) -> bool:
     """The process holds the media store on a volume of its own (it is stateful): local media.
     With media in a bucket its store is only a cache."""

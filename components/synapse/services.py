@@ -275,14 +275,49 @@ def routes(cfg: StackConfig) -> EdgeRoutes:
     return routing.edge_routes(cfg, topo, addresses(cfg), waits)
 
 
+@dataclass(frozen=True)
+class CacheCleaning:
+    """A target whose media cache outlives the processes (Docker) runs the cache cleaner; it
+    reports each success to `report_url` (a Pushgateway's), dialling `reaches`."""
+
+    report_url: str | None = None
+    reaches: tuple[tuple[str, int], ...] = ()
+
+
+def media_cache_cleaner(cfg: StackConfig, holder: Service, cleaning: CacheCleaning) -> Service:
+    """The service that keeps the shared media cache bounded: the image, user, media volume and
+    egress of `holder` (the first process that holds the media store), with only the files
+    s3_media_upload reads (the database config, the bucket's credentials and settings)."""
+    reads = {hs.DATABASE_CONFIG, hs.S3_CREDENTIALS, hs.S3_CONFIG}
+    return Service(
+        name=hs.MEDIA_CACHE_CLEANER,
+        component=COMPONENT,
+        image=holder.image,
+        build=holder.build,
+        entrypoint=("sh", "-c", hs.media_cache_clean_loop(cfg, cleaning.report_url)),
+        env=dict(holder.env),
+        files=[f for f in holder.files if f.path in reads],
+        volumes=list(holder.volumes),
+        user=SYNAPSE_USER,
+        read_only_root=True,
+        writable_paths=("/tmp",),  # s3_media_upload's list of media (cache.db)
+        resources=Resources(cpu_request="50m", memory_request="128Mi", memory_limit="512Mi"),
+        egress_internet=holder.egress_internet,
+        egress_networks=holder.egress_networks,
+        reaches=cleaning.reaches,
+    )
+
+
 def cluster_services(
     cfg: StackConfig,
     secrets: Mapping[str, pulumi.Input[str]],
     inputs: Inputs,
     server: DatabaseServer | None,
     gate: Gate | None = None,
+    cleaning: CacheCleaning | None = None,
 ) -> list[Service]:
-    """`gate`: what runs before main starts another release (upgrade.gate)."""
+    """`gate`: what runs before main starts another release (upgrade.gate); `cleaning`: the
+    target keeps one media cache per host, which the cache cleaner empties (media in a bucket)."""
     topo = hs.topology(cfg)
     common = shared_files(cfg, inputs, server) + secret_files(cfg, secrets, inputs, server)
     # The private networks Synapse's outbound requests may dial (homeserver.shared_config).
@@ -297,4 +332,7 @@ def cluster_services(
     if topo.workers:
         services.append(redis_service(cfg, secrets, clients))
     services += processes
+    if cleaning is not None and cfg.synapse.media.s3:
+        holder = next(s for s, p in zip(processes, topo.processes, strict=True) if hs.uses_media_store(cfg, p))
+        services.append(media_cache_cleaner(cfg, holder, cleaning))
     return services

@@ -514,6 +514,15 @@ class Cluster:
                                               "-p", str(port), "-U", "postgres", "-d", "postgres", "-c", sql]),
                            check=True, cwd=self.base, stdout=subprocess.DEVNULL)
 
+    def psql(self, sql: str) -> str:
+        """`sql` run in Synapse's database as its role, over the server's socket: the output,
+        unaligned."""
+        port = next(p.port for p in self.services["synapse-postgres"]["service"].ports)
+        done = subprocess.run([str(PG_BIN / "psql"), "-h", str(self.base / "pg-socket"), "-p", str(port), "-U", "synapse",
+                               "-d", "synapse", "-X", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
     def _postgres_ready(self, proc: Proc) -> bool:
         """What the rendered health check asks: pg_isready (past recovery, accepting connections)."""
         return subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", self.address, "-p", str(proc.port)]

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +59,19 @@ class Stack:
     migration: str  # the migration command's output
 
 
+def environment(cluster: Cluster, service: str) -> dict[str, str]:
+    """`service`'s environment, with container paths moved as the harness moves them, and the
+    PATH of the Python that runs Synapse and its storage provider here."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    return env | {k: cluster.reloc.path(v) if v.startswith("/") else v for k, v in cluster.env_of(service).items()}
+
+
 def migrate(cluster: Cluster) -> str:
     """The stack's media_to_bucket_command, run as `docker exec` runs it in the media worker: its
     environment, its files, with container paths moved as the harness moves them."""
     script = homeserver.media_upload_script(cluster.result.cfg, older_than="0d", delete=False)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    env |= {k: cluster.reloc.path(v) if v.startswith("/") else v for k, v in cluster.env_of(MEDIA_WORKER).items()}
     done = subprocess.run(["sh", "-c", shell_text(cluster.reloc, script)], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=environment(cluster, MEDIA_WORKER), timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -149,3 +155,47 @@ def test_the_media_worker_restarts_without_loss(stack: Stack) -> None:
     assert status == 200 and media_s3.sha256(data) == before.sha256
     after = media_s3.upload(token, media_s3.png(100, 100))
     assert media_s3.sha256(bucket.read(PREFIX + media_s3.local_content_key(after.media_id))) == after.sha256
+
+
+def test_the_cache_cleaner_empties_what_the_bucket_holds_and_nobody_read(stack: Stack) -> None:
+    """The cache cleaner Docker runs (its rendered command, environment and files): media not
+    read for cache.max_age leaves the cache and is still served from the bucket; media read since
+    stays; a stop ends its wait at once."""
+    cluster, token = stack.cluster, stack.token
+    stale, recent = media_s3.upload(token, media_s3.png(180, 90)), media_s3.upload(token, media_s3.png(90, 180))
+    max_age_days = int(cluster.result.cfg.synapse.media.cache.max_age.removesuffix("d"))
+    # Uploaded and last read a day longer ago than the cache keeps media (Synapse records each
+    # read; s3_media_upload reads the upload time where there was none).
+    long_ago = int((time.time() - (max_age_days + 1) * 86400) * 1000)
+    cluster.psql(f"UPDATE local_media_repository SET created_ts = {long_ago}, last_access_ts = {long_ago} "
+                 f"WHERE media_id = '{stale.media_id}'")
+    store = cluster.file(homeserver.MEDIA_STORE)
+    local = {m.media_id: store / media_s3.local_content_key(m.media_id) for m in (stale, recent)}
+    assert all(path.is_file() for path in local.values())
+
+    cleaner = cluster.services[homeserver.MEDIA_CACHE_CLEANER]["service"]
+    assert cleaner.entrypoint[:2] == ("sh", "-c")
+    log = cluster.base / "media-cache-clean.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["sh", "-c", shell_text(cluster.reloc, cleaner.entrypoint[2])], stdout=out,
+                                stderr=subprocess.STDOUT, env=environment(cluster, homeserver.MEDIA_CACHE_CLEANER),
+                                cwd=cluster.base)
+        try:
+            deadline = time.monotonic() + 300
+            while "media cache clean-up" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.5)
+            text = log.read_text()
+            assert "media cache clean-up: done" in text, text
+            # Waiting for its next run: a stop (docker stop's SIGTERM) ends it at once.
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    print(f"\nthe cache cleaner's first run:\n{text}")
+    assert not local[stale.media_id].exists(), "media nobody read for cache.max_age stayed in the cache"
+    assert local[recent.media_id].is_file(), "media read within cache.max_age left the cache"
+    for media in (stale, recent):
+        status, data = media_s3.download(token, media.media_id)
+        assert status == 200 and media_s3.sha256(data) == media.sha256

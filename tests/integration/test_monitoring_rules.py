@@ -28,15 +28,19 @@ pytestmark = pytest.mark.skipif(PROMTOOL is None or AMTOOL is None,
                                 reason="promtool and amtool (Debian prometheus, prometheus-alertmanager)")
 
 # Every role shape: staging (one instance per role), a seed preset (several instances of
-# several roles), prod; and email through the stack's SMTP.
+# several roles), prod; media in a bucket on Docker (its cache cleaner); and email through the
+# stack's SMTP.
 SEVERAL = {"synapse": {"workers": {"preset": "seed-000"}}}
+S3_MEDIA = {"synapse": {"media": {"storage": "s3", "bucket": "example-org-media",
+                                  "endpoint": "https://s3.eu-central-1.amazonaws.com"}},
+            "media_s3_access_key_id": "AKIAEXAMPLE", "media_s3_secret_access_key": "example-secret"}
 
 
 def _cfg(name: str, **extra: Any) -> Any:
     raw, secret_keys = stack_config(name, ROOT)
     raw["monitoring"] = {"enabled": True, **raw.get("monitoring", {})}
     raw.update(extra)
-    return parse(raw, tuple(secret_keys) + tuple(k for k in extra if k.endswith("_password")))
+    return parse(raw, tuple(secret_keys) + tuple(k for k in extra if k.endswith("_password") or k.startswith("media_s3_")))
 
 
 def _run(*args: str) -> str:
@@ -45,7 +49,7 @@ def _run(*args: str) -> str:
     return done.stdout
 
 
-STACKS = {"staging": {}, "prod": {}, "staging-seed-000": SEVERAL}
+STACKS = {"staging": {}, "prod": {}, "staging-seed-000": SEVERAL, "staging-s3-media": S3_MEDIA}
 
 
 @pytest.fixture(params=sorted(STACKS), scope="module")
@@ -54,7 +58,8 @@ def rendered(request: pytest.FixtureRequest) -> tuple[Any, Any, list[alert_table
     base = name.split("-", 1)[0]
     extra = STACKS[name]
     raw_synapse = {**stack_raw(base).get("synapse", {}), **extra.get("synapse", {})}
-    cfg = _cfg(base, **({"synapse": raw_synapse} if extra else {}))
+    others = {k: v for k, v in extra.items() if k != "synapse"}
+    cfg = _cfg(base, **({"synapse": raw_synapse} if extra else {}), **others)
     view = view_of(cfg)[0]
     return cfg, view, stack_alerts(cfg, view)
 
@@ -73,7 +78,7 @@ def test_promtool_checks_and_tests_every_alert(rendered: Any, tmp_path: Path) ->
 
 
 def test_the_role_shapes_get_their_alerts(rendered: Any) -> None:
-    _cfg_, view, alerts = rendered
+    cfg, view, alerts = rendered
     by_role = alert_table.roles(view.metrics_targets)
     names = {a.name for a in alerts}
     assert ("SynapseProcessDown" in names) == any(len(ts) == 1 for ts in by_role.values())
@@ -84,6 +89,8 @@ def test_the_role_shapes_get_their_alerts(rendered: Any) -> None:
                    "AlertDeliveryFailing", "VolumeSpaceLow", "VolumeFillingUp", "CertificateExpiringSoon",
                    "CertificateProbeFailing", "BackupOverdue", "BackupNeverReported"):
         assert needed in names
+    cleaner = cfg.synapse.media.s3 and view.target.shares_caches
+    assert ("MediaCacheCleanOverdue" in names) == cleaner and ("MediaCacheCleanNeverReported" in names) == cleaner
     calls = any(p.calls for p in view.probes)
     assert ("CallServiceUnreachable" in names) == calls
 

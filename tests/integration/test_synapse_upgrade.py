@@ -246,13 +246,6 @@ def _worker_wait_ok(cluster: Cluster, worker: str, python: str) -> bool:
     return subprocess.run([python, "-c", code], capture_output=True, timeout=30).returncode == 0
 
 
-def _psql(cluster: Cluster, sql: str) -> str:
-    port = next(p.port for p in cluster.services["synapse-postgres"]["service"].ports)
-    done = subprocess.run([str(PG_BIN / "psql"), "-h", str(cluster.base / "pg-socket"), "-p", str(port), "-U", "synapse",
-                           "-d", "synapse", "-X", "-tA", "-c", sql], capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
 @dataclasses.dataclass
 class Drill:
     cluster: Cluster
@@ -319,7 +312,7 @@ def test_the_upgrade_runs_main_first_then_the_workers_and_prints_the_outage(dril
     assert not any(drill.waits_before.values()), drill.waits_before
     assert all(drill.waits_after.values()), drill.waits_after
     # Main applied the new release's migration.
-    assert _psql(drill.cluster, f"SELECT count(*) FROM applied_schema_deltas WHERE file = '{NEW_DELTA}'") == "1"
+    assert drill.cluster.psql(f"SELECT count(*) FROM applied_schema_deltas WHERE file = '{NEW_DELTA}'") == "1"
     for name in drill.cluster.synapse_names():
         server = urllib.request.urlopen(f"http://{drill.cluster.address}:{drill.cluster.http_port(name)}/health",
                                         timeout=5).headers["Server"]
@@ -373,7 +366,7 @@ def test_a_release_that_cannot_read_the_upgraded_database_is_refused_before_main
         drill: Drill, tmp_path: Path) -> None:
     cluster = drill.cluster
     main = cluster.procs["synapse-main"]
-    compat = int(_psql(cluster, "SELECT compat_version FROM schema_compat_version"))
+    compat = int(cluster.psql("SELECT compat_version FROM schema_compat_version"))
     refused = _gate(f"matrixdotorg/synapse:v{releases.UNREADABLE}", cluster, tmp_path)
     assert refused.returncode != 0
     assert upgrade.REFUSAL in refused.stderr and f"only a Synapse whose schema version is {compat} or later" \

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from components.backup import render as backup_render
+from components.checks import view_of
+from components.monitoring import render as mon
 from components.synapse import homeserver as hs
 from config import ConfigError, images
 from config.model import StackConfig
@@ -197,3 +199,44 @@ def test_the_tests_install_the_provider_version_the_image_pins() -> None:
     """The boot test proves the provider the derived image installs: the same version."""
     pins = (ROOT / "requirements" / "test.in").read_text().splitlines()
     assert f"synapse-s3-storage-provider=={images.S3_STORAGE_PROVIDER_VERSION}" in pins
+
+
+def _service(run: offline.Run, name: str) -> Any:
+    return next((e["service"] for e in run.services if e["service"].name == name), None)
+
+
+def test_docker_runs_a_cache_cleaner_with_the_media_volume_and_only_the_files_it_reads(dev: offline.Run) -> None:
+    cleaner = _service(dev, hs.MEDIA_CACHE_CLEANER)
+    holder = next(e["service"] for e in _synapse(dev) if e["service"].volumes)
+    assert cleaner is not None, "no cache cleaner on Docker"
+    assert (cleaner.image, cleaner.build, cleaner.volumes) == (holder.image, holder.build, holder.volumes)
+    assert cleaner.user == holder.user and cleaner.read_only_root
+    assert sorted(f.path for f in cleaner.files) == sorted([hs.DATABASE_CONFIG, hs.S3_CREDENTIALS, hs.S3_CONFIG])
+    assert cleaner.env == holder.env and not cleaner.ports
+    loop = cleaner.entrypoint[2]
+    assert "s3_media_upload --no-progress update /media_store 3d" in loop and " --delete" in loop
+    assert "sleep 3600 & wait $!" in loop
+    # The database admits it, and counts its connection.
+    claim = next(c for c in view_of(dev.cfg)[0].databases if c.database == hs.DATABASE_NAME)
+    assert hs.MEDIA_CACHE_CLEANER in claim.clients
+
+
+def test_kubernetes_runs_no_cache_cleaner_its_caches_are_per_pod(prod: offline.Run) -> None:
+    assert _service(prod, hs.MEDIA_CACHE_CLEANER) is None
+    claim = next(c for c in view_of(prod.cfg)[0].databases if c.database == hs.DATABASE_NAME)
+    assert hs.MEDIA_CACHE_CLEANER not in claim.clients
+    assert not any(job.job == hs.MEDIA_CACHE_CLEAN_JOB for job in view_of(prod.cfg)[0].scheduled_jobs)
+
+
+def test_the_cleaner_reports_to_the_pushgateway_and_is_alerted_on_when_it_stops() -> None:
+    raw = with_s3(stack_raw("dev"), endpoint="http://127.0.0.1:8333", cache={"clean_every_minutes": 30})
+    raw.pop("backup", None)
+    raw["monitoring"] = {"enabled": True}
+    run = offline.run(raw, stack="dev", secret_keys=MEDIA_SECRETS)
+    cleaner = _service(run, hs.MEDIA_CACHE_CLEANER)
+    push = view_of(run.cfg)[0].metrics_push_target
+    assert push is not None and cleaner.reaches == ((push.service, push.port),)
+    assert f"http://{push.service}:{push.port}/metrics/job/{hs.MEDIA_CACHE_CLEAN_JOB}" in cleaner.entrypoint[2]
+    assert "sleep 1800 & wait $!" in cleaner.entrypoint[2]
+    rules = next(f["content"] for e in run.services for f in e["files"] if f["path"] == mon.RULES)
+    assert "MediaCacheCleanOverdue" in rules and "MediaCacheCleanNeverReported" in rules

@@ -65,6 +65,7 @@ class NomadLike:
     terms = Terms(place="region", workloads="jobs", volume="host volume", starts_in_order=False)
     scheduled_steps = True  # a task group runs prestart tasks
     reports_volume_usage = True
+    shares_caches = False
 
     def __init__(self, cfg: StackConfig):
         self.cfg = cfg
