@@ -518,21 +518,27 @@ def media_cache_clean_loop(cfg: StackConfig, report_url: str | None) -> str:
     time; after each success it reports the time to `report_url` (a Pushgateway's job URL), so the
     overdue alert fires when clean-ups stop succeeding. curl is the image's (its health check's)."""
     cache = cfg.synapse.media.cache
-    metric = f"{MEDIA_CACHE_CLEAN_JOB}_last_success_timestamp_seconds"
     # PID 1 of its container: a stop (SIGTERM) ends the wait between runs at once.
     lines = ["set -u", "trap 'exit 0' TERM INT", "while :; do",
              f"    if {media_upload_script(cfg, older_than=cache.max_age, delete=True)}; then",
              "        echo 'media cache clean-up: done'"]
     if report_url is not None:
-        lines += [f"        printf '# TYPE {metric} gauge\\n{metric} %s\\n' \"$(date +%s)\" \\",
-                  f"            | curl -fsS --max-time 30 --data-binary @- {report_url} \\",
-                  f"            || echo 'media cache clean-up: could not report to {report_url}' >&2"]
+        lines += ["        " + line for line in media_cache_clean_report(report_url)]
     lines += ["    else",
               f"        echo 'media cache clean-up failed (above); the next try in {cache.clean_every_minutes} min' >&2",
               "    fi",
               f"    sleep {cache.clean_every_minutes * 60} & wait $!",
               "done"]
     return "\n".join(lines) + "\n"
+
+
+def media_cache_clean_report(report_url: str) -> list[str]:
+    """The shell lines that report a clean-up's success, now, to a Pushgateway's job URL; a
+    report that fails is logged and leaves the clean-up a success."""
+    metric = f"{MEDIA_CACHE_CLEAN_JOB}_last_success_timestamp_seconds"
+    return [f"printf '# TYPE {metric} gauge\\n{metric} %s\\n' \"$(date +%s)\" \\",
+            f"    | curl -fsS --max-time 30 --data-binary @- {report_url} \\",
+            f"    || echo 'media cache clean-up: could not report to {report_url}' >&2"]
 
 
 def keeps_media(cfg: StackConfig, process: Process) -> bool:

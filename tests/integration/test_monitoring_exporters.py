@@ -36,6 +36,7 @@ from components.checks import view_of
 from components.monitoring import alerts as alert_table
 from components.monitoring import blackbox_service, certificate_hostnames, node_exporter_service, stack_alerts
 from components.monitoring import render as mon
+from components.synapse import homeserver
 from render.__main__ import stack_config
 from stack import parse
 from tests.conftest import ROOT
@@ -154,6 +155,12 @@ def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_p
             return status == 200
 
         _wait("the Pushgateway to take the backup's report", pushed)
+        # The media cache cleaner's report, its rendered lines with the real curl.
+        cleaner_url = f"http://127.0.0.1:{mon.PUSHGATEWAY_PORT}/metrics/job/{homeserver.MEDIA_CACHE_CLEAN_JOB}"
+        reported = subprocess.run(["sh", "-c", "\n".join(homeserver.media_cache_clean_report(cleaner_url))],
+                                  capture_output=True, text=True, timeout=60)
+        assert reported.returncode == 0 and not reported.stderr, reported.stderr
+        reported_at = time.time()
         procs.append(subprocess.Popen(
             [PROGRAMS["prometheus"] or "", f"--config.file={tmp_path / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{mon.PROMETHEUS_PORT}"],
@@ -185,6 +192,9 @@ def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_p
         # The pushed series keep the backup's job label (honor_labels).
         [size] = query(f'backup_last_size_bytes{{job="{backup.METRICS_JOB}"}}')
         assert size["value"][1] == "123456789"
+        [cleaned] = query(f'{homeserver.MEDIA_CACHE_CLEAN_JOB}_last_success_timestamp_seconds'
+                          f'{{job="{homeserver.MEDIA_CACHE_CLEAN_JOB}"}}')
+        assert abs(float(cleaned["value"][1]) - reported_at) < 60
         # The volume alerts' selector matches what node exporter reports of this machine.
         space_low = next(a for a in alerts if a.name == "VolumeSpaceLow")
         ratio = _wait("node exporter's filesystems", lambda: query(space_low.expr.rsplit(" < ", 1)[0]))
