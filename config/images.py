@@ -135,6 +135,10 @@ class ImageFacts:
     health_path: str | None = None
     # A health-check program of the image's own (a FROM scratch image has nothing else).
     healthcheck_binary: str | None = None
+    # Where the program writes by default, by the flag that moves each (certbot's --config-dir,
+    # --work-dir, --logs-dir), when it runs as any user that may write them: a service running it
+    # unprivileged on a read-only root points each at a volume it owns or a scratch directory.
+    state_dirs: Mapping[str, str] = field(default_factory=dict)
     # Synapse only: the database schema version the image's release writes (SCHEMA_VERSION in
     # synapse/storage/schema/__init__.py). A database whose schema_compat_version is above it is
     # one this release cannot read. True for the pinned tag alone (image_schema_version).
@@ -289,7 +293,15 @@ _MAS_PASSWORD_FILE = Source("element-hq/matrix-authentication-service", "crates/
                             "v1.22.0", "password_file; syn2mas reads database.args.password from the Synapse config "
                             "it is given (crates/syn2mas/src/synapse_reader/config/mod.rs)")
 
-_CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1")
+_CERTBOT_DOCKERFILE = Source("certbot/certbot", "tools/docker/Dockerfile", "v4.1.1",
+                             "FROM python:3.12-alpine3.20, no USER; VOLUME /etc/letsencrypt /var/lib/letsencrypt "
+                             "(Docker gives each an anonymous volume unless mounted)")
+_CERTBOT_STATE_DIRS = Source("certbot/certbot", "certbot/src/certbot/_internal/constants.py", "v4.1.1",
+                             "CLI_DEFAULTS config_dir, work_dir, logs_dir (misc.get_default_folder) and "
+                             "strict_permissions=False: _internal/main.py make_or_verify_needed_dirs and log.py "
+                             "accept directories they can write whoever made them; log.py also logs to "
+                             "tempfile.mkdtemp() before the flags are read; plugins/webroot.py writes the "
+                             "challenge under umask 0o022, 0o644, 'so the client can also run as non-root'")
 
 _RESTIC_DOCKERFILE = Source("restic/restic", "docker/Dockerfile.release", "v0.19.1",
                             "the Dockerfile the release publishes as restic/restic:0.19.1 "
@@ -516,9 +528,11 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
     ImageFacts(
         image=CERTBOT,
         read_for="v4.1.1",
-        read_on="2026-12-01",
-        sources=_sources(_CERTBOT_DOCKERFILE),
+        read_on="2026-12-07",
+        sources=_sources(_CERTBOT_DOCKERFILE, state_dirs=_CERTBOT_STATE_DIRS),
         user=None,  # FROM python:3.12-alpine3.20, no USER
+        state_dirs={"--config-dir": "/etc/letsencrypt", "--work-dir": "/var/lib/letsencrypt",
+                    "--logs-dir": "/var/log/letsencrypt"},
         entrypoint=("certbot",),
         shell=True,
         wget=True,

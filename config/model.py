@@ -135,6 +135,16 @@ class DockerHost(Strict):
         return value
 
 
+def _cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("must be an IP address or CIDR such as 10.0.0.0/8") from None
+    return value
+
+
 class DockerTarget(Strict):
     kind: Literal["docker"]
     hosts: list[DockerHost] = Field(
@@ -143,6 +153,12 @@ class DockerTarget(Strict):
     )
     http_port: Port = Field(80, description="host port the routing proxy publishes for HTTP")
     https_port: Port = Field(443, description="host port the routing proxy publishes for HTTPS")
+    trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = Field(
+        default_factory=list,
+        description="CIDRs a front proxy or load balancer you run before the Docker host connects to the "
+        "proxy from: the proxy takes the client's address from X-Forwarded-For only from these; "
+        "empty = from no one (clients connect to the proxy directly)",
+    )
 
     @model_validator(mode="after")
     def _hosts(self) -> DockerTarget:
@@ -159,16 +175,6 @@ class DockerTarget(Strict):
                     + ", ".join(self.hosts[i].name for i in missing),
                 )
         return self
-
-
-def _cidr(value: str) -> str:
-    import ipaddress
-
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError("must be an IP address or CIDR such as 10.0.0.0/8") from None
-    return value
 
 
 class KubernetesTarget(Strict):

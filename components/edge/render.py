@@ -74,7 +74,7 @@ def real_ip(cfg: StackConfig, view: StackView) -> list[str]:
     trusted: list[str] = []
     if cfg.cloudflare.enabled:
         trusted += CLOUDFLARE_RANGES
-    trusted += view.target.trusted_proxy_ranges()  # the target's own front (the Ingress controller)
+    trusted += view.target.trusted_proxy_ranges()  # the target's own front (the Ingress controller, a Docker host's front proxy)
     if not trusted:
         return []
     return [*(f"set_real_ip_from {cidr};" for cidr in trusted), "real_ip_header X-Forwarded-For;",

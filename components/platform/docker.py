@@ -405,11 +405,11 @@ class DockerPlatform(DockerHosts):
                 f"{volume.name}-owner",
                 name=f"matrix-stack-{volume.name}-owner",
                 image=self.image(host, image).image_id,
-                entrypoints=["chown", str(volume.owner), volume.path],
+                entrypoints=["chown", *(["-R"] if volume.owner_recursive else []), str(volume.owner), volume.path],
                 user="0:0",  # docker_hardening.EXCEPTIONS: only root may give a file away
                 volumes=[docker.ContainerVolumeArgs(volume_name=self.volume(host, volume.name).name,
                                                     container_path=volume.path)],
-                read_only=True,  # it writes only the volume's root inode
+                read_only=True,  # it writes only the volume's inodes
                 memory=HELPER_MEMORY_MB,
                 network_mode="none",
                 **_helper_settings({"matrix-stack.component": "volume-owner"}, adds=("CHOWN",)),

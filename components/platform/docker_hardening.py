@@ -55,14 +55,6 @@ EXCEPTIONS: tuple[Exemption, ...] = (
               "mounts the host's / read-only at /host (rslave) to statfs its filesystems, Docker's volume "
               "directory among them: Docker reports no volume usage, and no named volume shows the "
               "filesystem of the others"),
-    # certbot: writes /var/log/letsencrypt and /var/lib/letsencrypt and chowns the published copies.
-    Exemption("acme", "non_root_user", "certbot runs as root and chowns the certificate copies to the proxy's user"),
-    Exemption("acme", "cap_drop_all",
-               "keeps Docker's default capabilities: the chown of the published copies needs CAP_CHOWN, and "
-               "certbot's other needs are not read yet"),
-    Exemption("acme", "read_only_root",
-               "certbot writes its logs and work directory (/var/log/letsencrypt, /var/lib/letsencrypt) "
-               "outside its volumes"),
 )
 
 

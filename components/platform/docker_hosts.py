@@ -41,7 +41,9 @@ class DockerHosts:
         return self.cfg.tls_mode != "none"
 
     def trusted_proxy_ranges(self) -> tuple[str, ...]:
-        return ()  # clients (or Cloudflare's edge) connect to the proxy directly
+        # Only the front the operator runs before the host, as configured: by default clients
+        # (or Cloudflare's edge) connect to the proxy directly and no one else is believed.
+        return tuple(self.target.trusted_proxies)
 
     def public_port(self, scheme: str) -> int:
         return self.target.https_port if scheme == "https" else self.target.http_port

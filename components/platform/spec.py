@@ -68,6 +68,9 @@ class Volume:
     # has no directory is root's, and non-root processes could not write it (Kubernetes uses
     # fsGroup instead).
     owner: str | None = None
+    # The owner takes the whole tree, not only the root: what a service that used to run as
+    # root left there becomes its user's. Only for small volumes: the owner walks every file.
+    owner_recursive: bool = False
     # A cache each instance keeps for itself, refilled from elsewhere (media fetched back from a
     # bucket): a target with pods gives each pod its own, bounded by `size` and emptied when the
     # pod restarts (an emptyDir); a Docker host keeps it as a volume. It makes no service stateful.

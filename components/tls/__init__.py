@@ -24,15 +24,37 @@ COMPONENT = "tls"
 ACME_SERVICE = "acme"
 ACME_SCRIPT = "/conf/acme/run.sh"
 ACME_PLACEHOLDER = "/conf/acme/placeholder.py"
-PROXY_UID = (images.facts_for(images.NGINX).user or "101").split(":")[0]  # the proxy's nginx user
+# certbot runs as nobody in the proxy's group (the image has no user; certbot needs none: see
+# its state_dirs fact). What it writes is that group's, so the copies it publishes are nginx's
+# to read at 0440 without a chown, while its account and archive stay its own (0700, 0600).
+PROXY_GID = (images.facts_for(images.NGINX).user or "101:101").split(":")[-1]
+ACME_USER = f"65534:{PROXY_GID}"
 RENEW_EVERY_S = 12 * 3600
+# certbot's work and logs are scratch: the work dir holds its lock, the logs repeat its output.
+ACME_SCRATCH = "/tmp"
+ACME_STATE = {"--config-dir": ACME_DIR, "--work-dir": f"{ACME_SCRATCH}/certbot/work",
+              "--logs-dir": f"{ACME_SCRATCH}/certbot/logs"}
+# Each run starts a log file of its own: a few are enough on a scratch directory.
+ACME_LOG_BACKUPS = 10
 
-ACME_VOLUMES = (Volume("acme-certs", ACME_DIR, size="64Mi"), Volume("acme-webroot", ACME_WEBROOT, size="16Mi"))
+# Owned whole by certbot's user: a stack whose certbot ran as root left its account, archive and
+# challenge directories root's.
+ACME_VOLUMES = (Volume("acme-certs", ACME_DIR, size="64Mi", owner=ACME_USER, owner_recursive=True),
+                Volume("acme-webroot", ACME_WEBROOT, size="16Mi", owner=ACME_USER, owner_recursive=True))
+
+
+def certbot_dirs() -> str:
+    """certbot's flags for each directory it writes (its image's state_dirs), in ACME_STATE."""
+    defaults = images.facts_for(images.CERTBOT).state_dirs
+    missing = set(defaults) - set(ACME_STATE)
+    if missing:
+        raise ValueError(f"certbot writes {sorted(missing)} by default: give each a place in ACME_STATE")
+    return " ".join(f"{flag} {ACME_STATE[flag]}" for flag in defaults)
 
 
 def acme_script(cfg: StackConfig, certs: list[Certificate]) -> str:
     """certbot in a loop: a placeholder until the first issuance, then renewals; each result is
-    copied where nginx reads it, readable by the proxy's unprivileged user."""
+    copied where nginx reads it, readable by the proxy's group (certbot's own group, ACME_USER)."""
     acme = [c for c in certs if c.source == "acme"]
     email = cfg.tls.acme_email or ""
     lines = [
@@ -42,9 +64,10 @@ def acme_script(cfg: StackConfig, certs: list[Certificate]) -> str:
         f"served={ACME_SERVED}",
         "publish() {",
         '    mkdir -p "$served/$1"',
+        '    rm -f "$served/$1/fullchain.pem.new" "$served/$1/privkey.pem.new"  # left read-only by a cut-off run',
         '    cp -L "$2/fullchain.pem" "$served/$1/fullchain.pem.new"',
         '    cp -L "$2/privkey.pem" "$served/$1/privkey.pem.new"',
-        f'    chown {PROXY_UID}:{PROXY_UID} "$served/$1/"*.new && chmod 0440 "$served/$1/"*.new',
+        '    chmod 0440 "$served/$1/"*.new',
         '    mv "$served/$1/fullchain.pem.new" "$served/$1/fullchain.pem"',
         '    mv "$served/$1/privkey.pem.new" "$served/$1/privkey.pem"',
         "}",
@@ -55,12 +78,13 @@ def acme_script(cfg: StackConfig, certs: list[Certificate]) -> str:
         f"for name in {names}; do",
         '    if [ ! -s "$served/$name/fullchain.pem" ]; then',
         f'        python3 {ACME_PLACEHOLDER} "$served/$name" "$name"',
-        f'        chown -R {PROXY_UID}:{PROXY_UID} "$served/$name"',
+        '        chmod 0440 "$served/$name/"*.pem',
         "    fi",
         "done",
         "while :; do",
         f"    for name in {names}; do",
         f"        certbot certonly --non-interactive --agree-tos --email {email} --webroot -w {ACME_WEBROOT} "
+        f"{certbot_dirs()} --max-log-backups {ACME_LOG_BACKUPS} "
         '--cert-name "$name" -d "$name" --keep-until-expiring '
         '|| echo "acme: $name not issued yet; retrying at the next round" >&2',
         f'        if [ -s "{ACME_DIR}/live/$name/fullchain.pem" ]; then publish "$name" "{ACME_DIR}/live/$name"; fi',
@@ -109,7 +133,9 @@ def acme_service(cfg: StackConfig, certs: list[Certificate]) -> Service:
                File(ACME_PLACEHOLDER, PLACEHOLDER_PY, mode=0o444)],
         volumes=list(ACME_VOLUMES),
         health=HealthCheck(("sh", "-c", f"ls {ACME_SERVED}/*/fullchain.pem >/dev/null")),
-        drop_capabilities=False,  # chown of the published copies needs CAP_CHOWN
+        user=ACME_USER,
+        read_only_root=True,
+        writable_paths=(ACME_SCRATCH,),
         egress_internet=("ACME directory",),
     )
 

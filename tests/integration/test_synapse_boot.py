@@ -6,12 +6,17 @@ Not skipped anywhere: in CI (CI=true) this must run; a missing binary fails with
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +25,7 @@ from components.monitoring import alerts as alert_table
 
 from . import alert_delivery, dashboard_queries
 from .clients import REQUIREMENTS, run_check, verdicts
-from .cluster import ALL_ROLES_COUNTS, Access, Cluster, boot_config, read_access_log, render
+from .cluster import ALL_ROLES_COUNTS, PROXY_URL, Access, Cluster, boot_config, read_access_log, render
 from .load import SHORT_DRAIN_S, SHORT_HOLD_S, SHORT_LEVELS, guard_problems, run_load
 from .workload import PASSWORD, Facts, SteadyLoad, run_workload
 
@@ -32,9 +37,19 @@ STEADY_WARM_UP_REQUESTS = 60
 STEADY_OBSERVED_REQUESTS = 200
 
 
+# The Docker host sits behind a front proxy of the operator's at this loopback address
+# (target.trusted_proxies); every other address, such as UNTRUSTED_SOURCE, is a client's own.
+FRONT_PROXY = "127.0.0.9"
+UNTRUSTED_SOURCE = "127.0.0.8"
+CLAIMED_CLIENT = "203.0.113.7"
+# Synapse batches the client addresses it saw into the database every 5 s.
+WHOIS_WAIT_S = 60.0
+
+
 @pytest.fixture(scope="module")
 def booted() -> Iterator[tuple[Cluster, Facts, list[Access]]]:
     raw = boot_config(ALL_ROLES_COUNTS)
+    raw["target"]["trusted_proxies"] = [f"{FRONT_PROXY}/32"]
     # Element Call as a localhost stack has it: unset, hence off (it cannot work on localhost;
     # Synapse's own loader judges its homeserver keys in test_synapse_config).
     del raw["element_call"]
@@ -148,6 +163,65 @@ def test_main_serves_only_main_routes(booted: tuple[Cluster, Facts, list[Access]
     stray = [f"{a.method} {a.path} -> {a.upstreams}" for a in log
              if a.route in {"main", "main_only"} and a.ports and set(a.ports) != {MAIN_PORT}]
     assert not stray, "\n".join(stray)
+
+
+def _through_proxy_from(source: str, method: str, path: str, token: str | None = None,
+                        body: Any = None) -> Any:
+    """One request to the proxy from the loopback address `source`, claiming to forward CLAIMED_CLIENT."""
+    url = urllib.parse.urlsplit(PROXY_URL)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30, source_address=(source, 0))
+    headers = {"X-Forwarded-For": CLAIMED_CLIENT, "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        resp = conn.getresponse()
+        content = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200, f"{method} {path} from {source}: {resp.status} {content[:300]!r}"
+    return json.loads(content)
+
+
+def _recorded_addresses(cluster: Cluster, admin_token: str, user_id: str) -> set[str]:
+    """The client addresses Synapse recorded for `user_id`, as its admin API's whois lists them
+    (on main's own port: the proxy refuses the admin API)."""
+    url = (f"http://{cluster.address}:{MAIN_PORT}/_synapse/admin/v1/whois/"
+           + urllib.parse.quote(user_id, safe=""))
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {admin_token}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        whois = json.loads(resp.read())
+    return {connection["ip"] for device in whois["devices"].values()
+            for session in device["sessions"] for connection in session["connections"]}
+
+
+def test_synapse_records_the_forwarded_client_only_from_the_trusted_front(
+        booted: tuple[Cluster, Facts, list[Access]]) -> None:
+    """Two users log in and ask /whoami through the proxy, each request claiming to forward
+    CLAIMED_CLIENT: one from an untrusted loopback address, one from the front proxy's
+    (target.trusted_proxies). Synapse records the first with the address that connected and the
+    second with the claimed client, as its admin API's whois reads them back."""
+    cluster, _facts, _log = booted
+    cluster.register("xff-admin", PASSWORD, admin=True)
+    admin = _through_proxy_from(UNTRUSTED_SOURCE, "POST", "/_matrix/client/v3/login", body={
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "xff-admin"},
+        "password": PASSWORD})["access_token"]
+    expected = {UNTRUSTED_SOURCE: UNTRUSTED_SOURCE, FRONT_PROXY: CLAIMED_CLIENT}
+    users: dict[str, str] = {}
+    for source in expected:
+        name = f"xff-from-{source.replace('.', '-')}"
+        cluster.register(name, PASSWORD)
+        token = _through_proxy_from(source, "POST", "/_matrix/client/v3/login", body={
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
+            "password": PASSWORD})["access_token"]
+        users[source] = _through_proxy_from(source, "GET", "/_matrix/client/v3/account/whoami", token)["user_id"]
+    deadline = time.monotonic() + WHOIS_WAIT_S
+    recorded = {source: _recorded_addresses(cluster, admin, user) for source, user in users.items()}
+    while not all(recorded.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+        recorded = {source: _recorded_addresses(cluster, admin, user) for source, user in users.items()}
+    print(f"\nrecorded by Synapse, by connecting address: {recorded}")
+    assert recorded == {source: {address} for source, address in expected.items()}
 
 
 def test_element_x_readiness_check_passes_and_sliding_sync_reaches_the_sync_worker(

@@ -27,7 +27,7 @@ import pytest
 from components.edge import render as edge_render
 from components.synapse import services
 from config import ConfigError
-from config.model import KubernetesTarget
+from config.model import DockerTarget, KubernetesTarget
 from stack import parse
 from tests.unit.test_worker_table import NGINX, relocate_certificates, render
 
@@ -297,3 +297,13 @@ def test_trusted_proxies_are_cidrs() -> None:
     assert cfg.target.trusted_proxies == ["10.244.0.0/16", "fd00:10:244::/56"]
     with pytest.raises(ConfigError, match="trusted_proxies.*CIDR"):
         parse({**KUBERNETES, "target": {**target, "trusted_proxies": ["ingress-nginx"]}})
+    # The Docker target's front proxy, the same way; every bad entry is named at once.
+    docker = {"kind": "docker", "trusted_proxies": ["192.0.2.10", "2001:db8::/64"]}
+    cfg = parse({**DOCKER_TLS, "target": docker})
+    assert isinstance(cfg.target, DockerTarget)
+    assert cfg.target.trusted_proxies == ["192.0.2.10", "2001:db8::/64"]
+    with pytest.raises(ConfigError) as bad:
+        parse({**DOCKER_TLS, "target": {**docker, "trusted_proxies": ["lb.example.org", "10.0.0.0/33"]}})
+    assert "target.trusted_proxies[0]: must be an IP address or CIDR such as 10.0.0.0/8 (got 'lb.example.org')" \
+        in str(bad.value)
+    assert "target.trusted_proxies[1]: must be an IP address or CIDR" in str(bad.value)

@@ -15,6 +15,7 @@ import stack
 from components.edge.render import proxy_run_script
 from components.tls import PLACEHOLDER_PY, acme_script
 from components.view.certificates import Certificate
+from config import images
 from tests.conftest import stack_view
 
 
@@ -173,6 +174,36 @@ def test_acme_client_shares_volumes_with_the_proxy(program: Any) -> None:
     script = _files(run, "synapse-proxy")["/conf/proxy-run.sh"]["content"]
     assert "watch_certificates &" in script and 'nginx -c "$CONF" -s reload' in script
     assert proxy.args == ("/conf/proxy-run.sh",)
+
+
+def test_certbot_runs_unprivileged_and_writes_only_what_it_owns(program: Any) -> None:
+    run = program({"server_name": "example.org", "tls": {"acme_email": "ops@example.org"}})
+    services = {s["service"].name: s["service"] for s in run.services}
+    acme, proxy = services["acme"], services["synapse-proxy"]
+    # Nobody, in the proxy's group: not root, not the proxy's user (which would read its account).
+    uid, gid = acme.user.split(":")
+    proxy_uid, proxy_gid = proxy.user.split(":")
+    assert uid not in ("0", proxy_uid) and gid == proxy_gid
+    assert acme.read_only_root and acme.drop_capabilities and not acme.capabilities_add
+    # Every directory certbot writes by default (its image's facts) is moved by its flag to a
+    # volume its user owns whole (a root certbot's leftovers too) or to its scratch directory,
+    # and so is the webroot it writes the challenges to.
+    script = _files(run, "acme")["/conf/acme/run.sh"]["content"]
+    certbot = next(line for line in script.splitlines() if "certbot certonly" in line).split()
+    owned = {v.path for v in acme.volumes if v.owner == acme.user and v.owner_recursive}
+    state_dirs = images.facts_for(images.CERTBOT).state_dirs
+    assert set(state_dirs) == {"--config-dir", "--work-dir", "--logs-dir"}
+    for flag in [*state_dirs, "-w"]:
+        where = certbot[certbot.index(flag) + 1]
+        assert where in owned or any(where.startswith(f"{p}/") for p in acme.writable_paths), (flag, where)
+    # Nothing it runs needs root: the copies nginx reads are the proxy's group's already.
+    assert "chown" not in script and 'chmod 0440 "$served/$1/"*.new' in script
+    # The adapter hands those volumes to certbot's user, the whole tree; other volumes only their root.
+    owners = {str(c.plain_inputs()["name"]): c.plain_inputs()["entrypoints"]
+              for c in run.of_type("docker:index/container:Container") if str(c.name).endswith("-owner")}
+    assert owners["matrix-stack-acme-certs-owner"] == ["chown", "-R", acme.user, "/etc/letsencrypt"]
+    assert owners["matrix-stack-acme-webroot-owner"] == ["chown", "-R", acme.user, "/var/www/acme"]
+    assert any("-R" not in command for command in owners.values())
 
 
 def test_acme_client_must_sit_with_the_proxy() -> None:

@@ -437,6 +437,20 @@ def test_the_client_address_is_restored_only_behind_a_trusted_proxy() -> None:
     assert "set_real_ip_from" not in render(parse(bare), None)
 
 
+def test_a_docker_hosts_front_proxy_is_trusted_as_configured() -> None:
+    # A Docker host behind a load balancer the operator runs: only its addresses are believed.
+    raw: dict[str, Any] = {"server_name": "example.org", "tls": {"acme_email": "ops@example.org"},
+                           "target": {"kind": "docker", "trusted_proxies": ["192.0.2.10", "2001:db8::/64"]}}
+    behind = render(parse(raw), None)
+    assert re.findall(r"set_real_ip_from (\S+);", behind) == ["192.0.2.10", "2001:db8::/64"]
+    assert "real_ip_header X-Forwarded-For;" in behind and "real_ip_recursive on;" in behind
+    # With Cloudflare in front as well, both fronts are believed.
+    raw |= {"cloudflare": {"enabled": True, "zone": "example.org", "origin_ip": "203.0.113.10"},
+            "cloudflare_api_token": "stand-in"}
+    both = render(parse(raw, ("cloudflare_api_token",)), None)
+    assert "set_real_ip_from 173.245.48.0/20;" in both and "set_real_ip_from 192.0.2.10;" in both
+
+
 def test_max_connections_fits_every_pool_and_moves_in_hundreds() -> None:
     small, seed = cfg_with({"generic": 1}), parse({"server_name": "localhost", "synapse": {"workers": {"preset": "seed-000"}}})
     unpooled = parse({"server_name": "localhost",
