@@ -37,10 +37,13 @@ import docker
 import pytest
 
 from components.platform import docker_hardening as hardening
+from components.synapse import homeserver
+from config import images
 from config.images import facts_for
 from render import offline
 
 from ..conftest import ROOT, stack_raw
+from . import media_s3, s3_server
 from .cluster import WORKLOAD_RATE_LIMITS
 from .engine import declared
 from .engine import stack as engine_stack
@@ -109,10 +112,7 @@ def dev_raw() -> dict[str, typing.Any]:
     """The dev stack as its file says, with only the rate limits raised for the workload, which
     runs once fresh and again after every fault."""
     raw = stack_raw("dev")
-    # Without the pooler: the engine's stand-in images have no PgBouncer (test_synapse_boot runs
-    # the real one in front of PostgreSQL).
-    raw["synapse"] = {**raw["synapse"], "rate_limits": WORKLOAD_RATE_LIMITS,
-                      "database": {**raw["synapse"].get("database", {}), "pooler": False}}
+    raw["synapse"] = {**raw["synapse"], "rate_limits": WORKLOAD_RATE_LIMITS}
     return raw
 
 
@@ -142,11 +142,7 @@ def deployed(engine: Engine, dev_run: offline.Run, say: Callable[[str], None],
     client = engine.client()
     base_ref = declared.upgrade_base(ROOT)
     base_tree = declared.checkout(ROOT, base_ref, tmp_path_factory.mktemp("base") / "tree")
-    base_raw = dev_raw()
-    if "pooler" not in (base_tree / "config" / "model.py").read_text():
-        # A base from before the pooler knows no such key (and has no pooler to leave out).
-        del base_raw["synapse"]["database"]["pooler"]
-    base = declared.declare(base_tree, base_raw)
+    base = declared.declare(base_tree, dev_raw())
     image_s = engine_stack.ensure_images(client, dev_run, say)
     head_images = {i["image"] for i in engine_stack.declared_containers(dev_run)}
     if {i["image"] for i in (r.plain_inputs() for r in base.of_type(CONTAINER))} - head_images:
@@ -379,11 +375,12 @@ def test_only_the_declared_clients_of_a_data_store_reach_it(deployed: Deployed) 
     """PostgreSQL and Redis sit on their own network, joined only by their declared clients
     (spec.Service.data_store): from every other running container, a store's name does not
     resolve and its network is not attached; from its clients it resolves, and Synapse's main
-    connects. (This engine runs without iptables, so Docker's packet isolation between
+    connects to those it is a client of (PgBouncer and Redis; PostgreSQL is PgBouncer's). (This engine runs without iptables, so Docker's packet isolation between
     networks is not what is proved here: the membership and the name resolution are.)"""
     run = deployed.run
     stores = [r["service"] for r in run.services if r["service"].data_store]
-    assert {s.name for s in stores} == {"synapse-postgres", "synapse-redis"}
+    # PgBouncer in front of PostgreSQL: Synapse's processes dial it, and it the server.
+    assert {s.name for s in stores} == {"synapse-postgres", "synapse-pgbouncer", "synapse-redis"}
     # Resource name -> container name (a new-first container is named after its revision).
     containers = {r.name: str(r.plain_inputs()["name"]) for r in run.of_type(CONTAINER)}
     seen: list[tuple[str, str, bool]] = []
@@ -407,7 +404,8 @@ def test_only_the_declared_clients_of_a_data_store_reach_it(deployed: Deployed) 
     assert wrong == [], "\n".join(wrong)
     assert any(client for *_, client in seen) and any(not client for *_, client in seen), seen
     main = deployed.client.containers.get(containers["synapse-main"])
-    for store in stores:
+    assert {s.name for s in stores if "synapse-main" in s.allowed_clients} == {"synapse-pgbouncer", "synapse-redis"}
+    for store in (s for s in stores if "synapse-main" in s.allowed_clients):
         port = next(p.port for p in store.ports)
         connect = f"import socket; socket.create_connection(({store.name!r}, {port}), 5).close()"
         done = main.exec_run(["python", "-c", connect])
@@ -572,10 +570,11 @@ def test_engine_restart_is_a_reboot(deployed: Deployed) -> None:
 # ---------------------------------------------------------------- changes under a steady client
 
 
-def _apply_change(d: Deployed, what: str, raw: dict[str, typing.Any]) -> tuple[Changed, Tally]:
+def _apply_change(d: Deployed, what: str, raw: dict[str, typing.Any],
+                  secret_keys: tuple[str, ...] = ()) -> tuple[Changed, Tally]:
     """Render `raw`, apply it over the running stack with pulumi-docker's replacement semantics
     while the steady client runs, and count what the client saw fail."""
-    new = offline.run(raw, stack="dev")
+    new = offline.run(raw, stack="dev", secret_keys=secret_keys)
     assert d.steady is not None
     d.steady.start()
     time.sleep(3)
@@ -696,3 +695,71 @@ def test_a_shared_homeserver_change_restarts_each_process_once(deployed: Deploye
     assert changed.chained == []
     # Served by the generic worker alone (replaced new first): nothing fails.
     assert {k: n for k, n in tally.failed.items() if k in ("versions", "sync", "messages")} == {}, tally.errors
+
+
+# ---------------------------------------------------------------- media moved to a bucket (last: it stays)
+
+
+def _gateway(d: Deployed, container: str) -> str:
+    """The host's address on a container's network: what the container reaches this machine by."""
+    networks = d.client.api.inspect_container(container)["NetworkSettings"]["Networks"]
+    return str(next(iter(networks.values()))["Gateway"])
+
+
+def test_media_moves_to_a_bucket_on_the_derived_image_and_keeps_serving(deployed: Deployed, tmp_path: Path) -> None:
+    """synapse.media.storage: s3 applied to the running stack against a real S3 server
+    (SeaweedFS) on this machine: the engine builds the derived image from the stand-in Synapse
+    image with the project's recipe, every Synapse process is replaced onto it as a shared change
+    replaces them, the media written before keeps being served, the stack's migration command
+    copies it to the bucket, a new upload lands in the bucket and survives an emptied cache, and
+    the cache cleaner runs."""
+    d = deployed
+    media_worker = d.name("synapse-media-repository-1")
+    gateway = _gateway(d, media_worker)
+    with s3_server.seaweedfs(tmp_path / "s3", ("media",), address=gateway) as (bucket,):
+        raw = copy.deepcopy(d.raw)
+        raw["synapse"] = {**raw["synapse"], "media": {
+            "storage": "s3", "bucket": bucket.name, "endpoint": bucket.endpoint, "region": bucket.region,
+            "path_style": True, "prefix": "media/"}}
+        raw["media_s3_access_key_id"], raw["media_s3_secret_access_key"] = bucket.access_key_id, bucket.secret_access_key
+        changed, tally = _apply_change(d, "media to a bucket", raw, ("media_s3_access_key_id", "media_s3_secret_access_key"))
+        derived = images.synapse_s3(images.SYNAPSE)
+        assert any(r.startswith("build-local-") for r in changed.created), changed.created
+        # Every Synapse process runs the derived image, the one the engine built from the recipe.
+        image_id = d.client.images.get(derived).id
+        for name in (d.name(n) for n in ("synapse-main", "synapse-generic-1", "synapse-media-repository-1")):
+            assert d.client.api.inspect_container(name)["Image"] == image_id, name
+        assert {k: n for k, n in tally.failed.items() if k in ("versions", "sync", "messages")} == {}, tally.errors
+        media_worker = d.name("synapse-media-repository-1")
+
+        # The stack's migration command (media_to_bucket_command), as printed, in the media worker.
+        migrate = homeserver.media_upload_script(d.run.cfg, older_than="0d", delete=False)
+        exec_id = d.client.api.exec_create(media_worker, ["sh", "-c", migrate], user=str(facts_for(images.SYNAPSE).user))["Id"]
+        output = d.client.api.exec_start(exec_id)
+        assert d.client.api.exec_inspect(exec_id)["ExitCode"] == 0, output.decode(errors="replace")
+        print(f"media_to_bucket_command on the engine:\n{output.decode(errors='replace')}")
+        assert d.steady is not None
+        for mxc, digest in d.steady.written.media.items():
+            media_id = mxc.rsplit("/", 1)[1]
+            assert media_s3.sha256(bucket.read("media/" + media_s3.local_content_key(media_id))) == digest
+
+        # A new upload: in the bucket when acknowledged; served with the cache emptied.
+        token = d.steady.token
+        up = media_s3.upload(token, media_s3.png())
+        assert media_s3.sha256(bucket.read("media/" + media_s3.local_content_key(up.media_id))) == up.sha256
+        emptied = d.client.api.exec_create(media_worker, ["sh", "-c", "rm -rf /media_store/local_content "
+                                                         "/media_store/local_thumbnails"], user="991:991")["Id"]
+        d.client.api.exec_start(emptied)
+        assert d.client.api.exec_inspect(emptied)["ExitCode"] == 0
+        status, data = media_s3.download(token, up.media_id)
+        assert status == 200 and media_s3.sha256(data) == up.sha256
+        status, thumb, content_type = media_s3.thumbnail(token, up.media_id)
+        assert status == 200 and content_type.startswith("image/"), thumb[:200]
+
+        # The cache cleaner: the derived image, the media volume, its first run at once.
+        cleaner = d.name(homeserver.MEDIA_CACHE_CLEANER)
+        assert d.client.api.inspect_container(cleaner)["Image"] == image_id
+        deadline = time.monotonic() + 180
+        while b"media cache clean-up" not in (logs := d.client.api.logs(cleaner)) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert b"media cache clean-up: done" in logs, logs.decode(errors="replace")[-3000:]

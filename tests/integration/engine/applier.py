@@ -9,7 +9,9 @@ Followed:
   the inputs that reference other resources), independent ones in parallel;
 - networks (bridge driver) and named volumes by their declared names;
 - images: `RemoteImage.name` must exist locally (no registry here; stand-ins are loaded first),
-  and the container's `image` is the image id that resource outputs;
+  and the container's `image` is the image id that resource outputs; an `Image` with a `build`
+  is built by the engine from the project's recipe (its context and Dockerfile relative to the
+  project, as `pulumi` runs the program there; its build args) under its `imageName`;
 - containers: created, uploads copied in with their permissions and owner BEFORE start (the
   provider's upload step), then started; entrypoint, command, env, user, labels, working dir,
   health check (durations), restart policy, log driver and options, read-only root, tmpfs with
@@ -40,6 +42,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import docker
@@ -73,8 +76,10 @@ class Run(Protocol):
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/remoteImage:RemoteImage"
+BUILT_IMAGE = "docker:index/image:Image"
 CONTAINER = "docker:index/container:Container"
-KINDS = (NETWORK, VOLUME, IMAGE, CONTAINER)
+KINDS = (NETWORK, VOLUME, IMAGE, BUILT_IMAGE, CONTAINER)
+PROJECT = Path(__file__).resolve().parents[3]
 ONE_SHOT_TIMEOUT_S = 600
 
 
@@ -147,6 +152,7 @@ class Applier:
         self.resources = _order(run.resources)
         self.by_urn = {r.urn: r for r in self.resources}
         self._lock = threading.Lock()
+        self.built: list[str] = []  # the images built, by name
 
     def containers(self) -> list[Registered]:
         return [r for r in self.resources if r.type == CONTAINER]
@@ -177,6 +183,8 @@ class Applier:
                                         internal=bool(inputs.get("internal")), check_duplicate=True)
         elif resource.type == VOLUME:
             self.client.volumes.create(name=inputs["name"], driver=inputs.get("driver") or "local")
+        elif resource.type == BUILT_IMAGE:
+            self.build_image(inputs)
         elif resource.type == IMAGE:
             try:
                 self.client.images.get(inputs["name"])
@@ -191,6 +199,21 @@ class Applier:
                     applied.one_shots[inputs["name"]] = code
                 if inputs.get("start") is False:
                     applied.created_only.append(inputs["name"])
+
+    def build_image(self, inputs: dict[str, Any]) -> None:
+        build = inputs["build"]
+        context = PROJECT / build["context"]
+        dockerfile = (PROJECT / build.get("dockerfile", f"{build['context']}/Dockerfile")).relative_to(context)
+        log: list[str] = []
+        try:
+            for chunk in self.client.api.build(path=str(context), dockerfile=str(dockerfile), tag=inputs["imageName"],
+                                               buildargs=build.get("args") or {}, rm=True, forcerm=True, decode=True):
+                log.append(str(chunk.get("stream") or ""))
+                if chunk.get("error"):
+                    raise ApplyError(f"building {inputs['imageName']} failed:\n{''.join(log)[-3000:]}{chunk['error']}")
+        except docker.errors.APIError as exc:
+            raise ApplyError(f"building {inputs['imageName']} failed: {exc}") from exc
+        self.built.append(inputs["imageName"])
 
     def create_container(self, inputs: dict[str, Any]) -> int | None:
         """Create, upload, start. Returns the exit code of an attached one-shot, else None."""

@@ -6,8 +6,13 @@ follows the real image's facts that the deployment relies on (user ids, entrypoi
 paths, the tools its health check calls):
 
 - Synapse: the pinned matrix-synapse from PyPI in a Debian rootfs (debootstrap, then pip);
-  `python` on PATH, curl for the health check, processes run as 991:991 (the real image's
-  default UID/GID).
+  `python` and `pip` on PATH, curl for the health check, /data owned by 991:991 and no USER (the
+  real image starts as root, its start.py steps down to 991; the stack names the user). The
+  engine reaches no PyPI: its pip installs from a wheelhouse the image carries (/etc/pip.conf),
+  which holds the pinned synapse-s3-storage-provider too, so the project's derived image
+  (images/synapse-s3) builds FROM this stand-in with its own `pip install`.
+- PgBouncer: Debian's pgbouncer (1.18; the pinned image is 1.25) at the image's /usr/bin path,
+  pg_isready, user postgres 70:70 (as in the alpine image).
 - PostgreSQL: Debian's server (15; the pinned image is 16) behind an entrypoint honouring the
   postgres image's contract: POSTGRES_USER, POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE), POSTGRES_DB,
   POSTGRES_INITDB_ARGS and PGDATA on first start, then `postgres` as user postgres (uid/gid 70,
@@ -152,18 +157,21 @@ exec busybox httpd -f -p "$PLACEHOLDER_PORT" -h /srv/placeholder
 
 
 SYNAPSE_REQUIREMENT = f"matrix-synapse[redis]=={images.SYNAPSE_VERSION}"
+S3_PROVIDER_REQUIREMENT = f"synapse-s3-storage-provider=={images.S3_STORAGE_PROVIDER_VERSION}"
+WHEELHOUSE = "/opt/wheels"
 
 
 def synapse_wheels(say: Say = print) -> Context:
-    """The pinned Synapse and its dependencies from PyPI, downloaded by this (Debian 12,
-    Python 3.11) machine's pip for the same Debian and Python the image has: the image installs
-    them offline, so it needs no access to PyPI of its own."""
-    wheelhouse = CACHE / "synapse-wheels" / images.SYNAPSE_VERSION
+    """The pinned Synapse, the pinned storage provider and their dependencies from PyPI,
+    downloaded by this (Debian 12, Python 3.11) machine's pip for the same Debian and Python the
+    image has: the image installs them offline, so it needs no access to PyPI of its own."""
+    wheelhouse = CACHE / "synapse-wheels" / f"{images.SYNAPSE_VERSION}-s3-{images.S3_STORAGE_PROVIDER_VERSION}"
     if not (wheelhouse / ".complete").exists():
         shutil.rmtree(wheelhouse, ignore_errors=True)
         wheelhouse.mkdir(parents=True)
-        with ticking(say, f"downloading {SYNAPSE_REQUIREMENT} and its dependencies from PyPI (once per version)"):
-            subprocess.run(["python3", "-m", "pip", "download", "-q", "-d", str(wheelhouse), SYNAPSE_REQUIREMENT],
+        wanted = (SYNAPSE_REQUIREMENT, S3_PROVIDER_REQUIREMENT)
+        with ticking(say, f"downloading {', '.join(wanted)} and their dependencies from PyPI (once per version)"):
+            subprocess.run(["python3", "-m", "pip", "download", "-q", "-d", str(wheelhouse), *wanted],
                            check=True, timeout=1800)
         (wheelhouse / ".complete").touch()
     return {f"wheels/{p.name}": (p.read_bytes(), 0o644) for p in sorted(wheelhouse.iterdir()) if p.name != ".complete"}
@@ -173,13 +181,16 @@ def synapse() -> StandIn:
     return StandIn(images.SYNAPSE, "\n".join([
         f"FROM {BASE}",
         _apt("python3", "python3-venv", "python3-psycopg2", "curl"),
-        "COPY wheels /tmp/wheels",
-        "RUN python3 -m venv --system-site-packages /opt/synapse && "
-        f"/opt/synapse/bin/pip install -q --no-index --find-links /tmp/wheels '{SYNAPSE_REQUIREMENT}' && "
-        "rm -rf /tmp/wheels && ln -s /opt/synapse/bin/python /usr/local/bin/python",
+        f"LABEL matrix-stack.stand-in.wheelhouse=\"{SYNAPSE_REQUIREMENT} {S3_PROVIDER_REQUIREMENT}\"",
+        f"COPY wheels {WHEELHOUSE}",
+        # pip installs from the wheelhouse alone: the engine has no PyPI ({S3_PROVIDER_REQUIREMENT}
+        # is there for the derived image).
+        f"RUN printf '[global]\\nno-index = true\\nfind-links = {WHEELHOUSE}\\n' > /etc/pip.conf && "
+        "python3 -m venv --system-site-packages /opt/synapse && "
+        f"/opt/synapse/bin/pip install -q '{SYNAPSE_REQUIREMENT}' && "
+        "ln -s /opt/synapse/bin/python /usr/local/bin/python",
         "ENV PATH=/opt/synapse/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "RUN mkdir -p /data && chown 991:991 /data",
-        "USER 991:991",
         'ENTRYPOINT ["python", "-m", "synapse.app.homeserver"]',
         "",
     ]), extra=synapse_wheels)
@@ -198,6 +209,19 @@ def postgres() -> StandIn:
         'CMD ["postgres"]',
         "",
     ]), {"docker-entrypoint.sh": (POSTGRES_ENTRYPOINT.encode(), 0o755)})
+
+
+def pgbouncer() -> StandIn:
+    return StandIn(images.PGBOUNCER, "\n".join([
+        f"FROM {BASE}",
+        "RUN groupadd -g 70 postgres && useradd -u 70 -g 70 -M -d /var/lib/postgresql -s /bin/sh postgres",
+        _apt("pgbouncer", "postgresql-client-15"),
+        # The image's path of the program; pg_isready on PATH, as the image's postgresql-client has it.
+        "RUN ln -s /usr/sbin/pgbouncer /usr/bin/pgbouncer && ln -s /usr/lib/postgresql/15/bin/pg_isready /usr/local/bin/",
+        "USER 70:70",
+        'ENTRYPOINT ["/usr/bin/pgbouncer"]',
+        "",
+    ]))
 
 
 def redis() -> StandIn:
@@ -277,7 +301,8 @@ def placeholder(ref: str, port: int, health: list[str]) -> StandIn:
     return StandIn(ref, "\n".join([*lines, ""]), files, placeholder=True)
 
 
-BUILT = {images.SYNAPSE: synapse, images.POSTGRES: postgres, images.REDIS: redis, images.NGINX: nginx,
+BUILT = {images.SYNAPSE: synapse, images.POSTGRES: postgres, images.PGBOUNCER: pgbouncer, images.REDIS: redis,
+         images.NGINX: nginx,
          images.LIVEKIT: livekit}
 
 
