@@ -117,7 +117,12 @@ def test_kubernetes_scrapes_them_through_service_monitors_and_admits_only_the_me
     manifests = prod.deployment.manifests
     monitors = {o["metadata"]["name"]: o for o in manifests.values() if o["kind"] == "ServiceMonitor"}
     policies = {o["metadata"]["name"]: o for o in manifests.values() if o["kind"] == "NetworkPolicy"}
+    services = [o for o in manifests.values() if o["kind"] == "Service"]
+    assert f"{ec.LIVEKIT_SERVICE}-public" in {s["metadata"]["name"] for s in services}
     for name, (port, path, job) in CALL_TARGETS.items():
+        # Exactly the Service with the metrics port (not LiveKit's public LoadBalancer for media).
+        wanted = monitors[name]["spec"]["selector"]["matchLabels"]
+        assert [s["metadata"]["name"] for s in services if wanted.items() <= s["metadata"]["labels"].items()] == [name]
         [endpoint] = monitors[name]["spec"]["endpoints"]
         assert (endpoint["port"], endpoint["path"]) == ("metrics", path)
         assert {"targetLabel": "job", "replacement": job} in endpoint["relabelings"]
