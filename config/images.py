@@ -146,6 +146,9 @@ class ImageFacts:
     # How the program takes a secret from a file (variable or config key), never from its
     # environment: what each service's secret files rely on.
     secret_file_options: tuple[str, ...] = ()
+    # How the program serves Prometheus metrics, where a service relies on it: the setting that
+    # opens its endpoint (and what the image's build needs for it). None: nothing relies on it.
+    prometheus: str | None = None
 
     @property
     def repository(self) -> str:
@@ -252,11 +255,21 @@ _JWT_HANDLER = Source("element-hq/lk-jwt-service", "main.go", "v0.5.0", "/health
 _LIVEKIT_DOCKERFILE = Source("livekit/livekit", "Dockerfile", "v1.13.5")
 _LIVEKIT_SERVER = Source("livekit/livekit", "pkg/service/server.go", "v1.13.5", "mux.HandleFunc(\"/\")")
 
+_LIVEKIT_METRICS = Source("livekit/livekit", "pkg/config/config.go", "v1.13.5",
+                          "the Go module at the tag (GOMODCACHE): PrometheusConfig.Port (yaml prometheus.port); "
+                          "prometheus_port deprecated (pkg/service/server.go warns and copies it); the listener "
+                          "binds every bind_addresses entry; names in pkg/telemetry/prometheus (namespace livekit)")
+
 _NTFY_NOTE = "v2.14.0 is not in the reachable snapshot; the Dockerfile is unchanged since 2024-03-07 (8c69234e)"
 _NTFY_DOCKERFILE = Source("binwiederhier/ntfy", "Dockerfile", "v2.13.0", _NTFY_NOTE)
 _NTFY_SERVER = Source("binwiederhier/ntfy", "server/server.go", "v2.13.0", "apiHealthPath")
 _NTFY_CONFIG = Source("binwiederhier/ntfy", "cmd/serve.go", "v2.13.0", "defaultServerConfigFile")
 _NTFY_PORT = Source("binwiederhier/ntfy", "server/config.go", "v2.13.0", "DefaultListenHTTP")
+
+_NTFY_METRICS = Source("binwiederhier/ntfy", "cmd/serve.go", "v2.13.0",
+                       _NTFY_NOTE + ": enable-metrics and metrics-listen-http (an [ip]:port that implies "
+                       "enable-metrics, docs/config.md 'Monitoring'); server/server.go serves /metrics on that "
+                       "listener instead of the public one; names in server/server_metrics.go")
 
 _ELEMENT_WEB_DOCKERFILE = Source("element-hq/element-web", "Dockerfile", "036353ace1",
                                  "v1.12.26 is not in the reachable snapshot (the repository is too large to "
@@ -265,6 +278,14 @@ _ELEMENT_WEB_DOCKERFILE = Source("element-hq/element-web", "Dockerfile", "036353
 _COTURN_DOCKERFILE = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", "docker/4.17.0-r0",
                             "the image tag 4.17.0 is 4.17.0-r0 on debian trixie-slim (docker/coturn/README.md at "
                             "that tag); 4.17.1 has a git tag but no image tag in the snapshot")
+
+_COTURN_METRICS = Source("coturn/coturn", "docker/coturn/debian/Dockerfile", "docker/4.17.0-r0",
+                         "the build stage installs libmicrohttpd-dev and the runtime libmicrohttpd12t64; configure "
+                         "at 4.17.0 then builds the vendored Prometheus client (src/prometheus) instead of "
+                         "setting TURN_NO_PROMETHEUS; --prometheus and --prometheus-port (default 9641, path "
+                         "/metrics) in src/apps/relay/mainrelay.c, names in src/apps/relay/prom_server.c. Debian "
+                         "bookworm's coturn 4.6.1 (scripts/test) is built without it: no --prometheus in "
+                         "turnserver --help, and it logs 'Bad configuration format: prometheus' and runs on")
 
 _POSTGRES_FILE_ENV = Source("docker-library/postgres", "16/alpine3.22/docker-entrypoint.sh", "1cb68aee8f",
                             "file_env 'POSTGRES_PASSWORD': POSTGRES_PASSWORD_FILE's content, read when the "
@@ -289,6 +310,10 @@ _NTFY_AUTH_USERS = Source("binwiederhier/ntfy", "cmd/serve.go", "05c56f00",
                           "auth-users is an altsrc flag (config file, flag or NTFY_AUTH_USERS) with no file variant; "
                           "the snapshot ends before v2.14.0 (the provisioned-users branch, c0b5151b), so the "
                           "config file carries it")
+_MAS_METRICS = Source("element-hq/matrix-authentication-service", "crates/config/src/sections/telemetry.rs",
+                      "v1.22.0", "telemetry.metrics.exporter: prometheus, served by an HTTP listener with the "
+                      "prometheus resource (crates/config/src/sections/http.rs); requests recorded as "
+                      "http.server.duration (crates/cli/src/server.rs)")
 _MAS_PASSWORD_FILE = Source("element-hq/matrix-authentication-service", "crates/config/src/sections/database.rs",
                             "v1.22.0", "password_file; syn2mas reads database.args.password from the Synapse config "
                             "it is given (crates/syn2mas/src/synapse_reader/config/mod.rs)")
@@ -473,7 +498,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         image=LIVEKIT,
         read_for="v1.13.5",
         read_on="2026-12-01",
-        sources=_sources(_LIVEKIT_DOCKERFILE, health_path=_LIVEKIT_SERVER, port=_LIVEKIT_SERVER),
+        sources=_sources(_LIVEKIT_DOCKERFILE, health_path=_LIVEKIT_SERVER, port=_LIVEKIT_SERVER,
+                         prometheus=_LIVEKIT_METRICS),
         user=None,  # FROM alpine, no USER
         entrypoint=("/livekit-server",),
         shell=True,
@@ -481,13 +507,14 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         tools=BUSYBOX,
         port=7880,
         health_path="/",
+        prometheus="livekit.yaml prometheus.port",
     ),
     ImageFacts(
         image=NTFY,
         read_for="v2.14.0",
         read_on="2026-12-01",
         sources=_sources(_NTFY_DOCKERFILE, health_path=_NTFY_SERVER, config_path=_NTFY_CONFIG, port=_NTFY_PORT,
-                         secret_file_options=_NTFY_AUTH_USERS),
+                         secret_file_options=_NTFY_AUTH_USERS, prometheus=_NTFY_METRICS),
         user=None,  # FROM alpine, no USER (a non-root user was added and reverted upstream)
         entrypoint=("ntfy",),
         shell=True,
@@ -497,6 +524,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         config_path="/etc/ntfy/server.yml",
         health_path="/v1/health",
         secret_file_options=("--config",),  # auth-users inside the (secret) config file
+        prometheus="server.yml metrics-listen-http",
     ),
     ImageFacts(
         image=ELEMENT_WEB,
@@ -516,7 +544,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         image=COTURN,
         read_for="4.17.0",
         read_on="2026-12-06",
-        sources=_sources(_COTURN_DOCKERFILE),
+        sources=_sources(_COTURN_DOCKERFILE, prometheus=_COTURN_METRICS),
         user="65534:65534",  # USER nobody:nogroup
         entrypoint=("docker-entrypoint.sh",),
         shell=True,  # debian slim: dash
@@ -524,6 +552,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         file_capabilities={"/usr/bin/turnserver": ("NET_BIND_SERVICE",)},  # setcap CAP_NET_BIND_SERVICE=+ep
         port=3478,
         config_path="/etc/coturn/turnserver.conf",
+        prometheus="turnserver.conf prometheus, prometheus-port (built with libmicrohttpd)",
     ),
     ImageFacts(
         image=CERTBOT,
@@ -558,7 +587,8 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         read_for="1.22.0",
         read_on="2026-12-01",
         sources=_sources(_MAS_DOCKERFILE, user=_MAS_NONROOT, port=_MAS_HTTP, health_path=_MAS_HEALTH,
-                         config_path=_MAS_CONFIG, secret_file_options=_MAS_PASSWORD_FILE),
+                         config_path=_MAS_CONFIG, secret_file_options=_MAS_PASSWORD_FILE,
+                         prometheus=_MAS_METRICS),
         user="65532:65532",  # FROM gcr.io/distroless/cc-debian13:nonroot, no USER of its own
         entrypoint=("/usr/local/bin/mas-cli",),
         # distroless (not its :debug variant): no shell, no wget or curl, no health-check program
@@ -567,6 +597,7 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         config_path="/config.yaml",
         health_path="/health",
         secret_file_options=("database.password_file", "secrets.encryption_file", "matrix.secret_file"),
+        prometheus="config.yaml telemetry.metrics.exporter prometheus, a listener resource prometheus",
     ),
     ImageFacts(
         image=PROMETHEUS,

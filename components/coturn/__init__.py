@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
-from components.part import BuildContext, Component, Contribution, Endpoint, Part, Probe, derive
+from components.part import BuildContext, Component, Contribution, Endpoint, MetricsTarget, Part, Probe, derive
 from components.platform.spec import File, Port, PortRange, Service
 from components.view import StackView
 from config.checks import Finding
@@ -35,6 +35,10 @@ class Coturn(Part):
         # stands for the process (one turnserver serves both).
         return [Probe(render.SERVICE, render.PORT, "tcp", "TURN relaying for calls", calls=True)]
 
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        return [MetricsTarget(render.SERVICE, render.METRICS_PORT, render.METRICS_PATH, role="coturn",
+                              job=render.METRICS_JOB)]
+
     def check(self, cfg: StackConfig, view: StackView) -> list[Finding]:
         return render.check(cfg)
 
@@ -60,6 +64,9 @@ class Coturn(Part):
             read_only_root=True,
             writable_paths=("/tmp",),
             egress_internet=("relayed media to peers",),
+            metrics_port=render.METRICS_PORT,
+            metrics_path=render.METRICS_PATH,
+            metrics_labels=(("job", render.METRICS_JOB), ("role", "coturn")),
         )]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:

@@ -20,6 +20,11 @@ CONFIG = images.config_path(images.COTURN)
 AUTH_CONFIG = "/secrets/turn-auth.conf"
 RUNTIME_CONFIG = "/tmp/turnserver.conf"
 PORT = 3478
+# coturn's Prometheus exporter (--prometheus, its default port 9641, path /metrics): the pinned
+# image builds it (config/images.py, COTURN), Debian's coturn 4.6.1 does not.
+METRICS_PORT = 9641
+METRICS_PATH = "/metrics"
+METRICS_JOB = "coturn"
 # Where Synapse reads the shared secret it signs TURN credentials with.
 SYNAPSE_SECRET_PATH = f"{HOMESERVER_SECRETS_DIR}/turn_shared_secret"
 
@@ -77,6 +82,9 @@ def turnserver_conf(cfg: StackConfig) -> str:
         "total-quota=100",
         "bps-capacity=0",
         "stale-nonce=600",
+        # Allocation and traffic counters for the stack's Prometheus, on a port of their own.
+        "prometheus",
+        f"prometheus-port={METRICS_PORT}",
     ]
     lines += [f"denied-peer-ip={_range(cidr)}" for cidr in DENIED_PEERS]
     return "\n".join(lines) + "\n"

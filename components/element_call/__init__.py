@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
-from components.part import BuildContext, Component, Contribution, Endpoint, Part, Probe, derive
+from components.part import BuildContext, Component, Contribution, Endpoint, MetricsTarget, Part, Probe, derive
 from components.platform.spec import File, Port, PortRange, Service
 from components.view import StackView
 from config.checks import Finding
@@ -41,6 +41,12 @@ class ElementCall(Part):
         # LiveKit's HTTP port answers 200 at / while the server runs (its health check).
         return [Probe(render.LIVEKIT_SERVICE, render.LIVEKIT_PORT, "http", "LiveKit (call media and signalling)",
                       calls=True)]
+
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        # LiveKit's own Prometheus listener (livekit.yaml `prometheus`); lk-jwt-service and the
+        # web app serve no metrics.
+        return [MetricsTarget(render.LIVEKIT_SERVICE, render.LIVEKIT_METRICS_PORT, role="livekit",
+                              job=render.LIVEKIT_METRICS_JOB)]
 
     def well_known_client(self, cfg: StackConfig) -> dict[str, object]:
         return render.well_known_client(cfg)
@@ -85,6 +91,9 @@ class ElementCall(Part):
             reaches=((render.JWT_SERVICE, render.JWT_PORT),),
             # ICE checks toward clients' candidates; STUN for its own public address.
             egress_internet=("ICE connectivity checks", "STUN"),
+            # Not among `ports`: a target admits only the scraper there, not the namespace.
+            metrics_port=render.LIVEKIT_METRICS_PORT,
+            metrics_labels=(("job", render.LIVEKIT_METRICS_JOB), ("role", "livekit")),
         )
         jwt = Service(
             name=render.JWT_SERVICE,

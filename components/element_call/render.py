@@ -33,6 +33,12 @@ WEB_PORT = images.facts_for(images.ELEMENT_CALL).port or 8080  # nginx-unprivile
 # "LiveKit SFU Wiring"). Unset, the check is off.
 SANITY_CHECK_INTERVAL_S = 30
 
+# LiveKit's Prometheus endpoint (livekit.yaml `prometheus.port`; the top-level `prometheus_port`
+# is deprecated in v1.13.5, pkg/service/server.go): a listener of its own, apart from the API and
+# signalling port the proxy forwards, so only the stack's scraper dials it (MetricsTarget).
+LIVEKIT_METRICS_PORT = 6789
+LIVEKIT_METRICS_JOB = "livekit"
+
 LIVEKIT_CONFIG = "/etc/livekit/livekit.yaml"
 # LiveKit reads `key: secret` pairs from key_file, so livekit.yaml itself holds no secret.
 # LiveKit refuses a key file that others may read: mode 0400.
@@ -107,6 +113,8 @@ def livekit_config(cfg: StackConfig) -> dict[str, Any]:
         # Signed with the key's secret; lk-jwt-service verifies it with the same pair.
         "webhook": {"api_key": LIVEKIT_API_KEY, "urls": [webhook_url(cfg)]},
         "logging": {"level": "info"},
+        # Served at every path of its own port, on the same bind_addresses as the API.
+        "prometheus": {"port": LIVEKIT_METRICS_PORT},
     }
     if lk.turn:
         conf["turn"] = {

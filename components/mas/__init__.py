@@ -17,6 +17,7 @@ from components.part import (
     Endpoint,
     ExternalServer,
     KeptFile,
+    MetricsTarget,
     OAuthClient,
     Part,
     Writer,
@@ -49,6 +50,10 @@ class Mas(Part):
 
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
         return [Endpoint("auth", render.SERVICE, render.HTTP_PORT)]
+
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        return [MetricsTarget(render.SERVICE, render.METRICS_PORT, render.METRICS_PATH, role="mas",
+                              job=render.METRICS_JOB)]
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return tuple(n for n in mas_services.secret_names(cfg) if n != mas_services.SUPERUSER)

@@ -29,6 +29,12 @@ from config.model import (
 SERVICE = "mas"
 HTTP_PORT = 8080  # the image's own default web listener
 HEALTH_PORT = 8081  # the image's default internal listener; bound on every address for probes
+# A listener of its own for the `prometheus` resource, which serves what the telemetry section's
+# Prometheus exporter collects (crates/config/src/sections/telemetry.rs at v1.22.0): apart from
+# the web listener the proxy forwards to, so only the stack's scraper dials it.
+METRICS_PORT = 8082
+METRICS_PATH = "/metrics"
+METRICS_JOB = "mas"
 
 # The image reads MAS_CONFIG, else config.yaml in its WORKDIR (/); a directory of our own keeps
 # the file beside the others a platform mounts.
@@ -107,6 +113,8 @@ def http_section(cfg: StackConfig) -> dict[str, Any]:
              "binds": [{"host": "0.0.0.0", "port": HTTP_PORT}]},
             {"name": "internal", "resources": [{"name": "health"}],
              "binds": [{"host": "0.0.0.0", "port": HEALTH_PORT}]},
+            {"name": "metrics", "resources": [{"name": "prometheus"}],
+             "binds": [{"host": "0.0.0.0", "port": METRICS_PORT}]},
         ],
     }
 
@@ -217,6 +225,8 @@ def config(cfg: StackConfig, view: StackView) -> dict[str, Any]:
         "passwords": passwords_section(cfg),
         "email": email_section(cfg),
         "account": account_section(cfg),
+        # Metrics to the `prometheus` resource of the metrics listener (http_section).
+        "telemetry": {"metrics": {"exporter": "prometheus"}},
     }
     if view.oauth_clients:
         conf["clients"] = clients_section(view)

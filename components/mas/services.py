@@ -99,6 +99,9 @@ def mas_service(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.
         egress_internet=("upstream OIDC providers", "SMTP"),
         # An external database given by address may be private (a name is reached as internet).
         egress_networks=external_database_networks(cfg),
+        metrics_port=render.METRICS_PORT,
+        metrics_path=render.METRICS_PATH,
+        metrics_labels=(("job", render.METRICS_JOB), ("role", "mas")),
     )
 
 

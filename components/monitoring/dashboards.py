@@ -1,6 +1,7 @@
 """The stack's Grafana dashboards, built in code with grafana-foundation-sdk from the metrics
 targets the parts declare (the view) and the alert table (alerts.py): an overview of the stack's
-health, Synapse by role (one row per role of the worker table), federation, and the edge.
+health, Synapse by role (one row per role of the worker table), federation, the edge, and calls
+and push (LiveKit, coturn, ntfy, MAS).
 
 Each dashboard counts its own firing alerts (Prometheus's ALERTS series, filtered to the alerts of
 the table that concern it), lists them (Grafana's alert list over the Prometheus data source, whose
@@ -187,9 +188,111 @@ def edge(targets: Sequence[MetricsTarget], alerts: Sequence[Alert]) -> Board | N
                  (("Edge", (_firing(concerned), *edge_panels())),), concerned)
 
 
+# The call and push services' scrape jobs (their parts' MetricsTarget.job).
+LIVEKIT_JOB, COTURN_JOB, NTFY_JOB, MAS_JOB = "livekit", "coturn", "ntfy", "mas"
+CALL_JOBS = (LIVEKIT_JOB, COTURN_JOB, NTFY_JOB, MAS_JOB)
+# Series the call board reads that concern it in an alert's expression.
+CALL_METRIC_PREFIXES = ("livekit_", "turn_", "ntfy_", "http_server_duration")
+
+
+def _rate(metric: str, sel: str, by: str = "") -> str:
+    """A per-second rate summed (by `by`), 0 while the counter has no series yet (a labelled
+    counter appears with its first increment)."""
+    return f"sum{f' by ({by})' if by else ''} (rate({metric}{{{sel}}}[{RATE}])) or vector(0)"
+
+
+def livekit_panels() -> tuple[Panel, ...]:
+    # livekit-server v1.13.5, pkg/telemetry/prometheus (namespace "livekit"): rooms.go's gauges
+    # room_total, participant_total and track_published_total{kind} (each a current count despite
+    # the suffix); packets.go's counters packet_total{direction}, nack_total{direction} and
+    # packet_loss_total{direction}.
+    sel = f'job="{LIVEKIT_JOB}"'
+    return (
+        Panel("Rooms", (Query(f"sum(livekit_room_total{{{sel}}})", "rooms"),), kind="stat"),
+        Panel("Participants", (Query(f"sum(livekit_participant_total{{{sel}}})", "participants"),), kind="stat"),
+        Panel("Published tracks by kind",
+              (Query(f"sum by (kind) (livekit_track_published_total{{{sel}}}) or vector(0)", "{{kind}}"),)),
+        Panel("Packets per second by direction",
+              (Query(_rate("livekit_packet_total", sel, "direction"), "{{direction}}"),), unit="pps"),
+        Panel("NACKs and lost packets per second", (
+            Query(_rate("livekit_nack_total", sel), "NACKs"),
+            Query(_rate("livekit_packet_loss_total", sel), "lost")), unit="pps",
+              description="Retransmission requests and packets lost, both directions: rising while the "
+                          "packet rate holds means the network between the SFU and its clients drops."),
+    )
+
+
+def coturn_panels() -> tuple[Panel, ...]:
+    # coturn 4.17.0, src/apps/relay/prom_server.c: turn_total_allocations{type} (a gauge of current
+    # allocations), turn_total_traffic_rcvb and _sentb (counters of finished sessions' bytes).
+    sel = f'job="{COTURN_JOB}"'
+    return (
+        Panel("TURN allocations",
+              (Query(f"sum by (type) (turn_total_allocations{{{sel}}}) or vector(0)", "{{type}}"),)),
+        Panel("TURN relayed bytes per second (finished sessions)", (
+            Query(_rate("turn_total_traffic_rcvb", sel), "received"),
+            Query(_rate("turn_total_traffic_sentb", sel), "sent")), unit="Bps"),
+    )
+
+
+def ntfy_panels() -> tuple[Panel, ...]:
+    # ntfy v2.13.0, server/server_metrics.go: ntfy_messages_published_success and _failure, and
+    # ntfy_matrix_published_success and _failure (Synapse's pushes), counters registered at start;
+    # ntfy_subscribers_total, a gauge.
+    sel = f'job="{NTFY_JOB}"'
+    return (
+        Panel("Messages published per second", (
+            Query(_rate("ntfy_messages_published_success", sel), "published"),
+            Query(_rate("ntfy_messages_published_failure", sel), "failed")), unit="reqps"),
+        Panel("Matrix pushes per second", (
+            Query(_rate("ntfy_matrix_published_success", sel), "delivered"),
+            Query(_rate("ntfy_matrix_published_failure", sel), "failed")), unit="reqps",
+              description="What Synapse's pusher hands ntfy's Matrix push gateway."),
+        Panel("Subscribers", (Query(f"sum(ntfy_subscribers_total{{{sel}}})", "subscribers"),), kind="stat"),
+    )
+
+
+def mas_panels() -> tuple[Panel, ...]:
+    # MAS v1.22.0, crates/cli/src/server.rs: every listener's requests recorded in the histogram
+    # http.server.duration with http.response.status_code; its Prometheus exporter names it
+    # http_server_duration (no unit given, so no unit suffix) with http_response_status_code.
+    sel = f'job="{MAS_JOB}"'
+    requests = "http_server_duration_count"
+    return (
+        Panel("MAS requests per second by status",
+              (Query(_rate(requests, sel, "http_response_status_code"), "{{http_response_status_code}}"),),
+              unit="reqps"),
+        Panel("MAS share of 5xx responses",
+              (Query(f'(sum(rate({requests}{{{sel},http_response_status_code=~"5.."}}[{RATE}])) or vector(0))'
+                     f" / (sum(rate({requests}{{{sel}}}[{RATE}])) > 0) or vector(0)", "5xx"),), unit="percentunit"),
+    )
+
+
+def calls(targets: Sequence[MetricsTarget], alerts: Sequence[Alert]) -> Board | None:
+    jobs = _jobs(targets) & set(CALL_JOBS)
+    if not jobs:
+        return None
+    present = [job for job in CALL_JOBS if job in jobs]
+    concerned = _alerts_about(alerts, lambda a: a.name in ("CallServiceUnreachable", "ScrapeTargetDown")
+                              or any(prefix in a.expr for prefix in CALL_METRIC_PREFIXES))
+    health = (_firing(concerned),
+              Panel("Call and push services up",
+                    (Query(f'sum by (job) (up{{job=~"{_regex(present)}"}})', "{{job}}"),)))
+    rows: list[tuple[str, tuple[Panel, ...]]] = [("Alerts", health)]
+    for job, title, panels in ((LIVEKIT_JOB, "LiveKit (Element Call's SFU)", livekit_panels),
+                               (COTURN_JOB, "TURN (coturn)", coturn_panels),
+                               (NTFY_JOB, "Push (ntfy)", ntfy_panels),
+                               (MAS_JOB, "Authentication (MAS)", mas_panels)):
+        if job in jobs:
+            rows.append((title, panels()))
+    return Board("matrix-stack-calls", "Matrix stack: calls and push",
+                 "Element Call's SFU, TURN, push notifications and the authentication service.",
+                 tuple(rows), concerned)
+
+
 def boards(targets: Sequence[MetricsTarget], alerts: Sequence[Alert]) -> list[Board]:
     built = [overview(targets, alerts), synapse_roles(targets, alerts), federation(targets, alerts),
-             edge(targets, alerts)]
+             edge(targets, alerts), calls(targets, alerts)]
     return [b for b in built if b is not None]
 
 

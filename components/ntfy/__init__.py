@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pulumi
 
 from components import image_facts
-from components.part import BuildContext, Component, Contribution, Endpoint, Part, derive
+from components.part import BuildContext, Component, Contribution, Endpoint, MetricsTarget, Part, derive
 from components.platform.spec import File, Port, Service, Volume
 from components.view import StackView
 from config.model import StackConfig
@@ -29,6 +29,9 @@ class Ntfy(Part):
 
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
         return [Endpoint("ntfy", render.SERVICE, render.PORT, websockets=True, max_body="16M")]
+
+    def metrics_targets(self, cfg: StackConfig) -> list[MetricsTarget]:
+        return [MetricsTarget(render.SERVICE, render.METRICS_PORT, role="ntfy", job=render.METRICS_JOB)]
 
     def secret_names(self, cfg: StackConfig) -> tuple[str, ...]:
         return ("auth_users",)
@@ -53,6 +56,8 @@ class Ntfy(Part):
             writable_paths=("/tmp",),
             # Polls for iOS devices go through the upstream server (ntfy.sh).
             egress_internet=("upstream server",) if cfg.ntfy.upstream_base_url else (),
+            metrics_port=render.METRICS_PORT,
+            metrics_labels=(("job", render.METRICS_JOB), ("role", "ntfy")),
         )]
 
     def build(self, cfg: StackConfig, ctx: BuildContext) -> Contribution:

@@ -19,6 +19,11 @@ from config.model import StackConfig
 
 SERVICE = "ntfy"
 PORT = 8080  # not :80: the container runs without CAP_NET_BIND_SERVICE
+# ntfy's Prometheus endpoint on a listener of its own (metrics-listen-http, which implies
+# enable-metrics; cmd/serve.go and docs/config.md at v2.13.0): /metrics is then not served on
+# PORT, which the proxy publishes.
+METRICS_PORT = 9095
+METRICS_JOB = "ntfy"
 CONFIG = images.config_path(images.NTFY)
 CACHE_DIR = "/var/cache/ntfy"
 AUTH_DIR = "/var/lib/ntfy"
@@ -48,6 +53,10 @@ def server_config(cfg: StackConfig) -> dict[str, Any]:
         "auth-access": [UNIFIEDPUSH_ACCESS, *alerts_access(cfg)],
         "enable-login": True,
         "enable-signup": False,
+        # With a listener of its own the public one serves no /metrics (server/server.go at
+        # v2.13.0: the handler goes to one or the other); metrics-listen-http implies the switch.
+        "enable-metrics": True,
+        "metrics-listen-http": f":{METRICS_PORT}",
     }
     upstream = cfg.ntfy.upstream_base_url
     if upstream:

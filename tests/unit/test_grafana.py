@@ -75,7 +75,7 @@ def staging() -> Any:
 def test_every_dashboard_reads_back_through_the_sdks_models(staging: Any) -> None:
     _c, _view, files = staging
     assert set(files) == {"matrix-stack-overview.json", "matrix-stack-synapse.json",
-                          "matrix-stack-federation.json", "matrix-stack-edge.json"}
+                          "matrix-stack-federation.json", "matrix-stack-edge.json", "matrix-stack-calls.json"}
     for name, text in files.items():
         model = json.loads(text)
         again = json.loads(JSONEncoder(sort_keys=True).encode(Dashboard.from_json(model)))
@@ -144,7 +144,7 @@ def test_provisioning_files_use_only_keys_grafana_reads(staging_run: Any) -> Non
     assert set(provider) <= PROVIDER_KEYS and set(provider["options"]) <= PROVIDER_OPTIONS
     shipped = {path.rsplit("/", 1)[1] for path in files if path.startswith(provider["options"]["path"] + "/")}
     assert shipped == {"matrix-stack-overview.json", "matrix-stack-synapse.json", "matrix-stack-federation.json",
-                       "matrix-stack-edge.json"}
+                       "matrix-stack-edge.json", "matrix-stack-calls.json"}
 
 
 def _ini(text: str) -> dict[str, dict[str, str]]:
@@ -244,6 +244,6 @@ def test_on_kubernetes_the_dashboards_are_one_configmap_a_grafana_sidecar_finds(
             if m["kind"] == "ConfigMap" and m["metadata"]["name"] == grafana.DASHBOARDS_GROUP]
     [dashboards_map] = maps
     assert dashboards_map["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert len(dashboards_map["data"]) == 4
+    assert len(dashboards_map["data"]) == 5
     for text in dashboards_map["data"].values():
         assert json.loads(text)["uid"].startswith("matrix-stack-")

@@ -149,6 +149,21 @@ def test_a_misspelt_key_fails_the_closed_schema_but_not_the_published_one(schema
     assert validate(json.loads(Path(SCHEMA_PATH).read_text()), document) == []
 
 
+def test_the_metrics_listener_and_exporter_are_what_the_schema_names(schema: dict[str, Any]) -> None:
+    document = yaml.safe_load(render.config_yaml(*_with_view(cfg_of(MONOLITH))))
+    assert document["telemetry"] == {"metrics": {"exporter": "prometheus"}}
+    [metrics] = [li for li in document["http"]["listeners"] if li["name"] == "metrics"]
+    assert metrics == {"name": "metrics", "resources": [{"name": "prometheus"}],
+                       "binds": [{"host": "0.0.0.0", "port": render.METRICS_PORT}]}
+    assert validate(schema, document) == []
+    # The schema judges both: an exporter or a resource MAS does not know fails it.
+    document["telemetry"]["metrics"]["exporter"] = "prometheus-text"
+    metrics["resources"] = [{"name": "metrics"}]
+    problems = validate(schema, document)
+    assert any(p.startswith("telemetry/metrics/exporter") for p in problems), problems
+    assert any(p.startswith("http/listeners/2/resources/0") for p in problems), problems
+
+
 def test_a_wrong_value_fails_the_schema(schema: dict[str, Any]) -> None:
     document = yaml.safe_load(render.config_yaml(*_with_view(cfg_of(EVERY_SETTING))))
     document["email"]["mode"] = "ssl"

@@ -22,6 +22,7 @@ from .objects import (
     CHECKSUM_ANNOTATION,
     ENFORCED_LEVEL,
     MASK,
+    METRICS_LABEL,
     NAME_LABEL,
     PART_OF,
     POD_SECURITY_EXCEPTIONS,
@@ -115,7 +116,8 @@ def _owned_in(services: list[Service], ctx: Context, held: EdgeCertificate | Non
         if obj["kind"] == "PrometheusRule":
             yield obj["metadata"]["name"], key, obj
             continue
-        match = obj["spec"]["selector"]["matchLabels"]
+        # Its selector names the workload's labels and the label of the Service it scrapes.
+        match = {k: v for k, v in obj["spec"]["selector"]["matchLabels"].items() if k != METRICS_LABEL}
         owner = next(s.name for s in services if match.items() <= labels(s).items())
         yield owner, key, obj
 

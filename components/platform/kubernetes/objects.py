@@ -42,6 +42,9 @@ MASK = "[secret]"
 PART_OF = "matrix-stack"
 NAME_LABEL = "app.kubernetes.io/name"
 CHECKSUM_ANNOTATION = "matrix-stack/config-checksum"
+# On the Service that carries a workload's metrics port: what its ServiceMonitor selects, so the
+# same pods' other Services (LiveKit's public LoadBalancer) are not among its targets.
+METRICS_LABEL = "matrix-stack/metrics"
 EDGE_PORT_NAMES = ("https", "http")
 
 
@@ -492,7 +495,9 @@ def services_for(service: Service, ctx: Context) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     ports = cluster_service(service)
     if ports:
-        out.append({"apiVersion": "v1", "kind": "Service", "metadata": _meta(service.name, ctx, labels(service)),
+        scraped = {METRICS_LABEL: "true"} if service.metrics_port else {}
+        out.append({"apiVersion": "v1", "kind": "Service",
+                    "metadata": _meta(service.name, ctx, {**labels(service), **scraped}),
                     "spec": {"type": "ClusterIP", "selector": selector(service), "ports": ports}})
     if exposes_media(service) and not host_network(service, ctx):
         public = [{"name": p.name, "port": p.host_port or p.port, "targetPort": p.port, "protocol": p.protocol.upper()}

@@ -19,7 +19,18 @@ from typing import Any
 
 from components.platform.spec import Port, Service
 
-from .objects import EDGE_PORT_NAMES, NAME_LABEL, PART_OF, Context, _meta, labels, manifest_key, media_ports, selector
+from .objects import (
+    EDGE_PORT_NAMES,
+    METRICS_LABEL,
+    NAME_LABEL,
+    PART_OF,
+    Context,
+    _meta,
+    labels,
+    manifest_key,
+    media_ports,
+    selector,
+)
 
 
 @dataclass(frozen=True)
@@ -287,6 +298,7 @@ def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dic
         first = role.members[0]
         match = role.selector if role.grouped else {
             "app.kubernetes.io/component": first.component, "app.kubernetes.io/part-of": PART_OF, NAME_LABEL: first.name}
+        match = {**match, METRICS_LABEL: "true"}
         endpoint: dict[str, Any] = {"port": "metrics", "path": first.metrics_path, "interval": "30s"}
         if first.metrics_honor_labels:
             endpoint["honorLabels"] = True
