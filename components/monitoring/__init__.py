@@ -176,6 +176,7 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         args=(f"--config.file={render.PROMETHEUS_CONFIG}", f"--storage.tsdb.path={render.PROMETHEUS_DATA}",
               f"--storage.tsdb.retention.time={m.retention_days}d", f"--web.listen-address=:{render.PROMETHEUS_PORT}"),
         alert_rules=tuple(render.rules(alerts)["groups"]),
+        probe_jobs=tuple(render.probe_groups(view.probes, certificate_hostnames(view))),
         files=[File(render.PROMETHEUS_CONFIG, render.prometheus_yml(cfg, targets, address, probes=view.probes,
                                                                     hostnames=certificate_hostnames(view))),
                File(render.RULES, render.rules_yml(alerts))],

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from components import yaml_text
 from components.part import MetricsTarget, Probe
+from components.platform.spec import ProbeJob
 from config import images
 from config.model import StackConfig
 
@@ -118,23 +119,34 @@ def _probe_job(job: str, module: str, statics: list[dict[str, Any]], blackbox: s
     }
 
 
-def probe_jobs(probes: Sequence[Probe], hostnames: Sequence[str], address: Address = _plain,
-               probe_address: Address = _plain) -> list[dict[str, Any]]:
-    """The blackbox exporter's scrape jobs: the certificate of every public HTTPS hostname, and
+def probe_groups(probes: Sequence[Probe], hostnames: Sequence[str], probe_address: Address = _plain
+                 ) -> list[ProbeJob]:
+    """What the blackbox exporter probes: the certificate of every public HTTPS hostname, and
     each declared probe by its module. `probe_address` is what the exporter dials for a target."""
-    blackbox = address(BLACKBOX_EXPORTER, BLACKBOX_PORT)
-    jobs = []
+    prober = (BLACKBOX_EXPORTER, BLACKBOX_PORT)
+    groups = []
     names = certificate_hostnames(hostnames)
     if names:
-        jobs.append(_probe_job(CERTIFICATE_JOB, CERTIFICATE_MODULE,
-                               [{"targets": [probe_address(h, HTTPS_PORT) for h in names]}], blackbox))
+        groups.append(ProbeJob(CERTIFICATE_JOB, CERTIFICATE_MODULE,
+                               tuple(probe_address(h, HTTPS_PORT) for h in names), prober))
     for kind, module in PROBE_MODULES.items():
-        statics = [{"targets": [probe_address(p.service, p.port)],
-                    "labels": {"probe": p.service, "calls": "true" if p.calls else "false"}}
+        groups += [ProbeJob(f"{PROBE_JOB}-{kind}", module, (probe_address(p.service, p.port),), prober,
+                            (("probe", p.service), ("calls", "true" if p.calls else "false")))
                    for p in probes if p.module == kind]
-        if statics:
-            jobs.append(_probe_job(f"{PROBE_JOB}-{kind}", module, statics, blackbox))
-    return jobs
+    return groups
+
+
+def probe_jobs(probes: Sequence[Probe], hostnames: Sequence[str], address: Address = _plain,
+               probe_address: Address = _plain) -> list[dict[str, Any]]:
+    """The blackbox exporter's scrape jobs (probe_groups), one per job name."""
+    statics: dict[str, list[dict[str, Any]]] = {}
+    modules: dict[str, str] = {}
+    for group in probe_groups(probes, hostnames, probe_address):
+        statics.setdefault(group.job, []).append(
+            {"targets": list(group.targets), **({"labels": dict(group.labels)} if group.labels else {})})
+        modules[group.job] = group.module
+    blackbox = address(BLACKBOX_EXPORTER, BLACKBOX_PORT)
+    return [_probe_job(job, modules[job], groups, blackbox) for job, groups in statics.items()]
 
 
 def prometheus_config(cfg: StackConfig, targets: Sequence[MetricsTarget], address: Address = _plain,

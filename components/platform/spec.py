@@ -89,6 +89,19 @@ class ImageBuild:
 
 
 @dataclass(frozen=True)
+class ProbeJob:
+    """Targets a blackbox exporter (`prober`: its service and port) probes with one `module`,
+    scraped under the job name `job` with `labels` on every series; each target becomes the
+    series' instance."""
+
+    job: str
+    module: str
+    targets: tuple[str, ...]
+    prober: tuple[str, int]
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     # What Docker runs in the container; empty when the image has nothing to check with.
     command: tuple[str, ...]
@@ -220,6 +233,9 @@ class Service:
     # cluster runs the Prometheus Operator (Kubernetes with service_monitors) hands them to it
     # too, as a PrometheusRule.
     alert_rules: tuple[Mapping[str, Any], ...] = ()
+    # The blackbox probes this service schedules (its prometheus.yml's probe jobs): such a target
+    # hands them to the Prometheus Operator too, as Probe objects.
+    probe_jobs: tuple[ProbeJob, ...] = ()
     # The label (in `labels`) whose value names the role this service is one instance of
     # (Synapse's worker role). Targets treat a role's instances together: one ServiceMonitor, one
     # NetworkPolicy and, when scalable, one PodDisruptionBudget per role, not per service, so a

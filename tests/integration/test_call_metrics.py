@@ -40,6 +40,7 @@ from tests.conftest import ROOT
 from . import dashboard_queries
 from .calls import PARTICIPANT, livekit_binary
 from .cluster import synapse_python
+from .polling import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
 SCRAPE_SECONDS = 1
@@ -49,18 +50,6 @@ ROOM = "metrics-test-room"
 STAY_S = 40
 
 
-def _wait(what: str, check: Any, timeout: float = 60) -> Any:
-    end = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < end:
-        try:
-            value = check()
-        except OSError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
 
 
 def _routed_interfaces() -> list[str]:
@@ -136,7 +125,7 @@ def test_prometheus_scrapes_livekit_and_the_calls_dashboard_reads_it(tmp_path: P
         api_url = f"http://127.0.0.1:{mon.PROMETHEUS_PORT}/api/v1"
         started = time.monotonic()
         up = f'up{{job="{target.job_name}",instance="{target.service}",role="{target.role}"}}'
-        _wait("LiveKit's target up in Prometheus", lambda: _value(api_url, up) == 1)
+        wait_for("LiveKit's target up in Prometheus", lambda: _value(api_url, up) == 1)
         say(f"LiveKit target up {time.monotonic() - started:.1f}s after Prometheus started")
 
         _create_room(str(key))
@@ -150,10 +139,10 @@ def test_prometheus_scrapes_livekit_and_the_calls_dashboard_reads_it(tmp_path: P
         sel = f'job="{dashboards.LIVEKIT_JOB}"'
         wanted = {f"sum(livekit_room_total{{{sel}}})": 1, f"sum(livekit_participant_total{{{sel}}})": 1,
                   f'sum(livekit_track_published_total{{{sel},kind="AUDIO"}})': 1}
-        seen = _wait("the room, the participant and its track in Prometheus",
+        seen = wait_for("the room, the participant and its track in Prometheus",
                      lambda: (v := {e: _value(api_url, e) for e in wanted}) == wanted and v, timeout=STAY_S)
         say(f"LiveKit series in Prometheus: {seen}")
-        packets = _wait("packets counted", lambda: _value(
+        packets = wait_for("packets counted", lambda: _value(
             api_url, f"sum(rate(livekit_packet_total{{{sel}}}[{dashboard_queries.RATE_WINDOW}]))"), timeout=STAY_S)
         say(f"LiveKit packets per second: {packets:.1f}")
 

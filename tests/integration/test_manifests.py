@@ -26,7 +26,8 @@ CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
 SKIPS_FILE = Path(__file__).with_name("checkov-skips.yaml")
 SECRET_KEYS = stack_config("prod", ROOT)[1]  # the prod example's `secure:` keys
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+                ("monitoring.coreos.com/v1", "Probe")}
 # The Prometheus Operator's CRDs at the release the objects are written for (scripts/test puts
 # them here from its Go module).
 OPERATOR_CRDS = Path.home() / ".cache" / "matrix-stack" / f"prometheus-operator-crds-{PROMETHEUS_OPERATOR}"
@@ -157,6 +158,29 @@ def test_service_monitors_and_the_rule_object_match_the_operators_crd_schemas(pr
     # A broken object is caught (the schema is not vacuous).
     broken = {**rule, "spec": {"groups": [{"rules": [{"alert": "X"}]}]}}
     assert _schema_problems(broken)
+
+
+@pytest.mark.skipif(not OPERATOR_CRDS.is_dir(), reason="the Prometheus Operator's CRDs (scripts/test fetches them)")
+def test_every_blackbox_probe_reaches_the_operator_as_a_probe_object(prod: offline.Run) -> None:
+    """The certificate and call probes the bundled Prometheus schedules (its prometheus.yml) are
+    Probe objects for the cluster's own Prometheus too: the same job names, modules, targets and
+    labels, through the stack's blackbox exporter; valid against the operator's CRD."""
+    manifests = prod.deployment.manifests
+    probes = [o for o in manifests.values() if o["kind"] == "Probe"]
+    assert probes
+    assert [p for o in probes for p in _schema_problems(o)] == []
+    namespace = prod.cfg.target.namespace
+    as_objects = sorted((o["spec"]["jobName"], o["spec"]["module"], tuple(o["spec"]["targets"]["staticConfig"]["static"]),
+                         tuple(sorted(o["spec"]["targets"]["staticConfig"].get("labels", {}).items()))) for o in probes)
+    assert {o["spec"]["prober"]["url"] for o in probes} == {f"blackbox-exporter.{namespace}.svc:9115"}
+    prometheus_yml = next(f["content"] for e in prod.services for f in e["files"] if f["path"].endswith("prometheus.yml"))
+    scraped = sorted((job["job_name"], job["params"]["module"][0], tuple(static["targets"]),
+                      tuple(sorted(static.get("labels", {}).items())))
+                     for job in yaml.safe_load(prometheus_yml)["scrape_configs"] if job.get("metrics_path") == "/probe"
+                     for static in job["static_configs"])
+    assert as_objects == scraped
+    jobs = {job for job, *_ in as_objects}
+    assert "certificates" in jobs and jobs & {"probes-http", "probes-tcp"}, jobs
 
 
 # ---------------------------------------------------------------- checkov

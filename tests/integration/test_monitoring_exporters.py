@@ -42,6 +42,8 @@ from stack import parse
 from tests.conftest import ROOT
 from tests.pki import self_signed
 
+from .polling import wait_for
+
 PROGRAMS = {name: shutil.which(name) for name in ("prometheus", "prometheus-node-exporter",
                                                    "prometheus-blackbox-exporter", "prometheus-pushgateway")}
 pytestmark = pytest.mark.skipif(None in PROGRAMS.values(), reason="Debian prometheus and its exporters")
@@ -75,17 +77,6 @@ def _get(url: str) -> Any:
         return json.load(response)
 
 
-def _wait(what: str, check: Any, timeout: float = 90) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            value = check()
-        except OSError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_path: Path, say: Any) -> None:
@@ -154,7 +145,7 @@ def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_p
             conn.close()
             return status == 200
 
-        _wait("the Pushgateway to take the backup's report", pushed)
+        wait_for("the Pushgateway to take the backup's report", pushed, timeout=90)
         # The media cache cleaner's report, its rendered lines with the real curl.
         cleaner_url = f"http://127.0.0.1:{mon.PUSHGATEWAY_PORT}/metrics/job/{homeserver.MEDIA_CACHE_CLEAN_JOB}"
         reported = subprocess.run(["sh", "-c", "\n".join(homeserver.media_cache_clean_report(cleaner_url))],
@@ -176,7 +167,7 @@ def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_p
 
         wanted = {"CertificateExpiringSoon", "CallServiceUnreachable", "BackupOverdue"}
         started = time.monotonic()
-        fired = _wait(f"{sorted(wanted)} firing", lambda: (f := firing()) and wanted <= set(f) and f)
+        fired = wait_for(f"{sorted(wanted)} firing", lambda: (f := firing()) and wanted <= set(f) and f, timeout=90)
         say(f"certificate, call and backup alerts firing {time.monotonic() - started:.1f}s after Prometheus started")
         # Only the certificate that expires in 3 days; the 60-day one stays quiet.
         assert [a["instance"] for a in fired["CertificateExpiringSoon"]] == [f"127.0.0.1:{EXPIRING_PORT}"]
@@ -197,7 +188,7 @@ def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_p
         assert abs(float(cleaned["value"][1]) - reported_at) < 60
         # The volume alerts' selector matches what node exporter reports of this machine.
         space_low = next(a for a in alerts if a.name == "VolumeSpaceLow")
-        ratio = _wait("node exporter's filesystems", lambda: query(space_low.expr.rsplit(" < ", 1)[0]))
+        ratio = wait_for("node exporter's filesystems", lambda: query(space_low.expr.rsplit(" < ", 1)[0]), timeout=90)
         say(f"filesystems the volume alerts read: {sorted(r['metric']['mountpoint'] for r in ratio)}")
         assert all(0 <= float(r["value"][1]) <= 1 for r in ratio)
     finally:

@@ -116,6 +116,9 @@ def _owned_in(services: list[Service], ctx: Context, held: EdgeCertificate | Non
         if obj["kind"] == "PrometheusRule":
             yield obj["metadata"]["name"], key, obj
             continue
+        if obj["kind"] == "Probe":  # named after the service that schedules it
+            yield next(s.name for s in services if s.probe_jobs and obj["metadata"]["name"].startswith(f"{s.name}-")), key, obj
+            continue
         # Its selector names the workload's labels and the label of the Service it scrapes.
         match = {k: v for k, v in obj["spec"]["selector"]["matchLabels"].items() if k != METRICS_LABEL}
         owner = next(s.name for s in services if match.items() <= labels(s).items())

@@ -314,6 +314,18 @@ def service_monitors(services: Iterable[Service], ctx: Context) -> dict[str, dic
                         "endpoints": [endpoint]}}
         out[manifest_key(obj)] = obj
     for service in services:
+        for index, job in enumerate(service.probe_jobs, 1):
+            prober, port = job.prober
+            # One object per label set (a Probe's static targets share theirs). The operator
+            # gives the series the job name, and each target as `instance`, as prometheus.yml does.
+            obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "Probe",
+                   "metadata": _meta(f"{service.name}-{job.job}-{index}", ctx,
+                                     {"app.kubernetes.io/component": service.component, **release}),
+                   "spec": {"jobName": job.job, "module": job.module, "interval": "30s",
+                            "prober": {"url": f"{prober}.{ctx.namespace}.svc:{port}", "path": "/probe"},
+                            "targets": {"staticConfig": {"static": list(job.targets),
+                                                         **({"labels": dict(job.labels)} if job.labels else {})}}}}
+            out[manifest_key(obj)] = obj
         if service.alert_rules:
             obj = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
                    "metadata": _meta(service.name, ctx, {"app.kubernetes.io/component": service.component, **release}),

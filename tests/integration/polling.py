@@ -1,0 +1,25 @@
+"""Waiting for a real program to reach a state: poll a check until it answers, within a bound."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float = 60.0, every: float = 0.5) -> T:
+    """The first truthy answer of `check` (an OSError counts as none: the program does not
+    listen yet); AssertionError naming `what` and the last answer after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    value: T | None = None
+    while time.monotonic() < end:
+        try:
+            value = check()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
