@@ -71,9 +71,11 @@ class Monitoring(Part):
                MetricsTarget(render.ALERTMANAGER, render.ALERTMANAGER_PORT, role="alertmanager", job="alertmanager"),
                MetricsTarget(render.BLACKBOX_EXPORTER, render.BLACKBOX_PORT, role="blackbox", job="blackbox"),
                MetricsTarget(render.PUSHGATEWAY, render.PUSHGATEWAY_PORT, role=PUSHGATEWAY_ROLE, job="pushgateway")]
-        if not target_of(cfg).reports_volume_usage:
-            own.append(MetricsTarget(render.NODE_EXPORTER, render.NODE_EXPORTER_PORT, role="node",
-                                     job=alert_table.NODE_JOB))
+        target = target_of(cfg)
+        if not target.reports_volume_usage:
+            # One per machine: each host's volumes live on its own filesystems.
+            own += [MetricsTarget(name, render.NODE_EXPORTER_PORT, role="node", job=alert_table.NODE_JOB)
+                    for name in target.per_machine(render.NODE_EXPORTER)]
         return own
 
     def endpoints(self, cfg: StackConfig) -> list[Endpoint]:
@@ -213,8 +215,7 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
         allowed_clients=(render.PROMETHEUS,),
     )
     out = [prometheus, alertmanager, blackbox_service(cfg, view), pushgateway_service(cfg)]
-    if any(t.service == render.NODE_EXPORTER for t in targets):
-        out.append(node_exporter_service(cfg))
+    out += [node_exporter_service(cfg, t.service) for t in targets if t.role == "node"]
     if m.grafana.enabled:
         out.append(grafana.service(cfg, view, alerts, secrets, STAND_IN))
     for target in targets:
@@ -223,13 +224,13 @@ def services(cfg: StackConfig, view: StackView, secrets: Mapping[str, pulumi.Inp
     return out
 
 
-def node_exporter_service(cfg: StackConfig) -> Service:
-    """Node exporter on a Docker host: the host's root read-only at HOST_ROOT (its filesystems'
-    free space, Docker's volume directory among them), the filesystem collector alone (it reads
-    nothing else of the host)."""
+def node_exporter_service(cfg: StackConfig, name: str = render.NODE_EXPORTER) -> Service:
+    """Node exporter on a Docker host (`name`: the one of that host, Target.per_machine): the
+    host's root read-only at HOST_ROOT (its filesystems' free space, Docker's volume directory
+    among them), the filesystem collector alone (it reads nothing else of the host)."""
     image = cfg.monitoring.node_exporter_image
     return Service(
-        name=render.NODE_EXPORTER,
+        name=name,
         component=COMPONENT,
         image=image,
         args=(f"--path.rootfs={render.HOST_ROOT}", "--collector.disable-defaults", "--collector.filesystem",

@@ -182,6 +182,12 @@ class Target(Protocol):
         the stack is plain HTTP)."""
         ...
 
+    def per_machine(self, service: str) -> tuple[str, ...]:
+        """The names `service` runs under, once on each machine the stack's volumes live on
+        (Docker: each host), for what reads the machine itself; a target whose platform reports
+        on its machines (reports_volume_usage) runs none."""
+        ...
+
     def trusted_proxy_ranges(self) -> tuple[str, ...]:
         """Client-address ranges the proxy trusts X-Forwarded-For from, besides Cloudflare's edge
         (the target's own front door)."""

@@ -51,7 +51,7 @@ EXCEPTIONS: tuple[Exemption, ...] = (
     Exemption("backup-dump", "non_root_user",
                "pg_dump runs as the dump image's root for want of a USER; not yet moved to postgres (70)"),
     # node exporter: disk space of the host's filesystems, where Docker keeps the volumes.
-    Exemption("node-exporter", "no_host_mount",
+    Exemption("node-exporter*", "no_host_mount",
               "mounts the host's / read-only at /host (rslave) to statfs its filesystems, Docker's volume "
               "directory among them: Docker reports no volume usage, and no named volume shows the "
               "filesystem of the others"),

@@ -40,6 +40,9 @@ class DockerHosts:
     def proxy_terminates_tls(self) -> bool:
         return self.cfg.tls_mode != "none"
 
+    def per_machine(self, service: str) -> tuple[str, ...]:
+        return placement.per_host(self.target, service)
+
     def trusted_proxy_ranges(self) -> tuple[str, ...]:
         # Only the front the operator runs before the host, as configured: by default clients
         # (or Cloudflare's edge) connect to the proxy directly and no one else is believed.

@@ -37,6 +37,9 @@ class KubernetesCluster:
     def proxy_terminates_tls(self) -> bool:
         return False  # the Ingress does
 
+    def per_machine(self, service: str) -> tuple[str, ...]:
+        return ()  # the kubelet reports each claim's usage
+
     def trusted_proxy_ranges(self) -> tuple[str, ...]:
         # Only the Ingress controller's addresses, as configured: trusting the whole private pod
         # network would let any pod in the cluster claim any client address.

@@ -14,8 +14,24 @@ def _matches(pattern: str, service: str) -> bool:
     return service.startswith(pattern[:-1]) if pattern.endswith("*") else service == pattern
 
 
+# A service that runs once on each host (what reads the host itself) carries the host's name
+# after this: it is placed there, whatever the hosts' `services` say.
+ON_HOST = "-on-"
+
+
+def per_host(target: DockerTarget, service: str) -> tuple[str, ...]:
+    """The names of `service` run once on each host: the name itself with one host."""
+    if len(target.hosts) == 1:
+        return (service,)
+    return tuple(f"{service}{ON_HOST}{host.name}" for host in target.hosts)
+
+
 def host_of(target: DockerTarget, service: str) -> DockerHost:
-    """The Docker host a service is placed on: the first that names it, else the first host."""
+    """The Docker host a service is placed on: the host a per-host service names, else the first
+    that names it, else the first host."""
+    for host in target.hosts:
+        if service.endswith(f"{ON_HOST}{host.name}"):
+            return host
     for host in target.hosts:
         if any(_matches(p, service) for p in host.services):
             return host

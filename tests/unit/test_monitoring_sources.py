@@ -84,3 +84,27 @@ def test_node_exporter_on_docker_the_kubelet_on_kubernetes() -> None:
     assert mon.NODE_EXPORTER not in {t.service for t in view.metrics_targets}
     space = next(a for a in stack_alerts(cfg, view) if a.name == "VolumeSpaceLow")
     assert f'kubelet_volume_stats_available_bytes{{namespace="{cfg.target.namespace}"}}' in space.expr
+
+
+def test_each_docker_host_runs_its_own_node_exporter_and_prometheus_reaches_the_others() -> None:
+    """Each host's volumes live on its own filesystems: with two hosts, one node exporter on
+    each (whatever the hosts' `services` say), the remote one scraped at its host's address."""
+    from components.monitoring import node_exporter_service
+    from components.monitoring import render as mon_render
+    from components.platform.targets import target_of
+
+    cfg, view = _view("staging", target={"hosts": [
+        {"name": "front", "url": "ssh://front.example.org", "address": "10.0.0.1"},
+        {"name": "media", "url": "ssh://media.example.org", "address": "10.0.0.2", "services": ["ntfy"]}]})
+    nodes = [t.service for t in view.metrics_targets if t.role == "node"]
+    assert nodes == [f"{mon.NODE_EXPORTER}-on-front", f"{mon.NODE_EXPORTER}-on-media"]
+    target = target_of(cfg)
+    assert [target.host_of(n).name for n in nodes] == ["front", "media"]  # type: ignore[union-attr]
+    assert all(node_exporter_service(cfg, n).host_paths == (("/", mon_render.HOST_ROOT),) for n in nodes)
+    prometheus_host = target.host_of(mon_render.PROMETHEUS).name  # type: ignore[union-attr]
+    remote = next(n for n in nodes if not n.endswith(prometheus_host))
+    host, port, crosses = target.reach(mon_render.PROMETHEUS, remote, mon_render.NODE_EXPORTER_PORT)
+    assert crosses and host == "10.0.0.2" and port == mon_render.NODE_EXPORTER_PORT
+    # One host: the plain name, as before.
+    cfg, view = _view("staging")
+    assert [t.service for t in view.metrics_targets if t.role == "node"] == [mon.NODE_EXPORTER]

@@ -76,6 +76,9 @@ class NomadLike:
     def proxy_terminates_tls(self) -> bool:
         return self.cfg.tls_mode != "none"
 
+    def per_machine(self, service: str) -> tuple[str, ...]:
+        return ()
+
     def trusted_proxy_ranges(self) -> tuple[str, ...]:
         return ()
 
