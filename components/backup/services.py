@@ -10,6 +10,7 @@ pod to run two images in turn.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import pulumi
@@ -106,9 +107,11 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
                      [*volumes, scratch], resources, user=user)
         return [backup, check]
-    # Docker: crond runs the jobs as root (docker.scheduled); the dump container runs as root
-    # too (its command is our script, not the image's entrypoint), without capabilities, and
-    # the scratch volume they share is root's.
+    # Docker: crond runs the jobs as root (docker.scheduled). The dump runs as the PostgreSQL
+    # image's user, as its step does on Kubernetes, on a scratch volume handed to that user;
+    # recursively, since a dump that ran as root before left its files there. Root's jobs read
+    # and write it all the same.
+    scratch = dataclasses.replace(scratch, owner=dump_user(view), owner_recursive=True)
     backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files], [*volumes, scratch],
                   resources, reaches=_reports(view))
     check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
@@ -121,6 +124,7 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         args=(render.DUMP_SCRIPT,),
         files=dump_files,
         volumes=[scratch],
+        user=dump_user(view),
         read_only_root=True,
         resources=Resources(cpu_request="50m", memory_request="64Mi", memory_limit="1Gi"),
     )

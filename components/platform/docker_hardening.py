@@ -48,8 +48,6 @@ EXCEPTIONS: tuple[Exemption, ...] = (
                "BusyBox crond reads only root's crontab and sets each job's user itself (SETUID, SETGID)"),
     Exemption("backup", "cap_drop_all", "keeps SETUID and SETGID: crond sets each job's user and groups"),
     Exemption("backup-check", "cap_drop_all", "keeps SETUID and SETGID: crond sets each job's user and groups"),
-    Exemption("backup-dump", "non_root_user",
-               "pg_dump runs as the dump image's root for want of a USER; not yet moved to postgres (70)"),
     # node exporter: disk space of the host's filesystems, where Docker keeps the volumes.
     Exemption("node-exporter*", "no_host_mount",
               "mounts the host's / read-only at /host (rslave) to statfs its filesystems, Docker's volume "

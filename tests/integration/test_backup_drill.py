@@ -92,6 +92,8 @@ class Drill:
     original_key_ids: set[str] = field(default_factory=set)
     snapshots_listed: str = ""
     steps: list[str] = field(default_factory=list)
+    dump_owners: set[tuple[int, int]] = field(default_factory=set)  # of the dumps the dump service wrote
+    dump_user: str = ""  # the dump service's declared user
 
 
 async def _upload(user: str) -> dict[str, str]:
@@ -184,6 +186,9 @@ def _drill(base: Path, media: Bucket | None = None, repository: Bucket | None = 
 
         # 2. The backup job, as crond runs it; the check job.
         outcome.first = jobs.backup()
+        dumps = Path(reloc.path(backup_render.DUMPS))
+        outcome.dump_owners = {(p.stat().st_uid, p.stat().st_gid) for p in dumps.iterdir()}
+        outcome.dump_user = str(jobs.services[backup_render.DUMP_SERVICE].user)
         outcome.check_output = jobs.check()
         if repository is not None:
             listed = repository.client().list_objects_v2(Bucket=repository.name, Prefix="drill/")
@@ -313,3 +318,10 @@ def test_the_check_job_finds_no_errors(drill: Drill) -> None:
 
 def test_the_procedure_lists_the_snapshot(drill: Drill) -> None:
     assert "1 snapshots" in drill.snapshots_listed, drill.snapshots_listed
+
+
+def test_the_dump_runs_as_postgresqls_user(drill: Drill) -> None:
+    """Docker's dump service is no root: it writes its dumps as the PostgreSQL image's user, on
+    the scratch volume handed to that user."""
+    uid, gid = (int(n) for n in drill.dump_user.split(":"))
+    assert uid != 0 and drill.dump_owners == {(uid, gid)}, (drill.dump_user, drill.dump_owners)

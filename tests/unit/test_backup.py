@@ -187,9 +187,12 @@ def test_the_dump_runs_in_the_servers_own_image() -> None:
                                                     {"restic_password": "p", "signing_key": "k"}, ["pw"])
                 if s.name == render.DUMP_SERVICE)
     assert dump.image == "postgres:16.11-alpine"
-    # Our script, not the image's entrypoint: root without capabilities, sharing root's scratch
-    # volume with the backup that crond runs as root.
-    assert dump.user is None and dump.drop_capabilities and dump.entrypoint == ("/bin/sh",)
+    # Our script, not the image's entrypoint, as the image's postgres user without capabilities,
+    # on the scratch volume handed to that user (whatever a root dump left there too), which the
+    # backup crond runs as root shares.
+    assert dump.user == "70:70" and dump.drop_capabilities and dump.entrypoint == ("/bin/sh",)
+    [scratch] = dump.volumes
+    assert scratch.owner == "70:70" and scratch.owner_recursive
 
 
 def test_the_backup_holds_the_dumps_the_keys_and_the_media_store() -> None:
