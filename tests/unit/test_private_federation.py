@@ -52,7 +52,7 @@ def test_a_private_federation_config_parses(ca: PrivateCA) -> None:
 
 def test_a_trusted_ca_path_that_does_not_exist_is_refused(ca: PrivateCA, tmp_path: Path) -> None:
     raw = _raw(ca)
-    raw["synapse"]["federation"]["trusted_ca_files"] = [str(ca.path), str(tmp_path / "missing-ca.pem")]
+    raw["synapse"]["federation"]["trusted_ca_files"] = [str(ca.path), "/nonexistent/missing-ca.pem"]
     problems = _problems(raw)
     assert list(problems) == ["synapse.federation.trusted_ca_files[1]"]
     assert "existing file" in problems["synapse.federation.trusted_ca_files[1]"]
