@@ -395,7 +395,9 @@ def test_only_the_declared_clients_of_a_data_store_reach_it(deployed: Deployed) 
         networks = container.attrs["NetworkSettings"]["Networks"]
         for store in stores:
             client = service.name in (store.allowed_clients or ())
-            resolves = container.exec_run(["getent", "hosts", store.name]).exit_code == 0
+            # A name Docker's DNS knows answers at once; an unknown one goes on to the host's
+            # resolvers, which may take many seconds to say so: not resolved within the bound.
+            resolves = container.exec_run(["timeout", str(RESOLVE_WITHIN_S), "getent", "hosts", store.name]).exit_code == 0
             attached = f"matrix-stack-{store.name}" in networks
             if resolves != client or attached != client:
                 wrong.append(f"{service.name} -> {store.name}: client {client}, resolves {resolves}, "
@@ -602,6 +604,7 @@ def _generic(d: Deployed, count: int) -> dict[str, typing.Any]:
     return raw
 
 
+RESOLVE_WITHIN_S = 3
 REPLACED_WITHOUT_OUTAGE = ("-files (new first)", "synapse-check-config (new first)", "synapse-proxy-live-publish")
 
 
