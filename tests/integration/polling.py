@@ -1,10 +1,13 @@
-"""Waiting for a real program to reach a state: poll a check until it answers, within a bound."""
+"""Asking a real program over HTTP: its JSON answer, and waiting for it to reach a state (a check
+polled until it answers, within a bound)."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -23,3 +26,9 @@ def wait_for(what: str, check: Callable[[], T], timeout: float = 60.0, every: fl
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    """The JSON document `url` answers (Prometheus's and Alertmanager's APIs)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)

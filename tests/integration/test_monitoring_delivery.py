@@ -31,6 +31,7 @@ from tests.conftest import ROOT
 
 from . import alert_delivery
 from .alert_delivery import PASSWORD, NtfyRecorder, Quiet, serve, wait
+from .polling import get_json
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which(alert_delivery.ALERTMANAGER)
@@ -45,14 +46,6 @@ class _Metrics(Quiet):
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.end_headers()
         self.wfile.write(body)
-
-
-def _get(url: str) -> Any:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
 
 
 def test_a_dead_process_pages_through_alertmanager_to_ntfy(tmp_path: Path, say: Any) -> None:
@@ -82,13 +75,13 @@ def test_a_dead_process_pages_through_alertmanager_to_ntfy(tmp_path: Path, say: 
         try:
             def all_up() -> bool:
                 try:
-                    result = _get(f"{api}/query?query=up")["data"]["result"]
+                    result = get_json(f"{api}/query?query=up")["data"]["result"]
                 except OSError:
                     return False
                 return len(result) == len(targets) and all(r["value"][1] == "1" for r in result)
 
             wait("every declared target up", all_up)
-            up = _get(f"{api}/query?query=up")["data"]["result"]
+            up = get_json(f"{api}/query?query=up")["data"]["result"]
             assert {r["metric"]["instance"] for r in up} == {t.service for t in targets}
             say(f"every declared target up: {len(up)}")
             victim = next(t for t in targets if t.role == "generic")

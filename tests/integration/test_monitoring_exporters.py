@@ -16,7 +16,6 @@ Run it in a private network namespace (fixed loopback ports)."""
 from __future__ import annotations
 
 import http.client
-import json
 import re
 import shutil
 import ssl
@@ -42,7 +41,7 @@ from stack import parse
 from tests.conftest import ROOT
 from tests.pki import self_signed
 
-from .polling import wait_for
+from .polling import get_json, wait_for
 
 PROGRAMS = {name: shutil.which(name) for name in ("prometheus", "prometheus-node-exporter",
                                                    "prometheus-blackbox-exporter", "prometheus-pushgateway")}
@@ -70,13 +69,6 @@ def _tls_server(port: int, cert: Path, key: Path) -> threading.Thread:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return thread
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
 
 
 def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_path: Path, say: Any) -> None:
@@ -160,7 +152,7 @@ def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_p
 
         def firing() -> dict[str, list[dict[str, str]]]:
             out: dict[str, list[dict[str, str]]] = {}
-            for alert in _get(f"{api}/alerts")["data"]["alerts"]:
+            for alert in get_json(f"{api}/alerts")["data"]["alerts"]:
                 if alert["state"] == "firing":
                     out.setdefault(alert["labels"]["alertname"], []).append(alert["labels"])
             return out
@@ -176,7 +168,7 @@ def test_certificate_call_volume_and_backup_alerts_from_the_real_exporters(tmp_p
         assert not {"VolumeSpaceLow", "VolumeFillingUp"} & set(fired) or _low_disk()
 
         def query(expr: str) -> list[dict[str, Any]]:
-            return list(_get(f"{api}/query?" + urllib.parse.urlencode({"query": expr}))["data"]["result"])
+            return list(get_json(f"{api}/query?" + urllib.parse.urlencode({"query": expr}))["data"]["result"])
 
         expiry = query(f'probe_ssl_earliest_cert_expiry{{instance="127.0.0.1:{EXPIRING_PORT}"}} - time()')
         assert 2 * 86400 < float(expiry[0]["value"][1]) < 3 * 86400
