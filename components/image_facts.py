@@ -113,7 +113,8 @@ def violations(service: Service) -> list[str]:
                          f"user is {step_facts.user}")
         for program in missing_programs(step_facts, step.command[:1]):
             found.append(f"{service.name}: its step {step.name} calls {program}, which {step_facts.image} does not ship")
-    if service.user is not None and facts.user is not None and service.user != facts.user:
+    if (service.user is not None and facts.user is not None and service.user != facts.user
+            and not service.other_user_because):
         found.append(f"{service.name}: runs as {service.user}, but {facts.image}'s user is {facts.user}")
     if (facts.writable_workdir and service.user is not None and service.user.split(":")[0] not in ("0", "root")
             and service.read_only_root and facts.writable_workdir not in service.writable_paths):

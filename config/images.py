@@ -139,6 +139,9 @@ class ImageFacts:
     # --work-dir, --logs-dir), when it runs as any user that may write them: a service running it
     # unprivileged on a read-only root points each at a volume it owns or a scratch directory.
     state_dirs: Mapping[str, str] = field(default_factory=dict)
+    # "uid:gid" -> the name its /etc/passwd gives that user, where a program of the image picks a
+    # user by name (BusyBox crond runs each crontab's jobs as the user the file is named after).
+    user_names: Mapping[str, str] = field(default_factory=dict)
     # Synapse only: the database schema version the image's release writes (SCHEMA_VERSION in
     # synapse/storage/schema/__init__.py). A database whose schema_compat_version is above it is
     # one this release cannot read. True for the pinned tag alone (image_schema_version).
@@ -332,6 +335,8 @@ _RESTIC_DOCKERFILE = Source("restic/restic", "docker/Dockerfile.release", "v0.19
                             "the Dockerfile the release publishes as restic/restic:0.19.1 "
                             "(helpers/prepare-release/main.go, updateDocker)")
 _RESTIC_ENTRYPOINT = Source("restic/restic", "docker/entrypoint.sh", "v0.19.1")
+_RESTIC_USERS = Source("alpinelinux/aports", "main/alpine-baselayout/passwd", "770d8ce7c6",
+                       "the /etc/passwd of the alpine base the Dockerfile names: nobody:x:65534:65534")
 _RESTIC_TOOLS = Source("alpinelinux/aports", "main/busybox/busyboxconfig", "f246c3719d",
                        "the BusyBox of the alpine base the Dockerfile names: CONFIG_CROND=y, FEATURE_CROND_D=y "
                        "(crond -d); restic, ssh (openssh-client) and jq from docker/Dockerfile.release at v0.19.1")
@@ -572,8 +577,10 @@ IMAGE_FACTS: tuple[ImageFacts, ...] = (
         image=RESTIC,
         read_for="0.19.1",
         read_on="2026-12-01",
-        sources=_sources(_RESTIC_DOCKERFILE, entrypoint=_RESTIC_ENTRYPOINT, tools=_RESTIC_TOOLS),
+        sources=_sources(_RESTIC_DOCKERFILE, entrypoint=_RESTIC_ENTRYPOINT, tools=_RESTIC_TOOLS,
+                         user_names=_RESTIC_USERS),
         user=None,  # FROM alpine:latest, no USER
+        user_names={"65534:65534": "nobody"},
         # /entrypoint.sh runs `nice -n $NICE /usr/bin/restic "$@"` (ionice when IONICE_CLASS is set).
         entrypoint=("/entrypoint.sh",),
         shell=True,

@@ -351,14 +351,6 @@ def report_lines(view: StackView) -> list[str]:
     ]
 
 
-def crontab(cfg: StackConfig) -> str:
-    """BusyBox crond's table on Docker: the job's output goes to the container's log (crond is
-    PID 1 there)."""
-    out = ">/proc/1/fd/1 2>/proc/1/fd/2"
-    return (f"{cfg.backup.schedule} /bin/sh {BACKUP_SCRIPT} backup {out}\n"
-            f"{cfg.backup.check_schedule} /bin/sh {BACKUP_SCRIPT} check {out}\n")
-
-
 # ---------------------------------------------------------------- restoring
 #
 # Written in the target's operator verbs (contract.Target): the target says how a command runs
@@ -496,7 +488,18 @@ def procedure_text(steps: Sequence[Step]) -> str:
 def backup_now_command(cfg: StackConfig) -> str:
     """A snapshot now, as the schedule takes it; restic prints the snapshot's id
     (`"snapshot_id"` in its JSON summary)."""
-    return target_of(cfg).run_scheduled(BACKUP_SERVICE, f"/bin/sh {BACKUP_SCRIPT} backup")
+    return target_of(cfg).run_scheduled(BACKUP_SERVICE, f"/bin/sh {BACKUP_SCRIPT} backup", jobs_user(cfg))
+
+
+NOBODY = "65534:65534"
+
+
+def jobs_user(cfg: StackConfig) -> str | None:
+    """Who runs the jobs where the target schedules them in their own container (Docker: crond
+    starts each as this user), or None where each run is a pod that says its user itself:
+    nobody, the one unprivileged user the restic image's /etc/passwd names (crond needs a name),
+    and the dump too, as both write the scratch volume and a Docker volume has one owner."""
+    return None if target_of(cfg).scheduled_steps else NOBODY
 
 
 def snapshots_command(cfg: StackConfig) -> str:

@@ -3,9 +3,9 @@
 A target whose scheduled services run steps (Target.scheduled_steps; Kubernetes): one scheduled
 service per job (`backup`, `backup-check`); the backup's dump runs first in the PostgreSQL image
 (its `steps`), in the same pod, sharing the scratch directory. Otherwise (Docker): the same two
-scheduled services (BusyBox crond in the restic image runs them), and `backup-dump`, the
-PostgreSQL image waiting for dump requests in the scratch volume, because a Docker host has no
-pod to run two images in turn.
+scheduled services (BusyBox crond in the restic image runs them as nobody), and `backup-dump`,
+the PostgreSQL image waiting for dump requests in the scratch volume, because a Docker host has
+no pod to run two images in turn.
 """
 
 from __future__ import annotations
@@ -60,9 +60,6 @@ def database_secrets(databases: Sequence[Database]) -> list[str]:
     return [db.password_secret for db in databases]
 
 
-NOBODY = "65534:65534"
-
-
 def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
              secrets: Mapping[str, pulumi.Input[str]], database_passwords: Sequence[pulumi.Input[str]]) -> list[Service]:
     """The backup's services. `secrets`: restic_password, signing_key, and the repository's
@@ -96,7 +93,7 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         # the PostgreSQL image's user.
         # Without a media store to read (media in a bucket), nobody's: the restic image has no
         # user of its own, and Pod Security `restricted` refuses root.
-        user = media.owner if media is not None else NOBODY
+        user = media.owner if media is not None else render.NOBODY
         dump_step = Step("dump", render.dump_image(view), ("/bin/sh", render.DUMP_SCRIPT), user=dump_user(view))
         # Its dump step dials the external databases too (the bundled one admits it by name).
         external = [db.host for db in databases if db.service is None]
@@ -107,15 +104,18 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
                      [*volumes, scratch], resources, user=user)
         return [backup, check]
-    # Docker: crond runs the jobs as root (docker.scheduled). The dump runs as the PostgreSQL
-    # image's user, as its step does on Kubernetes, on a scratch volume handed to that user;
-    # recursively, since a dump that ran as root before left its files there. Root's jobs read
-    # and write it all the same.
-    scratch = dataclasses.replace(scratch, owner=dump_user(view), owner_recursive=True)
+    # Docker: crond runs the jobs, and the dump service runs, as render.jobs_user. The scratch
+    # volume and a volume repository are handed to that user recursively: dumps from before
+    # (root's, then PostgreSQL's user's) are there, and the repository was root's until now.
+    # The media are read as they are: Synapse writes them readable by all (Docker's umask 022).
+    user = render.NOBODY  # render.jobs_user: this target runs the schedule itself
+    scratch = dataclasses.replace(scratch, owner=user, owner_recursive=True)
+    volumes = [dataclasses.replace(v, owner=user, owner_recursive=True) if v.path == render.REPOSITORY_MOUNT
+               else v for v in volumes]
     backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files], [*volumes, scratch],
-                  resources, reaches=_reports(view))
+                  resources, user=user, reaches=_reports(view))
     check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
-                 [*volumes, scratch], resources)
+                 [*volumes, scratch], resources, user=user)
     dump = Service(
         name=render.DUMP_SERVICE,
         component=render.COMPONENT,
@@ -124,7 +124,9 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         args=(render.DUMP_SCRIPT,),
         files=dump_files,
         volumes=[scratch],
-        user=dump_user(view),
+        user=user,
+        other_user_because="runs pg_dump, a client that reads none of the image's files, and writes the scratch "
+                           "volume it shares with the jobs, which crond runs as nobody",
         read_only_root=True,
         resources=Resources(cpu_request="50m", memory_request="64Mi", memory_limit="1Gi"),
     )

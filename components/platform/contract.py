@@ -236,9 +236,10 @@ class Target(Protocol):
         """The operator's command that runs `run` (after hand_over's `before` steps)."""
         ...
 
-    def run_scheduled(self, service: str, command: str) -> str:
+    def run_scheduled(self, service: str, command: str, user: str | None) -> str:
         """The operator's command that runs a scheduled service's `command` now, once, where and
-        as its schedule runs it, printing its output and failing when it fails."""
+        as its schedule runs it (as `user`, the service's: Service.user), printing its output
+        and failing when it fails."""
         ...
 
     def certificate_problems(self, direct_hostnames: Sequence[str]) -> list[Finding]:

@@ -37,6 +37,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from config import images
 from config.model import DockerHost, StackConfig
 
 from . import gates
@@ -83,23 +84,35 @@ CRONTABS = "/etc/crontabs"
 
 def scheduled(service: Service) -> Service:
     """A scheduled service as the container Docker runs: BusyBox crond in the foreground (PID 1)
-    runs the service's command on its schedule, the output going to the container's log. crond
-    reads only root's own crontab files and sets each job's user and groups, so it runs as root
-    with SETUID and SETGID."""
+    runs the service's command on its schedule as the service's user, the output going to the
+    container's log (a job inherits crond's stdout and stderr: its crontab sets no MAILTO).
+    crond takes a job's user from the name of its crontab file, which must be root's and name a
+    user of the image's /etc/passwd (ImageFacts.user_names); it sets that user and its groups
+    itself (initgroups fails for anyone but root), so crond alone runs as root, with SETUID and
+    SETGID and no other capability (container_user). The service's files stay its user's."""
     if not service.schedule:
         return service
     if service.steps:
         raise ValueError(f"{service.name}: steps need a pod; on Docker run them as a service of their own")
+    names = images.facts_for(service.image).user_names
+    if service.user is not None and service.user not in names:
+        raise ValueError(f"{service.name}: runs its jobs as {service.user}, which {service.image}'s /etc/passwd "
+                         f"does not name (known: {', '.join(sorted(names)) or 'none'}); crond needs a name")
+    crontab_user = names[service.user] if service.user is not None else "root"
     command = shlex.join([*(service.entrypoint or ()), *service.args])
-    table = f"{service.schedule} {command} >/proc/1/fd/1 2>/proc/1/fd/2\n"
     return dataclasses.replace(
         service,
         entrypoint=("crond", "-f", "-d", "8", "-c", CRONTABS),
         args=(),
-        files=[*service.files, File(f"{CRONTABS}/root", table)],
-        user=None,
+        files=[*service.files, File(f"{CRONTABS}/{crontab_user}", f"{service.schedule} {command}\n")],
         capabilities_add=tuple(sorted({*service.capabilities_add, "SETGID", "SETUID"})),
     )
+
+
+def container_user(service: Service) -> str | None:
+    """The user a service's container starts as: a scheduled one's crond is root (it starts each
+    job as the service's user, see `scheduled`)."""
+    return None if service.schedule else service.user
 
 
 def _check_passed(service: str, code: int | None) -> str:
@@ -551,7 +564,7 @@ class DockerPlatform(DockerHosts):
             restart="unless-stopped",
             log_driver="json-file",
             log_opts=LOG_OPTS,
-            user=service.user,
+            user=container_user(service),
             # The files come from the holder's volumes, so the root stays read-only with them.
             read_only=service.read_only_root,
             tmpfs={path: tmpfs_options(service.user) for path in service.writable_paths} or None,

@@ -41,11 +41,13 @@ EXCEPTIONS: tuple[Exemption, ...] = (
                "never started: holds the service's uploaded files in anonymous volumes the service mounts "
                "read-only. pulumi-docker copies uploads with `docker cp` to \"/\", which Docker refuses "
                "on a read-only root even when every file lands in a volume"),
-    # Scheduled services: BusyBox crond as PID 1.
+    # Scheduled services: BusyBox crond as PID 1, each job as the service's user (nobody).
     Exemption("backup", "non_root_user",
-               "BusyBox crond reads only root's crontab and sets each job's user itself (SETUID, SETGID)"),
+              "BusyBox crond (PID 1) starts each job as its crontab's user itself and refuses to as "
+              "anyone but root (initgroups); the jobs run as nobody"),
     Exemption("backup-check", "non_root_user",
-               "BusyBox crond reads only root's crontab and sets each job's user itself (SETUID, SETGID)"),
+              "BusyBox crond (PID 1) starts each job as its crontab's user itself and refuses to as "
+              "anyone but root (initgroups); the jobs run as nobody"),
     Exemption("backup", "cap_drop_all", "keeps SETUID and SETGID: crond sets each job's user and groups"),
     Exemption("backup-check", "cap_drop_all", "keeps SETUID and SETGID: crond sets each job's user and groups"),
     # node exporter: disk space of the host's filesystems, where Docker keeps the volumes.

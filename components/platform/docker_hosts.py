@@ -129,6 +129,8 @@ class DockerHosts:
             args = args[1:]
         return f"{self.docker(run.beside)} run {' '.join(flags)} {run.image} {shlex.join(args)}"
 
-    def run_scheduled(self, service: str, command: str) -> str:
-        # crond runs the job inside the service's container (docker.scheduled): so does exec.
-        return self.exec_command(service, False, command)
+    def run_scheduled(self, service: str, command: str, user: str | None) -> str:
+        # crond (root) runs the job inside the service's container as the service's user
+        # (docker.scheduled): so does exec.
+        as_user = f"-u {user} " if user else ""
+        return f"{self.docker(service)} exec {as_user}{service} {command}"

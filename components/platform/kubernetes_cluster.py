@@ -93,9 +93,9 @@ class KubernetesCluster:
             return [f"{self.kubectl} scale deployment,statefulset -l {label} --replicas=0"]
         return [f"{self.kubectl} scale --replicas=0 {' '.join(self._workload(*s) for s in services)}"]
 
-    def run_scheduled(self, service: str, command: str) -> str:
-        # A Job from the service's CronJob runs its command as the schedule would; `command` is
-        # what that Job runs already.
+    def run_scheduled(self, service: str, command: str, user: str | None) -> str:
+        # A Job from the service's CronJob runs its command as the schedule would, as its pod's
+        # user; `command` is what that Job runs already.
         kubectl = self.kubectl
         job = f"{service}-now-$(date -u +%Y%m%d%H%M%S)"
         return (f'job="{job}" && {kubectl} create job --from=cronjob/{service} "$job" && '

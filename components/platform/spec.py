@@ -199,6 +199,9 @@ class Service:
     health: HealthCheck | None = None
     replicas: int = 1
     user: str | None = None  # "uid:gid"
+    # Why the service runs as a user other than its image's own, where it does: a command of ours
+    # that needs none of the files the image gives its user (image_facts.violations).
+    other_user_because: str | None = None
     read_only_root: bool = False
     writable_paths: tuple[str, ...] = ()  # scratch dirs (tmpfs / emptyDir) when the root is read-only
     # (host directory, path): a directory of the machine the service runs on, mounted read-only

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -82,22 +83,37 @@ def backup_entries(result: offline.Run, restic_password: str) -> list[dict[str, 
             for s in built]
 
 
-def crontab_jobs(result: offline.Run) -> dict[str, tuple[str, list[str]]]:
-    """service name -> (schedule, command) of each crontab the Docker target uploads."""
+@dataclass(frozen=True)
+class CronJob:
+    """One line of a crontab the Docker target uploads, as BusyBox crond runs it."""
+
+    schedule: str
+    command: list[str]
+    # "uid:gid" crond starts it as: the crontab file's name, looked up in the image's /etc/passwd.
+    user: str
+
+
+def crontab_jobs(result: offline.Run) -> dict[str, CronJob]:
+    """service name -> the job of each crontab the Docker target uploads."""
     from components.platform.docker import CRONTABS, FILES_HOLDER_SUFFIX
 
-    jobs: dict[str, tuple[str, list[str]]] = {}
+    jobs: dict[str, CronJob] = {}
     for container in result.of_type("docker:index/container:Container"):
         inputs = container.plain_inputs()
         for upload in inputs.get("uploads") or []:
-            if upload["file"] != f"{CRONTABS}/root":
+            directory, _, user_name = upload["file"].rpartition("/")
+            if directory != CRONTABS:
                 continue
             [line] = [ln for ln in upload["content"].splitlines() if ln.strip()]
             words = line.split()
-            command = shlex.split(" ".join(words[5:]).split(" >/proc/1/fd/1")[0])
+            # The image's /etc/passwd, as getpwnam reads it in the container (a name it lacks:
+            # crond ignores the file, and no job runs).
+            by_name = {name: uid for uid, name in images.facts_for(result.cfg.backup.image).user_names.items()}
+            assert user_name == "root" or user_name in by_name, user_name
             # Uploaded to the service's files holder (read-only roots), whose resource is named
             # after the service (its container's name carries a digest of its files).
-            jobs[container.name.removesuffix(FILES_HOLDER_SUFFIX)] = (" ".join(words[:5]), command)
+            jobs[container.name.removesuffix(FILES_HOLDER_SUFFIX)] = CronJob(
+                " ".join(words[:5]), shlex.split(" ".join(words[5:])), by_name.get(user_name, "0:0"))
     return jobs
 
 
@@ -153,24 +169,31 @@ class Jobs:
     requests, the backup job once (crond's run), the check job once."""
 
     def __init__(self, entries: Sequence[dict[str, Any]], reloc: Relocation, base: Path,
-                 crontab: Mapping[str, list[str]] | None = None):
+                 crontab: Mapping[str, CronJob] | None = None):
         self.services = {e["service"].name: e["service"] for e in entries}
         self.crontab = dict(crontab or {})
         self.reloc = reloc
         self.base = base
-        self.env = {**os.environ, "PATH": f"{RESTIC_BIN.parent}:{PG_BIN}:{os.environ.get('PATH', '')}"}
+        # restic where any user may run it, as the image's /usr/bin/restic (the build cache is
+        # root's alone).
+        image_bin = base / "restic-image-bin"
+        image_bin.mkdir(exist_ok=True)
+        shutil.copy2(RESTIC_BIN, image_bin / "restic")
+        self.env = {**os.environ, "PATH": f"{image_bin}:{PG_BIN}:{os.environ.get('PATH', '')}"}
 
     def _command(self, name: str) -> list[str]:
         """What the container runs: crond's job for a scheduled service (from the crontab the
-        Docker target uploads), else the container's command."""
+        Docker target uploads, as the crontab's user), else the container's command."""
         service = self.services[name]
-        command = self.crontab.get(name) or [*(service.entrypoint or ()), *service.args]
-        return [self.reloc.path(a) for a in command]
+        job = self.crontab.get(name)
+        if job is None:
+            return [self.reloc.path(a) for a in [*(service.entrypoint or ()), *service.args]]
+        return [*self._as_user(service, job.user), *(self.reloc.path(a) for a in job.command)]
 
-    def _as_user(self, service: Service) -> list[str]:
+    def _as_user(self, service: Service, user: str | None = None) -> list[str]:
         """What Docker does for a service with a user, as root here: its volumes handed to their
         owners first (the volume-owner one-shot), its files its own (the uploads' owner), and
-        the command run as that user."""
+        the command run as that user (`user`: crond's job's, else the container's)."""
         if service.user is None or os.geteuid() != 0:
             return []
         for volume in service.volumes:
@@ -179,7 +202,7 @@ class Jobs:
                                 self.reloc.path(volume.path)], check=True)
         for f in service.files:
             os.chown(self.reloc.path(f.path), *(int(n) for n in service.user.split(":")))
-        uid, gid = service.user.split(":")
+        uid, gid = (user or service.user).split(":")
         return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
 
     def backup(self) -> BackupRun:

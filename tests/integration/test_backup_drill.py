@@ -94,6 +94,8 @@ class Drill:
     steps: list[str] = field(default_factory=list)
     dump_owners: set[tuple[int, int]] = field(default_factory=set)  # of the dumps the dump service wrote
     dump_user: str = ""  # the dump service's declared user
+    job_users: set[str] = field(default_factory=set)  # whom crond starts the backup and check jobs as
+    repository_owners: set[tuple[int, int]] = field(default_factory=set)  # of a volume repository's files
 
 
 async def _upload(user: str) -> dict[str, str]:
@@ -170,10 +172,10 @@ def _drill(base: Path, media: Bucket | None = None, repository: Bucket | None = 
     materialize_backup(entries, reloc)
     # crond's jobs as the Docker target schedules them.
     crontab = crontab_jobs(result)
-    assert {name: schedule for name, (schedule, _command) in crontab.items()} == {
+    assert {name: job.schedule for name, job in crontab.items()} == {
         backup_render.BACKUP_SERVICE: result.cfg.backup.schedule,
         backup_render.CHECK_SERVICE: result.cfg.backup.check_schedule}
-    jobs = Jobs(entries, reloc, base, {name: command for name, (_schedule, command) in crontab.items()})
+    jobs = Jobs(entries, reloc, base, crontab)
     ok = False
     try:
         # 1. Boot, use it.
@@ -189,6 +191,10 @@ def _drill(base: Path, media: Bucket | None = None, repository: Bucket | None = 
         dumps = Path(reloc.path(backup_render.DUMPS))
         outcome.dump_owners = {(p.stat().st_uid, p.stat().st_gid) for p in dumps.iterdir()}
         outcome.dump_user = str(jobs.services[backup_render.DUMP_SERVICE].user)
+        outcome.job_users = {job.user for job in crontab.values()}
+        if repository is None:
+            outcome.repository_owners = {(p.stat().st_uid, p.stat().st_gid)
+                                         for p in Path(reloc.path(backup_render.REPOSITORY_MOUNT)).rglob("*")}
         outcome.check_output = jobs.check()
         if repository is not None:
             listed = repository.client().list_objects_v2(Bucket=repository.name, Prefix="drill/")
@@ -320,8 +326,13 @@ def test_the_procedure_lists_the_snapshot(drill: Drill) -> None:
     assert "1 snapshots" in drill.snapshots_listed, drill.snapshots_listed
 
 
-def test_the_dump_runs_as_postgresqls_user(drill: Drill) -> None:
-    """Docker's dump service is no root: it writes its dumps as the PostgreSQL image's user, on
-    the scratch volume handed to that user."""
-    uid, gid = (int(n) for n in drill.dump_user.split(":"))
-    assert uid != 0 and drill.dump_owners == {(uid, gid)}, (drill.dump_user, drill.dump_owners)
+def test_no_backup_process_runs_as_root(drill: Drill) -> None:
+    """Docker's backup runs as nobody throughout: crond starts the backup and check jobs as the
+    user its crontab is named after, the dump service writes its dumps as nobody, and what the
+    jobs wrote to the repository is nobody's."""
+    assert drill.dump_user == "65534:65534" and drill.job_users == {"65534:65534"}, (drill.dump_user, drill.job_users)
+    assert drill.dump_owners == {(65534, 65534)}, drill.dump_owners
+    if not drill.in_buckets:
+        assert drill.repository_owners == {(65534, 65534)}, drill.repository_owners
+
+

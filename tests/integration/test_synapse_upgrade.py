@@ -85,7 +85,7 @@ class Loopback:
             python = shlex.quote(self.cluster.python)
         return f"{python} {shlex.join(run.args[1:])}"
 
-    def run_scheduled(self, service: str, command: str) -> str:
+    def run_scheduled(self, service: str, command: str, user: str | None) -> str:
         raise AssertionError("the drill's stack takes no backups")
 
 

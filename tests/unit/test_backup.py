@@ -187,12 +187,12 @@ def test_the_dump_runs_in_the_servers_own_image() -> None:
                                                     {"restic_password": "p", "signing_key": "k"}, ["pw"])
                 if s.name == render.DUMP_SERVICE)
     assert dump.image == "postgres:16.11-alpine"
-    # Our script, not the image's entrypoint, as the image's postgres user without capabilities,
-    # on the scratch volume handed to that user (whatever a root dump left there too), which the
-    # backup crond runs as root shares.
-    assert dump.user == "70:70" and dump.drop_capabilities and dump.entrypoint == ("/bin/sh",)
+    # Our script, not the image's entrypoint, without capabilities, as nobody: the user crond runs
+    # the jobs as, which share its scratch volume, handed to nobody with whatever a dump that ran
+    # as root or as PostgreSQL's user left there.
+    assert dump.user == "65534:65534" and dump.drop_capabilities and dump.entrypoint == ("/bin/sh",)
     [scratch] = dump.volumes
-    assert scratch.owner == "70:70" and scratch.owner_recursive
+    assert scratch.owner == "65534:65534" and scratch.owner_recursive
 
 
 def test_the_backup_holds_the_dumps_the_keys_and_the_media_store() -> None:
@@ -203,7 +203,6 @@ def test_the_backup_holds_the_dumps_the_keys_and_the_media_store() -> None:
     forget = next(line for line in script.splitlines() if " forget " in line)
     assert shlex.split(forget)[2:] == ["forget", "--host", "matrix-stack", "--keep-daily", "3", "--keep-monthly", "2",
                                        "--prune"]
-    assert render.crontab(cfg).splitlines()[0].startswith("30 3 * * * /bin/sh /backup/bin/backup.sh backup ")
 
 
 @pytest.mark.parametrize("repository", [{}, S3, SFTP])
@@ -353,8 +352,14 @@ def test_staging_runs_the_jobs_under_crond_beside_a_dump_container(program: Any)
         inputs = containers[name]
         assert inputs["entrypoints"] == ["crond", "-f", "-d", "8", "-c", "/etc/crontabs"]
         assert inputs["capabilities"] == {"drops": ["ALL"], "adds": ["SETGID", "SETUID"]}
-        [table] = [u["content"] for u in run.uploads(name) if u["file"] == "/etc/crontabs/root"]
-        assert table == f"{schedule} /bin/sh {render.BACKUP_SCRIPT} {mode} >/proc/1/fd/1 2>/proc/1/fd/2\n"
+        # crond is root and starts the job as nobody, the crontab's name (no crontab of root's);
+        # the job's output is crond's, the container's log.
+        assert inputs.get("user") is None
+        [(path, table)] = [(u["file"], u["content"]) for u in run.uploads(name) if u["file"].startswith("/etc/crontabs/")]
+        assert path == "/etc/crontabs/nobody" and table == f"{schedule} /bin/sh {render.BACKUP_SCRIPT} {mode}\n"
+        # The job's secret files are nobody's to read; the crontab stays root's, as crond requires.
+        owners = {u["file"]: u.get("owner") for u in run.uploads(name)}
+        assert owners[render.PASSWORD_FILE] == "65534" and owners[path] is None, owners
     dump = containers["backup-dump"]
     assert dump["entrypoints"] == ["/bin/sh"] and dump["command"] == [render.DUMP_SCRIPT]
     assert dump["image"].startswith(images.POSTGRES)
@@ -385,6 +390,11 @@ def test_a_scheduled_service_needs_crond_and_docker_refuses_steps() -> None:
     stepped = dataclasses.replace(job, image=images.RESTIC, steps=(Step("s", images.POSTGRES, ("true",)),))
     with pytest.raises(ValueError, match="steps need a pod"):
         scheduled(stepped)
+    # crond runs a crontab's jobs as the user it is named after: a uid the image does not name
+    # cannot have one.
+    unnamed = dataclasses.replace(job, image=images.RESTIC, user="991:991")
+    with pytest.raises(ValueError, match="991:991, which restic/restic:.* does not name"):
+        scheduled(unnamed)
 
 
 def test_the_restore_pods_validate_against_the_kubernetes_schema() -> None:

@@ -107,7 +107,7 @@ def test_a_docker_stack_with_backups_takes_a_snapshot_in_the_gate() -> None:
     cfg = stack.parse(raw, secret)
     view, _parts = resolve(cfg, catalog.PARTS)
     script = upgrade.gate(cfg, view).script
-    assert "exec backup /bin/sh /backup/bin/backup.sh backup" in script
+    assert "exec -u 65534:65534 backup /bin/sh /backup/bin/backup.sh backup" in script
     assert script.index("pg_dump") < script.index("backup.sh backup")
 
 

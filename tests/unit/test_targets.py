@@ -120,7 +120,7 @@ class NomadLike:
             after=(OperatorStep("Remove the variable.", f"nomad var purge nomad/jobs/{handover.name}"),),
             files={name: f"/local/{name}" for name, _path in handover.files})
 
-    def run_scheduled(self, service: str, command: str) -> str:
+    def run_scheduled(self, service: str, command: str, user: str | None) -> str:
         return f"nomad job periodic force {service}"
 
     def run_once(self, run: OneShot) -> str:
