@@ -45,6 +45,10 @@ from render import offline  # noqa: E402
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 LOOPBACK = "127.0.0.1"
+# Where a second instance of a process listens while it replaces the first (Cluster.replace_synapse),
+# and the name the first keeps until it is stopped.
+SECOND_INSTANCE = "127.0.0.2"
+OLD_SUFFIX = "-old"
 PROXY_URL = "http://127.0.0.1:8080"
 # Bounded waits: a process that is not healthy by then has failed, and we say which one.
 HEALTH_TIMEOUT_S = float(os.environ.get("BOOT_HEALTH_TIMEOUT", "240"))
@@ -288,6 +292,8 @@ class Proc:
     port: int | None = None
     ready_s: float | None = None
     tier: int = 0
+    # The loopback address it listens on, where not the cluster's (a second instance).
+    address: str | None = None
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -648,14 +654,71 @@ class Cluster:
         return self.resolving([*entry, *self.reloc.args(service.args)])
 
     def replace_synapse(self, names: Iterable[str], python: str) -> list[Proc]:
-        """What a target does to containers whose image changed, delete before replace: stop each
-        named process (SIGTERM, as `docker stop`), start it with `python`'s Synapse release, and
-        return once every one is healthy."""
+        """What the Docker target does to Synapse containers whose image changed, all at once as
+        Pulumi replaces them in parallel, returning once every replacement is healthy:
+        - a process whose instances are interchangeable (Service.start_before_stop) is started
+          anew beside the old one, under another name (here: another loopback address); once
+          healthy, the proxy is moved to it with a graceful reload (its address watch does so on
+          Docker), and the old one is stopped;
+        - every other one is stopped (SIGTERM, as `docker stop`), then started: delete before
+          replace, as its fixed name requires."""
         names = list(names)
-        self.stop_processes(names)
-        procs = [self._start_synapse(name, python) for name in names]
-        self._wait(procs, self._healthy, "healthy")
-        return procs
+        beside = [n for n in names if self.services[n]["service"].start_before_stop]
+        in_place = [n for n in names if n not in beside]
+        self.stop_processes(in_place)
+        procs = [self._start_synapse(name, python) for name in in_place]
+        new = {name: self._start_second_instance(name, python, SECOND_INSTANCE) for name in beside}
+        self._wait([*procs, *new.values()], self._healthy, "healthy")
+        if new:
+            self._move_proxy({self.http_port(name): SECOND_INSTANCE for name in new})
+            for name, proc in new.items():
+                old = self.procs[f"{name}{OLD_SUFFIX}"] = self.procs[name]
+                self.procs[name] = proc
+                self.stop_processes([old.name + OLD_SUFFIX])
+        return [*procs, *new.values()]
+
+    def _start_second_instance(self, name: str, python: str, address: str) -> Proc:
+        """The process `name` once more, listening on `address`: its worker file copied with that
+        bind address (everything else the same, its worker name too, as a second container of
+        the same service would run it)."""
+        command = self.synapse_command(name, python)
+        for i, arg in enumerate(command):
+            if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
+                conf = yaml.safe_load(Path(arg).read_text())
+                if isinstance(conf, dict) and "worker_listeners" in conf:
+                    for listener in conf["worker_listeners"]:
+                        listener["bind_addresses"] = [address]
+                    copy = Path(arg).with_name(f"{Path(arg).stem}-at-{address}.yaml")
+                    copy.write_text(yaml.safe_dump(conf, sort_keys=False))
+                    command[i] = str(copy)
+        env = {k: self.reloc.path(v) if v.startswith("/") else v for k, v in self.env_of(name).items()}
+        proc = self._spawn(f"{name}-at-{address}", command, env=env | self.synapse_env, port=self.http_port(name),
+                           tier=3)
+        del self.procs[proc.name]  # kept under `name` once it has replaced the first
+        proc.address = address
+        return proc
+
+    def _move_proxy(self, ports: Mapping[int, str]) -> None:
+        """Point the proxy's upstream servers on `ports` at new addresses and reload it
+        gracefully (SIGHUP: nginx checks the new file, new workers take new connections, old
+        ones finish theirs)."""
+        conf = self.file(NGINX_CONF)
+        text = conf.read_text()
+        for port, address in ports.items():
+            text = re.sub(rf"^(\s*server\s+){re.escape(self.address)}:{port}\b", rf"\g<1>{address}:{port}", text,
+                          flags=re.M)
+            if f"{self.address}:{port}" in text:
+                raise RuntimeError(f"the proxy reaches {self.address}:{port} other than through an upstream server")
+        conf.write_text(text)
+        check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx -t rejected the moved config:\n{check.stderr}")
+        os.kill(self.procs["synapse-proxy"].popen.pid, signal.SIGHUP)
+        time.sleep(1)  # the master starts its new workers, then tells the old ones to finish
+
+    def health_url(self, name: str) -> str:
+        proc = self.procs[name]
+        return f"http://{proc.address or self.address}:{proc.port}/health"
 
     def restart_synapse(self, name: str) -> Proc:
         """Start one Synapse process again with exactly the command it was started with, after it
@@ -673,7 +736,7 @@ class Cluster:
         return proc
 
     def _healthy(self, proc: Proc) -> bool:
-        return _http_ok(f"http://{self.address}:{proc.port}/health")
+        return _http_ok(f"http://{proc.address or self.address}:{proc.port}/health")
 
     def start_main(self) -> None:
         self._wait([self._start_synapse("synapse-main")], self._healthy, "healthy")
