@@ -108,14 +108,15 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
     # volume and a volume repository are handed to that user recursively: dumps from before
     # (root's, then PostgreSQL's user's) are there, and the repository was root's until now.
     # The media are read as they are: Synapse writes them readable by all (Docker's umask 022).
-    user = render.NOBODY  # render.jobs_user: this target runs the schedule itself
-    scratch = dataclasses.replace(scratch, owner=user, owner_recursive=True)
-    volumes = [dataclasses.replace(v, owner=user, owner_recursive=True) if v.path == render.REPOSITORY_MOUNT
+    nobody = render.jobs_user(cfg)
+    assert nobody is not None, "a target without pods runs the schedule itself"
+    scratch = dataclasses.replace(scratch, owner=nobody, owner_recursive=True)
+    volumes = [dataclasses.replace(v, owner=nobody, owner_recursive=True) if v.path == render.REPOSITORY_MOUNT
                else v for v in volumes]
     backup = _job(cfg, render.BACKUP_SERVICE, "backup", schedule, [*scripts, *secret_files], [*volumes, scratch],
-                  resources, user=user, reaches=_reports(view))
+                  resources, user=nobody, reaches=_reports(view))
     check = _job(cfg, render.CHECK_SERVICE, "check", check_schedule, [*scripts, *secret_files],
-                 [*volumes, scratch], resources, user=user)
+                 [*volumes, scratch], resources, user=nobody)
     dump = Service(
         name=render.DUMP_SERVICE,
         component=render.COMPONENT,
@@ -124,7 +125,7 @@ def services(cfg: StackConfig, view: StackView, databases: Sequence[Database],
         args=(render.DUMP_SCRIPT,),
         files=dump_files,
         volumes=[scratch],
-        user=user,
+        user=nobody,
         other_user_because="runs pg_dump, a client that reads none of the image's files, and writes the scratch "
                            "volume it shares with the jobs, which crond runs as nobody",
         read_only_root=True,
