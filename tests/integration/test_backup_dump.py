@@ -66,6 +66,13 @@ def _pg_dump_waits(pg: Postgres) -> bool:
     return waiting.stdout.strip() not in ("", "0")
 
 
+def _holds_the_lock(pg: Postgres) -> bool:
+    held = pg.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                   f"WHERE c.relname = '{WORK_TABLE}' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+                   database=hs.DATABASE_NAME)
+    return held.stdout.strip() == "1"
+
+
 def test_a_table_dropped_while_the_dump_runs_does_not_fail_the_backup(postgres: Postgres) -> None:
     postgres.psql(f"CREATE TABLE {WORK_TABLE} (room_id text)", database=hs.DATABASE_NAME)
     script, dump = _script(postgres, RAW, postgres.base / "backup", SUPERUSER_PASSWORD)
@@ -79,6 +86,13 @@ def test_a_table_dropped_while_the_dump_runs_does_not_fail_the_backup(postgres: 
     assert holder.stdin is not None
     holder.stdin.write(f"BEGIN;\nLOCK TABLE {WORK_TABLE} IN ACCESS EXCLUSIVE MODE;\n")
     holder.stdin.flush()
+    # The dump starts only once the session holds the lock: psql connects and locks on its own
+    # time, and a dump that got there first would never meet the race.
+    deadline = time.monotonic() + 30
+    while not _holds_the_lock(postgres):
+        assert holder.poll() is None, holder.communicate()[0]
+        assert time.monotonic() < deadline, "the session never took the work table's lock"
+        time.sleep(0.1)
     run = subprocess.Popen(["/bin/sh", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, env=env)
     deadline = time.monotonic() + 30
