@@ -80,8 +80,10 @@ class DockerHosts:
     def admin_command(self, service: str, stateful: bool, command: str) -> str:
         return f"{self.docker(service)} exec -it {service} {command}"
 
-    def exec_command(self, service: str, stateful: bool, command: str, *, stdin: bool = False) -> str:
-        return f"{self.docker(service)} exec {'-i ' if stdin else ''}{service} {command}"
+    def exec_command(self, service: str, stateful: bool, command: str, *, stdin: bool = False,
+                     user: str | None = None) -> str:
+        flags = ("-i " if stdin else "") + (f"-u {user} " if user else "")
+        return f"{self.docker(service)} exec {flags}{service} {command}"
 
     def _by_engine(self, services: Sequence[Workload]) -> dict[str, list[str]]:
         """The services' names under the docker command of the engine each runs on."""
@@ -132,5 +134,4 @@ class DockerHosts:
     def run_scheduled(self, service: str, command: str, user: str | None) -> str:
         # crond (root) runs the job inside the service's container as the service's user
         # (docker.scheduled): so does exec.
-        as_user = f"-u {user} " if user else ""
-        return f"{self.docker(service)} exec {as_user}{service} {command}"
+        return self.exec_command(service, False, command, user=user)

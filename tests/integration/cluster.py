@@ -639,11 +639,14 @@ class Cluster:
 
         self._wait([proc], ready, "answering AUTH", timeout=30)
 
-    def _start_synapse(self, name: str, python: str | None = None) -> Proc:
+    def _synapse_env(self, name: str) -> dict[str, str]:
         # Paths in the environment (botocore's credentials and config files) move like every
         # other container path.
         env = {k: self.reloc.path(v) if v.startswith("/") else v for k, v in self.env_of(name).items()}
-        return self._spawn(name, self.synapse_command(name, python), env=env | self.synapse_env,
+        return env | self.synapse_env
+
+    def _start_synapse(self, name: str, python: str | None = None) -> Proc:
+        return self._spawn(name, self.synapse_command(name, python), env=self._synapse_env(name),
                            port=self.http_port(name), tier=2 if name == "synapse-main" else 3)
 
     def synapse_command(self, name: str, python: str | None = None) -> list[str]:
@@ -672,9 +675,8 @@ class Cluster:
         if new:
             self._move_proxy({self.http_port(name): SECOND_INSTANCE for name in new})
             for name, proc in new.items():
-                old = self.procs[f"{name}{OLD_SUFFIX}"] = self.procs[name]
-                self.procs[name] = proc
-                self.stop_processes([old.name + OLD_SUFFIX])
+                self.procs[f"{name}{OLD_SUFFIX}"], self.procs[name] = self.procs[name], proc
+                self.stop_processes([f"{name}{OLD_SUFFIX}"])
         return [*procs, *new.values()]
 
     def _start_second_instance(self, name: str, python: str, address: str) -> Proc:
@@ -691,8 +693,7 @@ class Cluster:
                     copy = Path(arg).with_name(f"{Path(arg).stem}-at-{address}.yaml")
                     copy.write_text(yaml.safe_dump(conf, sort_keys=False))
                     command[i] = str(copy)
-        env = {k: self.reloc.path(v) if v.startswith("/") else v for k, v in self.env_of(name).items()}
-        proc = self._spawn(f"{name}-at-{address}", command, env=env | self.synapse_env, port=self.http_port(name),
+        proc = self._spawn(f"{name}-at-{address}", command, env=self._synapse_env(name), port=self.http_port(name),
                            tier=3)
         del self.procs[proc.name]  # kept under `name` once it has replaced the first
         proc.address = address
